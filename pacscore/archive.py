@@ -1,0 +1,415 @@
+"""pacscore.Archive: the one facade every front end calls.
+
+Write order for every batch (ARCHITECTURE.md "Ingest"):
+
+1. workers stage frames or blobs (invisible);
+2. the locations are marked *pending* in the index (durable);
+3. the FrameStore publishes them (syncfs, rename, syncfs);
+4. one index transaction inserts the records and clears their pending marks;
+5. only then are the results returned (acknowledged).
+
+A crash at any point leaves staged files (removed at start-up) or pending locations
+that no record owns (removed at start-up): the index never names a missing frame.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import numpy.typing as npt
+
+from .codecs import by_syntax
+from .config import ArchiveConfig
+from .dicom.header import PixelLayout
+from .dicom.part10 import HeaderParts, build_part10
+from .dicom.scan import scan
+from .dicom.syntaxes import EXPLICIT_LE, syntax
+from .errors import (
+    ArchiveCorruptError,
+    ArchiveStorageError,
+    ConflictError,
+    NotFoundError,
+    PacsError,
+    UnsupportedTransferSyntaxError,
+)
+from .index import LEVELS, InstanceRecord, LmdbIndex, StoreKind
+from .ingest.pool import Outcome, Rejected, Skipped, run_pool
+from .ingest.prepare import Prepared, _decoded_input_frames, native_bytes, native_frames, prepare
+from .store import ZarrFrameStore
+
+__all__ = ["Archive", "StoreResult", "VerifyReport"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    """An acknowledged instance."""
+
+    sop_instance_uid: str
+    """SOP Instance UID."""
+    study_uid: str
+    """Study Instance UID."""
+    series_uid: str
+    """Series Instance UID."""
+    status: str
+    """``stored``, or ``duplicate`` when identical content was already stored."""
+    original_syntax: str
+    """Transfer syntax as received."""
+    stored_syntax: str
+    """Transfer syntax stored."""
+    bytes_in: int
+    """Size as received."""
+    bytes_stored: int
+    """Bytes kept by the archive."""
+    verified: bool
+    """Every frame was re-encoded and decoded back bit for bit (False when kept as is)."""
+    kept_reason: str | None
+    """Why the object was kept as received, if it was."""
+    source: str
+    """Where it came from."""
+    warnings: tuple[str, ...] = ()
+    """Tolerated non-conformances."""
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    """Result of :meth:`Archive.verify`."""
+
+    checked: int = 0
+    """Instances checked."""
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    """(SOP Instance UID, reason) of every instance that failed."""
+
+
+def _result(rec: InstanceRecord, status: str, source: str) -> StoreResult:
+    return StoreResult(
+        rec.sop_instance_uid, rec.study_uid, rec.series_uid, status, rec.original_syntax,
+        rec.stored_syntax, rec.bytes_in, rec.bytes_stored, rec.kind == StoreKind.FRAMES,
+        rec.kept_reason, source, rec.warnings,
+    )
+
+
+class Archive:
+    """A DICOM archive in one directory: ``index.lmdb`` and ``frames/`` (Zarr).
+
+    Parameters
+    ----------
+    root
+        Archive directory (created if missing).
+    config
+        Settings; see :class:`~pacscore.config.ArchiveConfig`.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], config: ArchiveConfig | None = None):
+        self.root = Path(root)
+        self.config = config or ArchiveConfig()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ArchiveStorageError(f"cannot create archive directory {self.root}: {exc}"
+                                      ) from exc
+        self.frames_root = self.root / "frames"
+        self.store_ = ZarrFrameStore(self.frames_root, fsync=self.config.fsync)
+        self.index = LmdbIndex(self.root / "index.lmdb", map_size=self.config.lmdb_map_size,
+                               sync=self.config.fsync)
+        self.recovered = self._recover()
+
+    # -- lifecycle ---------------------------------------------------------------
+    def _recover(self) -> int:
+        """Remove what a crash left: staged files and unowned pending locations."""
+        removed = self.store_.clean_staging()
+        pending = self.index.pending()
+        orphans = [loc for loc in pending if self.index.location_owner(loc) is None]
+        self.store_.delete(orphans)
+        self.index.clear_pending(pending)
+        return removed + len(orphans)
+
+    def close(self) -> None:
+        """Close the index."""
+        self.index.close()
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- ingest ------------------------------------------------------------------
+    def store(self, src: str | os.PathLike[str] | bytes | BinaryIO, *,
+              source: str | None = None) -> StoreResult:
+        """Store one Part-10 object (a path, its bytes, or a binary stream).
+
+        Raises
+        ------
+        PacsError
+            :class:`~pacscore.errors.InvalidDicomError` and subclasses for input that
+            is refused, :class:`~pacscore.errors.ConflictError` when the SOP Instance
+            UID is stored with other content; nothing is stored then.
+        """
+        if isinstance(src, bytes | bytearray | memoryview):
+            data, name = bytes(src), source or "<bytes>"
+        elif isinstance(src, str | os.PathLike):
+            name = source or os.fspath(src)
+            try:
+                data = Path(src).read_bytes()
+            except OSError as exc:
+                raise ArchiveStorageError(f"cannot read {name}: {exc}") from exc
+        else:
+            data, name = src.read(), source or "<stream>"
+        prepared = prepare(data, name, self.config, self.store_)
+        outcome = self._commit([prepared])[0]
+        if isinstance(outcome, Rejected):
+            raise ConflictError(outcome.reason, source=name)
+        return outcome
+
+    def store_many(self, paths: Iterable[str], *, workers: int | None = None,
+                   progress: Callable[[Outcome | StoreResult], None] | None = None
+                   ) -> Iterator[StoreResult | Rejected | Skipped]:
+        """Store many files with worker processes; yield one outcome per file.
+
+        Results are yielded only after their batch is committed (acknowledged).
+        """
+        n = os.cpu_count() or 1 if workers is None else workers
+        batch: list[Prepared] = []
+        for outcome in run_pool(paths, self.config, self.frames_root, n):
+            if isinstance(outcome, Prepared):
+                batch.append(outcome)
+                if len(batch) >= self.config.commit_batch:
+                    yield from self._commit(batch)
+                    batch = []
+            else:
+                yield outcome
+        if batch:
+            yield from self._commit(batch)
+
+    def _commit(self, batch: Sequence[Prepared]) -> list[StoreResult | Rejected]:
+        """Publish and index a batch; return outcomes in batch order."""
+        seen: dict[str, Prepared] = {}
+        fresh: list[Prepared] = []
+        outcomes: dict[int, StoreResult | Rejected] = {}
+        for i, p in enumerate(batch):
+            rec = p.record
+            existing = self.index.get(rec.sop_instance_uid) or (
+                seen[rec.sop_instance_uid].record if rec.sop_instance_uid in seen else None)
+            if existing is None:
+                seen[rec.sop_instance_uid] = p
+                fresh.append(p)
+            elif existing.sha256 == rec.sha256:
+                outcomes[i] = _result(existing, "duplicate", p.source)
+            else:
+                outcomes[i] = Rejected(p.source, self._conflict(rec, existing), "ConflictError")
+        self.store_.discard([batch[i].record.location for i in outcomes])
+        locs = [p.record.location for p in fresh]
+        try:
+            self.index.mark_pending(locs)
+            self.store_.publish(locs)
+            puts = self.index.put([(p.record, p.header) for p in fresh])
+        except PacsError:
+            self.store_.discard(locs)
+            self.store_.delete(locs)
+            raise
+        late = [p.record.location for p, o in zip(fresh, puts, strict=True)
+                if o.status != "stored"]
+        if late:  # another writer stored the same UID between check and commit
+            self.store_.delete(late)
+            self.index.clear_pending(late)
+        by_id = {id(p): o for p, o in zip(fresh, puts, strict=True)}
+        out: list[StoreResult | Rejected] = []
+        for i, p in enumerate(batch):
+            if i in outcomes:
+                out.append(outcomes[i])
+                continue
+            put = by_id.get(id(p))
+            if put is None or put.status == "stored":
+                out.append(_result(p.record, "stored", p.source))
+            elif put.status == "duplicate" and put.existing is not None:
+                out.append(_result(put.existing, "duplicate", p.source))
+            elif put.existing is not None:
+                out.append(Rejected(p.source, self._conflict(p.record, put.existing),
+                                    "ConflictError"))
+            else:
+                out.append(Rejected(p.source, put.reason, "ConflictError"))
+        return out
+
+    @staticmethod
+    def _conflict(new: InstanceRecord, old: InstanceRecord) -> str:
+        return (f"SOP Instance UID {new.sop_instance_uid} is already stored with different "
+                f"content (sha256 {old.sha256[:12]}… vs {new.sha256[:12]}…); the stored "
+                f"instance was kept (hint: delete it first to replace it)")
+
+    # -- retrieve ----------------------------------------------------------------
+    def _record(self, sop_instance_uid: str) -> InstanceRecord:
+        rec = self.index.get(sop_instance_uid)
+        if rec is None:
+            raise NotFoundError(f"no instance {sop_instance_uid} in the archive")
+        return rec
+
+    def _decoded(self, rec: InstanceRecord, indices: Sequence[int] | None = None
+                 ) -> tuple[list[npt.NDArray[Any]], PixelLayout]:
+        """Decoded frames (native dtype) of an instance."""
+        if rec.kind == StoreKind.FRAMES:
+            assert rec.layout is not None
+            layout = PixelLayout.from_dict(rec.layout)
+            codec = by_syntax(rec.stored_syntax)
+            if codec is None:
+                raise UnsupportedTransferSyntaxError(f"no decoder for {rec.stored_syntax}")
+            wanted = range(layout.frames) if indices is None else indices
+            streams = self.store_.read_frames(rec.location, list(wanted),
+                                              2 + (layout.samples > 1) + 1)
+            return [codec.decode(s, layout) for s in streams], layout
+        data = self.store_.read_blob(rec.location)
+        scanned = scan(data, self.config.limits, rec.sop_instance_uid)
+        from .dicom.header import read_header
+
+        layout_ = read_header(scanned, self.config.limits, rec.sop_instance_uid,
+                              rec.sha256).layout
+        if layout_ is None or rec.kept_reason and "Bits Allocated" in rec.kept_reason:
+            raise UnsupportedTransferSyntaxError(
+                f"instance {rec.sop_instance_uid} has no pixel data this archive can decode "
+                f"({rec.kept_reason}); ask for its original transfer syntax")
+        if scanned.transfer_syntax.encapsulated:
+            frames = _decoded_input_frames(data, layout_)
+        else:
+            frames = list(native_frames(scanned, layout_))
+        chosen = frames if indices is None else [frames[i] for i in indices]
+        return chosen, layout_
+
+    def _parts(self, rec: InstanceRecord) -> HeaderParts:
+        if rec.kind == StoreKind.FRAMES:
+            return HeaderParts.unpack(self.index.header(rec.sop_instance_uid))
+        data = self.store_.read_blob(rec.location)
+        pixel = scan(data, self.config.limits, rec.sop_instance_uid).pixel
+        if pixel is None:
+            raise UnsupportedTransferSyntaxError(
+                f"instance {rec.sop_instance_uid} has no pixel data to transcode")
+        return HeaderParts(data[: pixel.element_start], data[pixel.element_start:
+                           pixel.value_start], data[pixel.value_end:],
+                           self._dataset_start(data), -1)
+
+    def _dataset_start(self, data: bytes) -> int:
+        return scan(data, self.config.limits).dataset_start
+
+    def get(self, sop_instance_uid: str, transfer_syntax: str = "original") -> bytes:
+        """The instance as a Part-10 object.
+
+        Parameters
+        ----------
+        transfer_syntax
+            ``original`` (as received: byte-identical for uncompressed input and for
+            anything kept as received), ``stored`` (a read, no transcode), or a
+            Transfer Syntax UID to transcode to.
+        """
+        rec = self._record(sop_instance_uid)
+        target = {"original": rec.original_syntax, "stored": rec.stored_syntax}.get(
+            transfer_syntax, transfer_syntax)
+        if rec.kind == StoreKind.BLOB and target == rec.stored_syntax:
+            return self.store_.read_blob(rec.location)
+        parts = self._parts(rec)
+        cls, sop = rec.sop_class_uid, rec.sop_instance_uid
+        if rec.kind == StoreKind.FRAMES and target == rec.stored_syntax:
+            assert rec.layout is not None
+            layout = PixelLayout.from_dict(rec.layout)
+            streams = self.store_.read_frames(rec.location, range(layout.frames),
+                                              3 + (layout.samples > 1))
+            return build_part10(parts, rec.original_syntax, target, cls, sop, frames=streams)
+        decoded, layout = self._decoded(rec)
+        original = syntax(rec.original_syntax)
+        if target == rec.original_syntax and original.native and not original.deflated:
+            data = parts.original(native_bytes(decoded, layout, original.little_endian))
+            if hashlib.sha256(data).hexdigest() != rec.sha256:
+                raise ArchiveCorruptError(
+                    f"rebuilt original of {sop} does not match its SHA-256", source=sop)
+            return data
+        ts = syntax(target)
+        if ts.native:
+            raw = native_bytes(decoded, PixelLayout(**{**layout.to_dict(), "planar": False}),
+                               True)
+            return build_part10(parts, rec.original_syntax, target, cls, sop, native=raw,
+                                bits_allocated=layout.bits_allocated)
+        codec = by_syntax(target)
+        if codec is None or codec.refuses(layout):
+            raise UnsupportedTransferSyntaxError(
+                f"cannot encode instance {sop} as {ts.name} ({target})")
+        streams = [codec.encode(np.ascontiguousarray(f), layout) for f in decoded]
+        return build_part10(parts, rec.original_syntax, target, cls, sop, frames=streams)
+
+    def frames(self, sop_instance_uid: str, indices: Sequence[int] | None = None,
+               transfer_syntax: str = "stored") -> list[bytes]:
+        """Frame bytes: codestreams in the stored syntax (a read, no transcode),
+        native little-endian samples for an uncompressed syntax, or codestreams of
+        another encodable syntax.  Indices are 0-based."""
+        rec = self._record(sop_instance_uid)
+        if rec.kind == StoreKind.FRAMES and rec.layout is not None:
+            n = rec.layout["frames"]
+            wanted = list(range(n)) if indices is None else list(indices)
+            bad = [i for i in wanted if not 0 <= i < n]
+            if bad:
+                raise NotFoundError(f"instance {sop_instance_uid} has {n} frames; "
+                                    f"no frame {bad[0]}")
+            if transfer_syntax in ("stored", rec.stored_syntax):
+                return self.store_.read_frames(rec.location, wanted,
+                                               3 + (rec.layout["samples"] > 1))
+        else:
+            wanted = None if indices is None else list(indices)
+        decoded, layout = self._decoded(rec, wanted)
+        target = rec.stored_syntax if transfer_syntax == "stored" else transfer_syntax
+        if syntax(target).native or transfer_syntax == "native":
+            return [np.ascontiguousarray(f).astype(f.dtype.newbyteorder("<")).tobytes()
+                    for f in decoded]
+        codec = by_syntax(target)
+        if codec is None:
+            raise UnsupportedTransferSyntaxError(f"cannot encode frames as {target}")
+        return [codec.encode(np.ascontiguousarray(f), layout) for f in decoded]
+
+    # -- query and admin ---------------------------------------------------------
+    def find(self, level: str, *, limit: int | None = None, offset: int = 0,
+             **keys: str) -> list[dict[str, Any]]:
+        """Match ``keys`` (DICOM keywords) at ``level`` (patient/study/series/instance)."""
+        if level not in LEVELS:
+            raise ValueError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
+        return self.index.find(level, keys, limit=limit, offset=offset)
+
+    def delete(self, level: str, uid: str) -> int:
+        """Delete an instance, series, study or patient; return instances removed."""
+        sops = self.index.instances(level, uid)
+        if not sops:
+            raise NotFoundError(f"no {level} {uid} in the archive")
+        removed = self.index.delete(sops)  # marks their locations pending
+        locs = [r.location for r in removed]
+        self.store_.delete(locs)
+        self.index.clear_pending(locs)
+        return len(removed)
+
+    def verify(self) -> VerifyReport:
+        """Decode every stored frame against its CRC-32; hash every kept object."""
+        report = VerifyReport()
+        for rec in self.index.records():
+            report.checked += 1
+            try:
+                if rec.kind == StoreKind.BLOB:
+                    data = self.store_.read_blob(rec.location)
+                    if hashlib.sha256(data).hexdigest() != rec.sha256:
+                        report.failed.append((rec.sop_instance_uid, "SHA-256 mismatch"))
+                    continue
+                decoded, _ = self._decoded(rec)
+                for i, (frame, crc) in enumerate(zip(decoded, rec.frame_crc32, strict=True)):
+                    le = frame.astype(frame.dtype.newbyteorder("<"), copy=False)
+                    if zlib.crc32(le) != crc:
+                        report.failed.append((rec.sop_instance_uid, f"frame {i} CRC mismatch"))
+                        break
+            except Exception as exc:  # a corrupt codestream raises in the codec
+                report.failed.append((rec.sop_instance_uid, f"{type(exc).__name__}: {exc}"))
+        return report
+
+    def stats(self) -> dict[str, Any]:
+        """Totals: instances, compressed_instances, bytes_in, bytes_stored, per syntax."""
+        return self.index.stats()
+
+
+EXPLICIT_VR_LITTLE_ENDIAN = EXPLICIT_LE

@@ -1,0 +1,46 @@
+"""Archive settings: one frozen dataclass, passed in explicitly, never global."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ArchiveConfig", "Limits"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds checked before anything is allocated (RELIABILITY items 4, 6, 9, 13)."""
+
+    max_file_bytes: int = 4 * 1024**3
+    """Largest Part-10 object accepted."""
+    max_frame_pixels: int = 1 << 28
+    """Rows x Columns of one frame (256 Mpixel covers whole-slide tiles and huge DX)."""
+    max_pixel_bytes: int = 4 * 1024**3
+    """Rows x Columns x Samples x Bytes x Frames of one object."""
+    max_sequence_depth: int = 64
+    """Nesting depth of sequences."""
+    max_inflated_bytes: int = 1024**3
+    """Size a deflated dataset may inflate to."""
+    max_inflate_ratio: int = 1000
+    """Inflated size / deflated size above which a deflated object is a bomb."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveConfig:
+    """How an :class:`~pacscore.Archive` stores what it receives."""
+
+    codec: str = "htj2k"
+    """Lossless codec for new frames: ``htj2k``, ``jpegls``, ``j2k``, ``rle`` or ``keep``."""
+    transcode_compressed: bool = False
+    """Re-encode input that is already losslessly compressed (after verification).
+
+    Off by default: such input is kept byte for byte, which is what most sites want
+    (decoding JPEG 2000 input costs ~15 MB/s per core)."""
+    commit_batch: int = 32
+    """Instances per group commit in bulk stores."""
+    lmdb_map_size: int = 1 << 34
+    """Initial LMDB map size in bytes (sparse file; grown on MapFullError)."""
+    fsync: bool = True
+    """Make frames and index durable before acknowledging (turn off only in tests)."""
+    limits: Limits = Limits()
+    """Input limits."""

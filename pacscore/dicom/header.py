@@ -1,0 +1,334 @@
+"""What the archive reads from a scanned object: UIDs, matching keys, pixel layout.
+
+Values are decoded by pydicom from the raw top-level elements the scan captured, so
+character sets and person names follow pydicom, while nothing else is parsed twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+
+from ..config import Limits
+from ..errors import InvalidDicomError, InvalidUIDError, LimitExceededError
+from .scan import ScannedObject, dictionary_vr
+
+__all__ = [
+    "INDEX_KEYWORDS", "InstanceHeader", "PixelLayout", "derived_uid", "read_header",
+    "validate_uid",
+]
+
+# PS3.5 9.1: components of digits separated by dots, at most 64 characters.
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+# What real devices send beyond the grammar (hex digests, leading zeros) is tolerated
+# and flagged; anything that could mean something elsewhere ('/', NUL, spaces, '..')
+# is refused.  UIDs never become paths either way.
+_LENIENT_UID = re.compile(r"^[0-9A-Za-z_-]+(\.[0-9A-Za-z_-]+)*$")
+
+
+def validate_uid(value: str, what: str, source: str | None = None) -> bool:
+    """Check ``value``; return True if it follows PS3.5 9.1, False if merely tolerated.
+
+    Raises
+    ------
+    InvalidUIDError
+        For an empty UID, one over 64 characters, or one with characters that are not
+        letters, digits, '-', '_' or single dots.
+    """
+    if value and len(value) <= 64:
+        if _UID.match(value):
+            return True
+        if _LENIENT_UID.match(value):
+            return False
+    raise InvalidUIDError(f"{what} {value[:80]!r} is not a valid UID", source=source)
+
+
+def derived_uid(*parts: str) -> str:
+    """A deterministic UID under the 2.25 root (PS3.5 B.2) for a missing identifier."""
+    digest = hashlib.sha256("\x00".join(parts).encode()).digest()[:16]
+    return f"2.25.{int.from_bytes(digest, 'big')}"
+
+
+# Tag -> keyword of every top-level attribute the archive reads.  The index keys are
+# those QIDO-RS (PS3.18 10.6.1.2.3) and C-FIND (PS3.4 C.6) match on.
+_TAGS: dict[int, str] = {
+    0x00080005: "SpecificCharacterSet",
+    0x00080016: "SOPClassUID",
+    0x00080018: "SOPInstanceUID",
+    0x00080020: "StudyDate",
+    0x00080021: "SeriesDate",
+    0x00080030: "StudyTime",
+    0x00080050: "AccessionNumber",
+    0x00080060: "Modality",
+    0x00080090: "ReferringPhysicianName",
+    0x00081030: "StudyDescription",
+    0x0008103E: "SeriesDescription",
+    0x00100010: "PatientName",
+    0x00100020: "PatientID",
+    0x00100030: "PatientBirthDate",
+    0x00100040: "PatientSex",
+    0x0020000D: "StudyInstanceUID",
+    0x0020000E: "SeriesInstanceUID",
+    0x00200010: "StudyID",
+    0x00200011: "SeriesNumber",
+    0x00200013: "InstanceNumber",
+    0x00280002: "SamplesPerPixel",
+    0x00280004: "PhotometricInterpretation",
+    0x00280006: "PlanarConfiguration",
+    0x00280008: "NumberOfFrames",
+    0x00280010: "Rows",
+    0x00280011: "Columns",
+    0x00280100: "BitsAllocated",
+    0x00280101: "BitsStored",
+    0x00280102: "HighBit",
+    0x00280103: "PixelRepresentation",
+}
+
+INDEX_KEYWORDS: tuple[str, ...] = (
+    "PatientID", "PatientName", "PatientBirthDate", "PatientSex",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "StudyDescription",
+    "ReferringPhysicianName", "StudyID",
+    "SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription", "SeriesDate",
+    "SOPInstanceUID", "SOPClassUID", "InstanceNumber", "NumberOfFrames",
+)
+"""Attributes stored in the index and matchable by ``find``."""
+
+
+@dataclass(frozen=True, slots=True)
+class PixelLayout:
+    """Geometry and sample format of the pixel data (PS3.3 C.7.6.3)."""
+
+    rows: int
+    """Rows."""
+    columns: int
+    """Columns."""
+    samples: int
+    """Samples per pixel."""
+    bits_allocated: int
+    """Bits allocated per sample."""
+    bits_stored: int
+    """Bits stored per sample."""
+    signed: bool
+    """Pixel Representation 1 (two's complement)."""
+    planar: bool
+    """Planar Configuration 1 (colour-by-plane)."""
+    photometric: str
+    """Photometric Interpretation."""
+    frames: int
+    """Number of frames."""
+
+    @property
+    def frame_samples(self) -> int:
+        """Samples in one frame."""
+        return self.rows * self.columns * self.samples
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes of one native frame (bits allocated a multiple of 8).
+
+        YBR_FULL_422 native data holds two samples per pixel (PS3.3 C.7.6.3.1.2)."""
+        if self.photometric == "YBR_FULL_422" and self.samples == 3:
+            return self.rows * self.columns * 2 * self.bits_allocated // 8
+        return self.frame_samples * self.bits_allocated // 8
+
+    @property
+    def native_bytes(self) -> int:
+        """Bytes of the whole native pixel data, without the padding byte."""
+        if self.bits_allocated == 1:
+            return (self.rows * self.columns * self.samples * self.frames + 7) // 8
+        return self.frame_bytes * self.frames
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Native-endian numpy dtype of one sample."""
+        kind = "i" if self.signed else "u"
+        return np.dtype(f"{kind}{max(self.bits_allocated // 8, 1)}")
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        """Shape of one decoded frame, colour-by-pixel."""
+        if self.samples == 1:
+            return (self.rows, self.columns)
+        return (self.rows, self.columns, self.samples)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain form for the index."""
+        return {
+            "rows": self.rows, "columns": self.columns, "samples": self.samples,
+            "bits_allocated": self.bits_allocated, "bits_stored": self.bits_stored,
+            "signed": self.signed, "planar": self.planar, "photometric": self.photometric,
+            "frames": self.frames,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PixelLayout:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**d)
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceHeader:
+    """Identity, matching keys and pixel layout of one instance."""
+
+    sop_instance_uid: str
+    """SOP Instance UID."""
+    sop_class_uid: str
+    """SOP Class UID."""
+    study_uid: str
+    """Study Instance UID."""
+    series_uid: str
+    """Series Instance UID."""
+    attributes: dict[str, str | int | None]
+    """Index keys by keyword (strings as decoded; numbers as int)."""
+    layout: PixelLayout | None
+    """Pixel layout, None when the object has no (integer) pixel data."""
+    layout_problem: str | None
+    """Why the pixel data cannot be handled as native samples, if it cannot."""
+    warnings: tuple[str, ...] = ()
+    """Non-conformances that were tolerated (derived UIDs, meta mismatch, ...)."""
+
+
+def _dataset(scanned: ScannedObject) -> Dataset:
+    ts = scanned.transfer_syntax
+    raw: dict[Any, Any] = {}
+    for tag in _TAGS:
+        el = scanned.elements.get(tag)
+        if el is None:
+            continue
+        value = scanned.body[el.offset : el.offset + el.length]
+        # UN (an explicit-VR writer that did not know the VR) is read as the dictionary VR.
+        vr = None if ts.implicit_vr else (dictionary_vr(tag) if el.vr == "UN" else el.vr)
+        raw[tag] = RawDataElement(
+            tag, vr, el.length, value, el.offset,
+            ts.implicit_vr, ts.little_endian,
+        )
+    ds = Dataset(raw)
+    ds.set_original_encoding(ts.implicit_vr, ts.little_endian)
+    return ds
+
+
+def _value(ds: Dataset, keyword: str, source: str) -> Any:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ds.get(keyword)
+    except Exception as exc:  # pydicom raises ValueError/TypeError on bad values
+        raise InvalidDicomError(f"{keyword} holds an invalid value ({exc})", source=source) from exc
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, list | tuple):  # multi-valued (e.g. ModalitiesInStudy-like)
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _int(value: Any, keyword: str, source: str) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidDicomError(f"{keyword} {value!r} is not an integer", source=source) from exc
+
+
+def _layout(ds: Dataset, scanned: ScannedObject, limits: Limits,
+            source: str) -> tuple[PixelLayout | None, str | None]:
+    """Pixel layout with every bound checked in Python integers (no overflow)."""
+    pixel = scanned.pixel
+    if pixel is None:
+        return None, "no pixel data (non-image object)"
+    if pixel.tag != 0x7FE00010:
+        return None, "float or double pixel data"
+    needed = ("Rows", "Columns", "BitsAllocated")
+    nums = {k: _int(_value(ds, k, source), k, source) for k in needed}
+    missing = [k for k, v in nums.items() if v is None]
+    if missing:
+        return None, f"pixel data without an Image Pixel module ({', '.join(missing)} missing)"
+    rows, columns, bits_allocated = (int(nums[k] or 0) for k in needed)
+    samples = _int(_value(ds, "SamplesPerPixel", source), "SamplesPerPixel", source) or 1
+    bits_stored = _int(_value(ds, "BitsStored", source), "BitsStored", source) or bits_allocated
+    frames = _int(_value(ds, "NumberOfFrames", source), "NumberOfFrames", source) or 1
+    signed = (_int(_value(ds, "PixelRepresentation", source), "PixelRepresentation",
+                   source) or 0) == 1
+    planar = (_int(_value(ds, "PlanarConfiguration", source), "PlanarConfiguration",
+                   source) or 0) == 1 and samples > 1
+    photometric = _text(_value(ds, "PhotometricInterpretation", source)) or ""
+    if rows <= 0 or columns <= 0 or samples <= 0 or frames <= 0:
+        raise InvalidDicomError(
+            f"impossible geometry {rows}x{columns}x{samples} samples x {frames} frames",
+            source=source,
+        )
+    if rows * columns > limits.max_frame_pixels:
+        raise LimitExceededError(
+            f"frame of {rows}x{columns} pixels exceeds the {limits.max_frame_pixels} limit",
+            source=source,
+        )
+    layout = PixelLayout(rows, columns, samples, bits_allocated, bits_stored, signed, planar,
+                         photometric, frames)
+    if bits_allocated == 1 or bits_allocated % 8 == 0:
+        if layout.native_bytes > limits.max_pixel_bytes:
+            raise LimitExceededError(
+                f"pixel data of {layout.native_bytes} bytes exceeds the "
+                f"{limits.max_pixel_bytes} limit", source=source,
+            )
+    problem = None
+    if bits_allocated not in (1, 8, 16, 32, 64):
+        problem = f"Bits Allocated {bits_allocated} is not 1 or a multiple of 8 (PS3.5 8.1.1)"
+    elif not 0 < bits_stored <= bits_allocated:
+        problem = f"Bits Stored {bits_stored} is outside 1..Bits Allocated {bits_allocated}"
+    return layout, problem
+
+
+def read_header(scanned: ScannedObject, limits: Limits, source: str,
+                content_sha256: str) -> InstanceHeader:
+    """Read identity, matching keys and pixel layout; validate every UID.
+
+    Identifiers that are missing (test objects, fragments) are derived
+    deterministically (from the content hash for the SOP Instance UID, from the SOP
+    Instance UID for study and series), recorded as derived, and never written into
+    the object: the original bytes stay as received.
+    """
+    ds = _dataset(scanned)
+    attributes: dict[str, str | int | None] = {}
+    for keyword in INDEX_KEYWORDS:
+        value = _value(ds, keyword, source)
+        if keyword in ("SeriesNumber", "InstanceNumber", "NumberOfFrames"):
+            attributes[keyword] = _int(value, keyword, source)
+        else:
+            attributes[keyword] = _text(value)
+    notes: list[str] = []
+    meta_sop = scanned.meta.get(0x00020003, b"").rstrip(b"\x00 ").decode("ascii", "replace")
+    meta_class = scanned.meta.get(0x00020002, b"").rstrip(b"\x00 ").decode("ascii", "replace")
+    sop = str(attributes.get("SOPInstanceUID") or meta_sop)
+    if not sop:
+        sop = derived_uid("sop", content_sha256)
+        notes.append(f"SOP Instance UID missing: derived {sop}")
+    sop_class = str(attributes.get("SOPClassUID") or meta_class or "1.2.840.10008.5.1.4.1.1.7")
+    study = str(attributes.get("StudyInstanceUID") or "")
+    if not study:
+        study = derived_uid("study", sop)
+        notes.append(f"Study Instance UID missing: derived {study}")
+    series = str(attributes.get("SeriesInstanceUID") or "")
+    if not series:
+        series = derived_uid("series", sop)
+        notes.append(f"Series Instance UID missing: derived {series}")
+    for value, what in ((sop, "SOP Instance UID"), (sop_class, "SOP Class UID"),
+                        (study, "Study Instance UID"), (series, "Series Instance UID")):
+        if not validate_uid(value, what, source):
+            notes.append(f"{what} {value!r} does not follow PS3.5 9.1 (tolerated)")
+    if meta_sop and meta_sop != sop:
+        notes.append(f"File Meta names SOP Instance {meta_sop}; the data set's {sop} is used")
+    attributes.update(SOPInstanceUID=sop, SOPClassUID=sop_class, StudyInstanceUID=study,
+                      SeriesInstanceUID=series)
+    layout, problem = _layout(ds, scanned, limits, source)
+    return InstanceHeader(sop, sop_class, study, series, attributes, layout, problem,
+                          tuple(notes))

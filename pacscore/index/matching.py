@@ -1,0 +1,75 @@
+"""DICOM attribute matching (PS3.4 C.2.2.2) as pure functions.
+
+Single value, wildcard (``*``, ``?``), range (DA/TM/DT ``a-b``), list of UIDs
+(``\\``-separated) and universal (empty) matching.  Person names match without
+regard to case, as most PACS do.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+__all__ = ["Constraint", "RANGE_KEYS", "UID_KEYS", "PN_KEYS", "normalise", "parse_constraint"]
+
+UID_KEYS = frozenset({"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"})
+RANGE_KEYS = frozenset({"StudyDate", "StudyTime", "PatientBirthDate", "SeriesDate"})
+PN_KEYS = frozenset({"PatientName", "ReferringPhysicianName"})
+
+
+def normalise(keyword: str, value: Any) -> str:
+    """The form a value is compared and indexed in."""
+    if value is None:
+        return ""
+    text = str(value)
+    return text.upper() if keyword in PN_KEYS else text
+
+
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    """One key of a query."""
+
+    keyword: str
+    """Attribute keyword."""
+    kind: str
+    """``universal``, ``single``, ``list``, ``wildcard`` or ``range``."""
+    values: tuple[str, ...]
+    """Normalised values (two for a range: low, high; '' = open)."""
+    test: Callable[[str], bool]
+    """Matches one normalised attribute value."""
+
+    @property
+    def prefix(self) -> str:
+        """Literal prefix of a wildcard pattern (for index range scans)."""
+        if self.kind != "wildcard":
+            return ""
+        return re.split(r"[*?]", self.values[0], maxsplit=1)[0]
+
+
+@lru_cache(maxsize=256)
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile("".join(parts) + r"\Z", re.DOTALL)
+
+
+def parse_constraint(keyword: str, raw: str) -> Constraint:
+    """Turn ``KEY=VALUE`` into a constraint."""
+    value = normalise(keyword, raw.strip())
+    if value in ("", "*"):
+        return Constraint(keyword, "universal", (), lambda v: True)
+    if keyword in UID_KEYS and "\\" in value:
+        options = tuple(v for v in value.split("\\") if v)
+        allowed = frozenset(options)
+        return Constraint(keyword, "list", options, lambda v: v in allowed)
+    if keyword in RANGE_KEYS and "-" in value:
+        low, _, high = value.partition("-")
+        return Constraint(keyword, "range", (low, high),
+                          lambda v: bool(v) and (not low or v >= low)
+                          and (not high or v[: len(high)] <= high))
+    if "*" in value or "?" in value:
+        rx = _wildcard(value)
+        return Constraint(keyword, "wildcard", (value,), lambda v: rx.match(v) is not None)
+    return Constraint(keyword, "single", (value,), lambda v: v == value)

@@ -1,0 +1,75 @@
+"""What the index keeps of each instance."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["InstanceRecord", "StoreKind"]
+
+
+class StoreKind:
+    """How an instance's pixels are kept."""
+
+    FRAMES = "frames"
+    """Re-encoded frames in a Zarr array, plus the original header bytes."""
+    BLOB = "blob"
+    """The whole object exactly as received."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    """One stored instance."""
+
+    sop_instance_uid: str
+    """SOP Instance UID (as in the object, or derived when it had none)."""
+    sop_class_uid: str
+    """SOP Class UID."""
+    study_uid: str
+    """Study Instance UID."""
+    series_uid: str
+    """Series Instance UID."""
+    attributes: dict[str, Any]
+    """Matching keys by keyword."""
+    original_syntax: str
+    """Transfer syntax as received."""
+    stored_syntax: str
+    """Transfer syntax of what is stored."""
+    kind: str
+    """:class:`StoreKind` value."""
+    location: str
+    """Opaque FrameStore location id."""
+    sha256: str
+    """SHA-256 of the object as received."""
+    bytes_in: int
+    """Size of the object as received."""
+    bytes_stored: int
+    """Bytes the archive keeps for it (frames + header, or the blob)."""
+    layout: dict[str, Any] | None = None
+    """Pixel layout (PixelLayout.to_dict) for frame arrays."""
+    frame_crc32: tuple[int, ...] = ()
+    """CRC-32 of every decoded frame (native little-endian samples)."""
+    kept_reason: str | None = None
+    """Why the object was kept as received, if it was."""
+    warnings: tuple[str, ...] = field(default=())
+    """Non-conformances tolerated at ingest."""
+
+    @property
+    def compressed(self) -> bool:
+        """Stored in a compressed syntax."""
+        from ..dicom.syntaxes import syntax
+
+        return syntax(self.stored_syntax).encapsulated
+
+    def to_json(self) -> bytes:
+        """Serialised form."""
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> InstanceRecord:
+        """Inverse of :meth:`to_json`."""
+        d = json.loads(raw)
+        d["frame_crc32"] = tuple(d["frame_crc32"])
+        d["warnings"] = tuple(d["warnings"])
+        return cls(**d)

@@ -1,0 +1,268 @@
+"""Ingest, worker side: parse -> plan -> frames -> encode -> verify -> stage.
+
+Runs in worker processes (or in the caller for single stores).  It touches only the
+staging area of the FrameStore; the archive's writer publishes and commits.
+Nothing here needs the index, so no LMDB handle ever crosses a process boundary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+import warnings
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..codecs import FrameCodec, by_name
+from ..config import ArchiveConfig
+from ..dicom.header import InstanceHeader, PixelLayout, read_header
+from ..dicom.part10 import HeaderParts
+from ..dicom.scan import ScannedObject, scan
+from ..dicom.syntaxes import TransferSyntax
+from ..errors import InvalidDicomError, TruncatedFileError
+from ..index.records import InstanceRecord, StoreKind
+from ..kernels import bits_outside_stored
+from ..store.base import FrameStore
+
+__all__ = ["Prepared", "native_frames", "native_bytes", "prepare"]
+
+# JPEG 2000 family: codestreams whose tile-part lengths can be checked (ISO 15444-1 A.4.2).
+_J2K_FAMILY = ("1.2.840.10008.1.2.4.9", "1.2.840.10008.1.2.4.20")
+
+
+def j2k_truncation(stream: bytes) -> str | None:
+    """Why a JPEG 2000 codestream is cut short, or None (a walk of SOT tile-parts)."""
+    start = stream.find(b"\xff\x4f\xff\x51")  # SOC then SIZ (JP2 boxes may precede)
+    if start < 0:
+        return None  # not a raw codestream: leave it to the decoder
+    pos, end = start + 2, len(stream)
+    while pos + 2 <= end:
+        marker = stream[pos : pos + 2]
+        if marker == b"\xff\xd9":
+            return None
+        if pos + 4 > end:
+            break
+        if marker == b"\xff\x90":  # SOT: Lsot(2) Isot(2) Psot(4) TPsot TNsot
+            if pos + 10 > end:
+                break
+            psot = int.from_bytes(stream[pos + 6 : pos + 10], "big")
+            if psot == 0:
+                return None  # last tile-part runs to EOC
+            if pos + psot > end:
+                return f"tile-part at byte {pos} declares {psot} bytes, {end - pos} remain"
+            pos += psot
+            continue
+        if marker[0] != 0xFF:
+            return f"no marker at byte {pos} of the codestream"
+        pos += 2 + int.from_bytes(stream[pos + 2 : pos + 4], "big")
+    return "codestream ends before its end-of-codestream marker"
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """An instance staged and ready to be committed (small: no pixels)."""
+
+    record: InstanceRecord
+    """What goes into the index."""
+    header: bytes
+    """Packed :class:`HeaderParts` (empty for blobs)."""
+    source: str
+    """Where it came from (file path or client description)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    scanned: ScannedObject
+    header: InstanceHeader
+    ts: TransferSyntax
+    config: ArchiveConfig
+    codec: FrameCodec | None
+
+
+def _pixel_length_problem(ctx: _Context) -> str | None:
+    layout, pixel = ctx.header.layout, ctx.scanned.pixel
+    assert layout is not None and pixel is not None
+    if ctx.ts.encapsulated:
+        return None
+    extra = pixel.length - layout.native_bytes
+    if extra > 1:
+        return f"pixel data holds {extra} bytes more than Rows x Columns x Frames needs"
+    return None
+
+
+# Rules that keep an object exactly as received, checked in order (tables, not ladders).
+# Each returns the reason to keep, or None.
+_KEEP_RULES: tuple[Callable[[_Context], str | None], ...] = (
+    lambda c: c.header.layout_problem,
+    lambda c: "codec 'keep' configured" if c.codec is None else None,
+    lambda c: f"lossy input ({c.ts.name}) is kept as received" if c.ts.lossy else None,
+    lambda c: "deflated data set kept as received (byte-exact original)"
+    if c.ts.deflated else None,
+    lambda c: f"losslessly compressed input ({c.ts.name}) kept as received"
+    if c.ts.encapsulated and not c.config.transcode_compressed else None,
+    lambda c: "YBR_FULL_422 is subsampled: no lossless syntax re-encodes it"
+    if c.header.layout and c.header.layout.photometric == "YBR_FULL_422" else None,
+    lambda c: c.codec.refuses(c.header.layout) if c.codec and c.header.layout else None,
+    _pixel_length_problem,
+    lambda c: "8-bit samples in big-endian OW words (PS3.5 Annex A.3 byte swapping) kept "
+    "as received" if not c.ts.little_endian and c.header.layout
+    and c.header.layout.bits_allocated == 8 else None,
+)
+
+
+def native_frames(scanned: ScannedObject, layout: PixelLayout) -> npt.NDArray[Any]:
+    """Frames of native pixel data as (frames, rows, columns[, samples]) native arrays.
+
+    A view of the received bytes when little endian and colour-by-pixel; a copy when
+    the data set is big endian or colour-by-plane.
+    """
+    pixel = scanned.pixel
+    assert pixel is not None
+    order = "<" if scanned.transfer_syntax.little_endian else ">"
+    dtype = layout.dtype.newbyteorder(order)
+    count = layout.frame_samples * layout.frames
+    arr = np.frombuffer(scanned.body, dtype, count=count, offset=pixel.value_start)
+    if layout.planar:
+        arr = arr.reshape(layout.frames, layout.samples, layout.rows, layout.columns)
+        arr = np.ascontiguousarray(arr.transpose(0, 2, 3, 1))
+    else:
+        arr = arr.reshape(layout.frames, *layout.frame_shape)
+    if order == ">" and layout.bits_allocated > 8:
+        arr = arr.astype(layout.dtype)
+    return arr
+
+
+def native_bytes(frames: list[npt.NDArray[Any]], layout: PixelLayout, little: bool) -> bytes:
+    """Inverse of :func:`native_frames`: the pixel value bytes as in the file."""
+    stack = np.stack(frames).reshape(layout.frames, *layout.frame_shape)
+    if layout.planar:
+        stack = stack.transpose(0, 3, 1, 2)
+    if not little and layout.bits_allocated > 8:
+        stack = stack.astype(layout.dtype.newbyteorder(">"))
+    return np.ascontiguousarray(stack).tobytes()
+
+
+def _check_complete(ctx: _Context, source: str) -> None:
+    """Refuse a native object whose pixel data is shorter than its header says, or an
+    encapsulated one whose last codestream has no end marker (RELIABILITY 1)."""
+    pixel, layout = ctx.scanned.pixel, ctx.header.layout
+    if pixel is None:
+        return
+    if pixel.encapsulated != ctx.ts.encapsulated:
+        raise InvalidDicomError(
+            f"pixel data is {'encapsulated' if pixel.encapsulated else 'native'} but the "
+            f"transfer syntax is {ctx.ts.name}", source=source)
+    if layout is not None and not ctx.ts.encapsulated and ctx.header.layout_problem is None \
+            and pixel.length < layout.native_bytes:
+        raise TruncatedFileError(
+            f"pixel data holds {pixel.length} bytes but {layout.rows}x{layout.columns}x"
+            f"{layout.samples}x{layout.bits_allocated} bits x {layout.frames} frames needs "
+            f"{layout.native_bytes}", source=source)
+    if pixel.encapsulated and pixel.fragments and ctx.ts.uid.startswith(_J2K_FAMILY) \
+            and layout is not None and layout.frames == 1:
+        body = ctx.scanned.body
+        stream = b"".join(body[o : o + n] for o, n in pixel.fragments)
+        problem = j2k_truncation(stream)
+        if problem:
+            raise TruncatedFileError(f"JPEG 2000 pixel data is cut short: {problem}",
+                                     source=source)
+
+
+def _decoded_input_frames(data: bytes, layout: PixelLayout) -> list[npt.NDArray[Any]]:
+    """Decode losslessly compressed input with pydicom's decoders (transcode path)."""
+    from pydicom.pixels import iter_pixels
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = [np.ascontiguousarray(f).astype(layout.dtype, copy=False).reshape(
+            layout.frame_shape) for f in iter_pixels(BytesIO(data), raw=True)]
+    return out
+
+
+def _encode_verified(frames: Any, layout: PixelLayout, codec: FrameCodec
+                     ) -> tuple[list[bytes], list[int]] | str:
+    """Encode every frame and decode it back; a reason string if anything differs."""
+    encoded: list[bytes] = []
+    crcs: list[int] = []
+    for i, frame in enumerate(frames):
+        frame = np.ascontiguousarray(frame)
+        if layout.bits_stored < layout.bits_allocated and bits_outside_stored(
+                frame.reshape(-1).view(f"u{frame.itemsize}"), layout.bits_stored,
+                layout.signed):
+            return f"frame {i} has bits set above Bits Stored {layout.bits_stored}"
+        try:
+            stream = codec.encode(frame, layout)
+            back = codec.decode(stream, layout)
+        except Exception as exc:  # codec libraries raise their own types
+            return f"frame {i}: {codec.name} failed ({type(exc).__name__}: {exc})"
+        if back.shape != frame.shape or not np.array_equal(back, frame):
+            return f"frame {i}: {codec.name} round trip differs from the source (kept)"
+        encoded.append(stream)
+        crcs.append(zlib.crc32(back.astype(back.dtype.newbyteorder("<"), copy=False)))
+    return encoded, crcs
+
+
+def new_location() -> str:
+    """A fresh opaque location id (never derived from a UID)."""
+    return uuid.uuid4().hex
+
+
+def prepare(data: bytes, source: str, config: ArchiveConfig, store: FrameStore) -> Prepared:
+    """Check, plan, encode, verify and stage one object.
+
+    Raises
+    ------
+    PacsError
+        For input that must be refused; nothing is staged then.
+    """
+    sha = hashlib.sha256(data).hexdigest()
+    scanned = scan(data, config.limits, source)
+    header = read_header(scanned, config.limits, source, sha)
+    ts = scanned.transfer_syntax
+    codec = None if config.codec == "keep" else by_name(config.codec)
+    ctx = _Context(scanned, header, ts, config, codec)
+    _check_complete(ctx, source)
+    reason = next((r for rule in _KEEP_RULES if (r := rule(ctx))), None)
+    loc = new_location()
+    base: dict[str, Any] = {
+        "sop_instance_uid": header.sop_instance_uid, "sop_class_uid": header.sop_class_uid,
+        "study_uid": header.study_uid, "series_uid": header.series_uid,
+        "attributes": header.attributes, "original_syntax": ts.uid, "location": loc,
+        "sha256": sha, "bytes_in": len(data), "warnings": header.warnings,
+    }
+    result: tuple[list[bytes], list[int]] | str | None = reason
+    layout = header.layout
+    if reason is None:
+        assert codec is not None and layout is not None
+        frames: Any = (_decoded_input_frames(data, layout) if ts.encapsulated
+                       else native_frames(scanned, layout))
+        result = _encode_verified(frames, layout, codec)
+    if isinstance(result, tuple):
+        assert codec is not None and layout is not None and scanned.pixel is not None
+        encoded, crcs = result
+        pixel = scanned.pixel
+        parts = HeaderParts(
+            prefix=data[: pixel.element_start],
+            element_header=data[pixel.element_start : pixel.value_start],
+            suffix=data[pixel.value_end :],
+            dataset_start=scanned.dataset_start,
+            pad=data[pixel.value_start + layout.native_bytes]
+            if not ts.encapsulated and pixel.length > layout.native_bytes else -1,
+        ).pack()
+        written = store.stage_frames(loc, layout, codec.transfer_syntax, encoded)
+        record = InstanceRecord(
+            **base, stored_syntax=codec.transfer_syntax, kind=StoreKind.FRAMES,
+            bytes_stored=written + len(parts), layout=layout.to_dict(),
+            frame_crc32=tuple(crcs),
+        )
+        return Prepared(record, parts, source)
+    written = store.stage_blob(loc, data)
+    record = InstanceRecord(**base, stored_syntax=ts.uid, kind=StoreKind.BLOB,
+                            bytes_stored=written, kept_reason=result)
+    return Prepared(record, b"", source)

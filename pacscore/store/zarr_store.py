@@ -1,0 +1,195 @@
+"""FrameStore on a directory of Zarr v3 arrays, one array per instance.
+
+Layout (``root`` is the archive's ``frames`` directory)::
+
+    arrays/<ab>/<loc>/zarr.json        array metadata, codec pacscore.dicom_frame
+    arrays/<ab>/<loc>/c/<f>/0/0[/0]    frame f: exactly one DICOM codestream
+    blobs/<ab>/<loc>                   an object kept as received
+    staging/<loc>                      not yet published (removed at start-up)
+
+Chunks are written as plain files (the zarr Array API costs 3-9 ms per chunk here,
+FACTS.md); the metadata is what ``zarr.create_array`` writes, so ``zarr.open`` reads
+the arrays.  Durability: one ``syncfs`` for a whole batch before the renames and one
+after, instead of an fsync per file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import json
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from ..codecs.zarr_codec import CODEC_NAME
+from ..dicom.header import PixelLayout
+from ..errors import ArchiveStorageError, NotFoundError
+from .base import FrameStore, validate_location
+
+__all__ = ["ZarrFrameStore"]
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_syncfs = getattr(_libc, "syncfs", None)
+
+
+def _sync_filesystem(path: Path) -> None:
+    """Flush every dirty page of the file system holding ``path``."""
+    if _syncfs is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise ArchiveStorageError(f"syncfs failed: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def _storage_error(exc: OSError, what: str) -> ArchiveStorageError:
+    if exc.errno == errno.ENOSPC:
+        return ArchiveStorageError(f"disk full while {what}")
+    return ArchiveStorageError(f"{what} failed: {exc}")
+
+
+def array_metadata(layout: PixelLayout, transfer_syntax: str) -> dict[str, object]:
+    """The zarr.json of one instance's frame array."""
+    shape = [layout.frames, layout.rows, layout.columns]
+    if layout.samples > 1:
+        shape.append(layout.samples)
+    return {
+        "shape": shape,
+        "data_type": layout.dtype.name,
+        "chunk_grid": {"name": "regular",
+                       "configuration": {"chunk_shape": [1, *shape[1:]]}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0,
+        "codecs": [{"name": CODEC_NAME, "configuration": {
+            "transfer_syntax": transfer_syntax,
+            "bits_stored": layout.bits_stored,
+            "photometric": layout.photometric,
+        }}],
+        "attributes": {},
+        "zarr_format": 3,
+        "node_type": "array",
+        "storage_transformers": [],
+    }
+
+
+class ZarrFrameStore(FrameStore):
+    """Zarr v3 arrays and blobs under one directory."""
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True):
+        self.root = Path(root)
+        self.fsync = fsync
+        self.arrays = self.root / "arrays"
+        self.blobs = self.root / "blobs"
+        self.staging = self.root / "staging"
+        for d in (self.arrays, self.blobs, self.staging):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # -- paths -------------------------------------------------------------------
+    def array_path(self, loc: str) -> Path:
+        """Directory of the published frame array ``loc``."""
+        return self.arrays / validate_location(loc)[:2] / loc
+
+    def _blob_path(self, loc: str) -> Path:
+        return self.blobs / validate_location(loc)[:2] / loc
+
+    def _chunk(self, loc: str, index: int, ndim: int) -> Path:
+        return self.array_path(loc).joinpath("c", str(index), *(["0"] * (ndim - 1)))
+
+    # -- writes ------------------------------------------------------------------
+    def stage_frames(self, loc: str, layout: PixelLayout, transfer_syntax: str,
+                     frames: Sequence[bytes]) -> int:
+        base = self.staging / validate_location(loc)
+        tail = ["0"] * (2 if layout.samples == 1 else 3)
+        try:
+            base.mkdir()
+            meta = json.dumps(array_metadata(layout, transfer_syntax)).encode()
+            (base / "zarr.json").write_bytes(meta)
+            written = len(meta)
+            for i, data in enumerate(frames):
+                d = base.joinpath("c", str(i), *tail[:-1])
+                d.mkdir(parents=True, exist_ok=True)
+                (d / tail[-1]).write_bytes(data)
+                written += len(data)
+        except OSError as exc:
+            raise _storage_error(exc, "writing frames") from exc
+        return written
+
+    def stage_blob(self, loc: str, data: bytes) -> int:
+        try:
+            (self.staging / validate_location(loc)).write_bytes(data)
+        except OSError as exc:
+            raise _storage_error(exc, "writing an object") from exc
+        return len(data)
+
+    def publish(self, locs: Sequence[str]) -> None:
+        if not locs:
+            return
+        try:
+            if self.fsync:
+                _sync_filesystem(self.staging)
+            for loc in locs:
+                src = self.staging / validate_location(loc)
+                dest = self.array_path(loc) if src.is_dir() else self._blob_path(loc)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dest)
+            if self.fsync:
+                _sync_filesystem(self.root)
+        except FileNotFoundError as exc:
+            raise ArchiveStorageError(f"staged data vanished before publishing: {exc}") from exc
+        except OSError as exc:
+            raise _storage_error(exc, "publishing frames") from exc
+
+    def discard(self, locs: Sequence[str]) -> None:
+        for loc in locs:
+            path = self.staging / validate_location(loc)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+    def delete(self, locs: Sequence[str]) -> None:
+        for loc in locs:
+            shutil.rmtree(self.array_path(loc), ignore_errors=True)
+            self._blob_path(loc).unlink(missing_ok=True)
+
+    def clean_staging(self) -> int:
+        entries = list(self.staging.iterdir())
+        for path in entries:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return len(entries)
+
+    # -- reads -------------------------------------------------------------------
+    def read_frames(self, loc: str, indices: Sequence[int], ndim: int) -> list[bytes]:
+        out = []
+        for i in indices:
+            try:
+                with open(self._chunk(loc, i, ndim), "rb") as f:
+                    out.append(f.read())
+            except FileNotFoundError as exc:
+                raise NotFoundError(f"frame {i} of location {loc} is missing") from exc
+        return out
+
+    def read_blob(self, loc: str) -> bytes:
+        try:
+            return self._blob_path(loc).read_bytes()
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"object at location {loc} is missing") from exc
+
+    def exists(self, loc: str) -> bool:
+        return self.array_path(loc).is_dir() or self._blob_path(loc).is_file()
+
+    def locations(self) -> Iterator[str]:
+        for top in (self.arrays, self.blobs):
+            for sub in top.iterdir():
+                for entry in sub.iterdir():
+                    yield entry.name
