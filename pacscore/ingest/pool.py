@@ -62,7 +62,7 @@ def prepare_path(path: str, config: ArchiveConfig, store: ZarrFrameStore) -> Out
             return Skipped(path, size)
         return prepare(data, path, config, store)
     except PacsError as exc:
-        return Rejected(path, str(exc), type(exc).__name__)
+        return Rejected(path, f"{exc.reason} (hint: {exc.hint})", type(exc).__name__)
     except OSError as exc:
         return Rejected(path, f"cannot read: {exc.strerror or exc}", type(exc).__name__)
     except Exception as exc:  # a library bug must not stop the import

@@ -42,9 +42,18 @@ def j2k_truncation(stream: bytes) -> str | None:
     if start < 0:
         return None  # not a raw codestream: leave it to the decoder
     pos, end = start + 2, len(stream)
+    # SIZ: Lsiz Rsiz Xsiz Ysiz XOsiz YOsiz XTsiz YTsiz XTOsiz YTOsiz (A.5.1)
+    if end < pos + 38:
+        return "codestream shorter than its SIZ marker segment"
+    xs, ys, _, _, xt, yt, xto, yto = (int.from_bytes(stream[pos + 6 + 4 * i : pos + 10 + 4 * i],
+                                                     "big") for i in range(8))
+    tiles = -(-(xs - xto) // max(xt, 1)) * -(-(ys - yto) // max(yt, 1))
+    seen: set[int] = set()
     while pos + 2 <= end:
         marker = stream[pos : pos + 2]
         if marker == b"\xff\xd9":
+            if len(seen) < tiles:
+                return f"only {len(seen)} of {tiles} tiles are present"
             return None
         if pos + 4 > end:
             break
@@ -52,6 +61,7 @@ def j2k_truncation(stream: bytes) -> str | None:
             if pos + 10 > end:
                 break
             psot = int.from_bytes(stream[pos + 6 : pos + 10], "big")
+            seen.add(int.from_bytes(stream[pos + 4 : pos + 6], "big"))
             if psot == 0:
                 return None  # last tile-part runs to EOC
             if pos + psot > end:

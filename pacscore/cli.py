@@ -1,0 +1,269 @@
+"""The ``pacscore`` command: a thin front end over :class:`pacscore.Archive`.
+
+Exit codes: 0 ok; 1 some inputs rejected or some frames failed verification;
+2 usage or archive error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .archive import Archive, StoreResult
+from .codecs import CODEC_NAMES
+from .config import ArchiveConfig
+from .errors import PacsError
+from .index import LEVELS
+from .ingest.pool import Rejected, Skipped
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
+
+
+class _Progress:
+    """One status line on stderr: files, MB, rate, ETA.  Silent when not a terminal."""
+
+    def __init__(self, total_files: int, total_bytes: int, enabled: bool):
+        self.total_files, self.total_bytes = total_files, total_bytes
+        self.enabled = enabled
+        self.files = self.bytes = 0
+        self.start = self.last = time.monotonic()
+
+    def advance(self, size: int) -> None:
+        self.files += 1
+        self.bytes += size
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < 0.2 and self.files < self.total_files):
+            return
+        self.last = now
+        rate = self.bytes / max(now - self.start, 1e-9)
+        eta = (self.total_bytes - self.bytes) / rate if rate else 0.0
+        pct = 100.0 * self.files / max(self.total_files, 1)
+        sys.stderr.write(
+            f"\r{self.files}/{self.total_files} files ({pct:5.1f}%)  "
+            f"{self.bytes / 1e6:8.1f}/{self.total_bytes / 1e6:.1f} MB  "
+            f"{rate / 1e6:6.1f} MB/s  ETA {eta:5.0f} s ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def _walk(roots: Sequence[str]) -> Iterator[tuple[str, int]]:
+    """Regular files under ``roots`` (recursively, sorted); links are not followed out
+    of their root, so a symlink cannot smuggle in files from elsewhere."""
+    for root in roots:
+        base = Path(root).resolve()
+        if base.is_file():
+            yield str(base), base.stat().st_size
+            continue
+        if not base.is_dir():
+            raise FileNotFoundError(f"no such file or directory: {root}")
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = Path(dirpath, name)
+                real = path.resolve()
+                if not real.is_file() or (path.is_symlink() and base not in real.parents):
+                    continue
+                yield str(path), real.stat().st_size
+
+
+def _config(args: argparse.Namespace) -> ArchiveConfig:
+    return ArchiveConfig(codec=getattr(args, "codec", "htj2k") or "htj2k",
+                         transcode_compressed=getattr(args, "transcode_compressed", False))
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    files = list(_walk(args.paths))
+    total = sum(size for _, size in files)
+    sizes = dict(files)
+    progress = _Progress(len(files), total, enabled=not args.json and sys.stderr.isatty())
+    summary: dict[str, Any] = {"instances": 0, "stored": 0, "duplicates": 0, "rejected": [],
+                               "skipped": 0, "bytes_in": 0, "bytes_stored": 0, "seconds": 0.0}
+    started = time.monotonic()
+    with Archive(args.archive, _config(args)) as archive:
+        for outcome in archive.store_many((p for p, _ in files), workers=args.workers):
+            progress.advance(sizes.get(getattr(outcome, "source", ""), 0))
+            if isinstance(outcome, StoreResult):
+                summary["instances"] += 1
+                if outcome.status == "duplicate":
+                    summary["duplicates"] += 1
+                else:
+                    summary["stored"] += 1
+                    summary["bytes_in"] += outcome.bytes_in
+                    summary["bytes_stored"] += outcome.bytes_stored
+            elif isinstance(outcome, Skipped):
+                summary["skipped"] += 1
+            elif isinstance(outcome, Rejected):
+                summary["rejected"].append({"path": outcome.source, "reason": outcome.reason})
+    progress.close()
+    summary["seconds"] = round(time.monotonic() - started, 3)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        _print_import(summary)
+    return EXIT_PARTIAL if summary["rejected"] else EXIT_OK
+
+
+def _print_import(s: dict[str, Any]) -> None:
+    mb_in, mb_out = s["bytes_in"] / 1e6, s["bytes_stored"] / 1e6
+    ratio = mb_in / mb_out if mb_out else 0.0
+    rate = mb_in / s["seconds"] if s["seconds"] else 0.0
+    print(f"instances  {s['instances']} ({s['stored']} stored, {s['duplicates']} duplicates)")
+    print(f"size       {mb_in:.1f} MB in -> {mb_out:.1f} MB stored (ratio {ratio:.2f})")
+    print(f"time       {s['seconds']:.1f} s ({rate:.1f} MB/s)")
+    print(f"skipped    {s['skipped']} non-DICOM files")
+    print(f"rejected   {len(s['rejected'])}")
+    for r in s["rejected"]:
+        print(f"  {r['path']}: {r['reason']}")
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    with Archive(args.archive) as archive:
+        for uid in args.uids:
+            try:
+                data = archive.get(uid, args.transfer_syntax)
+            except PacsError as exc:
+                print(f"{uid}: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            # The file name is the UID, which get() proved to be an indexed, validated UID.
+            target = out / f"{uid}.dcm"
+            tmp = target.with_suffix(".dcm.part")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+            print(target)
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def _parse_keys(pairs: Sequence[str]) -> dict[str, str]:
+    keys = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"pacscore find: expected KEY=VALUE, got {pair!r}")
+        keys[key] = value
+    return keys
+
+
+def _cmd_find(args: argparse.Namespace) -> int:
+    keys = _parse_keys(args.keys)
+    with Archive(args.archive) as archive:
+        matches = archive.find(args.level, limit=args.limit, offset=args.offset, **keys)
+    if args.json:
+        print(json.dumps({"matches": matches}))
+        return EXIT_OK
+    uid_key = {"patient": "PatientID", "study": "StudyInstanceUID",
+               "series": "SeriesInstanceUID", "instance": "SOPInstanceUID"}[args.level]
+    for m in matches:
+        rest = "  ".join(f"{k}={v}" for k, v in m.items() if v not in (None, "") and k != uid_key)
+        print(f"{m.get(uid_key)}  {rest}")
+    print(f"{len(matches)} match(es)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    with Archive(args.archive) as archive:
+        report = archive.verify()
+    failed = [{"sop_instance_uid": u, "reason": r} for u, r in report.failed]
+    if args.json:
+        print(json.dumps({"checked": report.checked, "failed": failed}))
+    else:
+        print(f"checked {report.checked} instances, {len(failed)} failed")
+        for f in failed:
+            print(f"  {f['sop_instance_uid']}: {f['reason']}")
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    with Archive(args.archive) as archive:
+        stats = archive.stats()
+    if args.json:
+        print(json.dumps(stats))
+    else:
+        ratio = stats["bytes_in"] / stats["bytes_stored"] if stats["bytes_stored"] else 0.0
+        print(f"instances            {stats['instances']}")
+        print(f"compressed instances {stats['compressed_instances']}")
+        print(f"bytes in / stored    {stats['bytes_in']} / {stats['bytes_stored']} "
+              f"(ratio {ratio:.2f})")
+        for ts, n in sorted(stats["transfer_syntaxes"].items()):
+            print(f"  {ts:28s} {n}")
+    return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pacscore", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"pacscore {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def archive_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--archive", required=True, help="archive directory")
+
+    imp = sub.add_parser("import", help="store DICOM files and folders (recursively)")
+    imp.add_argument("paths", nargs="+")
+    archive_arg(imp)
+    imp.add_argument("--codec", choices=(*CODEC_NAMES, "keep"), default="htj2k")
+    imp.add_argument("--transcode-compressed", action="store_true",
+                     help="also re-encode losslessly compressed input (verified)")
+    imp.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                     help="worker processes (default: all cores; 0 = in process)")
+    imp.add_argument("--json", action="store_true")
+    imp.set_defaults(func=_cmd_import)
+
+    exp = sub.add_parser("export", help="write instances as <SOPInstanceUID>.dcm")
+    exp.add_argument("uids", nargs="+")
+    archive_arg(exp)
+    exp.add_argument("--out", required=True)
+    exp.add_argument("--transfer-syntax", default="original",
+                     help="original, stored, or a Transfer Syntax UID")
+    exp.set_defaults(func=_cmd_export)
+
+    find = sub.add_parser("find", help="query the index (DICOM matching)")
+    archive_arg(find)
+    find.add_argument("--level", choices=LEVELS, required=True)
+    find.add_argument("keys", nargs="*", metavar="KEY=VALUE")
+    find.add_argument("--limit", type=int)
+    find.add_argument("--offset", type=int, default=0)
+    find.add_argument("--json", action="store_true")
+    find.set_defaults(func=_cmd_find)
+
+    for name, func, text in (("verify", _cmd_verify, "decode every frame against its checksum"),
+                             ("stats", _cmd_stats, "totals per transfer syntax")):
+        sp = sub.add_parser(name, help=text)
+        archive_arg(sp)
+        sp.add_argument("--json", action="store_true")
+        sp.set_defaults(func=func)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pacscore`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except PacsError as exc:
+        print(f"pacscore: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except (OSError, ValueError) as exc:
+        print(f"pacscore: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("pacscore: interrupted; acknowledged instances are safe", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

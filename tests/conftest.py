@@ -1,0 +1,65 @@
+"""Shared fixtures: the real corpus (../shared/corpus or $PACSCORE_CORPUS)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pacscore import Archive, ArchiveConfig
+
+
+def corpus_root() -> Path | None:
+    """The shared corpus, or None when it is not on this machine."""
+    env = os.environ.get("PACSCORE_CORPUS")
+    candidates = [Path(env)] if env else []
+    here = Path(__file__).resolve().parent.parent
+    candidates += [here.parent / "shared" / "corpus", here / ".." / ".." / "shared" / "corpus"]
+    for c in candidates:
+        if (c / "MANIFEST.tsv").is_file():
+            return c.resolve()
+    return None
+
+
+@dataclass(frozen=True)
+class CorpusFile:
+    """One MANIFEST.tsv row."""
+
+    path: Path
+    relative: str
+    modality: str
+    transfer_syntax: str
+    notes: str
+
+    @property
+    def malformed(self) -> bool:
+        return self.relative.startswith("malformed/")
+
+
+def corpus_files() -> list[CorpusFile]:
+    """Every file of the manifest (empty when the corpus is absent)."""
+    root = corpus_root()
+    if root is None:
+        return []
+    with open(root / "MANIFEST.tsv", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    return [CorpusFile(root / r["relative_path"], r["relative_path"], r["modality"],
+                       r["transfer_syntax_uid"], r["notes"]) for r in rows]
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    root = corpus_root()
+    if root is None:
+        pytest.skip("shared corpus not found: set PACSCORE_CORPUS to ../shared/corpus")
+    return root
+
+
+@pytest.fixture()
+def archive(tmp_path: Path) -> Iterator[Archive]:
+    with Archive(tmp_path / "archive", ArchiveConfig()) as a:
+        yield a

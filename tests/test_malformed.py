@@ -1,0 +1,73 @@
+"""Every file in corpus/malformed is refused with a specific reason, or kept as
+received when it is a readable object whose pixels we do not touch; never partly
+stored, and the archive stays usable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pacscore import Archive, InvalidDicomError
+
+from .conftest import corpus_files
+
+MALFORMED = [f for f in corpus_files() if f.malformed]
+
+# Files a reader can parse whose pixel data we keep byte for byte (never re-encoded).
+KEPT = {
+    "malformed/DX_truncated_j2k_966.dcm": "kept as received",
+    "malformed/JPEGLossless_signed_bad.dcm": "kept as received",
+    "malformed/Philips_MR_BitsAllocated12_no_meta.dcm": "Bits Allocated 12",
+    "malformed/WSI_unpadded_edge_tiles_140fr.dcm": "lossy input",
+}
+REFUSED = {
+    "malformed/GH177_CT1_big_endian_undefined_length.dcm": "unknown VR",
+    "malformed/Hologic_DBT_slice_truncated_pixeldata.dcm": "encapsulated but the transfer",
+    "malformed/MR_truncated.dcm": "needs 8192 bytes but only 8130 remain",
+    "malformed/badVR.dcm": "NumberOfFrames '1A' is not an integer",
+    "malformed/emri_small_jpeg_2k_lossless_too_short.dcm": "remain",
+    "malformed/meta_missing_tsyntax.dcm": "no Transfer Syntax UID",
+    "malformed/no_meta_offbyone.dcm": "not a DICOM object",
+    "malformed/oob-monochrome-46341.dcm": "46341x46341",
+    "malformed/oob-monochrome-65535.dcm": "65535x65535",
+    "malformed/rtplan_truncated.dcm": "(300A,00B0)",
+}
+
+
+def test_every_malformed_file_has_an_expectation() -> None:
+    if not MALFORMED:
+        pytest.skip("shared corpus not found")
+    assert {f.relative for f in MALFORMED} == set(KEPT) | set(REFUSED)
+
+
+@pytest.mark.parametrize("relative", sorted(REFUSED))
+def test_refused_with_reason_naming_the_file(archive: Archive, corpus: Path,
+                                             relative: str) -> None:
+    path = corpus / relative
+    with pytest.raises(InvalidDicomError) as info:
+        archive.store(path)
+    assert str(path) in str(info.value)
+    assert REFUSED[relative] in str(info.value)
+    assert archive.stats()["instances"] == 0
+    assert list(archive.store_.staging.iterdir()) == []
+    assert list(archive.store_.locations()) == []
+
+
+@pytest.mark.parametrize("relative", sorted(KEPT))
+def test_kept_exactly_as_received(archive: Archive, corpus: Path, relative: str) -> None:
+    path = corpus / relative
+    result = archive.store(path)
+    assert result.kept_reason is not None and KEPT[relative] in result.kept_reason
+    assert archive.get(result.sop_instance_uid, "original") == path.read_bytes()
+    assert archive.get(result.sop_instance_uid, "stored") == path.read_bytes()
+
+
+def test_archive_usable_after_every_refusal(archive: Archive, corpus: Path) -> None:
+    for relative in REFUSED:
+        with pytest.raises(InvalidDicomError):
+            archive.store(corpus / relative)
+    good = corpus / "ct_series/dcmqi_ge_ct_3slice/01.dcm"
+    result = archive.store(good)
+    assert archive.get(result.sop_instance_uid) == good.read_bytes()
+    assert archive.verify().failed == []
