@@ -45,6 +45,13 @@ def _level_attrs(level: str, attributes: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _matches(c: Constraint, attrs: Mapping[str, Any]) -> bool:
+    value = attrs.get(c.keyword)
+    if c.keyword == "ModalitiesInStudy":  # multi-valued: any value matches
+        return any(c.test(v) for v in str(value or "").split("\\"))
+    return c.test(normalise(c.keyword, value))
+
+
 def _empty_stats() -> dict[str, Any]:
     return {"instances": 0, "compressed_instances": 0, "bytes_in": 0, "bytes_stored": 0,
             "transfer_syntaxes": {}}
@@ -289,15 +296,16 @@ class LmdbIndex(Index):
              offset: int = 0) -> list[dict[str, Any]]:
         if level not in LEVELS:
             raise ValueError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
+        if level == "study" and "Modality" in query:  # C-FIND: ModalitiesInStudy
+            query = {("ModalitiesInStudy" if k == "Modality" else k): v
+                     for k, v in query.items()}
         constraints = [parse_constraint(k, v) for k, v in query.items()]
         active = [c for c in constraints if c.kind != "universal"]
         out: list[dict[str, Any]] = []
         with self.env.begin() as txn:
             for uid in self._candidates(txn, level, active):
                 attrs = self._level_view(txn, level, uid)
-                if attrs is None:
-                    continue
-                if all(c.test(normalise(c.keyword, attrs.get(c.keyword))) for c in active):
+                if attrs is not None and all(_matches(c, attrs) for c in active):
                     out.append(attrs)
         end = None if limit is None else offset + limit
         return out[offset:end]

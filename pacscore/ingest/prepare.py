@@ -48,6 +48,8 @@ def j2k_truncation(stream: bytes) -> str | None:
     xs, ys, _, _, xt, yt, xto, yto = (int.from_bytes(stream[pos + 6 + 4 * i : pos + 10 + 4 * i],
                                                      "big") for i in range(8))
     tiles = -(-(xs - xto) // max(xt, 1)) * -(-(ys - yto) // max(yt, 1))
+    if not 0 < tiles <= 65535:  # Isot is 16 bits: an impossible SIZ is the decoder's call
+        return None
     seen: set[int] = set()
     while pos + 2 <= end:
         marker = stream[pos : pos + 2]

@@ -1,0 +1,155 @@
+"""Archive behaviour a user sees: idempotence, conflicts, queries, deletes, syntaxes."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from pacscore import Archive, ArchiveConfig, ConflictError, NotFoundError
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(io.BytesIO(data)).pixel_array
+
+
+@pytest.fixture()
+def ct_series(corpus: Path) -> list[Path]:
+    return sorted((corpus / "ct_series/tcia_lung_pet_ct_dx_chest_30sl").glob("*.dcm"))[:6]
+
+
+def test_restore_is_idempotent(archive: Archive, ct_series: list[Path]) -> None:
+    first = archive.store(ct_series[0])
+    again = archive.store(ct_series[0].read_bytes())
+    assert (first.status, again.status) == ("stored", "duplicate")
+    assert archive.stats()["instances"] == 1
+    assert len(list(archive.store_.locations())) == 1
+
+
+def test_same_uid_other_content_is_refused_atomically(archive: Archive,
+                                                      ct_series: list[Path]) -> None:
+    data = ct_series[0].read_bytes()
+    result = archive.store(data)
+    tampered = bytearray(data)
+    tampered[-2] ^= 0x01  # one pixel bit
+    with pytest.raises(ConflictError, match="already stored with different content"):
+        archive.store(bytes(tampered))
+    assert archive.get(result.sop_instance_uid) == data
+    assert archive.stats()["instances"] == 1
+    assert list(archive.store_.staging.iterdir()) == []
+
+
+def test_find_levels_and_matching(archive: Archive, ct_series: list[Path]) -> None:
+    results = [archive.store(p) for p in ct_series]
+    study = results[0].study_uid
+    ds = pydicom.dcmread(ct_series[0], stop_before_pixels=True)
+    studies = archive.find("study", PatientID=str(ds.PatientID))
+    assert [s["StudyInstanceUID"] for s in studies] == [study]
+    assert studies[0]["NumberOfStudyRelatedInstances"] == len(ct_series)
+    assert studies[0]["ModalitiesInStudy"] == "CT"
+    name = str(ds.PatientName)
+    assert archive.find("study", PatientName=name.lower()[:3] + "*")
+    assert archive.find("study", PatientName="NO_SUCH*") == []
+    date = str(ds.StudyDate)
+    assert archive.find("study", StudyDate=f"{date}-")
+    assert archive.find("study", StudyDate=f"-{int(date) - 1}") == []
+    instances = archive.find("instance", SeriesInstanceUID=results[0].series_uid)
+    assert {i["SOPInstanceUID"] for i in instances} == {r.sop_instance_uid for r in results}
+    pair = "\\".join(r.sop_instance_uid for r in results[:2])
+    assert len(archive.find("instance", SOPInstanceUID=pair)) == 2
+    assert len(archive.find("instance", StudyInstanceUID=study, limit=2, offset=1)) == 2
+
+
+def test_delete_series_removes_frames_and_counts(archive: Archive,
+                                                 ct_series: list[Path]) -> None:
+    results = [archive.store(p) for p in ct_series]
+    assert archive.delete("series", results[0].series_uid) == len(ct_series)
+    assert archive.find("study") == []
+    assert archive.stats()["instances"] == 0
+    assert list(archive.store_.locations()) == []
+    with pytest.raises(NotFoundError):
+        archive.get(results[0].sop_instance_uid)
+    with pytest.raises(KeyError):  # NotFoundError is also a KeyError
+        archive.delete("study", results[0].study_uid)
+
+
+@pytest.mark.parametrize("target", ["1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90",
+                                    "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.1",
+                                    "1.2.840.10008.1.2"])
+def test_get_in_other_syntaxes_keeps_pixels(archive: Archive, ct_series: list[Path],
+                                            target: str) -> None:
+    result = archive.store(ct_series[0])
+    out = archive.get(result.sop_instance_uid, target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert pydicom.dcmread(io.BytesIO(out)).file_meta.TransferSyntaxUID == target
+    assert np.array_equal(_pixels(out), _pixels(ct_series[0].read_bytes()))
+
+
+def test_frames_in_stored_syntax_are_the_zarr_chunks(archive: Archive,
+                                                     ct_series: list[Path]) -> None:
+    import zarr
+
+    result = archive.store(ct_series[0])
+    (stream,) = archive.frames(result.sop_instance_uid, [0])
+    rec = archive.index.get(result.sop_instance_uid)
+    assert rec is not None
+    path = archive.store_.array_path(rec.location)
+    assert (path / "c/0/0/0").read_bytes() == stream
+    arr = zarr.open(str(path), mode="r")
+    assert np.array_equal(arr[0], _pixels(ct_series[0].read_bytes()))
+    (native,) = archive.frames(result.sop_instance_uid, [0], transfer_syntax="native")
+    assert native == np.ascontiguousarray(arr[0]).astype("<i2" if arr.dtype.kind == "i"
+                                                          else "<u2").tobytes()
+    with pytest.raises(NotFoundError):
+        archive.frames(result.sop_instance_uid, [1])
+
+
+@pytest.mark.parametrize("codec", ["jpegls", "j2k", "rle"])
+def test_other_codecs_roundtrip(tmp_path: Path, ct_series: list[Path], codec: str) -> None:
+    with Archive(tmp_path / codec, ArchiveConfig(codec=codec)) as archive:
+        result = archive.store(ct_series[1])
+        assert result.verified and result.kept_reason is None
+        assert archive.get(result.sop_instance_uid) == ct_series[1].read_bytes()
+        stored = archive.get(result.sop_instance_uid, "stored")
+        assert np.array_equal(_pixels(stored), _pixels(ct_series[1].read_bytes()))
+
+
+def test_transcode_compressed_input_when_asked(tmp_path: Path, corpus: Path) -> None:
+    src = corpus / "odd/ts_ladder_mr/7.dcm"  # JPEG-LS lossless
+    with Archive(tmp_path / "t", ArchiveConfig(transcode_compressed=True)) as archive:
+        result = archive.store(src)
+        assert result.stored_syntax == "1.2.840.10008.1.2.4.202" and result.verified
+        original = archive.get(result.sop_instance_uid)
+        assert np.array_equal(_pixels(original), _pixels(src.read_bytes()))
+
+
+@pytest.mark.skipif(shutil.which("dcmdjpls") is None, reason="DCMTK dcmdjpls not installed")
+def test_jpegls_output_decodes_with_dcmtk(tmp_path: Path, corpus: Path) -> None:
+    """A third-party decoder (DCMTK) reads our JPEG-LS at Bits Stored precision."""
+    files = [corpus / "ct_series/single/Philips_CT.dcm",       # 12-bit unsigned
+             corpus / "ct_series/single/GE_lung_signed.dcm"]   # 16-bit signed
+    with Archive(tmp_path / "ls", ArchiveConfig(codec="jpegls")) as archive:
+        for src in files:
+            result = archive.store(src)
+            encoded, decoded = tmp_path / "in.dcm", tmp_path / "out.dcm"
+            encoded.write_bytes(archive.get(result.sop_instance_uid, "stored"))
+            subprocess.run(["dcmdjpls", str(encoded), str(decoded)], check=True,
+                           capture_output=True)
+            assert np.array_equal(_pixels(decoded.read_bytes()), _pixels(src.read_bytes()))
+
+
+def test_store_from_stream_and_reopen(tmp_path: Path, ct_series: list[Path]) -> None:
+    with Archive(tmp_path / "s") as archive, ct_series[2].open("rb") as f:
+        result = archive.store(f)
+    with Archive(tmp_path / "s") as reopened:
+        assert reopened.get(result.sop_instance_uid) == ct_series[2].read_bytes()
+        assert reopened.recovered == 0
