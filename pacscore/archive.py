@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,14 @@ from .errors import (
 )
 from .index import LEVELS, InstanceRecord, LmdbIndex, StoreKind
 from .ingest.pool import Outcome, Rejected, Skipped, run_pool
-from .ingest.prepare import Prepared, _decoded_input_frames, native_bytes, native_frames, prepare
+from .ingest.prepare import (
+    Prepared,
+    decoded_input_frames,
+    frame_crc32,
+    native_bytes,
+    native_frames,
+    prepare,
+)
 from .store import ZarrFrameStore
 
 __all__ = ["Archive", "StoreResult", "VerifyReport"]
@@ -269,12 +275,12 @@ class Archive:
 
         layout_ = read_header(scanned, self.config.limits, rec.sop_instance_uid,
                               rec.sha256).layout
-        if layout_ is None or rec.kept_reason and "Bits Allocated" in rec.kept_reason:
+        if layout_ is None or (rec.kept_reason and "Bits Allocated" in rec.kept_reason):
             raise UnsupportedTransferSyntaxError(
                 f"instance {rec.sop_instance_uid} has no pixel data this archive can decode "
                 f"({rec.kept_reason}); ask for its original transfer syntax")
         if scanned.transfer_syntax.encapsulated:
-            frames = _decoded_input_frames(data, layout_)
+            frames = decoded_input_frames(data, layout_)
         else:
             frames = list(native_frames(scanned, layout_))
         chosen = frames if indices is None else [frames[i] for i in indices]
@@ -345,6 +351,7 @@ class Archive:
         native little-endian samples for an uncompressed syntax, or codestreams of
         another encodable syntax.  Indices are 0-based."""
         rec = self._record(sop_instance_uid)
+        wanted: list[int] | None
         if rec.kind == StoreKind.FRAMES and rec.layout is not None:
             n = rec.layout["frames"]
             wanted = list(range(n)) if indices is None else list(indices)
@@ -399,8 +406,7 @@ class Archive:
                     continue
                 decoded, _ = self._decoded(rec)
                 for i, (frame, crc) in enumerate(zip(decoded, rec.frame_crc32, strict=True)):
-                    le = frame.astype(frame.dtype.newbyteorder("<"), copy=False)
-                    if zlib.crc32(le) != crc:
+                    if frame_crc32(frame) != crc:
                         report.failed.append((rec.sop_instance_uid, f"frame {i} CRC mismatch"))
                         break
             except Exception as exc:  # a corrupt codestream raises in the codec

@@ -13,7 +13,7 @@ import pytest
 
 def run(*args: str) -> tuple[int, Any, str]:
     proc = subprocess.run([sys.executable, "-m", "pacscore.cli", *args], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, check=False)
     try:
         out = json.loads(proc.stdout) if "--json" in args else proc.stdout
     except json.JSONDecodeError:

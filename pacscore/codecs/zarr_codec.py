@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
 from zarr.abc.codec import ArrayBytesCodec
 from zarr.core.common import JSON, parse_named_configuration
 
@@ -74,7 +73,7 @@ class DicomFrameCodec(ArrayBytesCodec):
         layout = self._layout(chunk_spec.shape, dtype)
         frame = codec.decode(chunk_bytes.to_bytes(), layout)
         return chunk_spec.prototype.nd_buffer.from_ndarray_like(
-            frame.reshape(chunk_spec.shape)
+            frame.reshape(chunk_spec.shape)  # type: ignore[arg-type]
         )
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from ..config import Limits
 from ..errors import InvalidDicomError, InvalidUIDError, LimitExceededError
@@ -206,7 +207,7 @@ def _dataset(scanned: ScannedObject) -> Dataset:
         # UN (an explicit-VR writer that did not know the VR) is read as the dictionary VR.
         vr = None if ts.implicit_vr else (dictionary_vr(tag) if el.vr == "UN" else el.vr)
         raw[tag] = RawDataElement(
-            tag, vr, el.length, value, el.offset,
+            Tag(tag), vr, el.length, value, el.offset,
             ts.implicit_vr, ts.little_endian,
         )
     ds = Dataset(raw)
@@ -274,12 +275,12 @@ def _layout(ds: Dataset, scanned: ScannedObject, limits: Limits,
         )
     layout = PixelLayout(rows, columns, samples, bits_allocated, bits_stored, signed, planar,
                          photometric, frames)
-    if bits_allocated == 1 or bits_allocated % 8 == 0:
-        if layout.native_bytes > limits.max_pixel_bytes:
-            raise LimitExceededError(
-                f"pixel data of {layout.native_bytes} bytes exceeds the "
-                f"{limits.max_pixel_bytes} limit", source=source,
-            )
+    if (bits_allocated == 1 or bits_allocated % 8 == 0) \
+            and layout.native_bytes > limits.max_pixel_bytes:
+        raise LimitExceededError(
+            f"pixel data of {layout.native_bytes} bytes exceeds the "
+            f"{limits.max_pixel_bytes} limit", source=source,
+        )
     problem = None
     if bits_allocated not in (1, 8, 16, 32, 64):
         problem = f"Bits Allocated {bits_allocated} is not 1 or a multiple of 8 (PS3.5 8.1.1)"

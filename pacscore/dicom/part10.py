@@ -18,6 +18,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.filewriter import correct_ambiguous_vr, dcmwrite, write_file_meta_info
+from pydicom.uid import UID
 
 from ..errors import UnsupportedTransferSyntaxError
 from .syntaxes import EXPLICIT_LE, syntax
@@ -72,10 +73,10 @@ class HeaderParts:
 def _file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
     meta = FileMetaDataset()
     meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = IMPLEMENTATION_UID
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_UID)
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION
     out = BytesIO()
     write_file_meta_info(out, meta, enforce_standard=True)  # type: ignore[arg-type]
@@ -103,8 +104,8 @@ def build_part10(parts: HeaderParts, original_syntax: str, target_syntax: str,
     """
     target = syntax(target_syntax)
     source = syntax(original_syntax)
-    if target.deflated or target.uid not in (EXPLICIT_LE, "1.2.840.10008.1.2",
-                                             "1.2.840.10008.1.2.2") and not target.encapsulated:
+    if target.deflated or (target.uid not in (EXPLICIT_LE, "1.2.840.10008.1.2",
+                                             "1.2.840.10008.1.2.2") and not target.encapsulated):
         raise UnsupportedTransferSyntaxError(f"cannot write {target.name} ({target.uid})")
     if target.encapsulated:
         if frames is None:

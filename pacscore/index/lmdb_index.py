@@ -96,7 +96,7 @@ class LmdbIndex(Index):
 
     def _json(self, txn: lmdb.Transaction, db: bytes, key: str) -> dict[str, Any] | None:
         raw = txn.get(key.encode(), db=self.dbs[db])
-        return None if raw is None else dict(json.loads(raw))
+        return None if raw is None else dict(json.loads(bytes(raw)))
 
     def _put_json(self, txn: lmdb.Transaction, db: bytes, key: str, value: Any) -> None:
         txn.put(key.encode(), json.dumps(value, separators=(",", ":")).encode(),
@@ -116,7 +116,7 @@ class LmdbIndex(Index):
     def get(self, sop_instance_uid: str) -> InstanceRecord | None:
         with self.env.begin() as txn:
             raw = txn.get(sop_instance_uid.encode(), db=self.dbs[b"inst"])
-        return None if raw is None else InstanceRecord.from_json(raw)
+        return None if raw is None else InstanceRecord.from_json(bytes(raw))
 
     def header(self, sop_instance_uid: str) -> bytes:
         with self.env.begin() as txn:
@@ -128,12 +128,12 @@ class LmdbIndex(Index):
     def records(self) -> Iterator[InstanceRecord]:
         with self.env.begin() as txn:
             for _, raw in txn.cursor(db=self.dbs[b"inst"]):
-                yield InstanceRecord.from_json(raw)
+                yield InstanceRecord.from_json(bytes(raw))
 
     def stats(self) -> dict[str, Any]:
         with self.env.begin() as txn:
             raw = txn.get(b"stats", db=self.dbs[b"meta"])
-        return _empty_stats() if raw is None else dict(json.loads(raw))
+        return _empty_stats() if raw is None else dict(json.loads(bytes(raw)))
 
     def location_owner(self, location: str) -> str | None:
         with self.env.begin() as txn:
@@ -182,7 +182,7 @@ class LmdbIndex(Index):
         sop = rec.sop_instance_uid
         raw = txn.get(sop.encode(), db=self.dbs[b"inst"])
         if raw is not None:
-            existing = InstanceRecord.from_json(raw)
+            existing = InstanceRecord.from_json(bytes(raw))
             status = "duplicate" if existing.sha256 == rec.sha256 else "conflict"
             return PutOutcome(sop, status, existing)
         attrs = rec.attributes
@@ -233,7 +233,7 @@ class LmdbIndex(Index):
 
     def _count(self, txn: lmdb.Transaction, rec: InstanceRecord, sign: int) -> None:
         raw = txn.get(b"stats", db=self.dbs[b"meta"])
-        stats = _empty_stats() if raw is None else json.loads(raw)
+        stats = _empty_stats() if raw is None else json.loads(bytes(raw))
         stats["instances"] += sign
         stats["compressed_instances"] += sign * int(rec.compressed)
         stats["bytes_in"] += sign * rec.bytes_in
@@ -253,7 +253,7 @@ class LmdbIndex(Index):
         raw = txn.get(sop.encode(), db=self.dbs[b"inst"])
         if raw is None:
             return None
-        rec = InstanceRecord.from_json(raw)
+        rec = InstanceRecord.from_json(bytes(raw))
         attrs = rec.attributes
         txn.delete(sop.encode(), db=self.dbs[b"inst"])
         txn.delete(sop.encode(), db=self.dbs[b"hdr"])
@@ -315,7 +315,7 @@ class LmdbIndex(Index):
             raw = txn.get(uid.encode(), db=self.dbs[b"inst"])
             if raw is None:
                 return None
-            rec = InstanceRecord.from_json(raw)
+            rec = InstanceRecord.from_json(bytes(raw))
             view = _level_attrs("instance", rec.attributes)
             view["TransferSyntaxUID"] = rec.stored_syntax
             return view
@@ -355,7 +355,7 @@ class LmdbIndex(Index):
                 for value in c.values:
                     yield from self._attr_exact(txn, level, kw, value)
                 return
-            if c.kind == "wildcard" and c.prefix or c.kind == "range":
+            if (c.kind == "wildcard" and c.prefix) or c.kind == "range":
                 yield from self._attr_range(txn, level, c)
                 return
         cur = txn.cursor(db=self.dbs[_LEVEL_DB[level]])

@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -136,7 +136,7 @@ def native_frames(scanned: ScannedObject, layout: PixelLayout) -> npt.NDArray[An
     """
     pixel = scanned.pixel
     assert pixel is not None
-    order = "<" if scanned.transfer_syntax.little_endian else ">"
+    order: Literal["<", ">"] = "<" if scanned.transfer_syntax.little_endian else ">"
     dtype = layout.dtype.newbyteorder(order)
     count = layout.frame_samples * layout.frames
     arr = np.frombuffer(scanned.body, dtype, count=count, offset=pixel.value_start)
@@ -186,9 +186,9 @@ def _check_complete(ctx: _Context, source: str) -> None:
                                      source=source)
 
 
-def _decoded_input_frames(data: bytes, layout: PixelLayout) -> list[npt.NDArray[Any]]:
+def decoded_input_frames(data: bytes, layout: PixelLayout) -> list[npt.NDArray[Any]]:
     """Decode losslessly compressed input with pydicom's decoders (transcode path)."""
-    from pydicom.pixels import iter_pixels
+    from pydicom.pixels import iter_pixels  # type: ignore[attr-defined]
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -202,8 +202,8 @@ def _encode_verified(frames: Any, layout: PixelLayout, codec: FrameCodec
     """Encode every frame and decode it back; a reason string if anything differs."""
     encoded: list[bytes] = []
     crcs: list[int] = []
-    for i, frame in enumerate(frames):
-        frame = np.ascontiguousarray(frame)
+    for i, source_frame in enumerate(frames):
+        frame = np.ascontiguousarray(source_frame)
         if layout.bits_stored < layout.bits_allocated and bits_outside_stored(
                 frame.reshape(-1).view(f"u{frame.itemsize}"), layout.bits_stored,
                 layout.signed):
@@ -216,8 +216,14 @@ def _encode_verified(frames: Any, layout: PixelLayout, codec: FrameCodec
         if back.shape != frame.shape or not np.array_equal(back, frame):
             return f"frame {i}: {codec.name} round trip differs from the source (kept)"
         encoded.append(stream)
-        crcs.append(zlib.crc32(back.astype(back.dtype.newbyteorder("<"), copy=False)))
+        crcs.append(frame_crc32(back))
     return encoded, crcs
+
+
+def frame_crc32(frame: npt.NDArray[Any]) -> int:
+    """CRC-32 of a decoded frame's samples in little-endian order (the index checksum)."""
+    le = np.ascontiguousarray(frame.astype(frame.dtype.newbyteorder("<"), copy=False))
+    return zlib.crc32(le.data)
 
 
 def new_location() -> str:
@@ -252,7 +258,7 @@ def prepare(data: bytes, source: str, config: ArchiveConfig, store: FrameStore) 
     layout = header.layout
     if reason is None:
         assert codec is not None and layout is not None
-        frames: Any = (_decoded_input_frames(data, layout) if ts.encapsulated
+        frames: Any = (decoded_input_frames(data, layout) if ts.encapsulated
                        else native_frames(scanned, layout))
         result = _encode_verified(frames, layout, codec)
     if isinstance(result, tuple):

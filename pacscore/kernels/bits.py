@@ -49,7 +49,7 @@ def _bits_outside_stored(a, bits_stored, signed):  # type: ignore[no-untyped-def
                 return True
         return False
     limit = 1 << bits_stored
-    for i in range(a.size):
+    for i in range(a.size):  # noqa: SIM110 (an early-exit loop numba compiles well)
         if a[i] >= limit:
             return True
     return False
