@@ -196,6 +196,63 @@ class InstanceHeader:
     """Non-conformances that were tolerated (derived UIDs, meta mismatch, ...)."""
 
 
+_KEYWORD_TAG = {kw: tag for tag, kw in _TAGS.items()}
+_ASCII_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"})
+_TEXT_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
+_DEFAULT_CHARSETS = frozenset({"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192"})
+
+
+class _Values:
+    """Values of the captured top-level elements, by keyword.
+
+    Plain ASCII and US values (UIDs, dates, numbers) and text in the default
+    repertoires are decoded here directly; anything else (other character sets,
+    unusual VRs) goes through pydicom, built once on first need.
+    """
+
+    def __init__(self, scanned: ScannedObject, source: str):
+        self.scanned = scanned
+        self.source = source
+        self._ds: Dataset | None = None
+        charset = self._raw_text(0x00080005)
+        self.charset = (charset or "").strip().upper()
+
+    def _raw_text(self, tag: int) -> str | None:
+        el = self.scanned.elements.get(tag)
+        if el is None:
+            return None
+        raw = self.scanned.body[el.offset : el.offset + el.length]
+        return raw.decode("latin-1").rstrip("\x00 ").lstrip(" ")
+
+    def _vr(self, tag: int) -> str:
+        el = self.scanned.elements[tag]
+        return dictionary_vr(tag) if self.scanned.transfer_syntax.implicit_vr \
+            or el.vr == "UN" else el.vr
+
+    def get(self, keyword: str) -> Any:
+        tag = _KEYWORD_TAG[keyword]
+        el = self.scanned.elements.get(tag)
+        if el is None:
+            return None
+        vr = self._vr(tag)
+        if vr == "US" and el.length == 2:
+            order = "little" if self.scanned.transfer_syntax.little_endian else "big"
+            return int.from_bytes(self.scanned.body[el.offset : el.offset + 2], order)
+        if vr in _ASCII_VRS:
+            text = self._raw_text(tag) or ""
+            return text if "\\" not in text else text.split("\\")
+        if vr in _TEXT_VRS and self.charset in _DEFAULT_CHARSETS:
+            raw = self.scanned.body[el.offset : el.offset + el.length]
+            encoding = "utf-8" if self.charset == "ISO_IR 192" else "latin-1"
+            return raw.decode(encoding, "replace").rstrip("\x00 ").lstrip(" ") or None
+        return self._pydicom().get(keyword)
+
+    def _pydicom(self) -> Dataset:
+        if self._ds is None:
+            self._ds = _dataset(self.scanned)
+        return self._ds
+
+
 def _dataset(scanned: ScannedObject) -> Dataset:
     ts = scanned.transfer_syntax
     raw: dict[Any, Any] = {}
@@ -215,7 +272,7 @@ def _dataset(scanned: ScannedObject) -> Dataset:
     return ds
 
 
-def _value(ds: Dataset, keyword: str, source: str) -> Any:
+def _value(ds: _Values, keyword: str, source: str) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -229,7 +286,7 @@ def _text(value: Any) -> str | None:
         return None
     if isinstance(value, list | tuple):  # multi-valued (e.g. ModalitiesInStudy-like)
         return "\\".join(str(v) for v in value)
-    return str(value).strip()
+    return str(value).strip() or None
 
 
 def _int(value: Any, keyword: str, source: str) -> int | None:
@@ -241,7 +298,7 @@ def _int(value: Any, keyword: str, source: str) -> int | None:
         raise InvalidDicomError(f"{keyword} {value!r} is not an integer", source=source) from exc
 
 
-def _layout(ds: Dataset, scanned: ScannedObject, limits: Limits,
+def _layout(ds: _Values, scanned: ScannedObject, limits: Limits,
             source: str) -> tuple[PixelLayout | None, str | None]:
     """Pixel layout with every bound checked in Python integers (no overflow)."""
     pixel = scanned.pixel
@@ -298,7 +355,7 @@ def read_header(scanned: ScannedObject, limits: Limits, source: str,
     Instance UID for study and series), recorded as derived, and never written into
     the object: the original bytes stay as received.
     """
-    ds = _dataset(scanned)
+    ds = _Values(scanned, source)
     attributes: dict[str, str | int | None] = {}
     for keyword in INDEX_KEYWORDS:
         value = _value(ds, keyword, source)
