@@ -153,3 +153,12 @@ def test_store_from_stream_and_reopen(tmp_path: Path, ct_series: list[Path]) -> 
     with Archive(tmp_path / "s") as reopened:
         assert reopened.get(result.sop_instance_uid) == ct_series[2].read_bytes()
         assert reopened.recovered == 0
+
+
+def test_executable_preamble_is_flagged_and_zeroed(archive: Archive, ct_series: list[Path]) -> None:
+    data = bytearray(ct_series[3].read_bytes())
+    data[:2] = b"MZ"  # a DICOM/PE polyglot (RELIABILITY 2)
+    result = archive.store(bytes(data))
+    assert any("SECURITY" in w for w in result.warnings)
+    assert archive.get(result.sop_instance_uid) == bytes(data)  # original stays exact
+    assert archive.get(result.sop_instance_uid, "stored")[:128] == b"\x00" * 128

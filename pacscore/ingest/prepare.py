@@ -248,11 +248,15 @@ def prepare(data: bytes, source: str, config: ArchiveConfig, store: FrameStore) 
     _check_complete(ctx, source)
     reason = next((r for rule in _KEEP_RULES if (r := rule(ctx))), None)
     loc = new_location()
+    notes = header.warnings
+    if scanned.preamble[:2] == b"MZ" or scanned.preamble[:4] == b"\x7fELF":
+        notes = (*notes, "SECURITY: the preamble holds an executable header; it is zeroed "
+                 "in every output except 'original'")
     base: dict[str, Any] = {
         "sop_instance_uid": header.sop_instance_uid, "sop_class_uid": header.sop_class_uid,
         "study_uid": header.study_uid, "series_uid": header.series_uid,
         "attributes": header.attributes, "original_syntax": ts.uid, "location": loc,
-        "sha256": sha, "bytes_in": len(data), "warnings": header.warnings,
+        "sha256": sha, "bytes_in": len(data), "warnings": notes,
     }
     result: tuple[list[bytes], list[int]] | str | None = reason
     layout = header.layout
