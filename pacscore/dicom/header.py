@@ -236,8 +236,9 @@ class _Values:
             return None
         vr = self._vr(tag)
         if vr == "US" and el.length == 2:
-            order = "little" if self.scanned.transfer_syntax.little_endian else "big"
-            return int.from_bytes(self.scanned.body[el.offset : el.offset + 2], order)
+            raw = self.scanned.body[el.offset : el.offset + 2]
+            little = self.scanned.transfer_syntax.little_endian
+            return int.from_bytes(raw, "little") if little else int.from_bytes(raw, "big")
         if vr in _ASCII_VRS:
             text = self._raw_text(tag) or ""
             return text if "\\" not in text else text.split("\\")

@@ -12,7 +12,7 @@ import uuid
 import warnings
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 from typing import Any, Literal
 
@@ -231,60 +231,109 @@ def new_location() -> str:
     return uuid.uuid4().hex
 
 
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """One object after the plan, encode and verify steps (nothing written yet)."""
+
+    header: InstanceHeader
+    """Identity, matching keys, layout."""
+    sha256: str
+    """SHA-256 of the object as received."""
+    original_syntax: str
+    """Transfer syntax as received."""
+    notes: tuple[str, ...]
+    """Tolerated non-conformances and security notes."""
+    codec: FrameCodec | None = None
+    """Codec of ``frames``; None when the object is kept as received."""
+    frames: tuple[bytes, ...] = ()
+    """Verified codestreams, one per frame."""
+    crcs: tuple[int, ...] = ()
+    """CRC-32 of every decoded frame."""
+    parts: HeaderParts | None = None
+    """Everything of the object but its pixel values."""
+    kept_reason: str | None = None
+    """Why the object is kept as received."""
+
+
+CodecChooser = Callable[[InstanceHeader, Any], FrameCodec]
+"""Picks a codec for an object from its header and native frames (``--codec auto``)."""
+
+
+def encode_object(data: bytes, source: str, config: ArchiveConfig,
+                  choose: CodecChooser | None = None) -> Encoded:
+    """The ingest pipeline up to verification: scan -> plan -> frames -> encode -> verify.
+
+    ``config.codec == "auto"`` needs ``choose``; the keep rules are then checked
+    against HTJ2K's profile (every candidate shares the PS3.5 monochrome/colour rules).
+
+    Raises
+    ------
+    PacsError
+        For input that must be refused.
+    """
+    sha = hashlib.sha256(data).hexdigest()
+    scanned = scan(data, config.limits, source)
+    header = read_header(scanned, config.limits, source, sha)
+    ts = scanned.transfer_syntax
+    name = "htj2k" if config.codec == "auto" else config.codec
+    codec = None if name == "keep" else by_name(name)
+    ctx = _Context(scanned, header, ts, config, codec)
+    _check_complete(ctx, source)
+    notes = header.warnings
+    if scanned.preamble[:2] == b"MZ" or scanned.preamble[:4] == b"\x7fELF":
+        notes = (*notes, "SECURITY: the preamble holds an executable header; it is zeroed "
+                 "in every output except 'original'")
+    kept = Encoded(header, sha, ts.uid, notes)
+    reason = next((r for rule in _KEEP_RULES if (r := rule(ctx))), None)
+    layout, pixel = header.layout, scanned.pixel
+    if reason is not None or codec is None or layout is None or pixel is None:
+        return replace(kept, kept_reason=reason or "nothing to encode")
+    frames: Any = (decoded_input_frames(data, layout) if ts.encapsulated
+                   else native_frames(scanned, layout))
+    if config.codec == "auto" and choose is not None:
+        codec = choose(header, frames)
+    result = _encode_verified(frames, layout, codec)
+    if isinstance(result, str):
+        return replace(kept, kept_reason=result)
+    parts = HeaderParts(
+        prefix=data[: pixel.element_start],
+        element_header=data[pixel.element_start : pixel.value_start],
+        suffix=data[pixel.value_end :],
+        dataset_start=scanned.dataset_start,
+        pad=data[pixel.value_start + layout.native_bytes]
+        if not ts.encapsulated and pixel.length > layout.native_bytes else -1,
+    )
+    return replace(kept, codec=codec, frames=tuple(result[0]), crcs=tuple(result[1]),
+                   parts=parts)
+
+
 def prepare(data: bytes, source: str, config: ArchiveConfig, store: FrameStore) -> Prepared:
-    """Check, plan, encode, verify and stage one object.
+    """Encode, verify and stage one object for the archive.
 
     Raises
     ------
     PacsError
         For input that must be refused; nothing is staged then.
     """
-    sha = hashlib.sha256(data).hexdigest()
-    scanned = scan(data, config.limits, source)
-    header = read_header(scanned, config.limits, source, sha)
-    ts = scanned.transfer_syntax
-    codec = None if config.codec == "keep" else by_name(config.codec)
-    ctx = _Context(scanned, header, ts, config, codec)
-    _check_complete(ctx, source)
-    reason = next((r for rule in _KEEP_RULES if (r := rule(ctx))), None)
-    loc = new_location()
-    notes = header.warnings
-    if scanned.preamble[:2] == b"MZ" or scanned.preamble[:4] == b"\x7fELF":
-        notes = (*notes, "SECURITY: the preamble holds an executable header; it is zeroed "
-                 "in every output except 'original'")
+    enc = encode_object(data, source, config)
+    header, loc = enc.header, new_location()
     base: dict[str, Any] = {
         "sop_instance_uid": header.sop_instance_uid, "sop_class_uid": header.sop_class_uid,
         "study_uid": header.study_uid, "series_uid": header.series_uid,
-        "attributes": header.attributes, "original_syntax": ts.uid, "location": loc,
-        "sha256": sha, "bytes_in": len(data), "warnings": notes,
+        "attributes": header.attributes, "original_syntax": enc.original_syntax,
+        "location": loc, "sha256": enc.sha256, "bytes_in": len(data), "warnings": enc.notes,
     }
-    result: tuple[list[bytes], list[int]] | str | None = reason
-    layout = header.layout
-    if reason is None:
-        assert codec is not None and layout is not None
-        frames: Any = (decoded_input_frames(data, layout) if ts.encapsulated
-                       else native_frames(scanned, layout))
-        result = _encode_verified(frames, layout, codec)
-    if isinstance(result, tuple):
-        assert codec is not None and layout is not None and scanned.pixel is not None
-        encoded, crcs = result
-        pixel = scanned.pixel
-        parts = HeaderParts(
-            prefix=data[: pixel.element_start],
-            element_header=data[pixel.element_start : pixel.value_start],
-            suffix=data[pixel.value_end :],
-            dataset_start=scanned.dataset_start,
-            pad=data[pixel.value_start + layout.native_bytes]
-            if not ts.encapsulated and pixel.length > layout.native_bytes else -1,
-        ).pack()
-        written = store.stage_frames(loc, layout, codec.transfer_syntax, encoded)
+    if enc.codec is not None and enc.parts is not None and header.layout is not None:
+        packed = enc.parts.pack()
+        written = store.stage_frames(loc, header.layout, enc.codec.transfer_syntax,
+                                     list(enc.frames))
         record = InstanceRecord(
-            **base, stored_syntax=codec.transfer_syntax, kind=StoreKind.FRAMES,
-            bytes_stored=written + len(parts), layout=layout.to_dict(),
-            frame_crc32=tuple(crcs),
+            **base, stored_syntax=enc.codec.transfer_syntax, kind=StoreKind.FRAMES,
+            bytes_stored=written + len(packed), layout=header.layout.to_dict(),
+            frame_crc32=enc.crcs,
         )
-        return Prepared(record, parts, source)
+        return Prepared(record, packed, source)
     written = store.stage_blob(loc, data)
-    record = InstanceRecord(**base, stored_syntax=ts.uid, kind=StoreKind.BLOB,
-                            bytes_stored=written, kept_reason=result)
+    record = InstanceRecord(**base, stored_syntax=enc.original_syntax, kind=StoreKind.BLOB,
+                            bytes_stored=written, kept_reason=enc.kept_reason)
     return Prepared(record, b"", source)
