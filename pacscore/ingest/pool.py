@@ -1,14 +1,13 @@
-"""Worker processes for bulk ingest.
+"""Worker side of bulk ingest: one file in, one small outcome out.
 
-Workers come from a forkserver whose only preloaded module is the prepare step, so
-no LMDB environment, thread or socket of the parent is ever inherited.  Each worker
-opens its own FrameStore (staging only) and returns small results: no pixel array
-crosses a process boundary.
+Tasks run on the job engine (forkserver pool or Dask): no LMDB environment, thread
+or socket of the parent is inherited; each task opens the FrameStore (staging only)
+and returns a small result, so no pixel array crosses a process boundary.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import functools
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -47,9 +46,6 @@ class Skipped:
 
 Outcome = Prepared | Rejected | Skipped
 
-_worker: tuple[ArchiveConfig, ZarrFrameStore] | None = None
-
-
 def prepare_path(path: str, config: ArchiveConfig, store: ZarrFrameStore) -> Outcome:
     """Read and prepare one file; never raises for bad input."""
     try:
@@ -70,25 +66,15 @@ def prepare_path(path: str, config: ArchiveConfig, store: ZarrFrameStore) -> Out
                         type(exc).__name__)
 
 
-def _init(config: ArchiveConfig, frames_root: str) -> None:
-    global _worker
-    _worker = (config, ZarrFrameStore(frames_root, fsync=config.fsync))
-
-
-def _work(path: str) -> Outcome:
-    assert _worker is not None
-    return prepare_path(path, *_worker)
+def _prepare_task(config: ArchiveConfig, frames_root: str, path: str) -> Outcome:
+    return prepare_path(path, config, ZarrFrameStore(frames_root, fsync=config.fsync))
 
 
 def run_pool(paths: Iterable[str], config: ArchiveConfig, frames_root: Path,
-             workers: int) -> Iterator[Outcome]:
-    """Prepare ``paths`` in ``workers`` processes (0: in this process), unordered."""
-    if workers <= 0:
-        store = ZarrFrameStore(frames_root, fsync=config.fsync)
-        for path in paths:
-            yield prepare_path(path, config, store)
-        return
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["pacscore.ingest.prepare"])
-    with ctx.Pool(workers, initializer=_init, initargs=(config, str(frames_root))) as pool:
-        yield from pool.imap_unordered(_work, paths, chunksize=2)
+             workers: int, dask_address: str | None = None) -> Iterator[Outcome]:
+    """Prepare ``paths`` in ``workers`` processes (0: in this process), unordered, with
+    a bounded number in flight (the job engine of :mod:`pacscore.jobs.engine`)."""
+    from ..jobs.engine import run_tasks
+
+    task = functools.partial(_prepare_task, config, str(frames_root))
+    return run_tasks(task, paths, workers=workers, dask_address=dask_address)
