@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -39,7 +39,7 @@ from .errors import (
     UnsupportedTransferSyntaxError,
 )
 from .index import LEVELS, InstanceRecord, LmdbIndex, StoreKind
-from .ingest.pool import Outcome, Rejected, Skipped, run_pool
+from .ingest.pool import Rejected, Skipped, run_pool
 from .ingest.prepare import (
     Prepared,
     decoded_input_frames,
@@ -175,15 +175,16 @@ class Archive:
         return outcome
 
     def store_many(self, paths: Iterable[str], *, workers: int | None = None,
-                   progress: Callable[[Outcome | StoreResult], None] | None = None
-                   ) -> Iterator[StoreResult | Rejected | Skipped]:
+                   dask_address: str | None = None) -> Iterator[StoreResult | Rejected | Skipped]:
         """Store many files with worker processes; yield one outcome per file.
 
         Results are yielded only after their batch is committed (acknowledged).
+        ``dask_address`` prepares the files on a Dask cluster instead (its workers must
+        see the input paths and this archive's directory).
         """
         n = os.cpu_count() or 1 if workers is None else workers
         batch: list[Prepared] = []
-        for outcome in run_pool(paths, self.config, self.frames_root, n):
+        for outcome in run_pool(paths, self.config, self.frames_root, n, dask_address):
             if isinstance(outcome, Prepared):
                 batch.append(outcome)
                 if len(batch) >= self.config.commit_batch:

@@ -22,10 +22,13 @@ from .config import ArchiveConfig
 from .errors import PacsError
 from .index import LEVELS
 from .ingest.pool import Rejected, Skipped
+from .jobs import JobReport, count_files, plan, run_compress, walk_files
+from .jobs.journal import Journal
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
+IMPORT_JOURNAL = ".import-journal.jsonl"
 
 
 class _Progress:
@@ -58,42 +61,39 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def _walk(roots: Sequence[str]) -> Iterator[tuple[str, int]]:
-    """Regular files under ``roots`` (recursively, sorted); links are not followed out
-    of their root, so a symlink cannot smuggle in files from elsewhere."""
-    for root in roots:
-        base = Path(root).resolve()
-        if base.is_file():
-            yield str(base), base.stat().st_size
-            continue
-        if not base.is_dir():
-            raise FileNotFoundError(f"no such file or directory: {root}")
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames.sort()
-            for name in sorted(filenames):
-                path = Path(dirpath, name)
-                real = path.resolve()
-                if not real.is_file() or (path.is_symlink() and base not in real.parents):
-                    continue
-                yield str(path), real.stat().st_size
-
-
 def _config(args: argparse.Namespace) -> ArchiveConfig:
     return ArchiveConfig(codec=getattr(args, "codec", "htj2k") or "htj2k",
                          transcode_compressed=getattr(args, "transcode_compressed", False))
 
 
+def _import_key(path: str) -> str:
+    st = os.stat(path)
+    return f"{os.path.abspath(path)}\x00{st.st_size}\x00{st.st_mtime_ns}"
+
+
 def _cmd_import(args: argparse.Namespace) -> int:
-    files = list(_walk(args.paths))
-    total = sum(size for _, size in files)
-    sizes = dict(files)
-    progress = _Progress(len(files), total, enabled=not args.json and sys.stderr.isatty())
+    n_files, total = count_files(args.paths)
+    progress = _Progress(n_files, total, enabled=not args.json and sys.stderr.isatty())
+    journal = Journal(Path(args.archive) / IMPORT_JOURNAL)
+    done = {e["key"] for e in journal.entries()} if args.resume else set()
+    sizes: dict[str, int] = {}
+
+    def paths() -> Iterator[str]:
+        for path, _, size in walk_files(args.paths):
+            if done and _import_key(path) in done:
+                progress.advance(size)
+                continue
+            sizes[path] = size
+            yield path
+
     summary: dict[str, Any] = {"instances": 0, "stored": 0, "duplicates": 0, "rejected": [],
                                "skipped": 0, "bytes_in": 0, "bytes_stored": 0, "seconds": 0.0}
     started = time.monotonic()
     with Archive(args.archive, _config(args)) as archive:
-        for outcome in archive.store_many((p for p, _ in files), workers=args.workers):
-            progress.advance(sizes.get(getattr(outcome, "source", ""), 0))
+        for outcome in archive.store_many(paths(), workers=args.workers,
+                                          dask_address=args.dask):
+            progress.advance(sizes.pop(outcome.source, 0))
+            journal.append([{"key": _import_key(outcome.source)}])
             if isinstance(outcome, StoreResult):
                 summary["instances"] += 1
                 if outcome.status == "duplicate":
@@ -106,6 +106,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
                 summary["skipped"] += 1
             elif isinstance(outcome, Rejected):
                 summary["rejected"].append({"path": outcome.source, "reason": outcome.reason})
+    journal.close()
     progress.close()
     summary["seconds"] = round(time.monotonic() - started, 3)
     if args.json:
@@ -147,6 +148,47 @@ def _cmd_export(args: argparse.Namespace) -> int:
             os.replace(tmp, target)
             print(target)
     return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    n_files, total = count_files(args.src)
+    progress = _Progress(n_files, total, enabled=not args.json and sys.stderr.isatty())
+    report = JobReport()
+    started = time.monotonic()
+    config = ArchiveConfig(codec=args.codec, transcode_compressed=args.transcode_compressed)
+    for result in run_compress(args.src, args.out, config, workers=args.workers,
+                               resume=args.resume, dask_address=args.dask,
+                               budget=args.budget):
+        progress.advance(result.bytes_in)
+        report.add(result)
+    progress.close()
+    report.seconds = time.monotonic() - started
+    html_path = Path(args.html) if args.html else Path(args.out) / ".pacscore-report.html"
+    html_path.write_text(report.to_html(), encoding="utf-8")
+    if args.json:
+        print(json.dumps({**report.to_dict(), "html_report": str(html_path)}))
+    else:
+        print(report.to_text())
+        print(f"report: {html_path}")
+    return EXIT_PARTIAL if report.failures else EXIT_OK
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    result = plan(args.src, ArchiveConfig(), workers=args.workers, sample=args.sample)
+    if args.json:
+        print(json.dumps(result))
+        return EXIT_OK
+    print(f"{result['files']} files, {result['bytes'] / 1e6:.1f} MB; measured "
+          f"{result['sampled_files']} files with {result['workers']} worker(s) assumed")
+    print(f"{'codec':8s} {'ratio':>6s} {'MB after':>9s} {'time s':>7s} {'MB/s':>7s}")
+    for name, c in result["codecs"].items():
+        print(f"{name:8s} {c['ratio']:6.2f} {c['predicted_bytes_after'] / 1e6:9.1f} "
+              f"{c['predicted_seconds']:7.1f} {c['sample_mb_per_s']:7.1f}")
+    for mod, by_codec in result["modalities"].items():
+        best = min(by_codec.items(), key=lambda kv: kv[1]["predicted_bytes_after"])
+        print(f"  {mod:8s} best {best[0]}: saves {best[1]['predicted_savings'] / 1e6:.1f} MB "
+              f"(ratio {best[1]['ratio']:.2f})")
+    return EXIT_OK
 
 
 def _parse_keys(pairs: Sequence[str]) -> dict[str, str]:
@@ -220,8 +262,32 @@ def _parser() -> argparse.ArgumentParser:
                      help="also re-encode losslessly compressed input (verified)")
     imp.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                      help="worker processes (default: all cores; 0 = in process)")
+    imp.add_argument("--resume", action="store_true",
+                     help="skip files an earlier (interrupted) import of this archive finished")
+    imp.add_argument("--dask", metavar="ADDRESS", help="run on a Dask distributed scheduler")
     imp.add_argument("--json", action="store_true")
     imp.set_defaults(func=_cmd_import)
+
+    comp = sub.add_parser("compress", help="recompress a tree into lossless DICOM files")
+    comp.add_argument("src", nargs="+")
+    comp.add_argument("--out", required=True, help="output root (same relative paths)")
+    comp.add_argument("--codec", choices=(*CODEC_NAMES, "auto"), default="htj2k")
+    comp.add_argument("--budget", type=float, default=0.4,
+                      help="auto: minimum encode speed as a fraction of the fastest codec's")
+    comp.add_argument("--transcode-compressed", action="store_true")
+    comp.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    comp.add_argument("--resume", action="store_true")
+    comp.add_argument("--dask", metavar="ADDRESS", help="run on a Dask distributed scheduler")
+    comp.add_argument("--html", help="HTML report path (default OUT/.pacscore-report.html)")
+    comp.add_argument("--json", action="store_true")
+    comp.set_defaults(func=_cmd_compress)
+
+    pl = sub.add_parser("plan", help="dry run: predict size, time and savings of compress")
+    pl.add_argument("src", nargs="+")
+    pl.add_argument("--sample", type=int, default=24, help="files to measure")
+    pl.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(func=_cmd_plan)
 
     exp = sub.add_parser("export", help="write instances as <SOPInstanceUID>.dcm")
     exp.add_argument("uids", nargs="+")

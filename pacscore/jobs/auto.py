@@ -58,7 +58,10 @@ def measure(frames: Any, header: InstanceHeader, names: tuple[str, ...] = AUTO_C
         if codec.refuses(layout):
             continue
         start = time.perf_counter()
-        size = sum(len(codec.encode(f, layout)) for f in chosen)
+        try:
+            size = sum(len(codec.encode(f, layout)) for f in chosen)
+        except Exception:  # a codec that cannot encode this image is not a candidate
+            continue
         out.append(Measurement(name, size, time.perf_counter() - start, raw))
     return out
 
@@ -81,7 +84,8 @@ class SeriesChooser:
     def __call__(self, header: InstanceHeader, frames: Any) -> FrameCodec:
         name = self.choices.get(header.series_uid)
         if name is None:
-            name = pick(measure(frames, header), self.budget)
+            measured = measure(frames, header)
+            name = pick(measured, self.budget) if measured else "htj2k"
             self.choices[header.series_uid] = name
             if len(self.choices) > self.capacity:
                 self.choices.popitem(last=False)

@@ -132,9 +132,12 @@ def compress_one(task: CompressTask) -> FileResult:
         return replace(base, status="compressed", bytes_out=out, raw_bytes=raw,
                        codec=enc.codec.name, seconds=time.perf_counter() - start)
     except PacsError as exc:
-        out = _write_atomic(dst, task.rel, None, task.src)
-        return replace(base, status="failed", bytes_out=out, reason=exc.reason,
-                       seconds=time.perf_counter() - start)
+        reason = exc.reason
+    except Exception as exc:  # a library bug must not stop a week-long job
+        reason = f"internal error: {type(exc).__name__}: {exc}"
+    out = _write_atomic(dst, task.rel, None, task.src)
+    return replace(base, status="failed", bytes_out=out, reason=reason,
+                   seconds=time.perf_counter() - start)
 
 
 def run_compress(roots: Sequence[str], dst: str, config: ArchiveConfig, *, workers: int,
@@ -159,8 +162,13 @@ def run_compress(roots: Sequence[str], dst: str, config: ArchiveConfig, *, worke
 
     recovered: list[FileResult] = []
 
+    several = len(roots) > 1
+
     def tasks() -> Iterator[CompressTask]:
-        for path, rel, size in walk_files(roots):
+        for path, base_rel, size in walk_files(roots):
+            # With several sources, each keeps its own folder name under the output.
+            rel = str(Path(Path(path).parents[len(Path(base_rel).parts) - 1].name,
+                           base_rel)) if several else base_rel
             if rel in done:
                 continue
             if resume and (dst_root / rel).is_file():
@@ -188,6 +196,7 @@ def run_compress(roots: Sequence[str], dst: str, config: ArchiveConfig, *, worke
                 yield from flush()
         batch.extend(recovered)
         yield from flush()
+        shutil.rmtree(dst_root / TMP_NAME, ignore_errors=True)
     finally:
         journal.close()
 

@@ -1,0 +1,222 @@
+"""Bulk compress jobs: outputs, reports, resume after kill -9, auto, plan, Dask, memory."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+
+JOURNAL = ".pacscore-journal.jsonl"
+
+
+def cli(*args: str, timeout: float = 600) -> tuple[int, Any]:
+    proc = subprocess.run([sys.executable, "-m", "pacscore.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+    out: Any = proc.stdout
+    if "--json" in args and proc.stdout.strip():
+        out = json.loads(proc.stdout)
+    return proc.returncode, out
+
+
+def pixels(data: bytes, plugin: str = "") -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        if "TransferSyntaxUID" not in ds.file_meta:
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        if plugin:
+            ds.pixel_array_options(decoding_plugin=plugin)
+        return ds.pixel_array
+
+
+@pytest.fixture()
+def tree(tmp_path: Path, corpus: Path) -> Path:
+    """Nested folders: a CT series, MR, RGB US, a lossy file, a malformed file, a text file."""
+    src = tmp_path / "src"
+    picks = {
+        "ct/a": sorted((corpus / "ct_series/dcmqi_ge_ct_3slice").glob("*.dcm")),
+        "ct/b": [corpus / "ct_series/single/Philips_CT.dcm",
+                 corpus / "ct_series/single/GE_lung_signed.dcm"],
+        "mr": [corpus / "odd/ts_ladder_mr/2.dcm", corpus / "odd/ts_ladder_mr/3.dcm"],
+        "us": [corpus / "odd/ybr/US_YBR_FULL_uncompressed.dcm",
+               corpus / "odd/odd_dims/SC_rgb_small_odd.dcm"],
+        "lossy": [corpus / "ct_series/single/Siemens_head_j2k_lossy.dcm"],
+        "bad": [corpus / "malformed/MR_truncated.dcm"],
+    }
+    for folder, files in picks.items():
+        (src / folder).mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, src / folder / f.name)
+    (src / "README.txt").write_text("site notes")
+    return src
+
+
+def _files(root: Path) -> dict[str, Path]:
+    return {str(p.relative_to(root)): p for p in root.rglob("*")
+            if p.is_file() and not p.name.startswith(".pacscore")}
+
+
+@pytest.mark.parametrize("codec,ts,plugin", [
+    ("htj2k", "1.2.840.10008.1.2.4.202", "pylibjpeg"),  # OpenJPEG, not our OpenJPH
+    ("jpegls", "1.2.840.10008.1.2.4.80", "pyjpegls"),
+    ("j2k", "1.2.840.10008.1.2.4.90", "pylibjpeg"),
+])
+def test_compress_tree(tmp_path: Path, tree: Path, codec: str, ts: str, plugin: str) -> None:
+    out = tmp_path / "out"
+    code, report = cli("compress", str(tree), "--out", str(out), "--codec", codec,
+                       "--workers", "2", "--json")
+    assert code == 1  # the malformed file is reported
+    assert set(_files(out)) == set(_files(tree))  # same relative paths, nothing dropped
+    assert [f["path"] for f in report["failures"]] == ["bad/MR_truncated.dcm"]
+    assert "8130" in report["failures"][0]["reason"]
+    status = report["status"]
+    # The lossy file is always copied; CharLS refuses the 3x3 RGB image (kept, with reason).
+    assert (status["failed"], status["other"], status["compressed"] + status["copied"]) \
+        == (1, 1, 10)
+    assert status["compressed"] >= 8
+    assert report["bytes_out"] < report["bytes_in"]
+    for rel, src in _files(tree).items():
+        data, orig = (out / rel).read_bytes(), src.read_bytes()
+        if rel in ("lossy/Siemens_head_j2k_lossy.dcm", "bad/MR_truncated.dcm", "README.txt",
+                   "mr/3.dcm", "us/SC_rgb_small_odd.dcm") and data == orig:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert pydicom.dcmread(io.BytesIO(data)).file_meta.TransferSyntaxUID == ts, rel
+        assert np.array_equal(pixels(data, plugin), pixels(orig)), rel
+    assert "<svg" in (out / ".pacscore-report.html").read_text()
+    assert not (out / ".pacscore-tmp").exists()
+
+
+@pytest.mark.skipif(shutil.which("dcmdjpls") is None, reason="DCMTK dcmdjpls not installed")
+def test_jpegls_outputs_decode_with_dcmtk(tmp_path: Path, tree: Path) -> None:
+    out = tmp_path / "out"
+    cli("compress", str(tree / "ct"), "--out", str(out), "--codec", "jpegls", "--json")
+    for rel, src in _files(tree / "ct").items():
+        decoded = tmp_path / "dec.dcm"
+        subprocess.run(["dcmdjpls", str(out / rel), str(decoded)], check=True,
+                       capture_output=True)
+        assert np.array_equal(pixels(decoded.read_bytes()), pixels(src.read_bytes())), rel
+
+
+def test_refuses_to_overwrite_a_job_without_resume(tmp_path: Path, tree: Path) -> None:
+    out = tmp_path / "out"
+    cli("compress", str(tree / "ct"), "--out", str(out), "--json")
+    code, _ = cli("compress", str(tree / "ct"), "--out", str(out), "--json")
+    assert code == 2
+    code, report = cli("compress", str(tree / "ct"), "--out", str(out), "--resume", "--json")
+    assert code == 0 and report["files"] == 0  # everything was already done
+
+
+def test_resume_after_kill_9(tmp_path: Path, corpus: Path) -> None:
+    """Kill the whole job (process group) at random moments; --resume finishes it with
+    every file done exactly once and no partial output ever visible."""
+    src = tmp_path / "src"
+    shutil.copytree(corpus / "ct_series/tcia_lung_pet_ct_dx_chest_30sl", src / "ct")
+    shutil.copytree(corpus / "mr_series/tcia_brain_t1post_24sl", src / "mr")
+    out = tmp_path / "out"
+    rng = random.Random(7)
+    kills, code = 0, None
+    for attempt in range(30):
+        args = [sys.executable, "-m", "pacscore.cli", "compress", str(src), "--out", str(out),
+                "--workers", rng.choice(["0", "2"]), "--json"]
+        if attempt:
+            args.append("--resume")
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=rng.uniform(0.8, 3.0))
+            break
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        for rel, path in _files(out).items():  # every visible output is complete
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                assert pydicom.dcmread(path).SOPInstanceUID, rel
+    assert code == 0, "job did not finish"
+    assert kills > 0
+    entries = [json.loads(line) for line in (out / JOURNAL).read_text().splitlines()]
+    rels = [e["rel"] for e in entries]
+    assert len(rels) == len(set(rels)) == len(_files(src))
+    for rel, path in _files(src).items():
+        assert np.array_equal(pixels((out / rel).read_bytes()), pixels(path.read_bytes())), rel
+
+
+def test_auto_picks_per_series_and_is_never_worse(tmp_path: Path, tree: Path) -> None:
+    sizes = {}
+    for codec in ("htj2k", "jpegls", "auto"):
+        code, report = cli("compress", str(tree / "ct"), str(tree / "us"), "--out",
+                           str(tmp_path / codec), "--codec", codec, "--workers", "0", "--json")
+        assert code == 0
+        sizes[codec] = report["bytes_out"]
+        if codec == "auto":
+            assert set(report["codec_per_series"].values()) <= {"htj2k", "jpegls", "j2k"}
+            assert len(report["codec_per_series"]) >= 3
+    assert sizes["auto"] <= min(sizes["htj2k"], sizes["jpegls"]) * 1.01
+
+
+def test_plan_writes_nothing(tmp_path: Path, tree: Path) -> None:
+    before = sorted(p for p in tree.rglob("*"))
+    code, result = cli("plan", str(tree), "--sample", "6", "--json")
+    assert code == 0
+    assert sorted(p for p in tree.rglob("*")) == before
+    assert result["files"] == len(_files(tree)) and result["sampled_files"] == 6
+    for codec in ("htj2k", "jpegls", "j2k"):
+        c = result["codecs"][codec]
+        assert 0 < c["predicted_bytes_after"] <= result["bytes"]
+        assert c["predicted_seconds"] >= 0
+    assert result["modalities"]
+
+
+def test_compress_on_a_dask_cluster(tmp_path: Path, tree: Path) -> None:
+    distributed = pytest.importorskip("distributed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                           dashboard_address=None)
+    try:
+        code, report = cli("compress", str(tree / "ct"), "--out", str(tmp_path / "d"),
+                           "--dask", cluster.scheduler_address, "--json")
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cluster.close()
+    assert code == 0 and report["status"] == {"compressed": 5}
+    for rel, src in _files(tree / "ct").items():
+        assert np.array_equal(pixels((tmp_path / "d" / rel).read_bytes()),
+                              pixels(src.read_bytes()))
+
+
+def test_memory_stays_bounded_on_a_1000_file_tree(tmp_path: Path, corpus: Path) -> None:
+    """Peak RSS of the job does not grow with the tree: 1,000 small files."""
+    src = tmp_path / "src"
+    small = sorted((corpus / "mr_series/ge_epi_fmri_run_150files").glob("*.dcm"))
+    for i in range(1000):
+        d = src / f"d{i // 100:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        os.link(small[i % len(small)], d / f"{i:04d}.dcm")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.monotonic()
+    code, report = cli("compress", str(src), "--out", str(tmp_path / "out"), "--workers", "0",
+                       "--json")
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"1000 files in {time.monotonic() - start:.1f} s, peak RSS {peak_mb:.0f} MB "
+          f"(earlier children peak {before / 1024:.0f} MB)")
+    assert code == 0 and report["files"] == 1000
+    assert peak_mb < 600
