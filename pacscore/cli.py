@@ -23,6 +23,7 @@ from .errors import PacsError
 from .index import LEVELS
 from .ingest.pool import Rejected, Skipped
 from .jobs import JobReport, count_files, plan, run_compress, walk_files
+from .jobs.auto import DEFAULT_BUDGET
 from .jobs.journal import Journal
 
 __all__ = ["main"]
@@ -272,7 +273,7 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("src", nargs="+")
     comp.add_argument("--out", required=True, help="output root (same relative paths)")
     comp.add_argument("--codec", choices=(*CODEC_NAMES, "auto"), default="htj2k")
-    comp.add_argument("--budget", type=float, default=0.4,
+    comp.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
                       help="auto: minimum encode speed as a fraction of the fastest codec's")
     comp.add_argument("--transcode-compressed", action="store_true")
     comp.add_argument("--workers", type=int, default=os.cpu_count() or 1)

@@ -15,10 +15,9 @@ from io import BytesIO
 
 import numpy as np
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
-from pydicom.filewriter import correct_ambiguous_vr, dcmwrite, write_file_meta_info
-from pydicom.uid import UID
+from pydicom.filewriter import correct_ambiguous_vr, dcmwrite
 
 from ..errors import UnsupportedTransferSyntaxError
 from .syntaxes import EXPLICIT_LE, syntax
@@ -70,17 +69,26 @@ class HeaderParts:
         return b"".join((self.prefix, self.element_header, pixel_bytes, pad, self.suffix))
 
 
+def _meta_element(elem: int, vr: bytes, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b" " if vr == b"SH" else b"\x00"
+    if vr == b"OB":
+        return struct.pack("<HH2sHI", 0x0002, elem, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, elem, vr, len(value)) + value
+
+
 def _file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
-    meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = UID(sop_class)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
-    meta.TransferSyntaxUID = UID(transfer_syntax)
-    meta.ImplementationClassUID = UID(IMPLEMENTATION_UID)
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
-    out = BytesIO()
-    write_file_meta_info(out, meta, enforce_standard=True)  # type: ignore[arg-type]
-    return b"\x00" * 128 + b"DICM" + out.getvalue()
+    """Preamble (zeroed), 'DICM' and the File Meta group (PS3.10 7.1)."""
+    body = b"".join((
+        _meta_element(0x0001, b"OB", b"\x00\x01"),
+        _meta_element(0x0002, b"UI", sop_class.encode()),
+        _meta_element(0x0003, b"UI", sop_instance.encode()),
+        _meta_element(0x0010, b"UI", transfer_syntax.encode()),
+        _meta_element(0x0012, b"UI", IMPLEMENTATION_UID.encode()),
+        _meta_element(0x0013, b"SH", IMPLEMENTATION_VERSION.encode()),
+    ))
+    length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body))
+    return b"\x00" * 128 + b"DICM" + length + body
 
 
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"

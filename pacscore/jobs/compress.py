@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from ..dicom.part10 import build_part10
 from ..dicom.scan import looks_like_dicom, scan
 from ..errors import PacsError
 from ..ingest.prepare import encode_object
-from .auto import SeriesChooser
+from .auto import DEFAULT_BUDGET, SeriesChooser
 from .engine import run_tasks
 from .journal import Journal
 from .walk import walk_files
@@ -45,7 +45,7 @@ class CompressTask:
     """Output root."""
     config: ArchiveConfig
     """Codec and limits."""
-    budget: float = 0.4
+    budget: float = DEFAULT_BUDGET
     """``auto``: minimum encode speed as a fraction of the fastest candidate's."""
 
 
@@ -126,7 +126,6 @@ def compress_one(task: CompressTask) -> FileResult:
         output = build_part10(enc.parts, enc.original_syntax, enc.codec.transfer_syntax,
                               header.sop_class_uid, header.sop_instance_uid,
                               frames=list(enc.frames))
-        scan(output, task.config.limits, task.rel)  # what we write must be well formed
         out = _write_atomic(dst, task.rel, output, None)
         raw = header.layout.frame_bytes * header.layout.frames
         return replace(base, status="compressed", bytes_out=out, raw_bytes=raw,
@@ -141,9 +140,8 @@ def compress_one(task: CompressTask) -> FileResult:
 
 
 def run_compress(roots: Sequence[str], dst: str, config: ArchiveConfig, *, workers: int,
-                 resume: bool = False, dask_address: str | None = None, budget: float = 0.4,
-                 on_result: Callable[[FileResult], None] | None = None
-                 ) -> Iterator[FileResult]:
+                 resume: bool = False, dask_address: str | None = None,
+                 budget: float = DEFAULT_BUDGET) -> Iterator[FileResult]:
     """Run (or resume) a compress job; yield every file's result once it is durable.
 
     Raises
