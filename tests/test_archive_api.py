@@ -162,3 +162,12 @@ def test_executable_preamble_is_flagged_and_zeroed(archive: Archive, ct_series: 
     assert any("SECURITY" in w for w in result.warnings)
     assert archive.get(result.sop_instance_uid) == bytes(data)  # original stays exact
     assert archive.get(result.sop_instance_uid, "stored")[:128] == b"\x00" * 128
+
+
+@pytest.mark.parametrize("uid", ["1.2.3\n", "1.2/3", "../1.2", "1.2..3", "1" * 65, "1.2\x00"])
+def test_hostile_uids_are_refused(uid: str) -> None:
+    from pacscore.dicom.header import validate_uid
+    from pacscore.errors import InvalidUIDError
+
+    with pytest.raises(InvalidUIDError):
+        validate_uid(uid, "SOP Instance UID")

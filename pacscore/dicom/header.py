@@ -44,9 +44,9 @@ def validate_uid(value: str, what: str, source: str | None = None) -> bool:
         letters, digits, '-', '_' or single dots.
     """
     if value and len(value) <= 64:
-        if _UID.match(value):
+        if _UID.fullmatch(value):
             return True
-        if _LENIENT_UID.match(value):
+        if _LENIENT_UID.fullmatch(value):
             return False
     raise InvalidUIDError(f"{what} {value[:80]!r} is not a valid UID", source=source)
 

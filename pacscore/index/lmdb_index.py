@@ -302,8 +302,12 @@ class LmdbIndex(Index):
         constraints = [parse_constraint(k, v) for k, v in query.items()]
         active = [c for c in constraints if c.kind != "universal"]
         out: list[dict[str, Any]] = []
+        seen: set[str] = set()
         with self.env.begin() as txn:
             for uid in self._candidates(txn, level, active):
+                if uid in seen:  # a repeated value in a UID list, or a multi-key hit
+                    continue
+                seen.add(uid)
                 attrs = self._level_view(txn, level, uid)
                 if attrs is not None and all(_matches(c, attrs) for c in active):
                     out.append(attrs)

@@ -23,7 +23,7 @@ _LOCATION = re.compile(r"^[0-9a-f]{32}$")
 
 def validate_location(loc: str) -> str:
     """Return ``loc`` if it is a location id (32 lowercase hex digits)."""
-    if not _LOCATION.match(loc):
+    if not _LOCATION.fullmatch(loc):
         raise ArchiveStorageError(f"invalid storage location id {loc[:40]!r}")
     return loc
 

@@ -1,0 +1,617 @@
+"""The Index contract, as an abstract test class every implementation inherits.
+
+``IndexContract`` holds the tests; a concrete class provides the ``index`` fixture (a
+fresh, empty index).  ``TestLmdbIndex`` adds LMDB specifics (persistence, map growth,
+no stale keys after deletes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pacscore.errors import NotFoundError
+from pacscore.index import LEVELS, Index, InstanceRecord, LmdbIndex, StoreKind
+
+HTJ2K = "1.2.840.10008.1.2.4.202"
+EXPLICIT = "1.2.840.10008.1.2.1"
+CT_CLASS = "1.2.840.10008.5.1.4.1.1.2"
+MR_CLASS = "1.2.840.10008.5.1.4.1.1.4"
+_counter = iter(range(1, 1 << 30))
+
+
+def make(sop: str, *, study: str = "1.2.1", series: str = "1.2.1.1", patient: str | None = "P1",
+         name: str = "Doe^Jane", date: str = "20200115", modality: str = "CT",
+         accession: str = "A100", content: str = "", kind: str = StoreKind.FRAMES,
+         sop_class: str = CT_CLASS, bytes_in: int | None = None,
+         bytes_stored: int | None = None, **extra: Any) -> InstanceRecord:
+    """A plausible InstanceRecord; ``content`` changes the SHA-256."""
+    n = next(_counter)
+    attrs: dict[str, Any] = {
+        "PatientID": patient, "PatientName": name, "PatientBirthDate": "19700101",
+        "PatientSex": "F", "StudyInstanceUID": study, "StudyDate": date,
+        "StudyTime": "101500", "AccessionNumber": accession, "StudyDescription": "CHEST",
+        "ReferringPhysicianName": "Who^Doctor", "StudyID": "1",
+        "SeriesInstanceUID": series, "Modality": modality, "SeriesNumber": 1,
+        "SeriesDescription": "AX", "SeriesDate": date, "SOPInstanceUID": sop,
+        "SOPClassUID": sop_class, "InstanceNumber": n, "NumberOfFrames": None,
+    }
+    attrs.update(extra)
+    frames = kind == StoreKind.FRAMES
+    return InstanceRecord(
+        sop_instance_uid=sop, sop_class_uid=sop_class, study_uid=study, series_uid=series,
+        attributes=attrs, original_syntax=EXPLICIT,
+        stored_syntax=HTJ2K if frames else EXPLICIT, kind=kind,
+        location=hashlib.md5(f"{sop}/{content}/{n}".encode()).hexdigest(),
+        sha256=hashlib.sha256(f"{sop}/{content}".encode()).hexdigest(),
+        bytes_in=bytes_in if bytes_in is not None else 1000 + n,
+        bytes_stored=bytes_stored if bytes_stored is not None else 300 + n,
+        layout={"rows": 2, "columns": 2, "samples": 1, "bits_allocated": 16,
+                "bits_stored": 12, "signed": False, "planar": False,
+                "photometric": "MONOCHROME2", "frames": 1} if frames else None,
+        frame_crc32=(n,) if frames else (), kept_reason=None if frames else "kept",
+        warnings=("w",) if n % 2 else (),
+    )
+
+
+def header_of(rec: InstanceRecord) -> bytes:
+    return b"" if rec.kind == StoreKind.BLOB else b"HDR\x00" + rec.sop_instance_uid.encode()
+
+
+def put(index: Index, *recs: InstanceRecord) -> list[str]:
+    return [o.status for o in index.put([(r, header_of(r)) for r in recs])]
+
+
+def uids(rows: list[dict[str, Any]], key: str) -> list[str]:
+    return [r[key] for r in rows]
+
+
+class IndexContract:
+    """Tests every Index must pass.  Subclasses provide the ``index`` fixture."""
+
+    @pytest.fixture
+    def index(self) -> Index:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @pytest.fixture
+    def populated(self, index: Index) -> Index:
+        """Two patients, three studies, five series, nine instances."""
+        recs = [
+            make("1.9.1", study="1.2.1", series="1.2.1.1", patient="P1", name="Doe^Jane",
+                 date="20200101", modality="CT", accession="A.100"),
+            make("1.9.2", study="1.2.1", series="1.2.1.1", patient="P1", name="Doe^Jane",
+                 date="20200101", modality="CT", accession="A.100"),
+            make("1.9.3", study="1.2.1", series="1.2.1.2", patient="P1", name="Doe^Jane",
+                 date="20200101", modality="PR", accession="A.100", kind=StoreKind.BLOB,
+                 sop_class=MR_CLASS),
+            make("1.9.4", study="1.2.2", series="1.2.2.1", patient="P1", name="Doe^Jane",
+                 date="20200131", modality="MR", accession="AX100", sop_class=MR_CLASS),
+            make("1.9.5", study="1.2.2", series="1.2.2.1", patient="P1", name="Doe^Jane",
+                 date="20200131", modality="MR", accession="AX100", sop_class=MR_CLASS),
+            make("1.9.6", study="1.2.3", series="1.2.3.1", patient="P2", name="smith^john",
+                 date="20200201", modality="CT", accession="B7"),
+            make("1.9.7", study="1.2.3", series="1.2.3.1", patient="P2", name="smith^john",
+                 date="20200201", modality="CT", accession="B7"),
+            make("1.9.8", study="1.2.3", series="1.2.3.1", patient="P2", name="smith^john",
+                 date="20200201", modality="CT", accession="B7"),
+            make("1.9.9", study="1.2.3", series="1.2.3.2", patient="P2", name="smith^john",
+                 date="20200201", modality="MR", accession="B7", sop_class=MR_CLASS),
+        ]
+        assert put(index, *recs) == ["stored"] * 9
+        return index
+
+    # -- empty --------------------------------------------------------------------------
+    def test_empty_index(self, index: Index) -> None:
+        assert index.get("1.2.3") is None
+        assert list(index.records()) == []
+        assert index.pending() == []
+        assert index.location_owner("0" * 32) is None
+        stats = index.stats()
+        assert (stats["instances"], stats["bytes_in"], stats["bytes_stored"]) == (0, 0, 0)
+        assert stats["compressed_instances"] == 0
+        assert not stats["transfer_syntaxes"]
+        for level in LEVELS:
+            assert index.find(level, {}) == []
+            assert index.instances(level, "1.2.3") == []
+        with pytest.raises(NotFoundError):
+            index.header("1.2.3")
+
+    def test_unknown_level_is_refused(self, index: Index) -> None:
+        with pytest.raises(ValueError, match="level"):
+            index.find("equipment", {})
+        with pytest.raises(ValueError, match="level"):
+            index.instances("equipment", "1")
+
+    # -- put / get / header -------------------------------------------------------------
+    def test_put_then_get_round_trips_the_record(self, index: Index) -> None:
+        frames, blob = make("1.5.1"), make("1.5.2", kind=StoreKind.BLOB)
+        outcomes = index.put([(frames, header_of(frames)), (blob, b"")])
+        assert [(o.sop_instance_uid, o.status) for o in outcomes] == [
+            ("1.5.1", "stored"), ("1.5.2", "stored")]
+        assert index.get("1.5.1") == frames
+        assert index.get("1.5.2") == blob
+        assert index.header("1.5.1") == header_of(frames)
+        with pytest.raises(NotFoundError):
+            index.header("1.5.2")  # blobs keep no separate header
+        assert sorted(r.sop_instance_uid for r in index.records()) == ["1.5.1", "1.5.2"]
+        assert index.location_owner(frames.location) == "1.5.1"
+        assert index.location_owner(blob.location) == "1.5.2"
+
+    def test_put_returns_outcomes_in_input_order(self, index: Index) -> None:
+        recs = [make(f"1.6.{i}") for i in (5, 1, 3)]
+        put(index, recs[1])
+        outcomes = index.put([(r, header_of(r)) for r in recs])
+        assert [o.sop_instance_uid for o in outcomes] == ["1.6.5", "1.6.1", "1.6.3"]
+        assert [o.status for o in outcomes] == ["stored", "duplicate", "stored"]
+
+    def test_duplicate_keeps_the_first_record(self, index: Index) -> None:
+        first = make("1.7.1", content="same")
+        second = make("1.7.1", content="same")  # other location, same content
+        assert first.location != second.location and first.sha256 == second.sha256
+        put(index, first)
+        before = index.stats()
+        [outcome] = index.put([(second, b"other header")])
+        assert outcome.status == "duplicate"
+        assert outcome.existing == first
+        assert index.get("1.7.1") == first
+        assert index.header("1.7.1") == header_of(first)
+        assert index.location_owner(second.location) is None
+        assert index.stats() == before
+
+    def test_conflict_keeps_the_first_record(self, index: Index) -> None:
+        first, other = make("1.7.2", content="a"), make("1.7.2", content="b")
+        put(index, first)
+        before = index.stats()
+        [outcome] = index.put([(other, header_of(other))])
+        assert outcome.status == "conflict"
+        assert outcome.existing == first
+        assert index.get("1.7.2") == first
+        assert index.location_owner(other.location) is None
+        assert index.stats() == before
+        assert len(list(index.records())) == 1
+
+    def test_duplicate_and_conflict_within_one_batch(self, index: Index) -> None:
+        a, a_again, a_other = (make("1.7.3", content="x"), make("1.7.3", content="x"),
+                               make("1.7.3", content="y"))
+        outcomes = index.put([(r, header_of(r)) for r in (a, a_again, a_other)])
+        assert [o.status for o in outcomes] == ["stored", "duplicate", "conflict"]
+        assert outcomes[1].existing == a and outcomes[2].existing == a
+        assert index.stats()["instances"] == 1
+
+    # -- hierarchy ------------------------------------------------------------------------
+    def test_series_under_another_study_is_refused(self, index: Index) -> None:
+        put(index, make("1.8.1", study="1.2.1", series="1.2.1.1"))
+        before = index.stats()
+        intruder = make("1.8.2", study="1.2.2", series="1.2.1.1")
+        [outcome] = index.put([(intruder, header_of(intruder))])
+        assert outcome.status == "refused"
+        assert "1.2.1.1" in outcome.reason
+        assert outcome.existing is None
+        assert index.get("1.8.2") is None
+        assert index.location_owner(intruder.location) is None
+        assert index.stats() == before
+        assert uids(index.find("study", {}), "StudyInstanceUID") == ["1.2.1"]
+        assert index.instances("series", "1.2.1.1") == ["1.8.1"]
+
+    def test_study_under_another_patient_is_refused(self, index: Index) -> None:
+        put(index, make("1.8.3", study="1.2.5", series="1.2.5.1", patient="P1"))
+        intruder = make("1.8.4", study="1.2.5", series="1.2.5.2", patient="P9")
+        [outcome] = index.put([(intruder, header_of(intruder))])
+        assert outcome.status == "refused"
+        assert index.get("1.8.4") is None
+        assert uids(index.find("patient", {}), "PatientID") == ["P1"]
+        assert index.find("series", {"SeriesInstanceUID": "1.2.5.2"}) == []
+
+    def test_refusal_within_one_batch(self, index: Index) -> None:
+        ok, bad, ok2 = (make("1.8.5", study="1.2.6", series="1.2.6.1"),
+                        make("1.8.6", study="1.2.7", series="1.2.6.1"),
+                        make("1.8.7", study="1.2.6", series="1.2.6.1"))
+        outcomes = index.put([(r, header_of(r)) for r in (ok, bad, ok2)])
+        assert [o.status for o in outcomes] == ["stored", "refused", "stored"]
+        assert sorted(index.instances("study", "1.2.6")) == ["1.8.5", "1.8.7"]
+        assert index.instances("study", "1.2.7") == []
+
+    def test_instances_at_each_level(self, populated: Index) -> None:
+        assert sorted(populated.instances("patient", "P1")) == [f"1.9.{i}" for i in range(1, 6)]
+        assert sorted(populated.instances("patient", "P2")) == ["1.9.6", "1.9.7", "1.9.8",
+                                                                "1.9.9"]
+        assert sorted(populated.instances("study", "1.2.1")) == ["1.9.1", "1.9.2", "1.9.3"]
+        assert sorted(populated.instances("series", "1.2.3.1")) == ["1.9.6", "1.9.7", "1.9.8"]
+        assert populated.instances("instance", "1.9.4") == ["1.9.4"]
+        assert populated.instances("instance", "1.9.99") == []
+        assert populated.instances("patient", "P3") == []
+        assert populated.instances("study", "1.2.1.1") == []  # a series UID is no study
+
+    def test_missing_patient_id_is_a_patient_too(self, index: Index) -> None:
+        put(index, make("1.8.8", study="1.2.8", series="1.2.8.1", patient=None))
+        assert index.instances("study", "1.2.8") == ["1.8.8"]
+        assert len(index.find("patient", {})) == 1
+        assert index.find("study", {})[0]["NumberOfStudyRelatedInstances"] == 1
+
+    # -- delete ------------------------------------------------------------------------------
+    def test_delete_instance_updates_counts(self, populated: Index) -> None:
+        gone = populated.get("1.9.6")
+        assert gone is not None
+        removed = populated.delete(["1.9.6"])
+        assert removed == [gone]
+        assert populated.get("1.9.6") is None
+        assert populated.location_owner(gone.location) is None
+        assert gone.location in populated.pending()
+        with pytest.raises(NotFoundError):
+            populated.header("1.9.6")
+        [series] = populated.find("series", {"SeriesInstanceUID": "1.2.3.1"})
+        assert series["NumberOfSeriesRelatedInstances"] == 2
+        [study] = populated.find("study", {"StudyInstanceUID": "1.2.3"})
+        assert study["NumberOfStudyRelatedInstances"] == 3
+        assert study["NumberOfStudyRelatedSeries"] == 2
+        [patient] = populated.find("patient", {"PatientID": "P2"})
+        assert patient["NumberOfPatientRelatedInstances"] == 3
+        assert patient["NumberOfPatientRelatedStudies"] == 1
+        assert populated.stats()["instances"] == 8
+        assert populated.find("instance", {"SOPInstanceUID": "1.9.6"}) == []
+
+    def test_delete_last_instance_removes_empty_series(self, populated: Index) -> None:
+        populated.delete(["1.9.9"])
+        assert populated.find("series", {"SeriesInstanceUID": "1.2.3.2"}) == []
+        assert populated.instances("series", "1.2.3.2") == []
+        [study] = populated.find("study", {"StudyInstanceUID": "1.2.3"})
+        assert study["NumberOfStudyRelatedSeries"] == 1
+        assert study["NumberOfStudyRelatedInstances"] == 3
+        assert study["ModalitiesInStudy"] == "CT"
+        assert populated.find("series", {"Modality": "MR", "StudyInstanceUID": "1.2.3"}) == []
+
+    def test_delete_series(self, populated: Index) -> None:
+        removed = populated.delete(populated.instances("series", "1.2.1.1"))
+        assert sorted(r.sop_instance_uid for r in removed) == ["1.9.1", "1.9.2"]
+        assert populated.find("series", {"SeriesInstanceUID": "1.2.1.1"}) == []
+        [study] = populated.find("study", {"StudyInstanceUID": "1.2.1"})
+        assert study["NumberOfStudyRelatedSeries"] == 1
+        assert study["NumberOfStudyRelatedInstances"] == 1
+        assert study["ModalitiesInStudy"] == "PR"
+        [patient] = populated.find("patient", {"PatientID": "P1"})
+        assert patient["NumberOfPatientRelatedStudies"] == 2
+        assert patient["NumberOfPatientRelatedInstances"] == 3
+
+    def test_delete_study_removes_it_but_keeps_the_patient(self, populated: Index) -> None:
+        populated.delete(populated.instances("study", "1.2.1"))
+        assert populated.find("study", {"StudyInstanceUID": "1.2.1"}) == []
+        assert populated.find("series", {"StudyInstanceUID": "1.2.1"}) == []
+        assert populated.find("instance", {"StudyInstanceUID": "1.2.1"}) == []
+        assert populated.find("study", {"AccessionNumber": "A.100"}) == []
+        [patient] = populated.find("patient", {"PatientID": "P1"})
+        assert patient["NumberOfPatientRelatedStudies"] == 1
+        assert patient["NumberOfPatientRelatedInstances"] == 2
+        assert sorted(populated.instances("patient", "P1")) == ["1.9.4", "1.9.5"]
+
+    def test_delete_every_study_of_a_patient_removes_the_patient(self, populated: Index
+                                                                 ) -> None:
+        populated.delete(populated.instances("patient", "P2"))
+        assert uids(populated.find("patient", {}), "PatientID") == ["P1"]
+        assert populated.find("patient", {"PatientName": "SMITH^JOHN"}) == []
+        assert populated.find("study", {"PatientID": "P2"}) == []
+        assert populated.instances("patient", "P2") == []
+        # The same UIDs can come back afterwards, under another patient even.
+        assert put(populated, make("1.9.6", study="1.2.3", series="1.2.3.1",
+                                   patient="P3")) == ["stored"]
+        [study] = populated.find("study", {"StudyInstanceUID": "1.2.3"})
+        assert study["PatientID"] == "P3"
+
+    def test_delete_everything(self, populated: Index) -> None:
+        everything = [r.sop_instance_uid for r in populated.records()]
+        assert len(populated.delete(everything)) == 9
+        assert list(populated.records()) == []
+        for level in LEVELS:
+            assert populated.find(level, {}) == []
+        stats = populated.stats()
+        assert (stats["instances"], stats["bytes_in"], stats["bytes_stored"]) == (0, 0, 0)
+        assert stats["compressed_instances"] == 0
+        assert not stats["transfer_syntaxes"]
+
+    def test_delete_unknown_and_repeated_uids(self, populated: Index) -> None:
+        assert populated.delete(["9.9.9"]) == []
+        assert populated.delete([]) == []
+        removed = populated.delete(["1.9.1", "1.9.1", "9.9.9"])
+        assert [r.sop_instance_uid for r in removed] == ["1.9.1"]
+        assert populated.stats()["instances"] == 8
+
+    # -- pending marks ---------------------------------------------------------------------
+    def test_pending_marks(self, index: Index) -> None:
+        a, b, c = "a" * 32, "b" * 32, "c" * 32
+        index.mark_pending([a, b])
+        index.mark_pending([])
+        assert sorted(index.pending()) == [a, b]
+        index.mark_pending([b, c])  # marking twice is harmless
+        assert sorted(index.pending()) == [a, b, c]
+        index.clear_pending([a, "d" * 32])  # clearing an unmarked one too
+        index.clear_pending([])
+        assert sorted(index.pending()) == [b, c]
+        index.clear_pending([b, c])
+        assert index.pending() == []
+
+    def test_put_clears_pending_of_stored_records_only(self, index: Index) -> None:
+        first, dup, conflict = (make("1.4.1", content="x"), make("1.4.1", content="x"),
+                                make("1.4.1", content="y"))
+        refused = make("1.4.2", study="1.2.99", series=first.series_uid)
+        locs = [first.location, dup.location, conflict.location, refused.location]
+        index.mark_pending(locs)
+        statuses = put(index, first, dup, conflict, refused)
+        assert statuses == ["stored", "duplicate", "conflict", "refused"]
+        assert sorted(index.pending()) == sorted(locs[1:])
+
+    def test_delete_marks_locations_pending(self, populated: Index) -> None:
+        recs = [populated.get(u) for u in ("1.9.1", "1.9.3")]
+        populated.delete(["1.9.1", "1.9.3"])
+        assert sorted(populated.pending()) == sorted(r.location for r in recs if r)
+
+    # -- find: exact, wildcard, range, list, case ------------------------------------------------
+    def test_universal_matching(self, populated: Index) -> None:
+        assert len(populated.find("patient", {})) == 2
+        assert len(populated.find("study", {"PatientName": "", "StudyDate": "*"})) == 3
+        assert len(populated.find("series", {"Modality": ""})) == 5
+        assert len(populated.find("instance", {})) == 9
+
+    def test_find_patient_level(self, populated: Index) -> None:
+        [p] = populated.find("patient", {"PatientID": "P1"})
+        assert p["PatientName"] == "Doe^Jane"
+        assert p["NumberOfPatientRelatedStudies"] == 2
+        assert p["NumberOfPatientRelatedInstances"] == 5
+        assert "StudyInstanceUID" not in p
+        assert uids(populated.find("patient", {"PatientName": "doe^jane"}), "PatientID") == ["P1"]
+        assert uids(populated.find("patient", {"PatientName": "SMITH^JOHN"}),
+                    "PatientID") == ["P2"]
+        assert uids(populated.find("patient", {"PatientName": "*^J*"}), "PatientID") == [
+            "P1", "P2"]
+        assert uids(populated.find("patient", {"PatientName": "d?e*"}), "PatientID") == ["P1"]
+        assert uids(populated.find("patient", {"PatientID": "P?"}), "PatientID") == ["P1", "P2"]
+        assert populated.find("patient", {"PatientID": "P"}) == []
+        assert populated.find("patient", {"PatientID": "P3"}) == []
+        assert populated.find("patient", {"PatientName": "Doe"}) == []  # no implicit prefix
+
+    def test_find_study_exact_and_wildcard(self, populated: Index) -> None:
+        def studies(**q: str) -> list[str]:
+            return sorted(uids(populated.find("study", q), "StudyInstanceUID"))
+
+        assert studies(StudyInstanceUID="1.2.2") == ["1.2.2"]
+        assert studies(PatientID="P1") == ["1.2.1", "1.2.2"]
+        assert studies(AccessionNumber="A.100") == ["1.2.1"]
+        assert studies(AccessionNumber="A.1*") == ["1.2.1"]  # '.' is literal
+        assert studies(AccessionNumber="A?100") == ["1.2.1", "1.2.2"]
+        assert studies(AccessionNumber="*7") == ["1.2.3"]
+        assert studies(AccessionNumber="*") == ["1.2.1", "1.2.2", "1.2.3"]
+        assert studies(StudyDescription="CH*") == ["1.2.1", "1.2.2", "1.2.3"]
+        assert studies(PatientName="smith*") == ["1.2.3"]
+        assert studies(PatientName="SMITH^JOHN", PatientID="P2") == ["1.2.3"]
+        assert studies(PatientName="SMITH^JOHN", PatientID="P1") == []
+        assert studies(ReferringPhysicianName="WHO^doctor") == ["1.2.1", "1.2.2", "1.2.3"]
+        assert studies(StudyInstanceUID="1.2.*") == ["1.2.1", "1.2.2", "1.2.3"]
+        assert studies(StudyInstanceUID="1.2.9") == []
+
+    def test_find_study_attributes(self, populated: Index) -> None:
+        [s] = populated.find("study", {"StudyInstanceUID": "1.2.1"})
+        assert s["PatientID"] == "P1" and s["PatientName"] == "Doe^Jane"
+        assert s["StudyDate"] == "20200101" and s["AccessionNumber"] == "A.100"
+        assert s["ModalitiesInStudy"] == "CT\\PR"
+        assert s["NumberOfStudyRelatedSeries"] == 2
+        assert s["NumberOfStudyRelatedInstances"] == 3
+
+    def test_find_study_date_ranges(self, populated: Index) -> None:
+        def studies(date: str) -> list[str]:
+            return sorted(uids(populated.find("study", {"StudyDate": date}),
+                               "StudyInstanceUID"))
+
+        assert studies("20200101-20200131") == ["1.2.1", "1.2.2"]
+        assert studies("20200102-20200131") == ["1.2.2"]
+        assert studies("20200101-20200130") == ["1.2.1"]
+        assert studies("20200131-20200201") == ["1.2.2", "1.2.3"]
+        assert studies("20200101") == ["1.2.1"]
+        assert studies("20200201-") == ["1.2.3"]
+        assert studies("20200131-") == ["1.2.2", "1.2.3"]
+        assert studies("-20200131") == ["1.2.1", "1.2.2"]
+        assert studies("-20191231") == []
+        assert studies("20200202-") == []
+        assert studies("20200301-20200401") == []
+
+    def test_date_range_skips_studies_without_a_date(self, index: Index) -> None:
+        put(index, make("1.3.1", study="1.3.1", series="1.3.1.1", date=""),
+            make("1.3.2", study="1.3.2", series="1.3.2.1", date="20200105"))
+        found = index.find("study", {"StudyDate": "-20991231"})
+        assert uids(found, "StudyInstanceUID") == ["1.3.2"]
+        assert len(index.find("study", {"StudyDate": ""})) == 2
+
+    def test_find_date_range_at_lower_levels(self, populated: Index) -> None:
+        series = populated.find("series", {"StudyDate": "20200115-20200215"})
+        assert sorted(uids(series, "SeriesInstanceUID")) == ["1.2.2.1", "1.2.3.1", "1.2.3.2"]
+        inst = populated.find("instance", {"StudyDate": "-20200101"})
+        assert sorted(uids(inst, "SOPInstanceUID")) == ["1.9.1", "1.9.2", "1.9.3"]
+
+    def test_find_uid_lists(self, populated: Index) -> None:
+        found = populated.find("study", {"StudyInstanceUID": "1.2.1\\1.2.3\\1.2.77"})
+        assert sorted(uids(found, "StudyInstanceUID")) == ["1.2.1", "1.2.3"]
+        found = populated.find("series", {"SeriesInstanceUID": "1.2.2.1\\1.2.3.2"})
+        assert sorted(uids(found, "SeriesInstanceUID")) == ["1.2.2.1", "1.2.3.2"]
+        found = populated.find("series", {"StudyInstanceUID": "1.2.1\\1.2.2"})
+        assert sorted(uids(found, "SeriesInstanceUID")) == ["1.2.1.1", "1.2.1.2", "1.2.2.1"]
+        found = populated.find("instance", {"SOPInstanceUID": "1.9.2\\1.9.9"})
+        assert sorted(uids(found, "SOPInstanceUID")) == ["1.9.2", "1.9.9"]
+        found = populated.find("instance", {"SeriesInstanceUID": "1.2.1.2\\1.2.3.2"})
+        assert sorted(uids(found, "SOPInstanceUID")) == ["1.9.3", "1.9.9"]
+        found = populated.find("instance", {"SOPClassUID": f"{MR_CLASS}\\1.2.3"})
+        assert sorted(uids(found, "SOPInstanceUID")) == ["1.9.3", "1.9.4", "1.9.5", "1.9.9"]
+
+    def test_uid_list_with_a_repeated_uid_matches_once(self, populated: Index) -> None:
+        found = populated.find("study", {"StudyInstanceUID": "1.2.1\\1.2.1"})
+        assert uids(found, "StudyInstanceUID") == ["1.2.1"]
+        found = populated.find("instance", {"SOPInstanceUID": "1.9.2\\1.9.2\\1.9.3"})
+        assert sorted(uids(found, "SOPInstanceUID")) == ["1.9.2", "1.9.3"]
+
+    def test_find_series_level(self, populated: Index) -> None:
+        found = populated.find("series", {"StudyInstanceUID": "1.2.3"})
+        assert sorted(uids(found, "SeriesInstanceUID")) == ["1.2.3.1", "1.2.3.2"]
+        by_uid = {s["SeriesInstanceUID"]: s for s in found}
+        assert by_uid["1.2.3.1"]["NumberOfSeriesRelatedInstances"] == 3
+        assert by_uid["1.2.3.1"]["Modality"] == "CT"
+        assert by_uid["1.2.3.1"]["PatientID"] == "P2"  # parents' keys are matchable
+        found = populated.find("series", {"Modality": "MR"})
+        assert sorted(uids(found, "SeriesInstanceUID")) == ["1.2.2.1", "1.2.3.2"]
+        found = populated.find("series", {"Modality": "MR", "PatientID": "P2"})
+        assert uids(found, "SeriesInstanceUID") == ["1.2.3.2"]
+        found = populated.find("series", {"PatientName": "doe*", "Modality": "C?"})
+        assert uids(found, "SeriesInstanceUID") == ["1.2.1.1"]
+        assert populated.find("series", {"Modality": "US"}) == []
+
+    def test_find_instance_level(self, populated: Index) -> None:
+        found = populated.find("instance", {"SeriesInstanceUID": "1.2.3.1"})
+        assert sorted(uids(found, "SOPInstanceUID")) == ["1.9.6", "1.9.7", "1.9.8"]
+        [one] = populated.find("instance", {"SOPInstanceUID": "1.9.3"})
+        assert one["SOPClassUID"] == MR_CLASS
+        assert one["StudyInstanceUID"] == "1.2.1" and one["SeriesInstanceUID"] == "1.2.1.2"
+        assert one["TransferSyntaxUID"] == EXPLICIT
+        found = populated.find("instance", {"SOPInstanceUID": "1.9.?"})
+        assert len(found) == 9
+        found = populated.find("instance", {"StudyInstanceUID": "1.2.2", "PatientID": "P1"})
+        assert sorted(uids(found, "SOPInstanceUID")) == ["1.9.4", "1.9.5"]
+        found = populated.find("instance", {"PatientName": "SMITH^John", "Modality": "MR"})
+        assert uids(found, "SOPInstanceUID") == ["1.9.9"]
+        assert populated.find("instance", {"SeriesInstanceUID": "1.2.9.9"}) == []
+
+    def test_limit_and_offset(self, populated: Index) -> None:
+        everything = populated.find("instance", {})
+        assert len(everything) == 9
+        pages = [populated.find("instance", {}, limit=4, offset=o) for o in (0, 4, 8)]
+        assert [len(p) for p in pages] == [4, 4, 1]
+        assert [r for p in pages for r in p] == everything
+        assert populated.find("instance", {}, limit=0) == []
+        assert populated.find("instance", {}, offset=9) == []
+        assert populated.find("instance", {}, offset=100, limit=5) == []
+        assert populated.find("instance", {}, limit=100) == everything
+        ct = populated.find("series", {"Modality": "CT"})
+        assert populated.find("series", {"Modality": "CT"}, offset=1) == ct[1:]
+        assert populated.find("study", {"PatientID": "P1"}, limit=1) == populated.find(
+            "study", {"PatientID": "P1"})[:1]
+
+    # -- totals ---------------------------------------------------------------------------------
+    def test_stats_are_the_sum_of_the_parts(self, index: Index) -> None:
+        rng = random.Random(1234)
+        live: dict[str, InstanceRecord] = {}
+        for step in range(160):
+            if live and rng.random() < 0.3:
+                victims = rng.sample(sorted(live), min(len(live), rng.randint(1, 4)))
+                removed = index.delete(victims)
+                assert sorted(r.sop_instance_uid for r in removed) == sorted(victims)
+                for v in victims:
+                    del live[v]
+                continue
+            batch = []
+            for _ in range(rng.randint(1, 4)):
+                p, st, se = rng.randrange(4), rng.randrange(3), rng.randrange(3)
+                sop = f"1.1.{rng.randrange(400)}"
+                batch.append(make(
+                    sop, patient=f"P{p}", study=f"2.{p}.{st}", series=f"2.{p}.{st}.{se}",
+                    modality=("CT", "MR", "SR")[se], content=str(step),
+                    kind=StoreKind.BLOB if se == 2 else StoreKind.FRAMES,
+                    bytes_in=rng.randrange(10**6), bytes_stored=rng.randrange(10**6)))
+            outcomes = index.put([(r, header_of(r)) for r in batch])
+            for r, o in zip(batch, outcomes, strict=True):
+                assert o.status in ("stored", "duplicate", "conflict")
+                if o.status == "stored":
+                    live[r.sop_instance_uid] = r
+                else:
+                    assert r.sop_instance_uid in live or any(
+                        b.sop_instance_uid == r.sop_instance_uid for b in batch)
+        records = list(index.records())
+        assert {r.sop_instance_uid: r for r in records} == live
+        stats = index.stats()
+        assert stats["instances"] == len(live)
+        assert stats["bytes_in"] == sum(r.bytes_in for r in live.values())
+        assert stats["bytes_stored"] == sum(r.bytes_stored for r in live.values())
+        assert stats["compressed_instances"] == sum(r.compressed for r in live.values())
+        assert stats["transfer_syntaxes"] == dict(Counter(r.stored_syntax
+                                                          for r in live.values()))
+        patients = index.find("patient", {})
+        studies = index.find("study", {})
+        series = index.find("series", {})
+        assert sum(p["NumberOfPatientRelatedInstances"] for p in patients) == len(live)
+        assert sum(s["NumberOfStudyRelatedInstances"] for s in studies) == len(live)
+        assert sum(s["NumberOfSeriesRelatedInstances"] for s in series) == len(live)
+        assert sorted(uids(patients, "PatientID")) == sorted(
+            {r.attributes["PatientID"] for r in live.values()})
+        assert sorted(uids(studies, "StudyInstanceUID")) == sorted(
+            {r.study_uid for r in live.values()})
+        assert sorted(uids(series, "SeriesInstanceUID")) == sorted(
+            {r.series_uid for r in live.values()})
+        for p in patients:
+            mine = [s for s in studies if s["PatientID"] == p["PatientID"]]
+            assert p["NumberOfPatientRelatedStudies"] == len(mine)
+            assert p["NumberOfPatientRelatedInstances"] == sum(
+                s["NumberOfStudyRelatedInstances"] for s in mine)
+        for s in studies:
+            mine = [e for e in series if e["StudyInstanceUID"] == s["StudyInstanceUID"]]
+            assert s["NumberOfStudyRelatedSeries"] == len(mine)
+            assert s["NumberOfStudyRelatedInstances"] == sum(
+                e["NumberOfSeriesRelatedInstances"] for e in mine)
+            assert s["ModalitiesInStudy"] == "\\".join(sorted({e["Modality"] for e in mine}))
+        for e in series:
+            assert e["NumberOfSeriesRelatedInstances"] == len(
+                index.instances("series", e["SeriesInstanceUID"]))
+        for r in live.values():
+            assert index.location_owner(r.location) == r.sop_instance_uid
+
+
+class TestLmdbIndex(IndexContract):
+    @pytest.fixture
+    def index(self, tmp_path: Path) -> Iterator[LmdbIndex]:
+        idx = LmdbIndex(tmp_path / "index.lmdb", map_size=1 << 20, sync=False)
+        yield idx
+        idx.close()
+
+    def test_reopen_keeps_everything(self, tmp_path: Path) -> None:
+        path = tmp_path / "persist.lmdb"
+        first = LmdbIndex(path, map_size=1 << 20, sync=True)
+        rec = make("1.10.1")
+        put(first, rec)
+        first.mark_pending(["e" * 32])
+        stats = first.stats()
+        first.close()
+        again = LmdbIndex(path, map_size=1 << 20)
+        try:
+            assert again.get("1.10.1") == rec
+            assert again.header("1.10.1") == header_of(rec)
+            assert again.pending() == ["e" * 32]
+            assert again.stats() == stats
+        finally:
+            again.close()
+        readonly = LmdbIndex(path, readonly=True)
+        try:
+            assert readonly.get("1.10.1") == rec
+        finally:
+            readonly.close()
+
+    def test_map_grows_when_full(self, tmp_path: Path) -> None:
+        idx = LmdbIndex(tmp_path / "small.lmdb", map_size=64 * 1024, sync=False)
+        try:
+            recs = [make(f"1.11.{i}", study=f"3.{i % 7}", series=f"3.{i % 7}.{i % 3}",
+                         patient=f"Q{i % 7}", Big="x" * 2000) for i in range(200)]
+            for i in range(0, 200, 25):
+                assert put(idx, *recs[i:i + 25]) == ["stored"] * 25
+            assert idx.stats()["instances"] == 200
+            assert idx.get("1.11.199") == recs[199]
+            assert idx.env.info()["map_size"] > 64 * 1024
+        finally:
+            idx.close()
+
+    def test_no_keys_left_behind_after_deleting_everything(self, populated: LmdbIndex
+                                                           ) -> None:
+        populated.delete([r.sop_instance_uid for r in populated.records()])
+        populated.clear_pending(populated.pending())
+        with populated.env.begin() as txn:
+            leftovers = {
+                name.decode(): txn.stat(db)["entries"]
+                for name, db in populated.dbs.items() if name != b"meta"
+            }
+        assert leftovers == dict.fromkeys(leftovers, 0)
