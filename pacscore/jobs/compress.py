@@ -1,8 +1,9 @@
 """``pacscore compress``: recompress a tree of DICOM files, verified and resumable.
 
 Each file goes through the archive's own pipeline (:func:`encode_object`), is
-written as a Part-10 file in the lossless syntax (temporary file, fsync, rename:
-no partial output is ever visible), and only then journalled.  Anything that must
+written as a Part-10 file in the lossless syntax to a temporary file; the job
+publishes a batch at a time (syncfs, renames, syncfs: no partial output is ever
+visible) and only then journals it.  Anything that must
 not or cannot be transcoded is copied unchanged and counted, with its reason.
 """
 
@@ -20,6 +21,7 @@ from ..codecs import CODEC_NAMES, by_name
 from ..config import ArchiveConfig
 from ..dicom.part10 import build_part10
 from ..dicom.scan import looks_like_dicom, scan
+from ..durability import sync_filesystem
 from ..errors import PacsError
 from ..ingest.prepare import encode_object
 from .auto import DEFAULT_BUDGET, SeriesChooser
@@ -47,6 +49,8 @@ class CompressTask:
     """Codec and limits."""
     budget: float = DEFAULT_BUDGET
     """``auto``: minimum encode speed as a fraction of the fastest candidate's."""
+    publish_in_worker: bool = False
+    """fsync and rename in the worker (remote workers) instead of the batch publish."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,68 +78,97 @@ class FileResult:
     """Why it was copied or failed."""
     seconds: float = 0.0
     """Worker time spent."""
+    staged: str = ""
+    """Temp file awaiting the parent's publish (not journalled)."""
 
 
 _choosers: dict[float, SeriesChooser] = {}
 
 
-def _write_atomic(dst_root: Path, rel: str, data: bytes | None, src: str | None) -> int:
-    """Write ``data`` (or copy ``src``) to ``dst_root/rel`` via a temp file + fsync."""
+def _target(dst_root: Path, rel: str) -> Path:
     target = (dst_root / rel).resolve()
     if dst_root.resolve() not in target.parents:
         raise PacsError(f"output path {rel!r} escapes the output root")
+    return target
+
+
+def _write_staged(task: CompressTask, data: bytes | None) -> tuple[int, str]:
+    """Write ``data`` (or a copy of the source) to a temp file in the output root.
+
+    Returns (size, temp name).  Locally the job's parent publishes a whole batch with
+    one syncfs before and after the renames; with ``publish_in_worker`` (Dask: the
+    parent may not share the page cache) the worker fsyncs and renames itself and the
+    temp name is empty.
+    """
+    dst_root = Path(task.dst_root)
+    target = _target(dst_root, task.rel)
     tmp_dir = dst_root / TMP_NAME
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_dir / uuid.uuid4().hex
-    with open(tmp, "wb") as out:
+    name = uuid.uuid4().hex
+    with open(tmp_dir / name, "wb") as out:
         if data is not None:
             out.write(data)
         else:
-            assert src is not None
-            with open(src, "rb") as f:
+            with open(task.src, "rb") as f:
                 shutil.copyfileobj(f, out, 1 << 20)
-        out.flush()
-        os.fsync(out.fileno())
+        size = out.tell()
+        if task.publish_in_worker:
+            out.flush()
+            os.fsync(out.fileno())
+    if not task.publish_in_worker:
+        return size, name
     target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, target)
-    return target.stat().st_size
+    os.replace(tmp_dir / name, target)
+    return size, ""
+
+
+def _publish(dst_root: Path, results: list[FileResult]) -> None:
+    """Make a batch of staged outputs durable, then visible (then durable again)."""
+    staged = [r for r in results if r.staged]
+    if not staged:
+        return
+    sync_filesystem(dst_root)
+    for r in staged:
+        target = _target(dst_root, r.rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(dst_root / TMP_NAME / r.staged, target)
+    sync_filesystem(dst_root)
 
 
 def compress_one(task: CompressTask) -> FileResult:
     """Recompress (or copy) one file; never raises for bad input."""
     start = time.perf_counter()
-    dst = Path(task.dst_root)
     size = os.stat(task.src).st_size
     base = FileResult(task.rel, "copied", size, size)
     try:
         with open(task.src, "rb") as f:
             data = f.read()
         if not looks_like_dicom(data[:132]):
-            out = _write_atomic(dst, task.rel, data, None)
+            out, tmp = _write_staged(task, data)
             return replace(base, status="other", bytes_out=out, reason="not DICOM",
-                           seconds=time.perf_counter() - start)
+                           staged=tmp, seconds=time.perf_counter() - start)
         chooser = _choosers.setdefault(task.budget, SeriesChooser(task.budget))
         enc = encode_object(data, task.src, task.config, chooser)
         header = enc.header
         modality = str(header.attributes.get("Modality") or "?")
         base = replace(base, modality=modality, series_uid=header.series_uid)
         if enc.codec is None or enc.parts is None or header.layout is None:
-            out = _write_atomic(dst, task.rel, data, None)
-            return replace(base, bytes_out=out, reason=enc.kept_reason,
+            out, tmp = _write_staged(task, data)
+            return replace(base, bytes_out=out, reason=enc.kept_reason, staged=tmp,
                            seconds=time.perf_counter() - start)
         output = build_part10(enc.parts, enc.original_syntax, enc.codec.transfer_syntax,
                               header.sop_class_uid, header.sop_instance_uid,
                               frames=list(enc.frames))
-        out = _write_atomic(dst, task.rel, output, None)
+        out, tmp = _write_staged(task, output)
         raw = header.layout.frame_bytes * header.layout.frames
         return replace(base, status="compressed", bytes_out=out, raw_bytes=raw,
-                       codec=enc.codec.name, seconds=time.perf_counter() - start)
+                       codec=enc.codec.name, staged=tmp, seconds=time.perf_counter() - start)
     except PacsError as exc:
         reason = exc.reason
     except Exception as exc:  # a library bug must not stop a week-long job
         reason = f"internal error: {type(exc).__name__}: {exc}"
-    out = _write_atomic(dst, task.rel, None, task.src)
-    return replace(base, status="failed", bytes_out=out, reason=reason,
+    out, tmp = _write_staged(task, None)
+    return replace(base, status="failed", bytes_out=out, reason=reason, staged=tmp,
                    seconds=time.perf_counter() - start)
 
 
@@ -174,13 +207,15 @@ def run_compress(roots: Sequence[str], dst: str, config: ArchiveConfig, *, worke
                 # outputs are only ever visible complete, so adopt it instead of redoing.
                 recovered.append(_adopt(path, rel, size, dst_root, config))
                 continue
-            yield CompressTask(path, rel, str(dst_root), config, budget)
+            yield CompressTask(path, rel, str(dst_root), config, budget,
+                               publish_in_worker=bool(dask_address))
 
     batch: list[FileResult] = []
 
     def flush() -> list[FileResult]:
-        journal.append(asdict(r) for r in batch)
-        out = list(batch)
+        _publish(dst_root, batch)
+        out = [replace(r, staged="") for r in batch]
+        journal.append({k: v for k, v in asdict(r).items() if k != "staged"} for r in out)
         batch.clear()
         return out
 

@@ -15,8 +15,6 @@ after, instead of an fsync per file.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import json
 import os
@@ -26,28 +24,11 @@ from pathlib import Path
 
 from ..codecs.zarr_codec import CODEC_NAME
 from ..dicom.header import PixelLayout
+from ..durability import sync_filesystem
 from ..errors import ArchiveStorageError, NotFoundError
 from .base import FrameStore, validate_location
 
 __all__ = ["ZarrFrameStore"]
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_syncfs = getattr(_libc, "syncfs", None)
-
-
-def _sync_filesystem(path: Path) -> None:
-    """Flush every dirty page of the file system holding ``path``."""
-    if _syncfs is None:
-        os.sync()
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if _syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise ArchiveStorageError(f"syncfs failed: {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
 
 def _storage_error(exc: OSError, what: str) -> ArchiveStorageError:
     if exc.errno == errno.ENOSPC:
@@ -133,14 +114,14 @@ class ZarrFrameStore(FrameStore):
             return
         try:
             if self.fsync:
-                _sync_filesystem(self.staging)
+                sync_filesystem(self.staging)
             for loc in locs:
                 src = self.staging / validate_location(loc)
                 dest = self.array_path(loc) if src.is_dir() else self._blob_path(loc)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(src, dest)
             if self.fsync:
-                _sync_filesystem(self.root)
+                sync_filesystem(self.root)
         except FileNotFoundError as exc:
             raise ArchiveStorageError(f"staged data vanished before publishing: {exc}") from exc
         except OSError as exc:
