@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -124,6 +125,7 @@ class Archive:
         self.store_ = ZarrFrameStore(self.frames_root, fsync=self.config.fsync)
         self.index = LmdbIndex(self.root / "index.lmdb", map_size=self.config.lmdb_map_size,
                                sync=self.config.fsync)
+        self._commit_lock = threading.Lock()
         self.recovered = self._recover()
 
     # -- lifecycle ---------------------------------------------------------------
@@ -196,7 +198,13 @@ class Archive:
             yield from self._commit(batch)
 
     def _commit(self, batch: Sequence[Prepared]) -> list[StoreResult | Rejected]:
-        """Publish and index a batch; return outcomes in batch order."""
+        """Publish and index a batch; return outcomes in batch order.
+
+        Serialised per Archive: network front ends store from several threads."""
+        with self._commit_lock:
+            return self._commit_locked(batch)
+
+    def _commit_locked(self, batch: Sequence[Prepared]) -> list[StoreResult | Rejected]:
         seen: dict[str, Prepared] = {}
         fresh: list[Prepared] = []
         outcomes: dict[int, StoreResult | Rejected] = {}
@@ -379,9 +387,22 @@ class Archive:
     def find(self, level: str, *, limit: int | None = None, offset: int = 0,
              **keys: str) -> list[dict[str, Any]]:
         """Match ``keys`` (DICOM keywords) at ``level`` (patient/study/series/instance)."""
+        return self.query(level, keys, limit=limit, offset=offset)
+
+    def query(self, level: str, keys: Mapping[str, str], *, limit: int | None = None,
+              offset: int = 0) -> list[dict[str, Any]]:
+        """:meth:`find` with the keys as a mapping (for front ends)."""
         if level not in LEVELS:
             raise ValueError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
         return self.index.find(level, keys, limit=limit, offset=offset)
+
+    def instances(self, level: str, uid: str) -> list[str]:
+        """SOP Instance UIDs under a patient (by Patient ID), study, series or instance."""
+        return self.index.instances(level, uid)
+
+    def record(self, sop_instance_uid: str) -> InstanceRecord:
+        """What the index holds about one instance (syntaxes, sizes, checksums)."""
+        return self._record(sop_instance_uid)
 
     def delete(self, level: str, uid: str) -> int:
         """Delete an instance, series, study or patient; return instances removed."""

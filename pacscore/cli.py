@@ -192,6 +192,35 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .services.dimse import serve_forever
+
+    serve_forever(Path(args.archive), args.host, args.dimse_port, args.ae_title)
+    return EXIT_OK
+
+
+def _cmd_ae(args: argparse.Namespace) -> int:
+    from .services.security import RIGHTS, AeRegistry
+
+    registry = AeRegistry(Path(args.archive))
+    if args.ae_command == "add":
+        rights = tuple(r.strip() for r in args.rights.split(",")) if args.rights else RIGHTS
+        entry = registry.add(args.name, args.host, args.port, rights)
+        print(f"{entry.name} {entry.host}:{entry.port or '-'} {','.join(entry.rights)}")
+    elif args.ae_command == "remove":
+        if not registry.remove(args.name):
+            print(f"pacscore: no AE {args.name!r} registered", file=sys.stderr)
+            return EXIT_PARTIAL
+    else:
+        entries = registry.list()
+        if args.json:
+            print(json.dumps({"aes": [{"name": e.name, "host": e.host, "port": e.port,
+                                       "rights": list(e.rights)} for e in entries]}))
+        for e in [] if args.json else entries:
+            print(f"{e.name:16s} {e.host}:{e.port or '-'} {','.join(e.rights)}")
+    return EXIT_OK
+
+
 def _parse_keys(pairs: Sequence[str]) -> dict[str, str]:
     keys = {}
     for pair in pairs:
@@ -306,6 +335,28 @@ def _parser() -> argparse.ArgumentParser:
     find.add_argument("--offset", type=int, default=0)
     find.add_argument("--json", action="store_true")
     find.set_defaults(func=_cmd_find)
+
+    srv = sub.add_parser("serve", help="run the DIMSE service on the archive")
+    archive_arg(srv)
+    srv.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
+    srv.add_argument("--dimse-port", type=int, default=11112)
+    srv.add_argument("--ae-title", default="PACSCORE")
+    srv.set_defaults(func=_cmd_serve)
+
+    ae = sub.add_parser("ae", help="manage the DIMSE peers allowed to connect")
+    ae_sub = ae.add_subparsers(dest="ae_command", required=True)
+    ae_add = ae_sub.add_parser("add", help="register (or replace) a peer")
+    ae_add.add_argument("name")
+    ae_add.add_argument("--host", required=True)
+    ae_add.add_argument("--port", type=int, help="its listening port (C-MOVE destinations)")
+    ae_add.add_argument("--rights", help="comma-separated: echo,store,find,get,move (default all)")
+    ae_rm = ae_sub.add_parser("remove", help="unregister a peer")
+    ae_rm.add_argument("name")
+    ae_ls = ae_sub.add_parser("list", help="registered peers")
+    ae_ls.add_argument("--json", action="store_true")
+    for sp in (ae_add, ae_rm, ae_ls):
+        archive_arg(sp)
+    ae.set_defaults(func=_cmd_ae)
 
     for name, func, text in (("verify", _cmd_verify, "decode every frame against its checksum"),
                              ("stats", _cmd_stats, "totals per transfer syntax")):

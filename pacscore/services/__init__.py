@@ -1,0 +1,1 @@
+"""Network front ends over :class:`pacscore.Archive` (DIMSE so far)."""

@@ -1,0 +1,326 @@
+"""DIMSE front end (pynetdicom): C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE.
+
+It only translates requests into :class:`~pacscore.Archive` calls, checks the AE
+allow-list, writes the audit trail and maps errors to statuses through one table
+(PS3.4 Annex B and C, PS3.7 C).  Incoming C-STORE data sets are written to a temp
+file by pynetdicom (``STORE_RECV_CHUNKED_DATASET``) and stored from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
+from pynetdicom.presentation import (
+    AllStoragePresentationContexts,
+    build_context,
+)
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from ..archive import Archive
+from ..dicom.syntaxes import EXPLICIT_LE, IMPLICIT_LE
+from ..errors import (
+    ArchiveStorageError,
+    ConflictError,
+    InvalidDicomError,
+    NotFoundError,
+    PacsError,
+)
+from ..index.base import LEVEL_ATTRIBUTES
+from .security import AeRegistry, AuditLog
+
+__all__ = ["DimseServer", "STATUS"]
+
+log = logging.getLogger(__name__)
+
+# One table: (operation, error class) -> DIMSE status.  PS3.4 B.2.3, C.4.1.1.4,
+# C.4.2.1.5, C.4.3.1.4; 0x0124 "Refused: Not Authorized" is PS3.7 C.5.
+STATUS: dict[tuple[str, type[Exception]], int] = {
+    ("store", InvalidDicomError): 0xC000,
+    ("store", ConflictError): 0xA900,
+    ("store", ArchiveStorageError): 0xA700,
+    ("find", ValueError): 0xA900,
+    ("get", NotFoundError): 0xC000,
+    ("move", NotFoundError): 0xC000,
+}
+NOT_AUTHORIZED = 0x0124
+UNABLE = 0xC000
+MOVE_DESTINATION_UNKNOWN = 0xA801
+
+_LEVELS = {"PATIENT": "patient", "STUDY": "study", "SERIES": "series", "IMAGE": "instance"}
+_KEYS = frozenset(k for v in LEVEL_ATTRIBUTES.values() for k in v) | {
+    "ModalitiesInStudy", "NumberOfStudyRelatedInstances", "NumberOfStudyRelatedSeries",
+    "NumberOfSeriesRelatedInstances", "NumberOfPatientRelatedStudies",
+}
+
+
+_NOBODY = "PACSCORE-NOBODY"  # an allow-list entry no peer is expected to use
+
+
+def _status(op: str, exc: Exception) -> int:
+    for cls in type(exc).__mro__:
+        code = STATUS.get((op, cls))  # type: ignore[arg-type]
+        if code is not None:
+            return code
+    return UNABLE
+
+
+class DimseServer:
+    """A pynetdicom SCP bound to one archive."""
+
+    def __init__(self, archive: Archive, *, ae_title: str = "PACSCORE",
+                 max_pdu: int = 0, max_associations: int = 16, idle_timeout: float = 60):
+        self.archive = archive
+        self.registry = AeRegistry(archive.root)
+        self.audit = AuditLog(archive.root)
+        self.ae_title = ae_title
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        _config.UNRESTRICTED_STORAGE_SERVICE = True
+        ae = AE(ae_title=ae_title)
+        ae.require_called_aet = True
+        ae.maximum_pdu_size = max_pdu
+        ae.maximum_associations = max_associations
+        ae.network_timeout = idle_timeout
+        ae.acse_timeout = ae.dimse_timeout = 30
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        for cx in AllStoragePresentationContexts:
+            # As C-STORE SCP, and as the storage SCU of C-GET (role selection).
+            ae.add_supported_context(cx.abstract_syntax,  # type: ignore[arg-type]
+                                     ALL_TRANSFER_SYNTAXES, scp_role=True, scu_role=False)
+        for model in (PatientRootQueryRetrieveInformationModelFind,
+                      PatientRootQueryRetrieveInformationModelGet,
+                      PatientRootQueryRetrieveInformationModelMove,
+                      StudyRootQueryRetrieveInformationModelFind,
+                      StudyRootQueryRetrieveInformationModelGet,
+                      StudyRootQueryRetrieveInformationModelMove):
+            ae.add_supported_context(model)
+        self.ae = ae
+        self.server: Any = None
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self, host: str = "127.0.0.1", port: int = 11112) -> None:
+        """Listen in background threads."""
+        handlers: list[Any] = [
+            (evt.EVT_CONN_OPEN, self._refresh_allow_list),
+            (evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store),
+            (evt.EVT_C_FIND, self._find), (evt.EVT_C_GET, self._get),
+            (evt.EVT_C_MOVE, self._move), (evt.EVT_REJECTED, self._rejected),
+        ]
+        self.server = self.ae.start_server((host, port), block=False, evt_handlers=handlers)
+
+    def stop(self) -> None:
+        """Stop accepting and close the listening socket."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+
+    # -- helpers ----------------------------------------------------------------
+    def _refresh_allow_list(self, event: Any) -> None:
+        """Reject associations from unregistered calling AEs (A-ASSOCIATE-RJ, PS3.8
+        7.1.1.9 reason 3).  With nobody registered nobody gets in: no anonymous access."""
+        names = [e.name for e in self.registry.list()]
+        self.ae.require_calling_aet = names or [_NOBODY]
+
+    def _peer(self, event: Any) -> tuple[str, str]:
+        requestor = event.assoc.requestor
+        return str(requestor.ae_title).strip(), str(requestor.address)
+
+    def _allowed(self, event: Any, right: str) -> bool:
+        name, host = self._peer(event)
+        if self.registry.allows(name, host, right):
+            return True
+        self.audit.record("authentication", action="E", outcome="minor", user=name,
+                          host=host, interface="dimse", detail=f"{right} refused")
+        return False
+
+    def _rejected(self, event: Any) -> None:
+        name, host = self._peer(event)
+        self.audit.record("authentication", action="E", outcome="minor", user=name,
+                          host=host, interface="dimse", detail="association rejected")
+
+    def _query(self, identifier: Dataset) -> tuple[str, dict[str, str], list[str]]:
+        level_name = str(identifier.get("QueryRetrieveLevel", "")).upper()
+        if level_name not in _LEVELS:
+            raise ValueError(f"QueryRetrieveLevel {level_name!r} is not supported")
+        keys, requested = {}, []
+        for elem in identifier:
+            kw = elem.keyword
+            if not kw or kw == "QueryRetrieveLevel" or kw not in _KEYS:
+                continue
+            requested.append(kw)
+            value = "" if elem.value is None else str(elem.value)
+            if value:
+                keys[kw] = value
+        return _LEVELS[level_name], keys, requested
+
+    def _matches(self, identifier: Dataset) -> list[str]:
+        """SOP Instance UIDs a C-GET/C-MOVE identifier selects."""
+        level, keys, _ = self._query(identifier)
+        uid_key = {"patient": "PatientID", "study": "StudyInstanceUID",
+                   "series": "SeriesInstanceUID", "instance": "SOPInstanceUID"}[level]
+        sops: list[str] = []
+        for match in self.archive.query(level, keys):
+            sops.extend(self.archive.instances(level, str(match[uid_key])))
+        return sops
+
+    # -- handlers ---------------------------------------------------------------
+    def _echo(self, event: Any) -> int:
+        return 0x0000 if self._allowed(event, "echo") else NOT_AUTHORIZED
+
+    def _store(self, event: Any) -> int:
+        name, host = self._peer(event)
+        if not self._allowed(event, "store"):
+            return NOT_AUTHORIZED
+        path = event.dataset_path
+        try:
+            result = self.archive.store(path, source=f"C-STORE from {name}@{host}")
+        except PacsError as exc:
+            self.audit.record("transferred", action="C", outcome="minor", user=name,
+                              host=host, interface="dimse", detail=exc.reason)
+            return _status("store", exc)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        self.audit.record("transferred", action="C", outcome="success", user=name,
+                          host=host, interface="dimse", objects=[result.sop_instance_uid])
+        return 0x0000
+
+    def _find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        name, host = self._peer(event)
+        if not self._allowed(event, "find"):
+            yield NOT_AUTHORIZED, None
+            return
+        try:
+            level, keys, requested = self._query(event.identifier)
+            matches = self.archive.query(level, keys)
+        except (ValueError, PacsError) as exc:
+            yield _status("find", exc), None
+            return
+        self.audit.record("query", action="E", outcome="success", user=name, host=host,
+                          interface="dimse", detail=f"{level} level, {len(matches)} matches")
+        for match in matches:
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            ds = Dataset()
+            ds.QueryRetrieveLevel = event.identifier.QueryRetrieveLevel
+            for kw in requested:
+                value = match.get(kw)
+                setattr(ds, kw, "" if value is None else value)
+            ds.RetrieveAETitle = self.ae_title
+            yield 0xFF00, ds
+
+    def _negotiated(self, event: Any, sop_class: str) -> list[str]:
+        return [cx.transfer_syntax[0] for cx in event.assoc.accepted_contexts
+                if cx.abstract_syntax == sop_class]
+
+    def _dataset(self, sop: str, accepted: list[str]) -> Dataset:
+        """The instance in the best syntax the peer accepted (stored: passthrough)."""
+        rec = self.archive.record(sop)
+        for choice, ts in (("stored", rec.stored_syntax), ("original", rec.original_syntax),
+                           (EXPLICIT_LE, EXPLICIT_LE), (IMPLICIT_LE, IMPLICIT_LE)):
+            if ts in accepted or not accepted:
+                return dcmread(io.BytesIO(self.archive.get(sop, choice)))
+        return dcmread(io.BytesIO(self.archive.get(sop, accepted[0])))
+
+    def _get(self, event: Any) -> Iterator[Any]:
+        name, host = self._peer(event)
+        if not self._allowed(event, "get"):
+            yield NOT_AUTHORIZED, None
+            return
+        try:
+            sops = self._matches(event.identifier)
+        except (ValueError, PacsError) as exc:
+            yield _status("get", exc), None
+            return
+        yield len(sops)
+        for sop in sops:
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            try:
+                rec = self.archive.record(sop)
+                ds = self._dataset(sop, self._negotiated(event, rec.sop_class_uid))
+            except PacsError as exc:
+                log.warning("C-GET of %s failed: %s", sop, exc)
+                yield UNABLE, None
+                continue
+            yield 0xFF00, ds
+        self.audit.record("transferred", action="R", outcome="success", user=name, host=host,
+                          interface="dimse", objects=sops)
+
+    def _move(self, event: Any) -> Iterator[Any]:
+        name, host = self._peer(event)
+        if not self._allowed(event, "move"):
+            yield None, None
+            return
+        destination = self.registry.get(str(event.move_destination.decode()
+                                            if isinstance(event.move_destination, bytes)
+                                            else event.move_destination).strip())
+        if destination is None or destination.port is None:
+            self.audit.record("security", action="E", outcome="minor", user=name, host=host,
+                              interface="dimse", detail="C-MOVE to an unregistered AE")
+            yield None, None
+            return
+        try:
+            sops = self._matches(event.identifier)
+        except (ValueError, PacsError):
+            yield destination.host, destination.port
+            yield UNABLE, None
+            return
+        classes = sorted({self.archive.record(s).sop_class_uid for s in sops})
+        contexts = [build_context(c, [EXPLICIT_LE, IMPLICIT_LE]) for c in classes][:128]
+        yield destination.host, destination.port, {"contexts": contexts,
+                                                   "ae_title": destination.name}
+        yield len(sops)
+        for sop in sops:
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            try:
+                ds = dcmread(io.BytesIO(self.archive.get(sop, EXPLICIT_LE)))
+            except PacsError as exc:
+                log.warning("C-MOVE of %s failed: %s", sop, exc)
+                yield UNABLE, None
+                continue
+            yield 0xFF00, ds
+        self.audit.record("transferred", action="R", outcome="success", user=name, host=host,
+                          interface="dimse", objects=sops, detail=f"to {destination.name}")
+
+
+def serve_forever(archive_dir: Path, host: str, port: int, ae_title: str) -> None:
+    """Run the DIMSE server until SIGTERM/SIGINT (used by ``pacscore serve``)."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with Archive(archive_dir) as archive:
+        server = DimseServer(archive, ae_title=ae_title)
+        server.start(host, port)
+        registered = len(server.registry.list())
+        print(f"pacscore: DIMSE {ae_title} listening on {host}:{port} "
+              f"({registered} registered AE(s); add peers with `pacscore ae add`)", flush=True)
+        server.audit.record("application", action="E", outcome="success", user=ae_title,
+                            host=host, interface="dimse", detail="started")
+        stop.wait()
+        server.stop()
+        server.audit.record("application", action="E", outcome="success", user=ae_title,
+                            host=host, interface="dimse", detail="stopped")

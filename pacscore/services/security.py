@@ -1,0 +1,139 @@
+"""Who may talk to the archive, and the audit trail of what they did.
+
+* :class:`AeRegistry`: DIMSE peers (calling AE title + host allow-list, per-AE rights,
+  and the port of C-MOVE destinations), kept in ``<archive>/security/ae.json``.
+* :class:`AuditLog`: append-only JSON lines in ``<archive>/audit/audit.jsonl`` with the
+  DICOM audit event types of PS3.15 A.5 (DCM codes).  No pixel data and no patient
+  names: UIDs, AE titles, hosts and outcomes only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import PacsError
+
+__all__ = ["AUDIT_EVENTS", "RIGHTS", "AeEntry", "AeRegistry", "AuditLog"]
+
+RIGHTS: tuple[str, ...] = ("echo", "store", "find", "get", "move")
+"""What a DIMSE peer may be allowed to do."""
+
+# PS3.15 A.5.1 / PS3.16 CID 400: audit event IDs (code value, meaning).
+AUDIT_EVENTS: dict[str, tuple[str, str]] = {
+    "application": ("110100", "Application Activity"),
+    "accessed": ("110103", "DICOM Instances Accessed"),
+    "transferred": ("110104", "DICOM Instances Transferred"),
+    "deleted": ("110105", "DICOM Study Deleted"),
+    "query": ("110112", "Query"),
+    "security": ("110113", "Security Alert"),
+    "authentication": ("110114", "User Authentication"),
+}
+# PS3.15 A.5.3: EventOutcomeIndicator.
+OUTCOME = {"success": 0, "minor": 4, "serious": 8, "major": 12}
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash
+
+
+@dataclass(frozen=True, slots=True)
+class AeEntry:
+    """A registered DIMSE peer."""
+
+    name: str
+    """AE title."""
+    host: str
+    """Address it connects from (and is reached at for C-MOVE)."""
+    port: int | None = None
+    """Listening port (needed for C-MOVE destinations)."""
+    rights: tuple[str, ...] = field(default=RIGHTS)
+    """Operations it may request."""
+
+
+class AeRegistry:
+    """The allow-list, read on every check so ``pacscore ae`` changes apply at once."""
+
+    def __init__(self, archive_dir: Path):
+        self.path = archive_dir / "security" / "ae.json"
+
+    def _load(self) -> dict[str, AeEntry]:
+        if not self.path.exists():
+            return {}
+        raw = json.loads(self.path.read_text(encoding="utf-8"))
+        return {k: AeEntry(k, v["host"], v.get("port"), tuple(v.get("rights", RIGHTS)))
+                for k, v in raw.items()}
+
+    def _save(self, entries: dict[str, AeEntry]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        data = {k: {kk: vv for kk, vv in asdict(v).items() if kk != "name"}
+                for k, v in sorted(entries.items())}
+        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def add(self, name: str, host: str, port: int | None = None,
+            rights: tuple[str, ...] = RIGHTS) -> AeEntry:
+        """Register (or replace) a peer."""
+        if not _AE_TITLE.match(name) or name != name.strip():
+            raise PacsError(f"invalid AE title {name!r}",
+                            hint="1-16 printable characters, no backslash, no padding")
+        unknown = [r for r in rights if r not in RIGHTS]
+        if unknown:
+            raise PacsError(f"unknown rights {unknown}", hint=f"use {', '.join(RIGHTS)}")
+        entries = self._load()
+        entries[name] = AeEntry(name, host, port, tuple(rights))
+        self._save(entries)
+        return entries[name]
+
+    def remove(self, name: str) -> bool:
+        """Unregister a peer; False if it was not registered."""
+        entries = self._load()
+        if entries.pop(name, None) is None:
+            return False
+        self._save(entries)
+        return True
+
+    def list(self) -> list[AeEntry]:
+        """Every registered peer."""
+        return list(self._load().values())
+
+    def get(self, name: str) -> AeEntry | None:
+        """One peer."""
+        return self._load().get(name)
+
+    def allows(self, name: str, host: str, right: str) -> bool:
+        """The peer is registered, connects from its host, and holds ``right``."""
+        entry = self._load().get(name.strip())
+        return entry is not None and entry.host == host and right in entry.rights
+
+
+class AuditLog:
+    """Thread-safe append-only audit trail."""
+
+    def __init__(self, archive_dir: Path):
+        self.path = archive_dir / "audit" / "audit.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def record(self, event: str, *, action: str, outcome: str, user: str, host: str,
+               interface: str, objects: list[str] | None = None, detail: str = "") -> None:
+        """Append one event (``action``: C/R/U/D/E as in PS3.15 A.5.1)."""
+        code, meaning = AUDIT_EVENTS[event]
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "event_id": {"code": code, "scheme": "DCM", "meaning": meaning},
+            "action": action, "outcome": OUTCOME[outcome], "user": user, "host": host,
+            "interface": interface,
+        }
+        if objects:
+            entry["objects"] = objects
+        if detail:
+            entry["detail"] = detail
+        line = json.dumps(entry, separators=(",", ":")) + "\n"
+        with self._lock, open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
