@@ -396,6 +396,21 @@ class Archive:
             raise ValueError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
         return self.index.find(level, keys, limit=limit, offset=offset)
 
+    def header(self, sop_instance_uid: str) -> bytes:
+        """The Part-10 object up to (not including) its pixel data, as received: what
+        metadata services read without touching pixels."""
+        rec = self._record(sop_instance_uid)
+        if rec.kind == StoreKind.FRAMES:
+            return HeaderParts.unpack(self.index.header(sop_instance_uid)).prefix
+        data = self.store_.read_blob(rec.location)
+        pixel = scan(data, self.config.limits, sop_instance_uid).pixel
+        return data if pixel is None else data[: pixel.element_start]
+
+    def pixels(self, sop_instance_uid: str, index: int = 0) -> npt.NDArray[Any]:
+        """One decoded frame (native dtype; colour-by-pixel)."""
+        frames, _ = self._decoded(self._record(sop_instance_uid), [index])
+        return frames[0]
+
     def instances(self, level: str, uid: str) -> list[str]:
         """SOP Instance UIDs under a patient (by Patient ID), study, series or instance."""
         return self.index.instances(level, uid)

@@ -193,9 +193,26 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .services.dimse import serve_forever
+    from .services.serve import serve
 
-    serve_forever(Path(args.archive), args.host, args.dimse_port, args.ae_title)
+    serve(Path(args.archive), host=args.host, dimse_port=args.dimse_port,
+          http_port=args.http_port, ae_title=args.ae_title,
+          cors_origins=args.cors or None, max_body=args.max_body)
+    return EXIT_OK
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from .services.tokens import TokenStore
+
+    store = TokenStore(Path(args.archive))
+    if args.token_command == "create":
+        print(store.create(args.scope, args.name or ""))
+    elif args.token_command == "revoke":
+        if not store.revoke(args.token):
+            print(f"pacscore: no token {args.token!r}", file=sys.stderr)
+            return EXIT_PARTIAL
+    else:
+        print(json.dumps(store.list(), indent=2))
     return EXIT_OK
 
 
@@ -340,8 +357,26 @@ def _parser() -> argparse.ArgumentParser:
     archive_arg(srv)
     srv.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
     srv.add_argument("--dimse-port", type=int, default=11112)
+    srv.add_argument("--http-port", type=int, default=8042)
     srv.add_argument("--ae-title", default="PACSCORE")
+    srv.add_argument("--cors", action="append", metavar="ORIGIN",
+                     help="allow this browser origin (repeatable)")
+    srv.add_argument("--max-body", type=int, default=4 * 1024**3,
+                     help="largest STOW-RS request in bytes")
     srv.set_defaults(func=_cmd_serve)
+
+    tok = sub.add_parser("token", help="bearer tokens for DICOMweb")
+    tok_sub = tok.add_subparsers(dest="token_command", required=True)
+    tok_create = tok_sub.add_parser("create", help="print a new token")
+    tok_create.add_argument("--scope", choices=("read", "write", "delete", "admin"),
+                            required=True)
+    tok_create.add_argument("--name", help="who or what it is for")
+    tok_revoke = tok_sub.add_parser("revoke", help="revoke a token (or its id)")
+    tok_revoke.add_argument("token")
+    tok_list = tok_sub.add_parser("list", help="token ids and scopes")
+    for sp in (tok_create, tok_revoke, tok_list):
+        archive_arg(sp)
+    tok.set_defaults(func=_cmd_token)
 
     ae = sub.add_parser("ae", help="manage the DIMSE peers allowed to connect")
     ae_sub = ae.add_subparsers(dest="ae_command", required=True)

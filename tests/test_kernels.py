@@ -27,7 +27,7 @@ from pacscore.kernels import (
 )
 
 SEEDS = (0, 1, 2, 3, 42)
-KERNELS_TESTED = {"bits_outside_stored", "mask_to_bits", "sign_extend"}
+KERNELS_TESTED = {"bits_outside_stored", "mask_to_bits", "sign_extend", "window_to_uint8"}
 
 
 def test_every_kernel_has_a_twin_and_a_test() -> None:
@@ -262,3 +262,20 @@ def test_big_random_arrays() -> None:
         clean[-1] = 0xFFFF if not seed % 2 else clean[-1] ^ (1 << 15)
         expect = bits_outside_stored_numpy(clean, bits, bool(seed % 2))
         assert bits_outside_stored(clean, bits, bool(seed % 2)) == expect
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16])
+@pytest.mark.parametrize("window", [(1.0, 0.0, 40.0, 400.0, False),
+                                    (1.0, -1024.0, 40.0, 400.0, True),
+                                    (2.5, -10.0, 1000.0, 1.0, False),
+                                    (1.0, 0.0, 0.0, 1e6, False)])
+def test_window_to_uint8_matches_twin(dtype: Any, window: tuple[Any, ...]) -> None:
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(3)
+    a = rng.integers(info.min, info.max, (37, 53), endpoint=True).astype(dtype)
+    a.flat[:4] = [info.min, info.max, 0, 1]
+    ro = np.frombuffer(a.tobytes(), dtype).reshape(a.shape)
+    np.testing.assert_array_equal(kernels.window_to_uint8(ro, *window),
+                                  kernels.window_to_uint8_numpy(a, *window))
+    out = kernels.window_to_uint8(a, *window)
+    assert out.dtype == np.uint8 and out.shape == a.shape

@@ -13,6 +13,7 @@ from .bits import (
     sign_extend,
     sign_extend_numpy,
 )
+from .window import window_to_uint8, window_to_uint8_numpy
 
 __all__ = [
     "bits_outside_stored",
@@ -21,4 +22,6 @@ __all__ = [
     "mask_to_bits_numpy",
     "sign_extend",
     "sign_extend_numpy",
+    "window_to_uint8",
+    "window_to_uint8_numpy",
 ]

@@ -13,7 +13,6 @@ import io
 import logging
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
@@ -302,25 +301,3 @@ class DimseServer:
             yield 0xFF00, ds
         self.audit.record("transferred", action="R", outcome="success", user=name, host=host,
                           interface="dimse", objects=sops, detail=f"to {destination.name}")
-
-
-def serve_forever(archive_dir: Path, host: str, port: int, ae_title: str) -> None:
-    """Run the DIMSE server until SIGTERM/SIGINT (used by ``pacscore serve``)."""
-    import signal
-    import threading
-
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    with Archive(archive_dir) as archive:
-        server = DimseServer(archive, ae_title=ae_title)
-        server.start(host, port)
-        registered = len(server.registry.list())
-        print(f"pacscore: DIMSE {ae_title} listening on {host}:{port} "
-              f"({registered} registered AE(s); add peers with `pacscore ae add`)", flush=True)
-        server.audit.record("application", action="E", outcome="success", user=ae_title,
-                            host=host, interface="dimse", detail="started")
-        stop.wait()
-        server.stop()
-        server.audit.record("application", action="E", outcome="success", user=ae_title,
-                            host=host, interface="dimse", detail="stopped")

@@ -1,0 +1,143 @@
+"""Streaming multipart/related (RFC 2387) for STOW-RS: parts go to temp files.
+
+The body is never held in memory: only a window the size of the boundary is kept
+between chunks, and the total is capped (413 before buffering, RELIABILITY 14).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["MultipartError", "Part", "TooLargeError", "encode_related", "parse_related",
+           "related_boundary"]
+
+
+class MultipartError(ValueError):
+    """The body is not well-formed multipart/related."""
+
+
+class TooLargeError(ValueError):
+    """The body exceeds the configured limit."""
+
+
+@dataclass(slots=True)
+class Part:
+    """One part, spooled to ``path``."""
+
+    headers: dict[str, str]
+    """Lower-cased header names."""
+    path: Path
+    """Temp file holding the part's body."""
+    size: int = 0
+    """Body size."""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def related_boundary(content_type: str) -> str:
+    """The boundary parameter of a multipart/related Content-Type."""
+    main, *params = [p.strip() for p in content_type.split(";")]
+    if main.lower() != "multipart/related":
+        raise MultipartError(f"expected multipart/related, got {main or 'nothing'}")
+    for p in params:
+        key, _, value = p.partition("=")
+        if key.strip().lower() == "boundary" and value.strip().strip('"'):
+            return value.strip().strip('"')
+    raise MultipartError("multipart/related without a boundary parameter")
+
+
+async def parse_related(chunks: AsyncIterator[bytes], boundary: str, limit: int,
+                        tmp_dir: Path) -> list[Part]:
+    """Split the body into parts spooled under ``tmp_dir`` (caller removes them)."""
+    delim = b"--" + boundary.encode()
+    sep = b"\r\n" + delim
+    buf = b""
+    parts: list[Part] = []
+    total = 0
+    state = "preamble"
+    current: Part | None = None
+    out = None
+    try:
+        async for chunk in chunks:
+            total += len(chunk)
+            if total > limit:
+                raise TooLargeError(f"request body over {limit} bytes")
+            buf += chunk
+            while True:
+                if state == "preamble":
+                    i = buf.find(delim)
+                    if i < 0:
+                        buf = buf[-len(delim):]
+                        break
+                    buf = buf[i + len(delim):]
+                    state = "after-delim"
+                if state == "after-delim":
+                    if len(buf) < 2:
+                        break
+                    if buf.startswith(b"--"):
+                        return _finish(parts)
+                    if not buf.startswith(b"\r\n"):
+                        raise MultipartError("boundary not followed by CRLF")
+                    buf = buf[2:]
+                    state = "headers"
+                if state == "headers":
+                    i = buf.find(b"\r\n\r\n")
+                    if i < 0:
+                        if len(buf) > 16384:
+                            raise MultipartError("part headers longer than 16 KiB")
+                        break
+                    headers = {}
+                    for line in buf[:i].decode("latin-1").split("\r\n"):
+                        if line:
+                            k, _, v = line.partition(":")
+                            headers[k.strip().lower()] = v.strip()
+                    buf = buf[i + 4:]
+                    fd, name = tempfile.mkstemp(dir=tmp_dir, suffix=".part")
+                    out = os.fdopen(fd, "wb")
+                    current = Part(headers, Path(name))
+                    parts.append(current)
+                    state = "body"
+                if state == "body":
+                    assert out is not None and current is not None
+                    i = buf.find(sep)
+                    if i < 0:
+                        keep = len(sep) - 1
+                        if len(buf) > keep:
+                            out.write(buf[:-keep])
+                            current.size += len(buf) - keep
+                            buf = buf[-keep:]
+                        break
+                    out.write(buf[:i])
+                    current.size += i
+                    out.close()
+                    out = None
+                    buf = buf[i + len(sep):]
+                    state = "after-delim"
+        raise MultipartError("body ends before the closing boundary")
+    except BaseException:
+        for p in parts:
+            p.path.unlink(missing_ok=True)
+        raise
+    finally:
+        if out is not None:
+            out.close()
+
+
+def _finish(parts: list[Part]) -> list[Part]:
+    if not parts:
+        raise MultipartError("multipart/related body without parts")
+    return parts
+
+
+def encode_related(items: Iterable[tuple[str, bytes]], boundary: str) -> bytes:
+    """A multipart/related body of (content type, payload) parts."""
+    b = boundary.encode()
+    chunks = []
+    for ctype, payload in items:
+        chunks += [b"--", b, b"\r\nContent-Type: ", ctype.encode(), b"\r\n\r\n", payload,
+                   b"\r\n"]
+    chunks += [b"--", b, b"--\r\n"]
+    return b"".join(chunks)

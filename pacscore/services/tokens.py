@@ -1,0 +1,109 @@
+"""Bearer tokens with scopes for the HTTP and gRPC front ends.
+
+Tokens look like ``pcs_<id>_<secret>``; only a SHA-256 of the secret is kept, in
+``<archive>/security/tokens.json``.  Scopes: ``read``, ``write``, ``delete``,
+``admin``; ``admin`` grants everything, ``write`` and ``delete`` include ``read``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+import time
+from pathlib import Path
+
+from ..errors import PacsError
+
+__all__ = ["SCOPES", "TokenStore"]
+
+SCOPES: tuple[str, ...] = ("read", "write", "delete", "admin")
+_GRANTS = {"read": {"read"}, "write": {"read", "write"}, "delete": {"read", "delete"},
+           "admin": set(SCOPES)}
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class TokenStore:
+    """Tokens of one archive (re-read when the file changes, so revocations apply)."""
+
+    def __init__(self, archive_dir: Path):
+        self.path = archive_dir / "security" / "tokens.json"
+        self.admin_file = archive_dir / "security" / "admin-token"
+        self._lock = threading.Lock()
+        self._cache: tuple[float, dict[str, dict[str, str]]] = (-1.0, {})
+
+    def _load(self) -> dict[str, dict[str, str]]:
+        try:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            return {}
+        if mtime != self._cache[0]:
+            self._cache = (mtime, json.loads(self.path.read_text(encoding="utf-8")))
+        return self._cache[1]
+
+    def _save(self, tokens: dict[str, dict[str, str]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(tokens, f, indent=2)
+        os.replace(tmp, self.path)
+
+    def create(self, scope: str, name: str = "") -> str:
+        """A new token with ``scope``; the secret is shown only now."""
+        if scope not in SCOPES:
+            raise PacsError(f"unknown scope {scope!r}", hint=f"use one of {', '.join(SCOPES)}")
+        token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(24)
+        with self._lock:
+            tokens = dict(self._load())
+            tokens[token_id] = {"scope": scope, "name": name, "sha256": _digest(secret),
+                                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            self._save(tokens)
+        return f"pcs_{token_id}_{secret}"
+
+    def revoke(self, token_or_id: str) -> bool:
+        """Revoke by token or by id; False if unknown."""
+        token_id = token_or_id.split("_")[1] if token_or_id.startswith("pcs_") else token_or_id
+        with self._lock:
+            tokens = dict(self._load())
+            if tokens.pop(token_id, None) is None:
+                return False
+            self._save(tokens)
+        return True
+
+    def list(self) -> dict[str, dict[str, str]]:
+        """Token ids with scope, name and creation time (no secrets)."""
+        return {k: {kk: vv for kk, vv in v.items() if kk != "sha256"}
+                for k, v in self._load().items()}
+
+    def scope(self, token: str) -> str | None:
+        """The scope of a valid token, or None."""
+        parts = token.split("_", 2)
+        if len(parts) != 3 or parts[0] != "pcs":
+            return None
+        entry = self._load().get(parts[1])
+        if entry is None or not hmac.compare_digest(entry["sha256"], _digest(parts[2])):
+            return None
+        return entry["scope"]
+
+    @staticmethod
+    def grants(scope: str | None, needed: str) -> bool:
+        """``scope`` covers ``needed``."""
+        return scope is not None and needed in _GRANTS.get(scope, set())
+
+    def ensure_admin(self) -> str | None:
+        """On first start: create an admin token, keep it in ``admin-token`` (0600) and
+        return it; None when tokens already exist."""
+        if self._load():
+            return None
+        token = self.create("admin", "first start")
+        fd = os.open(self.admin_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(token + "\n")
+        return token
