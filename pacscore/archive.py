@@ -215,7 +215,7 @@ class Archive:
             if existing is None:
                 seen[rec.sop_instance_uid] = p
                 fresh.append(p)
-            elif existing.sha256 == rec.sha256:
+            elif existing.same_instance(rec):
                 outcomes[i] = _result(existing, "duplicate", p.source)
             else:
                 outcomes[i] = Rejected(p.source, self._conflict(rec, existing), "ConflictError")

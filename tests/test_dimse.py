@@ -69,11 +69,16 @@ def server(tmp_path: Path) -> Iterator[Server]:
     cli("ae", "add", "DEST", "--host", "127.0.0.1", "--port", str(dest_port),
         "--archive", str(archive))
     proc = subprocess.Popen([sys.executable, "-m", "pacscore.cli", "serve", "--archive",
-                             str(archive), "--dimse-port", str(port)],
+                             str(archive), "--dimse-port", str(port), "--http-port",
+                             str(free_port())],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert "listening" in line, line
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "listening" in line:
+            break
+    assert "listening" in seen[-1], seen
     yield Server(archive, port, dest_port)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0  # clean shutdown

@@ -183,7 +183,7 @@ class LmdbIndex(Index):
         raw = txn.get(sop.encode(), db=self.dbs[b"inst"])
         if raw is not None:
             existing = InstanceRecord.from_json(bytes(raw))
-            status = "duplicate" if existing.sha256 == rec.sha256 else "conflict"
+            status = "duplicate" if existing.same_instance(rec) else "conflict"
             return PutOutcome(sop, status, existing)
         attrs = rec.attributes
         pkey = patient_key(attrs.get("PatientID"))

@@ -54,6 +54,24 @@ class InstanceRecord:
     """Why the object was kept as received, if it was."""
     warnings: tuple[str, ...] = field(default=())
     """Non-conformances tolerated at ingest."""
+    content_sha256: str = ""
+    """SHA-256 of the data set without preamble and File Meta (objects kept as received):
+    the same object relayed by another system differs only in its File Meta."""
+
+    def same_instance(self, other: InstanceRecord) -> bool:
+        """``other`` is this instance again (the duplicate policy, in one place).
+
+        Identical files; or, for re-encoded frames, the same hierarchy, layout and
+        decoded-pixel checksums (a copy that travelled in another transfer syntax or
+        with another File Meta); or, for kept objects, the same data set bytes.
+        """
+        if self.sha256 == other.sha256:
+            return True
+        if (self.study_uid, self.series_uid) != (other.study_uid, other.series_uid):
+            return False
+        if self.kind == other.kind == StoreKind.FRAMES:
+            return self.layout == other.layout and self.frame_crc32 == other.frame_crc32
+        return bool(self.content_sha256) and self.content_sha256 == other.content_sha256
 
     @property
     def compressed(self) -> bool:

@@ -253,6 +253,8 @@ class Encoded:
     """Everything of the object but its pixel values."""
     kept_reason: str | None = None
     """Why the object is kept as received."""
+    dataset_start: int = 0
+    """Offset where the data set begins (after File Meta)."""
 
 
 CodecChooser = Callable[[InstanceHeader, Any], FrameCodec]
@@ -283,7 +285,7 @@ def encode_object(data: bytes, source: str, config: ArchiveConfig,
     if scanned.preamble[:2] == b"MZ" or scanned.preamble[:4] == b"\x7fELF":
         notes = (*notes, "SECURITY: the preamble holds an executable header; it is zeroed "
                  "in every output except 'original'")
-    kept = Encoded(header, sha, ts.uid, notes)
+    kept = Encoded(header, sha, ts.uid, notes, dataset_start=scanned.dataset_start)
     reason = next((r for rule in _KEEP_RULES if (r := rule(ctx))), None)
     layout, pixel = header.layout, scanned.pixel
     if reason is not None or codec is None or layout is None or pixel is None:
@@ -334,6 +336,8 @@ def prepare(data: bytes, source: str, config: ArchiveConfig, store: FrameStore) 
         )
         return Prepared(record, packed, source)
     written = store.stage_blob(loc, data)
+    content = hashlib.sha256(memoryview(data)[enc.dataset_start:]).hexdigest()
     record = InstanceRecord(**base, stored_syntax=enc.original_syntax, kind=StoreKind.BLOB,
-                            bytes_stored=written, kept_reason=enc.kept_reason)
+                            bytes_stored=written, kept_reason=enc.kept_reason,
+                            content_sha256=content)
     return Prepared(record, b"", source)

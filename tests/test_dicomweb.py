@@ -1,0 +1,203 @@
+"""DICOMweb against `pacscore serve` with dicomweb-client (a client we did not write),
+plus the refusals: tokens, scopes, malformed and oversize bodies, bad DICOM parts."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import imagecodecs
+import numpy as np
+import pydicom
+import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
+
+from pacscore.services.multipart import encode_related
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli(*args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "pacscore.cli", *args], check=True,
+                          capture_output=True, text=True).stdout
+
+
+class Service:
+    def __init__(self, archive: Path, http: int, dimse: int):
+        self.archive, self.http, self.dimse = archive, http, dimse
+        self.url = f"http://127.0.0.1:{http}/dicom-web"
+        self.admin = (archive / "security" / "admin-token").read_text().strip()
+
+    def client(self, token: str | None = None) -> DICOMwebClient:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {token or self.admin}"
+        return DICOMwebClient(self.url, session=session)
+
+    def stats(self) -> dict[str, Any]:
+        return dict(json.loads(cli("stats", "--archive", str(self.archive), "--json")))
+
+
+@pytest.fixture()
+def service(tmp_path: Path) -> Iterator[Service]:
+    archive = tmp_path / "archive"
+    http, dimse = free_port(), free_port()
+    cli("ae", "add", "MODALITY", "--host", "127.0.0.1", "--archive", str(archive))
+    proc = subprocess.Popen([sys.executable, "-m", "pacscore.cli", "serve", "--archive",
+                             str(archive), "--http-port", str(http), "--dimse-port",
+                             str(dimse), "--max-body", str(64 * 1024**2)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "listening" in line:
+            break
+    assert any("admin token written" in line for line in lines), lines
+    yield Service(archive, http, dimse)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    proc.stdout.close()
+
+
+@pytest.fixture()
+def ct(corpus: Path) -> list[Path]:
+    return sorted((corpus / "ct_series/tcia_lung_pet_ct_dx_chest_30sl").glob("*.dcm"))[:6]
+
+
+def read(path: Path) -> pydicom.Dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(path)
+
+
+def test_stow_qido_wado_roundtrip(service: Service, ct: list[Path]) -> None:
+    client = service.client()
+    result = client.store_instances([read(p) for p in ct])
+    assert len(result.ReferencedSOPSequence) == len(ct)
+    studies = client.search_for_studies(search_filters={"PatientName": "lung*"})
+    assert len(studies) == 1
+    study = studies[0]["0020000D"]["Value"][0]
+    assert studies[0]["00201208"]["Value"] == [len(ct)]
+    instances = client.search_for_instances(study_instance_uid=study)
+    assert len(instances) == len(ct)
+    assert len(client.search_for_instances(study_instance_uid=study, limit=2, offset=1)) == 2
+    sop, series = instances[0]["00080018"]["Value"][0], instances[0]["0020000E"]["Value"][0]
+    original = {read(p).SOPInstanceUID: p for p in ct}[sop]
+    ds = client.retrieve_instance(study, series, sop)
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.202"  # stored: passthrough
+    assert np.array_equal(ds.pixel_array, read(original).pixel_array)
+    (stream,) = client.retrieve_instance_frames(
+        study, series, sop, [1], media_types=(("application/octet-stream", "*"),))
+    assert np.array_equal(imagecodecs.htj2k_decode(stream), read(original).pixel_array)
+    (native,) = client.retrieve_instance_frames(study, series, sop, [1],
+                                                media_types=("application/octet-stream",))
+    assert native == read(original).pixel_array.astype("<u2").tobytes()
+    metadata = client.retrieve_series_metadata(study, series)
+    assert len(metadata) == len(ct)
+    assert all("7FE00010" in m and "BulkDataURI" in m["7FE00010"] for m in metadata)
+    png = client.retrieve_instance_rendered(study, series, sop, media_types=("image/png",))
+    assert imagecodecs.png_decode(png).dtype == np.uint8
+    uri = requests.get(f"http://127.0.0.1:{service.http}/wado", params={
+        "requestType": "WADO", "objectUID": sop, "contentType": "application/dicom"},
+        headers={"Authorization": f"Bearer {service.admin}"}, timeout=30)
+    assert uri.status_code == 200 and uri.content == original.read_bytes()
+
+
+def test_tokens_and_scopes(service: Service, ct: list[Path]) -> None:
+    url = f"{service.url}/studies"
+    assert requests.get(url, timeout=10).status_code == 401
+    assert requests.get(url, headers={"Authorization": "Bearer pcs_x_y"},
+                        timeout=10).status_code == 401
+    reader = cli("token", "create", "--scope", "read", "--archive", str(service.archive)).strip()
+    assert service.client(reader).search_for_studies() == []
+    body = encode_related([("application/dicom", ct[0].read_bytes())], "b0undary")
+    headers = {"Authorization": f"Bearer {reader}",
+               "Content-Type": 'multipart/related; type="application/dicom"; boundary=b0undary'}
+    assert requests.post(url, data=body, headers=headers, timeout=30).status_code == 403
+    cli("token", "revoke", reader, "--archive", str(service.archive))
+    assert requests.get(url, headers={"Authorization": f"Bearer {reader}"},
+                        timeout=10).status_code == 401
+    audit = (service.archive / "audit" / "audit.jsonl").read_text()
+    assert "110114" in audit and reader not in audit
+
+
+def test_stow_refusals(service: Service, ct: list[Path], corpus: Path) -> None:
+    url = f"{service.url}/studies"
+    auth = {"Authorization": f"Bearer {service.admin}"}
+    ctype = 'multipart/related; type="application/dicom"; boundary=XyZ'
+    broken = b"--XyZ\r\nContent-Type: application/dicom\r\n\r\nDICM..."  # no closing boundary
+    r = requests.post(url, data=broken, headers={**auth, "Content-Type": ctype}, timeout=30)
+    assert r.status_code == 400
+    r = requests.post(url, data=b"x", headers={**auth, "Content-Type": "application/dicom"},
+                      timeout=30)
+    assert r.status_code == 400
+    conn = http.client.HTTPConnection("127.0.0.1", service.http, timeout=30)
+    conn.putrequest("POST", "/dicom-web/studies")
+    for key, value in {**auth, "Content-Type": ctype,
+                       "Content-Length": str(65 * 1024**2)}.items():
+        conn.putheader(key, value)
+    conn.endheaders(b"--XyZ\r\n")  # refused before the 65 MB body is read
+    assert conn.getresponse().status == 413
+    conn.close()
+    bad = (corpus / "malformed/MR_truncated.dcm").read_bytes()
+    body = encode_related([("application/dicom", bad)], "XyZ")
+    r = requests.post(url, data=body, headers={**auth, "Content-Type": ctype}, timeout=30)
+    assert r.status_code == 409
+    failed = r.json()["00081198"]["Value"][0]
+    assert failed["00081197"]["Value"] == [0xC000] and "8130" in failed["00091001"]["Value"][0]
+    body = encode_related([("application/dicom", bad), ("application/dicom", ct[0].read_bytes())],
+                          "XyZ")
+    r = requests.post(url, data=body, headers={**auth, "Content-Type": ctype}, timeout=30)
+    assert r.status_code == 202
+    assert service.stats()["instances"] == 1
+
+
+def test_mixed_interfaces_store_one_study(service: Service, corpus: Path) -> None:
+    """8 clients (4 STOW-RS, 4 DCMTK storescu) send the same 50-instance study at once:
+    one study, 50 instances, the exact byte total of one copy."""
+    files = sorted((corpus / "mr_series/philips_3d_t1_mprage_sag_170sl").glob("*.dcm"))[:50]
+    storescu = Path("/usr/bin/storescu")
+    if not storescu.exists():
+        pytest.skip("DCMTK storescu not installed")
+    errors: list[str] = []
+
+    def stow() -> None:
+        try:
+            service.client().store_instances([read(p) for p in files])
+        except Exception as exc:  # collected and asserted below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=stow) for _ in range(4)]
+    procs = [subprocess.Popen([str(storescu), "-aet", "MODALITY", "-aec", "PACSCORE",
+                               "127.0.0.1", str(service.dimse), *map(str, files)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"})
+             for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert [p.wait(timeout=300) for p in procs] == [0] * 4
+    assert errors == []
+    studies = service.client().search_for_studies()
+    assert len(studies) == 1 and studies[0]["00201208"]["Value"] == [50]
+    stats = service.stats()
+    assert stats["instances"] == 50
+    series = studies[0]["0020000D"]["Value"][0]
+    sizes = requests.get(f"{service.url}/studies/{series}/metadata",
+                         headers={"Authorization": f"Bearer {service.admin}"}, timeout=60)
+    assert sizes.status_code == 200 and len(sizes.json()) == 50
