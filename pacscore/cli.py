@@ -196,7 +196,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .services.serve import serve
 
     serve(Path(args.archive), host=args.host, dimse_port=args.dimse_port,
-          http_port=args.http_port, ae_title=args.ae_title,
+          http_port=args.http_port, grpc_port=args.grpc_port, ae_title=args.ae_title,
           cors_origins=args.cors or None, max_body=args.max_body)
     return EXIT_OK
 
@@ -358,6 +358,7 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
     srv.add_argument("--dimse-port", type=int, default=11112)
     srv.add_argument("--http-port", type=int, default=8042)
+    srv.add_argument("--grpc-port", type=int, default=50051)
     srv.add_argument("--ae-title", default="PACSCORE")
     srv.add_argument("--cors", action="append", metavar="ORIGIN",
                      help="allow this browser origin (repeatable)")

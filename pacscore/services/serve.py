@@ -1,4 +1,4 @@
-"""``pacscore serve``: the DIMSE and DICOMweb services on one archive, until SIGTERM."""
+"""``pacscore serve``: DIMSE, DICOMweb and gRPC on one archive, until SIGTERM."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import uvicorn
 from ..archive import Archive
 from .dicomweb import create_app
 from .dimse import DimseServer
+from .grpc_api.server import start_grpc
 from .tokens import TokenStore
 
 __all__ = ["serve"]
 
 
 def serve(archive_dir: Path, *, host: str = "127.0.0.1", dimse_port: int = 11112,
-          http_port: int = 8042, ae_title: str = "PACSCORE",
+          http_port: int = 8042, grpc_port: int = 50051, ae_title: str = "PACSCORE",
           cors_origins: list[str] | None = None, max_body: int = 4 * 1024**3) -> None:
     """Run until SIGTERM/SIGINT; acknowledged data is committed before any answer, so
     stopping never loses it."""
@@ -43,13 +44,15 @@ def serve(archive_dir: Path, *, host: str = "127.0.0.1", dimse_port: int = 11112
         web.start()
         while not http.started and web.is_alive():
             stop.wait(0.05)
+        rpc = start_grpc(archive, host, grpc_port, max_object=max_body)
         registered = len(dimse.registry.list())
         print(f"pacscore: listening: DIMSE {ae_title} on {host}:{dimse_port} "
               f"({registered} registered AE(s)), DICOMweb on http://{host}:{http_port}"
-              f"/dicom-web", flush=True)
+              f"/dicom-web, gRPC on {host}:{grpc_port}", flush=True)
         dimse.audit.record("application", action="E", outcome="success", user=ae_title,
                            host=host, interface="serve", detail="started")
         stop.wait()
+        rpc.stop(grace=10).wait()
         http.should_exit = True
         dimse.stop()
         web.join(timeout=30)

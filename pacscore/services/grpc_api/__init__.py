@@ -1,0 +1,1 @@
+"""gRPC front end; the service definition is ``pacscore.proto`` (also at native/)."""

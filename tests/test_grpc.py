@@ -1,0 +1,130 @@
+"""gRPC against `pacscore serve` with a Python client built from the generated stubs."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import imagecodecs
+import numpy as np
+import pydicom
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from pacscore.services.grpc_api.generated import load
+
+pb, svc = load()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Client:
+    def __init__(self, port: int, token: str):
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.meta = (("authorization", f"Bearer {token}"),)
+        self.stub = svc.ArchiveStub(self.channel)
+
+    def store(self, data: bytes) -> Any:
+        chunks = (pb.StoreChunk(data=data[i : i + 65536]) for i in range(0, len(data), 65536))
+        return self.stub.Store(chunks, metadata=self.meta)
+
+
+@pytest.fixture()
+def server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    archive = tmp_path / "archive"
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pacscore.cli", "serve", "--archive",
+                             str(archive), "--grpc-port", str(port), "--http-port",
+                             str(free_port()), "--dimse-port", str(free_port())],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "listening" in line:
+            break
+    yield port, archive
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    proc.stdout.close()
+
+
+def admin(archive: Path) -> str:
+    return (archive / "security" / "admin-token").read_text().strip()
+
+
+def test_store_get_frames_find_stats_verify_delete(server: tuple[int, Path],
+                                                  corpus: Path) -> None:
+    port, archive = server
+    client = Client(port, admin(archive))
+    src = corpus / "ct_series/dcmqi_ge_ct_3slice/01.dcm"
+    reply = client.store(src.read_bytes())
+    assert reply.status == "stored" and reply.verified
+    assert reply.stored_syntax == "1.2.840.10008.1.2.4.202"
+    again = client.store(src.read_bytes())
+    assert again.status == "duplicate"
+    got = b"".join(c.data for c in client.stub.Get(
+        pb.GetRequest(sop_instance_uid=reply.sop_instance_uid), metadata=client.meta))
+    assert got == src.read_bytes()
+    (frame,) = list(client.stub.GetFrames(pb.FramesRequest(
+        sop_instance_uid=reply.sop_instance_uid), metadata=client.meta))
+    assert frame.number == 1 and frame.transfer_syntax == reply.stored_syntax
+    assert np.array_equal(imagecodecs.htj2k_decode(frame.data),
+                          pydicom.dcmread(src).pixel_array)
+    matches = list(client.stub.Find(pb.FindRequest(
+        level="series", keys={"Modality": "CT"}), metadata=client.meta))
+    assert [m.attributes["SeriesInstanceUID"] for m in matches] == [reply.series_instance_uid]
+    stats = client.stub.Stats(pb.StatsRequest(), metadata=client.meta)
+    assert stats.instances == 1 and stats.transfer_syntaxes[reply.stored_syntax] == 1
+    assert client.stub.Verify(pb.VerifyRequest(), metadata=client.meta).checked == 1
+    deleted = client.stub.Delete(pb.DeleteRequest(level="study",
+                                                  uid=reply.study_instance_uid),
+                                 metadata=client.meta)
+    assert deleted.deleted_instances == 1
+    with pytest.raises(grpc.RpcError) as info:
+        list(client.stub.Get(pb.GetRequest(sop_instance_uid=reply.sop_instance_uid),
+                             metadata=client.meta))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_refusals(server: tuple[int, Path], corpus: Path) -> None:
+    port, archive = server
+    anonymous = Client(port, "nope")
+    with pytest.raises(grpc.RpcError) as info:
+        anonymous.stub.Stats(pb.StatsRequest(), metadata=anonymous.meta)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    health = health_pb2_grpc.HealthStub(anonymous.channel)
+    with pytest.raises(grpc.RpcError) as info:
+        health.Check(health_pb2.HealthCheckRequest(service=""), metadata=anonymous.meta)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    reader_token = subprocess.run(
+        [sys.executable, "-m", "pacscore.cli", "token", "create", "--scope", "read",
+         "--archive", str(archive)], capture_output=True, text=True, check=True).stdout.strip()
+    reader = Client(port, reader_token)
+    with pytest.raises(grpc.RpcError) as info:
+        reader.store((corpus / "ct_series/dcmqi_ge_ct_3slice/02.dcm").read_bytes())
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert health_pb2_grpc.HealthStub(reader.channel).Check(
+        health_pb2.HealthCheckRequest(service="pacscore.v1.Archive"),
+        metadata=reader.meta).status == health_pb2.HealthCheckResponse.SERVING
+    refl = reflection_pb2_grpc.ServerReflectionStub(reader.channel)
+    answers = refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
+        list_services="")]), metadata=reader.meta)
+    names = {s.name for a in answers for s in a.list_services_response.service}
+    assert "pacscore.v1.Archive" in names
+    writer = Client(port, admin(archive))
+    with pytest.raises(grpc.RpcError) as info:
+        writer.store((corpus / "malformed/MR_truncated.dcm").read_bytes())
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "8130" in (info.value.details() or "")
+    stats = writer.stub.Stats(pb.StatsRequest(), metadata=writer.meta)
+    assert stats.instances == 0
