@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import signal
-import socket
 import subprocess
-import sys
 import threading
 import warnings
 from collections.abc import Iterator
@@ -24,16 +21,7 @@ from dicomweb_client.api import DICOMwebClient
 
 from pacscore.services.multipart import encode_related
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cli(*args: str) -> str:
-    return subprocess.run([sys.executable, "-m", "pacscore.cli", *args], check=True,
-                          capture_output=True, text=True).stdout
+from .serving import cli, serving
 
 
 class Service:
@@ -54,23 +42,9 @@ class Service:
 @pytest.fixture()
 def service(tmp_path: Path) -> Iterator[Service]:
     archive = tmp_path / "archive"
-    http, dimse = free_port(), free_port()
     cli("ae", "add", "MODALITY", "--host", "127.0.0.1", "--archive", str(archive))
-    proc = subprocess.Popen([sys.executable, "-m", "pacscore.cli", "serve", "--archive",
-                             str(archive), "--http-port", str(http), "--dimse-port",
-                             str(dimse), "--max-body", str(64 * 1024**2)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if "listening" in line:
-            break
-    assert any("admin token written" in line for line in lines), lines
-    yield Service(archive, http, dimse)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
-    proc.stdout.close()
+    with serving(archive, "--max-body", str(64 * 1024**2)) as ports:
+        yield Service(archive, ports["http"], ports["dimse"])
 
 
 @pytest.fixture()

@@ -7,8 +7,6 @@ import io
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +18,8 @@ import numpy as np
 import pydicom
 import pytest
 
+from .serving import cli, free_port, serving
+
 pytestmark = pytest.mark.skipif(shutil.which("storescu") is None and
                                 not Path("/usr/bin/storescu").exists(),
                                 reason="DCMTK not installed (apt-get install dcmtk)")
@@ -28,20 +28,9 @@ DCMTK = Path("/usr/bin")
 ENV = {**os.environ, "TCP_NODELAY": "1"}  # DCMTK keeps Nagle on otherwise (FACTS.md)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def dcmtk(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(DCMTK / tool), *args], capture_output=True, text=True,
                           env=ENV, timeout=120, check=False)
-
-
-def cli(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "pacscore.cli", *args], check=True,
-                   capture_output=True)
 
 
 class Server:
@@ -62,27 +51,14 @@ class Server:
 @pytest.fixture()
 def server(tmp_path: Path) -> Iterator[Server]:
     archive = tmp_path / "archive"
-    port, dest_port = free_port(), free_port()
+    dest_port = free_port()
     cli("ae", "add", "MODALITY", "--host", "127.0.0.1", "--archive", str(archive))
     cli("ae", "add", "VIEWER", "--host", "127.0.0.1", "--rights", "echo,find",
         "--archive", str(archive))
     cli("ae", "add", "DEST", "--host", "127.0.0.1", "--port", str(dest_port),
         "--archive", str(archive))
-    proc = subprocess.Popen([sys.executable, "-m", "pacscore.cli", "serve", "--archive",
-                             str(archive), "--dimse-port", str(port), "--http-port",
-                             str(free_port())],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if "listening" in line:
-            break
-    assert "listening" in seen[-1], seen
-    yield Server(archive, port, dest_port)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0  # clean shutdown
-    proc.stdout.close()
+    with serving(archive) as ports:
+        yield Server(archive, ports["dimse"], dest_port)
 
 
 def addr(server: Server) -> list[str]:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,13 +16,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from pacscore.services.grpc_api.generated import load
 
+from .serving import cli, serving
+
 pb, svc = load()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Client:
@@ -43,19 +35,8 @@ class Client:
 @pytest.fixture()
 def server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     archive = tmp_path / "archive"
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pacscore.cli", "serve", "--archive",
-                             str(archive), "--grpc-port", str(port), "--http-port",
-                             str(free_port()), "--dimse-port", str(free_port())],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "listening" in line:
-            break
-    yield port, archive
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
-    proc.stdout.close()
+    with serving(archive) as ports:
+        yield ports["grpc"], archive
 
 
 def admin(archive: Path) -> str:
@@ -106,9 +87,7 @@ def test_refusals(server: tuple[int, Path], corpus: Path) -> None:
     with pytest.raises(grpc.RpcError) as info:
         health.Check(health_pb2.HealthCheckRequest(service=""), metadata=anonymous.meta)
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    reader_token = subprocess.run(
-        [sys.executable, "-m", "pacscore.cli", "token", "create", "--scope", "read",
-         "--archive", str(archive)], capture_output=True, text=True, check=True).stdout.strip()
+    reader_token = cli("token", "create", "--scope", "read", "--archive", str(archive)).strip()
     reader = Client(port, reader_token)
     with pytest.raises(grpc.RpcError) as info:
         reader.store((corpus / "ct_series/dcmqi_ge_ct_3slice/02.dcm").read_bytes())

@@ -1,0 +1,52 @@
+"""Start `pacscore serve` for a test and always stop it (SIGTERM, then kill)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli(*args: str) -> str:
+    """Run the pacscore command; return its stdout (raises on a non-zero exit)."""
+    return subprocess.run([sys.executable, "-m", "pacscore.cli", *args], check=True,
+                          capture_output=True, text=True).stdout
+
+
+@contextmanager
+def serving(archive: Path, *extra: str) -> Iterator[dict[str, int]]:
+    """Run the services on fresh ports; yield the ports; check the clean shutdown."""
+    ports = {"dimse": free_port(), "http": free_port(), "grpc": free_port()}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pacscore.cli", "serve", "--archive", str(archive),
+         "--dimse-port", str(ports["dimse"]), "--http-port", str(ports["http"]),
+         "--grpc-port", str(ports["grpc"]), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    try:
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "listening" in line:
+                break
+        else:
+            raise AssertionError("pacscore serve did not start:\n" + "".join(seen))
+        yield ports
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, "unclean shutdown"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
