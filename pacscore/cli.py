@@ -193,11 +193,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .services.serve import serve
+    from .services.serve import ServeConfig, serve
 
-    serve(Path(args.archive), host=args.host, dimse_port=args.dimse_port,
-          http_port=args.http_port, grpc_port=args.grpc_port, ae_title=args.ae_title,
-          cors_origins=args.cors or None, max_body=args.max_body)
+    overrides = {k: getattr(args, k) for k in (
+        "host", "dimse_port", "http_port", "grpc_port", "ae_title", "cors", "max_body",
+        "max_pdu", "tls_cert", "tls_key", "tls_ca")}
+    serve(Path(args.archive), ServeConfig.load(args.config, overrides))
     return EXIT_OK
 
 
@@ -355,15 +356,19 @@ def _parser() -> argparse.ArgumentParser:
 
     srv = sub.add_parser("serve", help="run the DIMSE service on the archive")
     archive_arg(srv)
-    srv.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
-    srv.add_argument("--dimse-port", type=int, default=11112)
-    srv.add_argument("--http-port", type=int, default=8042)
-    srv.add_argument("--grpc-port", type=int, default=50051)
-    srv.add_argument("--ae-title", default="PACSCORE")
+    srv.add_argument("--config", help="TOML file with any of the settings below")
+    srv.add_argument("--host", help="listen address (default 127.0.0.1)")
+    srv.add_argument("--dimse-port", type=int, help="default 11112")
+    srv.add_argument("--http-port", type=int, help="default 8042")
+    srv.add_argument("--grpc-port", type=int, help="default 50051")
+    srv.add_argument("--ae-title", help="default PACSCORE")
     srv.add_argument("--cors", action="append", metavar="ORIGIN",
                      help="allow this browser origin (repeatable)")
-    srv.add_argument("--max-body", type=int, default=4 * 1024**3,
-                     help="largest STOW-RS request in bytes")
+    srv.add_argument("--max-body", type=int, help="largest STOW-RS/gRPC object in bytes")
+    srv.add_argument("--max-pdu", type=int, help="largest DIMSE PDU (default 16 MiB)")
+    srv.add_argument("--tls-cert", help="PEM certificate: TLS on DIMSE, HTTP and gRPC")
+    srv.add_argument("--tls-key", help="PEM key of --tls-cert")
+    srv.add_argument("--tls-ca", help="CA of client certificates (mutual TLS: DIMSE, gRPC)")
     srv.set_defaults(func=_cmd_serve)
 
     tok = sub.add_parser("token", help="bearer tokens for DICOMweb")

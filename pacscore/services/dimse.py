@@ -12,6 +12,7 @@ import contextlib
 import io
 import logging
 import os
+import ssl
 from collections.abc import Iterator
 from typing import Any
 
@@ -113,15 +114,17 @@ class DimseServer:
         self.server: Any = None
 
     # -- lifecycle -------------------------------------------------------------
-    def start(self, host: str = "127.0.0.1", port: int = 11112) -> None:
-        """Listen in background threads."""
+    def start(self, host: str = "127.0.0.1", port: int = 11112,
+              ssl_context: ssl.SSLContext | None = None) -> None:
+        """Listen in background threads (TLS when ``ssl_context`` is given)."""
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._refresh_allow_list),
             (evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store),
             (evt.EVT_C_FIND, self._find), (evt.EVT_C_GET, self._get),
             (evt.EVT_C_MOVE, self._move), (evt.EVT_REJECTED, self._rejected),
         ]
-        self.server = self.ae.start_server((host, port), block=False, evt_handlers=handlers)
+        self.server = self.ae.start_server((host, port), block=False, evt_handlers=handlers,
+                                           ssl_context=ssl_context)
 
     def stop(self) -> None:
         """Stop accepting and close the listening socket."""

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import signal
+import ssl
 import threading
+import tomllib
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -14,14 +18,75 @@ from .dimse import DimseServer
 from .grpc_api.server import start_grpc
 from .tokens import TokenStore
 
-__all__ = ["serve"]
+__all__ = ["ServeConfig", "serve"]
 
 
-def serve(archive_dir: Path, *, host: str = "127.0.0.1", dimse_port: int = 11112,
-          http_port: int = 8042, grpc_port: int = 50051, ae_title: str = "PACSCORE",
-          cors_origins: list[str] | None = None, max_body: int = 4 * 1024**3) -> None:
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    """Settings of ``pacscore serve`` (``--config FILE`` in TOML uses these names)."""
+
+    host: str = "127.0.0.1"
+    """Listen address (loopback unless told otherwise)."""
+    dimse_port: int = 11112
+    """DIMSE port."""
+    http_port: int = 8042
+    """DICOMweb port."""
+    grpc_port: int = 50051
+    """gRPC port."""
+    ae_title: str = "PACSCORE"
+    """Called AE title."""
+    cors: tuple[str, ...] = ()
+    """Browser origins allowed by CORS."""
+    max_body: int = 4 * 1024**3
+    """Largest STOW-RS body / gRPC object in bytes."""
+    max_pdu: int = 16 * 1024**2
+    """Largest DIMSE PDU we accept (0 = unlimited)."""
+    max_associations: int = 16
+    """Concurrent DIMSE associations."""
+    idle_timeout: float = 60.0
+    """Seconds before an idle DIMSE association is dropped."""
+    tls_cert: str | None = None
+    """PEM certificate: enables TLS on all three services."""
+    tls_key: str | None = None
+    """PEM private key of ``tls_cert``."""
+    tls_ca: str | None = None
+    """PEM CA bundle: requires client certificates (mutual TLS) for DIMSE and gRPC."""
+
+    @classmethod
+    def load(cls, path: str | None, overrides: dict[str, Any]) -> ServeConfig:
+        """TOML file values, then explicit command-line values on top."""
+        values: dict[str, Any] = {}
+        if path:
+            with open(path, "rb") as f:
+                values = tomllib.load(f)
+            unknown = set(values) - {f.name for f in fields(cls)}
+            if unknown:
+                raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "cors" in values:
+            values["cors"] = tuple(values["cors"])
+        config = cls(**values)
+        if bool(config.tls_cert) != bool(config.tls_key):
+            raise ValueError("TLS needs both tls_cert and tls_key")
+        return config
+
+    def server_ssl(self) -> ssl.SSLContext | None:
+        """TLS 1.2+ server context (PS3.15 B.9), client certificates if ``tls_ca``."""
+        if not self.tls_cert or not self.tls_key:
+            return None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        if self.tls_ca:
+            ctx.load_verify_locations(self.tls_ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+
+def serve(archive_dir: Path, config: ServeConfig) -> None:
     """Run until SIGTERM/SIGINT; acknowledged data is committed before any answer, so
     stopping never loses it."""
+    host, ae_title, http_port = config.host, config.ae_title, config.http_port
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -34,27 +99,35 @@ def serve(archive_dir: Path, *, host: str = "127.0.0.1", dimse_port: int = 11112
                   f"http://{host}:{http_port}/dicom-web/studies\n"
                   f"  and create narrower ones with `pacscore token create --scope read`",
                   flush=True)
-        dimse = DimseServer(archive, ae_title=ae_title)
-        dimse.start(host, dimse_port)
-        app = create_app(archive, cors_origins=cors_origins, max_body=max_body)
-        http = uvicorn.Server(uvicorn.Config(app, host=host, port=http_port,
-                                             log_level="warning", lifespan="on",
-                                             timeout_keep_alive=30))
+        dimse = DimseServer(archive, ae_title=ae_title, max_pdu=config.max_pdu,
+                            max_associations=config.max_associations,
+                            idle_timeout=config.idle_timeout)
+        dimse.start(host, config.dimse_port, ssl_context=config.server_ssl())
+        app = create_app(archive, cors_origins=list(config.cors) or None,
+                         max_body=config.max_body)
+        http = uvicorn.Server(uvicorn.Config(
+            app, host=host, port=http_port, log_level="warning", lifespan="on",
+            timeout_keep_alive=30, timeout_graceful_shutdown=5, ssl_certfile=config.tls_cert,
+            ssl_keyfile=config.tls_key))
         web = threading.Thread(target=http.run, name="dicomweb", daemon=True)
         web.start()
         while not http.started and web.is_alive():
             stop.wait(0.05)
-        rpc = start_grpc(archive, host, grpc_port, max_object=max_body)
+        rpc = start_grpc(archive, host, config.grpc_port, max_object=config.max_body,
+                         tls=(config.tls_cert, config.tls_key, config.tls_ca)
+                         if config.tls_cert and config.tls_key else None)
         registered = len(dimse.registry.list())
-        print(f"pacscore: listening: DIMSE {ae_title} on {host}:{dimse_port} "
-              f"({registered} registered AE(s)), DICOMweb on http://{host}:{http_port}"
-              f"/dicom-web, gRPC on {host}:{grpc_port}", flush=True)
+        scheme = "https" if config.tls_cert else "http"
+        print(f"pacscore: listening: DIMSE {ae_title} on {host}:{config.dimse_port} "
+              f"({registered} registered AE(s)), DICOMweb on {scheme}://{host}:{http_port}"
+              f"/dicom-web, gRPC on {host}:{config.grpc_port}"
+              f"{' (TLS)' if config.tls_cert else ''}", flush=True)
         dimse.audit.record("application", action="E", outcome="success", user=ae_title,
                            host=host, interface="serve", detail="started")
         stop.wait()
         rpc.stop(grace=10).wait()
         http.should_exit = True
         dimse.stop()
-        web.join(timeout=30)
+        web.join(timeout=15)
         dimse.audit.record("application", action="E", outcome="success", user=ae_title,
                            host=host, interface="serve", detail="stopped")

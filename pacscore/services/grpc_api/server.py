@@ -186,8 +186,12 @@ def _servicer(archive: Archive, audit: AuditLog, max_object: int) -> Any:
 
 
 def start_grpc(archive: Archive, host: str, port: int, *, max_object: int = 4 * 1024**3,
-               workers: int = 8) -> grpc.Server:
-    """Start the gRPC server (Archive service, health, reflection); returns it running."""
+               workers: int = 8, tls: tuple[str, str, str | None] | None = None
+               ) -> grpc.Server:
+    """Start the gRPC server (Archive service, health, reflection); returns it running.
+
+    ``tls`` = (certificate, key, client CA or None): TLS, mutual when a CA is given.
+    """
     pb, svc = load()
     tokens, audit = TokenStore(archive.root), AuditLog(archive.root)
     server = grpc.server(
@@ -205,7 +209,17 @@ def start_grpc(archive: Archive, host: str, port: int, *, max_object: int = 4 * 
              health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
-    if server.add_insecure_port(f"{host}:{port}") == 0:
+    address = f"{host}:{port}"
+    if tls:
+        cert, key, ca = tls
+        creds = grpc.ssl_server_credentials(
+            [(Path(key).read_bytes(), Path(cert).read_bytes())],
+            root_certificates=Path(ca).read_bytes() if ca else None,
+            require_client_auth=bool(ca))
+        bound = server.add_secure_port(address, creds)
+    else:
+        bound = server.add_insecure_port(address)
+    if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")
     server.start()
     return server
