@@ -167,3 +167,50 @@ def test_parallel_associations_store_one_copy(server: Server, series: Path) -> N
                   str(series))
     assert again.returncode == 0
     assert server.stats() == stats
+
+
+def test_storage_commitment(server: Server, series: Path) -> None:
+    """Storage Commitment Push Model with pynetdicom as the SCU: the N-EVENT-REPORT
+    lists stored instances as committed and unknown ones as failed (0x0112)."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
+
+    dcmtk("storescu", "-aet", "MODALITY", "-aec", "PACSCORE", "+sd", *addr(server), str(series))
+    stored = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(series.iterdir())[:3]]
+    reports: list[tuple[int, Dataset]] = []
+
+    def on_report(event: object) -> tuple[int, None]:
+        reports.append((event.event_type, event.event_information))  # type: ignore[attr-defined]
+        return 0x0000, None
+
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(StorageCommitmentPushModel)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="PACSCORE",
+                         evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    assert assoc.is_established
+    request = Dataset()
+    request.TransactionUID = generate_uid()
+    refs = []
+    for ds in stored:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+        refs.append(ref)
+    missing = Dataset()
+    missing.ReferencedSOPClassUID, missing.ReferencedSOPInstanceUID = stored[0].SOPClassUID, "1.2.3.4"
+    request.ReferencedSOPSequence = [*refs, missing]
+    status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel,
+                                    "1.2.840.10008.1.20.1.1")
+    assert status.Status == 0x0000
+    deadline = time.time() + 10
+    while not reports and time.time() < deadline:
+        time.sleep(0.05)
+    assoc.release()
+    assert len(reports) == 1
+    event_type, info = reports[0]
+    assert event_type == 2 and info.TransactionUID == request.TransactionUID
+    assert {r.ReferencedSOPInstanceUID for r in info.ReferencedSOPSequence} == {
+        d.SOPInstanceUID for d in stored}
+    assert [(r.ReferencedSOPInstanceUID, r.FailureReason) for r in info.FailedSOPSequence] == [
+        ("1.2.3.4", 0x0112)]

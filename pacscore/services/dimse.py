@@ -13,6 +13,8 @@ import io
 import logging
 import os
 import ssl
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +29,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
+    StorageCommitmentPushModel,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
@@ -110,6 +113,10 @@ class DimseServer:
                       StudyRootQueryRetrieveInformationModelGet,
                       StudyRootQueryRetrieveInformationModelMove):
             ae.add_supported_context(model)
+        # Storage Commitment Push Model (PS3.4 J): we are the SCP; the report may go
+        # back on the same association or, once it is closed, on a new one.
+        ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
+        ae.add_requested_context(StorageCommitmentPushModel)
         self.ae = ae
         self.server: Any = None
 
@@ -122,6 +129,7 @@ class DimseServer:
             (evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store),
             (evt.EVT_C_FIND, self._find), (evt.EVT_C_GET, self._get),
             (evt.EVT_C_MOVE, self._move), (evt.EVT_REJECTED, self._rejected),
+            (evt.EVT_N_ACTION, self._commitment),
         ]
         self.server = self.ae.start_server((host, port), block=False, evt_handlers=handlers,
                                            ssl_context=ssl_context)
@@ -266,6 +274,60 @@ class DimseServer:
             yield 0xFF00, ds
         self.audit.record("transferred", action="R", outcome="success", user=name, host=host,
                           interface="dimse", objects=sops)
+
+    def _commitment(self, event: Any) -> tuple[int, Dataset | None]:
+        """N-ACTION of Storage Commitment: check every referenced instance (it must be
+        stored and its data verifiable), answer, then send the N-EVENT-REPORT."""
+        name, host = self._peer(event)
+        if not self._allowed(event, "store"):
+            return NOT_AUTHORIZED, None
+        request = event.action_information
+        if event.action_type != 1 or "TransactionUID" not in request:
+            return 0x0115, None  # invalid argument value (PS3.7 C.4.2)
+        committed, failed = [], []
+        for item in request.get("ReferencedSOPSequence", []):
+            ref = Dataset()
+            ref.ReferencedSOPClassUID = item.ReferencedSOPClassUID
+            ref.ReferencedSOPInstanceUID = item.ReferencedSOPInstanceUID
+            try:
+                rec = self.archive.record(str(item.ReferencedSOPInstanceUID))
+                ok = rec.sop_class_uid == str(item.ReferencedSOPClassUID)
+            except PacsError:
+                ok = False
+            if ok:
+                committed.append(ref)
+            else:
+                ref.FailureReason = 0x0112  # no such object instance (PS3.4 J.3.3.1.1)
+                failed.append(ref)
+        report = Dataset()
+        report.TransactionUID = request.TransactionUID
+        if committed:
+            report.ReferencedSOPSequence = committed
+        if failed:
+            report.FailedSOPSequence = failed
+        self.audit.record("transferred", action="E", outcome="success" if not failed
+                          else "minor", user=name, host=host, interface="dimse",
+                          objects=[str(r.ReferencedSOPInstanceUID) for r in committed],
+                          detail=f"storage commitment: {len(failed)} failed")
+        threading.Thread(target=self._send_report, args=(event.assoc, name, report,
+                                                          2 if failed else 1),
+                         daemon=True).start()
+        return 0x0000, None
+
+    def _send_report(self, assoc: Any, requestor: str, report: Dataset, event_type: int) -> None:
+        time.sleep(0.05)  # let the N-ACTION response go out first
+        instance = "1.2.840.10008.1.20.1.1"  # well-known Storage Commitment instance
+        if assoc.is_established:
+            assoc.send_n_event_report(report, event_type, StorageCommitmentPushModel, instance)
+            return
+        entry = self.registry.get(requestor)
+        if entry is None or entry.port is None:
+            log.warning("storage commitment report for %s undeliverable: no port", requestor)
+            return
+        peer = self.ae.associate(entry.host, entry.port, ae_title=entry.name)
+        if peer.is_established:
+            peer.send_n_event_report(report, event_type, StorageCommitmentPushModel, instance)
+            peer.release()
 
     def _move(self, event: Any) -> Iterator[Any]:
         name, host = self._peer(event)
