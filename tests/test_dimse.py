@@ -198,7 +198,8 @@ def test_storage_commitment(server: Server, series: Path) -> None:
         ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
         refs.append(ref)
     missing = Dataset()
-    missing.ReferencedSOPClassUID, missing.ReferencedSOPInstanceUID = stored[0].SOPClassUID, "1.2.3.4"
+    missing.ReferencedSOPClassUID = stored[0].SOPClassUID
+    missing.ReferencedSOPInstanceUID = "1.2.3.4"
     request.ReferencedSOPSequence = [*refs, missing]
     status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel,
                                     "1.2.840.10008.1.20.1.1")
