@@ -20,8 +20,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 
 from pacscore.services.multipart import encode_related
-
-from .serving import cli, serving
+from pacscore.testing import cli, serving
 
 
 class Service:

@@ -18,7 +18,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from .serving import cli, free_port, serving
+from pacscore.testing import cli, free_port, serving
 
 pytestmark = pytest.mark.skipif(shutil.which("storescu") is None and
                                 not Path("/usr/bin/storescu").exists(),

@@ -13,8 +13,7 @@ import pytest
 import requests
 
 from pacscore.services.grpc_api.generated import load
-
-from .serving import cli, serving
+from pacscore.testing import cli, serving
 
 pb, svc = load()
 DCMTK = Path("/usr/bin")

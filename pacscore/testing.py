@@ -1,4 +1,7 @@
-"""Start `pacscore serve` for a test and always stop it (SIGTERM, then kill)."""
+"""Helpers for tests and benchmarks that run the real services (like zarr.testing).
+
+``serving`` starts ``pacscore serve`` on fresh loopback ports and always stops it
+(SIGTERM and a check of the clean exit, then kill if needed)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+__all__ = ["cli", "free_port", "serving"]
 
 
 def free_port() -> int:

@@ -1,0 +1,142 @@
+"""Network service figures (issue: PACS network services), next to Orthanc's.
+
+Orthanc 1.10.1 figures measured on this machine kind are in the issue and FACTS.md;
+they are printed beside ours (not a same-run ratio, the issue allows that).  A series
+of CT-size instances (the 30-slice CT series cloned with new SOP Instance UIDs) is
+stored with DCMTK storescu, then queried and retrieved.  500 instances with
+PACSCORE_BENCH_FULL=1, 60 in smoke and default runs.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import benchlib
+import pydicom
+import pytest
+import requests
+from pydicom.uid import generate_uid
+
+from pacscore.testing import cli, serving
+
+STORESCU = Path("/usr/bin/storescu")
+FINDSCU = Path("/usr/bin/findscu")
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+ORTHANC = {"store_1": 99, "store_4": 142, "store_4_j2k": 47, "qido_ms": 680, "find_ms": 520,
+           "metadata_ms": 1100, "frame_ms": 9, "series_inst_s": 640}
+
+
+@pytest.fixture(scope="module")
+def series(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    n = 500 if benchlib.full_mode() else 60
+    src = sorted((corpus / "ct_series/tcia_lung_pet_ct_dx_chest_30sl").glob("*.dcm"))
+    out = tmp_path_factory.mktemp("series")
+    series_uid = generate_uid()
+    paths = []
+    for i in range(n):
+        ds = pydicom.dcmread(src[i % len(src)])
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SeriesInstanceUID = series_uid
+        ds.InstanceNumber = i + 1
+        path = out / f"{i:04d}.dcm"
+        ds.save_as(path)
+        paths.append(path)
+    return paths
+
+
+def _storescu(port: int, files: list[Path], associations: int) -> float:
+    chunks = [files[i::associations] for i in range(associations)]
+    start = time.perf_counter()
+    procs = [subprocess.Popen([str(STORESCU), "-aet", "BENCH", "-aec", "PACSCORE",
+                               "127.0.0.1", str(port), *map(str, c)], env=ENV,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for c in chunks]
+    codes = [p.wait() for p in procs]
+    elapsed = time.perf_counter() - start
+    assert codes == [0] * associations
+    return elapsed
+
+
+@pytest.mark.skipif(not STORESCU.exists(), reason="DCMTK not installed")
+def test_services(benchmark: Any, series: list[Path], tmp_path: Path) -> None:
+    n = len(series)
+    rates = {}
+    for associations in (1, 4):
+        archive = tmp_path / f"a{associations}"
+        cli("ae", "add", "BENCH", "--host", "127.0.0.1", "--archive", str(archive))
+        with serving(archive) as ports:
+            if associations == 1:
+                seconds = _storescu(ports["dimse"], series, 1)
+            else:
+                seconds = benchmark.pedantic(_storescu, args=(ports["dimse"], series, 4),
+                                             rounds=1, iterations=1)
+            rates[associations] = n / seconds
+            if associations == 4:
+                _query_and_retrieve(benchmark, archive, ports, n)
+    for k, key in ((1, "store_1"), (4, "store_4")):
+        benchlib.report(benchmark, f"C-STORE, {k} association(s), HTJ2K + verify",
+                        subject=f"pacscore {rates[k]:.0f} inst/s",
+                        baseline=f"Orthanc raw {ORTHANC[key]} inst/s (issue figure)",
+                        ratio=rates[k] / ORTHANC[key], target=">= 200 inst/s with 4",
+                        key=f"store_{k}", note=f"{n} CT instances, storescu")
+
+
+def _p50(fn: Any, rounds: int = 15) -> float:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def _query_and_retrieve(benchmark: Any, archive: Path, ports: dict[str, int], n: int) -> None:
+    token = (archive / "security" / "admin-token").read_text().strip()
+    http = requests.Session()
+    http.headers["Authorization"] = f"Bearer {token}"
+    base = f"http://127.0.0.1:{ports['http']}/dicom-web"
+    studies = http.get(f"{base}/studies", timeout=60).json()
+    study = studies[0]["0020000D"]["Value"][0]
+    series_uid = http.get(f"{base}/studies/{study}/series", timeout=60
+                          ).json()[0]["0020000E"]["Value"][0]
+    url = f"{base}/studies/{study}/series/{series_uid}"
+    qido = _p50(lambda: http.get(f"{url}/instances", timeout=60).json())
+    http.get(f"{url}/metadata", timeout=300)  # first request computes; later ones cached
+    meta = _p50(lambda: http.get(f"{url}/metadata", timeout=300).content)
+    sop = http.get(f"{url}/instances", timeout=60).json()[0]["00080018"]["Value"][0]
+    frame = _p50(lambda: http.get(f"{url}/instances/{sop}/frames/1", timeout=60, headers={
+        "Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}
+    ).content, rounds=50)
+    start = time.perf_counter()
+    body = http.get(url, timeout=600, headers={
+        "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}).content
+    series_rate = n / (time.perf_counter() - start)
+    find = _p50(lambda: subprocess.run(
+        [str(FINDSCU), "-aet", "BENCH", "-aec", "PACSCORE", "-S", "-k",
+         "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={study}", "-k",
+         f"SeriesInstanceUID={series_uid}", "-k", "SOPInstanceUID", "127.0.0.1",
+         str(ports["dimse"])], env=ENV, capture_output=True, check=True), rounds=5)
+    assert len(body) > 0
+    for figure, ours, theirs, unit, target in (
+            ("QIDO-RS instances of the series", qido, ORTHANC["qido_ms"], "ms", "<= 50 ms"),
+            ("C-FIND image level (findscu, incl. process start)", find, ORTHANC["find_ms"],
+             "ms", "<= 100 ms"),
+            ("WADO-RS series metadata (cached)", meta, ORTHANC["metadata_ms"], "ms",
+             "<= 100 ms"),
+            ("WADO-RS one frame, stored syntax, p50", frame, ORTHANC["frame_ms"], "ms",
+             "<= 3 ms")):
+        benchlib.report(benchmark, figure, subject=f"pacscore {ours:.1f} {unit}",
+                        baseline=f"Orthanc {theirs} {unit} (issue figure)",
+                        ratio=theirs / ours, target=target, key=figure[:20],
+                        note=f"{n} instances")
+    benchlib.report(benchmark, "WADO-RS whole series, stored syntax",
+                    subject=f"pacscore {series_rate:.0f} inst/s",
+                    baseline=f"Orthanc {ORTHANC['series_inst_s']} inst/s (issue figure)",
+                    ratio=series_rate / ORTHANC["series_inst_s"], target=">= 1000 inst/s",
+                    key="series_rate", note=f"{n} instances")
