@@ -15,11 +15,12 @@ that no record owns (removed at start-up): the index never names a missing frame
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -34,15 +35,17 @@ from .dicom.part10 import HeaderParts, build_part10
 from .dicom.scan import scan
 from .dicom.syntaxes import EXPLICIT_LE, syntax
 from .errors import (
+    ERRORS_BY_NAME,
     ArchiveCorruptError,
     ArchiveStorageError,
     ConflictError,
+    InvalidDicomError,
     NotFoundError,
     PacsError,
     UnsupportedTransferSyntaxError,
 )
 from .index import LEVELS, InstanceRecord, LmdbIndex, StoreKind
-from .ingest.pool import Rejected, Skipped, run_pool
+from .ingest.pool import Rejected, Skipped, prepare_file, run_pool
 from .ingest.prepare import (
     Prepared,
     decoded_input_frames,
@@ -187,6 +190,8 @@ class Archive:
                                sync=self.config.fsync)
         self._commit_lock = threading.Lock()
         self._group = _GroupCommit(self._commit, self.config.commit_batch)
+        self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = None
         self.recovered = self._recover()
 
     # -- lifecycle ---------------------------------------------------------------
@@ -200,7 +205,10 @@ class Archive:
         return removed + len(orphans)
 
     def close(self) -> None:
-        """Finish pending commits and close the index."""
+        """Finish pending commits, stop the workers and close the index."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         self._group.close()
         self.index.close()
 
@@ -224,6 +232,8 @@ class Archive:
         """
         if isinstance(src, bytes | bytearray | memoryview):
             data, name = bytes(src), source or "<bytes>"
+        elif isinstance(src, str | os.PathLike) and self.config.prepare_workers > 0:
+            return self._store_in_pool(os.fspath(src), source or os.fspath(src))
         elif isinstance(src, str | os.PathLike):
             name = source or os.fspath(src)
             try:
@@ -237,6 +247,34 @@ class Archive:
         if isinstance(outcome, Rejected):
             raise ConflictError(outcome.reason, source=name)
         return outcome
+
+    def start_workers(self) -> None:
+        """Start the worker processes of single stores now (servers call this at start
+        so the first clients do not wait for the workers' imports)."""
+        with self._lock:
+            if self._pool is None and self.config.prepare_workers > 0:
+                ctx = multiprocessing.get_context("forkserver")
+                ctx.set_forkserver_preload(["pacscore.ingest.prepare"])
+                self._pool = ProcessPoolExecutor(self.config.prepare_workers, mp_context=ctx)
+                warm = [self._pool.submit(os.getpid) for _ in range(self.config.prepare_workers)]
+                for f in warm:
+                    f.result()
+
+    def _store_in_pool(self, path: str, name: str) -> StoreResult:
+        """Prepare in a worker process (codecs hold the GIL), then group-commit."""
+        self.start_workers()
+        assert self._pool is not None
+        outcome = self._pool.submit(prepare_file, path, name, self.config,
+                                    str(self.frames_root)).result()
+        if isinstance(outcome, Rejected):
+            raise ERRORS_BY_NAME.get(outcome.error, InvalidDicomError)(outcome.reason,
+                                                                       source=name)
+        if isinstance(outcome, Skipped):
+            raise InvalidDicomError("not a DICOM object", source=name)
+        committed = self._group.submit(outcome)
+        if isinstance(committed, Rejected):
+            raise ConflictError(committed.reason, source=name)
+        return committed
 
     def store_many(self, paths: Iterable[str], *, workers: int | None = None,
                    dask_address: str | None = None) -> Iterator[StoreResult | Rejected | Skipped]:

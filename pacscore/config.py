@@ -40,6 +40,9 @@ class ArchiveConfig:
     """Instances per group commit in bulk stores."""
     lmdb_map_size: int = 1 << 34
     """Initial LMDB map size in bytes (sparse file; grown on MapFullError)."""
+    prepare_workers: int = 0
+    """Worker processes for single stores from paths (network front ends set it to the
+    core count: the codec libraries hold the GIL, so threads alone use one core)."""
     fsync: bool = True
     """Make frames and index durable before acknowledging (turn off only in tests)."""
     limits: Limits = Limits()

@@ -9,6 +9,7 @@ classes to their own status codes through one table each.
 from __future__ import annotations
 
 __all__ = [
+    "ERRORS_BY_NAME",
     "ArchiveCorruptError",
     "ArchiveStorageError",
     "ConflictError",
@@ -95,3 +96,12 @@ class ArchiveCorruptError(PacsError, RuntimeError):
     """Stored data does not match its checksum."""
 
     hint = "restore the named instance from a replica or re-send it from the source"
+
+
+ERRORS_BY_NAME: dict[str, type[PacsError]] = {
+    cls.__name__: cls for cls in (
+        PacsError, InvalidDicomError, TruncatedFileError, InvalidUIDError, LimitExceededError,
+        UnsupportedTransferSyntaxError, NotFoundError, ConflictError, ArchiveStorageError,
+        ArchiveCorruptError)
+}
+"""Error classes by name, to re-raise what a worker process reported."""

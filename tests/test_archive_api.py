@@ -171,3 +171,20 @@ def test_hostile_uids_are_refused(uid: str) -> None:
 
     with pytest.raises(InvalidUIDError):
         validate_uid(uid, "SOP Instance UID")
+
+
+def test_same_instance_in_another_encoding_is_a_duplicate(archive: Archive,
+                                                          corpus: Path) -> None:
+    ladder = corpus / "odd/ts_ladder_ct"
+    first = archive.store(ladder / "CTImage_LittleEndianImplicit__1.2.840.10008.1.2.dcm")
+    again = archive.store(ladder / "CTImage_LittleEndianExplicit__1.2.840.10008.1.2.1.dcm")
+    assert (first.status, again.status) == ("stored", "duplicate")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(ladder / "CTImage_LittleEndianExplicit__1.2.840.10008.1.2.1.dcm")
+    ds.PatientName = "CORRECTED^NAME"  # same pixels, corrected header: not silently dropped
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    with pytest.raises(ConflictError):
+        archive.store(buffer.getvalue())
+    assert archive.stats()["instances"] == 1

@@ -72,7 +72,9 @@ def test_original_roundtrips_byte_for_byte(imported: dict[str, Any], entry: Any)
     original = entry.path.read_bytes()
     out = archive.get(result.sop_instance_uid, "original")
     source_syntax = syntax(result.original_syntax)
-    if result.kept_reason is not None or source_syntax.native:
+    if result.status == "duplicate":  # the same instance arrived earlier in another encoding
+        assert np.array_equal(_pixels(out), _pixels(original))
+    elif result.kept_reason is not None or source_syntax.native:
         assert out == original
     else:  # transcoded compressed input would only promise pixels; default keeps it
         assert np.array_equal(_pixels(out), _pixels(original))

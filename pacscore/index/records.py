@@ -61,13 +61,15 @@ class InstanceRecord:
     def same_instance(self, other: InstanceRecord) -> bool:
         """``other`` is this instance again (the duplicate policy, in one place).
 
-        Identical files; or, for re-encoded frames, the same hierarchy, layout and
-        decoded-pixel checksums (a copy that travelled in another transfer syntax or
-        with another File Meta); or, for kept objects, the same data set bytes.
+        Identical files; or, for re-encoded frames, the same matching attributes (patient,
+        study, series, instance keys), layout and decoded-pixel checksums (a copy that
+        travelled in another transfer syntax or with another File Meta); or, for kept
+        objects, the same data set bytes.  A corrected header is therefore a conflict,
+        never silently dropped.
         """
         if self.sha256 == other.sha256:
             return True
-        if (self.study_uid, self.series_uid) != (other.study_uid, other.series_uid):
+        if self.attributes != other.attributes:
             return False
         if self.kind == other.kind == StoreKind.FRAMES:
             return self.layout == other.layout and self.frame_crc32 == other.frame_crc32

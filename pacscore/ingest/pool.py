@@ -19,7 +19,7 @@ from ..errors import PacsError
 from ..store.zarr_store import ZarrFrameStore
 from .prepare import Prepared, prepare
 
-__all__ = ["Outcome", "Rejected", "Skipped", "prepare_path", "run_pool"]
+__all__ = ["Outcome", "Rejected", "Skipped", "prepare_file", "prepare_path", "run_pool"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +64,16 @@ def prepare_path(path: str, config: ArchiveConfig, store: ZarrFrameStore) -> Out
     except Exception as exc:  # a library bug must not stop the import
         return Rejected(path, f"internal error while reading: {type(exc).__name__}: {exc}",
                         type(exc).__name__)
+
+
+def prepare_file(path: str, source: str, config: ArchiveConfig, frames_root: str) -> Outcome:
+    """Worker task of a single store: prepare ``path``, reported under ``source``."""
+    outcome = prepare_path(path, config, ZarrFrameStore(frames_root, fsync=config.fsync))
+    if isinstance(outcome, Prepared):
+        return Prepared(outcome.record, outcome.header, source)
+    if isinstance(outcome, Rejected):
+        return Rejected(source, outcome.reason, outcome.error)
+    return outcome
 
 
 def _prepare_task(config: ArchiveConfig, frames_root: str, path: str) -> Outcome:

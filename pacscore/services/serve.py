@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import ssl
 import threading
@@ -13,6 +14,7 @@ from typing import Any
 import uvicorn
 
 from ..archive import Archive
+from ..config import ArchiveConfig
 from .dicomweb import create_app
 from .dimse import DimseServer
 from .grpc_api.server import start_grpc
@@ -90,7 +92,9 @@ def serve(archive_dir: Path, config: ServeConfig) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    with Archive(archive_dir) as archive:
+    workers = os.cpu_count() or 1
+    with Archive(archive_dir, ArchiveConfig(prepare_workers=workers)) as archive:
+        archive.start_workers()
         token = TokenStore(archive.root).ensure_admin()
         if token:
             print(f"pacscore: first start: admin token written to "
