@@ -70,7 +70,10 @@ class LmdbIndex(Index):
                 lock=True,
             )
         except lmdb.Error as exc:
-            raise ArchiveStorageError(f"cannot open index at {self.path}: {exc}") from exc
+            hint = ("close the other Archive on this directory first: one per directory "
+                    "and process" if "already open" in str(exc) else None)
+            raise ArchiveStorageError(f"cannot open index at {self.path}: {exc}",
+                                      hint=hint) from exc
         self.dbs = {
             name: self.env.open_db(name, dupsort=name in DUPSORT, create=not readonly)
             for name in DATABASES
