@@ -15,7 +15,7 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pydicom import dcmread
@@ -249,6 +249,21 @@ class DimseServer:
                 return dcmread(io.BytesIO(self.archive.get(sop, choice)))
         return dcmread(io.BytesIO(self.archive.get(sop, accepted[0])))
 
+    def _sub_operations(self, event: Any, sops: list[str], name: str,
+                        dataset: Callable[[str], Dataset]) -> Iterator[Any]:
+        """Pending C-GET/C-MOVE responses, one per instance; stops when cancelled."""
+        for sop in sops:
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            try:
+                ds = dataset(sop)
+            except PacsError as exc:
+                log.warning("%s of %s failed: %s", name, sop, exc)
+                yield UNABLE, None
+                continue
+            yield 0xFF00, ds
+
     def _get(self, event: Any) -> Iterator[Any]:
         name, host = self._peer(event)
         if not self._allowed(event, "get"):
@@ -260,18 +275,8 @@ class DimseServer:
             yield _status("get", exc), None
             return
         yield len(sops)
-        for sop in sops:
-            if event.is_cancelled:
-                yield 0xFE00, None
-                return
-            try:
-                rec = self.archive.record(sop)
-                ds = self._dataset(sop, self._negotiated(event, rec.sop_class_uid))
-            except PacsError as exc:
-                log.warning("C-GET of %s failed: %s", sop, exc)
-                yield UNABLE, None
-                continue
-            yield 0xFF00, ds
+        yield from self._sub_operations(event, sops, "C-GET", lambda sop: self._dataset(
+            sop, self._negotiated(event, self.archive.record(sop).sop_class_uid)))
         self.audit.record("transferred", action="R", outcome="success", user=name, host=host,
                           interface="dimse", objects=sops)
 
@@ -353,16 +358,7 @@ class DimseServer:
         yield destination.host, destination.port, {"contexts": contexts,
                                                    "ae_title": destination.name}
         yield len(sops)
-        for sop in sops:
-            if event.is_cancelled:
-                yield 0xFE00, None
-                return
-            try:
-                ds = dcmread(io.BytesIO(self.archive.get(sop, EXPLICIT_LE)))
-            except PacsError as exc:
-                log.warning("C-MOVE of %s failed: %s", sop, exc)
-                yield UNABLE, None
-                continue
-            yield 0xFF00, ds
+        yield from self._sub_operations(event, sops, "C-MOVE", lambda sop: dcmread(
+            io.BytesIO(self.archive.get(sop, EXPLICIT_LE))))
         self.audit.record("transferred", action="R", outcome="success", user=name, host=host,
                           interface="dimse", objects=sops, detail=f"to {destination.name}")
