@@ -377,13 +377,21 @@ class LmdbIndex(Index):
                 yield bytes(v).decode()
 
     def _attr_range(self, txn: lmdb.Transaction, level: str, c: Constraint) -> Iterator[str]:
+        """Ids whose indexed value may satisfy a prefix wildcard or a range: one cursor
+        walk from the lower bound to the upper one (the matcher has the last word)."""
         base = attr_prefix(level, c.keyword)
-        start = base + (c.prefix if c.kind == "wildcard" else c.values[0]).encode()
+        if c.kind == "wildcard":
+            start = stop_prefix = base + c.prefix.encode()
+            high = None
+        else:
+            start, stop_prefix = base + c.values[0].encode(), base
+            high = base + c.values[1].encode() if c.values[1] else None
         cur = txn.cursor(db=self.dbs[b"attr"])
         if not cur.set_range(start):
             return
         for key, value in cur.iternext(keys=True, values=True):
-            if not bytes(key).startswith(base):
+            k = bytes(key)
+            if not k.startswith(stop_prefix) or (high is not None and k[: len(high)] > high):
                 return
             yield bytes(value).decode()
 
