@@ -33,7 +33,7 @@ from .config import ArchiveConfig
 from .dicom.header import PixelLayout
 from .dicom.part10 import HeaderParts, build_part10
 from .dicom.scan import scan
-from .dicom.syntaxes import EXPLICIT_LE, syntax
+from .dicom.syntaxes import syntax
 from .errors import (
     ERRORS_BY_NAME,
     ArchiveCorruptError,
@@ -399,16 +399,14 @@ class Archive:
         if rec.kind == StoreKind.FRAMES:
             return HeaderParts.unpack(self.index.header(rec.sop_instance_uid))
         data = self.store_.read_blob(rec.location)
-        pixel = scan(data, self.config.limits, rec.sop_instance_uid).pixel
+        scanned = scan(data, self.config.limits, rec.sop_instance_uid)
+        pixel = scanned.pixel
         if pixel is None:
             raise UnsupportedTransferSyntaxError(
                 f"instance {rec.sop_instance_uid} has no pixel data to transcode")
         return HeaderParts(data[: pixel.element_start], data[pixel.element_start:
                            pixel.value_start], data[pixel.value_end:],
-                           self._dataset_start(data), -1)
-
-    def _dataset_start(self, data: bytes) -> int:
-        return scan(data, self.config.limits).dataset_start
+                           scanned.dataset_start, -1)
 
     def get(self, sop_instance_uid: str, transfer_syntax: str = "original") -> bytes:
         """The instance as a Part-10 object.
@@ -554,5 +552,3 @@ class Archive:
         """Totals: instances, compressed_instances, bytes_in, bytes_stored, per syntax."""
         return self.index.stats()
 
-
-EXPLICIT_VR_LITTLE_ENDIAN = EXPLICIT_LE
