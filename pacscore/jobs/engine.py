@@ -69,7 +69,8 @@ def run_tasks(fn: Callable[[T], R], items: Iterable[T], *, workers: int,
     ``workers`` <= 0 runs in this process; ``dask_address`` sends the tasks to a Dask
     distributed scheduler instead of the local pool (workers must see the same paths).
     """
-    bound = window or max(4 * max(workers, 1), 8)
+    # Room for a whole commit batch while the caller commits, plus work for each worker.
+    bound = window or 4 * max(workers, 1) + 32
     if dask_address:
         return _dask(fn, items, dask_address, bound)
     if workers <= 0:
