@@ -215,3 +215,23 @@ def test_storage_commitment(server: Server, series: Path) -> None:
         d.SOPInstanceUID for d in stored}
     assert [(r.ReferencedSOPInstanceUID, r.FailureReason) for r in info.FailedSOPSequence] == [
         ("1.2.3.4", 0x0112)]
+
+
+def test_malformed_instance_over_dimse_is_refused(server: Server, corpus: Path) -> None:
+    """A truncated object sent with pynetdicom: failure status, nothing stored."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(corpus / "malformed/MR_truncated.dcm")
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(MRImageStorage, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="PACSCORE")
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(ds)
+    finally:
+        assoc.release()
+    assert status.Status == 0xC000
+    assert server.stats()["instances"] == 0
