@@ -183,6 +183,7 @@ class ForeignCpu:
         self.wall = 0.0
         self.by_name: dict[str, float] = {}
         self._last: dict[int, int] = {}
+        self._ours: set[int] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._t0 = 0.0
@@ -207,10 +208,15 @@ class ForeignCpu:
                 stats[int(entry)] = s
 
         def ours(pid: int) -> bool:
+            # Once ours, always ours: a server's worker pool outlives the server and
+            # is then re-parented to init.
+            chain: list[int] = []
             seen = 0
             while pid > 1 and seen < 64:
-                if pid == me:
+                if pid == me or pid in self._ours:
+                    self._ours.update(chain)
                     return True
+                chain.append(pid)
                 pid = stats[pid][0] if pid in stats else 0
                 seen += 1
             return False
