@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 __all__ = ["InstanceRecord", "StoreKind"]
@@ -83,8 +83,9 @@ class InstanceRecord:
         return syntax(self.stored_syntax).encapsulated
 
     def to_json(self) -> bytes:
-        """Serialised form."""
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        """Serialised form (a shallow dict: asdict's deep copies cost most of a put)."""
+        return json.dumps({f: getattr(self, f) for f in _FIELDS},
+                          separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> InstanceRecord:
@@ -93,3 +94,6 @@ class InstanceRecord:
         d["frame_crc32"] = tuple(d["frame_crc32"])
         d["warnings"] = tuple(d["warnings"])
         return cls(**d)
+
+
+_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(InstanceRecord))
