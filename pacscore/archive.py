@@ -15,12 +15,11 @@ that no record owns (removed at start-up): the index never names a missing frame
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -45,7 +44,7 @@ from .errors import (
     UnsupportedTransferSyntaxError,
 )
 from .index import LEVELS, InstanceRecord, LmdbIndex, StoreKind
-from .ingest.pool import Rejected, Skipped, prepare_file, run_pool
+from .ingest.pool import Rejected, Skipped, run_pool
 from .ingest.prepare import (
     Prepared,
     decoded_input_frames,
@@ -54,6 +53,7 @@ from .ingest.prepare import (
     native_frames,
     prepare,
 )
+from .ingest.workers import PrepareWorkers
 from .store import ZarrFrameStore
 
 __all__ = ["Archive", "StoreResult", "VerifyReport"]
@@ -191,7 +191,7 @@ class Archive:
         self._commit_lock = threading.Lock()
         self._group = _GroupCommit(self._commit, self.config.commit_batch)
         self._lock = threading.Lock()
-        self._pool: ProcessPoolExecutor | None = None
+        self._workers: PrepareWorkers | None = None
         self.recovered = self._recover()
 
     # -- lifecycle ---------------------------------------------------------------
@@ -206,9 +206,9 @@ class Archive:
 
     def close(self) -> None:
         """Finish pending commits, stop the workers and close the index."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
         self._group.close()
         self.index.close()
 
@@ -252,20 +252,15 @@ class Archive:
         """Start the worker processes of single stores now (servers call this at start
         so the first clients do not wait for the workers' imports)."""
         with self._lock:
-            if self._pool is None and self.config.prepare_workers > 0:
-                ctx = multiprocessing.get_context("forkserver")
-                ctx.set_forkserver_preload(["pacscore.ingest.prepare"])
-                self._pool = ProcessPoolExecutor(self.config.prepare_workers, mp_context=ctx)
-                warm = [self._pool.submit(os.getpid) for _ in range(self.config.prepare_workers)]
-                for f in warm:
-                    f.result()
+            if self._workers is None and self.config.prepare_workers > 0:
+                self._workers = PrepareWorkers(self.config.prepare_workers, self.config,
+                                               str(self.frames_root))
 
     def _store_in_pool(self, path: str, name: str) -> StoreResult:
         """Prepare in a worker process (codecs hold the GIL), then group-commit."""
         self.start_workers()
-        assert self._pool is not None
-        outcome = self._pool.submit(prepare_file, path, name, self.config,
-                                    str(self.frames_root)).result()
+        assert self._workers is not None
+        outcome = self._workers.prepare(path, name)
         if isinstance(outcome, Rejected):
             raise ERRORS_BY_NAME.get(outcome.error, InvalidDicomError)(outcome.reason,
                                                                        source=name)

@@ -188,3 +188,25 @@ def test_same_instance_in_another_encoding_is_a_duplicate(archive: Archive,
     with pytest.raises(ConflictError):
         archive.store(buffer.getvalue())
     assert archive.stats()["instances"] == 1
+
+
+def test_worker_processes_store_from_threads_and_survive_a_killed_worker(
+        tmp_path: Path, ct_series: list[Path]) -> None:
+    """Network front ends store from many threads through worker processes; a worker
+    that dies (OOM killer, a codec crash) is replaced and the archive stays usable."""
+    import os
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    with Archive(tmp_path / "a", ArchiveConfig(prepare_workers=2)) as archive:
+        archive.start_workers()
+        assert archive._workers is not None
+        victim = archive._workers.pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(archive.store, ct_series))
+        assert {r.status for r in results} == {"stored"}
+        assert victim not in archive._workers.pids()
+        assert archive.stats()["instances"] == len(ct_series)
+        sop = results[0].sop_instance_uid
+        assert np.array_equal(_pixels(archive.get(sop)), _pixels(ct_series[0].read_bytes()))

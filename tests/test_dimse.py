@@ -152,6 +152,44 @@ def test_move_to_registered_destination_only(server: Server, series: Path,
     assert "MoveDestinationUnknown" in unknown.stderr
 
 
+def test_move_passes_the_stored_codestream_through(server: Server, series: Path) -> None:
+    """A destination that accepts HTJ2K gets the stored codestream (no transcode); the
+    DCMTK storescp above, which accepts only uncompressed syntaxes, gets Explicit LE."""
+    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+    from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+    one = sorted(series.iterdir())[0]
+    assert dcmtk("storescu", "-aet", "MODALITY", "-aec", "PACSCORE", *addr(server),
+                 str(one)).returncode == 0
+    received: list[pydicom.Dataset] = []
+
+    def keep(event: evt.Event) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        received.append(ds)
+        return 0x0000
+
+    dest = AE("DEST")
+    dest.add_supported_context(CTImageStorage, ALL_TRANSFER_SYNTAXES)
+    scp = dest.start_server(("127.0.0.1", server.dest_port), block=False,
+                            evt_handlers=[(evt.EVT_C_STORE, keep)])
+    try:
+        sop = pydicom.dcmread(one, stop_before_pixels=True).SOPInstanceUID
+        moved = dcmtk("movescu", "-aet", "MODALITY", "-aec", "PACSCORE", "-aem", "DEST", "-S",
+                      "-k", "QueryRetrieveLevel=IMAGE", "-k", f"SOPInstanceUID={sop}",
+                      "-k", f"StudyInstanceUID={pydicom.dcmread(one).StudyInstanceUID}",
+                      "-k", f"SeriesInstanceUID={pydicom.dcmread(one).SeriesInstanceUID}",
+                      *addr(server))
+        assert moved.returncode == 0, moved.stderr
+    finally:
+        scp.shutdown()
+    assert len(received) == 1
+    assert received[0].file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.202"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert np.array_equal(received[0].pixel_array, pydicom.dcmread(one).pixel_array)
+
+
 def test_parallel_associations_store_one_copy(server: Server, series: Path) -> None:
     """4 associations storing the same 30 instances at once: one copy, exact bytes."""
     procs = [subprocess.Popen([str(DCMTK / "storescu"), "-aet", "MODALITY", "-aec", "PACSCORE",

@@ -66,9 +66,10 @@ def prepare_path(path: str, config: ArchiveConfig, store: ZarrFrameStore) -> Out
                         type(exc).__name__)
 
 
-def prepare_file(path: str, source: str, config: ArchiveConfig, frames_root: str) -> Outcome:
+def prepare_file(path: str, source: str, config: ArchiveConfig,
+                 store: ZarrFrameStore) -> Outcome:
     """Worker task of a single store: prepare ``path``, reported under ``source``."""
-    outcome = prepare_path(path, config, ZarrFrameStore(frames_root, fsync=config.fsync))
+    outcome = prepare_path(path, config, store)
     if isinstance(outcome, Prepared):
         return Prepared(outcome.record, outcome.header, source)
     if isinstance(outcome, Rejected):

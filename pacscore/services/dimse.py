@@ -21,10 +21,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
-from pynetdicom.presentation import (
-    AllStoragePresentationContexts,
-    build_context,
-)
+from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -46,6 +43,8 @@ from ..errors import (
     PacsError,
 )
 from ..index.base import LEVEL_ATTRIBUTES
+from .dimse_transport import install as install_fast_recv
+from .dimse_transport import nodelay
 from .security import AeRegistry, AuditLog
 
 __all__ = ["DimseServer", "STATUS"]
@@ -95,6 +94,7 @@ class DimseServer:
         self.ae_title = ae_title
         _config.STORE_RECV_CHUNKED_DATASET = True
         _config.UNRESTRICTED_STORAGE_SERVICE = True
+        install_fast_recv()
         ae = AE(ae_title=ae_title)
         ae.require_called_aet = True
         ae.maximum_pdu_size = max_pdu
@@ -102,10 +102,10 @@ class DimseServer:
         ae.network_timeout = idle_timeout
         ae.acse_timeout = ae.dimse_timeout = 30
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-        for cx in AllStoragePresentationContexts:
-            # As C-STORE SCP, and as the storage SCU of C-GET (role selection).
-            ae.add_supported_context(cx.abstract_syntax,  # type: ignore[arg-type]
-                                     ALL_TRANSFER_SYNTAXES, scp_role=True, scu_role=False)
+        # Storage contexts (as C-STORE SCP, and as the storage SCU of C-GET through
+        # role selection) are accepted for every SOP class by the unrestricted storage
+        # service above, so none is listed: pynetdicom deep-copies the supported
+        # contexts for every association, ~50 ms with all storage classes listed.
         for model in (PatientRootQueryRetrieveInformationModelFind,
                       PatientRootQueryRetrieveInformationModelGet,
                       PatientRootQueryRetrieveInformationModelMove,
@@ -125,7 +125,7 @@ class DimseServer:
               ssl_context: ssl.SSLContext | None = None) -> None:
         """Listen in background threads (TLS when ``ssl_context`` is given)."""
         handlers: list[Any] = [
-            (evt.EVT_CONN_OPEN, self._refresh_allow_list),
+            (evt.EVT_CONN_OPEN, self._refresh_allow_list), (evt.EVT_CONN_OPEN, nodelay),
             (evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store),
             (evt.EVT_C_FIND, self._find), (evt.EVT_C_GET, self._get),
             (evt.EVT_C_MOVE, self._move), (evt.EVT_REJECTED, self._rejected),
@@ -237,8 +237,28 @@ class DimseServer:
             yield 0xFF00, ds
 
     def _negotiated(self, event: Any, sop_class: str) -> list[str]:
-        return [cx.transfer_syntax[0] for cx in event.assoc.accepted_contexts
+        return self._negotiated_on(event.assoc, sop_class)
+
+    @staticmethod
+    def _negotiated_on(assoc: Any, sop_class: str) -> list[str]:
+        """Transfer syntaxes accepted on ``assoc`` for ``sop_class``."""
+        if assoc is None:
+            return [EXPLICIT_LE]
+        return [cx.transfer_syntax[0] for cx in assoc.accepted_contexts
                 if cx.abstract_syntax == sop_class]
+
+    def _move_contexts(self, sops: list[str]) -> list[Any]:
+        """C-MOVE sub-association contexts: per SOP class, the stored syntaxes alone
+        (passthrough when the destination accepts one) and the uncompressed ones, within
+        the 128 contexts an association may propose (uncompressed first)."""
+        stored: dict[str, set[str]] = {}
+        for sop in sops:
+            rec = self.archive.record(sop)
+            stored.setdefault(rec.sop_class_uid, set()).add(rec.stored_syntax)
+        plain = [build_context(c, [EXPLICIT_LE, IMPLICIT_LE]) for c in sorted(stored)]
+        extra = [build_context(c, sorted(ts - {EXPLICIT_LE, IMPLICIT_LE}))
+                 for c, ts in sorted(stored.items()) if ts - {EXPLICIT_LE, IMPLICIT_LE}]
+        return (plain + extra)[:128]
 
     def _dataset(self, sop: str, accepted: list[str]) -> Dataset:
         """The instance in the best syntax the peer accepted (stored: passthrough)."""
@@ -329,7 +349,8 @@ class DimseServer:
         if entry is None or entry.port is None:
             log.warning("storage commitment report for %s undeliverable: no port", requestor)
             return
-        peer = self.ae.associate(entry.host, entry.port, ae_title=entry.name)
+        peer = self.ae.associate(entry.host, entry.port, ae_title=entry.name,
+                                 evt_handlers=[(evt.EVT_CONN_OPEN, nodelay)])
         if peer.is_established:
             peer.send_n_event_report(report, event_type, StorageCommitmentPushModel, instance)
             peer.release()
@@ -353,12 +374,14 @@ class DimseServer:
             yield destination.host, destination.port
             yield UNABLE, None
             return
-        classes = sorted({self.archive.record(s).sop_class_uid for s in sops})
-        contexts = [build_context(c, [EXPLICIT_LE, IMPLICIT_LE]) for c in classes][:128]
-        yield destination.host, destination.port, {"contexts": contexts,
-                                                   "ae_title": destination.name}
+        sub: list[Any] = []  # the sub-association, once the destination accepted it
+        yield destination.host, destination.port, {
+            "contexts": self._move_contexts(sops), "ae_title": destination.name,
+            "evt_handlers": [(evt.EVT_CONN_OPEN, nodelay),
+                             (evt.EVT_ACCEPTED, lambda e: sub.append(e.assoc))]}
         yield len(sops)
-        yield from self._sub_operations(event, sops, "C-MOVE", lambda sop: dcmread(
-            io.BytesIO(self.archive.get(sop, EXPLICIT_LE))))
+        yield from self._sub_operations(event, sops, "C-MOVE", lambda sop: self._dataset(
+            sop, self._negotiated_on(sub[0] if sub else None,
+                                     self.archive.record(sop).sop_class_uid)))
         self.audit.record("transferred", action="R", outcome="success", user=name, host=host,
                           interface="dimse", objects=sops, detail=f"to {destination.name}")

@@ -1,0 +1,121 @@
+"""Worker processes for single stores from network front ends.
+
+Each worker owns one pipe; the calling thread (a DIMSE association, an HTTP request)
+takes an idle worker, sends it a file path and waits on the pipe for the small
+outcome.  Compared with a ``ProcessPoolExecutor`` there is no manager thread and no
+feeder thread in the parent between the caller and the worker: two hops fewer for
+each instance and much less time holding the parent's GIL, which the protocol
+stacks need (profiled with ``py-spy --gil`` on C-STORE from 4 associations).
+
+A worker that dies (killed, or a codec library crashing on an input) is replaced and
+the file is tried once more; a second death fails that store with
+:class:`~pacscore.errors.ArchiveStorageError` and nothing of it becomes visible (its
+staged files are removed at the next start).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import queue
+import signal
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+
+from ..config import ArchiveConfig
+from ..errors import ArchiveStorageError
+from ..store.zarr_store import ZarrFrameStore
+from .pool import Outcome, prepare_file
+
+__all__ = ["PrepareWorkers"]
+
+
+def _serve(conn: Connection, config: ArchiveConfig, frames_root: str) -> None:
+    """Worker loop: ``(path, source)`` in, :data:`Outcome` out, ``None`` to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    store = ZarrFrameStore(frames_root, fsync=config.fsync)
+    with contextlib.suppress(EOFError, KeyboardInterrupt):
+        while (job := conn.recv()) is not None:
+            path, source = job
+            conn.send(prepare_file(path, source, config, store))
+
+
+@dataclass(slots=True)
+class _Worker:
+    process: BaseProcess
+    conn: Connection
+
+
+class PrepareWorkers:
+    """``count`` prepare processes shared by the caller threads."""
+
+    def __init__(self, count: int, config: ArchiveConfig, frames_root: str):
+        self._ctx = multiprocessing.get_context("forkserver")
+        self._ctx.set_forkserver_preload(["pacscore.ingest.prepare"])
+        self._config, self._frames_root = config, frames_root
+        self._count = count
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        for _ in range(count):
+            self._idle.put(self._spawn())
+
+    def _spawn(self) -> _Worker:
+        parent, child = self._ctx.Pipe()
+        process = self._ctx.Process(target=_serve, name="pacscore-prepare", daemon=True,
+                                    args=(child, self._config, self._frames_root))
+        process.start()
+        child.close()
+        return _Worker(process, parent)
+
+    def _replace(self, worker: _Worker) -> _Worker:
+        worker.conn.close()
+        if worker.process.is_alive():
+            worker.process.kill()
+        worker.process.join(timeout=5)
+        return self._spawn()
+
+    def pids(self) -> list[int]:
+        """Process IDs of the idle workers (for tests and monitoring)."""
+        workers = [self._idle.get() for _ in range(self._count)]
+        for w in workers:
+            self._idle.put(w)
+        return [w.process.pid for w in workers if w.process.pid is not None]
+
+    def prepare(self, path: str, source: str) -> Outcome:
+        """Prepare ``path`` in a worker; the outcome is reported under ``source``.
+
+        A worker found dead is replaced and the file tried once more on the new one
+        (preparing has no visible effect, so a retry is safe); a second death fails
+        the store: the file itself probably crashes a codec library."""
+        worker = self._idle.get()
+        try:
+            for attempt in (1, 2):
+                try:
+                    if not worker.process.is_alive():
+                        worker = self._replace(worker)
+                    worker.conn.send((path, source))
+                    outcome: Outcome = worker.conn.recv()
+                    return outcome
+                except (EOFError, OSError) as exc:
+                    worker = self._replace(worker)
+                    if attempt == 2:
+                        raise ArchiveStorageError(
+                            f"two worker processes stopped while preparing {source} "
+                            f"({exc or 'no reply'}); nothing of it was stored (hint: the "
+                            f"file probably crashes a codec library: report it with the "
+                            f"file)") from exc
+            raise AssertionError("unreachable")
+        finally:
+            self._idle.put(worker)
+
+    def close(self) -> None:
+        """Stop the workers once the running stores have finished."""
+        for _ in range(self._count):
+            worker = self._idle.get()
+            with contextlib.suppress(OSError):
+                worker.conn.send(None)
+            worker.process.join(timeout=30)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.conn.close()
