@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -107,62 +105,70 @@ def _result(rec: InstanceRecord, status: str, source: str) -> StoreResult:
     )
 
 
+class _Waiter:
+    __slots__ = ("done", "error", "outcome", "prepared")
+
+    def __init__(self, prepared: Prepared):
+        self.prepared = prepared
+        self.done = False
+        self.outcome: StoreResult | Rejected | None = None
+        self.error: BaseException | None = None
+
+
 class _GroupCommit:
     """Group commit for concurrent single stores (network front ends).
 
-    Threads hand over prepared instances and wait; one committer thread commits
-    whatever has queued up while the previous commit ran, so N concurrent stores
-    share one publish and one index transaction instead of paying N of each.  A
-    lone store is committed at once (no artificial delay).
+    Leader/follower: a thread that finds no commit running commits everything queued
+    (its own instance included) in its own thread; threads arriving meanwhile queue
+    up and are committed together by the next leader.  N concurrent stores share one
+    publish and one index transaction, a lone store is committed at once, and no
+    thread hand-over is paid when there is no concurrency.
     """
 
     def __init__(self, commit: Callable[[Sequence[Prepared]], list[StoreResult | Rejected]],
                  max_batch: int):
         self._commit, self._max = commit, max(max_batch, 1)
-        self._queue: queue.SimpleQueue[tuple[Prepared, Future[Any]] | None] = \
-            queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._cv = threading.Condition()
+        self._queue: list[_Waiter] = []
+        self._busy = False
 
     def submit(self, prepared: Prepared) -> StoreResult | Rejected:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="group-commit",
-                                                daemon=True)
-                self._thread.start()
-        future: Future[StoreResult | Rejected] = Future()
-        self._queue.put((prepared, future))
-        return future.result()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            while len(batch) < self._max:
+        me = _Waiter(prepared)
+        with self._cv:
+            self._queue.append(me)
+            while not me.done:
+                if self._busy:
+                    self._cv.wait()
+                    continue
+                self._busy = True
+                batch, self._queue = self._queue[:self._max], self._queue[self._max:]
+                self._cv.release()
                 try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)
-                    break
-                batch.append(nxt)
-            try:
-                results = self._commit([p for p, _ in batch])
-            except BaseException as exc:  # every waiter learns the failure
-                for _, f in batch:
-                    f.set_exception(exc)
-                continue
-            for (_, f), r in zip(batch, results, strict=True):
-                f.set_result(r)
+                    self._run(batch)
+                finally:
+                    self._cv.acquire()
+                    self._busy = False
+                    self._cv.notify_all()
+        if me.error is not None:
+            raise me.error
+        assert me.outcome is not None
+        return me.outcome
+
+    def _run(self, batch: list[_Waiter]) -> None:
+        try:
+            results = self._commit([w.prepared for w in batch])
+        except BaseException as exc:  # every waiter learns the failure
+            for w in batch:
+                w.error, w.done = exc, True
+            return
+        for w, r in zip(batch, results, strict=True):
+            w.outcome, w.done = r, True
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout=60)
-            self._thread = None
+        """Wait for a running commit to finish."""
+        with self._cv:
+            while self._busy or self._queue:
+                self._cv.wait(timeout=1)
 
 
 class Archive:

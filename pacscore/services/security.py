@@ -14,6 +14,8 @@ import os
 import re
 import threading
 import time
+import weakref
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,13 +62,21 @@ class AeRegistry:
 
     def __init__(self, archive_dir: Path):
         self.path = archive_dir / "security" / "ae.json"
+        self._cache: tuple[bytes, dict[str, AeEntry]] = (b"", {})
 
     def _load(self) -> dict[str, AeEntry]:
-        if not self.path.exists():
+        """The registered peers; parsed again only when the file's bytes changed (``ae
+        add`` from another process replaces it; every DIMSE request checks it)."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
             return {}
-        raw = json.loads(self.path.read_text(encoding="utf-8"))
-        return {k: AeEntry(k, v["host"], v.get("port"), tuple(v.get("rights", RIGHTS)))
-                for k, v in raw.items()}
+        if data != self._cache[0]:
+            raw = json.loads(data)
+            self._cache = (data, {
+                k: AeEntry(k, v["host"], v.get("port"), tuple(v.get("rights", RIGHTS)))
+                for k, v in raw.items()})
+        return dict(self._cache[1])
 
     def _save(self, entries: dict[str, AeEntry]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,6 +129,24 @@ class AuditLog:
         self.path = archive_dir / "audit" / "audit.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._fd = -1
+        self._inode = -1
+        self._closer: Callable[[], Any] = lambda: None
+
+    def _descriptor(self) -> int:
+        """The log opened for appending; reopened when it was rotated away (a new inode
+        at the path).  One ``write`` per line on an O_APPEND descriptor: lines from
+        several writers (DIMSE, DICOMweb, gRPC, other processes) never interleave."""
+        try:
+            inode = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            inode = -1
+        if self._fd < 0 or inode != self._inode:
+            self._closer()  # closes the previous descriptor once, if any
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            self._inode = os.fstat(self._fd).st_ino
+            self._closer = weakref.finalize(self, os.close, self._fd)
+        return self._fd
 
     def record(self, event: str, *, action: str, outcome: str, user: str, host: str,
                interface: str, objects: list[str] | None = None, detail: str = "") -> None:
@@ -135,5 +163,5 @@ class AuditLog:
         if detail:
             entry["detail"] = detail
         line = json.dumps(entry, separators=(",", ":")) + "\n"
-        with self._lock, open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
+        with self._lock:
+            os.write(self._descriptor(), line.encode())
