@@ -198,6 +198,7 @@ class Archive:
         self._group = _GroupCommit(self._commit, self.config.commit_batch)
         self._lock = threading.Lock()
         self._workers: PrepareWorkers | None = None
+        self._listeners: list[Callable[[Sequence[StoreResult]], None]] = []
         self.recovered = self._recover()
 
     # -- lifecycle ---------------------------------------------------------------
@@ -303,7 +304,20 @@ class Archive:
 
         Serialised per Archive: network front ends store from several threads."""
         with self._commit_lock:
-            return self._commit_locked(batch)
+            outcomes = self._commit_locked(batch)
+        stored = [o for o in outcomes if isinstance(o, StoreResult) and o.status == "stored"]
+        if stored:
+            self._notify(stored)
+        return outcomes
+
+    def on_change(self, listener: Callable[[Sequence[StoreResult]], None]) -> None:
+        """Call ``listener`` with the instances of every committed batch (after they are
+        acknowledged; from the committing thread, so it must be quick and not raise)."""
+        self._listeners.append(listener)
+
+    def _notify(self, results: Sequence[StoreResult]) -> None:
+        for listener in self._listeners:
+            listener(results)
 
     def _commit_locked(self, batch: Sequence[Prepared]) -> list[StoreResult | Rejected]:
         seen: dict[str, Prepared] = {}
@@ -509,6 +523,11 @@ class Archive:
         """One decoded frame (native dtype; colour-by-pixel)."""
         frames, _ = self._decoded(self._record(sop_instance_uid), [index])
         return frames[0]
+
+    def changed(self, level: str, uid: str) -> int | None:
+        """A number that grows with every change under a patient, study or series
+        (``None`` if absent): derived caches compare it to stay exact."""
+        return self.index.changed(level, uid)
 
     def instances(self, level: str, uid: str) -> list[str]:
         """SOP Instance UIDs under a patient (by Patient ID), study, series or instance."""

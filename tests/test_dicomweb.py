@@ -82,6 +82,16 @@ def test_stow_qido_wado_roundtrip(service: Service, ct: list[Path]) -> None:
     metadata = client.retrieve_series_metadata(study, series)
     assert len(metadata) == len(ct)
     assert all("7FE00010" in m and "BulkDataURI" in m["7FE00010"] for m in metadata)
+    raw = requests.get(f"{service.url}/studies/{study}/series/{series}/metadata",
+                       headers={"Authorization": f"Bearer {service.admin}"}, timeout=30).json()
+    uri = raw[0]["7FE00010"]["BulkDataURI"]  # absolute, with this request's host and port
+    assert uri.startswith(f"{service.url}/studies/{study}/series/{series}/instances/")
+    # The precomputed series JSON follows later changes: a delete, then a new store.
+    client.delete_instance(study, series, sop)
+    assert len(client.retrieve_series_metadata(study, series)) == len(ct) - 1
+    client.store_instances([read(original)])
+    assert len(client.retrieve_series_metadata(study, series)) == len(ct)
+    assert len(client.retrieve_study_metadata(study)) == len(ct)
     png = client.retrieve_instance_rendered(study, series, sop, media_types=("image/png",))
     assert imagecodecs.png_decode(png).dtype == np.uint8
     uri = requests.get(f"http://127.0.0.1:{service.http}/wado", params={
@@ -174,3 +184,34 @@ def test_mixed_interfaces_store_one_study(service: Service, corpus: Path) -> Non
     sizes = requests.get(f"{service.url}/studies/{series}/metadata",
                          headers={"Authorization": f"Bearer {service.admin}"}, timeout=60)
     assert sizes.status_code == 200 and len(sizes.json()) == 50
+
+
+def test_series_metadata_is_precomputed_once_the_series_is_quiet(tmp_path: Path,
+                                                                 ct: list[Path]) -> None:
+    """Viewers open series through /metadata: its JSON is built in the background after
+    the last store of the series, so the first viewer does not wait for it."""
+    import time
+
+    from pacscore import Archive
+    from pacscore.services.metadata import SeriesMetadata
+
+    with Archive(tmp_path / "a") as archive:
+        meta = SeriesMetadata(archive, quiet=0.2)
+        try:
+            results = [archive.store(p) for p in ct]
+            series = results[0].series_uid
+            deadline = time.monotonic() + 30
+            while series not in meta._cache and time.monotonic() < deadline:
+                time.sleep(0.05)
+            stamp, body = meta._cache[series]  # built without any request
+            assert stamp == archive.changed("series", series)
+            rendered = json.loads(meta.render(body, "https://pacs.example/dicom-web"))
+            assert sorted(m["00080018"]["Value"][0] for m in rendered) == sorted(
+                r.sop_instance_uid for r in results)
+            assert rendered[0]["7FE00010"]["BulkDataURI"].startswith(
+                "https://pacs.example/dicom-web/studies/")
+            archive.delete("instance", results[0].sop_instance_uid)
+            assert archive.changed("series", series) != stamp
+            assert len(json.loads(meta.series(series))) == len(ct) - 1
+        finally:
+            meta.close()

@@ -77,6 +77,12 @@ class Index(ABC):
         """Matches at ``level``: attribute dicts keyed by DICOM keyword."""
 
     @abstractmethod
+    def changed(self, level: str, uid: str) -> int | None:
+        """A number that grows whenever anything below this patient, study or series
+        changes (the write transaction's ID); ``None`` when it does not exist.  Caches
+        of derived data (DICOMweb series metadata) compare it to stay exact."""
+
+    @abstractmethod
     def mark_pending(self, locations: Sequence[str]) -> None:
         """Record (durably) that these locations may exist without being indexed."""
 

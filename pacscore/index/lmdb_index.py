@@ -138,6 +138,15 @@ class LmdbIndex(Index):
             raw = txn.get(b"stats", db=self.dbs[b"meta"])
         return _empty_stats() if raw is None else dict(json.loads(bytes(raw)))
 
+    def changed(self, level: str, uid: str) -> int | None:
+        if level == "instance":
+            raise ValueError("changed() is kept for patients, studies and series")
+        if level == "patient":
+            uid = patient_key(uid)
+        with self.env.begin() as txn:
+            node = self._json(txn, _LEVEL_DB[level], uid)
+        return None if node is None else int(node.get("changed", 0))
+
     def location_owner(self, location: str) -> str | None:
         with self.env.begin() as txn:
             raw = txn.get(location.encode(), db=self.dbs[b"loc"])
@@ -217,6 +226,7 @@ class LmdbIndex(Index):
                     up["children"] += 1
                     self._put_json(txn, _LEVEL_DB[_PARENT[level]], parent, up)
             node["instances"] += 1
+            node["changed"] = txn.id()
             node["bytes_in"] += rec.bytes_in
             node["bytes_stored"] += rec.bytes_stored
             modality = attrs.get("Modality")
@@ -272,6 +282,7 @@ class LmdbIndex(Index):
             if node is None:
                 continue
             node["instances"] -= 1
+            node["changed"] = txn.id()
             node["bytes_in"] -= rec.bytes_in
             node["bytes_stored"] -= rec.bytes_stored
             if removed_child:

@@ -41,6 +41,7 @@ from ..errors import (
     UnsupportedTransferSyntaxError,
 )
 from ..kernels import window_to_uint8
+from .metadata import SeriesMetadata
 from .multipart import (
     MultipartError,
     TooLargeError,
@@ -127,12 +128,16 @@ def _accepted_syntax(request: Request, default: str) -> str:
     return default
 
 
+# DELETE .../studies/{study}[/series/{series}[/instances/{sop}]]: the most specific wins.
+_DELETE_LEVELS = (("sop", "instance"), ("series", "series"), ("study", "study"))
+
+
 class _Api:
     def __init__(self, archive: Archive, tokens: TokenStore, audit: AuditLog,
                  max_body: int, tmp_dir: Path):
         self.archive, self.tokens, self.audit = archive, tokens, audit
         self.max_body, self.tmp_dir = max_body, tmp_dir
-        self.metadata_cache: dict[tuple[str, int], bytes] = {}
+        self.meta = SeriesMetadata(archive)
 
     # -- plumbing ---------------------------------------------------------------
     def guard(self, handler: Callable[..., Any]) -> Callable[[Request], Any]:
@@ -285,31 +290,18 @@ class _Api:
         return Response(body, 200, media_type=(
             f'multipart/related; type="application/dicom"; boundary={boundary}'))
 
-    def _metadata(self, sop: str, base: str) -> dict[str, Any]:
-        rec = self.archive.record(sop)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = dcmread(io.BytesIO(self.archive.header(sop)), force=True)
-            url = (f"{base}/studies/{rec.study_uid}/series/{rec.series_uid}/instances/{sop}")
-            meta = ds.to_json_dict(bulk_data_threshold=4096,
-                                   bulk_data_element_handler=lambda e: f"{url}/bulk/{e.tag:08X}")
-        if rec.layout is not None or rec.kind == "blob":
-            meta["7FE00010"] = {"vr": "OB", "BulkDataURI": f"{url}/frames/1"}
-        meta["00020010"] = {"vr": "UI", "Value": [rec.stored_syntax]}
-        return dict(meta)
-
     async def metadata(self, request: Request) -> Response:
-        sops = await run_in_threadpool(self._scope_uids, request)
-        base = self.base(request)
-        key = (request.url.path, len(sops))
-        cached = self.metadata_cache.get(key)
-        if cached is None:
-            cached = json.dumps(await run_in_threadpool(
-                lambda: [self._metadata(s, base) for s in sops])).encode()
-            if len(self.metadata_cache) > 256:
-                self.metadata_cache.clear()
-            self.metadata_cache[key] = cached
-        return Response(cached, 200, media_type=_DICOM_JSON)
+        p = request.path_params
+        await run_in_threadpool(self._scope_uids, request)  # 404 when nothing matches
+        if "sop" in p:
+            body = await run_in_threadpool(
+                lambda: json.dumps([self.meta.instance(p["sop"])]).encode())
+        elif "series" in p:
+            body = await run_in_threadpool(self.meta.series, p["series"])
+        else:
+            body = await run_in_threadpool(self.meta.study, p["study"])
+        return Response(self.meta.render(body, self.base(request)), 200,
+                        media_type=_DICOM_JSON)
 
     async def frames(self, request: Request) -> Response:
         sop = request.path_params["sop"]
@@ -386,7 +378,8 @@ class _Api:
 
     async def delete(self, request: Request) -> Response:
         p = request.path_params
-        level, uid = ("series", p["series"]) if "series" in p else ("study", p["study"])
+        level, key = next((lvl, k) for k, lvl in _DELETE_LEVELS if k in p)
+        uid = p[key]
         removed = await run_in_threadpool(self.archive.delete, level, uid)
         return JSONResponse({"deleted_instances": removed})
 
@@ -422,6 +415,7 @@ def create_app(archive: Archive, *, cors_origins: list[str] | None = None,
         Route(s + se + "/metadata", g(api.metadata), methods=["GET"]),
         Route(s + se + "/instances", g(api.qido), methods=["GET"]),
         Route(s + se + i, g(api.retrieve), methods=["GET"]),
+        Route(s + se + i, g(api.delete), methods=["DELETE"]),
         Route(s + se + i + "/metadata", g(api.metadata), methods=["GET"]),
         Route(s + se + i + "/frames/{frames}", g(api.frames), methods=["GET"]),
         Route(s + se + i + "/rendered", g(api.rendered), methods=["GET"]),
@@ -436,6 +430,7 @@ def create_app(archive: Archive, *, cors_origins: list[str] | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         yield
+        api.meta.close()
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

@@ -1,0 +1,136 @@
+"""WADO-RS metadata (DICOM JSON, PS3.18 F.2), precomputed per series.
+
+Viewers open a study through ``.../series/{uid}/metadata``; building it means parsing
+every instance's header (about 1 ms each), far over the time a viewer waits for a
+500-instance series.  So the JSON of a series is built once, in the background, when
+the series has been quiet for ``quiet`` seconds after its last stored instance, and
+kept with the series' change stamp (:meth:`Archive.changed`): a later store or delete
+under the series changes the stamp and the next request rebuilds it.  The request's
+base URL is not known in advance: bulk data URIs are kept with a placeholder that is
+replaced, JSON-escaped, when answering.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from pydicom import dcmread
+
+from ..archive import Archive, StoreResult
+from ..errors import PacsError
+
+__all__ = ["SeriesMetadata"]
+
+log = logging.getLogger(__name__)
+
+_BASE = "\x00pacscore-base\x00"  # cannot occur in a URL or a DICOM value
+_BASE_JSON = json.dumps(_BASE)[1:-1].encode()
+
+
+class SeriesMetadata:
+    """DICOM JSON of series, kept current and warmed in the background."""
+
+    def __init__(self, archive: Archive, *, quiet: float = 2.0, max_series: int = 512):
+        self.archive, self.quiet, self.max_series = archive, quiet, max_series
+        self._cache: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+        self._dirty: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._warm, name="metadata-warm",
+                                        daemon=True)
+        self._thread.start()
+        archive.on_change(self._touched)
+
+    # -- answering ---------------------------------------------------------------
+    def instance(self, sop: str) -> dict[str, Any]:
+        """DICOM JSON of one instance, bulk data URIs relative to the placeholder."""
+        rec = self.archive.record(sop)
+        url = f"{_BASE}/studies/{rec.study_uid}/series/{rec.series_uid}/instances/{sop}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = dcmread(io.BytesIO(self.archive.header(sop)), force=True)
+            meta = ds.to_json_dict(bulk_data_threshold=4096,
+                                   bulk_data_element_handler=lambda e: f"{url}/bulk/{e.tag:08X}")
+        if rec.layout is not None or rec.kind == "blob":
+            meta["7FE00010"] = {"vr": "OB", "BulkDataURI": f"{url}/frames/1"}
+        meta["00020010"] = {"vr": "UI", "Value": [rec.stored_syntax]}
+        return dict(meta)
+
+    def series(self, series_uid: str) -> bytes:
+        """The series' JSON array (placeholder base), from the cache when current."""
+        stamp = self.archive.changed("series", series_uid)
+        if stamp is None:
+            return b"[]"
+        with self._lock:
+            hit = self._cache.get(series_uid)
+            if hit is not None and hit[0] == stamp:
+                self._cache.move_to_end(series_uid)
+                return hit[1]
+        sops = self.archive.instances("series", series_uid)
+        body = json.dumps([self.instance(s) for s in sops], separators=(",", ":")).encode()
+        if self.archive.changed("series", series_uid) == stamp:  # unchanged meanwhile
+            with self._lock:
+                self._cache[series_uid] = (stamp, body)
+                self._cache.move_to_end(series_uid)
+                while len(self._cache) > self.max_series:
+                    self._cache.popitem(last=False)
+        return body
+
+    def study(self, study_uid: str) -> bytes:
+        """The JSON array of every series of a study."""
+        series = {s: None for s in self._study_series(study_uid)}
+        parts = [self.series(s)[1:-1] for s in series]
+        return b"[" + b",".join(p for p in parts if p) + b"]"
+
+    def _study_series(self, study_uid: str) -> list[str]:
+        return [str(m["SeriesInstanceUID"]) for m in
+                self.archive.query("series", {"StudyInstanceUID": study_uid})]
+
+    @staticmethod
+    def render(body: bytes, base: str) -> bytes:
+        """``body`` with the request's base URL in place of the placeholder."""
+        return body.replace(_BASE_JSON, json.dumps(base)[1:-1].encode())
+
+    # -- warming -----------------------------------------------------------------
+    def _touched(self, results: Sequence[StoreResult]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for r in results:
+                self._dirty[r.series_uid] = now
+        self._wake.set()
+
+    def _warm(self) -> None:
+        while not self._stop:
+            self._wake.wait(timeout=self.quiet)
+            self._wake.clear()
+            now = time.monotonic()
+            with self._lock:
+                ready = [s for s, t in self._dirty.items() if now - t >= self.quiet]
+                for s in ready:
+                    del self._dirty[s]
+                waiting = bool(self._dirty)
+            for series_uid in ready:
+                if self._stop:
+                    return
+                try:
+                    self.series(series_uid)
+                except (PacsError, OSError, ValueError) as exc:  # answered on request
+                    log.warning("metadata of series %s not precomputed: %s",
+                                series_uid, exc)
+            if waiting:
+                time.sleep(min(self.quiet, 0.5))
+
+    def close(self) -> None:
+        """Stop the background thread."""
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=10)
