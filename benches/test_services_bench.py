@@ -22,7 +22,10 @@ import pytest
 import requests
 from pydicom.uid import generate_uid
 
+from pacscore.dicom.syntaxes import EXPLICIT_LE, IMPLICIT_LE
 from pacscore.testing import cli, serving
+
+HTJ2K = "1.2.840.10008.1.2.4.202"
 
 STORESCU = Path("/usr/bin/storescu")
 FINDSCU = Path("/usr/bin/findscu")
@@ -159,7 +162,7 @@ def _query_and_retrieve(benchmark: Any, archive: Path, ports: dict[str, int], n:
 def _pynetdicom_find_get(port: int, study: str, series: str, n: int) -> tuple[float, float]:
     """C-FIND p50 on an open association, and C-GET of the series in inst/s, with
     pynetdicom as the SCU (HTJ2K accepted, so the stored codestream passes through)."""
-    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, build_role, evt
+    from pynetdicom import AE, build_role, evt
     from pynetdicom.sop_class import (  # type: ignore[attr-defined]
         CTImageStorage,
         StudyRootQueryRetrieveInformationModelFind,
@@ -172,7 +175,8 @@ def _pynetdicom_find_get(port: int, study: str, series: str, n: int) -> tuple[fl
     ae = AE("BENCH")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    ae.add_requested_context(CTImageStorage, ALL_TRANSFER_SYNTAXES)
+    # A viewer lists the syntaxes it prefers first; the acceptor takes the first one.
+    ae.add_requested_context(CTImageStorage, [HTJ2K, EXPLICIT_LE, IMPLICIT_LE])
     ae.maximum_pdu_size = 0
     received = []
     assoc = ae.associate("127.0.0.1", port, ae_title="PACSCORE",

@@ -6,6 +6,9 @@
   returns what was read, short only when the peer closed).  On C-STORE of CT
   instances from 4 associations this cut the receiving process's CPU by about a
   fifth (bare pynetdicom SCP, storescu, 500 instances).
+* ``fast_polling``: pynetdicom's DUL thread sleeps 1 ms whenever a loop found nothing
+  to do, which adds up to a millisecond to every message of a C-GET's sub-operations;
+  while a retrieve runs it polls every 0.1 ms instead.
 * Nagle's algorithm can hold the tail of a data set sent in several segments until
   the peer's delayed ACK (40 ms over loopback); ``nodelay`` switches it off on every
   association's socket, ours as acceptor and as requestor.
@@ -13,12 +16,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 from pynetdicom.transport import AssociationSocket
 
-__all__ = ["install", "nodelay"]
+__all__ = ["fast_polling", "install", "nodelay"]
 
 
 def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
@@ -47,3 +52,20 @@ def nodelay(event: Any) -> None:
     raw = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if raw is not None and raw.family in (socket.AF_INET, socket.AF_INET6):
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+@contextlib.contextmanager
+def fast_polling(assoc: Any, delay: float = 0.0001) -> Iterator[None]:
+    """Poll the association's socket every ``delay`` s instead of every 1 ms while a
+    retrieve runs: each C-GET sub-operation is three messages through the DUL thread,
+    which sleeps ``_run_loop_delay`` whenever it found nothing to do."""
+    dul = getattr(assoc, "dul", None)
+    before = getattr(dul, "_run_loop_delay", None)
+    if dul is None or before is None:
+        yield
+        return
+    dul._run_loop_delay = delay
+    try:
+        yield
+    finally:
+        dul._run_loop_delay = before
