@@ -85,7 +85,7 @@ def test_compress_two_workers_vs_one(benchmark: Any, corpus: Path, tmp_path: Pat
                                     smoke: bool) -> None:
     # CT-size work (512x512 slices), copied so that start-up costs do not dominate.
     src = tmp_path / "src"
-    for i in range(2 if smoke else 8):
+    for i in range(2 if smoke else 24):
         shutil.copytree(corpus / "ct_series/tcia_lung_pet_ct_dx_chest_30sl", src / f"ct{i}")
     _job(src, tmp_path / "warm", "htj2k", 2)  # forkserver, numba cache, page cache
     one = _job(src, tmp_path / "one", "htj2k", 1)

@@ -221,3 +221,23 @@ def test_memory_stays_bounded_on_a_1000_file_tree(tmp_path: Path, corpus: Path) 
           f"(earlier children peak {before / 1024:.0f} MB)")
     assert code == 0 and report["files"] == 1000
     assert peak_mb < 600
+
+
+def test_job_engine_survives_a_dying_worker_and_a_raising_task() -> None:
+    """A worker killed by a crashing codec is replaced: the item it ran is reported with
+    the reason, the items queued behind it are run elsewhere, the job goes on."""
+    from pacscore.jobs import run_tasks
+    from tests.helpers.tasks import crash_on_three, raise_on_five
+
+    def failed(item: int, reason: str) -> int:
+        reasons[item] = reason
+        return -item
+
+    reasons: dict[int, str] = {}
+    out = sorted(run_tasks(crash_on_three, range(12), workers=2, on_error=failed))
+    assert out == sorted([-3] + [x * 10 for x in range(12) if x != 3])
+    assert "worker process stopped" in reasons[3] and "139" in reasons[3]
+    reasons.clear()
+    out = sorted(run_tasks(raise_on_five, range(8), workers=2, on_error=failed))
+    assert out == sorted([-5] + [x * 10 for x in range(8) if x != 5])
+    assert "ValueError: five is not allowed" in reasons[5]

@@ -88,4 +88,9 @@ def run_pool(paths: Iterable[str], config: ArchiveConfig, frames_root: Path,
     from ..jobs.engine import run_tasks
 
     task = functools.partial(_prepare_task, config, str(frames_root))
-    return run_tasks(task, paths, workers=workers, dask_address=dask_address)
+    return run_tasks(task, paths, workers=workers, dask_address=dask_address,
+                     on_error=_task_failed)
+
+
+def _task_failed(path: str, reason: str) -> Outcome:
+    return Rejected(path, f"{reason}; nothing of it was stored", "ArchiveStorageError")

@@ -221,7 +221,7 @@ def run_compress(roots: Sequence[str], dst: str, config: ArchiveConfig, *, worke
 
     try:
         for result in run_tasks(compress_one, tasks(), workers=workers,
-                                dask_address=dask_address):
+                                dask_address=dask_address, on_error=_task_failed):
             batch.extend(recovered)
             recovered.clear()
             batch.append(result)
@@ -232,6 +232,16 @@ def run_compress(roots: Sequence[str], dst: str, config: ArchiveConfig, *, worke
         shutil.rmtree(dst_root / TMP_NAME, ignore_errors=True)
     finally:
         journal.close()
+
+
+def _task_failed(task: CompressTask, reason: str) -> FileResult:
+    """Result for a file whose worker process died on it (a codec crash): listed as
+    failed with the reason, no output written; the job goes on."""
+    try:
+        size = os.stat(task.src).st_size
+    except OSError:
+        size = 0
+    return FileResult(task.rel, "failed", size, 0, reason=f"{reason} (no output written)")
 
 
 def _adopt(src: str, rel: str, size: int, dst_root: Path, config: ArchiveConfig

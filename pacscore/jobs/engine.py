@@ -1,15 +1,19 @@
 """Where job tasks run: in this process, a local worker pool, or a Dask cluster.
 
 Tasks are plain picklable callables applied to small items (paths and settings);
-results are small records.  Submission is bounded (at most ``window`` tasks in
-flight), so memory stays flat whatever the size of the input stream.
+results are small records.  Submission is bounded (a few tasks per worker in flight),
+so memory stays flat whatever the size of the input stream.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import multiprocessing
-import threading
+import signal
 from collections.abc import Callable, Iterable, Iterator
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as connection_wait
 from typing import Any, TypeVar
 
 __all__ = ["run_tasks"]
@@ -18,32 +22,89 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def _gated(items: Iterable[T], gate: threading.Semaphore, stop: threading.Event) -> Iterator[T]:
-    """Yield items only while fewer than the gate allows are in flight."""
-    for item in items:
-        while not gate.acquire(timeout=0.1):
-            if stop.is_set():
-                return
-        if stop.is_set():
-            return
-        yield item
+_END: Any = object()
 
 
-def _local(fn: Callable[[T], R], items: Iterable[T], workers: int, window: int
-           ) -> Iterator[R]:
+def _serve(conn: Connection, fn: Callable[[Any], Any]) -> None:
+    """Worker loop: an item in, ``fn(item)`` out (or the text of an error raised by
+    ``fn``, which tasks are written never to do); ``None`` stops it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    with contextlib.suppress(EOFError, KeyboardInterrupt):
+        while (item := conn.recv()) is not None:
+            try:
+                conn.send((True, fn(item)))
+            except Exception as exc:  # reported for this item; the job goes on
+                conn.send((False, f"{type(exc).__name__}: {exc}"))
+
+
+class _Worker:
+    """One worker process, its pipe, and the items sent to it in order."""
+
+    def __init__(self, ctx: Any, fn: Callable[[Any], Any]):
+        self.conn: Connection
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(child, fn), daemon=True,
+                                   name="pacscore-job")
+        self.process.start()
+        child.close()
+        self.queue: collections.deque[Any] = collections.deque()
+
+    def send(self, item: Any) -> None:
+        self.conn.send(item)
+        self.queue.append(item)
+
+    def stop(self, *, kill: bool = False) -> None:
+        if not kill:
+            with contextlib.suppress(OSError):
+                self.conn.send(None)
+            self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+
+def _local(fn: Callable[[T], R], items: Iterable[T], workers: int,
+           on_error: Callable[[T, str], R], depth: int = 2) -> Iterator[R]:
+    """Worker processes on dedicated pipes, each kept ``depth`` items ahead so that it
+    never waits for the parent; no pool threads in the parent (a
+    ``multiprocessing.Pool`` spent a quarter of a core there on a 2-worker compress,
+    and hangs when a worker dies).  A worker that dies is replaced: the item it was
+    running is reported through ``on_error``, the ones queued behind it are resent."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["pacscore.ingest.prepare"])
-    gate, stop = threading.Semaphore(window), threading.Event()
-    pool = ctx.Pool(workers)
+    source = iter(items)
+    pool = [_Worker(ctx, fn) for _ in range(workers)]
+
+    def feed(worker: _Worker) -> None:
+        while len(worker.queue) < depth and (item := next(source, _END)) is not _END:
+            worker.send(item)
+
     try:
-        for result in pool.imap_unordered(fn, _gated(items, gate, stop), chunksize=1):
-            gate.release()
-            yield result
-        pool.close()
+        for worker in pool:
+            feed(worker)
+        while busy := [w for w in pool if w.queue]:
+            for ready in connection_wait([w.conn for w in busy]):
+                i = next(i for i, w in enumerate(pool) if w.conn is ready)
+                worker = pool[i]
+                try:
+                    reply: tuple[bool, Any] = worker.conn.recv()
+                except (EOFError, OSError):
+                    lost = worker.queue.popleft()
+                    worker.stop(kill=True)
+                    pool[i] = _Worker(ctx, fn)
+                    for item in worker.queue:
+                        pool[i].send(item)
+                    yield on_error(lost, f"the worker process stopped (exit code "
+                                         f"{worker.process.exitcode}) while on this input")
+                    continue
+                item = worker.queue.popleft()
+                feed(worker)  # before yielding: the worker goes on while the caller works
+                ok, value = reply
+                yield value if ok else on_error(item, str(value))
     finally:
-        stop.set()
-        pool.terminate()
-        pool.join()
+        for worker in pool:
+            worker.stop(kill=bool(worker.queue))
 
 
 def _dask(fn: Callable[[T], R], items: Iterable[T], address: str, window: int
@@ -62,17 +123,23 @@ def _dask(fn: Callable[[T], R], items: Iterable[T], address: str, window: int
                 pending.add(client.submit(fn, nxt, pure=False))
 
 
+def _raise(item: object, reason: str) -> Any:
+    raise RuntimeError(f"task on {item!r} failed: {reason}")
+
+
 def run_tasks(fn: Callable[[T], R], items: Iterable[T], *, workers: int,
-              dask_address: str | None = None, window: int | None = None) -> Iterator[R]:
+              dask_address: str | None = None, window: int | None = None,
+              on_error: Callable[[T, str], R] = _raise) -> Iterator[R]:
     """Apply ``fn`` to every item; yield results as they complete (unordered).
 
     ``workers`` <= 0 runs in this process; ``dask_address`` sends the tasks to a Dask
-    distributed scheduler instead of the local pool (workers must see the same paths).
+    distributed scheduler instead of the local workers (which must see the same paths).
+    ``on_error(item, reason)`` makes the result of an item whose worker process died or
+    whose task raised (the default raises).
     """
-    # Room for a whole commit batch while the caller commits, plus work for each worker.
-    bound = window or 4 * max(workers, 1) + 32
     if dask_address:
-        return _dask(fn, items, dask_address, bound)
+        # Room for a whole commit batch while the caller commits, plus work per worker.
+        return _dask(fn, items, dask_address, window or 4 * max(workers, 1) + 32)
     if workers <= 0:
         return (fn(item) for item in items)
-    return _local(fn, items, workers, bound)
+    return _local(fn, items, workers, on_error)
