@@ -221,7 +221,8 @@ def run_compress(roots: Sequence[str], dst: str, config: ArchiveConfig, *, worke
 
     try:
         for result in run_tasks(compress_one, tasks(), workers=workers,
-                                dask_address=dask_address, on_error=_task_failed):
+                                dask_address=dask_address, on_error=_task_failed,
+                                fork_safe=True):  # no LMDB here: workers may fork
             batch.extend(recovered)
             recovered.clear()
             batch.append(result)
