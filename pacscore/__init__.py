@@ -6,6 +6,7 @@ The public API is :class:`Archive`; everything else is reached through it.
 from .archive import Archive, StoreResult, VerifyReport
 from .config import ArchiveConfig, Limits
 from .errors import (
+    ArchiveBusyError,
     ArchiveCorruptError,
     ArchiveStorageError,
     ConflictError,
@@ -21,6 +22,7 @@ from .errors import (
 __all__ = [
     "Archive",
     "ArchiveConfig",
+    "ArchiveBusyError",
     "ArchiveCorruptError",
     "ArchiveStorageError",
     "ConflictError",

@@ -14,6 +14,7 @@ that no record owns (removed at start-up): the index never names a missing frame
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import threading
@@ -33,6 +34,7 @@ from .dicom.scan import scan
 from .dicom.syntaxes import syntax
 from .errors import (
     ERRORS_BY_NAME,
+    ArchiveBusyError,
     ArchiveCorruptError,
     ArchiveStorageError,
     ConflictError,
@@ -103,6 +105,20 @@ def _result(rec: InstanceRecord, status: str, source: str) -> StoreResult:
         rec.stored_syntax, rec.bytes_in, rec.bytes_stored, rec.kind == StoreKind.FRAMES,
         rec.kept_reason, source, rec.warnings,
     )
+
+
+def _writer_lock(root: Path) -> int | None:
+    """Take the archive's writer lock (``flock`` on ``root/archive.lock``, released by
+    the kernel if the process dies); ``None`` when another process holds it.  Only the
+    writer recovers at open: a second process cleaning up the first one's staged or
+    pending frames mid-commit would lose acknowledged data."""
+    fd = os.open(root / "archive.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 class _Waiter:
@@ -199,7 +215,10 @@ class Archive:
         self._lock = threading.Lock()
         self._workers: PrepareWorkers | None = None
         self._listeners: list[Callable[[Sequence[StoreResult]], None]] = []
-        self.recovered = self._recover()
+        self._writer_fd = _writer_lock(self.root)
+        self.writable = self._writer_fd is not None
+        """False when another process writes this archive: reads only, no recovery."""
+        self.recovered = self._recover() if self.writable else 0
 
     # -- lifecycle ---------------------------------------------------------------
     def _recover(self) -> int:
@@ -218,6 +237,14 @@ class Archive:
             self._workers = None
         self._group.close()
         self.index.close()
+        if self._writer_fd is not None:
+            os.close(self._writer_fd)  # releases the writer lock
+            self._writer_fd = None
+
+    def _require_writer(self) -> None:
+        if not self.writable:
+            raise ArchiveBusyError(f"{self.root} is being written by another process; this "
+                                   f"one opened it read-only")
 
     def __enter__(self) -> Archive:
         return self
@@ -237,6 +264,7 @@ class Archive:
             is refused, :class:`~pacscore.errors.ConflictError` when the SOP Instance
             UID is stored with other content; nothing is stored then.
         """
+        self._require_writer()
         if isinstance(src, bytes | bytearray | memoryview):
             data, name = bytes(src), source or "<bytes>"
         elif isinstance(src, str | os.PathLike) and self.config.prepare_workers > 0:
@@ -286,6 +314,7 @@ class Archive:
         ``dask_address`` prepares the files on a Dask cluster instead (its workers must
         see the input paths and this archive's directory).
         """
+        self._require_writer()
         n = os.cpu_count() or 1 if workers is None else workers
         batch: list[Prepared] = []
         for outcome in run_pool(paths, self.config, self.frames_root, n, dask_address):
@@ -539,6 +568,7 @@ class Archive:
 
     def delete(self, level: str, uid: str) -> int:
         """Delete an instance, series, study or patient; return instances removed."""
+        self._require_writer()
         sops = self.index.instances(level, uid)
         if not sops:
             raise NotFoundError(f"no {level} {uid} in the archive")

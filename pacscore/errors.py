@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "ERRORS_BY_NAME",
+    "ArchiveBusyError",
     "ArchiveCorruptError",
     "ArchiveStorageError",
     "ConflictError",
@@ -92,6 +93,14 @@ class ArchiveStorageError(PacsError, OSError):
     hint = "free space or fix the archive directory, then retry; acknowledged data is safe"
 
 
+class ArchiveBusyError(ArchiveStorageError):
+    """Another process holds the archive open for writing (``pacscore serve``, an
+    import): this one may read it but not write it."""
+
+    hint = ("send the data through the running service (DIMSE, STOW-RS, gRPC), or stop "
+            "the other process first")
+
+
 class ArchiveCorruptError(PacsError, RuntimeError):
     """Stored data does not match its checksum."""
 
@@ -102,6 +111,6 @@ ERRORS_BY_NAME: dict[str, type[PacsError]] = {
     cls.__name__: cls for cls in (
         PacsError, InvalidDicomError, TruncatedFileError, InvalidUIDError, LimitExceededError,
         UnsupportedTransferSyntaxError, NotFoundError, ConflictError, ArchiveStorageError,
-        ArchiveCorruptError)
+        ArchiveBusyError, ArchiveCorruptError)
 }
 """Error classes by name, to re-raise what a worker process reported."""

@@ -210,3 +210,35 @@ def test_worker_processes_store_from_threads_and_survive_a_killed_worker(
         assert archive.stats()["instances"] == len(ct_series)
         sop = results[0].sop_instance_uid
         assert np.array_equal(_pixels(archive.get(sop)), _pixels(ct_series[0].read_bytes()))
+
+
+def test_one_writer_per_archive_others_read(tmp_path: Path, ct_series: list[Path]) -> None:
+    """A second process opening an archive that is being written (a running `pacscore
+    serve`, an import) may read it but must neither write nor run crash recovery, which
+    would delete the writer's in-flight frames."""
+    import sys
+
+    root = tmp_path / "a"
+    with Archive(root) as writer:
+        sop = writer.store(ct_series[0]).sop_instance_uid
+        staged = writer.store_.staging / "in-flight-of-the-writer"
+        staged.write_bytes(b"x")
+        probe = (
+            "import sys, pacscore\n"
+            "a = pacscore.Archive(sys.argv[1])\n"
+            "print(a.writable, a.stats()['instances'], a.record(sys.argv[2]).bytes_in > 0)\n"
+            "try:\n"
+            "    a.store(sys.argv[3])\n"
+            "except pacscore.ArchiveBusyError as exc:\n"
+            "    print('refused:', exc.hint)\n"
+            "a.close()\n")
+        out = subprocess.run([sys.executable, "-c", probe, str(root), sop, str(ct_series[1])],
+                             capture_output=True, text=True, check=True).stdout
+        assert out.splitlines()[0] == "False 1 True"
+        assert out.splitlines()[1].startswith("refused: send the data through")
+        assert staged.exists()  # the reader did not "recover" the writer's staging
+        assert writer.writable and writer.stats()["instances"] == 1
+        staged.unlink()
+    with Archive(root) as after:  # the lock is released on close
+        assert after.writable
+        assert after.store(ct_series[1]).status == "stored"

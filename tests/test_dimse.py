@@ -273,3 +273,17 @@ def test_malformed_instance_over_dimse_is_refused(server: Server, corpus: Path) 
         assoc.release()
     assert status.Status == 0xC000
     assert server.stats()["instances"] == 0
+
+
+def test_second_server_on_the_same_archive_is_refused(server: Server) -> None:
+    """One writer per archive: a second `pacscore serve` exits at once with the reason
+    instead of running recovery under the first one's feet."""
+    second = subprocess.run(
+        [sys.executable, "-m", "pacscore.cli", "serve", "--archive", str(server.archive),
+         "--dimse-port", str(free_port()), "--http-port", str(free_port()),
+         "--grpc-port", str(free_port())], capture_output=True, text=True, timeout=60,
+        check=False)
+    assert second.returncode == 2
+    assert "already served or written by another process" in second.stderr
+    assert dcmtk("echoscu", "-aet", "MODALITY", "-aec", "PACSCORE", *addr(server)
+                 ).returncode == 0  # the first one is untouched

@@ -15,6 +15,7 @@ import uvicorn
 
 from ..archive import Archive
 from ..config import ArchiveConfig
+from ..errors import ArchiveBusyError
 from .dicomweb import create_app
 from .dimse import DimseServer
 from .grpc_api.server import start_grpc
@@ -94,6 +95,9 @@ def serve(archive_dir: Path, config: ServeConfig) -> None:
         signal.signal(sig, lambda *_: stop.set())
     workers = os.cpu_count() or 1
     with Archive(archive_dir, ArchiveConfig(prepare_workers=workers)) as archive:
+        if not archive.writable:
+            raise ArchiveBusyError(f"{archive_dir} is already served or written by another "
+                                   f"process", hint="stop it first: one writer per archive")
         archive.start_workers()
         token = TokenStore(archive.root).ensure_admin()
         if token:
