@@ -532,11 +532,12 @@ class Archive:
         return self.query(level, keys, limit=limit, offset=offset)
 
     def query(self, level: str, keys: Mapping[str, str], *, limit: int | None = None,
-              offset: int = 0) -> list[dict[str, Any]]:
-        """:meth:`find` with the keys as a mapping (for front ends)."""
+              offset: int = 0, fuzzy: bool = False) -> list[dict[str, Any]]:
+        """:meth:`find` with the keys as a mapping (for front ends); ``fuzzy`` matches
+        person names loosely (QIDO-RS ``fuzzymatching=true``)."""
         if level not in LEVELS:
             raise ValueError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
-        return self.index.find(level, keys, limit=limit, offset=offset)
+        return self.index.find(level, keys, limit=limit, offset=offset, fuzzy=fuzzy)
 
     def header(self, sop_instance_uid: str) -> bytes:
         """The Part-10 object up to (not including) its pixel data, as received: what

@@ -63,6 +63,10 @@ def test_stow_qido_wado_roundtrip(service: Service, ct: list[Path]) -> None:
     assert len(result.ReferencedSOPSequence) == len(ct)
     studies = client.search_for_studies(search_filters={"PatientName": "lung*"})
     assert len(studies) == 1
+    # PatientName is Lung_Dx-A0002: "dx" is a word of it only for fuzzy matching.
+    assert client.search_for_studies(search_filters={"PatientName": "dx"}) == []
+    fuzzy = client.search_for_studies(search_filters={"PatientName": "dx"}, fuzzymatching=True)
+    assert [s["0020000D"] for s in fuzzy] == [studies[0]["0020000D"]]
     study = studies[0]["0020000D"]["Value"][0]
     assert studies[0]["00201208"]["Value"] == [len(ct)]
     instances = client.search_for_instances(study_instance_uid=study)

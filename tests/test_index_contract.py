@@ -444,6 +444,24 @@ class IndexContract:
         found = populated.find("instance", {"SOPClassUID": f"{MR_CLASS}\\1.2.3"})
         assert sorted(uids(found, "SOPInstanceUID")) == ["1.9.3", "1.9.4", "1.9.5", "1.9.9"]
 
+    def test_fuzzy_person_name_matching(self, populated: Index) -> None:
+        """QIDO-RS fuzzymatching=true: words of the query start words of the name, any
+        order, no case; without the flag the same keys match nothing."""
+        def patients(name: str, fuzzy: bool) -> list[str]:
+            return sorted(uids(populated.find("patient", {"PatientName": name},
+                                              fuzzy=fuzzy), "PatientID"))
+
+        assert patients("jan", fuzzy=True) == ["P1"]
+        assert patients("jo sm", fuzzy=True) == ["P2"]
+        assert patients("do", fuzzy=True) == ["P1"]
+        assert patients("jan*", fuzzy=True) == ["P1"]
+        assert patients("jane smith", fuzzy=True) == []
+        assert patients("jan", fuzzy=False) == []
+        assert patients("jo sm", fuzzy=False) == []
+        studies = populated.find("study", {"PatientName": "john", "PatientID": "P2"},
+                                 fuzzy=True)
+        assert uids(studies, "StudyInstanceUID") == ["1.2.3"]
+
     def test_uid_list_with_a_repeated_uid_matches_once(self, populated: Index) -> None:
         found = populated.find("study", {"StudyInstanceUID": "1.2.1\\1.2.1"})
         assert uids(found, "StudyInstanceUID") == ["1.2.1"]

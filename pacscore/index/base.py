@@ -73,8 +73,9 @@ class Index(ABC):
 
     @abstractmethod
     def find(self, level: str, query: Mapping[str, str], *, limit: int | None = None,
-             offset: int = 0) -> list[dict[str, Any]]:
-        """Matches at ``level``: attribute dicts keyed by DICOM keyword."""
+             offset: int = 0, fuzzy: bool = False) -> list[dict[str, Any]]:
+        """Matches at ``level``: attribute dicts keyed by DICOM keyword (``fuzzy``:
+        person names match loosely, see :func:`~pacscore.index.matching.parse_constraint`)."""
 
     @abstractmethod
     def changed(self, level: str, uid: str) -> int | None:

@@ -307,13 +307,13 @@ class LmdbIndex(Index):
 
     # -- queries -----------------------------------------------------------------
     def find(self, level: str, query: Mapping[str, str], *, limit: int | None = None,
-             offset: int = 0) -> list[dict[str, Any]]:
+             offset: int = 0, fuzzy: bool = False) -> list[dict[str, Any]]:
         if level not in LEVELS:
             raise ValueError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
         if level == "study" and "Modality" in query:  # C-FIND: ModalitiesInStudy
             query = {("ModalitiesInStudy" if k == "Modality" else k): v
                      for k, v in query.items()}
-        constraints = [parse_constraint(k, v) for k, v in query.items()]
+        constraints = [parse_constraint(k, v, fuzzy=fuzzy) for k, v in query.items()]
         active = [c for c in constraints if c.kind != "universal"]
         out: list[dict[str, Any]] = []
         seen: set[str] = set()
@@ -333,9 +333,9 @@ class LmdbIndex(Index):
             raw = txn.get(uid.encode(), db=self.dbs[b"inst"])
             if raw is None:
                 return None
-            rec = InstanceRecord.from_json(bytes(raw))
-            view = _level_attrs("instance", rec.attributes)
-            view["TransferSyntaxUID"] = rec.stored_syntax
+            record = json.loads(bytes(raw))  # two fields needed: no InstanceRecord
+            view = _level_attrs("instance", record["attributes"])
+            view["TransferSyntaxUID"] = record["stored_syntax"]
             return view
         node = self._json(txn, _LEVEL_DB[level], uid)
         if node is None:

@@ -8,6 +8,7 @@ regard to case, as most PACS do.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -35,7 +36,7 @@ class Constraint:
     keyword: str
     """Attribute keyword."""
     kind: str
-    """``universal``, ``single``, ``list``, ``wildcard`` or ``range``."""
+    """``universal``, ``single``, ``list``, ``wildcard``, ``range`` or ``fuzzy``."""
     values: tuple[str, ...]
     """Normalised values (two for a range: low, high; '' = open)."""
     test: Callable[[str], bool]
@@ -55,11 +56,41 @@ def _wildcard(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(parts) + r"\Z", re.DOTALL)
 
 
-def parse_constraint(keyword: str, raw: str) -> Constraint:
-    """Turn ``KEY=VALUE`` into a constraint."""
+_NAME_PARTS = re.compile(r"[\s^=,_.\-]+")
+
+
+def _fold(text: str) -> str:
+    """Upper case without accents (``Müller`` and ``MULLER`` compare equal)."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).upper()
+
+
+def _name_words(text: str) -> list[str]:
+    return [w for w in _NAME_PARTS.split(_fold(text)) if w]
+
+
+def _fuzzy_name(keyword: str, value: str) -> Constraint:
+    """Fuzzy person-name matching (QIDO-RS ``fuzzymatching=true``, PS3.18 8.3.4.1):
+    every word of the query starts some word of the name, in any order, without
+    regard to case or accents; ``smi jo`` finds ``Smith^John`` and ``JOHNSON^SMILLA``."""
+    words = _name_words(value.replace("*", " ").replace("?", " "))
+    if not words:
+        return Constraint(keyword, "universal", (), lambda v: True)
+
+    def test(candidate: str) -> bool:
+        have = _name_words(candidate)
+        return all(any(h.startswith(w) for h in have) for w in words)
+
+    return Constraint(keyword, "fuzzy", tuple(words), test)
+
+
+def parse_constraint(keyword: str, raw: str, *, fuzzy: bool = False) -> Constraint:
+    """Turn ``KEY=VALUE`` into a constraint (``fuzzy``: person names match loosely)."""
     value = normalise(keyword, raw.strip())
     if value in ("", "*"):
         return Constraint(keyword, "universal", (), lambda v: True)
+    if fuzzy and keyword in PN_KEYS:
+        return _fuzzy_name(keyword, value)
     if keyword in UID_KEYS and "\\" in value:
         options = tuple(v for v in value.split("\\") if v)
         allowed = frozenset(options)

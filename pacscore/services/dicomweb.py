@@ -233,7 +233,7 @@ class _Api:
         level = ("instance" if path.endswith("/instances") else
                  "series" if path.endswith("/series") else "study")
         keys: dict[str, str] = {}
-        limit, offset, include = None, 0, set()
+        limit, offset, include, fuzzy = None, 0, set(), False
         for key, value in request.query_params.multi_items():
             if key == "limit":
                 limit = int(value)
@@ -241,8 +241,8 @@ class _Api:
                 offset = int(value)
             elif key == "includefield":
                 include.update(value.split(","))
-            elif key in ("fuzzymatching",):
-                continue
+            elif key == "fuzzymatching":
+                fuzzy = value.strip().lower() == "true"
             else:
                 keyword = key
                 if len(key) == 8 and all(c in "0123456789abcdefABCDEF" for c in key):
@@ -254,7 +254,7 @@ class _Api:
             if name in request.path_params:
                 keys[_LEVEL_UID[name]] = request.path_params[name]
         matches = await run_in_threadpool(self.archive.query, level, keys, limit=limit,
-                                          offset=offset)
+                                          offset=offset, fuzzy=fuzzy)
         base = self.base(request)
         return Response(json.dumps([_match_json(m, base, level) for m in matches]),
                         200, media_type=_DICOM_JSON)
