@@ -19,7 +19,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -278,7 +278,12 @@ class Archive:
         else:
             data, name = src.read(), source or "<stream>"
         prepared = prepare(data, name, self.config, self.store_)
-        outcome = self._group.submit(prepared)
+        try:
+            self.store_.make_durable(prepared.record.location)  # this thread, in parallel
+        except PacsError:
+            self.store_.discard([prepared.record.location])
+            raise
+        outcome = self._group.submit(replace(prepared, durable=True))
         if isinstance(outcome, Rejected):
             raise ConflictError(outcome.reason, source=name)
         return outcome
@@ -367,7 +372,7 @@ class Archive:
         locs = [p.record.location for p in fresh]
         try:
             self.index.mark_pending(locs)
-            self.store_.publish(locs)
+            self.store_.publish(locs, durable=all(p.durable for p in fresh))
             puts = self.index.put([(p.record, p.header) for p in fresh])
         except PacsError:
             self.store_.discard(locs)

@@ -87,7 +87,10 @@ class FrameStoreContract:
         assert store.exists(loc)
         assert store.read_blob(loc) == b""
 
-    def test_publish_many_at_once(self, store: FrameStore) -> None:
+    @pytest.mark.parametrize("durable", [False, True])
+    def test_publish_many_at_once(self, store: FrameStore, durable: bool) -> None:
+        """Bulk batches are flushed by publish; single stores are flushed one by one by
+        whoever staged them (make_durable) and publish only syncs the renames."""
         locs = [new_loc() for _ in range(6)]
         content: dict[str, object] = {}
         for i, loc in enumerate(locs):
@@ -97,7 +100,9 @@ class FrameStoreContract:
             else:
                 content[loc] = f"blob {i}".encode() * (i + 1)
                 store.stage_blob(loc, content[loc])  # type: ignore[arg-type]
-        store.publish(locs)
+            if durable:
+                store.make_durable(loc)
+        store.publish(locs, durable=durable)
         assert set(store.locations()) == set(locs)
         for i, loc in enumerate(locs):
             if i % 2:

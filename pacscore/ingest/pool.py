@@ -71,7 +71,12 @@ def prepare_file(path: str, source: str, config: ArchiveConfig,
     """Worker task of a single store: prepare ``path``, reported under ``source``."""
     outcome = prepare_path(path, config, store)
     if isinstance(outcome, Prepared):
-        return Prepared(outcome.record, outcome.header, source)
+        try:
+            store.make_durable(outcome.record.location)  # here, in parallel
+        except PacsError as exc:
+            store.discard([outcome.record.location])
+            return Rejected(source, f"{exc.reason} (hint: {exc.hint})", type(exc).__name__)
+        return Prepared(outcome.record, outcome.header, source, durable=True)
     if isinstance(outcome, Rejected):
         return Rejected(source, outcome.reason, outcome.error)
     return outcome

@@ -86,6 +86,8 @@ class Prepared:
     """Packed :class:`HeaderParts` (empty for blobs)."""
     source: str
     """Where it came from (file path or client description)."""
+    durable: bool = False
+    """Its staged data is on disk already (:meth:`FrameStore.make_durable`)."""
 
 
 @dataclass(frozen=True, slots=True)

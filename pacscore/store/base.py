@@ -41,8 +41,14 @@ class FrameStore(ABC):
         """Write an object kept as received to staging; return bytes written."""
 
     @abstractmethod
-    def publish(self, locs: Sequence[str]) -> None:
-        """Make staged locations durable and visible (all of them, or raise)."""
+    def make_durable(self, loc: str) -> None:
+        """Flush one staged location to disk now, from the thread or process that staged
+        it, so that publishing it needs no file-system-wide flush."""
+
+    @abstractmethod
+    def publish(self, locs: Sequence[str], *, durable: bool = False) -> None:
+        """Make staged locations durable and visible (all of them, or raise);
+        ``durable``: every one of them went through :meth:`make_durable` already."""
 
     @abstractmethod
     def discard(self, locs: Sequence[str]) -> None:

@@ -9,8 +9,11 @@ Layout (``root`` is the archive's ``frames`` directory)::
 
 Chunks are written as plain files (the zarr Array API costs 3-9 ms per chunk here,
 FACTS.md); the metadata is what ``zarr.create_array`` writes, so ``zarr.open`` reads
-the arrays.  Durability: one ``syncfs`` for a whole batch before the renames and one
-after, instead of an fsync per file.
+the arrays.  Durability, bulk: one ``syncfs`` for a whole batch before the renames and
+one after, instead of an fsync per file.  Single stores from the network: the worker
+that staged an instance fsyncs its few files and folders (``make_durable``, in
+parallel, off the commit path) and publishing fsyncs only the folders it renamed into,
+so concurrent clients do not queue behind file-system-wide flushes.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 
 from ..codecs.zarr_codec import CODEC_NAME
 from ..dicom.header import PixelLayout
-from ..durability import sync_filesystem
+from ..durability import fsync_path, sync_filesystem
 from ..errors import ArchiveStorageError, NotFoundError
 from .base import FrameStore, validate_location
 
@@ -109,18 +112,40 @@ class ZarrFrameStore(FrameStore):
             raise _storage_error(exc, "writing an object") from exc
         return len(data)
 
-    def publish(self, locs: Sequence[str]) -> None:
+    def make_durable(self, loc: str) -> None:
+        if not self.fsync:
+            return
+        path = self.staging / validate_location(loc)
+        try:
+            if not path.is_dir():
+                fsync_path(path)
+                return
+            for folder, _, files in os.walk(path):
+                for name in files:
+                    fsync_path(Path(folder, name))
+                fsync_path(Path(folder))  # its entries
+        except OSError as exc:
+            raise _storage_error(exc, "flushing staged frames") from exc
+
+    def publish(self, locs: Sequence[str], *, durable: bool = False) -> None:
         if not locs:
             return
         try:
-            if self.fsync:
-                sync_filesystem(self.staging)
+            if self.fsync and not durable:
+                sync_filesystem(self.staging)  # one flush for the whole batch
+            touched: set[Path] = set()
             for loc in locs:
                 src = self.staging / validate_location(loc)
                 dest = self.array_path(loc) if src.is_dir() else self._blob_path(loc)
-                dest.parent.mkdir(parents=True, exist_ok=True)
+                if not dest.parent.is_dir():
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    touched.add(dest.parent.parent)
                 os.replace(src, dest)
-            if self.fsync:
+                touched.add(dest.parent)
+            if self.fsync and durable:  # contents are on disk: make the renames so
+                for folder in sorted(touched, key=lambda p: -len(p.parts)):
+                    fsync_path(folder)
+            elif self.fsync:
                 sync_filesystem(self.root)
         except FileNotFoundError as exc:
             raise ArchiveStorageError(f"staged data vanished before publishing: {exc}") from exc
