@@ -287,3 +287,31 @@ def test_second_server_on_the_same_archive_is_refused(server: Server) -> None:
     assert "already served or written by another process" in second.stderr
     assert dcmtk("echoscu", "-aet", "MODALITY", "-aec", "PACSCORE", *addr(server)
                  ).returncode == 0  # the first one is untouched
+
+
+def test_pdu_reader_allocates_what_arrives_not_what_a_header_claims() -> None:
+    """Our faster PDU reader must keep pynetdicom's contract (all bytes, or what came
+    before the peer closed) and must not allocate the 4 GB a hostile header may claim."""
+    import socket
+    import threading
+    import tracemalloc
+    from types import SimpleNamespace
+
+    from pacscore.services.dimse_transport import _recv
+
+    data = bytes(range(256)) * 40_000  # 10 MB, over several buffer steps
+    ours, peer = socket.socketpair()
+    sender = threading.Thread(target=lambda: (peer.sendall(data), peer.close()))
+    sender.start()
+    assert bytes(_recv(SimpleNamespace(socket=ours), len(data))) == data  # type: ignore[arg-type]
+    sender.join()
+    ours.close()
+    ours, peer = socket.socketpair()
+    peer.sendall(b"abc")
+    peer.close()
+    tracemalloc.start()
+    got = _recv(SimpleNamespace(socket=ours), 0xFFFFFFFF)  # type: ignore[arg-type]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    ours.close()
+    assert bytes(got) == b"abc" and peak < 64 << 20

@@ -229,7 +229,7 @@ def test_job_engine_survives_a_dying_worker_and_a_raising_task() -> None:
     """A worker killed by a crashing codec is replaced: the item it ran is reported with
     the reason, the items queued behind it are run elsewhere, the job goes on."""
     from pacscore.jobs import run_tasks
-    from tests.helpers.tasks import crash_on_three, raise_on_five
+    from tests.helpers.tasks import crash_on_fifths, crash_on_three, raise_on_five
 
     def failed(item: int, reason: str) -> int:
         reasons[item] = reason
@@ -238,8 +238,66 @@ def test_job_engine_survives_a_dying_worker_and_a_raising_task() -> None:
     reasons: dict[int, str] = {}
     out = sorted(run_tasks(crash_on_three, range(12), workers=2, on_error=failed))
     assert out == sorted([-3] + [x * 10 for x in range(12) if x != 3])
-    assert "worker process stopped" in reasons[3] and "139" in reasons[3]
+    assert "stopped twice" in reasons[3] and "139" in reasons[3]
+    for _ in range(5):  # many deaths, with items queued behind the dying ones
+        reasons.clear()
+        out = sorted(run_tasks(crash_on_fifths, range(40), workers=2, on_error=failed))
+        assert out == sorted(-x if x % 5 == 4 else x * 10 for x in range(40))
+        assert sorted(reasons) == [x for x in range(40) if x % 5 == 4]
     reasons.clear()
     out = sorted(run_tasks(raise_on_five, range(8), workers=2, on_error=failed))
     assert out == sorted([-5] + [x * 10 for x in range(8) if x != 5])
     assert "ValueError: five is not allowed" in reasons[5]
+
+
+def test_forked_workers_do_not_outlive_a_killed_job(tmp_path: Path) -> None:
+    """kill -9 of a job's parent: its worker processes see the pipe close and exit."""
+    script = (
+        "import sys\n"
+        "from pacscore.jobs import run_tasks\n"
+        "from tests.helpers.tasks import slow_pid\n"
+        "for pid in run_tasks(slow_pid, range(100), workers=2, fork_safe=True):\n"
+        "    print(pid, flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert proc.stdout is not None
+    pids = {int(proc.stdout.readline()) for _ in range(4)}
+    assert len(pids) == 2
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{p}").exists() and "Z" not in _state(p) for p in pids):
+        assert time.monotonic() < deadline, "worker processes outlived the killed job"
+        time.sleep(0.1)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1]
+    except OSError:
+        return "Z"
+
+
+def test_compress_copies_a_file_that_crashes_its_workers(tmp_path: Path, corpus: Path,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """A file on which worker processes die is copied unchanged and listed as failed
+    with the reason, like any file that cannot be transcoded: never missing from the
+    output, and the job goes on."""
+    from pacscore.config import ArchiveConfig
+    from pacscore.jobs import compress
+    from tests.helpers.tasks import compress_one_crashing_on_marked_files
+
+    monkeypatch.setattr(compress, "compress_one", compress_one_crashing_on_marked_files)
+    src = tmp_path / "src"
+    src.mkdir()
+    ct = sorted((corpus / "ct_series/tcia_lung_pet_ct_dx_chest_30sl").glob("*.dcm"))
+    for i, path in enumerate(ct[:4]):
+        shutil.copy(path, src / (f"crash{i}.dcm" if i == 1 else f"ok{i}.dcm"))
+    results = {r.rel: r for r in compress.run_compress([str(src)], str(tmp_path / "out"),
+                                                         ArchiveConfig(), workers=2)}
+    assert results["crash1.dcm"].status == "failed"
+    assert "stopped twice" in (results["crash1.dcm"].reason or "")
+    assert (tmp_path / "out/crash1.dcm").read_bytes() == (src / "crash1.dcm").read_bytes()
+    assert {results[f"ok{i}.dcm"].status for i in (0, 2, 3)} == {"compressed"}

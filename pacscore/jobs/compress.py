@@ -236,13 +236,16 @@ def run_compress(roots: Sequence[str], dst: str, config: ArchiveConfig, *, worke
 
 
 def _task_failed(task: CompressTask, reason: str) -> FileResult:
-    """Result for a file whose worker process died on it (a codec crash): listed as
-    failed with the reason, no output written; the job goes on."""
+    """Result for a file whose worker processes died on it (a codec crash): copied
+    unchanged like every file that cannot be transcoded, and listed as failed with the
+    reason; the job goes on."""
     try:
-        size = os.stat(task.src).st_size
-    except OSError:
-        size = 0
-    return FileResult(task.rel, "failed", size, 0, reason=f"{reason} (no output written)")
+        out, staged = _write_staged(replace(task, publish_in_worker=False), None)
+    except OSError as exc:
+        return FileResult(task.rel, "failed", 0, 0,
+                          reason=f"{reason}; the source could not be copied either: {exc}")
+    return FileResult(task.rel, "failed", out, out, reason=f"{reason} (copied unchanged)",
+                      staged=staged)
 
 
 def _adopt(src: str, rel: str, size: int, dst_root: Path, config: ArchiveConfig

@@ -26,11 +26,15 @@ R = TypeVar("R")
 _END: Any = object()
 
 
-def _serve(conn: Connection, fn: Callable[[Any], Any]) -> None:
+def _serve(conn: Connection, fn: Callable[[Any], Any], inherited: list[Connection]) -> None:
     """Worker loop: an item in, ``fn(item)`` out (or the text of an error raised by
-    ``fn``, which tasks are written never to do); ``None`` stops it."""
+    ``fn``, which tasks are written never to do); ``None`` or the parent's end stops it.
+    ``inherited``: parent-side pipe ends a forked child got a copy of; closed first, or
+    the child would keep its own pipe open and outlive a killed parent."""
+    for end in inherited:
+        end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    with contextlib.suppress(EOFError, KeyboardInterrupt):
+    with contextlib.suppress(EOFError, KeyboardInterrupt, BrokenPipeError):
         while (item := conn.recv()) is not None:
             try:
                 conn.send((True, fn(item)))
@@ -39,20 +43,24 @@ def _serve(conn: Connection, fn: Callable[[Any], Any]) -> None:
 
 
 class _Worker:
-    """One worker process, its pipe, and the items sent to it in order."""
+    """One worker process, its pipe, and the items sent to it in order (with the number
+    of workers that already died on each)."""
 
-    def __init__(self, ctx: Any, fn: Callable[[Any], Any]):
+    def __init__(self, ctx: Any, fn: Callable[[Any], Any], others: list[_Worker]):
         self.conn: Connection
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_serve, args=(child, fn), daemon=True,
+        forked = ctx.get_start_method() == "fork"
+        inherited = [self.conn, *(w.conn for w in others)] if forked else []
+        self.process = ctx.Process(target=_serve, args=(child, fn, inherited), daemon=True,
                                    name="pacscore-job")
         self.process.start()
         child.close()
-        self.queue: collections.deque[Any] = collections.deque()
+        self.queue: collections.deque[tuple[Any, int]] = collections.deque()
 
-    def send(self, item: Any) -> None:
-        self.conn.send(item)
-        self.queue.append(item)
+    def send(self, item: Any, deaths: int = 0) -> None:
+        self.queue.append((item, deaths))
+        with contextlib.suppress(OSError):  # died: the receive side sees it and requeues
+            self.conn.send(item)
 
     def stop(self, *, kill: bool = False) -> None:
         if not kill:
@@ -82,11 +90,14 @@ def _local(fn: Callable[[T], R], items: Iterable[T], workers: int,
     """Worker processes on dedicated pipes, each kept ``depth`` items ahead so that it
     never waits for the parent; no pool threads in the parent (a
     ``multiprocessing.Pool`` spent a quarter of a core there on a 2-worker compress,
-    and hangs when a worker dies).  A worker that dies is replaced: the item it was
-    running is reported through ``on_error``, the ones queued behind it are resent."""
+    and hangs when a worker dies).  A worker that dies is replaced and its items are
+    sent to the new one; an item that was at the head of the queue of two workers that
+    died (a file that crashes a codec) is reported through ``on_error``."""
     ctx = _context(fork_safe)
     source = iter(items)
-    pool = [_Worker(ctx, fn) for _ in range(workers)]
+    pool: list[_Worker] = []
+    for _ in range(workers):
+        pool.append(_Worker(ctx, fn, pool))
 
     def feed(worker: _Worker) -> None:
         while len(worker.queue) < depth and (item := next(source, _END)) is not _END:
@@ -102,15 +113,18 @@ def _local(fn: Callable[[T], R], items: Iterable[T], workers: int,
                 try:
                     reply: tuple[bool, Any] = worker.conn.recv()
                 except (EOFError, OSError):
-                    lost = worker.queue.popleft()
                     worker.stop(kill=True)
-                    pool[i] = _Worker(ctx, fn)
-                    for item in worker.queue:
-                        pool[i].send(item)
-                    yield on_error(lost, f"the worker process stopped (exit code "
-                                         f"{worker.process.exitcode}) while on this input")
+                    pool[i] = _Worker(ctx, fn, [w for w in pool if w is not worker])
+                    (head, deaths), rest = worker.queue.popleft(), list(worker.queue)
+                    if deaths:  # the second worker to die on it: blame it
+                        yield on_error(head, f"worker processes stopped twice on this "
+                                             f"input (exit code {worker.process.exitcode})")
+                    else:
+                        rest.insert(0, (head, 1))
+                    for item, n in rest:
+                        pool[i].send(item, n)
                     continue
-                item = worker.queue.popleft()
+                item, _ = worker.queue.popleft()
                 feed(worker)  # before yielding: the worker goes on while the caller works
                 ok, value = reply
                 yield value if ok else on_error(item, str(value))

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+from pacscore.jobs.compress import CompressTask, FileResult
+from pacscore.jobs.compress import compress_one as _compress_one  # before any patching
 
 
 def crash_on_three(x: int) -> int:
@@ -17,3 +21,26 @@ def raise_on_five(x: int) -> int:
     if x == 5:
         raise ValueError("five is not allowed")
     return x * 10
+
+
+def crash_on_fifths(x: int) -> int:
+    """Dies on every fifth item (several deaths, some with items queued behind)."""
+    if x % 5 == 4:
+        os._exit(139)
+    return x * 10
+
+
+def slow_pid(x: int) -> int:
+    """Reports its process and takes a while (for killing the parent meanwhile)."""
+    import time
+
+    time.sleep(0.5)
+    return os.getpid()
+
+
+def compress_one_crashing_on_marked_files(task: CompressTask) -> FileResult:
+    """compress_one, except that files named ``crash*`` kill the worker like a codec
+    segfault would."""
+    if Path(task.rel).name.startswith("crash"):
+        os._exit(139)
+    return _compress_one(task)
