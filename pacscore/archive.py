@@ -14,8 +14,10 @@ that no record owns (removed at start-up): the index never names a missing frame
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -57,6 +59,8 @@ from .ingest.workers import PrepareWorkers
 from .store import ZarrFrameStore
 
 __all__ = ["Archive", "StoreResult", "VerifyReport"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,12 +177,12 @@ class _GroupCommit:
     def _run(self, batch: list[_Waiter]) -> None:
         try:
             results = self._commit([w.prepared for w in batch])
-        except BaseException as exc:  # every waiter learns the failure
+            for w, r in zip(batch, results, strict=True):
+                w.outcome, w.done = r, True
+        except BaseException as exc:  # every waiter not yet answered learns the failure
             for w in batch:
-                w.error, w.done = exc, True
-            return
-        for w, r in zip(batch, results, strict=True):
-            w.outcome, w.done = r, True
+                if not w.done:
+                    w.error, w.done = exc, True
 
     def close(self) -> None:
         """Wait for a running commit to finish."""
@@ -196,9 +200,14 @@ class Archive:
         Archive directory (created if missing).
     config
         Settings; see :class:`~pacscore.config.ArchiveConfig`.
+    readonly
+        Never write: no writer lock is taken (a server may start meanwhile), no crash
+        recovery runs.  Without it the first process to open the archive becomes its
+        writer and any other opens it read-only.
     """
 
-    def __init__(self, root: str | os.PathLike[str], config: ArchiveConfig | None = None):
+    def __init__(self, root: str | os.PathLike[str], config: ArchiveConfig | None = None,
+                 *, readonly: bool = False):
         self.root = Path(root)
         self.config = config or ArchiveConfig()
         try:
@@ -215,10 +224,15 @@ class Archive:
         self._lock = threading.Lock()
         self._workers: PrepareWorkers | None = None
         self._listeners: list[Callable[[Sequence[StoreResult]], None]] = []
-        self._writer_fd = _writer_lock(self.root)
+        self._writer_fd = None if readonly else _writer_lock(self.root)
         self.writable = self._writer_fd is not None
         """False when another process writes this archive: reads only, no recovery."""
-        self.recovered = self._recover() if self.writable else 0
+        self._closed = False
+        try:
+            self.recovered = self._recover() if self.writable else 0
+        except BaseException:
+            self.close()
+            raise
 
     # -- lifecycle ---------------------------------------------------------------
     def _recover(self) -> int:
@@ -240,8 +254,12 @@ class Archive:
         if self._writer_fd is not None:
             os.close(self._writer_fd)  # releases the writer lock
             self._writer_fd = None
+        self._closed = True
 
     def _require_writer(self) -> None:
+        if self._closed:
+            raise ArchiveStorageError(f"{self.root}: this Archive was closed",
+                                      hint="open the archive again")
         if not self.writable:
             raise ArchiveBusyError(f"{self.root} is being written by another process; this "
                                    f"one opened it read-only")
@@ -291,6 +309,7 @@ class Archive:
     def start_workers(self) -> None:
         """Start the worker processes of single stores now (servers call this at start
         so the first clients do not wait for the workers' imports)."""
+        self._require_writer()
         with self._lock:
             if self._workers is None and self.config.prepare_workers > 0:
                 self._workers = PrepareWorkers(self.config.prepare_workers, self.config,
@@ -350,8 +369,16 @@ class Archive:
         self._listeners.append(listener)
 
     def _notify(self, results: Sequence[StoreResult]) -> None:
-        for listener in self._listeners:
-            listener(results)
+        for listener in list(self._listeners):
+            try:
+                listener(results)
+            except Exception:  # the data is committed: a listener cannot undo that
+                log.exception("change listener %r failed", listener)
+
+    def off_change(self, listener: Callable[[Sequence[StoreResult]], None]) -> None:
+        """Stop calling ``listener``."""
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
 
     def _commit_locked(self, batch: Sequence[Prepared]) -> list[StoreResult | Rejected]:
         seen: dict[str, Prepared] = {}

@@ -134,7 +134,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
-    with Archive(args.archive) as archive:
+    with Archive(args.archive, readonly=True) as archive:
         for uid in args.uids:
             try:
                 data = archive.get(uid, args.transfer_syntax)
@@ -251,7 +251,7 @@ def _parse_keys(pairs: Sequence[str]) -> dict[str, str]:
 
 def _cmd_find(args: argparse.Namespace) -> int:
     keys = _parse_keys(args.keys)
-    with Archive(args.archive) as archive:
+    with Archive(args.archive, readonly=True) as archive:
         matches = archive.find(args.level, limit=args.limit, offset=args.offset, **keys)
     if args.json:
         print(json.dumps({"matches": matches}))
@@ -266,7 +266,7 @@ def _cmd_find(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    with Archive(args.archive) as archive:
+    with Archive(args.archive, readonly=True) as archive:
         report = archive.verify()
     failed = [{"sop_instance_uid": u, "reason": r} for u, r in report.failed]
     if args.json:
@@ -279,7 +279,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    with Archive(args.archive) as archive:
+    with Archive(args.archive, readonly=True) as archive:
         stats = archive.stats()
     if args.json:
         print(json.dumps(stats))

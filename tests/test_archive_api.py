@@ -239,6 +239,18 @@ def test_one_writer_per_archive_others_read(tmp_path: Path, ct_series: list[Path
         assert staged.exists()  # the reader did not "recover" the writer's staging
         assert writer.writable and writer.stats()["instances"] == 1
         staged.unlink()
-    with Archive(root) as after:  # the lock is released on close
-        assert after.writable
-        assert after.store(ct_series[1]).status == "stored"
+    holder = subprocess.Popen(  # a long read-only job (verify) holds no lock
+        [sys.executable, "-c", "import sys, time, pacscore\n"
+         "a = pacscore.Archive(sys.argv[1], readonly=True)\n"
+         "print(a.writable, flush=True)\ntime.sleep(60)", str(root)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "False"
+        with Archive(root) as after:  # the writer's lock was released on close, too
+            assert after.writable
+            assert after.store(ct_series[1]).status == "stored"
+    finally:
+        holder.kill()
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()

@@ -90,6 +90,17 @@ def test_stow_qido_wado_roundtrip(service: Service, ct: list[Path]) -> None:
                        headers={"Authorization": f"Bearer {service.admin}"}, timeout=30).json()
     uri = raw[0]["7FE00010"]["BulkDataURI"]  # absolute, with this request's host and port
     assert uri.startswith(f"{service.url}/studies/{study}/series/{series}/instances/")
+    # A misaddressed request (right instance, wrong study or series) is a 404 and
+    # deletes nothing.
+    auth = {"Authorization": f"Bearer {service.admin}"}
+    for wrong in (f"{service.url}/studies/1.2.3/series/{series}/instances/{sop}",
+                  f"{service.url}/studies/{study}/series/1.2.3/instances/{sop}"):
+        assert requests.delete(wrong, headers=auth, timeout=30).status_code == 404
+        assert requests.get(f"{wrong}/frames/1", headers=auth, timeout=30).status_code == 404
+        assert requests.get(f"{wrong}/metadata", headers=auth, timeout=30).status_code == 404
+    assert requests.delete(f"{service.url}/studies/1.2.3/series/{series}", headers=auth,
+                           timeout=30).status_code == 404
+    assert service.stats()["instances"] == len(ct)
     # The precomputed series JSON follows later changes: a delete, then a new store.
     client.delete_instance(study, series, sop)
     assert len(client.retrieve_series_metadata(study, series)) == len(ct) - 1

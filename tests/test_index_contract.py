@@ -455,6 +455,9 @@ class IndexContract:
         assert patients("jo sm", fuzzy=True) == ["P2"]
         assert patients("do", fuzzy=True) == ["P1"]
         assert patients("jan*", fuzzy=True) == ["P1"]
+        # Wildcards keep their meaning: fuzzy matching only ever adds results.
+        assert patients("*mith*", fuzzy=True) == patients("*mith*", fuzzy=False) == ["P2"]
+        assert patients("smith^j*", fuzzy=True) == ["P2"]
         assert patients("jane smith", fuzzy=True) == []
         assert patients("jan", fuzzy=False) == []
         assert patients("jo sm", fuzzy=False) == []

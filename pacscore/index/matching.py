@@ -72,14 +72,21 @@ def _name_words(text: str) -> list[str]:
 def _fuzzy_name(keyword: str, value: str) -> Constraint:
     """Fuzzy person-name matching (QIDO-RS ``fuzzymatching=true``, PS3.18 8.3.4.1):
     every word of the query starts some word of the name, in any order, without
-    regard to case or accents; ``smi jo`` finds ``Smith^John`` and ``JOHNSON^SMILLA``."""
-    words = _name_words(value.replace("*", " ").replace("?", " "))
+    regard to case or accents; ``smi jo`` finds ``Smith^John`` and ``JOHNSON^SMILLA``.
+    Wildcards keep their meaning inside a word (``*mith`` finds ``SMITH``), and a query
+    with wildcards also matches whatever it matches without fuzzy matching: fuzzy
+    matching only ever adds results."""
+    words = [w for w in _name_words(value) if w.strip("*?")]
     if not words:
         return Constraint(keyword, "universal", (), lambda v: True)
+    plain = parse_constraint(keyword, value) if "*" in value or "?" in value else None
+    patterns = [_wildcard(w + "*") for w in words]
 
     def test(candidate: str) -> bool:
+        if plain is not None and plain.test(candidate):
+            return True
         have = _name_words(candidate)
-        return all(any(h.startswith(w) for h in have) for w in words)
+        return all(any(p.match(h) for h in have) for p in patterns)
 
     return Constraint(keyword, "fuzzy", tuple(words), test)
 

@@ -96,8 +96,10 @@ class PrepareWorkers:
                     worker.conn.send((path, source))
                     outcome: Outcome = worker.conn.recv()
                     return outcome
-                except (EOFError, OSError) as exc:
-                    worker = self._replace(worker)
+                except BaseException as exc:
+                    worker = self._replace(worker)  # its reply may still be unread
+                    if not isinstance(exc, EOFError | OSError):
+                        raise
                     if attempt == 2:
                         raise ArchiveStorageError(
                             f"two worker processes stopped while preparing {source} "

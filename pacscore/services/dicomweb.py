@@ -261,6 +261,8 @@ class _Api:
 
     # -- WADO-RS ----------------------------------------------------------------
     def _scope_uids(self, request: Request) -> list[str]:
+        """SOP Instance UIDs the path names; 404 unless every UID in the path is where
+        the path says (a series of another study, an instance of another series)."""
         p = request.path_params
         if "sop" in p:
             sops = self.archive.instances("instance", p["sop"])
@@ -268,6 +270,10 @@ class _Api:
             sops = self.archive.instances("series", p["series"])
         else:
             sops = self.archive.instances("study", p["study"])
+        if sops:
+            rec = self.archive.record(sops[0])
+            if rec.study_uid != p["study"] or p.get("series", rec.series_uid) != rec.series_uid:
+                sops = []
         if not sops:
             raise NotFoundError("nothing matches the requested UIDs")
         return sops
@@ -312,6 +318,10 @@ class _Api:
         if any(n < 1 for n in numbers):
             raise ValueError("frame numbers start at 1")
         rec = await run_in_threadpool(self.archive.record, sop)
+        p = request.path_params
+        if (rec.study_uid, rec.series_uid) != (p["study"], p["series"]):
+            raise NotFoundError(f"instance {sop} is not in series {p['series']} of study "
+                                f"{p['study']}")
         wanted = _accepted_syntax(request, rec.stored_syntax)
         native = wanted in ("1.2.840.10008.1.2.1", "native") or ("octet-stream" in \
             request.headers.get("accept", "") and "transfer-syntax" not in \
@@ -330,6 +340,7 @@ class _Api:
 
     async def rendered(self, request: Request) -> Response:
         sop = request.path_params["sop"]
+        await run_in_threadpool(self._scope_uids, request)  # 404 when misaddressed
         frame = int(request.path_params.get("frame", "1")) - 1
         thumbnail = request.url.path.endswith("/thumbnail")
         q = request.query_params
@@ -380,6 +391,7 @@ class _Api:
         p = request.path_params
         level, key = next((lvl, k) for k, lvl in _DELETE_LEVELS if k in p)
         uid = p[key]
+        await run_in_threadpool(self._scope_uids, request)  # 404 when misaddressed
         removed = await run_in_threadpool(self.archive.delete, level, uid)
         return JSONResponse({"deleted_instances": removed})
 

@@ -4,7 +4,8 @@ Viewers open a study through ``.../series/{uid}/metadata``; building it means pa
 every instance's header (about 1 ms each), far over the time a viewer waits for a
 500-instance series.  So the JSON of a series is built once, in the background, when
 the series has been quiet for ``quiet`` seconds after its last stored instance, and
-kept with the series' change stamp (:meth:`Archive.changed`): a later store or delete
+kept (up to ``max_bytes`` in all, least recently used first out) with the series'
+change stamp (:meth:`Archive.changed`): a later store or delete
 under the series changes the stamp and the next request rebuilds it.  The request's
 base URL is not known in advance: bulk data URIs are kept with a placeholder that is
 replaced, JSON-escaped, when answering.
@@ -25,7 +26,6 @@ from typing import Any
 from pydicom import dcmread
 
 from ..archive import Archive, StoreResult
-from ..errors import PacsError
 
 __all__ = ["SeriesMetadata"]
 
@@ -38,8 +38,10 @@ _BASE_JSON = json.dumps(_BASE)[1:-1].encode()
 class SeriesMetadata:
     """DICOM JSON of series, kept current and warmed in the background."""
 
-    def __init__(self, archive: Archive, *, quiet: float = 2.0, max_series: int = 512):
-        self.archive, self.quiet, self.max_series = archive, quiet, max_series
+    def __init__(self, archive: Archive, *, quiet: float = 2.0,
+                 max_bytes: int = 256 * 1024**2):
+        self.archive, self.quiet, self.max_bytes = archive, quiet, max_bytes
+        self._bytes = 0
         self._cache: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
         self._dirty: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -79,10 +81,11 @@ class SeriesMetadata:
         body = json.dumps([self.instance(s) for s in sops], separators=(",", ":")).encode()
         if self.archive.changed("series", series_uid) == stamp:  # unchanged meanwhile
             with self._lock:
+                old = self._cache.pop(series_uid, None)
+                self._bytes += len(body) - (len(old[1]) if old else 0)
                 self._cache[series_uid] = (stamp, body)
-                self._cache.move_to_end(series_uid)
-                while len(self._cache) > self.max_series:
-                    self._cache.popitem(last=False)
+                while self._bytes > self.max_bytes and len(self._cache) > 1:
+                    self._bytes -= len(self._cache.popitem(last=False)[1][1])
         return body
 
     def study(self, study_uid: str) -> bytes:
@@ -123,7 +126,7 @@ class SeriesMetadata:
                     return
                 try:
                     self.series(series_uid)
-                except (PacsError, OSError, ValueError) as exc:  # answered on request
+                except Exception as exc:  # answered on request instead
                     log.warning("metadata of series %s not precomputed: %s",
                                 series_uid, exc)
             if waiting:
@@ -131,6 +134,7 @@ class SeriesMetadata:
 
     def close(self) -> None:
         """Stop the background thread."""
+        self.archive.off_change(self._touched)
         self._stop = True
         self._wake.set()
         self._thread.join(timeout=10)

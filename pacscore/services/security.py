@@ -143,6 +143,7 @@ class AuditLog:
             inode = -1
         if self._fd < 0 or inode != self._inode:
             self._closer()  # closes the previous descriptor once, if any
+            self._fd = -1
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             self._inode = os.fstat(self._fd).st_ino
             self._closer = weakref.finalize(self, os.close, self._fd)
@@ -163,5 +164,8 @@ class AuditLog:
         if detail:
             entry["detail"] = detail
         line = json.dumps(entry, separators=(",", ":")) + "\n"
+        data = memoryview(line.encode())
         with self._lock:
-            os.write(self._descriptor(), line.encode())
+            fd = self._descriptor()
+            while data:
+                data = data[os.write(fd, data):]

@@ -19,4 +19,10 @@ def load() -> tuple[ModuleType, ModuleType]:
                         hint="install pacscore with pip (`pip install .` or "
                              "`pip install -e .`): the build generates it from "
                              "pacscore.proto") from exc
+    except Exception as exc:  # the generated code checks its grpcio/protobuf runtime
+        raise PacsError(f"pacscore's gRPC code does not run on the installed grpcio/"
+                        f"protobuf: {exc}",
+                        hint="pip install -U 'grpcio>=1.85.1' 'protobuf>=7.35.1', or "
+                             "reinstall pacscore with --no-build-isolation to generate "
+                             "the code with the installed grpcio-tools") from exc
     return pacscore_pb2, pacscore_pb2_grpc
