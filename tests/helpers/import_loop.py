@@ -134,7 +134,7 @@ class Injector:
         real_replace = os.replace
         publish = ZarrFrameStore.publish
 
-        def publishing(store: ZarrFrameStore, locs: Any) -> None:
+        def publishing(store: ZarrFrameStore, locs: Any, **kwargs: Any) -> None:
             def replace(src: Any, dst: Any) -> None:
                 real_replace(src, dst)
                 if self.hit("rename"):
@@ -142,7 +142,7 @@ class Injector:
 
             zarr_store.os.replace = replace  # type: ignore[assignment]
             try:
-                publish(store, locs)
+                publish(store, locs, **kwargs)
             finally:
                 zarr_store.os.replace = real_replace
 
