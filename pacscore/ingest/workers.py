@@ -28,7 +28,7 @@ from ..errors import ArchiveStorageError
 from ..store.zarr_store import ZarrFrameStore
 from .pool import Outcome, prepare_file
 
-__all__ = ["PrepareWorkers"]
+__all__ = ["PrepareWorkers", "stop_worker"]
 
 
 def _serve(conn: Connection, config: ArchiveConfig, frames_root: str) -> None:
@@ -68,10 +68,7 @@ class PrepareWorkers:
         return _Worker(process, parent)
 
     def _replace(self, worker: _Worker) -> _Worker:
-        worker.conn.close()
-        if worker.process.is_alive():
-            worker.process.kill()
-        worker.process.join(timeout=5)
+        stop_worker(worker.process, worker.conn, kill=True)
         return self._spawn()
 
     def pids(self) -> list[int]:
@@ -114,10 +111,17 @@ class PrepareWorkers:
         """Stop the workers once the running stores have finished."""
         for _ in range(self._count):
             worker = self._idle.get()
-            with contextlib.suppress(OSError):
-                worker.conn.send(None)
-            worker.process.join(timeout=30)
-            if worker.process.is_alive():
-                worker.process.kill()
-                worker.process.join()
-            worker.conn.close()
+            stop_worker(worker.process, worker.conn)
+
+
+def stop_worker(process: BaseProcess, conn: Connection, *, kill: bool = False) -> None:
+    """Ask a worker to stop (``None`` on its pipe), wait a while, kill it if it is still
+    there (or at once with ``kill``), reap it and close the pipe."""
+    if not kill:
+        with contextlib.suppress(OSError):
+            conn.send(None)
+        process.join(timeout=30)
+    if process.is_alive():
+        process.kill()
+    process.join()
+    conn.close()

@@ -17,6 +17,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as connection_wait
 from typing import Any, TypeVar
 
+from ..ingest.workers import stop_worker
+
 __all__ = ["run_tasks"]
 
 T = TypeVar("T")
@@ -63,14 +65,7 @@ class _Worker:
             self.conn.send(item)
 
     def stop(self, *, kill: bool = False) -> None:
-        if not kill:
-            with contextlib.suppress(OSError):
-                self.conn.send(None)
-            self.process.join(timeout=30)
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join()
-        self.conn.close()
+        stop_worker(self.process, self.conn, kill=kill)
 
 
 def _context(fork_safe: bool) -> Any:
