@@ -121,10 +121,14 @@ def _query_and_retrieve(benchmark: Any, archive: Path, ports: dict[str, int], n:
     frame = _p50(lambda: http.get(f"{url}/instances/{sop}/frames/1", timeout=60, headers={
         "Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}
     ).content, rounds=50)
-    start = time.perf_counter()
-    body = http.get(url, timeout=600, headers={
-        "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}).content
-    series_rate = n / (time.perf_counter() - start)
+    rates = []
+    for _ in range(3):  # the median of three: one request is at the mercy of the machine
+        start = time.perf_counter()
+        body = http.get(url, timeout=600, headers={
+            "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+        ).content
+        rates.append(n / (time.perf_counter() - start))
+    series_rate = statistics.median(rates)
     find = _p50(lambda: subprocess.run(
         [str(FINDSCU), "-aet", "BENCH", "-aec", "PACSCORE", "-S", "-k",
          "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={study}", "-k",

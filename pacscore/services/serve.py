@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import ssl
@@ -132,6 +133,11 @@ def serve(archive_dir: Path, config: ServeConfig) -> None:
               f"{' (TLS)' if config.tls_cert else ''}", flush=True)
         dimse.audit.record("application", action="E", outcome="success", user=ae_title,
                            host=host, interface="serve", detail="started")
+        # Everything alive now (pydicom's data dictionary, numba, protobuf descriptors:
+        # millions of objects) lives until exit: keep it out of the cyclic garbage
+        # collector, whose full passes over it cost ~90 ms, every few QIDO-RS requests.
+        gc.collect()
+        gc.freeze()
         stop.wait()
         rpc.stop(grace=10).wait()
         http.should_exit = True
