@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..archive import Archive
@@ -48,6 +48,7 @@ from .multipart import (
     encode_related,
     parse_related,
     related_boundary,
+    stream_related,
 )
 from .security import AuditLog
 from .tokens import TokenStore
@@ -280,21 +281,24 @@ class _Api:
 
     async def retrieve(self, request: Request) -> Response:
         sops = await run_in_threadpool(self._scope_uids, request)
+        first = await run_in_threadpool(self._part, request, sops[0])  # errors: a status
 
-        def build() -> bytes:
-            parts = []
-            for sop in sops:
-                rec = self.archive.record(sop)
-                ts = _accepted_syntax(request, rec.stored_syntax)
-                choice = "stored" if ts == rec.stored_syntax else ts
-                parts.append((f"application/dicom; transfer-syntax={ts}",
-                              self.archive.get(sop, choice)))
-            return encode_related(parts, boundary)
+        def parts() -> Iterator[tuple[str, bytes]]:
+            yield first
+            for sop in sops[1:]:
+                yield self._part(request, sop)
 
+        # Streamed one instance at a time (from a worker thread): a whole study is
+        # never built in memory, and the client starts receiving at once.
         boundary = uuid.uuid4().hex
-        body = await run_in_threadpool(build)
-        return Response(body, 200, media_type=(
+        return StreamingResponse(stream_related(parts(), boundary), 200, media_type=(
             f'multipart/related; type="application/dicom"; boundary={boundary}'))
+
+    def _part(self, request: Request, sop: str) -> tuple[str, bytes]:
+        rec = self.archive.record(sop)
+        ts = _accepted_syntax(request, rec.stored_syntax)
+        choice = "stored" if ts == rec.stored_syntax else ts
+        return f"application/dicom; transfer-syntax={ts}", self.archive.get(sop, choice)
 
     async def metadata(self, request: Request) -> Response:
         p = request.path_params

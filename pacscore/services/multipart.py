@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["MultipartError", "Part", "TooLargeError", "encode_related", "parse_related",
+           "stream_related",
            "related_boundary"]
 
 
@@ -134,10 +135,14 @@ def _finish(parts: list[Part]) -> list[Part]:
 
 def encode_related(items: Iterable[tuple[str, bytes]], boundary: str) -> bytes:
     """A multipart/related body of (content type, payload) parts."""
+    return b"".join(stream_related(items, boundary))
+
+
+def stream_related(items: Iterable[tuple[str, bytes]], boundary: str) -> Iterator[bytes]:
+    """The same body as chunks, one part at a time (a whole study is never in memory)."""
     b = boundary.encode()
-    chunks = []
     for ctype, payload in items:
-        chunks += [b"--", b, b"\r\nContent-Type: ", ctype.encode(), b"\r\n\r\n", payload,
-                   b"\r\n"]
-    chunks += [b"--", b, b"--\r\n"]
-    return b"".join(chunks)
+        yield b"".join((b"--", b, b"\r\nContent-Type: ", ctype.encode(), b"\r\n\r\n"))
+        yield payload
+        yield b"\r\n"
+    yield b"".join((b"--", b, b"--\r\n"))
