@@ -301,3 +301,13 @@ def test_compress_copies_a_file_that_crashes_its_workers(tmp_path: Path, corpus:
     assert "stopped twice" in (results["crash1.dcm"].reason or "")
     assert (tmp_path / "out/crash1.dcm").read_bytes() == (src / "crash1.dcm").read_bytes()
     assert {results[f"ok{i}.dcm"].status for i in (0, 2, 3)} == {"compressed"}
+
+
+@pytest.mark.parametrize("rel", ["../outside.dcm", "a/../../outside.dcm", "/etc/passwd", ""])
+def test_output_paths_cannot_leave_the_output_root(tmp_path: Path, rel: str) -> None:
+    from pacscore.errors import PacsError
+    from pacscore.jobs.compress import _target
+
+    assert _target(tmp_path, "ct/a b/1.dcm") == tmp_path / "ct/a b/1.dcm"
+    with pytest.raises(PacsError, match="escapes the output root"):
+        _target(tmp_path, rel)
