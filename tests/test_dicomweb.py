@@ -216,9 +216,9 @@ def test_series_metadata_is_precomputed_once_the_series_is_quiet(tmp_path: Path,
             results = [archive.store(p) for p in ct]
             series = results[0].series_uid
             deadline = time.monotonic() + 30
-            while series not in meta._cache and time.monotonic() < deadline:
+            while series not in meta._series.items and time.monotonic() < deadline:
                 time.sleep(0.05)
-            stamp, body = meta._cache[series]  # built without any request
+            stamp, body = meta._series.items[series]  # built without any request
             assert stamp == archive.changed("series", series)
             rendered = json.loads(meta.render(body, "https://pacs.example/dicom-web"))
             assert sorted(m["00080018"]["Value"][0] for m in rendered) == sorted(

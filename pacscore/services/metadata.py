@@ -4,9 +4,9 @@ Viewers open a study through ``.../series/{uid}/metadata``; building it means pa
 every instance's header (about 1 ms each), far over the time a viewer waits for a
 500-instance series.  So the JSON of a series is built once, in the background, when
 the series has been quiet for ``quiet`` seconds after its last stored instance, and
-kept (up to ``max_bytes`` in all, least recently used first out) with the series'
-change stamp (:meth:`Archive.changed`): a later store or delete
-under the series changes the stamp and the next request rebuilds it.  The request's
+kept (least recently used out beyond a byte budget) with the series' change stamp
+(:meth:`Archive.changed`): a later store or delete under the series changes the stamp
+and the next request rebuilds it, from the instances already converted.  The request's
 base URL is not known in advance: bulk data URIs are kept with a placeholder that is
 replaced, JSON-escaped, when answering.
 """
@@ -35,14 +35,40 @@ _BASE = "\x00pacscore-base\x00"  # cannot occur in a URL or a DICOM value
 _BASE_JSON = json.dumps(_BASE)[1:-1].encode()
 
 
+class _Lru:
+    """Values (stamp, bytes) by key, the least recently used dropped beyond a byte budget."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.items: OrderedDict[str, tuple[object, bytes]] = OrderedDict()
+
+    def get(self, key: str, stamp: object) -> bytes | None:
+        hit = self.items.get(key)
+        if hit is None or hit[0] != stamp:
+            return None
+        self.items.move_to_end(key)
+        return hit[1]
+
+    def put(self, key: str, stamp: object, body: bytes) -> None:
+        old = self.items.pop(key, None)
+        self.bytes += len(body) - (len(old[1]) if old else 0)
+        self.items[key] = (stamp, body)
+        while self.bytes > self.max_bytes and len(self.items) > 1:
+            self.bytes -= len(self.items.popitem(last=False)[1][1])
+
+
 class SeriesMetadata:
-    """DICOM JSON of series, kept current and warmed in the background."""
+    """DICOM JSON of series, kept current and warmed in the background.
+
+    Two caches of ``max_bytes`` each: whole series (checked against the series' change
+    stamp) and single instances (checked against the instance's storage location, which
+    changes if it is deleted and stored again), so that a series that keeps growing is
+    rebuilt from the instances already converted: O(n) work in all, not O(n^2)."""
 
     def __init__(self, archive: Archive, *, quiet: float = 2.0,
-                 max_bytes: int = 256 * 1024**2):
-        self.archive, self.quiet, self.max_bytes = archive, quiet, max_bytes
-        self._bytes = 0
-        self._cache: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+                 max_bytes: int = 128 * 1024**2):
+        self.archive, self.quiet = archive, quiet
+        self._series, self._instances = _Lru(max_bytes), _Lru(max_bytes)
         self._dirty: dict[str, float] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -73,19 +99,25 @@ class SeriesMetadata:
         if stamp is None:
             return b"[]"
         with self._lock:
-            hit = self._cache.get(series_uid)
-            if hit is not None and hit[0] == stamp:
-                self._cache.move_to_end(series_uid)
-                return hit[1]
+            hit = self._series.get(series_uid, stamp)
+        if hit is not None:
+            return hit
         sops = self.archive.instances("series", series_uid)
-        body = json.dumps([self.instance(s) for s in sops], separators=(",", ":")).encode()
+        body = b"[" + b",".join(self._instance_json(s) for s in sops) + b"]"
         if self.archive.changed("series", series_uid) == stamp:  # unchanged meanwhile
             with self._lock:
-                old = self._cache.pop(series_uid, None)
-                self._bytes += len(body) - (len(old[1]) if old else 0)
-                self._cache[series_uid] = (stamp, body)
-                while self._bytes > self.max_bytes and len(self._cache) > 1:
-                    self._bytes -= len(self._cache.popitem(last=False)[1][1])
+                self._series.put(series_uid, stamp, body)
+        return body
+
+    def _instance_json(self, sop: str) -> bytes:
+        location = self.archive.record(sop).location
+        with self._lock:
+            hit = self._instances.get(sop, location)
+        if hit is not None:
+            return hit
+        body = json.dumps(self.instance(sop), separators=(",", ":")).encode()
+        with self._lock:
+            self._instances.put(sop, location, body)
         return body
 
     def study(self, study_uid: str) -> bytes:
