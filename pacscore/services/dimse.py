@@ -9,16 +9,15 @@ file by pynetdicom (``STORE_RECV_CHUNKED_DATASET``) and stored from there.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
+import shutil
 import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.presentation import build_context
@@ -43,6 +42,7 @@ from ..errors import (
     PacsError,
 )
 from ..index.base import LEVEL_ATTRIBUTES
+from .dimse_send import StoredFile, send_files_as_is
 from .dimse_transport import fast_polling, nodelay
 from .dimse_transport import install as install_fast_recv
 from .security import AeRegistry, AuditLog
@@ -94,6 +94,10 @@ class DimseServer:
         self.ae_title = ae_title
         _config.STORE_RECV_CHUNKED_DATASET = True
         _config.UNRESTRICTED_STORAGE_SERVICE = True
+        _config.STORE_SEND_CHUNKED_DATASET = True  # sub-operations send files as is
+        self.outgoing = archive.root / "dimse-out"  # their temp files (see dimse_send)
+        shutil.rmtree(self.outgoing, ignore_errors=True)
+        self.outgoing.mkdir(parents=True, exist_ok=True)
         # pynetdicom pretty-prints every message and identifier for its debug log, shown
         # or not (a tenth of a C-FIND's time); our audit trail and logger say what
         # happened.
@@ -266,13 +270,15 @@ class DimseServer:
         return (plain + extra)[:128]
 
     def _dataset(self, sop: str, accepted: list[str]) -> Dataset:
-        """The instance in the best syntax the peer accepted (stored: passthrough)."""
+        """The instance in the best syntax the peer accepted (stored: passthrough), as a
+        file sent as is (:mod:`.dimse_send`)."""
         rec = self.archive.record(sop)
-        for choice, ts in (("stored", rec.stored_syntax), ("original", rec.original_syntax),
-                           (EXPLICIT_LE, EXPLICIT_LE), (IMPLICIT_LE, IMPLICIT_LE)):
-            if ts in accepted or not accepted:
-                return dcmread(io.BytesIO(self.archive.get(sop, choice)))
-        return dcmread(io.BytesIO(self.archive.get(sop, accepted[0])))
+        choice, ts = next(((c, t) for c, t in (
+            ("stored", rec.stored_syntax), ("original", rec.original_syntax),
+            (EXPLICIT_LE, EXPLICIT_LE), (IMPLICIT_LE, IMPLICIT_LE))
+            if t in accepted or not accepted), (accepted[0], accepted[0]))
+        return StoredFile(self.outgoing, self.archive.get(sop, choice), rec.sop_class_uid,
+                          sop, ts)
 
     def _sub_operations(self, event: Any, sops: list[str], name: str,
                         dataset: Callable[[str], Dataset]) -> Iterator[Any]:
@@ -300,6 +306,7 @@ class DimseServer:
             yield _status("get", exc), None
             return
         yield len(sops)
+        send_files_as_is(event.assoc)
         with fast_polling(event.assoc):
             yield from self._sub_operations(event, sops, "C-GET", lambda sop: self._dataset(
                 sop, self._negotiated(event, self.archive.record(sop).sop_class_uid)))
@@ -361,6 +368,12 @@ class DimseServer:
             peer.send_n_event_report(report, event_type, StorageCommitmentPushModel, instance)
             peer.release()
 
+    @staticmethod
+    def _sub_accepted(event: Any, sub: list[Any]) -> None:
+        """The C-MOVE sub-association is up: remember it, send files as they are."""
+        sub.append(event.assoc)
+        send_files_as_is(event.assoc)
+
     def _move(self, event: Any) -> Iterator[Any]:
         name, host = self._peer(event)
         if not self._allowed(event, "move"):
@@ -384,7 +397,7 @@ class DimseServer:
         yield destination.host, destination.port, {
             "contexts": self._move_contexts(sops), "ae_title": destination.name,
             "evt_handlers": [(evt.EVT_CONN_OPEN, nodelay),
-                             (evt.EVT_ACCEPTED, lambda e: sub.append(e.assoc))]}
+                             (evt.EVT_ACCEPTED, lambda e: self._sub_accepted(e, sub))]}
         yield len(sops)
         yield from self._sub_operations(event, sops, "C-MOVE", lambda sop: self._dataset(
             sop, self._negotiated_on(sub[0] if sub else None,
