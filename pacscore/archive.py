@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -295,13 +295,8 @@ class Archive:
                 raise ArchiveStorageError(f"cannot read {name}: {exc}") from exc
         else:
             data, name = src.read(), source or "<stream>"
-        prepared = prepare(data, name, self.config, self.store_)
-        try:
-            self.store_.make_durable(prepared.record.location)  # this thread, in parallel
-        except PacsError:
-            self.store_.discard([prepared.record.location])
-            raise
-        outcome = self._group.submit(replace(prepared, durable=True))
+        prepared = prepare(data, name, self.config, self.store_, flush=True)
+        outcome = self._group.submit(prepared)
         if isinstance(outcome, Rejected):
             raise ConflictError(outcome.reason, source=name)
         return outcome

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..config import ArchiveConfig
@@ -46,8 +46,10 @@ class Skipped:
 
 Outcome = Prepared | Rejected | Skipped
 
-def prepare_path(path: str, config: ArchiveConfig, store: ZarrFrameStore) -> Outcome:
-    """Read and prepare one file; never raises for bad input."""
+def prepare_path(path: str, config: ArchiveConfig, store: ZarrFrameStore, *,
+                 flush: bool = False) -> Outcome:
+    """Read and prepare one file (``flush``: see :func:`prepare`); never raises for bad
+    input."""
     try:
         size = os.stat(path).st_size
         if size > config.limits.max_file_bytes:
@@ -56,7 +58,7 @@ def prepare_path(path: str, config: ArchiveConfig, store: ZarrFrameStore) -> Out
             data = f.read()
         if not looks_like_dicom(data[:132]):
             return Skipped(path, size)
-        return prepare(data, path, config, store)
+        return prepare(data, path, config, store, flush=flush)
     except PacsError as exc:
         return Rejected(path, f"{exc.reason} (hint: {exc.hint})", type(exc).__name__)
     except OSError as exc:
@@ -69,14 +71,9 @@ def prepare_path(path: str, config: ArchiveConfig, store: ZarrFrameStore) -> Out
 def prepare_file(path: str, source: str, config: ArchiveConfig,
                  store: ZarrFrameStore) -> Outcome:
     """Worker task of a single store: prepare ``path``, reported under ``source``."""
-    outcome = prepare_path(path, config, store)
+    outcome = prepare_path(path, config, store, flush=True)  # flushed here, in parallel
     if isinstance(outcome, Prepared):
-        try:
-            store.make_durable(outcome.record.location)  # here, in parallel
-        except PacsError as exc:
-            store.discard([outcome.record.location])
-            return Rejected(source, f"{exc.reason} (hint: {exc.hint})", type(exc).__name__)
-        return Prepared(outcome.record, outcome.header, source, durable=True)
+        return replace(outcome, source=source)
     if isinstance(outcome, Rejected):
         return Rejected(source, outcome.reason, outcome.error)
     return outcome

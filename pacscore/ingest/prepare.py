@@ -25,7 +25,7 @@ from ..dicom.header import InstanceHeader, PixelLayout, read_header
 from ..dicom.part10 import HeaderParts
 from ..dicom.scan import ScannedObject, scan
 from ..dicom.syntaxes import TransferSyntax
-from ..errors import InvalidDicomError, TruncatedFileError
+from ..errors import InvalidDicomError, PacsError, TruncatedFileError
 from ..index.records import InstanceRecord, StoreKind
 from ..kernels import bits_outside_stored
 from ..store.base import FrameStore
@@ -311,14 +311,28 @@ def encode_object(data: bytes, source: str, config: ArchiveConfig,
                    parts=parts)
 
 
-def prepare(data: bytes, source: str, config: ArchiveConfig, store: FrameStore) -> Prepared:
-    """Encode, verify and stage one object for the archive.
+def prepare(data: bytes, source: str, config: ArchiveConfig, store: FrameStore, *,
+            flush: bool = False) -> Prepared:
+    """Encode, verify and stage one object for the archive; ``flush``: make the staged
+    data durable here too (single stores: in parallel, off the commit path).
 
     Raises
     ------
     PacsError
         For input that must be refused; nothing is staged then.
     """
+    prepared = _stage(data, source, config, store)
+    if not flush:
+        return prepared
+    try:
+        store.make_durable(prepared.record.location)
+    except PacsError:
+        store.discard([prepared.record.location])
+        raise
+    return replace(prepared, durable=True)
+
+
+def _stage(data: bytes, source: str, config: ArchiveConfig, store: FrameStore) -> Prepared:
     enc = encode_object(data, source, config)
     header, loc = enc.header, new_location()
     base: dict[str, Any] = {

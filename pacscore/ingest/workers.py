@@ -22,13 +22,22 @@ import signal
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 from ..config import ArchiveConfig
 from ..errors import ArchiveStorageError
 from ..store.zarr_store import ZarrFrameStore
 from .pool import Outcome, prepare_file
 
-__all__ = ["PrepareWorkers", "stop_worker"]
+__all__ = ["PrepareWorkers", "forkserver_context", "stop_worker"]
+
+
+def forkserver_context() -> Any:
+    """Worker processes forked from a server process that imported the ingest pipeline
+    once (none of the caller's threads, LMDB environment or sockets is inherited)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["pacscore.ingest.prepare"])
+    return ctx
 
 
 def _serve(conn: Connection, config: ArchiveConfig, frames_root: str) -> None:
@@ -51,8 +60,7 @@ class PrepareWorkers:
     """``count`` prepare processes shared by the caller threads."""
 
     def __init__(self, count: int, config: ArchiveConfig, frames_root: str):
-        self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload(["pacscore.ingest.prepare"])
+        self._ctx = forkserver_context()
         self._config, self._frames_root = config, frames_root
         self._count = count
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()

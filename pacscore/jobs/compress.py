@@ -21,7 +21,7 @@ from ..codecs import CODEC_NAMES, by_name
 from ..config import ArchiveConfig
 from ..dicom.part10 import build_part10
 from ..dicom.scan import looks_like_dicom, scan
-from ..durability import sync_filesystem
+from ..durability import fsync_path, sync_filesystem
 from ..errors import PacsError
 from ..ingest.prepare import encode_object
 from .auto import DEFAULT_BUDGET, SeriesChooser
@@ -121,6 +121,7 @@ def _write_staged(task: CompressTask, data: bytes | None) -> tuple[int, str]:
         return size, name
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp_dir / name, target)
+    fsync_path(target.parent)  # the rename itself, durable before it is journalled
     return size, ""
 
 

@@ -17,7 +17,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as connection_wait
 from typing import Any, TypeVar
 
-from ..ingest.workers import stop_worker
+from ..ingest.workers import forkserver_context, stop_worker
 
 __all__ = ["run_tasks"]
 
@@ -74,9 +74,7 @@ def _context(fork_safe: bool) -> Any:
     imported (0.7 s of imports saved per job).  ``forkserver`` otherwise."""
     if fork_safe and threading.active_count() == 1:
         return multiprocessing.get_context("fork")
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["pacscore.ingest.prepare"])
-    return ctx
+    return forkserver_context()
 
 
 def _local(fn: Callable[[T], R], items: Iterable[T], workers: int,

@@ -40,6 +40,7 @@ from ..errors import (
     PacsError,
     UnsupportedTransferSyntaxError,
 )
+from ..index import InstanceRecord
 from ..kernels import window_to_uint8
 from .metadata import SeriesMetadata
 from .multipart import (
@@ -127,6 +128,12 @@ def _accepted_syntax(request: Request, default: str) -> str:
                 value = value.strip('"')
                 return default if value == "*" else value
     return default
+
+
+def _misplaced(rec: InstanceRecord, path: dict[str, str]) -> bool:
+    """The path names the instance under a study or series it is not in."""
+    return rec.study_uid != path["study"] or path.get("series", rec.series_uid) != \
+        rec.series_uid
 
 
 # DELETE .../studies/{study}[/series/{series}[/instances/{sop}]]: the most specific wins.
@@ -271,10 +278,8 @@ class _Api:
             sops = self.archive.instances("series", p["series"])
         else:
             sops = self.archive.instances("study", p["study"])
-        if sops:
-            rec = self.archive.record(sops[0])
-            if rec.study_uid != p["study"] or p.get("series", rec.series_uid) != rec.series_uid:
-                sops = []
+        if sops and _misplaced(self.archive.record(sops[0]), p):
+            sops = []
         if not sops:
             raise NotFoundError("nothing matches the requested UIDs")
         return sops
@@ -322,10 +327,8 @@ class _Api:
         if any(n < 1 for n in numbers):
             raise ValueError("frame numbers start at 1")
         rec = await run_in_threadpool(self.archive.record, sop)
-        p = request.path_params
-        if (rec.study_uid, rec.series_uid) != (p["study"], p["series"]):
-            raise NotFoundError(f"instance {sop} is not in series {p['series']} of study "
-                                f"{p['study']}")
+        if _misplaced(rec, request.path_params):
+            raise NotFoundError("nothing matches the requested UIDs")
         wanted = _accepted_syntax(request, rec.stored_syntax)
         native = wanted in ("1.2.840.10008.1.2.1", "native") or ("octet-stream" in \
             request.headers.get("accept", "") and "transfer-syntax" not in \

@@ -245,9 +245,6 @@ class DimseServer:
             ds.RetrieveAETitle = self.ae_title
             yield 0xFF00, ds
 
-    def _negotiated(self, event: Any, sop_class: str) -> list[str]:
-        return self._negotiated_on(event.assoc, sop_class)
-
     @staticmethod
     def _negotiated_on(assoc: Any, sop_class: str) -> list[str]:
         """Transfer syntaxes accepted on ``assoc`` for ``sop_class``."""
@@ -269,10 +266,11 @@ class DimseServer:
                  for c, ts in sorted(stored.items()) if ts - {EXPLICIT_LE, IMPLICIT_LE}]
         return (plain + extra)[:128]
 
-    def _dataset(self, sop: str, accepted: list[str]) -> Dataset:
-        """The instance in the best syntax the peer accepted (stored: passthrough), as a
-        file sent as is (:mod:`.dimse_send`)."""
+    def _dataset(self, sop: str, assoc: Any) -> Dataset:
+        """The instance in the best syntax the peer accepted on ``assoc`` (stored:
+        passthrough), as a file sent as is (:mod:`.dimse_send`)."""
         rec = self.archive.record(sop)
+        accepted = self._negotiated_on(assoc, rec.sop_class_uid)
         choice, ts = next(((c, t) for c, t in (
             ("stored", rec.stored_syntax), ("original", rec.original_syntax),
             (EXPLICIT_LE, EXPLICIT_LE), (IMPLICIT_LE, IMPLICIT_LE))
@@ -308,8 +306,8 @@ class DimseServer:
         yield len(sops)
         send_files_as_is(event.assoc)
         with fast_polling(event.assoc):
-            yield from self._sub_operations(event, sops, "C-GET", lambda sop: self._dataset(
-                sop, self._negotiated(event, self.archive.record(sop).sop_class_uid)))
+            yield from self._sub_operations(event, sops, "C-GET",
+                                            lambda sop: self._dataset(sop, event.assoc))
         self.audit.record("transferred", action="R", outcome="success", user=name, host=host,
                           interface="dimse", objects=sops)
 
@@ -400,7 +398,6 @@ class DimseServer:
                              (evt.EVT_ACCEPTED, lambda e: self._sub_accepted(e, sub))]}
         yield len(sops)
         yield from self._sub_operations(event, sops, "C-MOVE", lambda sop: self._dataset(
-            sop, self._negotiated_on(sub[0] if sub else None,
-                                     self.archive.record(sop).sop_class_uid)))
+            sop, sub[0] if sub else None))
         self.audit.record("transferred", action="R", outcome="success", user=name, host=host,
                           interface="dimse", objects=sops, detail=f"to {destination.name}")

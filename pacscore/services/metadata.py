@@ -26,6 +26,7 @@ from typing import Any
 from pydicom import dcmread
 
 from ..archive import Archive, StoreResult
+from ..index import InstanceRecord
 
 __all__ = ["SeriesMetadata"]
 
@@ -79,9 +80,9 @@ class SeriesMetadata:
         archive.on_change(self._touched)
 
     # -- answering ---------------------------------------------------------------
-    def instance(self, sop: str) -> dict[str, Any]:
+    def instance(self, sop: str, rec: InstanceRecord | None = None) -> dict[str, Any]:
         """DICOM JSON of one instance, bulk data URIs relative to the placeholder."""
-        rec = self.archive.record(sop)
+        rec = rec or self.archive.record(sop)
         url = f"{_BASE}/studies/{rec.study_uid}/series/{rec.series_uid}/instances/{sop}"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -110,14 +111,14 @@ class SeriesMetadata:
         return body
 
     def _instance_json(self, sop: str) -> bytes:
-        location = self.archive.record(sop).location
+        rec = self.archive.record(sop)
         with self._lock:
-            hit = self._instances.get(sop, location)
+            hit = self._instances.get(sop, rec.location)
         if hit is not None:
             return hit
-        body = json.dumps(self.instance(sop), separators=(",", ":")).encode()
+        body = json.dumps(self.instance(sop, rec), separators=(",", ":")).encode()
         with self._lock:
-            self._instances.put(sop, location, body)
+            self._instances.put(sop, rec.location, body)
         return body
 
     def study(self, study_uid: str) -> bytes:
