@@ -13,6 +13,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -114,6 +115,81 @@ def test_store_find_get(server: Server, series: Path, tmp_path: Path) -> None:
         assert np.array_equal(pixels(path.read_bytes()), pixels(originals[sop].read_bytes()))
     audit = (server.archive / "audit" / "audit.jsonl").read_text()
     assert "Lung_Dx" not in audit  # no patient names in the ordinary log
+
+
+@pytest.mark.parametrize("syntax", ["-xi", "-xe", "-xb"])  # implicit, explicit LE, BE
+def test_find_image_level_in_each_transfer_syntax(server: Server, series: Path,
+                                                  tmp_path: Path, syntax: str) -> None:
+    """Every instance comes back once, with the values the files hold, whichever
+    syntax findscu negotiates (little endian: pacscore's encoder; big endian: pydicom's)."""
+    assert dcmtk("storescu", "-aet", "MODALITY", "-aec", "PACSCORE", "+sd",
+                 *addr(server), str(series)).returncode == 0
+    originals = {ds.SOPInstanceUID: ds for ds in (
+        pydicom.dcmread(p, stop_before_pixels=True) for p in series.iterdir())}
+    first = next(iter(originals.values()))
+    out = tmp_path / "responses"
+    out.mkdir()
+    found = dcmtk("findscu", syntax, "-X", "-od", str(out), "-aet", "VIEWER", "-aec",
+                  "PACSCORE", "-S", "-k", "QueryRetrieveLevel=IMAGE",
+                  "-k", f"StudyInstanceUID={first.StudyInstanceUID}",
+                  "-k", f"SeriesInstanceUID={first.SeriesInstanceUID}",
+                  "-k", "SOPInstanceUID", "-k", "InstanceNumber", "-k", "PatientName",
+                  "-k", "StudyDate", "-k", "AccessionNumber", *addr(server))
+    assert found.returncode == 0, found.stderr
+    responses = [pydicom.dcmread(p) for p in sorted(out.iterdir())]
+    assert sorted(r.SOPInstanceUID for r in responses) == sorted(originals)
+    for r in responses:
+        ds = originals[r.SOPInstanceUID]
+        assert r.InstanceNumber == ds.InstanceNumber
+        assert str(r.PatientName) == str(ds.PatientName)
+        assert r.StudyDate == ds.StudyDate and r.AccessionNumber == ""
+        assert r.QueryRetrieveLevel == "IMAGE" and r.RetrieveAETitle == "PACSCORE"
+
+
+def test_find_non_ascii_names_and_small_pdus(server: Server, series: Path,
+                                             tmp_path: Path) -> None:
+    """A UTF-8 name comes back as UTF-8 (Specific Character Set named); a peer with a
+    64-byte maximum PDU gets each response in fragments it can reassemble (pynetdicom)."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        StudyRootQueryRetrieveInformationModelFind,
+    )
+
+    ds = pydicom.dcmread(next(series.iterdir()))
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientName = "Müller^Jörg=山田^太郎"
+    ds.PatientID = "UTF8-1"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3.99.1", "1.2.3.99.2"
+    ds.save_as(tmp_path / "utf8.dcm")
+    assert dcmtk("storescu", "-aet", "MODALITY", "-aec", "PACSCORE",
+                 *addr(server), str(tmp_path / "utf8.dcm")).returncode == 0
+    ae = AE("VIEWER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    sizes: list[int] = []  # the variable part of each P-DATA-TF PDU received
+
+    def received(event: Any) -> None:
+        if event.pdu.pdu_type == 0x04:
+            sizes.append(len(event.pdu.encode()) - 6)
+
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="PACSCORE", max_pdu=64,
+                         evt_handlers=[(evt.EVT_PDU_RECV, received)])
+    assert assoc.is_established
+    query = pydicom.Dataset()
+    query.QueryRetrieveLevel = "IMAGE"
+    query.StudyInstanceUID, query.SeriesInstanceUID = "1.2.3.99.1", "1.2.3.99.2"
+    query.SOPInstanceUID = query.PatientName = query.StudyDescription = ""
+    try:
+        responses = [(status.Status, ident) for status, ident in assoc.send_c_find(
+            query, StudyRootQueryRetrieveInformationModelFind)]
+    finally:
+        assoc.release()
+    assert [s for s, _ in responses] == [0xFF00, 0x0000]
+    match = responses[0][1]
+    assert match.SpecificCharacterSet == "ISO_IR 192"
+    assert str(match.PatientName) == "Müller^Jörg=山田^太郎"
+    assert match.SOPInstanceUID == ds.SOPInstanceUID
+    assert match.StudyDescription == ds.StudyDescription
+    assert len(sizes) > 4 and max(sizes) <= 64
 
 
 def test_rights_are_enforced(server: Server, series: Path) -> None:

@@ -42,6 +42,7 @@ from ..errors import (
     PacsError,
 )
 from ..index.base import LEVEL_ATTRIBUTES
+from . import dimse_find
 from .dimse_send import StoredFile, send_files_as_is
 from .dimse_transport import fast_polling, nodelay
 from .dimse_transport import install as install_fast_recv
@@ -233,16 +234,31 @@ class DimseServer:
             return
         self.audit.record("query", action="E", outcome="success", user=name, host=host,
                           interface="dimse", detail=f"{level} level, {len(matches)} matches")
+        fixed = {"QueryRetrieveLevel": event.identifier.QueryRetrieveLevel,
+                 "RetrieveAETitle": self.ae_title}
+        syntax = str(event.context.transfer_syntax)
+        if dimse_find.supported(syntax, [*requested, *fixed]):
+            # Pending responses encoded here (see dimse_find); pynetdicom sends the last.
+            encoder = dimse_find.IdentifierEncoder([*requested, *fixed], syntax)
+            command = dimse_find.find_response_command(
+                str(event.request.AffectedSOPClassUID), int(event.request.MessageID), 0xFF00)
+            for match in matches:
+                if event.is_cancelled or not event.assoc.is_established:
+                    yield 0xFE00, None
+                    return
+                dimse_find.send_response(event.assoc, int(event.context.context_id), command,
+                                         encoder.encode({**match, **fixed}))
+            return
         for match in matches:
             if event.is_cancelled:
                 yield 0xFE00, None
                 return
             ds = Dataset()
-            ds.QueryRetrieveLevel = event.identifier.QueryRetrieveLevel
             for kw in requested:
                 value = match.get(kw)
                 setattr(ds, kw, "" if value is None else value)
-            ds.RetrieveAETitle = self.ae_title
+            for kw, value in fixed.items():
+                setattr(ds, kw, value)
             yield 0xFF00, ds
 
     @staticmethod
