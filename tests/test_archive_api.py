@@ -103,7 +103,7 @@ def test_frames_in_stored_syntax_are_the_zarr_chunks(archive: Archive,
     rec = archive.index.get(result.sop_instance_uid)
     assert rec is not None
     path = archive.store_.array_path(rec.location)
-    assert (path / "c/0/0/0").read_bytes() == stream
+    assert (path / "c.0.0.0").read_bytes() == stream
     arr = zarr.open(str(path), mode="r")
     assert np.array_equal(arr[0], _pixels(ct_series[0].read_bytes()))
     (native,) = archive.frames(result.sop_instance_uid, [0], transfer_syntax="native")

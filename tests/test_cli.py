@@ -73,7 +73,7 @@ def test_find_export_verify_stats(tmp_path: Path, tree: Path) -> None:
 def test_verify_reports_a_corrupted_frame(tmp_path: Path, tree: Path) -> None:
     archive = tmp_path / "a"
     run("import", str(tree / "sub"), "--archive", str(archive), "--workers", "0")
-    chunk = next((archive / "frames" / "arrays").glob("*/*/c/0/0/0"))
+    chunk = next((archive / "frames" / "arrays").glob("*/*/c.0.0.0"))
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0xFF
     chunk.write_bytes(bytes(data))

@@ -7,6 +7,8 @@ Zarr layout: a published frame array opens with plain ``zarr.open``.
 
 from __future__ import annotations
 
+import json
+
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -342,4 +344,22 @@ class TestZarrFrameStore(FrameStoreContract):
         store.stage_frames(loc, MONO, HTJ2K, frames)
         store.publish([loc])
         base = store.array_path(loc)
-        assert [(base / "c" / str(i) / "0" / "0").read_bytes() for i in range(3)] == frames
+        assert [(base / f"c.{i}.0.0").read_bytes() for i in range(3)] == frames
+
+    def test_arrays_of_earlier_builds_still_read(self, store: ZarrFrameStore) -> None:
+        """Arrays written with the "/" chunk key separator (c/0/0/0) read as before."""
+        zarr = pytest.importorskip("zarr")
+        loc, frames = new_loc(), frames_of(2, 13)
+        store.stage_frames(loc, MONO, HTJ2K, frames)
+        store.publish([loc])
+        base = store.array_path(loc)
+        meta = json.loads((base / "zarr.json").read_text())
+        meta["chunk_key_encoding"]["configuration"]["separator"] = "/"
+        (base / "zarr.json").write_text(json.dumps(meta))
+        for i in range(2):
+            nested = base / "c" / str(i) / "0"
+            nested.mkdir(parents=True)
+            (base / f"c.{i}.0.0").rename(nested / "0")
+        assert store.read_frames(loc, [0, 1], 3) == frames
+        key = zarr.open(str(base), mode="r").metadata.encode_chunk_key((1, 0, 0))
+        assert (base / key).read_bytes() == frames[1]  # zarr-python finds them too
