@@ -8,7 +8,6 @@ Zarr layout: a published frame array opens with plain ``zarr.open``.
 from __future__ import annotations
 
 import json
-
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
