@@ -81,7 +81,7 @@ def install() -> None:
     """Replace ``AssociationSocket.recv`` and the association reactor's poll
     (idempotent)."""
     AssociationSocket.recv = _recv  # type: ignore[method-assign]
-    pynetdicom.association.time = _ReactorClock()  # type: ignore[assignment]
+    setattr(pynetdicom.association, "time", _ReactorClock())  # noqa: B010
 
 
 def nodelay(event: Any) -> None:
