@@ -13,8 +13,8 @@
 * pynetdicom's association thread sleeps 1 ms between looks at its DIMSE message
   queue: a thousand GIL hand-overs a second per association, idle or not, and up to a
   millisecond before a received request is served.  ``install`` makes that sleep a
-  wait on the queue itself (woken by the next message, at most 5 ms, so release and
-  abort requests are still seen at once for a DIMSE peer's purposes).
+  wait on the queue itself: woken by the next message, or after 5 ms at most, so a
+  release or abort request (which arrives on another queue) waits 5 ms at most.
 * Nagle's algorithm can hold the tail of a data set sent in several segments until
   the peer's delayed ACK (40 ms over loopback); ``nodelay`` switches it off on every
   association's socket, ours as acceptor and as requestor.
