@@ -45,7 +45,7 @@ from ..index.base import LEVEL_ATTRIBUTES
 from . import dimse_find
 from .dimse_send import StoredFile, send_files_as_is
 from .dimse_transport import fast_polling, nodelay
-from .dimse_transport import install as install_fast_recv
+from .dimse_transport import install as tune_pynetdicom
 from .security import AeRegistry, AuditLog
 
 __all__ = ["DimseServer", "STATUS"]
@@ -104,7 +104,7 @@ class DimseServer:
         # happened.
         _config.LOG_HANDLER_LEVEL = "none"
         _config.LOG_REQUEST_IDENTIFIERS = _config.LOG_RESPONSE_IDENTIFIERS = False
-        install_fast_recv()
+        tune_pynetdicom()  # PDU reads, reactor wake-ups (see dimse_transport)
         ae = AE(ae_title=ae_title)
         ae.require_called_aet = True
         ae.maximum_pdu_size = max_pdu

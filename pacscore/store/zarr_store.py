@@ -3,7 +3,8 @@
 Layout (``root`` is the archive's ``frames`` directory)::
 
     arrays/<ab>/<loc>/zarr.json        array metadata, codec pacscore.dicom_frame
-    arrays/<ab>/<loc>/c/<f>/0/0[/0]    frame f: exactly one DICOM codestream
+    arrays/<ab>/<loc>/c.<f>.0.0[.0]    frame f: exactly one DICOM codestream
+                                       (earlier builds: c/<f>/0/0[/0], still read)
     blobs/<ab>/<loc>                   an object kept as received
     staging/<loc>                      not yet published (removed at start-up)
 
@@ -181,15 +182,15 @@ class ZarrFrameStore(FrameStore):
         array = self.array_path(loc)
         out = []
         for i in indices:
-            try:
-                with open(array / self._chunk_key(i, ndim), "rb") as f:
-                    out.append(f.read())
-            except FileNotFoundError:  # an array written by earlier builds ("/" separator)
+            for separator in (".", "/"):  # "/": an array written by earlier builds
                 try:
-                    with open(array / self._chunk_key(i, ndim, "/"), "rb") as f:
+                    with open(array / self._chunk_key(i, ndim, separator), "rb") as f:
                         out.append(f.read())
-                except FileNotFoundError as exc:
-                    raise NotFoundError(f"frame {i} of location {loc} is missing") from exc
+                    break
+                except FileNotFoundError:
+                    continue
+            else:
+                raise NotFoundError(f"frame {i} of location {loc} is missing")
         return out
 
     def read_blob(self, loc: str) -> bytes:
