@@ -192,6 +192,77 @@ def test_find_non_ascii_names_and_small_pdus(server: Server, series: Path,
     assert len(sizes) > 4 and max(sizes) <= 64
 
 
+def test_get_repeated_on_one_association_with_small_pdus(server: Server,
+                                                        series: Path) -> None:
+    """Three C-GETs of 10 instances on one association whose SCU takes 4 KB PDUs and
+    refuses one instance of the last C-GET: every PDU within 4 KB, the stored HTJ2K
+    codestreams arrive with the original pixels, pending responses count down, and the
+    refusal comes back as a warning naming the refused instance."""
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        CTImageStorage,
+        StudyRootQueryRetrieveInformationModelGet,
+    )
+
+    files = sorted(series.iterdir())[:10]
+    assert dcmtk("storescu", "-aet", "MODALITY", "-aec", "PACSCORE", *addr(server),
+                 *map(str, files)).returncode == 0
+    originals = {pydicom.dcmread(f).SOPInstanceUID: f for f in files}
+    refuse: set[str] = set()
+    received: list[pydicom.Dataset] = []
+    sizes: list[int] = []
+
+    def store(event: evt.Event) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        received.append(ds)
+        return 0xA700 if ds.SOPInstanceUID in refuse else 0x0000
+
+    def pdu(event: evt.Event) -> None:
+        if event.pdu.pdu_type == 0x04:
+            sizes.append(len(event.pdu.encode()) - 6)
+
+    ae = AE("MODALITY")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.4.202"])
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="PACSCORE", max_pdu=4096,
+                         ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, store), (evt.EVT_PDU_RECV, pdu)])
+    assert assoc.is_established
+    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    query = pydicom.Dataset()
+    query.QueryRetrieveLevel = "SERIES"
+    query.StudyInstanceUID, query.SeriesInstanceUID = (first.StudyInstanceUID,
+                                                       first.SeriesInstanceUID)
+    rounds = []
+    try:
+        for attempt in range(3):
+            if attempt == 2:
+                refuse.add(str(first.SOPInstanceUID))
+            rounds.append([(status, ident) for status, ident in assoc.send_c_get(
+                query, StudyRootQueryRetrieveInformationModelGet)])
+    finally:
+        assoc.release()
+    assert len(received) == 30 and max(sizes) <= 4096
+    assert len(sizes) > sum(len(ds.PixelData) for ds in received) // 4096  # fragmented
+    assert sorted({ds.SOPInstanceUID for ds in received}) == sorted(originals)
+    assert {ds.file_meta.TransferSyntaxUID for ds in received} == {"1.2.840.10008.1.2.4.202"}
+    for ds in received[:3]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert np.array_equal(ds.pixel_array,
+                                  pydicom.dcmread(originals[ds.SOPInstanceUID]).pixel_array)
+    for responses in rounds[:2]:
+        pending = [s for s, _ in responses if s.Status == 0xFF00]
+        assert [s.NumberOfRemainingSuboperations for s in pending] == list(range(9, -1, -1))
+        assert [s.NumberOfCompletedSuboperations for s in pending] == list(range(1, 11))
+        assert responses[-1][0].Status == 0x0000
+    final, identifier = rounds[2][-1]
+    assert final.Status == 0xB000  # warning: one sub-operation failed
+    assert (final.NumberOfFailedSuboperations, final.NumberOfCompletedSuboperations) == (1, 9)
+    assert identifier.FailedSOPInstanceUIDList == first.SOPInstanceUID
+
+
 def test_rights_are_enforced(server: Server, series: Path) -> None:
     refused = dcmtk("storescu", "-aet", "VIEWER", "-aec", "PACSCORE", *addr(server),
                     str(next(series.iterdir())))

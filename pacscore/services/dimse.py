@@ -43,8 +43,8 @@ from ..errors import (
 )
 from ..index.base import LEVEL_ATTRIBUTES
 from . import dimse_find
-from .dimse_send import StoredFile, send_files_as_is
-from .dimse_transport import fast_polling, nodelay
+from .dimse_send import OutgoingObject, send_from_memory, send_pending_directly
+from .dimse_transport import nodelay
 from .dimse_transport import install as tune_pynetdicom
 from .security import AeRegistry, AuditLog
 
@@ -95,10 +95,8 @@ class DimseServer:
         self.ae_title = ae_title
         _config.STORE_RECV_CHUNKED_DATASET = True
         _config.UNRESTRICTED_STORAGE_SERVICE = True
-        _config.STORE_SEND_CHUNKED_DATASET = True  # sub-operations send files as is
-        self.outgoing = archive.root / "dimse-out"  # their temp files (see dimse_send)
-        shutil.rmtree(self.outgoing, ignore_errors=True)
-        self.outgoing.mkdir(parents=True, exist_ok=True)
+        # Earlier builds sent sub-operations from temp files here; remove any left.
+        shutil.rmtree(archive.root / "dimse-out", ignore_errors=True)
         # pynetdicom pretty-prints every message and identifier for its debug log, shown
         # or not (a tenth of a C-FIND's time); our audit trail and logger say what
         # happened.
@@ -284,15 +282,14 @@ class DimseServer:
 
     def _dataset(self, sop: str, assoc: Any) -> Dataset:
         """The instance in the best syntax the peer accepted on ``assoc`` (stored:
-        passthrough), as a file sent as is (:mod:`.dimse_send`)."""
+        passthrough), sent as it is from memory (:mod:`.dimse_send`)."""
         rec = self.archive.record(sop)
         accepted = self._negotiated_on(assoc, rec.sop_class_uid)
         choice, ts = next(((c, t) for c, t in (
             ("stored", rec.stored_syntax), ("original", rec.original_syntax),
             (EXPLICIT_LE, EXPLICIT_LE), (IMPLICIT_LE, IMPLICIT_LE))
             if t in accepted or not accepted), (accepted[0], accepted[0]))
-        return StoredFile(self.outgoing, self.archive.get(sop, choice), rec.sop_class_uid,
-                          sop, ts)
+        return OutgoingObject(self.archive.get(sop, choice), rec.sop_class_uid, sop, ts)
 
     def _sub_operations(self, event: Any, sops: list[str], name: str,
                         dataset: Callable[[str], Dataset]) -> Iterator[Any]:
@@ -320,10 +317,10 @@ class DimseServer:
             yield _status("get", exc), None
             return
         yield len(sops)
-        send_files_as_is(event.assoc)
-        with fast_polling(event.assoc):
-            yield from self._sub_operations(event, sops, "C-GET",
-                                            lambda sop: self._dataset(sop, event.assoc))
+        send_from_memory(event.assoc)
+        send_pending_directly(event.assoc)
+        yield from self._sub_operations(event, sops, "C-GET",
+                                        lambda sop: self._dataset(sop, event.assoc))
         self.audit.record("transferred", action="R", outcome="success", user=name, host=host,
                           interface="dimse", objects=sops)
 
@@ -384,9 +381,9 @@ class DimseServer:
 
     @staticmethod
     def _sub_accepted(event: Any, sub: list[Any]) -> None:
-        """The C-MOVE sub-association is up: remember it, send files as they are."""
+        """The C-MOVE sub-association is up: remember it, send objects as they are."""
         sub.append(event.assoc)
-        send_files_as_is(event.assoc)
+        send_from_memory(event.assoc)
 
     def _move(self, event: Any) -> Iterator[Any]:
         name, host = self._peer(event)
@@ -413,6 +410,7 @@ class DimseServer:
             "evt_handlers": [(evt.EVT_CONN_OPEN, nodelay),
                              (evt.EVT_ACCEPTED, lambda e: self._sub_accepted(e, sub))]}
         yield len(sops)
+        send_pending_directly(event.assoc)
         yield from self._sub_operations(event, sops, "C-MOVE", lambda sop: self._dataset(
             sop, sub[0] if sub else None))
         self.audit.record("transferred", action="R", outcome="success", user=name, host=host,

@@ -7,9 +7,15 @@
   was read, short only when the peer closed.  On C-STORE of CT
   instances from 4 associations this cut the receiving process's CPU by about a
   fifth (bare pynetdicom SCP, storescu, 500 instances).
-* ``fast_polling``: pynetdicom's DUL thread sleeps 1 ms whenever a loop found nothing
-  to do, which adds up to a millisecond to every message of a C-GET's sub-operations;
-  while a retrieve runs it polls every 0.1 ms instead.
+* pynetdicom's DUL thread sleeps 1 ms whenever a loop found nothing to do, which
+  added up to a millisecond to every message a peer sent (three per C-GET
+  sub-operation).  ``install`` makes that sleep a wait for the socket to become
+  readable (the same 1 ms at most, so what other threads queue to send waits no
+  longer than before).
+* pynetdicom sends with ``socket.send`` in a loop that copies the rest of the buffer
+  after every partial send, and pacscore writes some messages itself
+  (:mod:`.dimse_wire`); ``install`` makes every send one ``sendall`` under a lock per
+  socket (:func:`send_lock`), so writers never interleave.
 * pynetdicom's association thread sleeps 1 ms between looks at its DIMSE message
   queue: a thousand GIL hand-overs a second per association, idle or not, and up to a
   millisecond before a received request is served.  ``install`` makes that sleep a
@@ -22,18 +28,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import queue
+import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pynetdicom.association
+import pynetdicom.dul
+from pynetdicom import evt
 from pynetdicom.transport import AssociationSocket
 
-__all__ = ["fast_polling", "install", "nodelay"]
+__all__ = ["install", "nodelay", "send_lock"]
 
 
 _STEP = 4 << 20  # memory follows the data that arrives, whatever a PDU header claims
@@ -77,11 +84,50 @@ class _ReactorClock:
         time.sleep(seconds)
 
 
+def send_lock(transport: AssociationSocket) -> threading.Lock:
+    """The lock every writer of this association's socket holds while it writes."""
+    lock: threading.Lock = transport.__dict__.setdefault("_pacscore_send", threading.Lock())
+    return lock
+
+
+def _send(self: AssociationSocket, bytestream: bytes) -> None:
+    raw = self.socket
+    try:
+        assert raw is not None
+        with send_lock(self):
+            raw.sendall(bytestream)
+        evt.trigger(self.assoc, evt.EVT_DATA_SENT, {"data": bytestream})
+    except Exception:
+        self.event_queue.put("Evt17")  # transport connection closed, as pynetdicom does
+
+
+class _DulClock:
+    """``time`` as pynetdicom's DUL module sees it: the idle sleep of its reactor waits
+    for the association's socket to become readable (or the sleep to end)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    def sleep(self, seconds: float) -> None:
+        transport = getattr(threading.current_thread(), "socket", None)
+        raw = getattr(transport, "socket", None)
+        if isinstance(transport, AssociationSocket) and raw is not None \
+                and transport._is_connected:
+            try:
+                select.select([raw], [], [], seconds)
+                return
+            except (OSError, ValueError):  # closed meanwhile: the reactor will see it
+                pass
+        time.sleep(seconds)
+
+
 def install() -> None:
-    """Replace ``AssociationSocket.recv`` and the association reactor's poll
-    (idempotent)."""
+    """Replace ``AssociationSocket.recv`` and ``send`` and the idle waits of the DUL
+    and association reactors (idempotent)."""
     AssociationSocket.recv = _recv  # type: ignore[method-assign]
+    AssociationSocket.send = _send  # type: ignore[method-assign]
     setattr(pynetdicom.association, "time", _ReactorClock())  # noqa: B010
+    setattr(pynetdicom.dul, "time", _DulClock())  # noqa: B010
 
 
 def nodelay(event: Any) -> None:
@@ -89,20 +135,3 @@ def nodelay(event: Any) -> None:
     raw = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if raw is not None and raw.family in (socket.AF_INET, socket.AF_INET6):
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-@contextlib.contextmanager
-def fast_polling(assoc: Any, delay: float = 0.0001) -> Iterator[None]:
-    """Poll the association's socket every ``delay`` s instead of every 1 ms while a
-    retrieve runs: each C-GET sub-operation is three messages through the DUL thread,
-    which sleeps ``_run_loop_delay`` whenever it found nothing to do."""
-    dul = getattr(assoc, "dul", None)
-    before = getattr(dul, "_run_loop_delay", None)
-    if dul is None or before is None:
-        yield
-        return
-    dul._run_loop_delay = delay
-    try:
-        yield
-    finally:
-        dul._run_loop_delay = before
