@@ -43,9 +43,9 @@ from ..errors import (
 )
 from ..index.base import LEVEL_ATTRIBUTES
 from . import dimse_find
-from .dimse_send import OutgoingObject, send_from_memory, send_pending_directly
-from .dimse_transport import nodelay
+from .dimse_send import OutgoingObject, send_from_memory, send_responses_directly
 from .dimse_transport import install as tune_pynetdicom
+from .dimse_transport import nodelay
 from .security import AeRegistry, AuditLog
 
 __all__ = ["DimseServer", "STATUS"]
@@ -134,6 +134,7 @@ class DimseServer:
         """Listen in background threads (TLS when ``ssl_context`` is given)."""
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._refresh_allow_list), (evt.EVT_CONN_OPEN, nodelay),
+            (evt.EVT_CONN_OPEN, lambda event: send_responses_directly(event.assoc)),
             (evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store),
             (evt.EVT_C_FIND, self._find), (evt.EVT_C_GET, self._get),
             (evt.EVT_C_MOVE, self._move), (evt.EVT_REJECTED, self._rejected),
@@ -318,7 +319,6 @@ class DimseServer:
             return
         yield len(sops)
         send_from_memory(event.assoc)
-        send_pending_directly(event.assoc)
         yield from self._sub_operations(event, sops, "C-GET",
                                         lambda sop: self._dataset(sop, event.assoc))
         self.audit.record("transferred", action="R", outcome="success", user=name, host=host,
@@ -410,7 +410,6 @@ class DimseServer:
             "evt_handlers": [(evt.EVT_CONN_OPEN, nodelay),
                              (evt.EVT_ACCEPTED, lambda e: self._sub_accepted(e, sub))]}
         yield len(sops)
-        send_pending_directly(event.assoc)
         yield from self._sub_operations(event, sops, "C-MOVE", lambda sop: self._dataset(
             sop, sub[0] if sub else None))
         self.audit.record("transferred", action="R", outcome="success", user=name, host=host,

@@ -8,9 +8,12 @@ in the transfer syntax the peer accepted), and the association's ``send_c_store`
 wrapped (:func:`send_from_memory`) so that such an object goes out as a C-STORE-RQ
 written by :mod:`.dimse_wire`: the command set encoded directly, the data set sent as
 it is.  The C-STORE-RSP still arrives through pynetdicom (its DIMSE queue), and
-pynetdicom keeps counting the sub-operations; the pending C-GET/C-MOVE responses it
-sends after each one (PS3.7 9.3.3.2, 9.3.4.2: status and counts only) are encoded here
-too (:func:`send_pending_directly`), the final response stays pynetdicom's.
+pynetdicom keeps counting the sub-operations.
+
+The responses that are only a status (C-STORE responses, pending C-GET/C-MOVE responses
+with their counts) are encoded and written here as well (:func:`send_responses_directly`,
+installed on every association the server accepts); pynetdicom's encoder stays for the
+rest (final retrieve responses with a failed-instances list, error comments).
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ import time
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom.dimse_primitives import C_GET, C_MOVE
+from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 
 from . import dimse_wire
 
-__all__ = ["OutgoingObject", "data_set_offset", "pending_response", "send_from_memory",
-           "send_pending_directly", "store_request"]
+__all__ = ["OutgoingObject", "data_set_offset", "response_command", "send_from_memory",
+           "send_responses_directly", "store_request"]
 
 _PREAMBLE = 128 + 4  # preamble and "DICM" (PS3.10 7.1)
 
@@ -85,21 +88,33 @@ _COUNTS = ((0x1020, "NumberOfRemainingSuboperations"),
            (0x1021, "NumberOfCompletedSuboperations"),
            (0x1022, "NumberOfFailedSuboperations"),
            (0x1023, "NumberOfWarningSuboperations"))
+_STORE_EXTRAS = ("ErrorComment", "OffendingElement")  # left to pynetdicom when present
 
 
-def pending_response(primitive: Any) -> bytes | None:
-    """The command set of a pending C-GET/C-MOVE response without identifier, or None
-    for any other message."""
-    field = _RETRIEVE_RESPONSES.get(type(primitive))
-    if field is None or primitive.Status != _PENDING or primitive.Identifier is not None \
-            or primitive.MessageIDBeingRespondedTo is None:
+def response_command(primitive: Any) -> bytes | None:
+    """The command set of a C-STORE response (PS3.7 9.3.1.2) or of a pending C-GET or
+    C-MOVE response without identifier (9.3.3.2, 9.3.4.2); None for any other
+    message, which pynetdicom encodes."""
+    kind = type(primitive)
+    if primitive.MessageIDBeingRespondedTo is None or primitive.Status is None \
+            or primitive.AffectedSOPClassUID is None:
         return None
     fields: list[tuple[int, str | int]] = [
-        (0x0002, str(primitive.AffectedSOPClassUID)), (0x0100, field),
+        (0x0002, str(primitive.AffectedSOPClassUID)),
         (0x0120, int(primitive.MessageIDBeingRespondedTo)), (0x0800, 0x0101),
-        (0x0900, _PENDING)]
-    fields += [(number, int(getattr(primitive, name))) for number, name in _COUNTS
-               if getattr(primitive, name) is not None]
+        (0x0900, int(primitive.Status))]
+    if kind is C_STORE:
+        if primitive.AffectedSOPInstanceUID is None or any(
+                getattr(primitive, name, None) is not None for name in _STORE_EXTRAS):
+            return None
+        fields += [(0x0100, 0x8001), (0x1000, str(primitive.AffectedSOPInstanceUID))]
+    elif kind in _RETRIEVE_RESPONSES and primitive.Status == _PENDING \
+            and primitive.Identifier is None:
+        fields.append((0x0100, _RETRIEVE_RESPONSES[kind]))
+        fields += [(number, int(getattr(primitive, name))) for number, name in _COUNTS
+                   if getattr(primitive, name) is not None]
+    else:
+        return None
     return dimse_wire.command_set(fields)
 
 
@@ -111,15 +126,16 @@ def _once(assoc: Any, mark: str) -> bool:
     return True
 
 
-def send_pending_directly(assoc: Any) -> None:
-    """Make ``assoc`` write pending C-GET/C-MOVE responses with :mod:`.dimse_wire`."""
-    if not _once(assoc, "_pacscore_pending"):
+def send_responses_directly(assoc: Any) -> None:
+    """Make ``assoc`` write the responses :func:`response_command` encodes with
+    :mod:`.dimse_wire`."""
+    if not _once(assoc, "_pacscore_responses"):
         return
     dimse = assoc.dimse
     original = dimse.send_msg
 
     def send_msg(primitive: Any, context_id: int) -> None:
-        command = pending_response(primitive)
+        command = response_command(primitive)
         if command is None:
             original(primitive, context_id)
         else:

@@ -9,9 +9,11 @@ sub-operations) that was most of the server's time.  Here:
 * a message is framed as P-DATA-TF PDUs (PS3.8 9.3.5): the command in one PDV, then
   the data set in PDVs of at most the peer's maximum PDU length, one PDV per PDU;
 * the PDUs of one message are written with one ``sendall`` while holding the
-  socket's send lock, which pynetdicom's own sends also take
+  socket's send lock (:func:`send_lock`), which pynetdicom's own sends also take
   (:func:`pacscore.services.dimse_transport.install`), so a message pynetdicom sends
-  meanwhile (a pending C-GET response, a release) never lands inside ours.
+  meanwhile (a pending C-GET response, a release) never lands inside ours;
+* the file meta group pynetdicom writes before each data set it receives into a file
+  is encoded here too (:func:`file_meta`, the same bytes as pydicom's writer).
 
 One PDU never carries two messages: pynetdicom's reader drops whatever follows a
 complete message in the same PDU.
@@ -20,12 +22,13 @@ complete message in the same PDU.
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Iterable
 from typing import Any
 
-from .dimse_transport import send_lock
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
-__all__ = ["command_set", "element", "frame", "send_message"]
+__all__ = ["command_set", "element", "file_meta", "frame", "send_lock", "send_message"]
 
 # Explicit VR: these have a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
 _LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT"})
@@ -44,6 +47,21 @@ def element(tag: tuple[int, int], vr: str, value: bytes, explicit: bool) -> byte
         raise ValueError(f"({tag[0]:04X},{tag[1]:04X}) {vr} value of {len(value)} bytes "
                          "does not fit a 2-byte length")
     return struct.pack("<HH2sH", *tag, vr.encode(), len(value)) + value
+
+
+def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str,
+              implementation_uid: str = PYNETDICOM_IMPLEMENTATION_UID,
+              implementation_version: str = PYNETDICOM_IMPLEMENTATION_VERSION) -> bytes:
+    """The file meta group after "DICM" (PS3.10 7.1), as pynetdicom's
+    ``create_file_meta`` and pydicom's ``write_file_meta_info`` would write it."""
+    body = b"".join((
+        element((0x0002, 0x0001), "OB", b"\x00\x01", True),
+        element((0x0002, 0x0002), "UI", str(sop_class_uid).encode("ascii"), True),
+        element((0x0002, 0x0003), "UI", str(sop_instance_uid).encode("ascii"), True),
+        element((0x0002, 0x0010), "UI", str(transfer_syntax).encode("ascii"), True),
+        element((0x0002, 0x0012), "UI", str(implementation_uid).encode("ascii"), True),
+        element((0x0002, 0x0013), "SH", str(implementation_version).encode("ascii"), True)))
+    return element((0x0002, 0x0000), "UL", struct.pack("<I", len(body)), True) + body
 
 
 def command_set(fields: Iterable[tuple[int, str | int]]) -> bytes:
@@ -91,6 +109,12 @@ def frame(context_id: int, command: bytes, data: bytes | memoryview | None,
             out[at + 6:at + 6 + len(piece)] = piece
             at += 6 + len(piece)
     return out
+
+
+def send_lock(transport: Any) -> threading.Lock:
+    """The lock every writer of this association socket holds while it writes."""
+    lock: threading.Lock = transport.__dict__.setdefault("_pacscore_send", threading.Lock())
+    return lock
 
 
 def send_message(assoc: Any, context_id: int, command: bytes,
