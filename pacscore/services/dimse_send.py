@@ -31,9 +31,6 @@ from . import dimse_wire
 __all__ = ["OutgoingObject", "data_set_offset", "response_command", "send_from_memory",
            "send_responses_directly", "store_request"]
 
-_PREAMBLE = 128 + 4  # preamble and "DICM" (PS3.10 7.1)
-
-
 class OutgoingObject(Dataset):
     """What a retrieve handler yields: a Part-10 object encoded in ``syntax``."""
 
@@ -61,12 +58,18 @@ class OutgoingObject(Dataset):
 
 
 def data_set_offset(part10: bytes) -> int:
-    """Where the data set of a Part-10 file starts: after the file meta group, whose
-    (0002,0000) group length is its first element (PS3.10 7.1, explicit VR LE)."""
-    if part10[128:132] != b"DICM" or part10[132:138] != b"\x02\x00\x00\x00UL":
-        raise ValueError("not a Part-10 file with a file meta group length")
-    (length,) = struct.unpack_from("<I", part10, _PREAMBLE + 8)
-    return _PREAMBLE + 12 + length
+    """Where the data set starts: after the preamble, "DICM" and the file meta group
+    (PS3.10 7.1, explicit VR little endian) when present; 0 for a bare data set."""
+    at = 132 if part10[128:132] == b"DICM" else 4 if part10[:4] == b"DICM" else 0
+    while len(part10) >= at + 8 and part10[at:at + 2] == b"\x02\x00":
+        vr = part10[at + 4:at + 6].decode("latin-1")
+        if vr in dimse_wire.LONG_VRS:
+            (length,) = struct.unpack_from("<I", part10, at + 8)
+            at += 12 + int(length)
+        else:
+            (length,) = struct.unpack_from("<H", part10, at + 6)
+            at += 8 + int(length)
+    return at
 
 
 def store_request(sop_class: str, sop_instance: str, message_id: int, priority: int = 0,

@@ -28,10 +28,10 @@ from typing import Any
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
-__all__ = ["command_set", "element", "file_meta", "frame", "send_lock", "send_message"]
+__all__ = ["LONG_VRS", "command_set", "element", "file_meta", "frame", "send_lock", "send_message"]
 
 # Explicit VR: these have a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
-_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT"})
+LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT"})
 _UNLIMITED_FRAGMENT = 1 << 22  # PDV size when the peer set no maximum PDU length
 
 
@@ -41,7 +41,7 @@ def element(tag: tuple[int, int], vr: str, value: bytes, explicit: bool) -> byte
         value += b"\0" if vr in ("UI", "OB") else b" "
     if not explicit:
         return struct.pack("<HHI", *tag, len(value)) + value
-    if vr in _LONG_VRS:
+    if vr in LONG_VRS:
         return struct.pack("<HH2s2xI", *tag, vr.encode(), len(value)) + value
     if len(value) > 0xFFFF:
         raise ValueError(f"({tag[0]:04X},{tag[1]:04X}) {vr} value of {len(value)} bytes "
