@@ -27,6 +27,7 @@ from typing import Any
 from ..config import ArchiveConfig
 from ..errors import ArchiveStorageError
 from ..store.zarr_store import ZarrFrameStore
+from .memory import keep_freed_memory
 from .pool import Outcome, prepare_file
 
 __all__ = ["PrepareWorkers", "forkserver_context", "stop_worker"]
@@ -43,6 +44,7 @@ def forkserver_context() -> Any:
 def _serve(conn: Connection, config: ArchiveConfig, frames_root: str) -> None:
     """Worker loop: ``(path, source)`` in, :data:`Outcome` out, ``None`` to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    keep_freed_memory()
     store = ZarrFrameStore(frames_root, fsync=config.fsync)
     with contextlib.suppress(EOFError, KeyboardInterrupt):
         while (job := conn.recv()) is not None:

@@ -17,6 +17,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as connection_wait
 from typing import Any, TypeVar
 
+from ..ingest.memory import keep_freed_memory
 from ..ingest.workers import forkserver_context, stop_worker
 
 __all__ = ["run_tasks"]
@@ -36,6 +37,7 @@ def _serve(conn: Connection, fn: Callable[[Any], Any], inherited: list[Connectio
     for end in inherited:
         end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    keep_freed_memory()
     with contextlib.suppress(EOFError, KeyboardInterrupt, BrokenPipeError):
         while (item := conn.recv()) is not None:
             try:

@@ -2,8 +2,8 @@
 
 It only translates requests into :class:`~pacscore.Archive` calls, checks the AE
 allow-list, writes the audit trail and maps errors to statuses through one table
-(PS3.4 Annex B and C, PS3.7 C).  Incoming C-STORE data sets are written to a temp
-file by pynetdicom (``STORE_RECV_CHUNKED_DATASET``) and stored from there.
+(PS3.4 Annex B and C, PS3.7 C).  Incoming C-STORE data sets are written to a file in
+the spool folder by pynetdicom (``STORE_RECV_CHUNKED_DATASET``) and stored from there.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -45,7 +46,7 @@ from ..index.base import LEVEL_ATTRIBUTES
 from . import dimse_find
 from .dimse_send import OutgoingObject, send_from_memory, send_responses_directly
 from .dimse_transport import install as tune_pynetdicom
-from .dimse_transport import nodelay
+from .dimse_transport import nodelay, receive_into
 from .security import AeRegistry, AuditLog
 
 __all__ = ["DimseServer", "STATUS"]
@@ -88,8 +89,15 @@ class DimseServer:
     """A pynetdicom SCP bound to one archive."""
 
     def __init__(self, archive: Archive, *, ae_title: str = "PACSCORE",
-                 max_pdu: int = 0, max_associations: int = 16, idle_timeout: float = 60):
+                 max_pdu: int = 0, max_associations: int = 16, idle_timeout: float = 60,
+                 spool: Path | None = None):
         self.archive = archive
+        # Incoming data sets are written here until stored (one server per archive,
+        # so whatever is left from a killed one was never acknowledged).
+        self.spool = spool or archive.root / "spool"
+        shutil.rmtree(self.spool, ignore_errors=True)
+        self.spool.mkdir(parents=True, exist_ok=True)
+        receive_into(self.spool)
         self.registry = AeRegistry(archive.root)
         self.audit = AuditLog(archive.root)
         self.ae_title = ae_title
@@ -148,6 +156,7 @@ class DimseServer:
         if self.server is not None:
             self.server.shutdown()
             self.server = None
+            shutil.rmtree(self.spool, ignore_errors=True)
 
     # -- helpers ----------------------------------------------------------------
     def _refresh_allow_list(self, event: Any) -> None:

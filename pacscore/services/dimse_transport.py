@@ -24,6 +24,9 @@
 * every C-STORE data set received into a file starts with a file meta group that
   pynetdicom builds as a pydicom dataset and writes with pydicom (~0.2 ms a data
   set); ``install`` writes the same bytes with :func:`.dimse_wire.file_meta`.
+* pynetdicom receives each C-STORE data set into a file in the system's temp folder;
+  :func:`receive_into` names the folder (the server's spool, see
+  :func:`pacscore.services.serve.default_spool`).
 * Nagle's algorithm can hold the tail of a data set sent in several segments until
   the peer's delayed ACK (40 ms over loopback); ``nodelay`` switches it off on every
   association's socket, ours as acceptor and as requestor.
@@ -31,11 +34,14 @@
 
 from __future__ import annotations
 
+import functools
 import queue
 import select
 import socket
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pynetdicom.association
@@ -46,7 +52,7 @@ from pynetdicom.transport import AssociationSocket
 
 from .dimse_wire import file_meta, send_lock
 
-__all__ = ["install", "nodelay"]
+__all__ = ["install", "nodelay", "receive_into"]
 
 
 _STEP = 4 << 20  # memory follows the data that arrives, whatever a PDU header claims
@@ -135,6 +141,12 @@ def install() -> None:
     setattr(pynetdicom.dul, "time", _DulClock())  # noqa: B010
     setattr(pynetdicom.dimse_messages, "create_file_meta", file_meta)  # noqa: B010
     setattr(pynetdicom.dimse_messages, "write_file_meta_info", _write_file_meta)  # noqa: B010
+
+
+def receive_into(folder: Path) -> None:
+    """Make pynetdicom receive data sets into files in ``folder`` (process-wide)."""
+    setattr(pynetdicom.dimse_messages, "NamedTemporaryFile",  # noqa: B010
+            functools.partial(tempfile.NamedTemporaryFile, dir=folder))
 
 
 def nodelay(event: Any) -> None:
