@@ -147,16 +147,27 @@ def send_responses_directly(assoc: Any) -> None:
     dimse.send_msg = send_msg
 
 
-def _pause_reactor(assoc: Any) -> bool:
-    """Stop ``assoc``'s own thread from taking messages off its DIMSE queue, as
-    pynetdicom's ``send_c_store`` does; not needed (and not possible) from that thread
-    itself, where C-GET handlers run."""
-    if threading.current_thread() is assoc:
-        return False
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused and assoc.is_established:
+def _hold_reactor(assoc: Any) -> None:
+    """Keep ``assoc``'s own thread (a C-MOVE sub-association's) away from its DIMSE
+    queue until the association is released, whose ``release`` lets it go again.
+
+    pynetdicom's ``send_c_store`` pauses that thread for each message and lets it go
+    after: clearing its checkpoint and waiting for ``_is_paused``, which is still True
+    for a moment after the thread passed the checkpoint, so now and then the thread
+    took the next C-STORE response off the queue and the sender waited out the DIMSE
+    timeout (30 s, then an abort: the C-MOVE tests failed about one run in three,
+    before pacscore sent sub-operations itself too).  Here the thread is held once, for
+    all sub-operations, and only counted as held once it waits on the checkpoint.
+    Not needed (and not possible) from that thread itself, where C-GET handlers run."""
+    if threading.current_thread() is assoc or assoc.__dict__.get("_pacscore_held"):
+        return
+    checkpoint = assoc._reactor_checkpoint
+    checkpoint.clear()
+    waiters = getattr(getattr(checkpoint, "_cond", None), "_waiters", None)
+    while assoc.is_established and not (
+            assoc._is_paused and (waiters is None or len(waiters) > 0)):
         time.sleep(0.0001)
-    return True
+    assoc.__dict__["_pacscore_held"] = True
 
 
 def send_from_memory(assoc: Any) -> None:
@@ -177,14 +188,9 @@ def send_from_memory(assoc: Any) -> None:
                                            allow_conversion=False)
         command = store_request(sop_class, sop, msg_id, priority, originator_aet,
                                 originator_id)
-        paused = _pause_reactor(assoc)
-        try:
-            dimse_wire.send_message(assoc, int(context.context_id), command,
-                                    dataset.data_set)
-            _, rsp = assoc.dimse.get_msg(block=True)
-        finally:
-            if paused:
-                assoc._reactor_checkpoint.set()
+        _hold_reactor(assoc)
+        dimse_wire.send_message(assoc, int(context.context_id), command, dataset.data_set)
+        _, rsp = assoc.dimse.get_msg(block=True)
         if rsp is None:  # no response within the DIMSE timeout: pynetdicom aborts too
             assoc.abort()
             raise TimeoutError(f"no C-STORE response for {sop} within the DIMSE timeout")
