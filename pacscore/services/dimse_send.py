@@ -99,9 +99,10 @@ def response_command(primitive: Any) -> bytes | None:
     C-MOVE response without identifier (9.3.3.2, 9.3.4.2); None for any other
     message, which pynetdicom encodes."""
     kind = type(primitive)
-    if primitive.MessageIDBeingRespondedTo is None or primitive.Status is None \
+    if (kind is not C_STORE and kind not in _RETRIEVE_RESPONSES) \
+            or primitive.MessageIDBeingRespondedTo is None or primitive.Status is None \
             or primitive.AffectedSOPClassUID is None:
-        return None
+        return None  # requests, and every other kind of message
     fields: list[tuple[int, str | int]] = [
         (0x0002, str(primitive.AffectedSOPClassUID)),
         (0x0120, int(primitive.MessageIDBeingRespondedTo)), (0x0800, 0x0101),
