@@ -1,15 +1,18 @@
 """pacscore.Archive: the one facade every front end calls.
 
-Write order for every batch (ARCHITECTURE.md "Ingest"):
+Write order for every batch (ARCHITECTURE.md "Ingest", with one synced index
+transaction per batch instead of two):
 
-1. workers stage frames or blobs (invisible);
-2. the locations are marked *pending* in the index (durable);
-3. the FrameStore publishes them (syncfs, rename, syncfs);
-4. one index transaction inserts the records and clears their pending marks;
-5. only then are the results returned (acknowledged).
+1. workers stage frames or blobs and make them durable in the staging area (each
+   worker its own, or one ``syncfs`` per bulk batch); no record names them yet;
+2. one index transaction inserts the records: the batch is committed;
+3. the FrameStore renames the locations into place (readers look in staging for the
+   moment in between), and, outside the commit lock, makes the renames durable;
+4. only then are the results returned (acknowledged).
 
-A crash at any point leaves staged files (removed at start-up) or pending locations
-that no record owns (removed at start-up): the index never names a missing frame.
+A crash leaves staged locations: those a record owns are moved into place at start-up,
+the others removed; the index never names a missing frame.  Deletions mark their
+locations *pending* in the index first, so a crash mid-delete leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -135,29 +138,36 @@ class _Waiter:
         self.error: BaseException | None = None
 
 
+_Committed = tuple[list[StoreResult | Rejected], list[str]]
+"""Outcomes of a batch, and the locations it published (to be made durable)."""
+
+
 class _GroupCommit:
     """Group commit for concurrent single stores (network front ends).
 
     Leader/follower: a thread that finds no commit running commits everything queued
     (its own instance included) in its own thread; threads arriving meanwhile queue
     up and are committed together by the next leader.  N concurrent stores share one
-    publish and one index transaction, a lone store is committed at once, and no
-    thread hand-over is paid when there is no concurrency.
+    index transaction, a lone store is committed at once, and no thread hand-over is
+    paid when there is no concurrency.  The next batch may commit while the leader
+    makes its batch's renames durable (``finish``); nobody is answered before that.
     """
 
-    def __init__(self, commit: Callable[[Sequence[Prepared]], list[StoreResult | Rejected]],
+    def __init__(self, commit: Callable[[Sequence[Prepared]], _Committed],
+                 finish: Callable[[Sequence[str], Sequence[StoreResult | Rejected]], None],
                  max_batch: int):
-        self._commit, self._max = commit, max(max_batch, 1)
+        self._commit, self._finish, self._max = commit, finish, max(max_batch, 1)
         self._cv = threading.Condition()
         self._queue: list[_Waiter] = []
         self._busy = False
+        self._finishing = 0
 
     def submit(self, prepared: Prepared) -> StoreResult | Rejected:
         me = _Waiter(prepared)
         with self._cv:
             self._queue.append(me)
             while not me.done:
-                if self._busy:
+                if self._busy or not self._queue:
                     self._cv.wait()
                     continue
                 self._busy = True
@@ -167,7 +177,6 @@ class _GroupCommit:
                     self._run(batch)
                 finally:
                     self._cv.acquire()
-                    self._busy = False
                     self._cv.notify_all()
         if me.error is not None:
             raise me.error
@@ -175,19 +184,40 @@ class _GroupCommit:
         return me.outcome
 
     def _run(self, batch: list[_Waiter]) -> None:
+        """Commit ``batch`` as the leader, hand the role on, then finish the batch."""
         try:
-            results = self._commit([w.prepared for w in batch])
-            for w, r in zip(batch, results, strict=True):
-                w.outcome, w.done = r, True
-        except BaseException as exc:  # every waiter not yet answered learns the failure
-            for w in batch:
-                if not w.done:
-                    w.error, w.done = exc, True
+            results, published = self._commit([w.prepared for w in batch])
+        except BaseException as exc:  # every waiter of the batch learns the failure
+            self._hand_on()
+            self._answer(batch, None, exc)
+            return
+        self._hand_on()
+        try:
+            self._finish(published, results)
+        except BaseException as exc:
+            self._answer(batch, None, exc)
+        else:
+            self._answer(batch, results, None)
+
+    def _hand_on(self) -> None:
+        with self._cv:
+            self._busy = False
+            self._finishing += 1
+            self._cv.notify_all()
+
+    def _answer(self, batch: list[_Waiter], results: list[StoreResult | Rejected] | None,
+                error: BaseException | None) -> None:
+        with self._cv:
+            for i, w in enumerate(batch):
+                w.outcome = None if results is None else results[i]
+                w.error, w.done = error, True
+            self._finishing -= 1
+            self._cv.notify_all()
 
     def close(self) -> None:
         """Wait for a running commit to finish."""
         with self._cv:
-            while self._busy or self._queue:
+            while self._busy or self._queue or self._finishing:
                 self._cv.wait(timeout=1)
 
 
@@ -220,7 +250,8 @@ class Archive:
         self.index = LmdbIndex(self.root / "index.lmdb", map_size=self.config.lmdb_map_size,
                                sync=self.config.fsync)
         self._commit_lock = threading.Lock()
-        self._group = _GroupCommit(self._commit, self.config.commit_batch)
+        self._group = _GroupCommit(self._commit_batch, self._finish,
+                                   self.config.commit_batch)
         self._lock = threading.Lock()
         self._workers: PrepareWorkers | None = None
         self._listeners: list[Callable[[Sequence[StoreResult]], None]] = []
@@ -236,8 +267,13 @@ class Archive:
 
     # -- lifecycle ---------------------------------------------------------------
     def _recover(self) -> int:
-        """Remove what a crash left: staged files and unowned pending locations."""
-        removed = self.store_.clean_staging()
+        """Finish or undo what a crash interrupted: staged locations the index owns are
+        moved into place, the other staged files removed, and so are the locations of
+        interrupted deletions (pending and unowned)."""
+        owned = [loc for loc in self.store_.staged() if self.index.location_owner(loc)]
+        self.store_.publish(owned)
+        self.store_.sync_published(owned)
+        removed = len(owned) + self.store_.clean_staging()
         pending = self.index.pending()
         orphans = [loc for loc in pending if self.index.location_owner(loc) is None]
         self.store_.delete(orphans)
@@ -348,15 +384,24 @@ class Archive:
             yield from self._commit(batch)
 
     def _commit(self, batch: Sequence[Prepared]) -> list[StoreResult | Rejected]:
-        """Publish and index a batch; return outcomes in batch order.
+        """Index and publish a batch; return outcomes in batch order (acknowledged)."""
+        outcomes, published = self._commit_batch(batch)
+        self._finish(published, outcomes)
+        return outcomes
 
-        Serialised per Archive: network front ends store from several threads."""
+    def _commit_batch(self, batch: Sequence[Prepared]) -> _Committed:
+        """Index a batch and rename it into place; serialised per Archive (network
+        front ends store from several threads)."""
         with self._commit_lock:
-            outcomes = self._commit_locked(batch)
+            return self._commit_locked(batch)
+
+    def _finish(self, published: Sequence[str],
+                outcomes: Sequence[StoreResult | Rejected]) -> None:
+        """Make a committed batch's renames durable, then tell the listeners."""
+        self.store_.sync_published(published)
         stored = [o for o in outcomes if isinstance(o, StoreResult) and o.status == "stored"]
         if stored:
             self._notify(stored)
-        return outcomes
 
     def on_change(self, listener: Callable[[Sequence[StoreResult]], None]) -> None:
         """Call ``listener`` with the instances of every committed batch (after they are
@@ -375,7 +420,7 @@ class Archive:
         with contextlib.suppress(ValueError):
             self._listeners.remove(listener)
 
-    def _commit_locked(self, batch: Sequence[Prepared]) -> list[StoreResult | Rejected]:
+    def _commit_locked(self, batch: Sequence[Prepared]) -> _Committed:
         seen: dict[str, Prepared] = {}
         fresh: list[Prepared] = []
         outcomes: dict[int, StoreResult | Rejected] = {}
@@ -393,18 +438,21 @@ class Archive:
         self.store_.discard([batch[i].record.location for i in outcomes])
         locs = [p.record.location for p in fresh]
         try:
-            self.index.mark_pending(locs)
-            self.store_.publish(locs, durable=all(p.durable for p in fresh))
+            if not all(p.durable for p in fresh):
+                self.store_.flush(locs)
             puts = self.index.put([(p.record, p.header) for p in fresh])
         except PacsError:
             self.store_.discard(locs)
-            self.store_.delete(locs)
             raise
-        late = [p.record.location for p, o in zip(fresh, puts, strict=True)
-                if o.status != "stored"]
-        if late:  # another writer stored the same UID between check and commit
-            self.store_.delete(late)
-            self.index.clear_pending(late)
+        owned = [p.record.location for p, o in zip(fresh, puts, strict=True)
+                 if o.status == "stored"]
+        if len(owned) < len(locs):  # another writer stored the UID since the check
+            self.store_.discard(sorted(set(locs) - set(owned)))
+        try:
+            self.store_.publish(owned)
+        except PacsError:  # committed and readable in staging; the next start moves it
+            log.exception("publishing committed locations failed; they stay staged")
+            owned = []
         by_id = {id(p): o for p, o in zip(fresh, puts, strict=True)}
         out: list[StoreResult | Rejected] = []
         for i, p in enumerate(batch):
@@ -421,7 +469,7 @@ class Archive:
                                     "ConflictError"))
             else:
                 out.append(Rejected(p.source, put.reason, "ConflictError"))
-        return out
+        return out, owned
 
     @staticmethod
     def _conflict(new: InstanceRecord, old: InstanceRecord) -> str:
@@ -597,13 +645,14 @@ class Archive:
     def delete(self, level: str, uid: str) -> int:
         """Delete an instance, series, study or patient; return instances removed."""
         self._require_writer()
-        sops = self.index.instances(level, uid)
-        if not sops:
-            raise NotFoundError(f"no {level} {uid} in the archive")
-        removed = self.index.delete(sops)  # marks their locations pending
-        locs = [r.location for r in removed]
-        self.store_.delete(locs)
-        self.index.clear_pending(locs)
+        with self._commit_lock:  # not between a commit's index transaction and rename
+            sops = self.index.instances(level, uid)
+            if not sops:
+                raise NotFoundError(f"no {level} {uid} in the archive")
+            removed = self.index.delete(sops)  # marks their locations pending
+            locs = [r.location for r in removed]
+            self.store_.delete(locs)
+            self.index.clear_pending(locs)
         return len(removed)
 
     def verify(self) -> VerifyReport:

@@ -212,6 +212,63 @@ def test_worker_processes_store_from_threads_and_survive_a_killed_worker(
         assert np.array_equal(_pixels(archive.get(sop)), _pixels(ct_series[0].read_bytes()))
 
 
+def test_group_commit_answers_after_the_flush_and_overlaps_flushes(
+        tmp_path: Path, ct_series: list[Path]) -> None:
+    """Concurrent stores: the next batch commits while the previous one makes its
+    renames durable, and no store returns before its own batch's flush finished; a
+    failed flush fails the stores of its batch (they are committed: a retry is a
+    duplicate)."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pacscore import ArchiveStorageError
+
+    with Archive(tmp_path / "a", ArchiveConfig(prepare_workers=0)) as archive:
+        real = archive.store_.sync_published
+        flushed: set[str] = set()
+        running, overlap = [0], [0]
+        lock = threading.Lock()
+
+        def slow_flush(locs: list[str]) -> None:
+            with lock:
+                running[0] += 1
+                overlap[0] = max(overlap[0], running[0])
+            time.sleep(0.3)
+            real(locs)
+            with lock:
+                flushed.update(locs)
+                running[0] -= 1
+
+        archive.store_.sync_published = slow_flush  # type: ignore[method-assign]
+
+        def store(data: bytes) -> str:
+            result = archive.store(data)
+            location = archive.record(result.sop_instance_uid).location
+            assert location in flushed, "answered before its renames were flushed"
+            return result.status
+
+        with ThreadPoolExecutor(len(ct_series)) as pool:
+            statuses = list(pool.map(store, [p.read_bytes() for p in ct_series]))
+        assert statuses == ["stored"] * len(ct_series)
+        assert overlap[0] > 1, "every batch waited for the previous batch's flush"
+
+        def failing_flush(locs: list[str]) -> None:
+            raise ArchiveStorageError("flushing published frames failed: EIO")
+
+        archive.store_.sync_published = failing_flush  # type: ignore[method-assign]
+        extra = tmp_path / "extra.dcm"
+        ds = pydicom.dcmread(ct_series[0])
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(extra)
+        with pytest.raises(ArchiveStorageError, match="EIO"):
+            archive.store(extra)
+        archive.store_.sync_published = real  # type: ignore[method-assign]
+        assert archive.store(extra).status == "duplicate"
+        assert archive.stats()["instances"] == len(ct_series) + 1
+        assert np.array_equal(_pixels(archive.get(str(ds.SOPInstanceUID))), ds.pixel_array)
+
+
 def test_one_writer_per_archive_others_read(tmp_path: Path, ct_series: list[Path]) -> None:
     """A second process opening an archive that is being written (a running `pacscore
     serve`, an import) may read it but must neither write nor run crash recovery, which

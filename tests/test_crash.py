@@ -270,12 +270,14 @@ def test_random_sigkill_rounds(seed: int, tmp_path: Path, full_list: Path) -> No
 
 # (crash point, N, records in the index after recovery).  With 16 files and
 # HELPER_BATCH=4 the first commit (4 files) is acknowledged before the crash.
+# From the index transaction on, the batch is committed: recovery moves its staged
+# locations into place.
 INGEST_POINTS = [
     pytest.param("stage", 6, 4, id="after-staging"),
-    pytest.param("mark_pending", 2, 4, id="after-mark-pending"),
-    pytest.param("rename", 6, 4, id="mid-publish"),
-    pytest.param("publish", 2, 4, id="after-publish-before-put"),
-    pytest.param("put", 2, 8, id="after-put-before-ack"),
+    pytest.param("flush", 2, 4, id="after-flush-before-put"),
+    pytest.param("put", 2, 8, id="after-put-before-rename"),
+    pytest.param("rename", 6, 8, id="mid-publish"),
+    pytest.param("publish", 2, 8, id="after-publish-before-ack"),
 ]
 
 
@@ -291,8 +293,8 @@ def test_injected_crash_during_ingest(point: str, n: int, expected: int, tmp_pat
     ledger.absorb(run)
     records, recovered = check_archive(root, ledger)
     assert records == expected
-    if point in ("stage", "rename", "publish"):
-        assert recovered > 0, "the crash left nothing for recovery to remove"
+    if point in ("stage", "flush", "put", "rename"):
+        assert recovered > 0, "the crash left nothing for recovery to move or remove"
 
     # The archive is not wedged: the same files go in, none is refused.
     assert store_in_process(root, small_list, ledger) == 16
@@ -326,22 +328,24 @@ def test_injected_crash_during_delete(point: str, n: int, tmp_path: Path,
 
 
 def test_injected_crashes_during_recovery(tmp_path: Path, small_list: Path) -> None:
-    """Leftovers survive a crash of the recovery itself and are removed next time."""
+    """A recovery that is itself killed is finished by the next one: committed
+    locations left staged end up in place, nothing is lost or left behind."""
     root = tmp_path / "archive"
     ledger = Ledger()
     steps = [
-        {"HELPER_BATCH": "4", "CRASH_AT": "publish:2"},  # 4 published, unindexed
-        {"CRASH_AT": "clean_staging:1"},  # dies in recovery, before orphans go
-        {"CRASH_AT": "store_delete:1"},  # orphans deleted, pending marks kept
+        {"HELPER_BATCH": "4", "CRASH_AT": "put:2"},  # 8 committed, 4 of them staged
+        {"CRASH_AT": "rename:2"},  # recovery moved two of the four, then died
+        {"CRASH_AT": "clean_staging:1"},  # recovery moved the rest, died before pending
     ]
     for env in steps:
         run = run_helper(root, small_list, env)
         assert run.killed, f"{env} not reached\n{run.describe()}"
+        assert not run.words("OPEN") or env is steps[0], run.describe()
         ledger.absorb(run)
     assert len(ledger.acked) == 4
     records, recovered = check_archive(root, ledger)
-    assert records == 4
-    assert recovered >= 4  # the four orphans' pending marks were still there
+    assert records == 8  # the second batch was committed before the first crash
+    assert recovered == 0
     assert store_in_process(root, small_list, ledger) == 16
     assert check_archive(root, ledger)[0] == 16
 

@@ -56,30 +56,41 @@ class FrameStoreContract:
     def store(self) -> FrameStore:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    # -- staging is invisible until publish ---------------------------------------
-    def test_staged_frames_are_invisible_until_published(self, store: FrameStore) -> None:
+    # -- staging: not listed until published, readable meanwhile -----------------------
+    def test_staged_frames_are_listed_only_once_published(self, store: FrameStore) -> None:
+        """The index owns a location just before its rename: reads find it staged."""
         loc, frames = new_loc(), frames_of(3, 1)
         written = store.stage_frames(loc, MONO, HTJ2K, frames)
         assert written >= sum(map(len, frames))
-        assert not store.exists(loc)
         assert loc not in set(store.locations())
-        with pytest.raises(NotFoundError):
-            store.read_frames(loc, [0], 3)
-        store.publish([loc])
+        assert store.staged() == [loc]
         assert store.exists(loc)
+        assert store.read_frames(loc, [2, 0], 3) == [frames[2], frames[0]]
+        store.publish([loc])
+        store.sync_published([loc])
+        assert store.staged() == []
         assert set(store.locations()) == {loc}
         assert store.read_frames(loc, [0, 1, 2], 3) == frames
 
-    def test_staged_blob_is_invisible_until_published(self, store: FrameStore) -> None:
+    def test_staged_blob_is_listed_only_once_published(self, store: FrameStore) -> None:
         loc, data = new_loc(), b"DICM" + bytes(range(256)) * 3
         assert store.stage_blob(loc, data) == len(data)
-        assert not store.exists(loc)
-        with pytest.raises(NotFoundError):
-            store.read_blob(loc)
+        assert list(store.locations()) == []
+        assert store.staged() == [loc]
+        assert store.read_blob(loc) == data
         store.publish([loc])
+        assert store.staged() == []
         assert store.exists(loc)
         assert store.read_blob(loc) == data
         assert list(store.locations()) == [loc]
+
+    def test_staged_lists_locations_only(self, store: FrameStore) -> None:
+        loc = new_loc()
+        store.stage_blob(loc, b"x")
+        junk = getattr(store, "staging", None)
+        if isinstance(junk, Path):  # a stray file (not a location id) in the staging area
+            (junk / "not-a-location").write_bytes(b"?")
+        assert store.staged() == [loc]
 
     def test_empty_blob_round_trips(self, store: FrameStore) -> None:
         loc = new_loc()
@@ -90,8 +101,8 @@ class FrameStoreContract:
 
     @pytest.mark.parametrize("durable", [False, True])
     def test_publish_many_at_once(self, store: FrameStore, durable: bool) -> None:
-        """Bulk batches are flushed by publish; single stores are flushed one by one by
-        whoever staged them (make_durable) and publish only syncs the renames."""
+        """Bulk batches are flushed at once (flush); single stores one by one by whoever
+        staged them (make_durable); publishing renames, sync_published flushes that."""
         locs = [new_loc() for _ in range(6)]
         content: dict[str, object] = {}
         for i, loc in enumerate(locs):
@@ -103,7 +114,10 @@ class FrameStoreContract:
                 store.stage_blob(loc, content[loc])  # type: ignore[arg-type]
             if durable:
                 store.make_durable(loc)
-        store.publish(locs, durable=durable)
+        if not durable:
+            store.flush(locs)
+        store.publish(locs)
+        store.sync_published(locs)
         assert set(store.locations()) == set(locs)
         for i, loc in enumerate(locs):
             if i % 2:
@@ -264,6 +278,8 @@ class FrameStoreContract:
             "stage_frames": lambda: store.stage_frames(bad, MONO, HTJ2K, frames_of(1, 0)),
             "stage_blob": lambda: store.stage_blob(bad, b"x"),
             "publish": lambda: store.publish([bad]),
+            "sync_published": lambda: store.sync_published([bad]),
+            "make_durable": lambda: store.make_durable(bad),
             "discard": lambda: store.discard([bad]),
             "read_frames": lambda: store.read_frames(bad, [0], 3),
             "read_blob": lambda: store.read_blob(bad),
@@ -290,10 +306,56 @@ class TestZarrFrameStore(FrameStoreContract):
         yield ZarrFrameStore(tmp_path / "frames", fsync=False)
 
     def test_fsync_store_publishes_too(self, tmp_path: Path) -> None:
-        store, loc = ZarrFrameStore(tmp_path / "synced", fsync=True), new_loc()
-        store.stage_blob(loc, b"durable")
+        store = ZarrFrameStore(tmp_path / "synced", fsync=True)
+        blob, array, bulk = new_loc(), new_loc(), new_loc()
+        store.stage_blob(blob, b"durable")
+        store.stage_frames(array, MONO, HTJ2K, frames_of(2, 14))
+        store.make_durable(blob)
+        store.make_durable(array)
+        store.stage_blob(bulk, b"bulk")
+        store.flush([bulk])
+        store.publish([blob, array, bulk])
+        store.sync_published([blob, array, bulk])
+        assert store.read_blob(blob) == b"durable"
+        assert store.read_blob(bulk) == b"bulk"
+        assert store.read_frames(array, [1], 3) == frames_of(2, 14)[1:]
+
+    def test_a_name_both_staged_and_published_is_set_aside(self, store: ZarrFrameStore
+                                                           ) -> None:
+        """A crash can leave a location under both names; publishing it again keeps the
+        published copy and moves the staged one aside: nothing is deleted."""
+        loc = new_loc()
+        store.stage_blob(loc, b"published")
         store.publish([loc])
-        assert store.read_blob(loc) == b"durable"
+        store.stage_blob(loc, b"staged again")
+        store.publish([loc])
+        assert store.read_blob(loc) == b"published"
+        assert store.staged() == []
+        assert (store.root / "lost+found" / loc).read_bytes() == b"staged again"
+
+    def test_reads_find_a_location_renamed_while_they_look(self, store: ZarrFrameStore,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+        """A reader that misses the published name and then the staged one (renamed in
+        between) looks at the published name again."""
+        loc, frames = new_loc(), frames_of(2, 15)
+        store.stage_frames(loc, MONO, HTJ2K, frames)
+        published = store.array_path(loc)
+        real = ZarrFrameStore._read_chunk
+        calls: list[Path] = []
+
+        def racing(self: ZarrFrameStore, array: Path, index: int, ndim: int) -> bytes:
+            calls.append(array)
+            if array == published and len(calls) == 1:
+                raise FileNotFoundError(array)  # not renamed yet
+            if array == store.staging / loc and store.staged():
+                store.publish([loc])  # the rename happens now
+            return real(self, array, index, ndim)
+
+        monkeypatch.setattr(ZarrFrameStore, "_read_chunk", racing)
+        assert store.read_frames(loc, [0, 1], 3) == frames
+        assert calls[0] == published and calls[1] == store.staging / loc
+        assert calls[-1] == published
 
     @pytest.mark.parametrize(("dtype", "bits_stored"), [
         (np.uint16, 16), (np.uint16, 12), (np.int16, 16), (np.int16, 12), (np.uint8, 8),

@@ -2,9 +2,14 @@
 
 A store keeps two kinds of object under an opaque *location* id chosen by the
 archive (never derived from a UID): a frame array (one codestream per frame) and a
-blob (an object kept exactly as received).  Writes go to a staging area first;
-:meth:`FrameStore.publish` makes a batch durable and visible in one step, so a crash
-leaves at most staged files, which :meth:`FrameStore.clean_staging` removes.
+blob (an object kept exactly as received).  Writes go to a staging area first and
+are made durable there (:meth:`FrameStore.make_durable` one by one, or
+:meth:`FrameStore.flush` for a batch); the archive's index then takes ownership of
+them, :meth:`FrameStore.publish` renames them into place and
+:meth:`FrameStore.sync_published` makes the renames durable.  Reads look in the
+staging area too, for the moment between the index transaction and the rename.
+After a crash, start-up recovery publishes the staged locations the index owns
+(:meth:`FrameStore.staged`) and removes the rest (:meth:`FrameStore.clean_staging`).
 """
 
 from __future__ import annotations
@@ -46,9 +51,18 @@ class FrameStore(ABC):
         it, so that publishing it needs no file-system-wide flush."""
 
     @abstractmethod
-    def publish(self, locs: Sequence[str], *, durable: bool = False) -> None:
-        """Make staged locations durable and visible (all of them, or raise);
-        ``durable``: every one of them went through :meth:`make_durable` already."""
+    def flush(self, locs: Sequence[str]) -> None:
+        """Make a batch of staged locations durable at once (bulk imports)."""
+
+    @abstractmethod
+    def publish(self, locs: Sequence[str]) -> None:
+        """Move durable staged locations into place (all of them, or raise); fast, as
+        it runs under the archive's commit lock: nothing is flushed here."""
+
+    @abstractmethod
+    def sync_published(self, locs: Sequence[str]) -> None:
+        """Make the moves of :meth:`publish` durable (before they are acknowledged;
+        outside the commit lock, so concurrent commits do not queue behind it)."""
 
     @abstractmethod
     def discard(self, locs: Sequence[str]) -> None:
@@ -56,11 +70,11 @@ class FrameStore(ABC):
 
     @abstractmethod
     def read_frames(self, loc: str, indices: Sequence[int], ndim: int) -> list[bytes]:
-        """Codestreams of the given frames of a published frame array."""
+        """Codestreams of the given frames of a frame array (published or staged)."""
 
     @abstractmethod
     def read_blob(self, loc: str) -> bytes:
-        """A published blob."""
+        """A blob (published or staged)."""
 
     @abstractmethod
     def delete(self, locs: Sequence[str]) -> None:
@@ -68,11 +82,15 @@ class FrameStore(ABC):
 
     @abstractmethod
     def exists(self, loc: str) -> bool:
-        """A published location exists."""
+        """A location can be read (published or staged)."""
 
     @abstractmethod
     def locations(self) -> Iterator[str]:
         """Every published location."""
+
+    @abstractmethod
+    def staged(self) -> list[str]:
+        """Locations in the staging area (entries that are not locations excluded)."""
 
     @abstractmethod
     def clean_staging(self) -> int:

@@ -10,17 +10,19 @@ Layout (``root`` is the archive's ``frames`` directory)::
 
 Chunks are written as plain files (the zarr Array API costs 3-9 ms per chunk here,
 FACTS.md); the metadata is what ``zarr.create_array`` writes, so ``zarr.open`` reads
-the arrays.  Durability, bulk: one ``syncfs`` for a whole batch before the renames and
-one after, instead of an fsync per file.  Single stores from the network: the worker
-that staged an instance fsyncs its few files and folders (``make_durable``, in
-parallel, off the commit path) and publishing fsyncs only the folders it renamed into,
-so concurrent clients do not queue behind file-system-wide flushes.
+the arrays.  Durability, bulk: one ``syncfs`` for a whole batch (``flush``) instead of
+an fsync per file.  Single stores from the network: the worker that staged an instance
+fsyncs its few files and folders (``make_durable``, in parallel, off the commit path),
+so concurrent clients do not queue behind file-system-wide flushes.  Publishing only
+renames: the index owns the locations by then, and start-up recovery redoes a rename
+that a crash undid.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -33,6 +35,16 @@ from ..errors import ArchiveStorageError, NotFoundError
 from .base import FrameStore, validate_location
 
 __all__ = ["ZarrFrameStore"]
+
+log = logging.getLogger(__name__)
+
+def _is_location(name: str) -> bool:
+    try:
+        validate_location(name)
+    except ArchiveStorageError:
+        return False
+    return True
+
 
 def _storage_error(exc: OSError, what: str) -> ArchiveStorageError:
     if exc.errno == errno.ENOSPC:
@@ -116,44 +128,64 @@ class ZarrFrameStore(FrameStore):
         return len(data)
 
     def make_durable(self, loc: str) -> None:
+        path = self.staging / validate_location(loc)
         if not self.fsync:
             return
-        path = self.staging / validate_location(loc)
         try:
-            if not path.is_dir():
+            if path.is_dir():
+                for folder, _, files in os.walk(path):
+                    for name in files:
+                        fsync_path(Path(folder, name))
+                    fsync_path(Path(folder))  # its entries
+            else:
                 fsync_path(path)
-                return
-            for folder, _, files in os.walk(path):
-                for name in files:
-                    fsync_path(Path(folder, name))
-                fsync_path(Path(folder))  # its entries
+            fsync_path(self.staging)  # its entry: the index may own it before the rename
         except OSError as exc:
             raise _storage_error(exc, "flushing staged frames") from exc
 
-    def publish(self, locs: Sequence[str], *, durable: bool = False) -> None:
-        if not locs:
+    def flush(self, locs: Sequence[str]) -> None:
+        if not locs or not self.fsync:
             return
         try:
-            if self.fsync and not durable:
-                sync_filesystem(self.staging)  # one flush for the whole batch
-            touched: set[Path] = set()
+            sync_filesystem(self.staging)  # one flush for the whole batch
+        except OSError as exc:
+            raise _storage_error(exc, "flushing staged frames") from exc
+
+    def publish(self, locs: Sequence[str]) -> None:
+        try:
             for loc in locs:
                 src = self.staging / validate_location(loc)
                 dest = self.array_path(loc) if src.is_dir() else self._blob_path(loc)
                 if not dest.parent.is_dir():
                     dest.parent.mkdir(parents=True, exist_ok=True)
-                    touched.add(dest.parent.parent)
+                    if self.fsync:  # a new <ab> folder: once per 256 locations at first
+                        fsync_path(dest.parent.parent)
+                if dest.exists():  # only after a crash left both names: keep both
+                    self._set_aside(src)
+                    continue
                 os.replace(src, dest)
-                touched.add(dest.parent)
-            if self.fsync and durable:  # contents are on disk: make the renames so
-                for folder in sorted(touched, key=lambda p: -len(p.parts)):
-                    fsync_path(folder)
-            elif self.fsync:
-                sync_filesystem(self.root)
         except FileNotFoundError as exc:
             raise ArchiveStorageError(f"staged data vanished before publishing: {exc}") from exc
         except OSError as exc:
             raise _storage_error(exc, "publishing frames") from exc
+
+    def _set_aside(self, src: Path) -> None:
+        aside = self.root / "lost+found"
+        aside.mkdir(exist_ok=True)
+        os.replace(src, aside / src.name)
+        log.warning("%s was staged and published both; the staged copy was moved to %s "
+                    "(compare and remove it by hand)", src.name, aside)
+
+    def sync_published(self, locs: Sequence[str]) -> None:
+        paths = [p for loc in locs for p in (self.array_path(loc), self._blob_path(loc))]
+        if not self.fsync:
+            return
+        folders = {p.parent for p in paths if p.exists()}
+        try:
+            for folder in sorted(folders):
+                fsync_path(folder)
+        except OSError as exc:
+            raise _storage_error(exc, "flushing published frames") from exc
 
     def discard(self, locs: Sequence[str]) -> None:
         for loc in locs:
@@ -168,6 +200,9 @@ class ZarrFrameStore(FrameStore):
             shutil.rmtree(self.array_path(loc), ignore_errors=True)
             self._blob_path(loc).unlink(missing_ok=True)
 
+    def staged(self) -> list[str]:
+        return [p.name for p in self.staging.iterdir() if _is_location(p.name)]
+
     def clean_staging(self) -> int:
         entries = list(self.staging.iterdir())
         for path in entries:
@@ -178,29 +213,43 @@ class ZarrFrameStore(FrameStore):
         return len(entries)
 
     # -- reads -------------------------------------------------------------------
+    def _places(self, published: Path) -> tuple[Path, Path, Path]:
+        """Where a location may be: in place, still staged (its index transaction
+        committed, the rename not done yet), or in place again (renamed meanwhile)."""
+        return published, self.staging / published.name, published
+
     def read_frames(self, loc: str, indices: Sequence[int], ndim: int) -> list[bytes]:
-        array = self.array_path(loc)
-        out = []
-        for i in indices:
-            for separator in (".", "/"):  # "/": an array written by earlier builds
-                try:
-                    with open(array / self._chunk_key(i, ndim, separator), "rb") as f:
-                        out.append(f.read())
+        missing = next(iter(indices), 0)
+        for array in self._places(self.array_path(loc)):
+            out: list[bytes] = []
+            try:
+                for missing in indices:
+                    out.append(self._read_chunk(array, missing, ndim))
+                return out
+            except FileNotFoundError:
+                if array.is_dir():  # the array is there, the frame is not
                     break
-                except FileNotFoundError:
-                    continue
-            else:
-                raise NotFoundError(f"frame {i} of location {loc} is missing")
-        return out
+        raise NotFoundError(f"frame {missing} of location {loc} is missing")
+
+    def _read_chunk(self, array: Path, index: int, ndim: int) -> bytes:
+        try:
+            with open(array / self._chunk_key(index, ndim), "rb") as f:
+                return f.read()
+        except FileNotFoundError:  # "/" separators: an array written by earlier builds
+            with open(array / self._chunk_key(index, ndim, "/"), "rb") as f:
+                return f.read()
 
     def read_blob(self, loc: str) -> bytes:
-        try:
-            return self._blob_path(loc).read_bytes()
-        except FileNotFoundError as exc:
-            raise NotFoundError(f"object at location {loc} is missing") from exc
+        for path in self._places(self._blob_path(loc)):
+            try:
+                return path.read_bytes()
+            except (FileNotFoundError, IsADirectoryError):
+                continue
+        raise NotFoundError(f"object at location {loc} is missing")
 
     def exists(self, loc: str) -> bool:
-        return self.array_path(loc).is_dir() or self._blob_path(loc).is_file()
+        return any(p.is_dir() for p in self._places(self.array_path(loc))) or any(
+            p.is_file() for p in self._places(self._blob_path(loc)))
 
     def locations(self) -> Iterator[str]:
         for top in (self.arrays, self.blobs):

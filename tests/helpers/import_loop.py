@@ -48,10 +48,10 @@ from pacscore.store.zarr_store import ZarrFrameStore
 
 POINTS = (
     "stage",          # after a stage_frames/stage_blob call returned
-    "mark_pending",   # after LmdbIndex.mark_pending returned (before publish)
+    "flush",          # after ZarrFrameStore.flush returned (before the index put)
+    "put",            # after LmdbIndex.put committed (before the renames)
     "rename",         # after one os.replace inside ZarrFrameStore.publish (partial publish)
-    "publish",        # after ZarrFrameStore.publish returned (before the index put)
-    "put",            # after LmdbIndex.put committed (before the ACK)
+    "publish",        # after ZarrFrameStore.publish returned (before the ACK)
     "index_delete",   # after LmdbIndex.delete committed (frames still on disk)
     "rmtree",         # inside ZarrFrameStore.delete, after one chunk file was removed
     "store_delete",   # after ZarrFrameStore.delete returned (pending not cleared yet)
@@ -118,7 +118,7 @@ class Injector:
         zs, li = ZarrFrameStore, LmdbIndex
         zs.stage_frames = self.after("stage", zs.stage_frames)  # type: ignore[method-assign]
         zs.stage_blob = self.after("stage", zs.stage_blob)  # type: ignore[method-assign]
-        li.mark_pending = self.after("mark_pending", li.mark_pending)  # type: ignore[method-assign]
+        zs.flush = self.after("flush", zs.flush)  # type: ignore[method-assign]
         zs.publish = self.after("publish", zs.publish)  # type: ignore[method-assign]
         li.put = self.after("put", li.put)  # type: ignore[method-assign]
         li.delete = self.after("index_delete", li.delete)  # type: ignore[method-assign]
@@ -134,7 +134,7 @@ class Injector:
         real_replace = os.replace
         publish = ZarrFrameStore.publish
 
-        def publishing(store: ZarrFrameStore, locs: Any, **kwargs: Any) -> None:
+        def publishing(store: ZarrFrameStore, locs: Any) -> None:
             def replace(src: Any, dst: Any) -> None:
                 real_replace(src, dst)
                 if self.hit("rename"):
@@ -142,7 +142,7 @@ class Injector:
 
             zarr_store.os.replace = replace  # type: ignore[assignment]
             try:
-                publish(store, locs, **kwargs)
+                publish(store, locs)
             finally:
                 zarr_store.os.replace = real_replace
 
