@@ -68,29 +68,46 @@ def _storescu(port: int, files: list[Path], associations: int) -> float:
     return elapsed
 
 
+STORE_ROUNDS = 3
+"""Rounds with 4 associations, each on a fresh server and archive: one round moves
++-15% on this machine (a VM), so the median of three is reported with the range."""
+
+
+def _store_round(archive: Path, series: list[Path], associations: int,
+                 benchmark: Any = None) -> float:
+    """Start a server on a new archive, store the series, return instances per second;
+    with ``benchmark``: timed by it, and the query and retrieve figures are measured on
+    that archive before the server stops."""
+    cli("ae", "add", "BENCH", "--host", "127.0.0.1", "--archive", str(archive))
+    with serving(archive) as ports:
+        os.sync()  # start each round from the same disk state (earlier rounds flushed)
+        time.sleep(1)
+        args = (ports["dimse"], series, associations)
+        seconds = (benchmark.pedantic(_storescu, args=args, rounds=1, iterations=1)
+                   if benchmark is not None else _storescu(*args))
+        if benchmark is not None:
+            _query_and_retrieve(benchmark, archive, ports, len(series))
+    return len(series) / seconds
+
+
 @pytest.mark.skipif(not STORESCU.exists(), reason="DCMTK not installed")
-def test_services(benchmark: Any, series: list[Path], tmp_path: Path) -> None:
+def test_services(benchmark: Any, series: list[Path], tmp_path: Path, smoke: bool) -> None:
     n = len(series)
-    rates = {}
-    for associations in (1, 4):
-        archive = tmp_path / f"a{associations}"
-        cli("ae", "add", "BENCH", "--host", "127.0.0.1", "--archive", str(archive))
-        with serving(archive) as ports:
-            if associations == 1:
-                seconds = _storescu(ports["dimse"], series, 1)
-            else:
-                seconds = benchmark.pedantic(_storescu, args=(ports["dimse"], series, 4),
-                                             rounds=1, iterations=1)
-            rates[associations] = n / seconds
-            if associations == 4:
-                _query_and_retrieve(benchmark, archive, ports, n)
+    rounds = 1 if smoke else STORE_ROUNDS
+    rates4 = [_store_round(tmp_path / f"a4-{i}", series, 4) for i in range(rounds - 1)]
+    rates4.append(_store_round(tmp_path / "a4-last", series, 4, benchmark))
+    rate1 = _store_round(tmp_path / "a1", series, 1)
     _getscu_series(benchmark, series, tmp_path / "kept")
-    for k, key in ((1, "store_1"), (4, "store_4")):
+    spread = f"{min(rates4):.0f}-{max(rates4):.0f}"
+    for k, key, rate, note in (
+            (1, "store_1", rate1, "one round"),
+            (4, "store_4", statistics.median(rates4),
+             f"median of {rounds} round(s) ({spread}), fresh server each")):
         benchlib.report(benchmark, f"C-STORE, {k} association(s), HTJ2K + verify",
-                        subject=f"pacscore {rates[k]:.0f} inst/s",
+                        subject=f"pacscore {rate:.0f} inst/s",
                         baseline=f"Orthanc raw {ORTHANC[key]} inst/s (issue figure)",
-                        ratio=rates[k] / ORTHANC[key], target=">= 200 inst/s with 4",
-                        key=f"store_{k}", note=f"{n} CT instances, storescu")
+                        ratio=rate / ORTHANC[key], target=">= 200 inst/s with 4",
+                        key=key, note=f"{n} CT instances, storescu; {note}")
 
 
 def _p50(fn: Any, rounds: int = 15) -> float:

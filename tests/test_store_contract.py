@@ -170,6 +170,12 @@ class FrameStoreContract:
         with pytest.raises(NotFoundError):
             store.read_frames(loc, [0], 3)
 
+    def test_staged_blob_is_not_a_frame_array(self, store: FrameStore) -> None:
+        loc = new_loc()
+        store.stage_blob(loc, b"kept as received")
+        with pytest.raises(NotFoundError):
+            store.read_frames(loc, [0], 3)
+
     def test_frame_array_is_not_a_blob(self, store: FrameStore) -> None:
         loc = new_loc()
         store.stage_frames(loc, MONO, HTJ2K, frames_of(1, 5))

@@ -13,9 +13,10 @@ FACTS.md); the metadata is what ``zarr.create_array`` writes, so ``zarr.open`` r
 the arrays.  Durability, bulk: one ``syncfs`` for a whole batch (``flush``) instead of
 an fsync per file.  Single stores from the network: the worker that staged an instance
 fsyncs its few files and folders (``make_durable``, in parallel, off the commit path),
-so concurrent clients do not queue behind file-system-wide flushes.  Publishing only
-renames: the index owns the locations by then, and start-up recovery redoes a rename
-that a crash undid.
+so concurrent clients do not queue behind file-system-wide flushes.  Publishing
+renames (under the archive's commit lock, after the index owns the locations) and
+``sync_published`` fsyncs the folders renamed into, outside that lock; start-up
+recovery redoes a rename that a crash undid.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from .base import FrameStore, validate_location
 __all__ = ["ZarrFrameStore"]
 
 log = logging.getLogger(__name__)
+
 
 def _is_location(name: str) -> bool:
     try:
@@ -226,7 +228,7 @@ class ZarrFrameStore(FrameStore):
                 for missing in indices:
                     out.append(self._read_chunk(array, missing, ndim))
                 return out
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):  # (a blob is a file)
                 if array.is_dir():  # the array is there, the frame is not
                     break
         raise NotFoundError(f"frame {missing} of location {loc} is missing")
