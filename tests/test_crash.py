@@ -350,6 +350,30 @@ def test_injected_crashes_during_recovery(tmp_path: Path, small_list: Path) -> N
     assert check_archive(root, ledger)[0] == 16
 
 
+def test_injected_crash_during_recovery_of_a_delete(tmp_path: Path,
+                                                     small_list: Path) -> None:
+    """A delete killed after its index transaction leaves pending locations; a
+    recovery killed after removing their frames keeps the marks; the next one ends."""
+    root = tmp_path / "archive"
+    ledger = Ledger()
+    store_in_process(root, small_list, ledger)
+    steps = [
+        {"HELPER_DELETE": "1", "HELPER_SEED": "3", "CRASH_AT": "index_delete:1"},
+        {"CRASH_AT": "store_delete:1"},  # recovery removed the frames, kept the mark
+    ]
+    for env in steps:
+        run = run_helper(root, small_list, env)
+        assert run.killed, f"{env} not reached\n{run.describe()}"
+        ledger.absorb(run)
+    with Archive(root, readonly=True) as peek:
+        assert len(peek.index.pending()) == 1
+    records, recovered = check_archive(root, ledger)
+    assert records == 15
+    assert recovered == 1  # the pending mark, its frames already gone
+    assert store_in_process(root, small_list, ledger) == 16
+    assert check_archive(root, ledger)[0] == 16
+
+
 def _dimse_sender(port: int, files: list[str], acked: list[str]) -> None:
     """One association storing ``files`` until the server dies; records successes."""
     from pynetdicom import AE
