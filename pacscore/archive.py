@@ -645,14 +645,14 @@ class Archive:
     def delete(self, level: str, uid: str) -> int:
         """Delete an instance, series, study or patient; return instances removed."""
         self._require_writer()
-        with self._commit_lock:  # not between a commit's index transaction and rename
+        with self._commit_lock:  # no commit is between its index transaction and rename
             sops = self.index.instances(level, uid)
             if not sops:
                 raise NotFoundError(f"no {level} {uid} in the archive")
             removed = self.index.delete(sops)  # marks their locations pending
-            locs = [r.location for r in removed]
-            self.store_.delete(locs)
-            self.index.clear_pending(locs)
+        locs = [r.location for r in removed]
+        self.store_.delete(locs)  # (commits go on meanwhile: a big study takes a while)
+        self.index.clear_pending(locs)
         return len(removed)
 
     def verify(self) -> VerifyReport:

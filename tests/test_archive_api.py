@@ -269,6 +269,41 @@ def test_group_commit_answers_after_the_flush_and_overlaps_flushes(
         assert np.array_equal(_pixels(archive.get(str(ds.SOPInstanceUID))), ds.pixel_array)
 
 
+def test_delete_waits_for_a_commit_between_its_index_transaction_and_rename(
+        tmp_path: Path, ct_series: list[Path]) -> None:
+    """An instance is findable from its index transaction on, before its rename: a
+    delete arriving then must not run until the rename is done, or the renamed
+    frames would stay behind, owned by nobody."""
+    import threading
+
+    with Archive(tmp_path / "a", ArchiveConfig(prepare_workers=0)) as archive:
+        real = archive.store_.publish
+        indexed, release = threading.Event(), threading.Event()
+
+        def paused_publish(locs: list[str]) -> None:
+            indexed.set()
+            assert release.wait(10)
+            real(locs)
+
+        archive.store_.publish = paused_publish  # type: ignore[method-assign]
+        storing = threading.Thread(target=archive.store, args=(ct_series[0],))
+        storing.start()
+        assert indexed.wait(10)
+        (match,) = archive.find("instance")  # already findable
+        sop = str(match["SOPInstanceUID"])
+        assert archive.pixels(sop).shape == (512, 512)  # read from staging meanwhile
+        deleting = threading.Thread(target=archive.delete, args=("instance", sop))
+        deleting.start()
+        deleting.join(0.3)
+        assert deleting.is_alive(), "the delete ran between the commit and its rename"
+        release.set()
+        storing.join(10)
+        deleting.join(10)
+        assert archive.stats()["instances"] == 0
+        assert list(archive.store_.locations()) == [] and archive.store_.staged() == []
+        assert archive.index.pending() == []
+
+
 def test_one_writer_per_archive_others_read(tmp_path: Path, ct_series: list[Path]) -> None:
     """A second process opening an archive that is being written (a running `pacscore
     serve`, an import) may read it but must neither write nor run crash recovery, which
