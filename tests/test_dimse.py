@@ -462,3 +462,25 @@ def test_pdu_reader_allocates_what_arrives_not_what_a_header_claims() -> None:
     tracemalloc.stop()
     ours.close()
     assert bytes(got) == b"abc" and peak < 64 << 20
+
+
+def test_a_spool_folder_the_user_names_keeps_its_other_files(tmp_path: Path,
+                                                             series: Path) -> None:
+    """`--spool DIR`: data sets being received go there and are removed once stored;
+    what a killed server left there is removed at the next start; the user's own files
+    in DIR are never touched, and DIR stays when it holds them."""
+    archive, spool = tmp_path / "archive", tmp_path / "shared"
+    spool.mkdir()
+    (spool / "notes.txt").write_text("not pacscore's")
+    (spool / "pacscore-dimse-left-by-a-killed-server").write_bytes(b"\0" * 100)
+    cli("ae", "add", "MODALITY", "--host", "127.0.0.1", "--archive", str(archive))
+    with serving(archive, "--spool", str(spool)) as ports:
+        assert sorted(p.name for p in spool.iterdir()) == ["notes.txt"]
+        first = sorted(series.glob("*.dcm"))[:3]
+        stored = dcmtk("storescu", "-aet", "MODALITY", "-aec", "PACSCORE", "127.0.0.1",
+                       str(ports["dimse"]), *map(str, first))
+        assert stored.returncode == 0, stored.stderr
+        assert sorted(p.name for p in spool.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in spool.iterdir()) == ["notes.txt"]
+    assert (spool / "notes.txt").read_text() == "not pacscore's"
+    assert json.loads(cli("stats", "--archive", str(archive), "--json"))["instances"] == 3

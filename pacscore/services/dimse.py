@@ -45,8 +45,8 @@ from ..errors import (
 from ..index.base import LEVEL_ATTRIBUTES
 from . import dimse_find
 from .dimse_send import OutgoingObject, send_from_memory, send_responses_directly
+from .dimse_transport import clear_spool, nodelay, receive_into
 from .dimse_transport import install as tune_pynetdicom
-from .dimse_transport import nodelay, receive_into
 from .security import AeRegistry, AuditLog
 
 __all__ = ["DimseServer", "STATUS"]
@@ -95,8 +95,8 @@ class DimseServer:
         # Incoming data sets are written here until stored (one server per archive,
         # so whatever is left from a killed one was never acknowledged).
         self.spool = spool or archive.root / "spool"
-        shutil.rmtree(self.spool, ignore_errors=True)
         self.spool.mkdir(parents=True, exist_ok=True)
+        clear_spool(self.spool)
         receive_into(self.spool)
         self.registry = AeRegistry(archive.root)
         self.audit = AuditLog(archive.root)
@@ -156,7 +156,9 @@ class DimseServer:
         if self.server is not None:
             self.server.shutdown()
             self.server = None
-            shutil.rmtree(self.spool, ignore_errors=True)
+            clear_spool(self.spool)
+            with contextlib.suppress(OSError):  # left in place when it holds other files
+                self.spool.rmdir()
 
     # -- helpers ----------------------------------------------------------------
     def _refresh_allow_list(self, event: Any) -> None:

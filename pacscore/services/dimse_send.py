@@ -31,6 +31,7 @@ from . import dimse_wire
 __all__ = ["OutgoingObject", "data_set_offset", "response_command", "send_from_memory",
            "send_responses_directly", "store_request"]
 
+
 class OutgoingObject(Dataset):
     """What a retrieve handler yields: a Part-10 object encoded in ``syntax``."""
 

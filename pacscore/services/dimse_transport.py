@@ -56,7 +56,7 @@ from pynetdicom.transport import AssociationSocket
 
 from .dimse_wire import file_meta, send_lock
 
-__all__ = ["install", "nodelay", "receive_into"]
+__all__ = ["SPOOL_PREFIX", "clear_spool", "install", "nodelay", "receive_into"]
 
 
 _STEP = 4 << 20  # memory follows the data that arrives, whatever a PDU header claims
@@ -196,10 +196,24 @@ def install() -> None:
     setattr(pynetdicom.dimse_messages, "write_file_meta_info", _write_file_meta)  # noqa: B010
 
 
+SPOOL_PREFIX = "pacscore-dimse-"
+"""Names of the files :func:`receive_into` has pynetdicom create (nothing else in the
+spool folder is ever removed: it may be a folder the user shares with other data)."""
+
+
 def receive_into(folder: Path) -> None:
     """Make pynetdicom receive data sets into files in ``folder`` (process-wide)."""
     setattr(pynetdicom.dimse_messages, "NamedTemporaryFile",  # noqa: B010
-            functools.partial(tempfile.NamedTemporaryFile, dir=folder))
+            functools.partial(tempfile.NamedTemporaryFile, dir=folder, prefix=SPOOL_PREFIX))
+
+
+def clear_spool(folder: Path) -> int:
+    """Remove the data sets a stopped or killed server left in ``folder`` (none of
+    them was acknowledged); return how many."""
+    left = list(folder.glob(f"{SPOOL_PREFIX}*"))
+    for path in left:
+        path.unlink(missing_ok=True)
+    return len(left)
 
 
 def nodelay(event: Any) -> None:
