@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -40,7 +41,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def test_tls_everywhere_from_a_config_file(tmp_path: Path, pki: Path) -> None:
+def test_tls_everywhere_from_a_config_file(tmp_path: Path, pki: Path, corpus: Path) -> None:
     archive = tmp_path / "archive"
     config = tmp_path / "pacscore.toml"
     config.write_text(f'ae_title = "SECUREPACS"\ntls_cert = "{pki / "server.crt"}"\n'
@@ -77,6 +78,15 @@ def test_tls_everywhere_from_a_config_file(tmp_path: Path, pki: Path) -> None:
                  "127.0.0.1", str(ports["dimse"])], capture_output=True, env=env, timeout=60,
                 check=False)
             assert secure.returncode == 0, secure.stderr
+            files = sorted((corpus / "ct_series/tcia_lung_pet_ct_dx_chest_30sl").iterdir())[:3]
+            stored = subprocess.run(
+                [str(DCMTK / "storescu"), "-aet", "MODALITY", "-aec", "SECUREPACS", "+tls",
+                 str(pki / "client.key"), str(pki / "client.crt"), "+cf", str(pki / "ca.crt"),
+                 "127.0.0.1", str(ports["dimse"]), *map(str, files)], capture_output=True,
+                env=env, timeout=60, check=False)
+            assert stored.returncode == 0, stored.stderr
+            assert json.loads(cli("stats", "--archive", str(archive), "--json"))[
+                "instances"] == 3
             plain = subprocess.run(
                 [str(DCMTK / "echoscu"), "-aet", "MODALITY", "-aec", "SECUREPACS",
                  "127.0.0.1", str(ports["dimse"])], capture_output=True, env=env, timeout=60,

@@ -3,7 +3,8 @@
 It only translates requests into :class:`~pacscore.Archive` calls, checks the AE
 allow-list, writes the audit trail and maps errors to statuses through one table
 (PS3.4 Annex B and C, PS3.7 C).  Incoming C-STORE data sets are written to a file in
-the spool folder by pynetdicom (``STORE_RECV_CHUNKED_DATASET``) and stored from there.
+the spool folder as they arrive (:mod:`.dimse_receive`; pynetdicom's
+``STORE_RECV_CHUNKED_DATASET`` for the requests left to it) and stored from there.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from ..errors import (
     PacsError,
 )
 from ..index.base import LEVEL_ATTRIBUTES
-from . import dimse_find
+from . import dimse_find, dimse_receive
 from .dimse_send import OutgoingObject, send_from_memory, send_responses_directly
 from .dimse_transport import clear_spool, nodelay, receive_into
 from .dimse_transport import install as tune_pynetdicom
@@ -111,6 +112,7 @@ class DimseServer:
         _config.LOG_HANDLER_LEVEL = "none"
         _config.LOG_REQUEST_IDENTIFIERS = _config.LOG_RESPONSE_IDENTIFIERS = False
         tune_pynetdicom()  # PDU reads, reactor wake-ups (see dimse_transport)
+        dimse_receive.install()  # C-STORE data sets straight to the spool
         ae = AE(ae_title=ae_title)
         ae.require_called_aet = True
         ae.maximum_pdu_size = max_pdu
@@ -143,6 +145,8 @@ class DimseServer:
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._refresh_allow_list), (evt.EVT_CONN_OPEN, nodelay),
             (evt.EVT_CONN_OPEN, lambda event: send_responses_directly(event.assoc)),
+            (evt.EVT_CONN_OPEN, lambda event: dimse_receive.enable(
+                event.assoc, self._store_request, self.spool)),
             (evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store),
             (evt.EVT_C_FIND, self._find), (evt.EVT_C_GET, self._get),
             (evt.EVT_C_MOVE, self._move), (evt.EVT_REJECTED, self._rejected),
@@ -168,11 +172,18 @@ class DimseServer:
         self.ae.require_calling_aet = names or [_NOBODY]
 
     def _peer(self, event: Any) -> tuple[str, str]:
-        requestor = event.assoc.requestor
+        return self._requestor(event.assoc)
+
+    @staticmethod
+    def _requestor(assoc: Any) -> tuple[str, str]:
+        requestor = assoc.requestor
         return str(requestor.ae_title).strip(), str(requestor.address)
 
     def _allowed(self, event: Any, right: str) -> bool:
-        name, host = self._peer(event)
+        return self._may(event.assoc, right)
+
+    def _may(self, assoc: Any, right: str) -> bool:
+        name, host = self._requestor(assoc)
         if self.registry.allows(name, host, right):
             return True
         self.audit.record("authentication", action="E", outcome="minor", user=name,
@@ -214,10 +225,16 @@ class DimseServer:
         return 0x0000 if self._allowed(event, "echo") else NOT_AUTHORIZED
 
     def _store(self, event: Any) -> int:
-        name, host = self._peer(event)
-        if not self._allowed(event, "store"):
+        """EVT_C_STORE: requests pynetdicom received (see :mod:`.dimse_receive`)."""
+        return self._store_file(event.assoc, Path(event.dataset_path))
+
+    def _store_request(self, assoc: Any, request: dimse_receive.StoreRequest) -> int:
+        return self._store_file(assoc, request.path)
+
+    def _store_file(self, assoc: Any, path: Path) -> int:
+        name, host = self._requestor(assoc)
+        if not self._may(assoc, "store"):
             return NOT_AUTHORIZED
-        path = event.dataset_path
         try:
             result = self.archive.store(path, source=f"C-STORE from {name}@{host}")
         except PacsError as exc:

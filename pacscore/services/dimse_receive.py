@@ -1,0 +1,314 @@
+"""C-STORE requests received straight into the spool, past pynetdicom's message layer.
+
+pynetdicom turns every P-DATA-TF PDU into PDU and primitive objects (copying the
+data three times), runs its state machine, decodes the command set with pydicom,
+validates every UID, queues the message for the association's thread, runs its
+storage service class and encodes the response with pydicom: about a millisecond of
+the server's CPU per CT-size instance, on top of the protocol itself.  On an
+association the server accepted (:func:`enable`), the reader installed here
+(:func:`install`) handles the one message that dominates ingest itself:
+
+* a P-DATA-TF PDU whose first PDV is a complete command set of a C-STORE-RQ with a
+  data set, on an accepted presentation context, opens a file in the spool with the
+  preamble and file meta group pynetdicom would write (:func:`.dimse_wire.file_meta`);
+* its data set fragments are written to that file as they arrive, from the receive
+  buffer (one copy);
+* the last fragment closes the file; the handler stores it (in the association's
+  reader thread: the peer waits for the response anyway) and the C-STORE-RSP is
+  written with :mod:`.dimse_wire`.
+
+Everything else takes pynetdicom's path unchanged: other PDU types, other messages
+(their PDVs are handed to pynetdicom's DIMSE layer as its state machine would), a
+message pynetdicom has already started, TLS or not.  A data set cut short by a closed
+connection or an abort is removed from the spool, never stored.  pynetdicom's
+``EVT_DATA_RECV``, ``EVT_PDU_RECV``, ``EVT_DIMSE_RECV`` and ``EVT_C_STORE`` are not
+triggered for these requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import struct
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu_primitives import P_DATA
+
+from . import dimse_wire
+from .dimse_transport import SPOOL_PREFIX
+
+__all__ = ["StoreRequest", "enable", "install", "store_response"]
+
+log = logging.getLogger(__name__)
+
+_P_DATA_TF = 0x04
+_PDU_TYPES = range(0x01, 0x08)  # PS3.8 9.3.1
+_C_STORE_RQ, _C_STORE_RSP, _NO_DATA_SET = 0x0001, 0x8001, 0x0101
+_HANDLER_FAILED = 0xC211  # "exception in handler", as pynetdicom answers
+_OUT_OF_RESOURCES = 0xA700  # PS3.4 B.2.3
+_STEP = 4 << 20  # the receive buffer grows as data arrives, whatever a header claims
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRequest:
+    """A C-STORE-RQ whose data set is in ``path`` (a Part-10 file of the spool)."""
+
+    context_id: int
+    message_id: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    path: Path
+
+
+StoreHandler = Callable[[Any, StoreRequest], int]
+"""``(association, request) -> status``; called once the data set is complete."""
+
+
+def store_response(request: StoreRequest, status: int) -> bytes:
+    """The C-STORE-RSP command set (PS3.7 9.3.1.2)."""
+    return dimse_wire.command_set([
+        (0x0002, request.sop_class_uid), (0x0100, _C_STORE_RSP),
+        (0x0120, request.message_id), (0x0800, _NO_DATA_SET), (0x0900, status),
+        (0x1000, request.sop_instance_uid)])
+
+
+def _command(value: memoryview) -> dict[int, bytes]:
+    """Group 0000 elements of a command set (Implicit VR Little Endian) by element."""
+    out, at = {}, 0
+    while at + 8 <= len(value):
+        group, number, length = struct.unpack_from("<HHI", value, at)
+        if group != 0x0000 or at + 8 + length > len(value):
+            raise ValueError("not a command set")
+        out[number] = bytes(value[at + 8:at + 8 + length])
+        at += 8 + length
+    if at != len(value):
+        raise ValueError("command set ends inside an element")
+    return out
+
+
+def _uid(raw: bytes | None) -> str | None:
+    return raw.rstrip(b"\0 ").decode("ascii") if raw else None
+
+
+def _us(raw: bytes | None) -> int | None:
+    return struct.unpack("<H", raw)[0] if raw is not None and len(raw) == 2 else None
+
+
+@dataclass(slots=True)
+class _Incoming:
+    """A C-STORE-RQ whose data set is arriving; ``fd`` is -1 once writing failed (the
+    rest is read and dropped, and the request answered "out of resources")."""
+
+    request: StoreRequest
+    fd: int
+
+    def write(self, data: memoryview) -> None:
+        try:
+            while data and self.fd >= 0:
+                data = data[os.write(self.fd, data):]
+        except OSError as exc:
+            log.error("spooling %s failed: %s", self.request.sop_instance_uid, exc)
+            self.discard()
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+        with contextlib.suppress(OSError):
+            os.unlink(self.request.path)
+
+
+class _Receiver:
+    """The fast path's state on one association."""
+
+    def __init__(self, handler: StoreHandler, spool: Path):
+        self.handler, self.spool = handler, spool
+        self.buffer = bytearray(64 << 10)
+        self.incoming: _Incoming | None = None
+
+    def open(self, assoc: Any, context_id: int, fields: dict[int, bytes]) -> bool:
+        """Start receiving the data set of a C-STORE-RQ into the spool; False when the
+        command is anything else, for pynetdicom to handle."""
+        context = assoc._accepted_cx.get(context_id)
+        message_id = _us(fields.get(0x0110))
+        sop_class, sop = _uid(fields.get(0x0002)), _uid(fields.get(0x1000))
+        if _us(fields.get(0x0100)) != _C_STORE_RQ or context is None \
+                or _us(fields.get(0x0800)) in (None, _NO_DATA_SET) \
+                or message_id is None or not sop_class or not sop:
+            return False
+        syntax = str(context.transfer_syntax[0])
+        try:
+            fd, name = tempfile.mkstemp(suffix=".dcm", prefix=SPOOL_PREFIX, dir=self.spool)
+        except OSError as exc:
+            log.error("spool %s unusable: %s", self.spool, exc)
+            fd, name = -1, str(self.spool / f"{SPOOL_PREFIX}unwritable")
+        self.incoming = _Incoming(StoreRequest(context_id, message_id, sop_class, sop,
+                                               syntax, Path(name)), fd)
+        self.incoming.write(memoryview(b"\0" * 128 + b"DICM" + dimse_wire.file_meta(
+            sop_class, sop, syntax)))
+        return True
+
+    def finish(self, assoc: Any) -> None:
+        """The data set is complete: store it and answer."""
+        incoming, self.incoming = self.incoming, None
+        assert incoming is not None
+        request = incoming.request
+        if incoming.fd < 0:
+            status = _OUT_OF_RESOURCES
+        else:
+            os.close(incoming.fd)
+            try:
+                status = self.handler(assoc, request)
+            except Exception:
+                log.exception("storing %s failed", request.sop_instance_uid)
+                status = _HANDLER_FAILED
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(request.path)
+        if assoc.is_established:
+            dimse_wire.send_message(assoc, request.context_id, store_response(request, status))
+
+    def discard(self) -> None:
+        if self.incoming is not None:
+            self.incoming.discard()
+            self.incoming = None
+
+    def read(self, transport: Any, count: int) -> memoryview | None:
+        """Exactly ``count`` bytes from the socket into the buffer (None: closed)."""
+        raw = transport.socket
+        if not min(count, _STEP) <= len(self.buffer) <= _STEP:  # kept small between PDUs
+            self.buffer = bytearray(max(min(count, _STEP), 64 << 10))
+        read = 0
+        while read < count:
+            if read == len(self.buffer):  # grow only as data comes in (a peer may lie)
+                self.buffer.extend(bytes(min(count - read, _STEP)))
+            with memoryview(self.buffer) as view:
+                got = raw.recv_into(view[read:min(count, len(view))])
+            if not got:
+                return None
+            read += got
+        return memoryview(self.buffer)[:count]
+
+
+_ORIGINAL_READ = DULServiceProvider._read_pdu_data
+
+
+def _pdvs(body: memoryview) -> list[tuple[int, int, memoryview]] | None:
+    """(context ID, message control header, value) of each PDV; None if malformed."""
+    out, at = [], 0
+    while at < len(body):
+        if at + 6 > len(body):
+            return None
+        (length,) = struct.unpack_from(">I", body, at)
+        if length < 2 or at + 4 + length > len(body):
+            return None
+        out.append((body[at + 4], body[at + 5], body[at + 6:at + 4 + length]))
+        at += 4 + length
+    return out
+
+
+def _to_pynetdicom(dul: DULServiceProvider, pdvs: list[tuple[int, int, memoryview]]) -> None:
+    """Hand PDVs to pynetdicom's DIMSE layer, as its state machine does (DT-2)."""
+    primitive = P_DATA()
+    # pynetdicom annotates tuples but its setter accepts only [ID, PDV] lists
+    items: Any = [[cid, bytes([control]) + bytes(value)] for cid, control, value in pdvs]
+    primitive.presentation_data_value_list = items
+    dul.assoc.dimse.receive_primitive(primitive)
+
+
+def _read_pdu_data(self: DULServiceProvider) -> None:
+    receiver: _Receiver | None = self.__dict__.get("_pacscore_receiver")
+    transport = self.socket
+    if receiver is None or transport is None or transport.socket is None \
+            or self.state_machine.current_state != "Sta6" or not self.event_queue.empty():
+        _ORIGINAL_READ(self)
+        return
+    try:
+        header = receiver.read(transport, 6)
+        if header is None:
+            raise ConnectionError("closed")
+        head = bytes(header)  # the buffer is reused for the body
+        header.release()
+        pdu_type, _, length = struct.unpack(">BBL", head)
+        if pdu_type not in _PDU_TYPES:  # its length means nothing: do not read it
+            receiver.discard()
+            self.event_queue.put("Evt19")  # unrecognised PDU, as pynetdicom reacts
+            return
+        body = receiver.read(transport, length)
+        if body is None:
+            raise ConnectionError("closed")
+    except (OSError, ConnectionError, TimeoutError):
+        receiver.discard()
+        self.event_queue.put("Evt17")  # transport connection closed
+        return
+    if pdu_type != _P_DATA_TF:
+        receiver.discard()  # a release or abort inside a data set: nothing is stored
+        _decode(self, head + bytes(body))
+        return
+    _data(self, receiver, body)
+
+
+def _decode(dul: DULServiceProvider, pdu_bytes: bytes) -> None:
+    """Any PDU but P-DATA-TF: pynetdicom decodes it and its state machine acts."""
+    try:
+        pdu, event = dul._decode_pdu(bytearray(pdu_bytes))
+    except Exception:
+        log.exception("unable to decode a PDU")
+        dul.event_queue.put("Evt19")  # unrecognised or invalid PDU
+        return
+    dul.event_queue.put(event)
+    dul._recv_pdu.put(pdu)
+
+
+def _data(dul: DULServiceProvider, receiver: _Receiver, body: memoryview) -> None:
+    pdvs = _pdvs(body)
+    if pdvs is None:
+        receiver.discard()
+        dul.event_queue.put("Evt19")
+        return
+    assoc = dul.assoc
+    for i, (context_id, control, value) in enumerate(pdvs):
+        if receiver.incoming is not None:
+            if control & 1 or context_id != receiver.incoming.request.context_id:
+                log.warning("a fragment of another message inside the data set of %s: "
+                            "association aborted", receiver.incoming.request.sop_instance_uid)
+                receiver.discard()
+                dul.event_queue.put("Evt19")
+                return
+            receiver.incoming.write(value)
+            if control & 2:
+                receiver.finish(assoc)
+            continue
+        fields = None
+        if control & 3 == 3 and assoc.dimse.message is None:
+            with contextlib.suppress(ValueError, struct.error):
+                fields = _command(value)
+        if fields is not None and _us(fields.get(0x0100)) == _C_STORE_RQ \
+                and context_id not in assoc._accepted_cx:
+            log.warning("C-STORE-RQ on presentation context %d, which was not accepted: "
+                        "association aborted", context_id)
+            dul.event_queue.put("Evt19")  # as pynetdicom aborts, minus its spool file
+            return
+        if fields is None or not receiver.open(assoc, context_id, fields):
+            _to_pynetdicom(dul, pdvs[i:])
+            return
+
+
+def install() -> None:
+    """Read P-DATA-TF PDUs through the fast path on associations :func:`enable`\\ d
+    (idempotent)."""
+    DULServiceProvider._read_pdu_data = _read_pdu_data  # type: ignore[method-assign]
+
+
+def enable(assoc: Any, handler: StoreHandler, spool: Path) -> None:
+    """Receive ``assoc``'s C-STORE requests into ``spool`` and store them with
+    ``handler``."""
+    assoc.dul.__dict__["_pacscore_receiver"] = _Receiver(handler, spool)

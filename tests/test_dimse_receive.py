@@ -1,0 +1,226 @@
+"""C-STORE data sets received straight into the spool (pacscore.services.dimse_receive):
+every PDU size, other messages on the same association, a data set cut short, a lost
+spool folder, malformed PDUs.  Peers: pynetdicom as SCU, DCMTK storescu, raw PDUs."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+
+from pacscore import Archive
+from pacscore.services import dimse_wire
+from pacscore.services.dimse_receive import StoreRequest, store_response
+from pacscore.services.dimse_send import data_set_offset, store_request
+from pacscore.services.dimse_transport import SPOOL_PREFIX
+from pacscore.testing import cli, serving
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+@pytest.fixture()
+def files(corpus: Path) -> list[Path]:
+    return sorted((corpus / "ct_series/tcia_lung_pet_ct_dx_chest_30sl").iterdir())[:3]
+
+
+@pytest.fixture()
+def archive(tmp_path: Path) -> Path:
+    root = tmp_path / "archive"
+    cli("ae", "add", "MODALITY", "--host", "127.0.0.1", "--archive", str(root))
+    return root
+
+
+def _associate(port: int) -> object:
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CTImageStorage, [EXPLICIT_LE])
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACSCORE")
+    assert assoc.is_established
+    return assoc
+
+
+def _context(assoc: object) -> int:
+    return next(int(cx.context_id) for cx in assoc.accepted_contexts  # type: ignore[attr-defined]
+                if cx.abstract_syntax == CT)
+
+
+def _data_set(path: Path) -> bytes:
+    raw = path.read_bytes()
+    return raw[data_set_offset(raw):]
+
+
+def _pdu(*pdvs: tuple[int, int, bytes]) -> bytes:
+    """One P-DATA-TF PDU holding ``(context ID, control header, value)`` PDVs."""
+    body = b"".join(struct.pack(">IBB", 2 + len(v), cid, control) + v
+                    for cid, control, v in pdvs)
+    return struct.pack(">BxI", 0x04, len(body)) + body
+
+
+def _send_raw(assoc: object, data: bytes) -> None:
+    transport = assoc.dul.socket  # type: ignore[attr-defined]
+    with dimse_wire.send_lock(transport):
+        transport.socket.sendall(data)
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _spooled(spool: Path) -> list[Path]:
+    return list(spool.glob(f"{SPOOL_PREFIX}*"))
+
+
+@pytest.mark.parametrize("max_pdu", ["128", "4096", "0"])
+def test_any_pdu_size_stores_the_data_set_as_sent(archive: Path, files: list[Path],
+                                                  tmp_path: Path, max_pdu: str) -> None:
+    """With 128-byte PDUs the command set itself is split (pynetdicom's path); with
+    4 KiB and unlimited PDUs the data set arrives in many or one fragment.  Other
+    messages on the same association (C-ECHO) keep working between stores."""
+    spool = tmp_path / "spool"
+    with serving(archive, "--max-pdu", max_pdu, "--spool", str(spool)) as ports:
+        assoc = _associate(ports["dimse"])
+        try:
+            for path in files:
+                assert assoc.send_c_store(path).Status == 0x0000  # type: ignore[attr-defined]
+                assert assoc.send_c_echo().Status == 0x0000  # type: ignore[attr-defined]
+        finally:
+            assoc.release()  # type: ignore[attr-defined]
+        assert _spooled(spool) == []
+    with Archive(archive) as arch:
+        for path in files:
+            sop = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+            stored = arch.get(sop, "original")
+            assert stored[data_set_offset(stored):] == _data_set(path)
+
+
+def test_a_data_set_cut_short_is_never_stored(archive: Path, files: list[Path],
+                                              tmp_path: Path) -> None:
+    """The peer aborts halfway through a data set: its spool file goes, nothing is
+    stored, and the next association stores normally."""
+    spool = tmp_path / "spool"
+    with serving(archive, "--spool", str(spool)) as ports:
+        assoc = _associate(ports["dimse"])
+        cid = _context(assoc)
+        sop = pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID
+        data = _data_set(files[0])
+        _send_raw(assoc, _pdu((cid, 0x03, store_request(CT, sop, 7))))
+        _send_raw(assoc, _pdu((cid, 0x00, data[:len(data) // 2])))
+        _wait_for(lambda: len(_spooled(spool)) == 1, "the data set to be spooled")
+        assoc.abort()  # type: ignore[attr-defined]
+        _wait_for(lambda: _spooled(spool) == [], "the partial data set to be removed")
+        again = _associate(ports["dimse"])
+        try:
+            assert again.send_c_store(files[1]).Status == 0x0000  # type: ignore[attr-defined]
+        finally:
+            again.release()  # type: ignore[attr-defined]
+    with Archive(archive) as arch:
+        assert arch.stats()["instances"] == 1
+        assert arch.instances("series", pydicom.dcmread(
+            files[1], stop_before_pixels=True).SeriesInstanceUID) == [
+            pydicom.dcmread(files[1], stop_before_pixels=True).SOPInstanceUID]
+
+
+def test_a_lost_spool_folder_answers_out_of_resources(archive: Path, files: list[Path],
+                                                      tmp_path: Path) -> None:
+    """The spool folder vanishes (an operator cleaning /dev/shm): the request is
+    answered 0xA700 with the association kept; once it is back, stores succeed."""
+    spool = tmp_path / "spool"
+    with serving(archive, "--spool", str(spool)) as ports:
+        assoc = _associate(ports["dimse"])
+        try:
+            shutil.rmtree(spool)
+            assert assoc.send_c_store(files[0]).Status == 0xA700  # type: ignore[attr-defined]
+            assert assoc.is_established  # type: ignore[attr-defined]
+            spool.mkdir()
+            assert assoc.send_c_store(files[1]).Status == 0x0000  # type: ignore[attr-defined]
+        finally:
+            assoc.release()  # type: ignore[attr-defined]
+    with Archive(archive) as arch:
+        assert arch.stats()["instances"] == 1
+
+
+@pytest.mark.parametrize("bad", ["pdv_longer_than_pdu", "command_inside_data_set",
+                                 "unaccepted_context", "unknown_pdu_type"])
+def test_malformed_pdus_abort_the_association_only(archive: Path, files: list[Path],
+                                                   tmp_path: Path, bad: str) -> None:
+    """A PDV overrunning its PDU, a command fragment in the middle of a data set, a
+    C-STORE on a context that was never accepted, a PDU type that does not exist (with
+    a 4 GB length nobody sends): that association is aborted, nothing is stored or
+    left in the spool, and the server goes on."""
+    spool = tmp_path / "spool"
+    with serving(archive, "--spool", str(spool)) as ports:
+        assoc = _associate(ports["dimse"])
+        cid = _context(assoc)
+        sop = pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID
+        data = _data_set(files[0])
+        command = store_request(CT, sop, 1)
+        if bad == "pdv_longer_than_pdu":
+            pdu = bytearray(_pdu((cid, 0x03, command)))
+            struct.pack_into(">I", pdu, 6, len(command) + 100)
+            _send_raw(assoc, bytes(pdu))
+        elif bad == "command_inside_data_set":
+            _send_raw(assoc, _pdu((cid, 0x03, command), (cid, 0x00, data[:1000])))
+            _send_raw(assoc, _pdu((cid, 0x03, command)))
+        elif bad == "unaccepted_context":
+            _send_raw(assoc, _pdu((cid + 100, 0x03, command), (cid + 100, 0x02, data)))
+        else:
+            _send_raw(assoc, struct.pack(">BxI", 0x09, 0xFFFFFFF0))
+        _wait_for(lambda: assoc.is_aborted, "the server to abort")  # type: ignore[attr-defined]
+        _wait_for(lambda: _spooled(spool) == [], "the spool to be emptied")
+        again = _associate(ports["dimse"])
+        try:
+            assert again.send_c_store(files[1]).Status == 0x0000  # type: ignore[attr-defined]
+        finally:
+            again.release()  # type: ignore[attr-defined]
+    with Archive(archive) as arch:
+        assert arch.stats()["instances"] == 1
+
+
+def test_store_response_decodes_to_its_fields() -> None:
+    request = StoreRequest(3, 77, CT, "1.2.3.4.5", EXPLICIT_LE, Path("x"))
+    raw = store_response(request, 0xA700)
+    command = pydicom.filereader.read_dataset(io.BytesIO(raw), is_implicit_VR=True,
+                                              is_little_endian=True)
+    assert command.CommandGroupLength == len(raw) - 12
+    assert (command.CommandField, command.MessageIDBeingRespondedTo, command.Status,
+            command.CommandDataSetType) == (0x8001, 77, 0xA700, 0x0101)
+    assert (command.AffectedSOPClassUID, command.AffectedSOPInstanceUID) == (CT, "1.2.3.4.5")
+
+
+def test_one_pdu_larger_than_the_read_step_then_small_ones(archive: Path, files: list[Path],
+                                                           corpus: Path, tmp_path: Path) -> None:
+    """No PDU size limit: a 7.4 MB radiograph arrives as one PDU (over the reader's
+    4 MiB step, so its buffer grows as data comes in), then CT slices and an echo."""
+    big = corpus / "radiography/cr/WG04_RG2_UNC_2140x1760.dcm"
+    meta = pydicom.dcmread(big, stop_before_pixels=True)
+    assert len(_data_set(big)) > 4 << 20
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(meta.SOPClassUID, [meta.file_meta.TransferSyntaxUID])
+    ae.add_requested_context(CTImageStorage, [EXPLICIT_LE])
+    ae.add_requested_context(Verification)
+    with serving(archive, "--max-pdu", "0", "--spool", str(tmp_path / "spool")) as ports:
+        assoc = ae.associate("127.0.0.1", ports["dimse"], ae_title="PACSCORE")
+        assert assoc.is_established
+        try:
+            assert assoc.send_c_store(big).Status == 0x0000
+            for path in files:
+                assert assoc.send_c_store(path).Status == 0x0000
+            assert assoc.send_c_echo().Status == 0x0000
+        finally:
+            assoc.release()
+    with Archive(archive) as arch:
+        stored = arch.get(meta.SOPInstanceUID, "original")
+        assert stored[data_set_offset(stored):] == _data_set(big)
+        assert arch.stats()["instances"] == 1 + len(files)
