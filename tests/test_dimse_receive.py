@@ -5,6 +5,7 @@ spool folder, malformed PDUs.  Peers: pynetdicom as SCU, DCMTK storescu, raw PDU
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import struct
 import time
@@ -76,6 +77,11 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> 
     while not condition():
         assert time.monotonic() < end, f"timed out waiting for {what}"
         time.sleep(0.02)
+
+
+def _instances(archive: Path) -> int:
+    """Instances the running server's archive holds (read by a second process)."""
+    return int(json.loads(cli("stats", "--archive", str(archive), "--json"))["instances"])
 
 
 def _spooled(spool: Path) -> list[Path]:
@@ -224,3 +230,30 @@ def test_one_pdu_larger_than_the_read_step_then_small_ones(archive: Path, files:
         stored = arch.get(meta.SOPInstanceUID, "original")
         assert stored[data_set_offset(stored):] == _data_set(big)
         assert arch.stats()["instances"] == 1 + len(files)
+
+
+def test_a_peer_gone_before_the_response_still_has_its_data_set_stored(
+        archive: Path, files: list[Path], tmp_path: Path) -> None:
+    """The whole data set arrived, then the connection closed before the response
+    could go out: the instance is stored (a resend is a duplicate), nothing is left
+    in the spool, and the server goes on."""
+    spool = tmp_path / "spool"
+    with serving(archive, "--spool", str(spool)) as ports:
+        assoc = _associate(ports["dimse"])
+        cid = _context(assoc)
+        sop = pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID
+        _send_raw(assoc, _pdu((cid, 0x03, store_request(CT, sop, 5)),
+                              (cid, 0x02, _data_set(files[0]))))
+        assoc.dul.socket.socket.close()  # type: ignore[attr-defined]
+        _wait_for(lambda: _instances(archive) == 1, "the data set to be stored")
+        assert _spooled(spool) == []
+        again = _associate(ports["dimse"])
+        try:
+            assert again.send_c_store(files[0]).Status == 0x0000  # type: ignore[attr-defined]
+        finally:
+            again.release()  # type: ignore[attr-defined]
+        assoc.abort()  # type: ignore[attr-defined]
+    with Archive(archive) as arch:
+        assert arch.stats()["instances"] == 1
+        stored = arch.get(sop, "original")
+        assert stored[data_set_offset(stored):] == _data_set(files[0])

@@ -173,8 +173,12 @@ class _Receiver:
             finally:
                 with contextlib.suppress(OSError):
                     os.unlink(request.path)
-        if assoc.is_established:
+        if not assoc.is_established:
+            return
+        try:
             dimse_wire.send_message(assoc, request.context_id, store_response(request, status))
+        except OSError:  # the peer went away meanwhile (it will send it again: a duplicate)
+            assoc.dul.event_queue.put("Evt17")  # transport connection closed
 
     def discard(self) -> None:
         if self.incoming is not None:
