@@ -158,12 +158,14 @@ def test_a_lost_spool_folder_answers_out_of_resources(archive: Path, files: list
 
 
 @pytest.mark.parametrize("bad", ["pdv_longer_than_pdu", "command_inside_data_set",
-                                 "unaccepted_context", "unknown_pdu_type"])
+                                 "unaccepted_context", "unknown_pdu_type",
+                                 "pdu_over_the_maximum", "overlong_uid"])
 def test_malformed_pdus_abort_the_association_only(archive: Path, files: list[Path],
                                                    tmp_path: Path, bad: str) -> None:
     """A PDV overrunning its PDU, a command fragment in the middle of a data set, a
     C-STORE on a context that was never accepted, a PDU type that does not exist (with
-    a 4 GB length nobody sends): that association is aborted, nothing is stored or
+    a 4 GB length nobody sends), a PDU over the 16 MiB the server announced, a SOP
+    Instance UID of 70 characters: that association is aborted, nothing is stored or
     left in the spool, and the server goes on."""
     spool = tmp_path / "spool"
     with serving(archive, "--spool", str(spool)) as ports:
@@ -181,8 +183,14 @@ def test_malformed_pdus_abort_the_association_only(archive: Path, files: list[Pa
             _send_raw(assoc, _pdu((cid, 0x03, command)))
         elif bad == "unaccepted_context":
             _send_raw(assoc, _pdu((cid + 100, 0x03, command), (cid + 100, 0x02, data)))
-        else:
+        elif bad == "unknown_pdu_type":
             _send_raw(assoc, struct.pack(">BxI", 0x09, 0xFFFFFFF0))
+        elif bad == "pdu_over_the_maximum":
+            _send_raw(assoc, _pdu((cid, 0x03, command)))
+            _send_raw(assoc, struct.pack(">BxI", 0x04, (16 << 20) + 1) + data[:1000])
+        else:
+            _send_raw(assoc, _pdu((cid, 0x03, store_request(CT, "1." * 35, 1)),
+                                  (cid, 0x02, data)))
         _wait_for(lambda: assoc.is_aborted, "the server to abort")  # type: ignore[attr-defined]
         _wait_for(lambda: _spooled(spool) == [], "the spool to be emptied")
         again = _associate(ports["dimse"])
@@ -257,3 +265,76 @@ def test_a_peer_gone_before_the_response_still_has_its_data_set_stored(
         assert arch.stats()["instances"] == 1
         stored = arch.get(sop, "original")
         assert stored[data_set_offset(stored):] == _data_set(files[0])
+
+
+def _config(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "pacscore.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_the_server_timing_out_inside_a_data_set_removes_it(archive: Path, files: list[Path],
+                                                            tmp_path: Path) -> None:
+    """The peer stalls halfway through a data set; the server's idle timeout (1 s here)
+    aborts the association and the partial data set leaves the spool."""
+    spool = tmp_path / "spool"
+    with serving(archive, "--config", _config(tmp_path, "idle_timeout = 1.0\n"),
+                 "--spool", str(spool)) as ports:
+        assoc = _associate(ports["dimse"])
+        cid = _context(assoc)
+        sop = pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID
+        _send_raw(assoc, _pdu((cid, 0x03, store_request(CT, sop, 1)),
+                              (cid, 0x00, _data_set(files[0])[:1000])))
+        _wait_for(lambda: len(_spooled(spool)) == 1, "the data set to be spooled")
+        _wait_for(lambda: assoc.is_aborted, "the idle timeout")  # type: ignore[attr-defined]
+        _wait_for(lambda: _spooled(spool) == [], "the partial data set to be removed")
+        assert _instances(archive) == 0
+
+
+@pytest.mark.parametrize(("max_pdu", "path"), [(4096, "pacscore"), (128, "pynetdicom")])
+def test_stores_slower_than_the_idle_timeout_are_answered(archive: Path, files: list[Path],
+                                                          tmp_path: Path, max_pdu: int,
+                                                          path: str) -> None:
+    """A store that takes longer than the network timeout (a big instance, a slow
+    disk) is still answered, on either reading path: pacscore's for whole command
+    sets, pynetdicom's when the command set itself is split over PDUs.  A handler
+    that fails answers 0xC211, as pynetdicom does."""
+    from pacscore.services.dimse import DimseServer
+    from pacscore.testing import free_port
+
+    calls = {"pacscore": 0, "pynetdicom": 0}
+    with Archive(archive) as arch:
+        server = DimseServer(arch, max_pdu=max_pdu, idle_timeout=0.5, spool=tmp_path / "s")
+        fast, slow = server._store_request, server._store
+
+        def fast_path(assoc: object, request: object) -> int:
+            calls["pacscore"] += 1
+            time.sleep(1.5)
+            if calls["pacscore"] + calls["pynetdicom"] == 2:
+                raise RuntimeError("a failing handler")
+            return fast(assoc, request)  # type: ignore[arg-type]
+
+        def pynetdicom_path(event: object) -> int:
+            calls["pynetdicom"] += 1
+            time.sleep(1.5)
+            if calls["pacscore"] + calls["pynetdicom"] == 2:
+                raise RuntimeError("a failing handler")
+            return slow(event)
+
+        server._store_request = fast_path  # type: ignore[method-assign]
+        server._store = pynetdicom_path  # type: ignore[method-assign]
+        port = free_port()
+        server.start("127.0.0.1", port)
+        try:
+            assoc = _associate(port)
+            try:
+                first = assoc.send_c_store(files[0])  # type: ignore[attr-defined]
+                second = assoc.send_c_store(files[1])  # type: ignore[attr-defined]
+                assert assoc.is_established  # type: ignore[attr-defined]
+            finally:
+                assoc.release()  # type: ignore[attr-defined]
+        finally:
+            server.stop()
+        assert (first.Status, second.Status) == (0x0000, 0xC211)
+        assert calls[path] == 2 and sum(calls.values()) == 2
+        assert arch.stats()["instances"] == 1

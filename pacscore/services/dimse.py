@@ -146,7 +146,8 @@ class DimseServer:
             (evt.EVT_CONN_OPEN, self._refresh_allow_list), (evt.EVT_CONN_OPEN, nodelay),
             (evt.EVT_CONN_OPEN, lambda event: send_responses_directly(event.assoc)),
             (evt.EVT_CONN_OPEN, lambda event: dimse_receive.enable(
-                event.assoc, self._store_request, self.spool)),
+                event.assoc, self._store_request, self.spool, self.ae.maximum_pdu_size)),
+            (evt.EVT_CONN_CLOSE, dimse_receive.closed),
             (evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store),
             (evt.EVT_C_FIND, self._find), (evt.EVT_C_GET, self._get),
             (evt.EVT_C_MOVE, self._move), (evt.EVT_REJECTED, self._rejected),
@@ -226,7 +227,8 @@ class DimseServer:
 
     def _store(self, event: Any) -> int:
         """EVT_C_STORE: requests pynetdicom received (see :mod:`.dimse_receive`)."""
-        return self._store_file(event.assoc, Path(event.dataset_path))
+        with dimse_receive.not_idle(event.assoc):
+            return self._store_file(event.assoc, Path(event.dataset_path))
 
     def _store_request(self, assoc: Any, request: dimse_receive.StoreRequest) -> int:
         return self._store_file(assoc, request.path)

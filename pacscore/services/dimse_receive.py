@@ -30,9 +30,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import struct
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from . import dimse_wire
 from .dimse_transport import SPOOL_PREFIX
 
-__all__ = ["StoreRequest", "enable", "install", "store_response"]
+__all__ = ["StoreRequest", "closed", "enable", "install", "not_idle", "store_response"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,20 @@ def store_response(request: StoreRequest, status: int) -> bytes:
         (0x1000, request.sop_instance_uid)])
 
 
+@contextlib.contextmanager
+def not_idle(assoc: Any) -> Iterator[None]:
+    """Storing is not idleness: pynetdicom aborts an association whose connection was
+    quiet for longer than the network timeout, also while a request is being served
+    (it then aborts right after the response)."""
+    timer = assoc.dul._idle_timer
+    timer.restart()
+    timer.stop()  # a stopped timer does not expire
+    try:
+        yield
+    finally:
+        timer.restart()
+
+
 def _command(value: memoryview) -> dict[int, bytes]:
     """Group 0000 elements of a command set (Implicit VR Little Endian) by element."""
     out, at = {}, 0
@@ -93,8 +108,17 @@ def _command(value: memoryview) -> dict[int, bytes]:
     return out
 
 
+_UID = re.compile(rb"[0-9]+(\.[0-9]+)*")
+
+
 def _uid(raw: bytes | None) -> str | None:
-    return raw.rstrip(b"\0 ").decode("ascii") if raw else None
+    """A UID value (PS3.5 9.1: digits and dots, at most 64 characters)."""
+    if not raw:
+        return None
+    value = raw.rstrip(b"\0 ")
+    if len(value) > 64 or not _UID.fullmatch(value):
+        raise ValueError(f"not a UID: {value[:80]!r}")
+    return value.decode("ascii")
 
 
 def _us(raw: bytes | None) -> int | None:
@@ -129,8 +153,8 @@ class _Incoming:
 class _Receiver:
     """The fast path's state on one association."""
 
-    def __init__(self, handler: StoreHandler, spool: Path):
-        self.handler, self.spool = handler, spool
+    def __init__(self, handler: StoreHandler, spool: Path, max_pdu: int):
+        self.handler, self.spool, self.max_pdu = handler, spool, max_pdu
         self.buffer = bytearray(64 << 10)
         self.incoming: _Incoming | None = None
 
@@ -145,6 +169,7 @@ class _Receiver:
                 or message_id is None or not sop_class or not sop:
             return False
         syntax = str(context.transfer_syntax[0])
+        meta = b"\0" * 128 + b"DICM" + dimse_wire.file_meta(sop_class, sop, syntax)
         try:
             fd, name = tempfile.mkstemp(suffix=".dcm", prefix=SPOOL_PREFIX, dir=self.spool)
         except OSError as exc:
@@ -152,8 +177,7 @@ class _Receiver:
             fd, name = -1, str(self.spool / f"{SPOOL_PREFIX}unwritable")
         self.incoming = _Incoming(StoreRequest(context_id, message_id, sop_class, sop,
                                                syntax, Path(name)), fd)
-        self.incoming.write(memoryview(b"\0" * 128 + b"DICM" + dimse_wire.file_meta(
-            sop_class, sop, syntax)))
+        self.incoming.write(memoryview(meta))
         return True
 
     def finish(self, assoc: Any) -> None:
@@ -166,7 +190,8 @@ class _Receiver:
         else:
             os.close(incoming.fd)
             try:
-                status = self.handler(assoc, request)
+                with not_idle(assoc):
+                    status = self.handler(assoc, request)
             except Exception:
                 log.exception("storing %s failed", request.sop_instance_uid)
                 status = _HANDLER_FAILED
@@ -233,8 +258,18 @@ def _read_pdu_data(self: DULServiceProvider) -> None:
     transport = self.socket
     if receiver is None or transport is None or transport.socket is None \
             or self.state_machine.current_state != "Sta6" or not self.event_queue.empty():
+        if receiver is not None and self.state_machine.current_state != "Sta6":
+            receiver.discard()  # released or aborted (by either side) inside a data set
         _ORIGINAL_READ(self)
         return
+    try:
+        _read_pdu(self, receiver, transport)
+    except BaseException:
+        receiver.discard()  # pynetdicom's reactor aborts the association
+        raise
+
+
+def _read_pdu(dul: DULServiceProvider, receiver: _Receiver, transport: Any) -> None:
     try:
         header = receiver.read(transport, 6)
         if header is None:
@@ -244,20 +279,27 @@ def _read_pdu_data(self: DULServiceProvider) -> None:
         pdu_type, _, length = struct.unpack(">BBL", head)
         if pdu_type not in _PDU_TYPES:  # its length means nothing: do not read it
             receiver.discard()
-            self.event_queue.put("Evt19")  # unrecognised PDU, as pynetdicom reacts
+            dul.event_queue.put("Evt19")  # unrecognised PDU, as pynetdicom reacts
+            return
+        limit = receiver.max_pdu
+        if pdu_type == _P_DATA_TF and limit and length > limit:
+            log.warning("P-DATA-TF PDU of %d bytes over the %d negotiated: association "
+                        "aborted", length, limit)
+            receiver.discard()
+            dul.event_queue.put("Evt19")  # PS3.8 9.3.5: the receiver's maximum
             return
         body = receiver.read(transport, length)
         if body is None:
             raise ConnectionError("closed")
     except (OSError, ConnectionError, TimeoutError):
         receiver.discard()
-        self.event_queue.put("Evt17")  # transport connection closed
+        dul.event_queue.put("Evt17")  # transport connection closed
         return
     if pdu_type != _P_DATA_TF:
         receiver.discard()  # a release or abort inside a data set: nothing is stored
-        _decode(self, head + bytes(body))
+        _decode(dul, head + bytes(body))
         return
-    _data(self, receiver, body)
+    _data(dul, receiver, body)
 
 
 def _decode(dul: DULServiceProvider, pdu_bytes: bytes) -> None:
@@ -295,6 +337,13 @@ def _data(dul: DULServiceProvider, receiver: _Receiver, body: memoryview) -> Non
         if control & 3 == 3 and assoc.dimse.message is None:
             with contextlib.suppress(ValueError, struct.error):
                 fields = _command(value)
+        if fields is not None and _us(fields.get(0x0100)) == _C_STORE_RQ:
+            try:
+                _uid(fields.get(0x0002)), _uid(fields.get(0x1000))
+            except ValueError as exc:  # pynetdicom refuses these too (Evt19)
+                log.warning("C-STORE-RQ with a malformed UID (%s): association aborted", exc)
+                dul.event_queue.put("Evt19")
+                return
         if fields is not None and _us(fields.get(0x0100)) == _C_STORE_RQ \
                 and context_id not in assoc._accepted_cx:
             log.warning("C-STORE-RQ on presentation context %d, which was not accepted: "
@@ -312,7 +361,15 @@ def install() -> None:
     DULServiceProvider._read_pdu_data = _read_pdu_data  # type: ignore[method-assign]
 
 
-def enable(assoc: Any, handler: StoreHandler, spool: Path) -> None:
+def enable(assoc: Any, handler: StoreHandler, spool: Path, max_pdu: int) -> None:
     """Receive ``assoc``'s C-STORE requests into ``spool`` and store them with
-    ``handler``."""
-    assoc.dul.__dict__["_pacscore_receiver"] = _Receiver(handler, spool)
+    ``handler``; P-DATA-TF PDUs over ``max_pdu`` bytes (0: no limit), the maximum
+    this side announced, abort the association."""
+    assoc.dul.__dict__["_pacscore_receiver"] = _Receiver(handler, spool, max_pdu)
+
+
+def closed(event: Any) -> None:
+    """``EVT_CONN_CLOSE`` handler: remove a data set the connection's end cut short."""
+    receiver: _Receiver | None = event.assoc.dul.__dict__.get("_pacscore_receiver")
+    if receiver is not None:
+        receiver.discard()

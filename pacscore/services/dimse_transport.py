@@ -13,7 +13,8 @@
   or not, each time taking the GIL (on C-STORE from 4 associations: ~50 wake-ups and
   hundreds of futex calls per instance).  ``install`` makes that sleep a wait that
   ends when the socket is readable, when another thread queues a PDU or stops the
-  DUL (a wake-up byte on a socket pair), or after 50 ms.
+  DUL (a wake-up byte on a socket pair), or after 50 ms; not at all while a TLS socket
+  holds decrypted bytes (``pending``), which ``select`` cannot see.
 * pynetdicom sends with ``socket.send`` in a loop that copies the rest of the buffer
   after every partial send, and pacscore writes some messages itself
   (:mod:`.dimse_wire`); ``install`` makes every send one ``sendall`` under a lock per
@@ -41,6 +42,7 @@ import functools
 import queue
 import select
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -115,13 +117,14 @@ _IDLE = 0.05  # longest idle wait of a DUL reactor (its timers are seconds long)
 _ORIGINAL_SEND_PDU = DULServiceProvider.send_pdu
 _ORIGINAL_STOP_DUL = DULServiceProvider.stop_dul
 _ORIGINAL_KILL_DUL = DULServiceProvider.kill_dul
+_ORIGINAL_RUN_REACTOR = DULServiceProvider.run_reactor
 
 
 def _waker(dul: DULServiceProvider) -> tuple[socket.socket, socket.socket]:
     """The DUL's wake-up channel: a byte written to the second end ends its idle wait."""
     pair = dul.__dict__.get("_pacscore_wake")
     if pair is None:
-        fresh = socket.socketpair()  # closed with the DUL object when it is collected
+        fresh = socket.socketpair()  # closed when the reactor ends (_run_reactor)
         for end in fresh:
             end.setblocking(False)
         pair = dul.__dict__.setdefault("_pacscore_wake", fresh)
@@ -131,6 +134,14 @@ def _waker(dul: DULServiceProvider) -> tuple[socket.socket, socket.socket]:
 def _wake(dul: DULServiceProvider) -> None:
     with contextlib.suppress(OSError):  # a byte is already waiting, or it is closed
         _waker(dul)[1].send(b"\0")
+
+
+def _run_reactor(self: DULServiceProvider) -> None:
+    try:
+        _ORIGINAL_RUN_REACTOR(self)
+    finally:  # the reactor is done: nobody waits on the wake-up channel any more
+        for end in self.__dict__.pop("_pacscore_wake", ()):
+            end.close()
 
 
 def _send_pdu(self: DULServiceProvider, primitive: Any) -> None:
@@ -165,6 +176,8 @@ class _DulClock:
         if isinstance(dul, DULServiceProvider) and isinstance(transport, AssociationSocket) \
                 and raw is not None and transport._is_connected \
                 and not dul.__dict__.get("_pacscore_stopping"):
+            if isinstance(raw, ssl.SSLSocket) and raw.pending():
+                return  # decrypted bytes wait in the TLS layer, which select cannot see
             reader = _waker(dul)[0]
             try:
                 ready, _, _ = select.select([raw, reader], [], [], _IDLE)
@@ -192,6 +205,7 @@ def install() -> None:
     DULServiceProvider.send_pdu = _send_pdu  # type: ignore[method-assign]
     DULServiceProvider.stop_dul = _stop_dul  # type: ignore[method-assign]
     DULServiceProvider.kill_dul = _kill_dul  # type: ignore[method-assign]
+    DULServiceProvider.run_reactor = _run_reactor  # type: ignore[method-assign]
     setattr(pynetdicom.dimse_messages, "create_file_meta", file_meta)  # noqa: B010
     setattr(pynetdicom.dimse_messages, "write_file_meta_info", _write_file_meta)  # noqa: B010
 
