@@ -79,6 +79,15 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> 
         time.sleep(0.02)
 
 
+def _store_on_a_new_association(port: int, path: Path) -> None:
+    """The server goes on: a new association stores ``path``."""
+    again = _associate(port)
+    try:
+        assert again.send_c_store(path).Status == 0x0000  # type: ignore[attr-defined]
+    finally:
+        again.release()  # type: ignore[attr-defined]
+
+
 def _instances(archive: Path) -> int:
     """Instances the running server's archive holds (read by a second process)."""
     return int(json.loads(cli("stats", "--archive", str(archive), "--json"))["instances"])
@@ -126,11 +135,7 @@ def test_a_data_set_cut_short_is_never_stored(archive: Path, files: list[Path],
         _wait_for(lambda: len(_spooled(spool)) == 1, "the data set to be spooled")
         assoc.abort()  # type: ignore[attr-defined]
         _wait_for(lambda: _spooled(spool) == [], "the partial data set to be removed")
-        again = _associate(ports["dimse"])
-        try:
-            assert again.send_c_store(files[1]).Status == 0x0000  # type: ignore[attr-defined]
-        finally:
-            again.release()  # type: ignore[attr-defined]
+        _store_on_a_new_association(ports["dimse"], files[1])
     with Archive(archive) as arch:
         assert arch.stats()["instances"] == 1
         assert arch.instances("series", pydicom.dcmread(
@@ -193,11 +198,7 @@ def test_malformed_pdus_abort_the_association_only(archive: Path, files: list[Pa
                                   (cid, 0x02, data)))
         _wait_for(lambda: assoc.is_aborted, "the server to abort")  # type: ignore[attr-defined]
         _wait_for(lambda: _spooled(spool) == [], "the spool to be emptied")
-        again = _associate(ports["dimse"])
-        try:
-            assert again.send_c_store(files[1]).Status == 0x0000  # type: ignore[attr-defined]
-        finally:
-            again.release()  # type: ignore[attr-defined]
+        _store_on_a_new_association(ports["dimse"], files[1])
     with Archive(archive) as arch:
         assert arch.stats()["instances"] == 1
 
