@@ -11,6 +11,7 @@ import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pydicom
 import pytest
@@ -79,6 +80,22 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> 
         time.sleep(0.02)
 
 
+class _Raw(NamedTuple):
+    """An association on which a test writes its own PDUs for one CT instance."""
+
+    assoc: Any
+    cid: int
+    sop: str
+    command: bytes
+    data: bytes
+
+
+def _raw(port: int, path: Path) -> _Raw:
+    assoc = _associate(port)
+    sop = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+    return _Raw(assoc, _context(assoc), sop, store_request(CT, sop, 1), _data_set(path))
+
+
 def _store_on_a_new_association(port: int, path: Path) -> None:
     """The server goes on: a new association stores ``path``."""
     again = _associate(port)
@@ -126,11 +143,8 @@ def test_a_data_set_cut_short_is_never_stored(archive: Path, files: list[Path],
     stored, and the next association stores normally."""
     spool = tmp_path / "spool"
     with serving(archive, "--spool", str(spool)) as ports:
-        assoc = _associate(ports["dimse"])
-        cid = _context(assoc)
-        sop = pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID
-        data = _data_set(files[0])
-        _send_raw(assoc, _pdu((cid, 0x03, store_request(CT, sop, 7))))
+        assoc, cid, _, command, data = _raw(ports["dimse"], files[0])
+        _send_raw(assoc, _pdu((cid, 0x03, command)))
         _send_raw(assoc, _pdu((cid, 0x00, data[:len(data) // 2])))
         _wait_for(lambda: len(_spooled(spool)) == 1, "the data set to be spooled")
         assoc.abort()  # type: ignore[attr-defined]
@@ -174,11 +188,7 @@ def test_malformed_pdus_abort_the_association_only(archive: Path, files: list[Pa
     left in the spool, and the server goes on."""
     spool = tmp_path / "spool"
     with serving(archive, "--spool", str(spool)) as ports:
-        assoc = _associate(ports["dimse"])
-        cid = _context(assoc)
-        sop = pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID
-        data = _data_set(files[0])
-        command = store_request(CT, sop, 1)
+        assoc, cid, _, command, data = _raw(ports["dimse"], files[0])
         if bad == "pdv_longer_than_pdu":
             pdu = bytearray(_pdu((cid, 0x03, command)))
             struct.pack_into(">I", pdu, 6, len(command) + 100)
@@ -248,24 +258,17 @@ def test_a_peer_gone_before_the_response_still_has_its_data_set_stored(
     in the spool, and the server goes on."""
     spool = tmp_path / "spool"
     with serving(archive, "--spool", str(spool)) as ports:
-        assoc = _associate(ports["dimse"])
-        cid = _context(assoc)
-        sop = pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID
-        _send_raw(assoc, _pdu((cid, 0x03, store_request(CT, sop, 5)),
-                              (cid, 0x02, _data_set(files[0]))))
+        assoc, cid, sop, command, data = _raw(ports["dimse"], files[0])
+        _send_raw(assoc, _pdu((cid, 0x03, command), (cid, 0x02, data)))
         assoc.dul.socket.socket.close()  # type: ignore[attr-defined]
         _wait_for(lambda: _instances(archive) == 1, "the data set to be stored")
         assert _spooled(spool) == []
-        again = _associate(ports["dimse"])
-        try:
-            assert again.send_c_store(files[0]).Status == 0x0000  # type: ignore[attr-defined]
-        finally:
-            again.release()  # type: ignore[attr-defined]
+        _store_on_a_new_association(ports["dimse"], files[0])  # the resend: a duplicate
         assoc.abort()  # type: ignore[attr-defined]
     with Archive(archive) as arch:
         assert arch.stats()["instances"] == 1
         stored = arch.get(sop, "original")
-        assert stored[data_set_offset(stored):] == _data_set(files[0])
+        assert stored[data_set_offset(stored):] == data
 
 
 def _config(tmp_path: Path, text: str) -> str:
@@ -281,11 +284,8 @@ def test_the_server_timing_out_inside_a_data_set_removes_it(archive: Path, files
     spool = tmp_path / "spool"
     with serving(archive, "--config", _config(tmp_path, "idle_timeout = 1.0\n"),
                  "--spool", str(spool)) as ports:
-        assoc = _associate(ports["dimse"])
-        cid = _context(assoc)
-        sop = pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID
-        _send_raw(assoc, _pdu((cid, 0x03, store_request(CT, sop, 1)),
-                              (cid, 0x00, _data_set(files[0])[:1000])))
+        assoc, cid, _, command, data = _raw(ports["dimse"], files[0])
+        _send_raw(assoc, _pdu((cid, 0x03, command), (cid, 0x00, data[:1000])))
         _wait_for(lambda: len(_spooled(spool)) == 1, "the data set to be spooled")
         _wait_for(lambda: assoc.is_aborted, "the idle timeout")  # type: ignore[attr-defined]
         _wait_for(lambda: _spooled(spool) == [], "the partial data set to be removed")
@@ -306,24 +306,25 @@ def test_stores_slower_than_the_idle_timeout_are_answered(archive: Path, files: 
     calls = {"pacscore": 0, "pynetdicom": 0}
     with Archive(archive) as arch:
         server = DimseServer(arch, max_pdu=max_pdu, idle_timeout=0.5, spool=tmp_path / "s")
-        fast, slow = server._store_request, server._store
+        fast, slow, store = server._store_request, server._store, server._store_file
 
         def fast_path(assoc: object, request: object) -> int:
             calls["pacscore"] += 1
-            time.sleep(1.5)
-            if calls["pacscore"] + calls["pynetdicom"] == 2:
-                raise RuntimeError("a failing handler")
             return fast(assoc, request)  # type: ignore[arg-type]
 
         def pynetdicom_path(event: object) -> int:
             calls["pynetdicom"] += 1
-            time.sleep(1.5)
-            if calls["pacscore"] + calls["pynetdicom"] == 2:
-                raise RuntimeError("a failing handler")
             return slow(event)
+
+        def slow_store(assoc: object, path: Path) -> int:
+            time.sleep(1.5)
+            if sum(calls.values()) == 2:
+                raise RuntimeError("a failing handler")
+            return store(assoc, path)
 
         server._store_request = fast_path  # type: ignore[method-assign]
         server._store = pynetdicom_path  # type: ignore[method-assign]
+        server._store_file = slow_store  # type: ignore[method-assign]
         port = free_port()
         server.start("127.0.0.1", port)
         try:

@@ -161,6 +161,7 @@ class DimseServer:
         if self.server is not None:
             self.server.shutdown()
             self.server = None
+            receive_into(None)  # the spool goes: other associations of this process
             clear_spool(self.spool)
             with contextlib.suppress(OSError):  # left in place when it holds other files
                 self.spool.rmdir()

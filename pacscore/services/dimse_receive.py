@@ -28,13 +28,13 @@ triggered for these requests.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
 import struct
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ _OUT_OF_RESOURCES = 0xA700  # PS3.4 B.2.3
 _STEP = 4 << 20  # the receive buffer grows as data arrives, whatever a header claims
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class StoreRequest:
     """A C-STORE-RQ whose data set is in ``path`` (a Part-10 file of the spool)."""
 
@@ -125,7 +125,30 @@ def _us(raw: bytes | None) -> int | None:
     return struct.unpack("<H", raw)[0] if raw is not None and len(raw) == 2 else None
 
 
-@dataclass(slots=True)
+def _store_request(assoc: Any, context_id: int, value: memoryview) -> StoreRequest | None:
+    """The C-STORE-RQ with a data set that the complete command set ``value`` is, its
+    ``path`` still unset; None for any other message (or none at all), which
+    pynetdicom handles.  ValueError: a C-STORE-RQ that must abort the association
+    (malformed UIDs, a presentation context that was not accepted)."""
+    try:
+        fields = _command(value)
+    except (ValueError, struct.error):
+        return None
+    message_id = _us(fields.get(0x0110))
+    if _us(fields.get(0x0100)) != _C_STORE_RQ or message_id is None \
+            or _us(fields.get(0x0800)) in (None, _NO_DATA_SET):
+        return None
+    sop_class, sop = _uid(fields.get(0x0002)), _uid(fields.get(0x1000))
+    context = assoc._accepted_cx.get(context_id)
+    if context is None:
+        raise ValueError(f"presentation context {context_id} was not accepted")
+    if not sop_class or not sop:
+        return None  # pynetdicom answers the missing attribute
+    return StoreRequest(context_id, message_id, sop_class, sop,
+                        str(context.transfer_syntax[0]), Path())
+
+
+@dataclasses.dataclass(slots=True)
 class _Incoming:
     """A C-STORE-RQ whose data set is arriving; ``fd`` is -1 once writing failed (the
     rest is read and dropped, and the request answered "out of resources")."""
@@ -158,27 +181,17 @@ class _Receiver:
         self.buffer = bytearray(64 << 10)
         self.incoming: _Incoming | None = None
 
-    def open(self, assoc: Any, context_id: int, fields: dict[int, bytes]) -> bool:
-        """Start receiving the data set of a C-STORE-RQ into the spool; False when the
-        command is anything else, for pynetdicom to handle."""
-        context = assoc._accepted_cx.get(context_id)
-        message_id = _us(fields.get(0x0110))
-        sop_class, sop = _uid(fields.get(0x0002)), _uid(fields.get(0x1000))
-        if _us(fields.get(0x0100)) != _C_STORE_RQ or context is None \
-                or _us(fields.get(0x0800)) in (None, _NO_DATA_SET) \
-                or message_id is None or not sop_class or not sop:
-            return False
-        syntax = str(context.transfer_syntax[0])
-        meta = b"\0" * 128 + b"DICM" + dimse_wire.file_meta(sop_class, sop, syntax)
+    def open(self, request: StoreRequest) -> None:
+        """Start receiving ``request``'s data set into a spool file."""
+        meta = b"\0" * 128 + b"DICM" + dimse_wire.file_meta(
+            request.sop_class_uid, request.sop_instance_uid, request.transfer_syntax)
         try:
             fd, name = tempfile.mkstemp(suffix=".dcm", prefix=SPOOL_PREFIX, dir=self.spool)
         except OSError as exc:
             log.error("spool %s unusable: %s", self.spool, exc)
             fd, name = -1, str(self.spool / f"{SPOOL_PREFIX}unwritable")
-        self.incoming = _Incoming(StoreRequest(context_id, message_id, sop_class, sop,
-                                               syntax, Path(name)), fd)
+        self.incoming = _Incoming(dataclasses.replace(request, path=Path(name)), fd)
         self.incoming.write(memoryview(meta))
-        return True
 
     def finish(self, assoc: Any) -> None:
         """The data set is complete: store it and answer."""
@@ -278,15 +291,11 @@ def _read_pdu(dul: DULServiceProvider, receiver: _Receiver, transport: Any) -> N
         header.release()
         pdu_type, _, length = struct.unpack(">BBL", head)
         if pdu_type not in _PDU_TYPES:  # its length means nothing: do not read it
-            receiver.discard()
-            dul.event_queue.put("Evt19")  # unrecognised PDU, as pynetdicom reacts
+            _abort(dul, receiver, f"unknown PDU type 0x{pdu_type:02X}")
             return
-        limit = receiver.max_pdu
-        if pdu_type == _P_DATA_TF and limit and length > limit:
-            log.warning("P-DATA-TF PDU of %d bytes over the %d negotiated: association "
-                        "aborted", length, limit)
-            receiver.discard()
-            dul.event_queue.put("Evt19")  # PS3.8 9.3.5: the receiver's maximum
+        if pdu_type == _P_DATA_TF and 0 < receiver.max_pdu < length:  # PS3.8 9.3.5
+            _abort(dul, receiver, f"P-DATA-TF PDU of {length} bytes, over the "
+                                  f"{receiver.max_pdu} announced")
             return
         body = receiver.read(transport, length)
         if body is None:
@@ -300,6 +309,14 @@ def _read_pdu(dul: DULServiceProvider, receiver: _Receiver, transport: Any) -> N
         _decode(dul, head + bytes(body))
         return
     _data(dul, receiver, body)
+
+
+def _abort(dul: DULServiceProvider, receiver: _Receiver, why: str) -> None:
+    """Drop the data set being received; pynetdicom aborts the association (Evt19:
+    invalid PDU, as it reacts itself)."""
+    log.warning("%s: association aborted", why)
+    receiver.discard()
+    dul.event_queue.put("Evt19")
 
 
 def _decode(dul: DULServiceProvider, pdu_bytes: bytes) -> None:
@@ -317,42 +334,31 @@ def _decode(dul: DULServiceProvider, pdu_bytes: bytes) -> None:
 def _data(dul: DULServiceProvider, receiver: _Receiver, body: memoryview) -> None:
     pdvs = _pdvs(body)
     if pdvs is None:
-        receiver.discard()
-        dul.event_queue.put("Evt19")
+        _abort(dul, receiver, "a PDV longer than its P-DATA-TF PDU")
         return
     assoc = dul.assoc
     for i, (context_id, control, value) in enumerate(pdvs):
-        if receiver.incoming is not None:
-            if control & 1 or context_id != receiver.incoming.request.context_id:
-                log.warning("a fragment of another message inside the data set of %s: "
-                            "association aborted", receiver.incoming.request.sop_instance_uid)
-                receiver.discard()
-                dul.event_queue.put("Evt19")
+        incoming = receiver.incoming
+        if incoming is not None:
+            if control & 1 or context_id != incoming.request.context_id:
+                _abort(dul, receiver, "a fragment of another message inside the data set "
+                                      f"of {incoming.request.sop_instance_uid}")
                 return
-            receiver.incoming.write(value)
+            incoming.write(value)
             if control & 2:
                 receiver.finish(assoc)
             continue
-        fields = None
+        request = None
         if control & 3 == 3 and assoc.dimse.message is None:
-            with contextlib.suppress(ValueError, struct.error):
-                fields = _command(value)
-        if fields is not None and _us(fields.get(0x0100)) == _C_STORE_RQ:
             try:
-                _uid(fields.get(0x0002)), _uid(fields.get(0x1000))
-            except ValueError as exc:  # pynetdicom refuses these too (Evt19)
-                log.warning("C-STORE-RQ with a malformed UID (%s): association aborted", exc)
-                dul.event_queue.put("Evt19")
+                request = _store_request(assoc, context_id, value)
+            except ValueError as exc:  # pynetdicom refuses these too
+                _abort(dul, receiver, f"C-STORE-RQ refused: {exc}")
                 return
-        if fields is not None and _us(fields.get(0x0100)) == _C_STORE_RQ \
-                and context_id not in assoc._accepted_cx:
-            log.warning("C-STORE-RQ on presentation context %d, which was not accepted: "
-                        "association aborted", context_id)
-            dul.event_queue.put("Evt19")  # as pynetdicom aborts, minus its spool file
-            return
-        if fields is None or not receiver.open(assoc, context_id, fields):
+        if request is None:
             _to_pynetdicom(dul, pdvs[i:])
             return
+        receiver.open(request)
 
 
 def install() -> None:

@@ -132,11 +132,16 @@ def _waker(dul: DULServiceProvider) -> tuple[socket.socket, socket.socket]:
 
 
 def _wake(dul: DULServiceProvider) -> None:
-    with contextlib.suppress(OSError):  # a byte is already waiting, or it is closed
-        _waker(dul)[1].send(b"\0")
+    """End the reactor's idle wait; nothing to do when it is not running (the channel
+    lives as long as the reactor: :func:`_run_reactor`)."""
+    pair = dul.__dict__.get("_pacscore_wake")
+    if pair is not None:
+        with contextlib.suppress(OSError):  # a byte is already waiting, or it is closed
+            pair[1].send(b"\0")
 
 
 def _run_reactor(self: DULServiceProvider) -> None:
+    _waker(self)  # before the first look at the queues: no wake-up is missed
     try:
         _ORIGINAL_RUN_REACTOR(self)
     finally:  # the reactor is done: nobody waits on the wake-up channel any more
@@ -215,9 +220,11 @@ SPOOL_PREFIX = "pacscore-dimse-"
 spool folder is ever removed: it may be a folder the user shares with other data)."""
 
 
-def receive_into(folder: Path) -> None:
-    """Make pynetdicom receive data sets into files in ``folder`` (process-wide)."""
+def receive_into(folder: Path | None) -> None:
+    """Make pynetdicom receive data sets into files in ``folder`` (process-wide; None:
+    its default again, the system's temp folder)."""
     setattr(pynetdicom.dimse_messages, "NamedTemporaryFile",  # noqa: B010
+            tempfile.NamedTemporaryFile if folder is None else
             functools.partial(tempfile.NamedTemporaryFile, dir=folder, prefix=SPOOL_PREFIX))
 
 
