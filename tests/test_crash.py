@@ -450,3 +450,12 @@ def test_sigkill_of_the_server_during_c_store(seed: int, tmp_path: Path) -> None
             source = pydicom.dcmread(path)
             stored = pydicom.dcmread(io.BytesIO(archive.get(source.SOPInstanceUID)))
             assert np.array_equal(stored.pixel_array, source.pixel_array), path
+    # The killed server's unacknowledged data sets are still spooled; a restart clears
+    # them, and a clean stop removes the spool folder.
+    from pacscore.services.serve import default_spool
+    from pacscore.testing import serving
+
+    spool = default_spool(root)
+    with serving(root):
+        assert not list(spool.glob("pacscore-dimse-*")), list(spool.iterdir())
+    assert not spool.exists()
