@@ -1,0 +1,75 @@
+"""Orthanc (the Debian package) as a peer measured in the same run as pacscore.
+
+Each use starts Orthanc on a fresh storage folder with default settings but the ones
+a benchmark must pin: loopback only, no HTTP server, no plugins, storage compression on
+or off, and ``TCP_NODELAY=1`` in its environment.  Orthanc's DICOM server is DCMTK's,
+and DCMTK keeps Nagle's algorithm on without that variable (FACTS.md): every C-STORE
+then waits for a delayed ACK, and Orthanc stores 75-78 inst/s with 4 associations here
+instead of 254-259.  Comparing against that would flatter us.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["BINARY", "installed", "running"]
+
+BINARY = Path("/usr/sbin/Orthanc")
+AE_TITLE = "ORTHANC"
+
+
+def installed() -> bool:
+    """True when the Debian package's server binary is here."""
+    return BINARY.exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def running(folder: Path, *, compression: bool = False) -> Iterator[int]:
+    """Run Orthanc with its storage and index in ``folder``; yield its DICOM port."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    config = {
+        "Name": "pacscore-bench", "DicomAet": AE_TITLE, "DicomPort": port,
+        "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "index"),
+        "StorageCompression": compression, "HttpServerEnabled": False,
+        "RemoteAccessAllowed": False, "Plugins": [],
+    }
+    (folder / "orthanc.json").write_text(json.dumps(config))
+    log = (folder / "orthanc.log").open("wb")
+    proc = subprocess.Popen([str(BINARY), str(folder / "orthanc.json")],
+                            env={**os.environ, "TCP_NODELAY": "1"},
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"Orthanc did not start (exit {proc.poll()}); see "
+                                       f"{folder / 'orthanc.log'}") from None
+                time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
