@@ -113,6 +113,49 @@ def test_frames_in_stored_syntax_are_the_zarr_chunks(archive: Archive,
         archive.frames(result.sop_instance_uid, [1])
 
 
+def test_a_round_trip_that_differs_keeps_the_original(
+        archive: Archive, ct_series: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A codec whose decoder returns one wrong bit (a codec bug): the object is stored
+    as received, and the codestreams already staged (and being flushed) are removed."""
+    from pacscore.codecs import by_name
+
+    codec_class = type(by_name("htj2k"))
+    decode = codec_class.decode
+
+    def one_bit_off(self: object, data: bytes, layout: object) -> np.ndarray:
+        out = decode(self, data, layout).copy()  # type: ignore[arg-type]
+        out.flat[12345] ^= 1
+        return out
+
+    monkeypatch.setattr(codec_class, "decode", one_bit_off)
+    data = ct_series[0].read_bytes()
+    result = archive.store(data)
+    monkeypatch.undo()
+    assert not result.verified and "round trip differs" in (result.kept_reason or "")
+    assert result.stored_syntax == pydicom.dcmread(ct_series[0]).file_meta.TransferSyntaxUID
+    assert archive.get(result.sop_instance_uid) == data
+    assert list(archive.store_.staging.iterdir()) == []
+    assert len(list(archive.store_.locations())) == 1
+
+
+def test_a_failed_flush_stores_nothing(archive: Archive, ct_series: list[Path],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk refuses the flush of the staged codestreams (made while they are
+    verified): the store fails naming the reason, nothing is indexed or left staged."""
+    from pacscore.errors import ArchiveStorageError
+
+    def refused(self: object, loc: str) -> None:
+        raise ArchiveStorageError("flushing staged frames failed: [Errno 5] I/O error")
+
+    monkeypatch.setattr(type(archive.store_), "make_durable", refused)
+    with pytest.raises(ArchiveStorageError, match="I/O error"):
+        archive.store(ct_series[0].read_bytes())
+    monkeypatch.undo()
+    assert archive.stats()["instances"] == 0
+    assert list(archive.store_.staging.iterdir()) == []
+    assert archive.store(ct_series[0].read_bytes()).status == "stored"
+
+
 @pytest.mark.parametrize("codec", ["jpegls", "j2k", "rle"])
 def test_other_codecs_roundtrip(tmp_path: Path, ct_series: list[Path], codec: str) -> None:
     with Archive(tmp_path / codec, ArchiveConfig(codec=codec)) as archive:

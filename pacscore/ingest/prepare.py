@@ -7,11 +7,14 @@ Nothing here needs the index, so no LMDB handle ever crosses a process boundary.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import uuid
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from io import BytesIO
 from typing import Any, Literal
@@ -25,12 +28,13 @@ from ..dicom.header import InstanceHeader, PixelLayout, read_header
 from ..dicom.part10 import HeaderParts
 from ..dicom.scan import ScannedObject, scan
 from ..dicom.syntaxes import TransferSyntax
-from ..errors import InvalidDicomError, PacsError, TruncatedFileError
+from ..errors import InvalidDicomError, TruncatedFileError
 from ..index.records import InstanceRecord, StoreKind
 from ..kernels import bits_outside_stored
 from ..store.base import FrameStore
 
-__all__ = ["Prepared", "native_frames", "native_bytes", "prepare"]
+__all__ = ["Prepared", "encode_object", "encode_unverified", "native_bytes", "native_frames",
+           "prepare", "verified"]
 
 # JPEG 2000 family: codestreams whose tile-part lengths can be checked (ISO 15444-1 A.4.2).
 _J2K_FAMILY = ("1.2.840.10008.1.2.4.9", "1.2.840.10008.1.2.4.20")
@@ -199,11 +203,9 @@ def decoded_input_frames(data: bytes, layout: PixelLayout) -> list[npt.NDArray[A
     return out
 
 
-def _encode_verified(frames: Any, layout: PixelLayout, codec: FrameCodec
-                     ) -> tuple[list[bytes], list[int]] | str:
-    """Encode every frame and decode it back; a reason string if anything differs."""
+def _encode_frames(frames: Any, layout: PixelLayout, codec: FrameCodec) -> list[bytes] | str:
+    """Encode every frame; a reason string if one cannot be encoded losslessly."""
     encoded: list[bytes] = []
-    crcs: list[int] = []
     for i, source_frame in enumerate(frames):
         frame = np.ascontiguousarray(source_frame)
         if layout.bits_stored < layout.bits_allocated and bits_outside_stored(
@@ -211,15 +213,27 @@ def _encode_verified(frames: Any, layout: PixelLayout, codec: FrameCodec
                 layout.signed):
             return f"frame {i} has bits set above Bits Stored {layout.bits_stored}"
         try:
-            stream = codec.encode(frame, layout)
+            encoded.append(codec.encode(frame, layout))
+        except Exception as exc:  # codec libraries raise their own types
+            return f"frame {i}: {codec.name} failed ({type(exc).__name__}: {exc})"
+    return encoded
+
+
+def _verify_frames(frames: Any, encoded: Sequence[bytes], layout: PixelLayout,
+                   codec: FrameCodec) -> list[int] | str:
+    """Decode every codestream and compare it with its source frame, bit for bit; the
+    CRC-32 of each decoded frame, or a reason string if anything differs."""
+    crcs: list[int] = []
+    for i, (source_frame, stream) in enumerate(zip(frames, encoded, strict=True)):
+        frame = np.asarray(source_frame)
+        try:
             back = codec.decode(stream, layout)
         except Exception as exc:  # codec libraries raise their own types
             return f"frame {i}: {codec.name} failed ({type(exc).__name__}: {exc})"
         if back.shape != frame.shape or not np.array_equal(back, frame):
             return f"frame {i}: {codec.name} round trip differs from the source (kept)"
-        encoded.append(stream)
         crcs.append(frame_crc32(back))
-    return encoded, crcs
+    return crcs
 
 
 def frame_crc32(frame: npt.NDArray[Any]) -> int:
@@ -275,6 +289,14 @@ def encode_object(data: bytes, source: str, config: ArchiveConfig,
     PacsError
         For input that must be refused.
     """
+    return verified(*encode_unverified(data, source, config, choose))
+
+
+def encode_unverified(data: bytes, source: str, config: ArchiveConfig,
+                      choose: CodecChooser | None = None) -> tuple[Encoded, Any]:
+    """:func:`encode_object` but the verification: the result with its codestreams
+    (no CRCs yet) or kept as received, and the source frames that :func:`verified`
+    checks the codestreams against (None when kept)."""
     sha = hashlib.sha256(data).hexdigest()
     scanned = scan(data, config.limits, source)
     header = read_header(scanned, config.limits, source, sha)
@@ -291,14 +313,14 @@ def encode_object(data: bytes, source: str, config: ArchiveConfig,
     reason = next((r for rule in _KEEP_RULES if (r := rule(ctx))), None)
     layout, pixel = header.layout, scanned.pixel
     if reason is not None or codec is None or layout is None or pixel is None:
-        return replace(kept, kept_reason=reason or "nothing to encode")
+        return replace(kept, kept_reason=reason or "nothing to encode"), None
     frames: Any = (decoded_input_frames(data, layout) if ts.encapsulated
                    else native_frames(scanned, layout))
     if config.codec == "auto" and choose is not None:
         codec = choose(header, frames)
-    result = _encode_verified(frames, layout, codec)
-    if isinstance(result, str):
-        return replace(kept, kept_reason=result)
+    encoded = _encode_frames(frames, layout, codec)
+    if isinstance(encoded, str):
+        return replace(kept, kept_reason=encoded), None
     parts = HeaderParts(
         prefix=data[: pixel.element_start],
         element_header=data[pixel.element_start : pixel.value_start],
@@ -307,8 +329,19 @@ def encode_object(data: bytes, source: str, config: ArchiveConfig,
         pad=data[pixel.value_start + layout.native_bytes]
         if not ts.encapsulated and pixel.length > layout.native_bytes else -1,
     )
-    return replace(kept, codec=codec, frames=tuple(result[0]), crcs=tuple(result[1]),
-                   parts=parts)
+    return replace(kept, codec=codec, frames=tuple(encoded), parts=parts), frames
+
+
+def verified(enc: Encoded, frames: Any) -> Encoded:
+    """``enc`` with the CRC-32 of every frame once each codestream decodes to its
+    source frame bit for bit; otherwise ``enc`` kept as received, with the reason."""
+    layout = enc.header.layout
+    if enc.codec is None or layout is None:
+        return enc
+    crcs = _verify_frames(frames, enc.frames, layout, enc.codec)
+    if isinstance(crcs, str):
+        return replace(enc, codec=None, frames=(), parts=None, kept_reason=crcs)
+    return replace(enc, crcs=tuple(crcs))
 
 
 def prepare(data: bytes, source: str, config: ArchiveConfig, store: FrameStore, *,
@@ -316,44 +349,96 @@ def prepare(data: bytes, source: str, config: ArchiveConfig, store: FrameStore, 
     """Encode, verify and stage one object for the archive; ``flush``: make the staged
     data durable here too (single stores: in parallel, off the commit path).
 
+    The codestreams are staged as soon as they are encoded: with ``flush``, the disk
+    makes them durable while the CPU verifies them.  Codestreams that fail the
+    verification are removed and the object is kept as received.
+
     Raises
     ------
     PacsError
         For input that must be refused; nothing is staged then.
     """
-    prepared = _stage(data, source, config, store)
-    if not flush:
-        return prepared
-    try:
-        store.make_durable(prepared.record.location)
-    except PacsError:
-        store.discard([prepared.record.location])
-        raise
-    return replace(prepared, durable=True)
+    enc, frames = encode_unverified(data, source, config)
+    header = enc.header
+    if enc.codec is not None and enc.parts is not None and header.layout is not None:
+        loc = new_location()
+        with _discarded_on_error(store, loc):
+            written = store.stage_frames(loc, header.layout, enc.codec.transfer_syntax,
+                                         list(enc.frames))
+            with _durable_meanwhile(store, loc, flush):
+                enc = verified(enc, frames)
+        if enc.codec is not None and enc.parts is not None:
+            packed = enc.parts.pack()
+            record = InstanceRecord(
+                **_record_fields(enc, data, loc), stored_syntax=enc.codec.transfer_syntax,
+                kind=StoreKind.FRAMES, bytes_stored=written + len(packed),
+                layout=header.layout.to_dict(), frame_crc32=enc.crcs)
+            return Prepared(record, packed, source, durable=flush)
+        store.discard([loc])  # the round trip differed: kept as received
+    return _stage_blob(data, source, enc, store, flush)
 
 
-def _stage(data: bytes, source: str, config: ArchiveConfig, store: FrameStore) -> Prepared:
-    enc = encode_object(data, source, config)
-    header, loc = enc.header, new_location()
-    base: dict[str, Any] = {
+def _stage_blob(data: bytes, source: str, enc: Encoded, store: FrameStore,
+                flush: bool) -> Prepared:
+    loc = new_location()
+    with _discarded_on_error(store, loc):
+        written = store.stage_blob(loc, data)
+        if flush:
+            store.make_durable(loc)
+    content = hashlib.sha256(memoryview(data)[enc.dataset_start:]).hexdigest()
+    record = InstanceRecord(**_record_fields(enc, data, loc),
+                            stored_syntax=enc.original_syntax, kind=StoreKind.BLOB,
+                            bytes_stored=written, kept_reason=enc.kept_reason,
+                            content_sha256=content)
+    return Prepared(record, b"", source, durable=flush)
+
+
+def _record_fields(enc: Encoded, data: bytes, loc: str) -> dict[str, Any]:
+    header = enc.header
+    return {
         "sop_instance_uid": header.sop_instance_uid, "sop_class_uid": header.sop_class_uid,
         "study_uid": header.study_uid, "series_uid": header.series_uid,
         "attributes": header.attributes, "original_syntax": enc.original_syntax,
         "location": loc, "sha256": enc.sha256, "bytes_in": len(data), "warnings": enc.notes,
     }
-    if enc.codec is not None and enc.parts is not None and header.layout is not None:
-        packed = enc.parts.pack()
-        written = store.stage_frames(loc, header.layout, enc.codec.transfer_syntax,
-                                     list(enc.frames))
-        record = InstanceRecord(
-            **base, stored_syntax=enc.codec.transfer_syntax, kind=StoreKind.FRAMES,
-            bytes_stored=written + len(packed), layout=header.layout.to_dict(),
-            frame_crc32=enc.crcs,
-        )
-        return Prepared(record, packed, source)
-    written = store.stage_blob(loc, data)
-    content = hashlib.sha256(memoryview(data)[enc.dataset_start:]).hexdigest()
-    record = InstanceRecord(**base, stored_syntax=enc.original_syntax, kind=StoreKind.BLOB,
-                            bytes_stored=written, kept_reason=enc.kept_reason,
-                            content_sha256=content)
-    return Prepared(record, b"", source)
+
+
+@contextlib.contextmanager
+def _discarded_on_error(store: FrameStore, loc: str) -> Iterator[None]:
+    """Whatever fails, nothing of ``loc`` stays staged."""
+    try:
+        yield
+    except BaseException:
+        store.discard([loc])
+        raise
+
+
+_flusher: ThreadPoolExecutor | None = None
+
+
+def _forget_flusher() -> None:
+    global _flusher
+    _flusher = None  # a forked child has none of its threads: it makes its own
+
+
+os.register_at_fork(after_in_child=_forget_flusher)
+
+
+@contextlib.contextmanager
+def _durable_meanwhile(store: FrameStore, loc: str, flush: bool) -> Iterator[None]:
+    """With ``flush``: :meth:`FrameStore.make_durable` of ``loc`` runs in a thread
+    while the body runs (its fsyncs wait for the disk, the body needs the CPU); the
+    exit waits for both and raises the flush's error."""
+    global _flusher
+    if not flush:
+        yield
+        return
+    if _flusher is None:  # per process (worker processes make their own)
+        _flusher = ThreadPoolExecutor(4, thread_name_prefix="pacscore-flush")
+    future = _flusher.submit(store.make_durable, loc)
+    try:
+        yield
+    except BaseException:
+        wait([future])  # nothing of ``loc`` may be removed while it is flushed
+        raise
+    future.result()

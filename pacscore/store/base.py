@@ -47,8 +47,8 @@ class FrameStore(ABC):
 
     @abstractmethod
     def make_durable(self, loc: str) -> None:
-        """Flush one staged location to disk now, from the thread or process that staged
-        it, so that publishing it needs no file-system-wide flush."""
+        """Flush one staged location to disk now, in the process that staged it, so
+        that publishing it needs no file-system-wide flush."""
 
     @abstractmethod
     def flush(self, locs: Sequence[str]) -> None:

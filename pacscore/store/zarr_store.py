@@ -12,8 +12,9 @@ Chunks are written as plain files (the zarr Array API costs 3-9 ms per chunk her
 FACTS.md); the metadata is what ``zarr.create_array`` writes, so ``zarr.open`` reads
 the arrays.  Durability, bulk: one ``syncfs`` for a whole batch (``flush``) instead of
 an fsync per file.  Single stores from the network: the worker that staged an instance
-fsyncs its few files and folders (``make_durable``, in parallel, off the commit path),
-so concurrent clients do not queue behind file-system-wide flushes.  Publishing
+fsyncs its few files and folders (``make_durable``, in parallel, off the commit path;
+in a thread while it verifies the codestreams), so concurrent clients do not queue
+behind file-system-wide flushes.  Publishing
 renames (under the archive's commit lock, after the index owns the locations) and
 ``sync_published`` fsyncs the folders renamed into, outside that lock; start-up
 recovery redoes a rename that a crash undid.
