@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 import uuid
 import warnings
 import zlib
@@ -414,11 +415,13 @@ def _discarded_on_error(store: FrameStore, loc: str) -> Iterator[None]:
 
 
 _flusher: ThreadPoolExecutor | None = None
+_flusher_lock = threading.Lock()
 
 
 def _forget_flusher() -> None:
-    global _flusher
+    global _flusher, _flusher_lock
     _flusher = None  # a forked child has none of its threads: it makes its own
+    _flusher_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_flusher)
@@ -433,9 +436,11 @@ def _durable_meanwhile(store: FrameStore, loc: str, flush: bool) -> Iterator[Non
     if not flush:
         yield
         return
-    if _flusher is None:  # per process (worker processes make their own)
-        _flusher = ThreadPoolExecutor(4, thread_name_prefix="pacscore-flush")
-    future = _flusher.submit(store.make_durable, loc)
+    with _flusher_lock:  # one per process (worker processes make their own)
+        if _flusher is None:
+            _flusher = ThreadPoolExecutor(4, thread_name_prefix="pacscore-flush")
+        flusher = _flusher
+    future = flusher.submit(store.make_durable, loc)
     try:
         yield
     except BaseException:
