@@ -19,7 +19,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["BINARY", "installed", "running"]
+from pacscore.testing import free_port
+
+__all__ = ["AE_TITLE", "BINARY", "installed", "running"]
 
 BINARY = Path("/usr/sbin/Orthanc")
 AE_TITLE = "ORTHANC"
@@ -30,18 +32,11 @@ def installed() -> bool:
     return BINARY.exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextmanager
 def running(folder: Path, *, compression: bool = False) -> Iterator[int]:
     """Run Orthanc with its storage and index in ``folder``; yield its DICOM port."""
     folder.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     config = {
         "Name": "pacscore-bench", "DicomAet": AE_TITLE, "DicomPort": port,
         "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "index"),
