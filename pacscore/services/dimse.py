@@ -228,13 +228,19 @@ class DimseServer:
 
     def _store(self, event: Any) -> int:
         """EVT_C_STORE: requests pynetdicom received (see :mod:`.dimse_receive`)."""
-        with dimse_receive.not_idle(event.assoc):
-            return self._store_file(event.assoc, Path(event.dataset_path))
+        path = Path(event.dataset_path)
+        try:
+            with dimse_receive.not_idle(event.assoc):
+                return self._store_file(event.assoc, path)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     def _store_request(self, assoc: Any, request: dimse_receive.StoreRequest) -> int:
         return self._store_file(assoc, request.path)
 
     def _store_file(self, assoc: Any, path: Path) -> int:
+        """Store the received data set ``path`` (its caller removes it)."""
         name, host = self._requestor(assoc)
         if not self._may(assoc, "store"):
             return NOT_AUTHORIZED
@@ -244,9 +250,6 @@ class DimseServer:
             self.audit.record("transferred", action="C", outcome="minor", user=name,
                               host=host, interface="dimse", detail=exc.reason)
             return _status("store", exc)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
         self.audit.record("transferred", action="C", outcome="success", user=name,
                           host=host, interface="dimse", objects=[result.sop_instance_uid])
         return 0x0000

@@ -10,7 +10,8 @@ association the server accepted (:func:`enable`), the reader installed here
 
 * a P-DATA-TF PDU whose first PDV is a complete command set of a C-STORE-RQ with a
   data set, on an accepted presentation context, opens a file in the spool with the
-  preamble and file meta group pynetdicom would write (:func:`.dimse_wire.file_meta`);
+  preamble and file meta group pynetdicom would write (:func:`.dimse_wire.file_meta`)
+  (the association's previous spool file, rewritten: see :data:`_REUSED_UP_TO`);
 * its data set fragments are written to that file as they arrive, from the receive
   buffer (one copy);
 * the last fragment closes the file; the handler stores it (in the association's
@@ -20,7 +21,8 @@ association the server accepted (:func:`enable`), the reader installed here
 Everything else takes pynetdicom's path unchanged: other PDU types, other messages
 (their PDVs are handed to pynetdicom's DIMSE layer as its state machine would), a
 message pynetdicom has already started, TLS or not.  A data set cut short by a closed
-connection or an abort is removed from the spool, never stored.  pynetdicom's
+connection or an abort is removed from the spool, never stored; the spool file goes
+when the association ends.  pynetdicom's
 ``EVT_DATA_RECV``, ``EVT_PDU_RECV``, ``EVT_DIMSE_RECV`` and ``EVT_C_STORE`` are not
 triggered for these requests.
 """
@@ -155,22 +157,35 @@ class _Incoming:
 
     request: StoreRequest
     fd: int
+    written: int = 0
 
     def write(self, data: memoryview) -> None:
         try:
             while data and self.fd >= 0:
-                data = data[os.write(self.fd, data):]
+                done = os.write(self.fd, data)
+                self.written += done
+                data = data[done:]
         except OSError as exc:
             log.error("spooling %s failed: %s", self.request.sop_instance_uid, exc)
             self.discard()
 
     def discard(self) -> None:
-        if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = -1
+        _remove(self.fd, self.request.path)
+        self.fd = -1
+
+
+def _remove(fd: int, path: Path) -> None:
+    if fd >= 0:
         with contextlib.suppress(OSError):
-            os.unlink(self.request.path)
+            os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+_REUSED_UP_TO = 8 << 20
+"""A spool file of at most this size is kept open for the association's next data set:
+overwriting its pages costs a fifth of allocating them in a new file and freeing them
+at its removal (0.07 against 0.28 ms of CPU per CT-size instance in /dev/shm)."""
 
 
 class _Receiver:
@@ -180,17 +195,33 @@ class _Receiver:
         self.handler, self.spool, self.max_pdu = handler, spool, max_pdu
         self.buffer = bytearray(64 << 10)
         self.incoming: _Incoming | None = None
+        self.idle: tuple[int, Path] | None = None
+        """The last data set's spool file, open, reused for the next one."""
+
+    def _spool_file(self) -> tuple[int, Path]:
+        """The idle spool file rewound, unless it was removed meanwhile; else a new one."""
+        if self.idle is not None:
+            (fd, path), self.idle = self.idle, None
+            try:
+                if os.fstat(fd).st_nlink > 0:  # not removed (an operator emptying the spool)
+                    os.lseek(fd, 0, os.SEEK_SET)
+                    return fd, path
+            except OSError:
+                pass
+            _remove(fd, path)
+        try:
+            fd, name = tempfile.mkstemp(suffix=".dcm", prefix=SPOOL_PREFIX, dir=self.spool)
+        except OSError as exc:
+            log.error("spool %s unusable: %s", self.spool, exc)
+            return -1, self.spool / f"{SPOOL_PREFIX}unwritable"
+        return fd, Path(name)
 
     def open(self, request: StoreRequest) -> None:
         """Start receiving ``request``'s data set into a spool file."""
         meta = b"\0" * 128 + b"DICM" + dimse_wire.file_meta(
             request.sop_class_uid, request.sop_instance_uid, request.transfer_syntax)
-        try:
-            fd, name = tempfile.mkstemp(suffix=".dcm", prefix=SPOOL_PREFIX, dir=self.spool)
-        except OSError as exc:
-            log.error("spool %s unusable: %s", self.spool, exc)
-            fd, name = -1, str(self.spool / f"{SPOOL_PREFIX}unwritable")
-        self.incoming = _Incoming(dataclasses.replace(request, path=Path(name)), fd)
+        fd, path = self._spool_file()
+        self.incoming = _Incoming(dataclasses.replace(request, path=path), fd)
         self.incoming.write(memoryview(meta))
 
     def finish(self, assoc: Any) -> None:
@@ -198,19 +229,22 @@ class _Receiver:
         incoming, self.incoming = self.incoming, None
         assert incoming is not None
         request = incoming.request
-        if incoming.fd < 0:
-            status = _OUT_OF_RESOURCES
-        else:
-            os.close(incoming.fd)
-            try:
+        status = _OUT_OF_RESOURCES
+        try:
+            if incoming.fd >= 0:
+                os.ftruncate(incoming.fd, incoming.written)  # the last one may be longer
                 with not_idle(assoc):
                     status = self.handler(assoc, request)
-            except Exception:
-                log.exception("storing %s failed", request.sop_instance_uid)
-                status = _HANDLER_FAILED
-            finally:
-                with contextlib.suppress(OSError):
-                    os.unlink(request.path)
+        except OSError as exc:
+            log.error("spooling %s failed: %s", request.sop_instance_uid, exc)
+        except Exception:
+            log.exception("storing %s failed", request.sop_instance_uid)
+            status = _HANDLER_FAILED
+        finally:
+            if incoming.fd >= 0 and incoming.written <= _REUSED_UP_TO:
+                self.idle = incoming.fd, request.path
+            else:
+                incoming.discard()
         if not assoc.is_established:
             return
         try:
@@ -219,9 +253,13 @@ class _Receiver:
             assoc.dul.event_queue.put("Evt17")  # transport connection closed
 
     def discard(self) -> None:
+        """Remove the data set being received and the idle spool file."""
         if self.incoming is not None:
             self.incoming.discard()
             self.incoming = None
+        if self.idle is not None:
+            _remove(*self.idle)
+            self.idle = None
 
     def read(self, transport: Any, count: int) -> memoryview | None:
         """Exactly ``count`` bytes from the socket into the buffer (None: closed)."""
