@@ -35,7 +35,7 @@ from .codecs import by_syntax
 from .config import ArchiveConfig
 from .dicom.header import PixelLayout
 from .dicom.part10 import HeaderParts, build_part10
-from .dicom.scan import scan
+from .dicom.scan import PIXEL_DATA, scan
 from .dicom.syntaxes import syntax
 from .errors import (
     ERRORS_BY_NAME,
@@ -623,6 +623,17 @@ class Archive:
         data = self.store_.read_blob(rec.location)
         pixel = scan(data, self.config.limits, sop_instance_uid).pixel
         return data if pixel is None else data[: pixel.element_start]
+
+    def pixel_tag(self, sop_instance_uid: str) -> int | None:
+        """Tag of the instance's pixel data element: (7FE0,0010), or (7FE0,0008) and
+        (7FE0,0009) for float and double pixel data; ``None`` when it has none (an
+        encapsulated document, a waveform, a report)."""
+        rec = self._record(sop_instance_uid)
+        if rec.kind == StoreKind.FRAMES:
+            return PIXEL_DATA
+        pixel = scan(self.store_.read_blob(rec.location), self.config.limits,
+                     sop_instance_uid).pixel
+        return None if pixel is None else pixel.tag
 
     def pixels(self, sop_instance_uid: str, index: int = 0) -> npt.NDArray[Any]:
         """One decoded frame (native dtype; colour-by-pixel)."""

@@ -27,11 +27,15 @@ from pydicom import dcmread
 
 from ..archive import Archive, StoreResult
 from ..index import InstanceRecord
+from .bulkdata import element_paths
 
 __all__ = ["SeriesMetadata"]
 
 log = logging.getLogger(__name__)
 
+# VR of the float and double pixel data elements (PS3.6); Pixel Data (7FE0,0010) is
+# OW above 8 bits allocated (its bulk data is native by default), else OB.
+_PIXEL_VR = {0x7FE00008: "OF", 0x7FE00009: "OD"}
 _BASE = "\x00pacscore-base\x00"  # cannot occur in a URL or a DICOM value
 _BASE_JSON = json.dumps(_BASE)[1:-1].encode()
 
@@ -87,10 +91,14 @@ class SeriesMetadata:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = dcmread(io.BytesIO(self.archive.header(sop)), force=True)
-            meta = ds.to_json_dict(bulk_data_threshold=4096,
-                                   bulk_data_element_handler=lambda e: f"{url}/bulk/{e.tag:08X}")
-        if rec.layout is not None or rec.kind == "blob":
-            meta["7FE00010"] = {"vr": "OB", "BulkDataURI": f"{url}/frames/1"}
+            paths = element_paths(ds)  # values in sequences too: .../bulk/{tag}/{item}/{tag}
+            meta = ds.to_json_dict(bulk_data_threshold=4096, bulk_data_element_handler=(
+                lambda e: f"{url}/bulk/{paths.get(id(e), f'{e.tag:08X}')}"))
+        pixel = self.archive.pixel_tag(sop)
+        if pixel is not None:  # the header stops before it: the pixels of all frames
+            vr = _PIXEL_VR.get(pixel) or ("OW" if int(ds.get("BitsAllocated") or 8) > 8
+                                          else "OB")
+            meta[f"{pixel:08X}"] = {"vr": vr, "BulkDataURI": f"{url}/bulk/{pixel:08X}"}
         meta["00020010"] = {"vr": "UI", "Value": [rec.stored_syntax]}
         return dict(meta)
 
