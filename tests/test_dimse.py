@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -484,3 +485,66 @@ def test_a_spool_folder_the_user_names_keeps_its_other_files(tmp_path: Path,
     assert sorted(p.name for p in spool.iterdir()) == ["notes.txt"]
     assert (spool / "notes.txt").read_text() == "not pacscore's"
     assert json.loads(cli("stats", "--archive", str(archive), "--json"))["instances"] == 3
+
+
+def test_uid_lists_select_each_listed_instance(server: Server, series: Path,
+                                               tmp_path: Path) -> None:
+    """A key with several values (PS3.4 C.2.2.2.2 list of UID matching; ModalitiesInStudy
+    CT\\MR) selects every listed object in C-FIND, C-GET and C-MOVE."""
+    dcmtk("storescu", "-aet", "MODALITY", "-aec", "PACSCORE", "+sd", *addr(server), str(series))
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(series.iterdir())]
+    wanted = sorted(h.SOPInstanceUID for h in headers[:3])
+    listed = "\\".join(wanted)
+    found = dcmtk("findscu", "-aet", "VIEWER", "-aec", "PACSCORE", "-S",
+                  "-k", "QueryRetrieveLevel=IMAGE", "-k", f"SOPInstanceUID={listed}",
+                  *addr(server))
+    assert found.returncode == 0, found.stderr
+    assert sorted(set(re.findall(r"\(0008,0018\) UI \[([0-9.]+)\]", found.stderr))) == wanted
+    studies = dcmtk("findscu", "-aet", "VIEWER", "-aec", "PACSCORE", "-S",
+                    "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID",
+                    "-k", "ModalitiesInStudy=MR\\CT", *addr(server))
+    assert studies.stderr.count("(0020,000d)") == 1, studies.stderr
+    got_dir = tmp_path / "got"
+    got_dir.mkdir()
+    got = dcmtk("getscu", "-aet", "MODALITY", "-aec", "PACSCORE", "-S",
+                "-k", "QueryRetrieveLevel=IMAGE", "-k", f"SOPInstanceUID={listed}",
+                "-od", str(got_dir), *addr(server))
+    assert got.returncode == 0, got.stderr
+    assert sorted(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
+                  for p in got_dir.iterdir()) == wanted
+    moved_dir = tmp_path / "moved"
+    moved_dir.mkdir()
+    scp = subprocess.Popen([str(DCMTK / "storescp"), "-aet", "DEST", "-od", str(moved_dir),
+                            str(server.dest_port)], env=ENV, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        moved = dcmtk("movescu", "-aet", "MODALITY", "-aec", "PACSCORE", "-aem", "DEST", "-S",
+                      "-k", "QueryRetrieveLevel=IMAGE", "-k", f"SOPInstanceUID={listed}",
+                      *addr(server))
+        assert moved.returncode == 0, moved.stderr
+        deadline = time.time() + 10
+        while len(list(moved_dir.iterdir())) < 3 and time.time() < deadline:
+            time.sleep(0.1)
+    finally:
+        scp.terminate()
+        scp.wait()
+    assert sorted(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
+                  for p in moved_dir.iterdir()) == wanted
+
+
+
+@pytest.mark.parametrize("first, second", [("-xd", "-xe"), ("-xe", "-xd")])
+def test_the_same_instance_deflated_and_not_is_one_instance(server: Server, series: Path,
+                                                            first: str, second: str) -> None:
+    """A deflated data set is kept as received and the plain one re-encoded: sent once
+    each way, the second is a duplicate of the first (same pixels, same keys), not a
+    conflict, and the first copy is what the archive keeps."""
+    path = str(sorted(series.iterdir())[0])
+    for syntax in (first, second):
+        sent = dcmtk("storescu", "-v", syntax, "-aet", "MODALITY", "-aec", "PACSCORE",
+                     *addr(server), path)
+        assert sent.returncode == 0 and "Success" in sent.stderr, sent.stderr
+    stats = server.stats()
+    assert stats["instances"] == 1
+    assert stats["compressed_instances"] == (0 if first == "-xd" else 1)

@@ -14,11 +14,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["Constraint", "RANGE_KEYS", "UID_KEYS", "PN_KEYS", "normalise", "parse_constraint"]
+__all__ = ["Constraint", "LIST_KEYS", "PN_KEYS", "RANGE_KEYS", "UID_KEYS", "normalise",
+           "parse_constraint"]
 
 UID_KEYS = frozenset({"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"})
 RANGE_KEYS = frozenset({"StudyDate", "StudyTime", "PatientBirthDate", "SeriesDate"})
 PN_KEYS = frozenset({"PatientName", "ReferringPhysicianName"})
+LIST_KEYS = UID_KEYS | {"ModalitiesInStudy"}
+"""Keys whose value may list alternatives (PS3.4 C.2.2.2.2; C.6.2.1.2: any listed
+modality of the study matches)."""
 
 
 def normalise(keyword: str, value: Any) -> str:
@@ -98,7 +102,7 @@ def parse_constraint(keyword: str, raw: str, *, fuzzy: bool = False) -> Constrai
         return Constraint(keyword, "universal", (), lambda v: True)
     if fuzzy and keyword in PN_KEYS:
         return _fuzzy_name(keyword, value)
-    if keyword in UID_KEYS and "\\" in value:
+    if keyword in LIST_KEYS and "\\" in value:
         options = tuple(v for v in value.split("\\") if v)
         allowed = frozenset(options)
         return Constraint(keyword, "list", options, lambda v: v in allowed)

@@ -314,14 +314,15 @@ def encode_unverified(data: bytes, source: str, config: ArchiveConfig,
     reason = next((r for rule in _KEEP_RULES if (r := rule(ctx))), None)
     layout, pixel = header.layout, scanned.pixel
     if reason is not None or codec is None or layout is None or pixel is None:
-        return replace(kept, kept_reason=reason or "nothing to encode"), None
+        return replace(kept, kept_reason=reason or "nothing to encode",
+                       crcs=_native_crcs(ctx)), None
     frames: Any = (decoded_input_frames(data, layout) if ts.encapsulated
                    else native_frames(scanned, layout))
     if config.codec == "auto" and choose is not None:
         codec = choose(header, frames)
     encoded = _encode_frames(frames, layout, codec)
     if isinstance(encoded, str):
-        return replace(kept, kept_reason=encoded), None
+        return replace(kept, kept_reason=encoded, crcs=_native_crcs(ctx)), None
     parts = HeaderParts(
         prefix=data[: pixel.element_start],
         element_header=data[pixel.element_start : pixel.value_start],
@@ -331,6 +332,17 @@ def encode_unverified(data: bytes, source: str, config: ArchiveConfig,
         if not ts.encapsulated and pixel.length > layout.native_bytes else -1,
     )
     return replace(kept, codec=codec, frames=tuple(encoded), parts=parts), frames
+
+
+def _native_crcs(ctx: _Context) -> tuple[int, ...]:
+    """CRC-32 of every frame of an object kept as received whose pixel data is native
+    and complete (a deflated data set, codec 'keep'), so that the same instance sent
+    again in another transfer syntax is known as a duplicate; () otherwise."""
+    layout, pixel = ctx.header.layout, ctx.scanned.pixel
+    if layout is None or pixel is None or ctx.ts.encapsulated or ctx.header.layout_problem \
+            or layout.photometric == "YBR_FULL_422" or pixel.length < layout.native_bytes:
+        return ()
+    return tuple(frame_crc32(f) for f in native_frames(ctx.scanned, layout))
 
 
 def verified(enc: Encoded, frames: Any) -> Encoded:
@@ -387,10 +399,11 @@ def _stage_blob(data: bytes, source: str, enc: Encoded, store: FrameStore,
         if flush:
             store.make_durable(loc)
     content = hashlib.sha256(memoryview(data)[enc.dataset_start:]).hexdigest()
+    layout = enc.header.layout.to_dict() if enc.crcs and enc.header.layout else None
     record = InstanceRecord(**_record_fields(enc, data, loc),
                             stored_syntax=enc.original_syntax, kind=StoreKind.BLOB,
                             bytes_stored=written, kept_reason=enc.kept_reason,
-                            content_sha256=content)
+                            content_sha256=content, layout=layout, frame_crc32=enc.crcs)
     return Prepared(record, b"", source, durable=flush)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -84,6 +85,16 @@ def _status(op: str, exc: Exception) -> int:
         if code is not None:
             return code
     return UNABLE
+
+
+def _matching_value(value: Any) -> str:
+    """An identifier's value as the archive's query matches it: several values (a UID
+    list, ``CT\\MR``) joined by backslashes as in the data set (PS3.4 C.2.2.2.2)."""
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(str(v) for v in value)
+    return str(value)
 
 
 class DimseServer:
@@ -207,7 +218,7 @@ class DimseServer:
             if not kw or kw == "QueryRetrieveLevel" or kw not in _KEYS:
                 continue
             requested.append(kw)
-            value = "" if elem.value is None else str(elem.value)
+            value = _matching_value(elem.value)
             if value:
                 keys[kw] = value
         return _LEVELS[level_name], keys, requested
