@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -106,3 +107,36 @@ def test_refusals(server: tuple[int, Path], corpus: Path) -> None:
     assert "8130" in (info.value.details() or "")
     stats = writer.stub.Stats(pb.StatsRequest(), metadata=writer.meta)
     assert stats.instances == 0
+
+
+def _grpc_audit(archive: Path) -> list[dict[str, Any]]:
+    lines = (archive / "audit" / "audit.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["interface"] == "grpc"]
+
+
+def test_every_call_is_audited_with_its_token_and_peer(server: tuple[int, Path],
+                                                       corpus: Path) -> None:
+    """Stores, reads, queries and deletes name the token that made them (its id, never
+    the secret) and the peer's address; so do refused calls."""
+    port, archive = server
+    token = admin(archive)
+    who = f"token {token.split('_')[1]}"
+    client = Client(port, token)
+    reply = client.store((corpus / "ct_series/dcmqi_ge_ct_3slice/01.dcm").read_bytes())
+    sop = reply.sop_instance_uid
+    b"".join(c.data for c in client.stub.Get(pb.GetRequest(sop_instance_uid=sop),
+                                             metadata=client.meta))
+    list(client.stub.GetFrames(pb.FramesRequest(sop_instance_uid=sop), metadata=client.meta))
+    list(client.stub.Find(pb.FindRequest(level="study", keys={}), metadata=client.meta))
+    client.stub.Delete(pb.DeleteRequest(level="instance", uid=sop), metadata=client.meta)
+    with pytest.raises(grpc.RpcError):
+        Client(port, "pcs_nope_nope").stub.Stats(pb.StatsRequest(), metadata=(
+            ("authorization", "Bearer pcs_nope_nope"),))
+    events = [(e["event_id"]["code"], e["action"], e["user"].split(" (")[0],  # its name
+               tuple(e.get("objects", ()))) for e in _grpc_audit(archive)]
+    assert events == [("110104", "C", who, (sop,)), ("110104", "R", who, (sop,)),
+                      ("110104", "R", who, (sop,)), ("110112", "E", who, ()),
+                      ("110105", "D", who, (sop,)),
+                      ("110114", "E", "invalid token", ())]
+    assert all(e["host"].startswith(("ipv4:127.0.0.1:", "ipv6:")) for e in _grpc_audit(archive))
+    assert token.split("_", 2)[2] not in (archive / "audit" / "audit.jsonl").read_text()

@@ -82,15 +82,31 @@ class TokenStore:
         return {k: {kk: vv for kk, vv in v.items() if kk != "sha256"}
                 for k, v in self._load().items()}
 
-    def scope(self, token: str) -> str | None:
-        """The scope of a valid token, or None."""
+    def _entry(self, token: str) -> tuple[str, dict[str, str]] | None:
+        """The id and entry of a valid token, or None."""
         parts = token.split("_", 2)
         if len(parts) != 3 or parts[0] != "pcs":
             return None
         entry = self._load().get(parts[1])
         if entry is None or not hmac.compare_digest(entry["sha256"], _digest(parts[2])):
             return None
-        return entry["scope"]
+        return parts[1], entry
+
+    def scope(self, token: str) -> str | None:
+        """The scope of a valid token, or None."""
+        found = self._entry(token)
+        return None if found is None else found[1]["scope"]
+
+    def user(self, token: str) -> str:
+        """Who a token is, for the audit trail: ``token <id>`` and its name if it has
+        one (never the secret); ``anonymous`` for no token, ``invalid token`` else."""
+        if not token:
+            return "anonymous"
+        found = self._entry(token)
+        if found is None:
+            return "invalid token"
+        token_id, entry = found
+        return f"token {token_id}" + (f" ({entry['name']})" if entry.get("name") else "")
 
     @staticmethod
     def grants(scope: str | None, needed: str) -> bool:

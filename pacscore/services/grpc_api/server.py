@@ -61,9 +61,7 @@ class _Auth(grpc.ServerInterceptor):  # type: ignore[misc]
         handler = continuation(details)
         if handler is None:
             return None
-        meta = dict(details.invocation_metadata or ())
-        header = str(meta.get("authorization", ""))
-        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        token = _bearer(details.invocation_metadata)
         scope = self.tokens.scope(token) if token else None
         method = details.method.rsplit("/", 1)[-1]
         needed = _SCOPE.get(method, "read")
@@ -73,15 +71,26 @@ class _Auth(grpc.ServerInterceptor):  # type: ignore[misc]
             code, text = grpc.StatusCode.PERMISSION_DENIED, f"token lacks the {needed!r} scope"
         else:
             return handler
-        self.audit.record("authentication", action="E", outcome="minor",
-                          user=scope or "anonymous", host="?", interface="grpc",
-                          detail=f"{details.method}: {text}")
-        return _denied(handler, code, text)
+
+        def refuse(context: grpc.ServicerContext) -> None:
+            self.audit.record("authentication", action="E", outcome="minor",
+                              user=self.tokens.user(token), host=context.peer(),
+                              interface="grpc", detail=f"{details.method}: {text}")
+            context.abort(code, text)
+
+        return _denied(handler, refuse)
 
 
-def _denied(handler: Any, code: grpc.StatusCode, text: str) -> Any:
+def _bearer(metadata: Any) -> str:
+    """The bearer token of a call's metadata ('' when there is none)."""
+    header = str(dict(metadata or ()).get("authorization", ""))
+    return header[7:].strip() if header.lower().startswith("bearer ") else ""
+
+
+def _denied(handler: Any, refuse: Callable[[grpc.ServicerContext], None]) -> Any:
+    """``handler`` with its behaviour replaced by ``refuse`` (which aborts the call)."""
     def abort(request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(code, text)
+        refuse(context)
 
     kind = (handler.request_streaming, handler.response_streaming)
     make = {(False, False): grpc.unary_unary_rpc_method_handler,
@@ -94,6 +103,14 @@ def _denied(handler: Any, code: grpc.StatusCode, text: str) -> Any:
 
 def _servicer(archive: Archive, audit: AuditLog, max_object: int) -> Any:
     pb, svc = load()
+
+    tokens = TokenStore(archive.root)
+
+    def record(context: grpc.ServicerContext, event: str, action: str,
+               objects: list[str] | None = None, detail: str = "") -> None:
+        audit.record(event, action=action, outcome="success",
+                     user=tokens.user(_bearer(context.invocation_metadata())),
+                     host=context.peer(), interface="grpc", objects=objects, detail=detail)
 
     class Servicer(svc.ArchiveServicer):  # type: ignore[misc,name-defined]
         def _fail(self, context: grpc.ServicerContext, exc: Exception) -> None:
@@ -116,9 +133,7 @@ def _servicer(archive: Archive, audit: AuditLog, max_object: int) -> Any:
                     r = archive.store(name, source="gRPC Store")
                 except (PacsError, ValueError) as exc:
                     self._fail(context, exc)
-                audit.record("transferred", action="C", outcome="success", user="token",
-                             host=context.peer(), interface="grpc",
-                             objects=[r.sop_instance_uid])
+                record(context, "transferred", "C", [r.sop_instance_uid])
                 return pb.StoreReply(
                     sop_instance_uid=r.sop_instance_uid, study_instance_uid=r.study_uid,
                     series_instance_uid=r.series_uid, status=r.status,
@@ -134,6 +149,7 @@ def _servicer(archive: Archive, audit: AuditLog, max_object: int) -> Any:
                                    request.transfer_syntax or "original")
             except (PacsError, ValueError) as exc:
                 self._fail(context, exc)
+            record(context, "transferred", "R", [request.sop_instance_uid])
             for i in range(0, len(data), _CHUNK):
                 yield pb.Chunk(data=data[i : i + _CHUNK])
 
@@ -148,6 +164,8 @@ def _servicer(archive: Archive, audit: AuditLog, max_object: int) -> Any:
                 data = archive.frames(request.sop_instance_uid, [n - 1 for n in numbers], ts)
             except (PacsError, ValueError) as exc:
                 self._fail(context, exc)
+            record(context, "transferred", "R", [request.sop_instance_uid],
+                   f"{len(numbers)} frame(s)")
             label = rec.stored_syntax if ts == "stored" else ts
             for n, d in zip(numbers, data, strict=True):
                 yield pb.Frame(number=n, data=d, transfer_syntax=label)
@@ -158,6 +176,8 @@ def _servicer(archive: Archive, audit: AuditLog, max_object: int) -> Any:
                                         limit=request.limit or None, offset=request.offset)
             except (PacsError, ValueError) as exc:
                 self._fail(context, exc)
+            record(context, "query", "E", detail=f"{request.level} level, {len(matches)} "
+                                                 "matches")
             for m in matches:
                 yield pb.Match(attributes={k: str(v) for k, v in m.items() if v is not None})
 
@@ -166,8 +186,7 @@ def _servicer(archive: Archive, audit: AuditLog, max_object: int) -> Any:
                 n = archive.delete(request.level, request.uid)
             except (PacsError, ValueError) as exc:
                 self._fail(context, exc)
-            audit.record("deleted", action="D", outcome="success", user="token",
-                         host=context.peer(), interface="grpc", objects=[request.uid])
+            record(context, "deleted", "D", [request.uid], f"{request.level} level")
             return pb.DeleteReply(deleted_instances=n)
 
         def Stats(self, request: Any, context: grpc.ServicerContext) -> Any:
