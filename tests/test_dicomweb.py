@@ -270,3 +270,203 @@ def test_series_metadata_is_precomputed_once_the_series_is_quiet(tmp_path: Path,
             assert len(json.loads(meta.series(series))) == len(ct) - 1
         finally:
             meta.close()
+
+
+# -- fixes of the DICOMweb front end: each test failed before its fix -----------------
+def _auth(service: Service) -> dict[str, str]:
+    return {"Authorization": f"Bearer {service.admin}"}
+
+
+def _stow(service: Service, files: list[Path], study: str | None = None) -> requests.Response:
+    body = encode_related([("application/dicom", p.read_bytes()) for p in files], "B0")
+    return requests.post(
+        f"{service.url}/studies" + (f"/{study}" if study else ""), data=body, timeout=60,
+        headers={**_auth(service),
+                 "Content-Type": 'multipart/related; type="application/dicom"; boundary=B0'})
+
+
+def _multipart(response: requests.Response, tmp_path: Path) -> list[tuple[str, bytes]]:
+    import asyncio
+
+    boundary = response.headers["content-type"].split("boundary=")[1].strip('"')
+
+    async def body() -> Any:
+        yield response.content
+
+    parts = asyncio.run(parse_related(body(), boundary, 1 << 30, tmp_path))
+    return [(p.headers["content-type"], p.path.read_bytes()) for p in parts]
+
+
+def test_stow_to_a_study_stores_nothing_of_another_study(service: Service, ct: list[Path],
+                                                         corpus: Path) -> None:
+    """POST /studies/{study}: an instance of another study is refused before it is
+    stored (Failure Reason A901, its UIDs named); the others of the request are stored."""
+    other = corpus / "ct_series/dcmqi_ge_ct_3slice/01.dcm"
+    study = str(read(ct[0]).StudyInstanceUID)
+    r = _stow(service, [ct[0], other], study)
+    assert r.status_code == 202
+    (failed,) = r.json()["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [0xA901]
+    assert failed["00081155"]["Value"] == [read(other).SOPInstanceUID]
+    assert failed["00081150"]["Value"] == [read(other).SOPClassUID]
+    assert str(read(other).StudyInstanceUID) in failed["00091001"]["Value"][0]
+    assert service.stats()["instances"] == 1
+    assert service.client().search_for_studies(
+        search_filters={"StudyInstanceUID": str(read(other).StudyInstanceUID)}) == []
+    r = _stow(service, [other], study)  # nothing stored at all: 409
+    assert r.status_code == 409 and service.stats()["instances"] == 1
+
+
+def test_stow_reply_names_the_sop_class(service: Service, ct: list[Path]) -> None:
+    result = service.client().store_instances([read(p) for p in ct[:2]])
+    sent = {read(p).SOPInstanceUID: read(p).SOPClassUID for p in ct[:2]}
+    assert {item.ReferencedSOPInstanceUID: item.ReferencedSOPClassUID
+            for item in result.ReferencedSOPSequence} == sent
+
+
+def test_qido_includefield_and_uid_lists(service: Service, ct: list[Path]) -> None:
+    """includefield (comma-separated, repeated, keywords or tags) adds attributes the
+    index does not keep, from the stored header; instance results carry Rows and
+    Columns (PS3.18 Table 10.6.3-5); a UID list may be comma-separated (8.3.4.1)."""
+    client = service.client()
+    client.store_instances([read(p) for p in ct[:3]])
+    first = read(ct[0])
+    study = str(first.StudyInstanceUID)
+    url = f"{service.url}/studies/{study}/instances"
+    r = requests.get(url, headers=_auth(service), timeout=30, params=[
+        ("includefield", "PatientAge,Manufacturer"), ("includefield", "00180050")])
+    assert r.status_code == 200
+    for match in r.json():
+        assert match["00101010"] == {"vr": "AS", "Value": [first.PatientAge]}
+        assert match["00080070"]["Value"] == [first.Manufacturer]
+        assert float(match["00180050"]["Value"][0]) == float(first.SliceThickness)
+        assert match["00280010"]["Value"] == [first.Rows]
+        assert match["00280011"]["Value"] == [first.Columns]
+    studies = requests.get(f"{service.url}/studies", headers=_auth(service), timeout=30,
+                           params={"includefield": "PatientAge"}).json()
+    assert studies[0]["00101010"]["Value"] == [first.PatientAge]
+    every = requests.get(f"{service.url}/studies", headers=_auth(service), timeout=30,
+                         params={"includefield": "all"}).json()
+    assert {"00100010", "00100020", "00081030", "00201208"} <= set(every[0])
+    r = requests.get(url, headers=_auth(service), timeout=30,
+                     params={"includefield": "NoSuchThing"})
+    assert r.status_code == 400 and "NoSuchThing" in r.json()["error"]
+    sops = sorted(str(read(p).SOPInstanceUID) for p in ct[:3])
+    for sep in (",", "\\"):
+        found = client.search_for_instances(
+            study_instance_uid=study, search_filters={"SOPInstanceUID": sep.join(sops[:2])})
+        assert sorted(m["00080018"]["Value"][0] for m in found) == sops[:2]
+
+
+def test_wado_uri_parameters(service: Service, ct: list[Path]) -> None:
+    """WADO-URI: image/jpeg by default for a single-frame image; application/dicom in
+    the asked transfer syntax; rendered PNG scaled to rows/columns with its aspect kept;
+    404 for UIDs of another study or series; 406 for what it cannot send."""
+    service.client().store_instances([read(ct[0])])
+    ds = read(ct[0])
+    params = {"requestType": "WADO", "studyUID": str(ds.StudyInstanceUID),
+              "seriesUID": str(ds.SeriesInstanceUID), "objectUID": str(ds.SOPInstanceUID)}
+    url = f"http://127.0.0.1:{service.http}/wado"
+
+    def get(**extra: str) -> requests.Response:
+        return requests.get(url, params={**params, **extra}, headers=_auth(service),
+                            timeout=30)
+
+    r = get()
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert imagecodecs.jpeg8_decode(r.content).shape == (ds.Rows, ds.Columns)
+    r = get(contentType="application/dicom", transferSyntax="1.2.840.10008.1.2.4.80")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/dicom"
+    import io
+
+    got = pydicom.dcmread(io.BytesIO(r.content))
+    assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+    assert np.array_equal(got.pixel_array, ds.pixel_array)
+    r = get(contentType="image/png", rows="64", windowCenter="40", windowWidth="400")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert imagecodecs.png_decode(r.content).shape == (64, 64)
+    assert get(studyUID="1.2.3").status_code == 404
+    assert get(seriesUID="1.2.3").status_code == 404
+    assert get(contentType="image/gif").status_code == 406
+    r = get(contentType="image/jpeg", frameNumber="2")
+    assert r.status_code == 400 and "1 to 1" in r.json()["error"]
+
+
+def test_frames_follow_the_requested_media_type(service: Service, ct: list[Path],
+                                               tmp_path: Path) -> None:
+    """PS3.18 Table 8.7.3-5: a media type without transfer-syntax means its default
+    syntax; an HTJ2K lossless request is served by the stored RPCL codestream; what no
+    codec here writes is a 406."""
+    service.client().store_instances([read(ct[0])])
+    ds = read(ct[0])
+    url = (f"{service.url}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+           f"/instances/{ds.SOPInstanceUID}/frames/1")
+
+    def get(accept: str) -> requests.Response:
+        return requests.get(url, headers={**_auth(service), "Accept": accept}, timeout=30)
+
+    r = get('multipart/related; type="image/jls"')
+    assert r.status_code == 200 and 'type="image/jls"' in r.headers["content-type"]
+    ((ctype, data),) = _multipart(r, tmp_path)
+    assert ctype == "image/jls; transfer-syntax=1.2.840.10008.1.2.4.80"
+    assert np.array_equal(imagecodecs.jpegls_decode(data), ds.pixel_array)
+    stored = get('multipart/related; type="application/octet-stream"; transfer-syntax=*')
+    ((_, as_stored),) = _multipart(stored, tmp_path)
+    for accept, label in (
+            ('multipart/related; type="image/jphc"; transfer-syntax=1.2.840.10008.1.2.4.201',
+             "1.2.840.10008.1.2.4.201"),
+            ('multipart/related; type="image/jphc"', "1.2.840.10008.1.2.4.201"),
+            ('multipart/related; type="image/jphc"; transfer-syntax=1.2.840.10008.1.2.4.202',
+             "1.2.840.10008.1.2.4.202")):
+        ((ctype, data),) = _multipart(get(accept), tmp_path)
+        assert ctype == f"image/jphc; transfer-syntax={label}" and data == as_stored
+    r = get('multipart/related; type="image/jp2"')
+    ((ctype, data),) = _multipart(r, tmp_path)
+    assert ctype == "image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90"
+    assert np.array_equal(imagecodecs.jpeg2k_decode(data), ds.pixel_array)
+    assert get('multipart/related; type="image/jpx"').status_code == 406
+    assert get('multipart/related; type="image/jls"; '
+               'transfer-syntax=1.2.840.10008.1.2.4.90').status_code == 406
+    # Alternatives: the first the server can write wins.
+    r = get('multipart/related; type="image/jpx", multipart/related; type="image/jls"')
+    assert r.status_code == 200 and 'type="image/jls"' in r.headers["content-type"]
+
+
+def test_rendered_media_viewport_and_frame_numbers(service: Service, ct: list[Path]) -> None:
+    service.client().store_instances([read(ct[0])])
+    ds = read(ct[0])
+    url = (f"{service.url}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+           f"/instances/{ds.SOPInstanceUID}")
+    auth = _auth(service)
+    r = requests.get(f"{url}/rendered", headers={**auth, "Accept": "image/gif"}, timeout=30)
+    assert r.status_code == 406
+    r = requests.get(f"{url}/rendered", params={"viewport": "100,50"},
+                     headers={**auth, "Accept": "image/png"}, timeout=30)
+    assert imagecodecs.png_decode(r.content).shape == (50, 50)  # 512x512 fitted, not stretched
+    for frame in (0, 2):
+        r = requests.get(f"{url}/frames/{frame}/rendered", headers=auth, timeout=30)
+        assert r.status_code == 400
+        assert r.json()["error"] == (f"instance {ds.SOPInstanceUID} has no frame {frame}: "
+                                     f"its frame numbers run from 1 to 1")
+    r = requests.get(f"{url}/frames/1/rendered", headers=auth, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+
+
+def test_audit_names_the_token_and_logs_queries(service: Service) -> None:
+    """Audit entries name the token (id and name, never the secret), so that users can
+    be told apart; QIDO-RS is a Query event (PS3.15 A.5.3, 110112)."""
+    reader = cli("token", "create", "--scope", "read", "--name", "viewer-7",
+                 "--archive", str(service.archive)).strip()
+    token_id = reader.split("_")[1]
+    service.client(reader).search_for_studies()
+    service.client().search_for_studies()
+    entries = [json.loads(line) for line in
+               (service.archive / "audit" / "audit.jsonl").read_text().splitlines()]
+    queries = [e for e in entries if e["interface"] == "dicomweb"
+               and e["event_id"]["code"] == "110112"]
+    assert [e["user"] for e in queries][:1] == [f"token {token_id} (viewer-7)"]
+    assert len({e["user"] for e in queries}) == 2
+    assert not any(e["user"] in ("read", "admin") for e in entries)
+    assert not any(e["event_id"]["code"] == "110103" for e in entries
+                   if e["interface"] == "dicomweb")
+    assert reader not in json.dumps(entries)

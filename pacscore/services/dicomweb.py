@@ -16,13 +16,12 @@ import tempfile
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import imagecodecs
-import numpy as np
 from pydicom import dcmread
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -31,7 +30,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..archive import Archive
+from ..archive import Archive, StoreResult
+from ..dicom.header import InstanceHeader, read_header
+from ..dicom.scan import scan
 from ..errors import (
     ArchiveStorageError,
     ConflictError,
@@ -41,7 +42,8 @@ from ..errors import (
     UnsupportedTransferSyntaxError,
 )
 from ..index import InstanceRecord
-from ..kernels import window_to_uint8
+from .bulkdata import BulkData
+from .dicomweb_media import frame_choices, parse_accept, render, rendered_media
 from .metadata import SeriesMetadata
 from .multipart import (
     MultipartError,
@@ -69,12 +71,19 @@ HTTP_STATUS: dict[type[Exception], int] = {
 }
 _SCOPE_FOR_METHOD = {"GET": "read", "HEAD": "read", "POST": "write", "DELETE": "delete"}
 _DICOM_JSON = "application/dicom+json"
-# PS3.18 Table 8.7.3-5: media types of frames per transfer syntax.
-_FRAME_MEDIA = {
-    "1.2.840.10008.1.2.4.202": "image/jphc", "1.2.840.10008.1.2.4.201": "image/jphc",
-    "1.2.840.10008.1.2.4.80": "image/jls", "1.2.840.10008.1.2.4.90": "image/jp2",
-    "1.2.840.10008.1.2.5": "image/dicom-rle",
-}
+# Failure Reason (0008,1197) of a STOW-RS instance (PS3.18 Table I.2-2).  A study
+# mismatch has no code of its own there ("additional codes may be used"): A901, in the
+# A9xx family, as Microsoft's DICOM service answers it.
+_FAILURE_REASON = {"out of resources": 0xA700, "study mismatch": 0xA901,
+                   "cannot understand": 0xC000}
+# Audit event and action (PS3.15 A.5.3) of each request: by handler, else by method.
+_AUDIT_BY_HANDLER = {"qido": ("query", "E")}
+_AUDIT_BY_METHOD = {"GET": ("accessed", "R"), "HEAD": ("accessed", "R"),
+                    "POST": ("transferred", "C"), "DELETE": ("deleted", "D")}
+# Attributes every instance-level QIDO-RS result carries when known (PS3.18 Table
+# 10.6.3-5), from the index record's pixel layout.
+_LAYOUT_ATTRIBUTES = {"Rows": "rows", "Columns": "columns", "BitsAllocated": "bits_allocated",
+                      "NumberOfFrames": "frames"}
 _LEVEL_UID = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID",
               "instance": "SOPInstanceUID"}
 
@@ -86,10 +95,36 @@ def _http_status(exc: Exception) -> int:
     return 500
 
 
+def _is_tag(text: str) -> bool:
+    return len(text) == 8 and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def _keyword(name: str, what: str) -> str:
+    """The keyword a query parameter names (a keyword, or a tag as 8 hex digits)."""
+    name = name.strip()
+    if name == "all" and what == "includefield":
+        return name
+    keyword = keyword_for_tag(int(name, 16)) if _is_tag(name) else name
+    if not keyword or tag_for_keyword(keyword) is None:
+        raise ValueError(f"{what} {name!r} is not a DICOM attribute: use a keyword "
+                         f"(PatientAge) or a tag as 8 hex digits (00101010)")
+    return keyword
+
+
+@dataclass(frozen=True, slots=True)
+class _Encoded:
+    """A value read from a stored header, already in DICOM JSON (PS3.18 F.2)."""
+
+    entry: dict[str, Any]
+    """``{"vr": ..., "Value": [...]}``."""
+
+
 def _json_attr(keyword: str, value: Any) -> tuple[str, dict[str, Any]] | None:
     tag = tag_for_keyword(keyword)
     if tag is None:
         return None
+    if isinstance(value, _Encoded):
+        return f"{tag:08X}", value.entry
     vr = dictionary_VR(tag).split(" ")[0]
     entry: dict[str, Any] = {"vr": vr}
     if value not in (None, ""):
@@ -148,7 +183,16 @@ class _Api:
         self.meta = SeriesMetadata(archive)
 
     # -- plumbing ---------------------------------------------------------------
+    def user(self, token: str) -> str:
+        """Who a valid token is in the audit log: ``token <id>`` and its name, never
+        the secret (tokens are ``pcs_<id>_<secret>``)."""
+        token_id = token.split("_", 2)[1]
+        name = self.tokens.list().get(token_id, {}).get("name", "")
+        return f"token {token_id}" + (f" ({name})" if name else "")
+
     def guard(self, handler: Callable[..., Any]) -> Callable[[Request], Any]:
+        event, action = _AUDIT_BY_HANDLER.get(getattr(handler, "__name__", ""), (None, None))
+
         async def run(request: Request) -> Response:
             needed = _SCOPE_FOR_METHOD.get(request.method, "admin")
             header = request.headers.get("authorization", "")
@@ -161,8 +205,9 @@ class _Api:
                                   detail=f"{request.method} {request.url.path}: no valid token")
                 return JSONResponse({"error": "a valid bearer token is required"}, 401,
                                     headers={"WWW-Authenticate": 'Bearer realm="pacscore"'})
+            user = self.user(token)
             if not self.tokens.grants(scope, needed):
-                self.audit.record("authentication", action="E", outcome="minor", user=scope,
+                self.audit.record("authentication", action="E", outcome="minor", user=user,
                                   host=host, interface="dicomweb",
                                   detail=f"{request.method} {request.url.path}: needs {needed}")
                 return JSONResponse({"error": f"this token lacks the {needed!r} scope"}, 403)
@@ -170,13 +215,13 @@ class _Api:
                 response: Response = await handler(request)
             except (PacsError, MultipartError, TooLargeError, ValueError) as exc:
                 text = exc.reason if isinstance(exc, PacsError) else str(exc)
-                return JSONResponse({"error": text}, _http_status(exc))
+                response = JSONResponse({"error": text}, _http_status(exc))
+            kind, code = (event, action) if event and action else _AUDIT_BY_METHOD.get(
+                request.method, ("accessed", "E"))
             self.audit.record(
-                {"GET": "accessed", "POST": "transferred", "DELETE": "deleted"}.get(
-                    request.method, "accessed"),
-                action={"GET": "R", "POST": "C", "DELETE": "D"}.get(request.method, "E"),
+                kind, action=code,
                 outcome="success" if response.status_code < 400 else "minor",
-                user=scope, host=host, interface="dicomweb",
+                user=user, host=host, interface="dicomweb",
                 detail=f"{request.method} {request.url.path} -> {response.status_code}")
             return response
 
@@ -184,6 +229,21 @@ class _Api:
 
     def base(self, request: Request) -> str:
         return str(request.base_url).rstrip("/") + "/dicom-web"
+
+    def _store(self, path: Path) -> tuple[StoreResult, str]:
+        """Store one STOW-RS part; its result and SOP Class UID."""
+        result = self.archive.store(path, source="STOW-RS part")
+        return result, self.archive.record(result.sop_instance_uid).sop_class_uid
+
+    def _identify(self, path: Path) -> InstanceHeader | None:
+        """Identity of a STOW-RS part read with the archive's own parser, before it is
+        stored; None when it cannot be read (the store then says why)."""
+        limits = self.archive.config.limits
+        try:
+            return read_header(scan(path.read_bytes(), limits, "STOW-RS part"), limits,
+                               "STOW-RS part", "")
+        except (PacsError, OSError):
+            return None
 
     # -- STOW-RS ----------------------------------------------------------------
     async def stow(self, request: Request) -> Response:
@@ -193,45 +253,54 @@ class _Api:
         boundary = related_boundary(request.headers.get("content-type", ""))
         parts = await parse_related(request.stream(), boundary, self.max_body, self.tmp_dir)
         study_filter = request.path_params.get("study")
-        stored: list[Any] = []
-        failed: list[tuple[str | None, int, str]] = []
+        stored: list[tuple[StoreResult, str]] = []  # (result, SOP Class UID)
+        failed: list[tuple[str | None, str | None, int, str]] = []  # (sop, class, code, why)
         try:
             for part in parts:
                 ctype = part.headers.get("content-type", "application/dicom").split(";")[0]
                 if ctype.strip().lower() != "application/dicom":
-                    failed.append((None, 0xC000, f"unsupported part type {ctype}"))
+                    failed.append((None, None, _FAILURE_REASON["cannot understand"],
+                                   f"unsupported part type {ctype}: send application/dicom"))
                     continue
+                if study_filter:  # checked before anything is stored
+                    header = await run_in_threadpool(self._identify, part.path)
+                    if header is not None and header.study_uid != study_filter:
+                        failed.append((
+                            header.sop_instance_uid, header.sop_class_uid,
+                            _FAILURE_REASON["study mismatch"],
+                            f"instance {header.sop_instance_uid} is in study "
+                            f"{header.study_uid}, not in {study_filter} that the URL names: "
+                            f"not stored; send it to /studies/{header.study_uid} or "
+                            f"/studies"))
+                        continue
                 try:
-                    result = await run_in_threadpool(self.archive.store, part.path,
-                                                     source="STOW-RS part")
+                    result, sop_class = await run_in_threadpool(self._store, part.path)
                 except PacsError as exc:
-                    code = 0xA700 if isinstance(exc, ArchiveStorageError) else 0xC000
-                    failed.append((None, code, exc.reason))
+                    code = _FAILURE_REASON["out of resources" if isinstance(
+                        exc, ArchiveStorageError) else "cannot understand"]
+                    failed.append((None, None, code, exc.reason))
                     continue
-                if study_filter and result.study_uid != study_filter:
-                    failed.append((result.sop_instance_uid, 0xC000,
-                                   "instance belongs to another study than the URL names"))
-                    continue
-                stored.append(result)
+                stored.append((result, sop_class))
         finally:
             for part in parts:
                 part.path.unlink(missing_ok=True)
         body: dict[str, Any] = {}
-        if stored:
+        if stored:  # PS3.18 Table I.2-1 (Referenced SOP Sequence)
             body["00081199"] = {"vr": "SQ", "Value": [{
-                "00081150": {"vr": "UI", "Value": [r.sop_instance_uid]},
+                "00081150": {"vr": "UI", "Value": [sop_class]},
                 "00081155": {"vr": "UI", "Value": [r.sop_instance_uid]},
                 "00081190": {"vr": "UR", "Value": [
                     f"{self.base(request)}/studies/{r.study_uid}/series/{r.series_uid}"
                     f"/instances/{r.sop_instance_uid}"]},
-            } for r in stored]}
-        if failed:
+            } for r, sop_class in stored]}
+        if failed:  # PS3.18 Table I.2-1 (Failed SOP Sequence)
             body["00081198"] = {"vr": "SQ", "Value": [{
+                **({"00081150": {"vr": "UI", "Value": [cls]}} if cls else {}),
                 **({"00081155": {"vr": "UI", "Value": [uid]}} if uid else {}),
                 "00081197": {"vr": "US", "Value": [code]},
                 "00090010": {"vr": "LO", "Value": ["PACSCORE"]},
                 "00091001": {"vr": "LT", "Value": [reason]},
-            } for uid, code, reason in failed]}
+            } for uid, cls, code, reason in failed]}
         status = 200 if not failed else 202 if stored else 409
         return Response(json.dumps(body), status, media_type=_DICOM_JSON)
 
@@ -241,31 +310,63 @@ class _Api:
         level = ("instance" if path.endswith("/instances") else
                  "series" if path.endswith("/series") else "study")
         keys: dict[str, str] = {}
-        limit, offset, include, fuzzy = None, 0, set(), False
+        limit, offset, include, fuzzy = None, 0, set[str](), False
         for key, value in request.query_params.multi_items():
             if key == "limit":
                 limit = int(value)
             elif key == "offset":
                 offset = int(value)
             elif key == "includefield":
-                include.update(value.split(","))
+                include.update(_keyword(v, "includefield") for v in value.split(",")
+                               if v.strip())
             elif key == "fuzzymatching":
                 fuzzy = value.strip().lower() == "true"
             else:
-                keyword = key
-                if len(key) == 8 and all(c in "0123456789abcdefABCDEF" for c in key):
-                    from pydicom.datadict import keyword_for_tag
-
-                    keyword = keyword_for_tag(int(key, 16)) or key
-                keys[keyword] = value
+                keyword = _keyword(key, "query key") if _is_tag(key) else key
+                tag = tag_for_keyword(keyword)
+                uids = tag is not None and dictionary_VR(tag) == "UI"
+                # A UID list may be separated by commas as well (PS3.18 8.3.4.1).
+                keys[keyword] = value.replace(",", "\\") if uids else value
         for name in ("study", "series"):
             if name in request.path_params:
                 keys[_LEVEL_UID[name]] = request.path_params[name]
         matches = await run_in_threadpool(self.archive.query, level, keys, limit=limit,
                                           offset=offset, fuzzy=fuzzy)
+        extra = include - {"all"}
+        if extra or level == "instance":
+            await run_in_threadpool(self._complete, matches, level, extra)
         base = self.base(request)
         return Response(json.dumps([_match_json(m, base, level) for m in matches]),
                         200, media_type=_DICOM_JSON)
+
+    def _complete(self, matches: list[dict[str, Any]], level: str, wanted: set[str]) -> None:
+        """Add to each result the attributes the index does not keep: at the instance
+        level Rows, Columns, Bits Allocated and Number of Frames from the record's
+        pixel layout (PS3.18 Table 10.6.3-5); and each ``includefield`` attribute from
+        the stored header of the instance (of the first instance of the series or
+        study), when it has one.  ``includefield=all`` is what the index keeps: every
+        result already has it."""
+        for match in matches:
+            missing = {kw for kw in wanted if match.get(kw) is None}
+            if level == "instance":
+                layout = self.archive.record(match["SOPInstanceUID"]).layout or {}
+                for kw, field_ in _LAYOUT_ATTRIBUTES.items():
+                    if match.get(kw) is None and field_ in layout:
+                        match[kw] = layout[field_]
+                missing = {kw for kw in missing if match.get(kw) is None}
+            if not missing:
+                continue
+            uid = match[_LEVEL_UID[level]]
+            sops = self.archive.instances(level, uid)
+            if not sops:
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = dcmread(io.BytesIO(self.archive.header(sops[0])), force=True,
+                             stop_before_pixels=True, specific_tags=sorted(missing))
+            for kw in missing:
+                if kw in ds:
+                    match[kw] = _Encoded(ds[kw].to_json_dict(None, 1 << 20))
 
     # -- WADO-RS ----------------------------------------------------------------
     def _scope_uids(self, request: Request) -> list[str]:
@@ -324,74 +425,78 @@ class _Api:
             numbers = [int(n) for n in request.path_params["frames"].split(",")]
         except ValueError as exc:
             raise ValueError("frame numbers must be integers separated by commas") from exc
-        if any(n < 1 for n in numbers):
-            raise ValueError("frame numbers start at 1")
         rec = await run_in_threadpool(self.archive.record, sop)
         if _misplaced(rec, request.path_params):
             raise NotFoundError("nothing matches the requested UIDs")
-        wanted = _accepted_syntax(request, rec.stored_syntax)
-        native = wanted in ("1.2.840.10008.1.2.1", "native") or ("octet-stream" in \
-            request.headers.get("accept", "") and "transfer-syntax" not in \
-            request.headers.get("accept", ""))
-        ts = "native" if native else wanted
-        data = await run_in_threadpool(self.archive.frames, sop, [n - 1 for n in numbers],
-                                       "stored" if ts == rec.stored_syntax else ts)
-        media = "application/octet-stream" if native else _FRAME_MEDIA.get(
-            ts, "application/octet-stream")
-        boundary = uuid.uuid4().hex
-        label = "1.2.840.10008.1.2.1" if native else ts
-        body = encode_related([(f"{media}; transfer-syntax={label}", d) for d in data],
-                              boundary)
-        return Response(body, 200, media_type=(
-            f'multipart/related; type="{media}"; boundary={boundary}'))
+        await run_in_threadpool(self._check_frames, sop, numbers)
+        accept = request.headers.get("accept", "")
+        choices, refused = frame_choices(accept, rec.stored_syntax)
+        for choice in choices:  # the client's order of preference; 406 when none works
+            try:
+                data = await run_in_threadpool(self.archive.frames, sop,
+                                               [n - 1 for n in numbers], choice.source)
+            except UnsupportedTransferSyntaxError as exc:
+                refused.append(f"{choice.media} in {choice.syntax} ({exc.reason})")
+                continue
+            boundary = uuid.uuid4().hex
+            body = encode_related(
+                [(f"{choice.media}; transfer-syntax={choice.syntax}", d) for d in data],
+                boundary)
+            return Response(body, 200, media_type=(
+                f'multipart/related; type="{choice.media}"; boundary={boundary}'))
+        raise UnsupportedTransferSyntaxError(
+            f"frames of instance {sop} (stored as {rec.stored_syntax}) cannot be sent as "
+            f"{'; '.join(refused) or accept!r}; ask for application/octet-stream "
+            f"(uncompressed) or transfer-syntax=* (as stored)")
+
+    def _frame_count(self, sop: str) -> int:
+        rec = self.archive.record(sop)
+        if rec.layout is not None:
+            return int(rec.layout["frames"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = dcmread(io.BytesIO(self.archive.header(sop)), force=True,
+                         specific_tags=["NumberOfFrames"])
+        return int(ds.get("NumberOfFrames") or 1)
+
+    def _check_frames(self, sop: str, numbers: list[int]) -> None:
+        """400 for frame numbers outside 1..Number of Frames (PS3.18 8.3.2.x)."""
+        count = self._frame_count(sop)
+        bad = [n for n in numbers if not 1 <= n <= count]
+        if bad:
+            raise ValueError(f"instance {sop} has no frame {bad[0]}: its frame numbers run "
+                             f"from 1 to {count}")
+
+    def _rendered(self, sop: str, frame: int, media: str, window: tuple[float, float] | None,
+                  size: tuple[int | None, int | None] | None) -> bytes:
+        """Frame ``frame`` (1-based, checked) of ``sop`` rendered as ``media``."""
+        self._check_frames(sop, [frame])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = dcmread(io.BytesIO(self.archive.header(sop)), force=True)
+        return render(self.archive.pixels(sop, frame - 1), ds, media, window=window,
+                      size=size)
 
     async def rendered(self, request: Request) -> Response:
         sop = request.path_params["sop"]
         await run_in_threadpool(self._scope_uids, request)  # 404 when misaddressed
-        frame = int(request.path_params.get("frame", "1")) - 1
-        thumbnail = request.url.path.endswith("/thumbnail")
+        frame = int(request.path_params.get("frame", "1"))
         q = request.query_params
-
-        def render() -> tuple[bytes, str]:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = dcmread(io.BytesIO(self.archive.header(sop)), force=True)
-            pixels = self.archive.pixels(sop, frame)
-            slope = float(ds.get("RescaleSlope", 1) or 1)
-            intercept = float(ds.get("RescaleIntercept", 0) or 0)
-            if "window" in q:
-                center, width = (float(v) for v in q["window"].split(",")[:2])
-            elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
-                wc, ww = ds.WindowCenter, ds.WindowWidth
-                center = float(wc[0] if isinstance(wc, list | tuple) or (hasattr(wc, "__iter__")
-                               and not isinstance(wc, str | float | int)) else wc)
-                width = float(ww[0] if isinstance(ww, list | tuple) or (hasattr(ww, "__iter__")
-                              and not isinstance(ww, str | float | int)) else ww)
-            else:
-                lo, hi = float(pixels.min()) * slope + intercept, \
-                    float(pixels.max()) * slope + intercept
-                center, width = (lo + hi) / 2, max(hi - lo, 1.0)
-            if pixels.ndim == 3:  # colour: shown as stored (no VOI)
-                image = pixels.astype(np.uint8) if pixels.dtype.itemsize == 1 else \
-                    (pixels >> (pixels.dtype.itemsize * 8 - 8)).astype(np.uint8)
-            else:
-                invert = str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
-                image = window_to_uint8(pixels, slope, intercept, center, width, invert)
-            size = (128, 128) if thumbnail else None
-            if "viewport" in q:
-                size = tuple(int(v) for v in q["viewport"].split(",")[:2])  # type: ignore
-            if size:
-                rows = max(1, min(size[1], image.shape[0] * 4))
-                cols = max(1, min(size[0], image.shape[1] * 4))
-                ri = (np.arange(rows) * image.shape[0] // rows)
-                ci = (np.arange(cols) * image.shape[1] // cols)
-                image = np.ascontiguousarray(image[ri][:, ci])
-            accept = request.headers.get("accept", "image/jpeg")
-            if "png" in accept:
-                return bytes(imagecodecs.png_encode(image)), "image/png"
-            return bytes(imagecodecs.jpeg8_encode(image, level=90)), "image/jpeg"
-
-        data, media = await run_in_threadpool(render)
+        accept = request.headers.get("accept", "")
+        media = rendered_media([m.media for m in parse_accept(accept)])
+        if media is None:
+            raise UnsupportedTransferSyntaxError(
+                f"cannot render instance {sop} as {accept}: ask for image/jpeg or image/png")
+        window = None
+        if "window" in q:
+            center, width = (float(v) for v in q["window"].split(",")[:2])
+            window = (center, width)
+        size: tuple[int | None, int | None] | None = (128, 128) if \
+            request.url.path.endswith("/thumbnail") else None
+        if "viewport" in q:  # vw,vh: columns, rows
+            vw, vh = (int(v) for v in q["viewport"].split(",")[:2])
+            size = (vh, vw)
+        data = await run_in_threadpool(self._rendered, sop, frame, media, window, size)
         return Response(data, 200, media_type=media)
 
     async def delete(self, request: Request) -> Response:
@@ -403,12 +508,40 @@ class _Api:
         return JSONResponse({"deleted_instances": removed})
 
     async def wado_uri(self, request: Request) -> Response:
+        """PS3.18 9 (WADO-URI): the object as application/dicom, or one frame rendered
+        (image/jpeg by default for single-frame images, PS3.18 9.1.2.1)."""
         q = request.query_params
         if q.get("requestType") != "WADO" or "objectUID" not in q:
-            raise ValueError("WADO-URI needs requestType=WADO and objectUID")
-        ts = q.get("transferSyntax", "original")
-        data = await run_in_threadpool(self.archive.get, q["objectUID"], ts)
-        return Response(data, 200, media_type="application/dicom")
+            raise ValueError("WADO-URI needs requestType=WADO, studyUID, seriesUID and "
+                             "objectUID")
+        sop = q["objectUID"]
+        rec = await run_in_threadpool(self.archive.record, sop)
+        for param, have in (("studyUID", rec.study_uid), ("seriesUID", rec.series_uid)):
+            if param in q and q[param] != have:
+                raise NotFoundError(f"instance {sop} is not in {param} {q[param]}")
+        asked = [m for m in q.get("contentType", "").split(",") if m.strip()]
+        has_pixels = rec.layout is not None or rec.kept_reason is None
+        if not asked:
+            single = has_pixels and await run_in_threadpool(self._frame_count, sop) == 1
+            asked = ["image/jpeg" if single else "application/dicom"]
+        if any(m.strip().lower() == "application/dicom" for m in asked):
+            ts = q.get("transferSyntax", "original")
+            data = await run_in_threadpool(self.archive.get, sop, ts)
+            return Response(data, 200, media_type="application/dicom")
+        media = rendered_media([m for m in asked if m.strip() not in ("*/*", "")]) \
+            or rendered_media([m for m in asked if m.strip() == "*/*"])
+        if media is None:
+            raise UnsupportedTransferSyntaxError(
+                f"cannot send instance {sop} as {', '.join(asked)}: use contentType="
+                f"application/dicom, image/jpeg or image/png")
+        window = None
+        if "windowCenter" in q and "windowWidth" in q:
+            window = (float(q["windowCenter"]), float(q["windowWidth"]))
+        rows, cols = (int(q[k]) if k in q else None for k in ("rows", "columns"))
+        size = (rows, cols) if rows or cols else None
+        frame = int(q.get("frameNumber", "1"))
+        data = await run_in_threadpool(self._rendered, sop, frame, media, window, size)
+        return Response(data, 200, media_type=media)
 
 
 def create_app(archive: Archive, *, cors_origins: list[str] | None = None,
@@ -437,6 +570,7 @@ def create_app(archive: Archive, *, cors_origins: list[str] | None = None,
         Route(s + se + i, g(api.delete), methods=["DELETE"]),
         Route(s + se + i + "/metadata", g(api.metadata), methods=["GET"]),
         Route(s + se + i + "/frames/{frames}", g(api.frames), methods=["GET"]),
+        Route(s + se + i + "/bulk/{path:path}", g(BulkData(archive)), methods=["GET"]),
         Route(s + se + i + "/rendered", g(api.rendered), methods=["GET"]),
         Route(s + se + i + "/thumbnail", g(api.rendered), methods=["GET"]),
         Route(s + se + i + "/frames/{frame:int}/rendered", g(api.rendered), methods=["GET"]),
