@@ -449,15 +449,23 @@ class _Api:
             f"{'; '.join(refused) or accept!r}; ask for application/octet-stream "
             f"(uncompressed) or transfer-syntax=* (as stored)")
 
-    def _frame_count(self, sop: str) -> int:
+    def _image_frames(self, sop: str) -> tuple[bool, int]:
+        """Whether the instance is an image (has Rows), and its number of frames."""
         rec = self.archive.record(sop)
         if rec.layout is not None:
-            return int(rec.layout["frames"])
+            return True, int(rec.layout["frames"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = dcmread(io.BytesIO(self.archive.header(sop)), force=True,
-                         specific_tags=["NumberOfFrames"])
-        return int(ds.get("NumberOfFrames") or 1)
+                         specific_tags=["Rows", "NumberOfFrames"])
+        return "Rows" in ds, int(ds.get("NumberOfFrames") or 1)
+
+    def _frame_count(self, sop: str) -> int:
+        return self._image_frames(sop)[1]
+
+    def _single_frame_image(self, sop: str) -> bool:
+        image, frames = self._image_frames(sop)
+        return image and frames == 1
 
     def _check_frames(self, sop: str, numbers: list[int]) -> None:
         """400 for frame numbers outside 1..Number of Frames (PS3.18 8.3.2.x)."""
@@ -520,9 +528,8 @@ class _Api:
             if param in q and q[param] != have:
                 raise NotFoundError(f"instance {sop} is not in {param} {q[param]}")
         asked = [m for m in q.get("contentType", "").split(",") if m.strip()]
-        has_pixels = rec.layout is not None or rec.kept_reason is None
         if not asked:
-            single = has_pixels and await run_in_threadpool(self._frame_count, sop) == 1
+            single = await run_in_threadpool(self._single_frame_image, sop)
             asked = ["image/jpeg" if single else "application/dicom"]
         if any(m.strip().lower() == "application/dicom" for m in asked):
             ts = q.get("transferSyntax", "original")
