@@ -548,3 +548,17 @@ def test_the_same_instance_deflated_and_not_is_one_instance(server: Server, seri
     stats = server.stats()
     assert stats["instances"] == 1
     assert stats["compressed_instances"] == (0 if first == "-xd" else 1)
+
+
+def test_a_peer_registered_by_host_name_is_let_in(server: Server) -> None:
+    """`ae add --host localhost`: the peer connecting from 127.0.0.1 is that host; a
+    name that resolves nowhere is refused when it is added, saying why."""
+    cli("ae", "add", "NAMED", "--host", "localhost", "--rights", "echo",
+        "--archive", str(server.archive))
+    assert dcmtk("echoscu", "-aet", "NAMED", "-aec", "PACSCORE", *addr(server)).returncode == 0
+    bad = subprocess.run([sys.executable, "-m", "pacscore.cli", "ae", "add", "NOWHERE",
+                          "--host", "no-such-host.invalid", "--archive", str(server.archive)],
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode != 0
+    assert "no-such-host.invalid" in bad.stderr and "resolves" in bad.stderr
+    assert "NOWHERE" not in cli("ae", "list", "--archive", str(server.archive))

@@ -9,9 +9,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
+import socket
 import threading
 import time
 import weakref
@@ -95,6 +97,11 @@ class AeRegistry:
         unknown = [r for r in rights if r not in RIGHTS]
         if unknown:
             raise PacsError(f"unknown rights {unknown}", hint=f"use {', '.join(RIGHTS)}")
+        if not _addresses(host):
+            raise PacsError(f"host {host!r} of {name} is neither an IP address nor a name "
+                            "that resolves here",
+                            hint="give the address the peer connects from, or fix its "
+                                 "name in DNS or /etc/hosts")
         entries = self._load()
         entries[name] = AeEntry(name, host, port, tuple(rights))
         self._save(entries)
@@ -119,7 +126,50 @@ class AeRegistry:
     def allows(self, name: str, host: str, right: str) -> bool:
         """The peer is registered, connects from its host, and holds ``right``."""
         entry = self._load().get(name.strip())
-        return entry is not None and entry.host == host and right in entry.rights
+        return entry is not None and right in entry.rights \
+            and _canonical(host) in _addresses(entry.host)
+
+
+def _canonical(address: str) -> str:
+    """An IP address in one spelling (an IPv4-mapped IPv6 address as IPv4)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped or ip)
+
+
+_RESOLVED_FOR = 60.0
+"""Seconds a host name's addresses are trusted before it is resolved again."""
+_resolved: dict[str, tuple[float, frozenset[str]]] = {}
+
+
+def _addresses(host: str) -> frozenset[str]:
+    """The addresses a registered host stands for: itself when it is an IP address,
+    else what its name resolves to (cached for :data:`_RESOLVED_FOR` seconds; empty
+    when it does not resolve, so nobody connects as it)."""
+    if _canonical(host) != host or _is_ip(host):
+        return frozenset({_canonical(host)})
+    now = time.monotonic()
+    cached = _resolved.get(host)
+    if cached is not None and now - cached[0] < _RESOLVED_FOR:
+        return cached[1]
+    try:
+        found = frozenset(_canonical(str(info[4][0])) for info in socket.getaddrinfo(
+            host, None, proto=socket.IPPROTO_TCP))
+    except (OSError, UnicodeError):
+        found = frozenset()
+    _resolved[host] = (now, found)
+    return found
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 class AuditLog:
