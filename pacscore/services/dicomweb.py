@@ -183,13 +183,6 @@ class _Api:
         self.meta = SeriesMetadata(archive)
 
     # -- plumbing ---------------------------------------------------------------
-    def user(self, token: str) -> str:
-        """Who a valid token is in the audit log: ``token <id>`` and its name, never
-        the secret (tokens are ``pcs_<id>_<secret>``)."""
-        token_id = token.split("_", 2)[1]
-        name = self.tokens.list().get(token_id, {}).get("name", "")
-        return f"token {token_id}" + (f" ({name})" if name else "")
-
     def guard(self, handler: Callable[..., Any]) -> Callable[[Request], Any]:
         event, action = _AUDIT_BY_HANDLER.get(getattr(handler, "__name__", ""), (None, None))
 
@@ -201,11 +194,12 @@ class _Api:
             host = request.client.host if request.client else "?"
             if scope is None:
                 self.audit.record("authentication", action="E", outcome="minor",
-                                  user="anonymous", host=host, interface="dicomweb",
+                                  user=self.tokens.user(token), host=host,
+                                  interface="dicomweb",
                                   detail=f"{request.method} {request.url.path}: no valid token")
                 return JSONResponse({"error": "a valid bearer token is required"}, 401,
                                     headers={"WWW-Authenticate": 'Bearer realm="pacscore"'})
-            user = self.user(token)
+            user = self.tokens.user(token)
             if not self.tokens.grants(scope, needed):
                 self.audit.record("authentication", action="E", outcome="minor", user=user,
                                   host=host, interface="dicomweb",
