@@ -31,8 +31,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..archive import Archive
+from ..dicom.syntaxes import EXPLICIT_LE
 from ..errors import NotFoundError, UnsupportedTransferSyntaxError
 from ..index import InstanceRecord
+from ..index.records import StoreKind
+from .dicomweb_media import MEDIA_OF, parse_accept
 from .multipart import encode_related
 
 __all__ = ["BulkData", "element_paths", "parse_path"]
@@ -40,25 +43,12 @@ __all__ = ["BulkData", "element_paths", "parse_path"]
 PIXEL_DATA = 0x7FE00010
 _FIRST_PIXEL_TAG = 0x7FE00008  # Float Pixel Data: every pixel data element is from here on
 _OCTETS = "application/octet-stream"
-_EXPLICIT_LE = "1.2.840.10008.1.2.1"
 # Uncompressed little-endian syntaxes (PS3.5 A.1, A.2, A.5): the Pixel Data value of
 # an object received in one of them is already the native bulk data.
-_NATIVE_LE = frozenset({"1.2.840.10008.1.2", _EXPLICIT_LE, "1.2.840.10008.1.2.1.99"})
+_NATIVE_LE = frozenset({"1.2.840.10008.1.2", EXPLICIT_LE, "1.2.840.10008.1.2.1.99"})
 _BIG_ENDIAN = "1.2.840.10008.1.2.2"  # retired (PS3.5 A.3): its words are swapped back
 # Byte width of the words of each binary VR (PS3.5 Table 6.2-1), for that swap.
 _WORD = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
-# PS3.18 Table 8.7.3-5: media type of the frames of a compressed syntax, to label the
-# parts of pixel data passed through as stored (the same table as the frames resource's).
-_FRAME_MEDIA = {
-    "1.2.840.10008.1.2.4.50": "image/jpeg", "1.2.840.10008.1.2.4.51": "image/jpeg",
-    "1.2.840.10008.1.2.4.57": "image/jpeg", "1.2.840.10008.1.2.4.70": "image/jpeg",
-    "1.2.840.10008.1.2.5": "image/dicom-rle",
-    "1.2.840.10008.1.2.4.80": "image/jls", "1.2.840.10008.1.2.4.81": "image/jls",
-    "1.2.840.10008.1.2.4.90": "image/jp2", "1.2.840.10008.1.2.4.91": "image/jp2",
-    "1.2.840.10008.1.2.4.92": "image/jpx", "1.2.840.10008.1.2.4.93": "image/jpx",
-    "1.2.840.10008.1.2.4.201": "image/jphc", "1.2.840.10008.1.2.4.202": "image/jphc",
-    "1.2.840.10008.1.2.4.203": "image/jphc",
-}
 # Parts of Accept that ask for native octets: (media type, its ``type`` parameter).
 _NATIVE_RANGES = frozenset({("*/*", None), (_OCTETS, None), ("multipart/related", None),
                             ("multipart/related", _OCTETS), ("multipart/related", "*/*"),
@@ -117,29 +107,16 @@ class _Answer:
     """Transfer syntax of stored codestreams to pass through; ``None`` for native."""
 
 
-def _accept_items(header: str) -> list[tuple[str, dict[str, str]]]:
-    items = []
-    for raw in (header or "*/*").split(","):
-        media, *params = raw.split(";")
-        values = {}
-        for param in params:
-            key, _, value = param.strip().partition("=")
-            values[key.strip().lower()] = value.strip().strip('"')
-        items.append((media.strip().lower(), values))
-    return items
-
-
 def _negotiate(header: str, stored: str | None) -> _Answer | None:
     """The first form of the Accept header we can give (``stored``: the stored syntax of
     pixel data that may pass through, ``None`` for other values); ``None``: none fits."""
-    for kind, params in _accept_items(header):
-        ts = params.get("transfer-syntax")
-        part = params.get("type")
-        if (kind, part) in _NATIVE_RANGES and ts in (None, "*", _EXPLICIT_LE):
+    for rng in parse_accept(header):
+        kind, ts, part = rng.media, rng.params.get("transfer-syntax"), rng.params.get("type")
+        if (kind, part) in _NATIVE_RANGES and ts in (None, "*", EXPLICIT_LE):
             return _Answer(kind != _OCTETS, None)
         if stored is None or stored in _NATIVE_LE or kind != "multipart/related":
             continue
-        media = _FRAME_MEDIA.get(stored)
+        media = MEDIA_OF.get(stored)
         if (part == media and ts in (None, "*", stored)) or (part == "*/*" and ts == stored):
             return _Answer(True, stored)
     return None
@@ -221,8 +198,8 @@ class BulkData:
             values = [await run_in_threadpool(self._element, rec, steps, path)]
         if not answer.multipart:
             return Response(b"".join(values), 200, media_type=_OCTETS)
-        ts = answer.syntax or _EXPLICIT_LE
-        media = _FRAME_MEDIA.get(ts, _OCTETS) if answer.syntax else _OCTETS
+        ts = answer.syntax or EXPLICIT_LE
+        media = MEDIA_OF.get(ts, _OCTETS) if answer.syntax else _OCTETS
         label = f"{media}; transfer-syntax={ts}" if pixels else media
         boundary = uuid.uuid4().hex
         return Response(encode_related([(label, v) for v in values], boundary), 200,
@@ -245,7 +222,7 @@ class BulkData:
             raise NotFoundError(f"instance {sop} has no attribute 7FE00010 (Pixel Data)")
         if passthrough is None and rec.original_syntax not in _NATIVE_LE:
             return [b"".join(self.archive.frames(sop, None, "native"))]
-        if rec.layout is not None and passthrough is not None:  # frames kept re-encoded
+        if rec.kind == StoreKind.FRAMES and passthrough is not None:  # re-encoded frames
             return self.archive.frames(sop, None, "stored")
         # Native as received (the packed bits of 1-bit data, planar colour as it was),
         # or the fragments of an object kept as received.

@@ -15,12 +15,12 @@ import imagecodecs
 import numpy as np
 import numpy.typing as npt
 
+from ..dicom.syntaxes import EXPLICIT_LE
 from ..kernels import window_to_uint8
 
-__all__ = ["EXPLICIT_LE", "FRAME_MEDIA", "RENDERED_MEDIA", "SERVED_BY", "FrameChoice",
+__all__ = ["FRAME_MEDIA", "MEDIA_OF", "RENDERED_MEDIA", "SERVED_BY", "FrameChoice",
            "MediaRange", "fit", "frame_choices", "parse_accept", "render", "rendered_media"]
 
-EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _OCTET = "application/octet-stream"
 
 # PS3.18 Table 8.7.3-5 (compressed) and 8.7.3-2 (uncompressed): media type of pixel
@@ -36,7 +36,9 @@ FRAME_MEDIA: dict[str, tuple[str, ...]] = {
     "image/jphc": ("1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
                    "1.2.840.10008.1.2.4.203"),
 }
-_MEDIA_OF = {ts: media for media, syntaxes in FRAME_MEDIA.items() for ts in syntaxes}
+MEDIA_OF: dict[str, str] = {ts: media for media, syntaxes in FRAME_MEDIA.items()
+                            for ts in syntaxes}
+"""Transfer syntax -> media type of its frames (the inverse of :data:`FRAME_MEDIA`)."""
 
 # Requested syntax -> stored syntaxes whose codestreams are valid in it as they are
 # (PS3.5 A.4): an HTJ2K RPCL lossless stream (.202) is an HTJ2K lossless stream
@@ -104,7 +106,7 @@ def frame_choices(accept: str, stored: str) -> tuple[list[FrameChoice], list[str
     """
     choices: list[FrameChoice] = []
     refused: list[str] = []
-    stored_media = _MEDIA_OF.get(stored, _OCTET)
+    stored_media = MEDIA_OF.get(stored, _OCTET)
     for rng in parse_accept(accept):
         media = rng.params.get("type", _OCTET).lower() if rng.media == "multipart/related" \
             else rng.media
