@@ -4,6 +4,7 @@ plus the refusals: tokens, scopes, malformed and oversize bodies, bad DICOM part
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import subprocess
 import threading
@@ -204,41 +205,85 @@ def test_stow_refusals(service: Service, ct: list[Path], corpus: Path) -> None:
     assert service.stats()["instances"] == 1
 
 
-def test_mixed_interfaces_store_one_study(service: Service, corpus: Path) -> None:
-    """8 clients (4 STOW-RS, 4 DCMTK storescu) send the same 50-instance study at once:
-    one study, 50 instances, the exact byte total of one copy."""
+def test_mixed_interfaces_store_one_study(tmp_path: Path, corpus: Path) -> None:
+    """8 clients (3 STOW-RS, 2 gRPC, 3 DCMTK storescu) send the same 50-instance study
+    at once: one study, 50 instances, each stored once (one location each, nothing
+    left staged), every data set byte-exact whichever interface won, and the archive's
+    byte totals exactly the sum of the 50 copies it kept."""
+    import grpc
+
+    from pacscore import Archive
+    from pacscore.services.dimse_send import data_set_offset
+    from pacscore.services.grpc_api.generated import load
+
     files = sorted((corpus / "mr_series/philips_3d_t1_mprage_sag_170sl").glob("*.dcm"))[:50]
     storescu = Path("/usr/bin/storescu")
     if not storescu.exists():
         pytest.skip("DCMTK storescu not installed")
+    pb, svc = load()
+    archive = tmp_path / "archive"
+    cli("ae", "add", "MODALITY", "--host", "127.0.0.1", "--archive", str(archive))
     errors: list[str] = []
+    with serving(archive, "--max-body", str(64 * 1024**2)) as ports:
+        service = Service(archive, ports["http"], ports["dimse"])
 
-    def stow() -> None:
-        try:
-            service.client().store_instances([read(p) for p in files])
-        except Exception as exc:  # collected and asserted below
-            errors.append(repr(exc))
+        def stow() -> None:
+            try:
+                service.client().store_instances([read(p) for p in files])
+            except Exception as exc:  # collected and asserted below
+                errors.append(repr(exc))
 
-    threads = [threading.Thread(target=stow) for _ in range(4)]
-    procs = [subprocess.Popen([str(storescu), "-aet", "MODALITY", "-aec", "PACSCORE",
-                               "127.0.0.1", str(service.dimse), *map(str, files)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"})
-             for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert [p.wait(timeout=300) for p in procs] == [0] * 4
-    assert errors == []
-    studies = service.client().search_for_studies()
-    assert len(studies) == 1 and studies[0]["00201208"]["Value"] == [50]
-    stats = service.stats()
-    assert stats["instances"] == 50
-    series = studies[0]["0020000D"]["Value"][0]
-    sizes = requests.get(f"{service.url}/studies/{series}/metadata",
-                         headers={"Authorization": f"Bearer {service.admin}"}, timeout=60)
-    assert sizes.status_code == 200 and len(sizes.json()) == 50
+        def grpc_store() -> None:
+            try:
+                with grpc.insecure_channel(f"127.0.0.1:{ports['grpc']}") as channel:
+                    stub = svc.ArchiveStub(channel)
+                    meta = (("authorization", f"Bearer {service.admin}"),)
+                    for path in files:
+                        stub.Store(iter([pb.StoreChunk(data=path.read_bytes())]),
+                                   metadata=meta)
+            except Exception as exc:  # collected and asserted below
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=f) for f in (stow, stow, stow, grpc_store,
+                                                        grpc_store)]
+        procs = [subprocess.Popen([str(storescu), "-aet", "MODALITY", "-aec", "PACSCORE",
+                                   "127.0.0.1", str(service.dimse), *map(str, files)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"})
+                 for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert [p.wait(timeout=300) for p in procs] == [0] * 3
+        assert errors == []
+        studies = service.client().search_for_studies()
+        assert len(studies) == 1 and studies[0]["00201208"]["Value"] == [50]
+    with Archive(archive) as arch:
+        sops = arch.instances("study", studies[0]["0020000D"]["Value"][0])
+        assert len(sops) == 50
+        records = [arch.record(sop) for sop in sops]
+        stats = arch.stats()
+        assert stats["instances"] == 50
+        assert stats["bytes_in"] == sum(r.bytes_in for r in records)
+        assert stats["bytes_stored"] == sum(r.bytes_stored for r in records)
+        assert sorted(arch.store_.locations()) == sorted(r.location for r in records)
+        assert arch.store_.staged() == []
+        # What each client sent: gRPC the file; dicomweb-client pydicom's rewrite of it;
+        # storescu DCMTK's (sequences with explicit lengths, as dcmconv writes them).
+        sent: dict[str, set[bytes]] = {}
+        for path in files:
+            rewritten = io.BytesIO()
+            pydicom.dcmwrite(rewritten, read(path))
+            dcmtk = tmp_path / "dcmconv.dcm"
+            subprocess.run(["/usr/bin/dcmconv", str(path), str(dcmtk)], check=True)
+            for data in (path.read_bytes(), rewritten.getvalue(), dcmtk.read_bytes()):
+                sent.setdefault(read(path).SOPInstanceUID, set()).add(
+                    data[data_set_offset(data):])
+        for rec in records:
+            original = arch.get(rec.sop_instance_uid, "original")
+            assert len(original) == rec.bytes_in
+            assert original[data_set_offset(original):] in sent[rec.sop_instance_uid]
 
 
 def test_series_metadata_is_precomputed_once_the_series_is_quiet(tmp_path: Path,
