@@ -562,3 +562,20 @@ def test_a_peer_registered_by_host_name_is_let_in(server: Server) -> None:
     assert bad.returncode != 0
     assert "no-such-host.invalid" in bad.stderr and "resolves" in bad.stderr
     assert "NOWHERE" not in cli("ae", "list", "--archive", str(server.archive))
+
+
+def test_study_root_has_no_patient_level(server: Server, series: Path) -> None:
+    """C-FIND in the Study Root model at PATIENT level is refused (0xA900, PS3.4 C.6.2);
+    in the Patient Root model it matches."""
+    dcmtk("storescu", "-aet", "MODALITY", "-aec", "PACSCORE", *addr(server),
+          str(next(series.iterdir())))
+    keys = ["-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID"]
+    study_root = dcmtk("findscu", "-v", "-aet", "VIEWER", "-aec", "PACSCORE", "-S", *keys,
+                       *addr(server))
+    assert "Received Final Find Response (Error: DataSetDoesNotMatchSOPClass)" in \
+        study_root.stderr and "Received Find Response" not in study_root.stderr, \
+        study_root.stderr
+    patient_root = dcmtk("findscu", "-v", "-aet", "VIEWER", "-aec", "PACSCORE", "-P", *keys,
+                         *addr(server))
+    assert patient_root.returncode == 0 and patient_root.stderr.count("Find Response") == 2, \
+        patient_root.stderr

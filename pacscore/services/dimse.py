@@ -70,6 +70,10 @@ UNABLE = 0xC000
 MOVE_DESTINATION_UNKNOWN = 0xA801
 
 _LEVELS = {"PATIENT": "patient", "STUDY": "study", "SERIES": "series", "IMAGE": "instance"}
+# Q/R information models whose levels are fewer than all four (PS3.4 C.6.2).
+_LEVELS_OF_MODEL = {str(model): ("STUDY", "SERIES", "IMAGE") for model in (
+    StudyRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove)}
 _KEYS = frozenset(k for v in LEVEL_ATTRIBUTES.values() for k in v) | {
     "ModalitiesInStudy", "NumberOfStudyRelatedInstances", "NumberOfStudyRelatedSeries",
     "NumberOfSeriesRelatedInstances", "NumberOfPatientRelatedStudies",
@@ -208,10 +212,16 @@ class DimseServer:
         self.audit.record("authentication", action="E", outcome="minor", user=name,
                           host=host, interface="dimse", detail="association rejected")
 
-    def _query(self, identifier: Dataset) -> tuple[str, dict[str, str], list[str]]:
+    @staticmethod
+    def _query(event: Any) -> tuple[str, dict[str, str], list[str]]:
+        """Level, matching keys and requested keys of a C-FIND/C-GET/C-MOVE request."""
+        identifier = event.identifier
         level_name = str(identifier.get("QueryRetrieveLevel", "")).upper()
-        if level_name not in _LEVELS:
-            raise ValueError(f"QueryRetrieveLevel {level_name!r} is not supported")
+        if level_name not in _LEVELS_OF_MODEL.get(str(event.request.AffectedSOPClassUID),
+                                                  _LEVELS):
+            raise ValueError(f"QueryRetrieveLevel {level_name!r} is not a level of the "
+                             f"requested information model (PS3.4 C.6: Study Root has "
+                             f"no PATIENT level)")
         keys, requested = {}, []
         for elem in identifier:
             kw = elem.keyword
@@ -223,9 +233,9 @@ class DimseServer:
                 keys[kw] = value
         return _LEVELS[level_name], keys, requested
 
-    def _matches(self, identifier: Dataset) -> list[str]:
+    def _matches(self, event: Any) -> list[str]:
         """SOP Instance UIDs a C-GET/C-MOVE identifier selects."""
-        level, keys, _ = self._query(identifier)
+        level, keys, _ = self._query(event)
         uid_key = {"patient": "PatientID", "study": "StudyInstanceUID",
                    "series": "SeriesInstanceUID", "instance": "SOPInstanceUID"}[level]
         sops: list[str] = []
@@ -271,7 +281,7 @@ class DimseServer:
             yield NOT_AUTHORIZED, None
             return
         try:
-            level, keys, requested = self._query(event.identifier)
+            level, keys, requested = self._query(event)
             matches = self.archive.query(level, keys)
         except (ValueError, PacsError) as exc:
             yield _status("find", exc), None
@@ -358,7 +368,7 @@ class DimseServer:
             yield NOT_AUTHORIZED, None
             return
         try:
-            sops = self._matches(event.identifier)
+            sops = self._matches(event)
         except (ValueError, PacsError) as exc:
             yield _status("get", exc), None
             return
@@ -444,7 +454,7 @@ class DimseServer:
             yield None, None
             return
         try:
-            sops = self._matches(event.identifier)
+            sops = self._matches(event)
         except (ValueError, PacsError):
             yield destination.host, destination.port
             yield UNABLE, None
