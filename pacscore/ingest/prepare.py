@@ -340,8 +340,9 @@ def _native_crcs(ctx: _Context) -> tuple[int, ...]:
     again in another transfer syntax is known as a duplicate; () otherwise."""
     layout, pixel = ctx.header.layout, ctx.scanned.pixel
     if layout is None or pixel is None or ctx.ts.encapsulated or ctx.header.layout_problem \
-            or layout.photometric == "YBR_FULL_422" or pixel.length < layout.native_bytes:
-        return ()
+            or layout.bits_allocated % 8 or layout.photometric == "YBR_FULL_422" \
+            or pixel.length < layout.native_bytes:
+        return ()  # (1-bit samples are packed: no array of samples to check)
     return tuple(frame_crc32(f) for f in native_frames(ctx.scanned, layout))
 
 
