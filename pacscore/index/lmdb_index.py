@@ -29,6 +29,10 @@ __all__ = ["LmdbIndex"]
 _PARENT = {"study": "patient", "series": "study", "instance": "series"}
 _OWN_UID = {"patient": "PatientID", "study": "StudyInstanceUID",
             "series": "SeriesInstanceUID", "instance": "SOPInstanceUID"}
+# Image attributes of an instance's view, from its record's pixel layout (PS3.18
+# Table 10.6.3-5 lists them among the attributes of every QIDO-RS instance result).
+_LAYOUT_VIEW = {"Rows": "rows", "Columns": "columns", "BitsAllocated": "bits_allocated",
+                "NumberOfFrames": "frames"}
 _LEVEL_DB = {"patient": b"patient", "study": b"study", "series": b"series", "instance": b"inst"}
 
 
@@ -333,9 +337,12 @@ class LmdbIndex(Index):
             raw = txn.get(uid.encode(), db=self.dbs[b"inst"])
             if raw is None:
                 return None
-            record = json.loads(bytes(raw))  # two fields needed: no InstanceRecord
+            record = json.loads(bytes(raw))  # a few fields needed: no InstanceRecord
             view = _level_attrs("instance", record["attributes"])
             view["TransferSyntaxUID"] = record["stored_syntax"]
+            layout = record.get("layout") or {}
+            view.update((kw, layout[name]) for kw, name in _LAYOUT_VIEW.items()
+                        if name in layout)
             return view
         node = self._json(txn, _LEVEL_DB[level], uid)
         if node is None:

@@ -80,10 +80,6 @@ _FAILURE_REASON = {"out of resources": 0xA700, "study mismatch": 0xA901,
 _AUDIT_BY_HANDLER = {"qido": ("query", "E")}
 _AUDIT_BY_METHOD = {"GET": ("accessed", "R"), "HEAD": ("accessed", "R"),
                     "POST": ("transferred", "C"), "DELETE": ("deleted", "D")}
-# Attributes every instance-level QIDO-RS result carries when known (PS3.18 Table
-# 10.6.3-5), from the index record's pixel layout.
-_LAYOUT_ATTRIBUTES = {"Rows": "rows", "Columns": "columns", "BitsAllocated": "bits_allocated",
-                      "NumberOfFrames": "frames"}
 _LEVEL_UID = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID",
               "instance": "SOPInstanceUID"}
 
@@ -327,27 +323,20 @@ class _Api:
         matches = await run_in_threadpool(self.archive.query, level, keys, limit=limit,
                                           offset=offset, fuzzy=fuzzy)
         extra = include - {"all"}
-        if extra or level == "instance":
+        if extra:
             await run_in_threadpool(self._complete, matches, level, extra)
         base = self.base(request)
         return Response(json.dumps([_match_json(m, base, level) for m in matches]),
                         200, media_type=_DICOM_JSON)
 
     def _complete(self, matches: list[dict[str, Any]], level: str, wanted: set[str]) -> None:
-        """Add to each result the attributes the index does not keep: at the instance
-        level Rows, Columns, Bits Allocated and Number of Frames from the record's
-        pixel layout (PS3.18 Table 10.6.3-5); and each ``includefield`` attribute from
-        the stored header of the instance (of the first instance of the series or
-        study), when it has one.  ``includefield=all`` is what the index keeps: every
-        result already has it."""
+        """Add to each result the ``includefield`` attributes the index does not keep,
+        from the stored header of the instance (of the first instance of the series or
+        study), when it has them.  ``includefield=all`` is what the index keeps (at the
+        instance level with Rows, Columns, Bits Allocated and Number of Frames of
+        images, PS3.18 Table 10.6.3-5): every result already has it."""
         for match in matches:
             missing = {kw for kw in wanted if match.get(kw) is None}
-            if level == "instance":
-                layout = self.archive.record(match["SOPInstanceUID"]).layout or {}
-                for kw, field_ in _LAYOUT_ATTRIBUTES.items():
-                    if match.get(kw) is None and field_ in layout:
-                        match[kw] = layout[field_]
-                missing = {kw for kw in missing if match.get(kw) is None}
             if not missing:
                 continue
             uid = match[_LEVEL_UID[level]]
