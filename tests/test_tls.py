@@ -101,3 +101,26 @@ def test_config_file_rejects_unknown_settings(tmp_path: Path) -> None:
                            str(tmp_path / "a"), "--config", str(config)],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "http_prot" in proc.stderr
+
+
+def test_a_silent_connection_holds_up_no_other_tls_association(tmp_path: Path,
+                                                               pki: Path) -> None:
+    """A peer that connects to the DIMSE TLS port and sends nothing (no handshake) does
+    not keep others out: their associations are accepted meanwhile."""
+    if not (DCMTK / "echoscu").exists():
+        pytest.skip("DCMTK not installed")
+    import socket
+
+    archive = tmp_path / "archive"
+    cli("ae", "add", "MODALITY", "--host", "127.0.0.1", "--archive", str(archive))
+    tls = ("--tls-cert", str(pki / "server.crt"), "--tls-key", str(pki / "server.key"),
+           "--tls-ca", str(pki / "ca.crt"))
+    with serving(archive, *tls) as ports, \
+            socket.create_connection(("127.0.0.1", ports["dimse"])) as silent:
+        echo = subprocess.run(
+            [str(DCMTK / "echoscu"), "-aet", "MODALITY", "-aec", "PACSCORE", "+tls",
+             str(pki / "client.key"), str(pki / "client.crt"), "+cf", str(pki / "ca.crt"),
+             "-to", "20", "127.0.0.1", str(ports["dimse"])], capture_output=True, timeout=60,
+            env={**os.environ, "TCP_NODELAY": "1"}, check=False)
+        assert echo.returncode == 0, echo.stderr
+        assert silent.fileno() >= 0

@@ -101,6 +101,20 @@ def _matching_value(value: Any) -> str:
     return str(value)
 
 
+class _HandshakeInItsThread:
+    """The TLS context as pynetdicom's server uses it (``wrap_socket`` of each accepted
+    connection), but the handshake is left to the connection's own thread: its first
+    read makes it.  pynetdicom wraps in the one thread that accepts connections, where a
+    peer that connects and sends nothing held up every other association, forever."""
+
+    def __init__(self, context: ssl.SSLContext):
+        self.context = context
+
+    def wrap_socket(self, sock: Any, server_side: bool = False) -> ssl.SSLSocket:
+        return self.context.wrap_socket(sock, server_side=server_side,
+                                        do_handshake_on_connect=False)
+
+
 class DimseServer:
     """A pynetdicom SCP bound to one archive."""
 
@@ -168,8 +182,9 @@ class DimseServer:
             (evt.EVT_C_MOVE, self._move), (evt.EVT_REJECTED, self._rejected),
             (evt.EVT_N_ACTION, self._commitment),
         ]
+        tls: Any = None if ssl_context is None else _HandshakeInItsThread(ssl_context)
         self.server = self.ae.start_server((host, port), block=False, evt_handlers=handlers,
-                                           ssl_context=ssl_context)
+                                           ssl_context=tls)
 
     def stop(self) -> None:
         """Stop accepting and close the listening socket."""
