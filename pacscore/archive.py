@@ -507,12 +507,39 @@ class Archive:
             raise UnsupportedTransferSyntaxError(
                 f"instance {rec.sop_instance_uid} has no pixel data this archive can decode "
                 f"({rec.kept_reason}); ask for its original transfer syntax")
+        if layout_.photometric == "YBR_FULL_422" and not scanned.transfer_syntax.encapsulated:
+            raise UnsupportedTransferSyntaxError(
+                f"instance {rec.sop_instance_uid} holds native YBR_FULL_422 pixel data "
+                f"(two samples of chroma per two pixels): it is sent uncompressed only; "
+                f"ask for its original or another uncompressed transfer syntax")
         if scanned.transfer_syntax.encapsulated:
             frames = decoded_input_frames(data, layout_)
         else:
             frames = list(native_frames(scanned, layout_))
         chosen = frames if indices is None else [frames[i] for i in indices]
         return chosen, layout_
+
+    def _native_value(self, rec: InstanceRecord) -> tuple[bytes, int] | None:
+        """The Pixel Data value of an object kept as received, with its Bits Allocated,
+        when it is native and already little endian (or 8-bit) as it is: sent as it is
+        in another uncompressed little-endian syntax, nothing decoded (also what
+        :meth:`_decoded` cannot take apart, e.g. YBR_FULL_422).  None otherwise."""
+        if rec.kind != StoreKind.BLOB:
+            return None
+        scanned = scan(self.store_.read_blob(rec.location), self.config.limits,
+                       rec.sop_instance_uid)
+        pixel, ts = scanned.pixel, scanned.transfer_syntax
+        if pixel is None or ts.encapsulated or pixel.encapsulated:
+            return None
+        from .dicom.header import read_header
+
+        layout = read_header(scanned, self.config.limits, rec.sop_instance_uid,
+                             rec.sha256).layout
+        if layout is None or layout.planar or not (ts.little_endian
+                                                    or layout.bits_allocated == 8):
+            return None
+        value = bytes(scanned.body[pixel.value_start:pixel.value_end])
+        return value, layout.bits_allocated
 
     def _parts(self, rec: InstanceRecord) -> HeaderParts:
         if rec.kind == StoreKind.FRAMES:
@@ -550,6 +577,12 @@ class Archive:
             streams = self.store_.read_frames(rec.location, range(layout.frames),
                                               3 + (layout.samples > 1))
             return build_part10(parts, rec.original_syntax, target, cls, sop, frames=streams)
+        ts = syntax(target)
+        same_values = self._native_value(rec) if ts.native and ts.little_endian else None
+        if same_values is not None:  # uncompressed to uncompressed: the value as it is
+            raw, bits_allocated = same_values
+            return build_part10(parts, rec.original_syntax, target, cls, sop, native=raw,
+                                bits_allocated=bits_allocated)
         decoded, layout = self._decoded(rec)
         original = syntax(rec.original_syntax)
         if target == rec.original_syntax and original.native and not original.deflated:
@@ -558,7 +591,6 @@ class Archive:
                 raise ArchiveCorruptError(
                     f"rebuilt original of {sop} does not match its SHA-256", source=sop)
             return data
-        ts = syntax(target)
         if ts.native:
             raw = native_bytes(decoded, PixelLayout(**{**layout.to_dict(), "planar": False}),
                                True)

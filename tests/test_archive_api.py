@@ -389,3 +389,22 @@ def test_one_writer_per_archive_others_read(tmp_path: Path, ct_series: list[Path
         holder.wait()
         assert holder.stdout is not None
         holder.stdout.close()
+
+
+def test_native_ybr_full_422_goes_out_uncompressed_only(archive: Archive,
+                                                       corpus: Path) -> None:
+    """A native YBR_FULL_422 object is kept as received; asked for in another
+    uncompressed syntax its Pixel Data value goes out as it is; asked for a compressed
+    one, the archive says it cannot (no ValueError from deep inside)."""
+    from pacscore.errors import UnsupportedTransferSyntaxError
+
+    src = corpus / "odd/ybr/US_YBR_FULL_422_uncompressed.dcm"
+    result = archive.store(src)
+    assert result.stored_syntax == "1.2.840.10008.1.2.1"
+    implicit = pydicom.dcmread(io.BytesIO(archive.get(result.sop_instance_uid,
+                                                      "1.2.840.10008.1.2")))
+    assert implicit.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+    assert implicit.PixelData == pydicom.dcmread(src).PixelData
+    assert implicit.PhotometricInterpretation == "YBR_FULL_422"
+    with pytest.raises(UnsupportedTransferSyntaxError, match="YBR_FULL_422"):
+        archive.get(result.sop_instance_uid, "1.2.840.10008.1.2.4.80")
