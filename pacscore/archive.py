@@ -36,7 +36,7 @@ from .config import ArchiveConfig
 from .dicom.header import PixelLayout
 from .dicom.part10 import HeaderParts, build_part10
 from .dicom.scan import PIXEL_DATA, scan
-from .dicom.syntaxes import syntax
+from .dicom.syntaxes import EXPLICIT_LE, syntax
 from .errors import (
     ERRORS_BY_NAME,
     ArchiveBusyError,
@@ -550,9 +550,12 @@ class Archive:
         if pixel is None:
             raise UnsupportedTransferSyntaxError(
                 f"instance {rec.sop_instance_uid} has no pixel data to transcode")
-        return HeaderParts(data[: pixel.element_start], data[pixel.element_start:
-                           pixel.value_start], data[pixel.value_end:],
-                           scanned.dataset_start, -1)
+        # A deflated object's offsets are in its inflated data set (explicit VR little
+        # endian, no File Meta before it): the parts are cut from that.
+        src, start = (scanned.body, 0) if scanned.inflated else (data, scanned.dataset_start)
+        return HeaderParts(bytes(src[: pixel.element_start]),
+                           bytes(src[pixel.element_start:pixel.value_start]),
+                           bytes(src[pixel.value_end:]), start, -1)
 
     def get(self, sop_instance_uid: str, transfer_syntax: str = "original") -> bytes:
         """The instance as a Part-10 object.
@@ -577,11 +580,13 @@ class Archive:
             streams = self.store_.read_frames(rec.location, range(layout.frames),
                                               3 + (layout.samples > 1))
             return build_part10(parts, rec.original_syntax, target, cls, sop, frames=streams)
+        # the data set the parts hold: a deflated one's is inflated (explicit VR LE)
+        source = EXPLICIT_LE if syntax(rec.original_syntax).deflated else rec.original_syntax
         ts = syntax(target)
         same_values = self._native_value(rec) if ts.native and ts.little_endian else None
         if same_values is not None:  # uncompressed to uncompressed: the value as it is
             raw, bits_allocated = same_values
-            return build_part10(parts, rec.original_syntax, target, cls, sop, native=raw,
+            return build_part10(parts, source, target, cls, sop, native=raw,
                                 bits_allocated=bits_allocated)
         decoded, layout = self._decoded(rec)
         original = syntax(rec.original_syntax)
@@ -594,14 +599,14 @@ class Archive:
         if ts.native:
             raw = native_bytes(decoded, PixelLayout(**{**layout.to_dict(), "planar": False}),
                                True)
-            return build_part10(parts, rec.original_syntax, target, cls, sop, native=raw,
+            return build_part10(parts, source, target, cls, sop, native=raw,
                                 bits_allocated=layout.bits_allocated)
         codec = by_syntax(target)
         if codec is None or codec.refuses(layout):
             raise UnsupportedTransferSyntaxError(
                 f"cannot encode instance {sop} as {ts.name} ({target})")
         streams = [codec.encode(np.ascontiguousarray(f), layout) for f in decoded]
-        return build_part10(parts, rec.original_syntax, target, cls, sop, frames=streams)
+        return build_part10(parts, source, target, cls, sop, frames=streams)
 
     def frames(self, sop_instance_uid: str, indices: Sequence[int] | None = None,
                transfer_syntax: str = "stored") -> list[bytes]:

@@ -408,3 +408,22 @@ def test_native_ybr_full_422_goes_out_uncompressed_only(archive: Archive,
     assert implicit.PhotometricInterpretation == "YBR_FULL_422"
     with pytest.raises(UnsupportedTransferSyntaxError, match="YBR_FULL_422"):
         archive.get(result.sop_instance_uid, "1.2.840.10008.1.2.4.80")
+
+
+@pytest.mark.parametrize("target", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1",
+                                    "1.2.840.10008.1.2.4.80"])
+def test_a_deflated_object_goes_out_in_other_syntaxes(archive: Archive, ct_series: list[Path],
+                                                      tmp_path: Path, target: str) -> None:
+    """A deflated data set is kept as received; asked for in another syntax, its
+    inflated data set is what goes out (was: 'incomplete or truncated stream')."""
+    ds = pydicom.dcmread(ct_series[0])
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    path = tmp_path / "deflated.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    result = archive.store(path)
+    assert result.stored_syntax == "1.2.840.10008.1.2.1.99"
+    out = pydicom.dcmread(io.BytesIO(archive.get(result.sop_instance_uid, target)))
+    assert out.file_meta.TransferSyntaxUID == target
+    assert np.array_equal(out.pixel_array, ds.pixel_array)
+    assert [e.tag for e in out if e.tag != 0x7FE00010] == \
+        [e.tag for e in ds if e.tag != 0x7FE00010]
