@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -140,3 +142,46 @@ def test_every_call_is_audited_with_its_token_and_peer(server: tuple[int, Path],
                       ("110114", "E", "invalid token", ())]
     assert all(e["host"].startswith(("ipv4:127.0.0.1:", "ipv6:")) for e in _grpc_audit(archive))
     assert token.split("_", 2)[2] not in (archive / "audit" / "audit.jsonl").read_text()
+
+
+def test_stalled_store_streams_end_and_others_are_served(tmp_path: Path) -> None:
+    """Store streams that send a chunk and then nothing end after ``idle_timeout`` with
+    DEADLINE_EXCEEDED (nothing stored, no temp file left, a failed store audited), and
+    while they hang, more Stores than the server has threads are refused at once and
+    Stats answers."""
+    archive = tmp_path / "archive"
+    config = tmp_path / "pacscore.toml"
+    config.write_text("idle_timeout = 2.0\n")
+    with serving(archive, "--config", str(config)) as ports:
+        client = Client(ports["grpc"], admin(archive))
+        release = threading.Event()
+
+        def stalled() -> Iterator[Any]:
+            yield pb.StoreChunk(data=b"\0" * 1000)
+            release.wait(60)
+
+        started = time.monotonic()
+        calls = [client.stub.Store.future(stalled(), metadata=client.meta)
+                 for _ in range(40)]
+        time.sleep(0.5)
+        stats = client.stub.Stats(pb.StatsRequest(), metadata=client.meta, timeout=5)
+        assert stats.instances == 0
+        codes = []
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as info:
+                call.result(timeout=30)
+            codes.append(info.value.code())
+            if info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                assert "idle_timeout" in (info.value.details() or "")
+        release.set()
+        elapsed = time.monotonic() - started
+        assert elapsed < 15, f"stalled streams took {elapsed:.1f} s to end"
+        assert codes.count(grpc.StatusCode.DEADLINE_EXCEEDED) >= 8
+        assert set(codes) <= {grpc.StatusCode.DEADLINE_EXCEEDED,
+                              grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert not list(archive.glob("grpc-*"))
+        stats = client.stub.Stats(pb.StatsRequest(), metadata=client.meta, timeout=5)
+        assert stats.instances == 0
+    failed = [e for e in _grpc_audit(archive)
+              if e["event_id"]["code"] == "110104" and e["outcome"] != 0]
+    assert len(failed) == len(calls)

@@ -3,16 +3,24 @@
 An interceptor checks the bearer token of every call (health and reflection too):
 UNAUTHENTICATED without a valid token, PERMISSION_DENIED with too little scope.
 Errors map to status codes through :data:`GRPC_STATUS`.
+
+No client can hold the server: a Store stream that sends nothing for ``idle_timeout``
+seconds ends with DEADLINE_EXCEEDED, Store streams may take only part of the worker
+threads (the rest stay for queries and retrieves), calls beyond the threads are
+refused at once with RESOURCE_EXHAUSTED instead of queueing, and keepalive pings find
+peers that are gone.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -44,6 +52,14 @@ GRPC_STATUS: dict[type[Exception], grpc.StatusCode] = {
 }
 _SCOPE = {"Store": "write", "Delete": "delete"}  # everything else: read
 _CHUNK = 1 << 20
+_PREFETCH = 4  # chunks a Store stream's reader may read ahead of the file writes
+_STORE_SHARE = 0.75  # of the worker threads; the rest stay for every other call
+_KEEPALIVE: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 60_000),  # ping each connection after 60 s of quiet
+    ("grpc.keepalive_timeout_ms", 20_000),  # and drop it when the ping is unanswered
+    ("grpc.http2.max_pings_without_data", 0),  # also during a stream that sends nothing
+    ("grpc.keepalive_permit_without_calls", 1),
+]
 
 
 def _code(exc: Exception) -> grpc.StatusCode:
@@ -101,14 +117,72 @@ def _denied(handler: Any, refuse: Callable[[grpc.ServicerContext], None]) -> Any
                 response_serializer=handler.response_serializer)
 
 
-def _servicer(archive: Archive, audit: AuditLog, max_object: int) -> Any:
+class _Chunks:
+    """The data of a client stream's chunks; ``refuse`` (which ends the call) when none
+    arrives for ``idle_timeout`` seconds.
+
+    gRPC's request iterator waits without a time limit, so a thread outside the
+    server's pool reads it (at most :data:`_PREFETCH` chunks ahead) while the handler
+    waits on a queue with one.  Once the handler has ended the call, the blocked read
+    returns and the reader stops.  Use it as a context manager: leaving it lets the
+    reader go.
+    """
+
+    def __init__(self, requests: Iterator[Any], idle_timeout: float,
+                 refuse: Callable[[grpc.StatusCode, str], NoReturn]):
+        self._idle_timeout, self._refuse = idle_timeout, refuse
+        self._queue: queue.SimpleQueue[bytes | Exception | None] = queue.SimpleQueue()
+        self._credit = threading.Semaphore(_PREFETCH)
+        self._closed = threading.Event()
+        threading.Thread(target=self._read, args=(requests,), name="grpc-store-reader",
+                         daemon=True).start()
+
+    def _read(self, requests: Iterator[Any]) -> None:
+        try:
+            while self._credit.acquire() and not self._closed.is_set():
+                chunk = next(requests, None)
+                self._queue.put(None if chunk is None else bytes(chunk.data))
+                if chunk is None:
+                    return
+        except Exception as exc:  # the call ended: cancelled by the client, or stopped
+            self._queue.put(exc)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            try:
+                item = self._queue.get(timeout=self._idle_timeout)
+            except queue.Empty:
+                self._refuse(grpc.StatusCode.DEADLINE_EXCEEDED,
+                             f"no data for {self._idle_timeout:g} s (idle_timeout): the "
+                             f"Store stream was ended and nothing stored; send the object "
+                             f"without pauses that long, or raise idle_timeout in the "
+                             f"serve settings")
+            if item is None:
+                return
+            if isinstance(item, Exception):
+                raise item
+            self._credit.release()
+            yield item
+
+    def __enter__(self) -> _Chunks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closed.set()
+        self._credit.release()
+
+
+def _servicer(archive: Archive, audit: AuditLog, max_object: int, idle_timeout: float,
+              store_streams: int) -> Any:
     pb, svc = load()
 
     tokens = TokenStore(archive.root)
+    storing = threading.BoundedSemaphore(store_streams)
 
     def record(context: grpc.ServicerContext, event: str, action: str,
-               objects: list[str] | None = None, detail: str = "") -> None:
-        audit.record(event, action=action, outcome="success",
+               objects: list[str] | None = None, detail: str = "",
+               outcome: str = "success") -> None:
+        audit.record(event, action=action, outcome=outcome,
                      user=tokens.user(_bearer(context.invocation_metadata())),
                      host=context.peer(), interface="grpc", objects=objects, detail=detail)
 
@@ -119,20 +193,45 @@ def _servicer(archive: Archive, audit: AuditLog, max_object: int) -> Any:
 
         def Store(self, request_iterator: Iterator[Any], context: grpc.ServicerContext
                   ) -> Any:
+            def refuse(code: grpc.StatusCode, text: str) -> NoReturn:
+                """End the call with ``code``; audited as a failed store."""
+                record(context, "transferred", "C", detail=text, outcome="minor")
+                context.abort(code, text)
+                raise AssertionError("abort() raises")
+
+            if not storing.acquire(blocking=False):
+                refuse(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       f"{store_streams} Store streams are running, the most this server "
+                       f"takes at once (its other threads serve queries and retrieves); "
+                       f"retry in a moment")
+            try:
+                return self._store(request_iterator, context, refuse)
+            except grpc.RpcError:  # the client went away, or the server stops
+                record(context, "transferred", "C", detail="the Store stream was "
+                       "cancelled before its end; nothing stored", outcome="minor")
+                raise
+            finally:
+                storing.release()
+
+        def _store(self, request_iterator: Iterator[Any], context: grpc.ServicerContext,
+                   refuse: Callable[[grpc.StatusCode, str], NoReturn]) -> Any:
             fd, name = tempfile.mkstemp(prefix="grpc-", suffix=".dcm", dir=archive.root)
             try:
                 size = 0
-                with os.fdopen(fd, "wb") as f:
-                    for chunk in request_iterator:
-                        size += len(chunk.data)
+                with os.fdopen(fd, "wb") as f, _Chunks(request_iterator, idle_timeout,
+                                                       refuse) as chunks:
+                    for data in chunks:
+                        size += len(data)
                         if size > max_object:
-                            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                          f"object larger than {max_object} bytes")
-                        f.write(chunk.data)
+                            refuse(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"object larger than {max_object} bytes (max_body); "
+                                   f"raise max_body in the serve settings to take it")
+                        f.write(data)
                 try:
                     r = archive.store(name, source="gRPC Store")
                 except (PacsError, ValueError) as exc:
-                    self._fail(context, exc)
+                    refuse(_code(exc), exc.reason if isinstance(exc, PacsError)
+                           else str(exc))
                 record(context, "transferred", "C", [r.sop_instance_uid])
                 return pb.StoreReply(
                     sop_instance_uid=r.sop_instance_uid, study_instance_uid=r.study_uid,
@@ -205,21 +304,27 @@ def _servicer(archive: Archive, audit: AuditLog, max_object: int) -> Any:
 
 
 def start_grpc(archive: Archive, host: str, port: int, *, max_object: int = 4 * 1024**3,
-               workers: int = 8, tls: tuple[str, str, str | None] | None = None
-               ) -> grpc.Server:
+               idle_timeout: float = 60.0, workers: int = 32,
+               tls: tuple[str, str, str | None] | None = None) -> grpc.Server:
     """Start the gRPC server (Archive service, health, reflection); returns it running.
 
+    ``idle_timeout``: seconds a Store stream may send nothing before it is ended.
+    ``workers``: threads, and calls served at once (more are refused with
+    RESOURCE_EXHAUSTED); Store streams get :data:`_STORE_SHARE` of them.
     ``tls`` = (certificate, key, client CA or None): TLS, mutual when a CA is given.
     """
     pb, svc = load()
     tokens, audit = TokenStore(archive.root), AuditLog(archive.root)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers),
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
         interceptors=[_Auth(tokens, audit)],
         options=[("grpc.max_receive_message_length", 8 * _CHUNK),
-                 ("grpc.max_send_message_length", 64 * _CHUNK)],
+                 ("grpc.max_send_message_length", 64 * _CHUNK), *_KEEPALIVE],
+        maximum_concurrent_rpcs=workers,
     )
-    svc.add_ArchiveServicer_to_server(_servicer(archive, audit, max_object), server)
+    store_streams = max(1, int(workers * _STORE_SHARE))
+    svc.add_ArchiveServicer_to_server(
+        _servicer(archive, audit, max_object, idle_timeout, store_streams), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_servicer.set("pacscore.v1.Archive", health_pb2.HealthCheckResponse.SERVING)
