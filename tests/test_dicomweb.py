@@ -6,8 +6,14 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import logging
+import shutil
+import signal
+import socket
 import subprocess
+import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +26,9 @@ import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 
+from pacscore.services.dicomweb import _produced
 from pacscore.services.multipart import encode_related, parse_related, stream_related
-from pacscore.testing import cli, serving
+from pacscore.testing import cli, free_port, serving
 
 
 class Service:
@@ -515,3 +522,162 @@ def test_audit_names_the_token_and_logs_queries(service: Service) -> None:
     assert not any(e["event_id"]["code"] == "110103" for e in entries
                    if e["interface"] == "dicomweb")
     assert reader not in json.dumps(entries)
+
+
+JPEG_LS = "1.2.840.10008.1.2.4.80"
+
+
+def _ybr_in_study(corpus: Path, like: Path, tmp_path: Path) -> Path:
+    """The native YBR_FULL_422 US object (no JPEG-LS of it: PS3.5 8.2.3) moved into
+    the study (and patient) of ``like``."""
+    ds, other = read(corpus / "odd/ybr/US_YBR_FULL_422_uncompressed.dcm"), read(like)
+    for keyword in ("StudyInstanceUID", "PatientID", "PatientName"):
+        setattr(ds, keyword, getattr(other, keyword))
+    path = tmp_path / "us_ybr422.dcm"
+    ds.save_as(path)
+    return path
+
+
+def test_study_retrieval_leaves_out_what_cannot_be_sent(service: Service, ct: list[Path],
+                                                        corpus: Path, tmp_path: Path) -> None:
+    """WADO-RS of a study in a syntax one instance cannot be sent in: 206 with a whole
+    multipart body of the others (PS3.18 10.4.3), decided before the status
+    line; 406 when none can be sent; never a connection cut mid-body."""
+    study = str(read(ct[0]).StudyInstanceUID)
+    us = _ybr_in_study(corpus, ct[0], tmp_path)
+    assert _stow(service, [*ct[:3], us, *ct[3:]]).status_code == 200
+    accept = f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_LS}'
+    r = requests.get(f"{service.url}/studies/{study}", timeout=60,
+                     headers={**_auth(service), "Accept": accept})
+    assert r.status_code == 206, r.text[:300]
+    assert read(us).SOPInstanceUID in r.headers["warning"]
+    parts = _multipart(r, tmp_path)
+    originals = {read(p).SOPInstanceUID: read(p) for p in ct}
+    got = [pydicom.dcmread(io.BytesIO(data)) for _, data in parts]
+    assert sorted(ds.SOPInstanceUID for ds in got) == sorted(originals)
+    for (ctype, _), ds in zip(parts, got, strict=True):
+        assert ctype.endswith(f"transfer-syntax={JPEG_LS}")
+        assert ds.file_meta.TransferSyntaxUID == JPEG_LS
+        assert np.array_equal(ds.pixel_array, originals[ds.SOPInstanceUID].pixel_array)
+    us_series = str(read(us).SeriesInstanceUID)
+    r = requests.get(f"{service.url}/studies/{study}/series/{us_series}", timeout=60,
+                     headers={**_auth(service), "Accept": accept})
+    assert r.status_code == 406 and read(us).SOPInstanceUID in r.json()["error"]
+    # As stored, everything (passthrough streams without a pre-check).
+    r = requests.get(f"{service.url}/studies/{study}", timeout=60,
+                     headers={**_auth(service), "Accept": 'multipart/related; '
+                              'type="application/dicom"; transfer-syntax=*'})
+    assert r.status_code == 200 and len(_multipart(r, tmp_path)) == len(ct) + 1
+
+
+def test_a_part_that_fails_mid_stream_is_left_out_of_a_whole_body(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Once 200 is sent, an instance that cannot be made is logged and left out: the
+    body still parses, closing boundary included (it was cut off mid-body)."""
+    import asyncio
+
+    def produce(sop: str) -> tuple[str, bytes]:
+        if sop == "2":
+            raise ValueError("cannot encode instance 2")
+        if sop == "3":
+            raise RuntimeError("a bug")
+        return "application/dicom", sop.encode() * 10
+
+    left_out: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="pacscore.services.dicomweb"):
+        body = b"".join(stream_related(_produced(produce, "1234", left_out), "B", chunk=1))
+    assert body.endswith(b"--B--\r\n")
+    assert left_out == ["2: cannot encode instance 2", "3: internal error (RuntimeError, "
+                        "logged)"]
+    assert "instance 2 left out" in caplog.text and "instance 3 left out" in caplog.text
+
+    async def chunks() -> Any:
+        yield body
+
+    parts = asyncio.run(parse_related(chunks(), "B", 1 << 20, tmp_path))
+    assert [p.path.read_bytes() for p in parts] == [b"1" * 10, b"4" * 10]
+
+
+def _audit(archive: Path) -> list[dict[str, Any]]:
+    path = archive / "audit" / "audit.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] \
+        if path.exists() else []
+
+
+def _partial_stow(port: int, token: str, files: list[Path], keep: int) -> socket.socket:
+    """A STOW-RS request whose body stops ``keep`` bytes before its end."""
+    body = b"".join(b"--cut\r\nContent-Type: application/dicom\r\n\r\n" + p.read_bytes()
+                    + b"\r\n" for p in files) + b"--cut--\r\n"
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall((f"POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\n"
+                  f"Authorization: Bearer {token}\r\nContent-Type: multipart/related; "
+                  f'type="application/dicom"; boundary=cut\r\n'
+                  f"Content-Length: {len(body)}\r\n\r\n").encode() + body[:-keep])
+    return sock
+
+
+def test_a_stalled_stow_body_is_answered_408(tmp_path: Path, ct: list[Path]) -> None:
+    """A client that stops sending mid-body gets 408 after the idle timeout: its
+    spooled parts are removed, nothing is stored, and the request is audited (it was
+    held open, spool file and all, for as long as the client liked)."""
+    archive = tmp_path / "archive"
+    config = tmp_path / "pacscore.toml"
+    config.write_text("idle_timeout = 1.0\n")
+    with serving(archive, "--config", str(config)) as ports:
+        token = (archive / "security" / "admin-token").read_text().strip()
+        with _partial_stow(ports["http"], token, ct[:3], 100_000) as sock:
+            sock.settimeout(20)
+            started = time.monotonic()
+            answer = sock.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+            assert time.monotonic() - started < 10
+        assert list(archive.glob("stow-*/*")) == []
+        assert json.loads(cli("stats", "--archive", str(archive), "--json"))[
+            "instances"] == 0
+    (entry,) = [e for e in _audit(archive) if e["interface"] == "dicomweb"]
+    assert entry["outcome"] != "success" and "408" in json.dumps(entry)
+
+
+def test_a_client_gone_mid_stow_is_audited_and_cleaned_up(service: Service,
+                                                          ct: list[Path]) -> None:
+    """A client that disconnects mid-body: an audit entry ('client disconnected'), no
+    spooled part left, nothing stored (was: a traceback and no audit entry)."""
+    _partial_stow(service.http, service.admin, ct[:3], 100_000).close()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        gone = [e for e in _audit(service.archive) if "client disconnected" in json.dumps(e)]
+        if gone:
+            break
+        time.sleep(0.1)
+    assert len(gone) == 1 and gone[0]["outcome"] != "success"
+    assert list(service.archive.glob("stow-*/*")) == []
+    assert service.stats()["instances"] == 0
+
+
+def test_first_start_banner_names_https_with_tls(tmp_path: Path) -> None:
+    """With TLS on, the first-start banner's example URL is https:// (was http://)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    "k.pem", "-out", "c.pem", "-days", "1", "-subj", "/CN=localhost"],
+                   cwd=tmp_path, check=True, capture_output=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pacscore.cli", "serve", "--archive", str(tmp_path / "a"),
+         "--dimse-port", str(free_port()), "--http-port", str(free_port()),
+         "--grpc-port", str(free_port()), "--tls-cert", str(tmp_path / "c.pem"),
+         "--tls-key", str(tmp_path / "k.pem")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    try:
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "listening" in line:
+                break
+        text = "".join(seen)
+        assert "first start" in text and "https://127.0.0.1:" in text, text
+        assert "http://" not in text, text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        proc.stdout.close()

@@ -11,14 +11,15 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import shutil
 import tempfile
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
@@ -26,7 +27,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -46,9 +47,11 @@ from .bulkdata import BulkData
 from .dicomweb_media import frame_choices, parse_accept, render, rendered_media
 from .metadata import SeriesMetadata
 from .multipart import (
+    BodyTimeoutError,
     MultipartError,
     TooLargeError,
     encode_related,
+    idle_limited,
     parse_related,
     related_boundary,
     stream_related,
@@ -67,6 +70,7 @@ HTTP_STATUS: dict[type[Exception], int] = {
     ArchiveStorageError: 507,
     MultipartError: 400,
     TooLargeError: 413,
+    BodyTimeoutError: 408,
     ValueError: 400,
 }
 _SCOPE_FOR_METHOD = {"GET": "read", "HEAD": "read", "POST": "write", "DELETE": "delete"}
@@ -82,6 +86,11 @@ _AUDIT_BY_METHOD = {"GET": ("accessed", "R"), "HEAD": ("accessed", "R"),
                     "POST": ("transferred", "C"), "DELETE": ("deleted", "D")}
 _LEVEL_UID = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID",
               "instance": "SOPInstanceUID"}
+# A transcoded WADO-RS answer is produced before its status line (200, or 206 when
+# instances are left out, PS3.18 10.4.3): in memory up to this size, then in a file.
+_SPOOL_IN_MEMORY = 32 * 1024**2
+_SPOOL_READ = 1 << 21
+log = logging.getLogger(__name__)
 
 
 def _http_status(exc: Exception) -> int:
@@ -149,16 +158,53 @@ def _match_json(match: dict[str, Any], base: str, level: str) -> dict[str, Any]:
     return dict(sorted(out.items()))
 
 
-def _accepted_syntax(request: Request, default: str) -> str:
-    """Transfer syntax asked for in Accept (``*`` or none: the stored one)."""
+def _asked_syntax(request: Request) -> str | None:
+    """Transfer syntax asked for in Accept (None for ``*`` or none: the stored one)."""
     accept = request.headers.get("accept", "")
     for item in accept.split(","):
         for param in item.split(";")[1:]:
             key, _, value = param.strip().partition("=")
             if key.lower() == "transfer-syntax":
                 value = value.strip('"')
-                return default if value == "*" else value
-    return default
+                return None if value == "*" else value
+    return None
+
+
+def _accepted_syntax(request: Request, default: str) -> str:
+    """Transfer syntax asked for in Accept (``*`` or none: ``default``, the stored one)."""
+    return _asked_syntax(request) or default
+
+
+def _reason(exc: Exception) -> str:
+    return exc.reason if isinstance(exc, PacsError) else str(exc) or type(exc).__name__
+
+
+def _produced(produce: Callable[[str], tuple[str, bytes]], sops: Iterable[str],
+              left_out: list[str]) -> Iterator[tuple[str, bytes]]:
+    """The part of each instance that ``produce`` can make; each one it cannot is
+    logged, named with its reason in ``left_out``, and skipped, so that a multipart
+    body is always whole (closing boundary included) and never cut off mid-way."""
+    for sop in sops:
+        try:
+            part = produce(sop)
+        except (PacsError, ValueError) as exc:
+            left_out.append(f"{sop}: {_reason(exc)}")
+            log.warning("WADO-RS: instance %s left out: %s", sop, _reason(exc))
+            continue
+        except Exception as exc:  # a bug: still a whole answer of the others
+            left_out.append(f"{sop}: internal error ({type(exc).__name__}, logged)")
+            log.exception("WADO-RS: instance %s left out", sop)
+            continue
+        yield part
+
+
+def _warning(left_out: list[str], total: int) -> str:
+    """A Warning header (RFC 7234 5.5, which PS3.18 recommends for details of a status)
+    naming what was left out; latin-1 and bounded, as header values must be."""
+    text = f"{len(left_out)} of {total} instances left out: " + "; ".join(left_out)
+    text = text.replace('"', "'").replace("\r", " ").replace("\n", " ")
+    text = text.encode("latin-1", "replace").decode("latin-1")
+    return f'299 pacscore "{text[:2000]}"'
 
 
 def _misplaced(rec: InstanceRecord, path: dict[str, str]) -> bool:
@@ -173,9 +219,9 @@ _DELETE_LEVELS = (("sop", "instance"), ("series", "series"), ("study", "study"))
 
 class _Api:
     def __init__(self, archive: Archive, tokens: TokenStore, audit: AuditLog,
-                 max_body: int, tmp_dir: Path):
+                 max_body: int, tmp_dir: Path, idle_timeout: float):
         self.archive, self.tokens, self.audit = archive, tokens, audit
-        self.max_body, self.tmp_dir = max_body, tmp_dir
+        self.max_body, self.tmp_dir, self.idle_timeout = max_body, tmp_dir, idle_timeout
         self.meta = SeriesMetadata(archive)
 
     # -- plumbing ---------------------------------------------------------------
@@ -201,18 +247,27 @@ class _Api:
                                   host=host, interface="dicomweb",
                                   detail=f"{request.method} {request.url.path}: needs {needed}")
                 return JSONResponse({"error": f"this token lacks the {needed!r} scope"}, 403)
+            detail = ""
             try:
                 response: Response = await handler(request)
-            except (PacsError, MultipartError, TooLargeError, ValueError) as exc:
+            except (PacsError, MultipartError, TooLargeError, ValueError,
+                    BodyTimeoutError) as exc:
                 text = exc.reason if isinstance(exc, PacsError) else str(exc)
-                response = JSONResponse({"error": text}, _http_status(exc))
+                # 408: the rest of the body may still come; the connection is closed.
+                response = JSONResponse({"error": text}, _http_status(exc), headers={
+                    "Connection": "close"} if isinstance(exc, BodyTimeoutError) else None)
+                if isinstance(exc, BodyTimeoutError):
+                    detail = ": client idle mid-body"
+            except ClientDisconnect:  # mid-body: parts already removed, nothing stored
+                response, detail = Response(status_code=400), ": client disconnected"
             kind, code = (event, action) if event and action else _AUDIT_BY_METHOD.get(
                 request.method, ("accessed", "E"))
             self.audit.record(
                 kind, action=code,
                 outcome="success" if response.status_code < 400 else "minor",
                 user=user, host=host, interface="dicomweb",
-                detail=f"{request.method} {request.url.path} -> {response.status_code}")
+                detail=f"{request.method} {request.url.path} -> {response.status_code}"
+                       f"{detail}")
             return response
 
         return run
@@ -241,7 +296,8 @@ class _Api:
         if declared > self.max_body:
             raise TooLargeError(f"request body of {declared} bytes over {self.max_body}")
         boundary = related_boundary(request.headers.get("content-type", ""))
-        parts = await parse_related(request.stream(), boundary, self.max_body, self.tmp_dir)
+        parts = await parse_related(idle_limited(request.stream(), self.idle_timeout),
+                                    boundary, self.max_body, self.tmp_dir)
         study_filter = request.path_params.get("study")
         stored: list[tuple[StoreResult, str]] = []  # (result, SOP Class UID)
         failed: list[tuple[str | None, str | None, int, str]] = []  # (sop, class, code, why)
@@ -370,18 +426,57 @@ class _Api:
 
     async def retrieve(self, request: Request) -> Response:
         sops = await run_in_threadpool(self._scope_uids, request)
+        boundary = uuid.uuid4().hex
+        media = f'multipart/related; type="application/dicom"; boundary={boundary}'
+        asked = _asked_syntax(request)
+        if asked is not None and not await run_in_threadpool(self._all_stored_as, sops,
+                                                             asked):
+            # A transcode can fail for one instance (YBR_FULL_422 to JPEG-LS): the
+            # status depends on every instance, so the answer is made before it.
+            spool, left_out = await run_in_threadpool(self._spool, request, sops,
+                                                      boundary)
+            return StreamingResponse(
+                _read_spool(spool), 206 if left_out else 200, media_type=media,
+                headers={"Warning": _warning(left_out, len(sops))} if left_out else None)
         first = await run_in_threadpool(self._part, request, sops[0])  # errors: a status
 
         def parts() -> Iterator[tuple[str, bytes]]:
             yield first
-            for sop in sops[1:]:
-                yield self._part(request, sop)
+            yield from _produced(lambda sop: self._part(request, sop), sops[1:], [])
 
-        # Streamed one instance at a time (from a worker thread): a whole study is
-        # never built in memory, and the client starts receiving at once.
-        boundary = uuid.uuid4().hex
-        return StreamingResponse(stream_related(parts(), boundary), 200, media_type=(
-            f'multipart/related; type="application/dicom"; boundary={boundary}'))
+        # Passthrough (a read of what is stored) streamed one instance at a time (from
+        # a worker thread): a whole study is never built in memory, and the client
+        # starts receiving at once.  An instance that still fails (deleted meanwhile)
+        # is logged and left out; the body stays whole.
+        return StreamingResponse(stream_related(parts(), boundary), 200, media_type=media)
+
+    def _all_stored_as(self, sops: list[str], ts: str) -> bool:
+        return all(self.archive.record(sop).stored_syntax == ts for sop in sops)
+
+    def _spool(self, request: Request, sops: list[str], boundary: str
+               ) -> tuple[IO[bytes], list[str]]:
+        """The multipart body of every instance that can be sent as asked, each one
+        made once, in memory up to :data:`_SPOOL_IN_MEMORY` and in a file (unlinked at
+        once) beyond it; and the instances left out, each with its reason.  Nothing at
+        all: :class:`UnsupportedTransferSyntaxError` (406)."""
+        left_out: list[str] = []
+        # Handed on open to the response, which closes it once sent.
+        spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY,  # noqa: SIM115
+                                              dir=str(self.tmp_dir))
+        try:
+            parts = _produced(lambda sop: self._part(request, sop), sops, left_out)
+            for chunk in stream_related(parts, boundary):
+                spool.write(chunk)
+            if len(left_out) == len(sops):
+                raise UnsupportedTransferSyntaxError(
+                    f"none of the {len(sops)} instances can be sent as "
+                    f"{_asked_syntax(request)}: {'; '.join(left_out)}; ask for "
+                    f"transfer-syntax=* (as stored) or 1.2.840.10008.1.2.1 (uncompressed)")
+            spool.seek(0)
+        except BaseException:
+            spool.close()
+            raise
+        return spool, left_out
 
     def _part(self, request: Request, sop: str) -> tuple[str, bytes]:
         rec = self.archive.record(sop)
@@ -534,11 +629,19 @@ class _Api:
         return Response(data, 200, media_type=media)
 
 
+def _read_spool(spool: IO[bytes]) -> Iterator[bytes]:
+    with spool:
+        while chunk := spool.read(_SPOOL_READ):
+            yield chunk
+
+
 def create_app(archive: Archive, *, cors_origins: list[str] | None = None,
-               max_body: int = 4 * 1024**3) -> Starlette:
-    """The DICOMweb ASGI app over ``archive`` (routes under ``/dicom-web`` and ``/wado``)."""
+               max_body: int = 4 * 1024**3, idle_timeout: float = 60.0) -> Starlette:
+    """The DICOMweb ASGI app over ``archive`` (routes under ``/dicom-web`` and ``/wado``);
+    a request body that pauses longer than ``idle_timeout`` seconds is answered 408."""
     tmp_dir = Path(tempfile.mkdtemp(prefix="stow-", dir=archive.root))
-    api = _Api(archive, TokenStore(archive.root), AuditLog(archive.root), max_body, tmp_dir)
+    api = _Api(archive, TokenStore(archive.root), AuditLog(archive.root), max_body, tmp_dir,
+               idle_timeout)
     g = api.guard
     s, se, i = "/dicom-web/studies/{study}", "/series/{series}", "/instances/{sop}"
     routes = [

@@ -6,14 +6,15 @@ between chunks, and the total is capped (413 before buffering, RELIABILITY 14).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["MultipartError", "Part", "TooLargeError", "encode_related", "parse_related",
-           "stream_related",
+__all__ = ["BodyTimeoutError", "MultipartError", "Part", "TooLargeError", "encode_related",
+           "idle_limited", "parse_related", "stream_related",
            "related_boundary"]
 
 
@@ -23,6 +24,29 @@ class MultipartError(ValueError):
 
 class TooLargeError(ValueError):
     """The body exceeds the configured limit."""
+
+
+class BodyTimeoutError(TimeoutError):
+    """The client sent nothing of the body for longer than the idle timeout."""
+
+
+async def idle_limited(chunks: AsyncIterator[bytes], seconds: float
+                       ) -> AsyncIterator[bytes]:
+    """``chunks``, but :class:`BodyTimeoutError` when the next one takes longer than
+    ``seconds`` (a client that stops sending mid-body would else hold the request and
+    its spooled parts forever)."""
+    it = aiter(chunks)
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(it), seconds)
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise BodyTimeoutError(
+                f"the client sent nothing of the request body for {seconds:g} s: request "
+                f"dropped, nothing stored; send the whole body without pausing that "
+                f"long") from exc
+        yield chunk
 
 
 @dataclass(slots=True)
