@@ -197,7 +197,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     overrides = {k: getattr(args, k) for k in (
         "host", "dimse_port", "http_port", "grpc_port", "ae_title", "cors", "max_body",
-        "max_pdu", "spool", "tls_cert", "tls_key", "tls_ca")}
+        "max_pdu", "max_associations", "idle_timeout", "spool", "tls_cert", "tls_key",
+        "tls_ca")}
     serve(Path(args.archive), ServeConfig.load(args.config, overrides))
     return EXIT_OK
 
@@ -366,6 +367,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="allow this browser origin (repeatable)")
     srv.add_argument("--max-body", type=int, help="largest STOW-RS/gRPC object in bytes")
     srv.add_argument("--max-pdu", type=int, help="largest DIMSE PDU (default 16 MiB)")
+    srv.add_argument("--max-associations", type=int,
+                     help="concurrent DIMSE associations (default 16)")
+    srv.add_argument("--idle-timeout", type=float, metavar="SECONDS",
+                     help="a DIMSE association, gRPC Store stream or STOW-RS body that "
+                     "sends nothing this long is ended (default 60)")
     srv.add_argument("--spool", help="folder for DIMSE data sets being received (default: "
                      "in /dev/shm when it is a tmpfs with 8 GiB free, else ARCHIVE/spool)")
     srv.add_argument("--tls-cert", help="PEM certificate: TLS on DIMSE, HTTP and gRPC")

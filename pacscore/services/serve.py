@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import datetime
 import gc
 import hashlib
+import math
 import os
 import shutil
 import signal
 import ssl
 import threading
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import uvicorn
 
@@ -50,6 +53,83 @@ def default_spool(archive_root: Path) -> Path:
     return archive_root / "spool"
 
 
+def _as_str(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError
+    return value
+
+
+def _as_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError
+    return value
+
+
+def _as_float(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError
+    return float(value)
+
+
+def _as_strings(value: object) -> tuple[str, ...]:
+    """A list of strings; one string is a list of one (``cors = "https://a.example"``)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise TypeError
+    return tuple(items)
+
+
+# Setting type (the ServeConfig annotation) -> (what a value must be, an example, the
+# conversion, which raises TypeError for a value of another type).
+_SETTING_TYPES: dict[object, tuple[str, str, Callable[[object], object]]] = {
+    str: ("a string", '"text"', _as_str),
+    str | None: ("a string", '"/path/to/file"', _as_str),
+    int: ("an integer", "16", _as_int),
+    float: ("a number", "60.0", _as_float),
+    tuple[str, ...]: ("a list of strings", '["https://viewer.example"]', _as_strings),
+}
+# What TOML calls the type of a value found (TOML v1.0.0 names).
+_TOML_KINDS: dict[type, str] = {
+    str: "a string", int: "an integer", float: "a float", bool: "a boolean",
+    list: "an array", dict: "a table", datetime.datetime: "a date-time",
+    datetime.date: "a date", datetime.time: "a time",
+}
+_PORT = (lambda n: 1 <= n <= 65535, "a port number from 1 to 65535")
+# Setting -> (the test its number must pass, what it must be).
+_LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
+    "dimse_port": _PORT, "http_port": _PORT, "grpc_port": _PORT,
+    "max_body": (lambda n: n > 0, "above 0 (bytes)"),
+    # the PDU length field is 32 bits (PS3.8 9.3.1)
+    "max_pdu": (lambda n: 0 <= n < 2**32, "0 (unlimited) or a length up to 4294967295"),
+    "max_associations": (lambda n: n > 0, "above 0"),
+    "idle_timeout": (lambda n: 0 < n < math.inf, "above 0 and finite (seconds)"),
+}
+
+
+def _checked(cls: type, key: str, value: object, origin: str) -> object:
+    """``value`` as setting ``key`` of ``cls`` takes it; ValueError naming the setting,
+    what it must be and what was found when it does not fit."""
+    field = next(f for f in fields(cls) if f.name == key)
+    kind, example, convert = _SETTING_TYPES[get_type_hints(cls)[key]]
+    if field.default not in (None, ()):
+        example = str(field.default)
+    cli = origin == "command line"
+    name = f"--{key.replace('_', '-')}" if cli else key
+    like = f"{name} {example}" if cli else f"{key} = {example}"
+    try:
+        converted = convert(value)
+    except TypeError:
+        found = next((v for t, v in _TOML_KINDS.items() if type(value) is t),
+                     type(value).__name__)
+        raise ValueError(f"{origin}: {name} must be {kind}, found {value!r} ({found}); "
+                         f"write it like {like}") from None
+    test, meaning = _LIMITS.get(key, (lambda n: True, ""))
+    if isinstance(converted, int | float) and not test(converted):
+        raise ValueError(f"{origin}: {name} must be {meaning}, found {value!r}; "
+                         f"e.g. {like}")
+    return converted
+
+
 @dataclass(frozen=True, slots=True)
 class ServeConfig:
     """Settings of ``pacscore serve`` (``--config FILE`` in TOML uses these names)."""
@@ -73,7 +153,8 @@ class ServeConfig:
     max_associations: int = 16
     """Concurrent DIMSE associations."""
     idle_timeout: float = 60.0
-    """Seconds before an idle DIMSE association is dropped."""
+    """Seconds a peer may send nothing before its DIMSE association, gRPC Store stream
+    or STOW-RS request body is ended."""
     spool: str | None = None
     """Folder for DIMSE data sets while they are received and stored (default: see
     :func:`default_spool`)."""
@@ -86,17 +167,22 @@ class ServeConfig:
 
     @classmethod
     def load(cls, path: str | None, overrides: dict[str, Any]) -> ServeConfig:
-        """TOML file values, then explicit command-line values on top."""
+        """TOML file values, then explicit command-line values on top, each checked
+        against its setting's type (:data:`_SETTING_TYPES`) and range
+        (:data:`_LIMITS`); ValueError naming the setting otherwise."""
         values: dict[str, Any] = {}
         if path:
             with open(path, "rb") as f:
-                values = tomllib.load(f)
-            unknown = set(values) - {f.name for f in fields(cls)}
+                try:
+                    found = tomllib.load(f)
+                except tomllib.TOMLDecodeError as exc:
+                    raise ValueError(f"{path}: not valid TOML: {exc}") from None
+            unknown = set(found) - {f.name for f in fields(cls)}
             if unknown:
                 raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        if "cors" in values:
-            values["cors"] = tuple(values["cors"])
+            values = {k: _checked(cls, k, v, path) for k, v in found.items()}
+        values.update({k: _checked(cls, k, v, "command line")
+                       for k, v in overrides.items() if v is not None})
         config = cls(**values)
         if bool(config.tls_cert) != bool(config.tls_key):
             raise ValueError("TLS needs both tls_cert and tls_key")
@@ -154,6 +240,7 @@ def serve(archive_dir: Path, config: ServeConfig) -> None:
         while not http.started and web.is_alive():
             stop.wait(0.05)
         rpc = start_grpc(archive, host, config.grpc_port, max_object=config.max_body,
+                         idle_timeout=config.idle_timeout,
                          tls=(config.tls_cert, config.tls_key, config.tls_ca)
                          if config.tls_cert and config.tls_key else None)
         registered = len(dimse.registry.list())
