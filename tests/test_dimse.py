@@ -27,6 +27,7 @@ pytestmark = pytest.mark.skipif(shutil.which("storescu") is None and
                                 reason="DCMTK not installed (apt-get install dcmtk)")
 # pynetdicom installs scripts with the same names: call DCMTK by absolute path.
 DCMTK = Path("/usr/bin")
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
 ENV = {**os.environ, "TCP_NODELAY": "1"}  # DCMTK keeps Nagle on otherwise (FACTS.md)
 
 
@@ -386,7 +387,10 @@ def test_storage_commitment(server: Server, series: Path) -> None:
     missing = Dataset()
     missing.ReferencedSOPClassUID = stored[0].SOPClassUID
     missing.ReferencedSOPInstanceUID = "1.2.3.4"
-    request.ReferencedSOPSequence = [*refs, missing]
+    conflict = Dataset()  # a stored instance named with another SOP class
+    conflict.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    conflict.ReferencedSOPInstanceUID = stored[0].SOPInstanceUID
+    request.ReferencedSOPSequence = [*refs, missing, conflict]
     status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel,
                                     "1.2.840.10008.1.20.1.1")
     assert status.Status == 0x0000
@@ -400,7 +404,56 @@ def test_storage_commitment(server: Server, series: Path) -> None:
     assert {r.ReferencedSOPInstanceUID for r in info.ReferencedSOPSequence} == {
         d.SOPInstanceUID for d in stored}
     assert [(r.ReferencedSOPInstanceUID, r.FailureReason) for r in info.FailedSOPSequence] == [
-        ("1.2.3.4", 0x0112)]
+        ("1.2.3.4", 0x0112), (stored[0].SOPInstanceUID, 0x0119)]
+
+
+def test_storage_commitment_report_on_a_new_association(server: Server, series: Path) -> None:
+    """The requestor released its association before the report: the report goes on an
+    association of pacscore's own to the AE's registered port, pacscore in the SCP role
+    (proposed, PS3.4 J.3.3.1.3)."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
+
+    dcmtk("storescu", "-aet", "MODALITY", "-aec", "PACSCORE", *addr(server),
+          str(next(series.iterdir())))
+    ds = pydicom.dcmread(next(series.iterdir()), stop_before_pixels=True)
+    port = free_port()
+    cli("ae", "add", "COMMITTER", "--host", "127.0.0.1", "--port", str(port),
+        "--archive", str(server.archive))
+    reports: list[Dataset] = []
+
+    def on_report(event: Any) -> tuple[int, None]:
+        reports.append(event.event_information)
+        return 0x0000, None
+
+    listener = AE(ae_title="COMMITTER")
+    listener.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
+    scp = listener.start_server(("127.0.0.1", port), block=False,
+                                evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    try:
+        ae = AE(ae_title="COMMITTER")
+        ae.add_requested_context(StorageCommitmentPushModel)
+        assoc = ae.associate("127.0.0.1", server.port, ae_title="PACSCORE")
+        request = Dataset()
+        request.TransactionUID = generate_uid()
+        ref = Dataset()
+        ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = ds.SOPClassUID, \
+            ds.SOPInstanceUID
+        request.ReferencedSOPSequence = [ref]
+        status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel,
+                                        "1.2.840.10008.1.20.1.1")
+        assoc.release()  # before the report (it waits 50 ms for the N-ACTION response)
+        assert status.Status == 0x0000
+        deadline = time.time() + 20
+        while not reports and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        scp.shutdown()
+    assert len(reports) == 1 and reports[0].TransactionUID == request.TransactionUID
+    assert [r.ReferencedSOPInstanceUID for r in reports[0].ReferencedSOPSequence] == [
+        ds.SOPInstanceUID]
 
 
 def test_malformed_instance_over_dimse_is_refused(server: Server, corpus: Path) -> None:
@@ -579,3 +632,57 @@ def test_study_root_has_no_patient_level(server: Server, series: Path) -> None:
                          *addr(server))
     assert patient_root.returncode == 0 and patient_root.stderr.count("Find Response") == 2, \
         patient_root.stderr
+
+
+def test_an_instance_that_cannot_be_sent_fails_alone(server: Server, series: Path,
+                                                     corpus: Path, tmp_path: Path) -> None:
+    """C-GET of a study whose US object (native YBR_FULL_422) cannot be made in the
+    only syntax the peer accepts for it (JPEG-LS): the CT instances are still sent, the
+    final status is a warning (0xB000) listing the US object as failed (PS3.4
+    C.4.3.3.1)."""
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+
+    study = "2.25.1" + "".join(str(i % 10) for i in range(30))
+    paths = [*sorted(series.iterdir())[:2], corpus / "odd/ybr/US_YBR_FULL_422_uncompressed.dcm"]
+    sent: dict[str, str] = {}
+    patient = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    for i, src in enumerate(paths):
+        ds = pydicom.dcmread(src)
+        ds.StudyInstanceUID = study  # one study of one patient
+        ds.PatientID, ds.PatientName = patient.PatientID, patient.PatientName
+        ds.save_as(tmp_path / f"{i}.dcm")
+        sent[str(ds.SOPInstanceUID)] = str(ds.SOPClassUID)
+    stored = dcmtk("storescu", "-aet", "MODALITY", "-aec", "PACSCORE", *addr(server),
+                   *(str(tmp_path / f"{i}.dcm") for i in range(3)))
+    assert stored.returncode == 0, stored.stderr
+    us = next(sop for sop, cls in sent.items() if cls.startswith("1.2.840.10008.5.1.4.1.1.6"))
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    roles = []
+    for sop_class in set(sent.values()):
+        syntax = "1.2.840.10008.1.2.4.80" if sop_class == sent[us] else EXPLICIT_LE
+        ae.add_requested_context(sop_class, [syntax])
+        roles.append(build_role(sop_class, scp_role=True))
+    received: list[str] = []
+
+    def on_store(event: Any) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="PACSCORE", ext_neg=roles,
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    query = pydicom.Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study
+    try:
+        *_, (final, identifier) = list(assoc.send_c_get(
+            query, StudyRootQueryRetrieveInformationModelGet))
+    finally:
+        assoc.release()
+    assert sorted(received) == sorted(sop for sop in sent if sop != us)
+    assert final.Status == 0xB000
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (2, 1)
+    assert list(identifier.FailedSOPInstanceUIDList) == [us] or \
+        identifier.FailedSOPInstanceUIDList == us

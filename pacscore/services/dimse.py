@@ -22,7 +22,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, build_role, evt
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
@@ -46,7 +46,7 @@ from ..errors import (
 )
 from ..index.base import LEVEL_ATTRIBUTES
 from . import dimse_find, dimse_receive
-from .dimse_send import OutgoingObject, send_from_memory, send_responses_directly
+from .dimse_send import NotSendable, OutgoingObject, send_from_memory, send_responses_directly
 from .dimse_transport import clear_spool, nodelay, receive_into
 from .dimse_transport import install as tune_pynetdicom
 from .security import AeRegistry, AuditLog
@@ -66,6 +66,8 @@ STATUS: dict[tuple[str, type[Exception]], int] = {
     ("move", NotFoundError): 0xC000,
 }
 NOT_AUTHORIZED = 0x0124
+# Failure Reason of a Storage Commitment item (PS3.4 J.3.3.1.1, PS3.7 C.4.2 codes).
+_NO_SUCH_INSTANCE, _CLASS_INSTANCE_CONFLICT = 0x0112, 0x0119
 UNABLE = 0xC000
 MOVE_DESTINATION_UNKNOWN = 0xA801
 
@@ -364,17 +366,19 @@ class DimseServer:
 
     def _sub_operations(self, event: Any, sops: list[str], name: str,
                         dataset: Callable[[str], Dataset]) -> Iterator[Any]:
-        """Pending C-GET/C-MOVE responses, one per instance; stops when cancelled."""
+        """Pending C-GET/C-MOVE responses, one per instance; stops when cancelled.  An
+        instance that cannot be sent fails its own sub-operation only."""
         for sop in sops:
             if event.is_cancelled:
                 yield 0xFE00, None
                 return
             try:
                 ds = dataset(sop)
-            except PacsError as exc:
-                log.warning("%s of %s failed: %s", name, sop, exc)
-                yield UNABLE, None
-                continue
+            except Exception as exc:  # a codec library may raise its own types
+                reason = exc.reason if isinstance(exc, PacsError) else \
+                    f"{type(exc).__name__}: {exc}"
+                log.warning("%s of %s failed: %s", name, sop, reason)
+                ds = NotSendable(sop, reason)
             yield 0xFF00, ds
 
     def _get(self, event: Any) -> Iterator[Any]:
@@ -396,7 +400,8 @@ class DimseServer:
 
     def _commitment(self, event: Any) -> tuple[int, Dataset | None]:
         """N-ACTION of Storage Commitment: check every referenced instance (it must be
-        stored and its data verifiable), answer, then send the N-EVENT-REPORT."""
+        stored, which makes it durable, as the SOP class named), answer, then send the
+        N-EVENT-REPORT."""
         name, host = self._peer(event)
         if not self._allowed(event, "store"):
             return NOT_AUTHORIZED, None
@@ -410,13 +415,14 @@ class DimseServer:
             ref.ReferencedSOPInstanceUID = item.ReferencedSOPInstanceUID
             try:
                 rec = self.archive.record(str(item.ReferencedSOPInstanceUID))
-                ok = rec.sop_class_uid == str(item.ReferencedSOPClassUID)
+                reason = None if rec.sop_class_uid == str(item.ReferencedSOPClassUID) \
+                    else _CLASS_INSTANCE_CONFLICT
             except PacsError:
-                ok = False
-            if ok:
+                reason = _NO_SUCH_INSTANCE
+            if reason is None:
                 committed.append(ref)
             else:
-                ref.FailureReason = 0x0112  # no such object instance (PS3.4 J.3.3.1.1)
+                ref.FailureReason = reason
                 failed.append(ref)
         report = Dataset()
         report.TransactionUID = request.TransactionUID
@@ -443,7 +449,10 @@ class DimseServer:
         if entry is None or entry.port is None:
             log.warning("storage commitment report for %s undeliverable: no port", requestor)
             return
+        # On an association of its own the report goes from the SCP role, which is
+        # proposed (PS3.4 J.3.3.1.3, Note).
         peer = self.ae.associate(entry.host, entry.port, ae_title=entry.name,
+                                 ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)],
                                  evt_handlers=[(evt.EVT_CONN_OPEN, nodelay)])
         if peer.is_established:
             peer.send_n_event_report(report, event_type, StorageCommitmentPushModel, instance)

@@ -28,8 +28,8 @@ from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 
 from . import dimse_wire
 
-__all__ = ["OutgoingObject", "data_set_offset", "response_command", "send_from_memory",
-           "send_responses_directly", "store_request"]
+__all__ = ["NotSendable", "OutgoingObject", "data_set_offset", "response_command",
+           "send_from_memory", "send_responses_directly", "store_request"]
 
 
 class OutgoingObject(Dataset):
@@ -56,6 +56,24 @@ class OutgoingObject(Dataset):
         """The data set after the file meta information, not copied."""
         part10: bytes = self.__dict__["part10"]
         return memoryview(part10)[data_set_offset(part10):]
+
+
+class NotSendable(Dataset):
+    """What a retrieve handler yields for an instance it cannot send (it cannot be
+    made in a syntax the peer accepted, its data cannot be read): its C-STORE
+    sub-operation fails without reaching the peer, and pynetdicom counts it as failed,
+    lists its UID among the failed ones and goes on with the others (PS3.4 C.4.2.3.1,
+    C.4.3.3.1: the final status is then a warning, B000)."""
+
+    def __init__(self, sop_instance: str, reason: str):
+        super().__init__()
+        self.SOPInstanceUID = sop_instance
+        self.__dict__.update(reason=reason)
+
+    @property
+    def reason(self) -> str:
+        """Why it cannot be sent."""
+        return str(self.__dict__["reason"])
 
 
 def data_set_offset(part10: bytes) -> int:
@@ -181,6 +199,8 @@ def send_from_memory(assoc: Any) -> None:
     def send(dataset: Any, msg_id: int = 1, priority: int = 2,
              originator_aet: str | bytes | None = None,
              originator_id: int | None = None) -> Any:
+        if isinstance(dataset, NotSendable):
+            raise LookupError(f"{dataset.SOPInstanceUID} not sent: {dataset.reason}")
         if not isinstance(dataset, OutgoingObject):
             return original(dataset, msg_id, priority, originator_aet, originator_id)
         if not assoc.is_established:
