@@ -30,8 +30,10 @@ def cli(*args: str) -> str:
 
 
 @contextmanager
-def serving(archive: Path, *extra: str) -> Iterator[dict[str, int]]:
-    """Run the services on fresh ports; yield the ports; check the clean shutdown."""
+def serving(archive: Path, *extra: str,
+            output: list[str] | None = None) -> Iterator[dict[str, int]]:
+    """Run the services on fresh ports; yield the ports; check the clean shutdown.
+    ``output`` receives the lines the server printed until it listened."""
     ports = {"dimse": free_port(), "http": free_port(), "grpc": free_port()}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pacscore.cli", "serve", "--archive", str(archive),
@@ -47,6 +49,8 @@ def serving(archive: Path, *extra: str) -> Iterator[dict[str, int]]:
                 break
         else:
             raise AssertionError("pacscore serve did not start:\n" + "".join(seen))
+        if output is not None:
+            output.extend(seen)
         yield ports
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, "unclean shutdown"

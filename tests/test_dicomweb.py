@@ -8,10 +8,8 @@ import io
 import json
 import logging
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -28,7 +26,7 @@ from dicomweb_client.api import DICOMwebClient
 
 from pacscore.services.dicomweb import _produced
 from pacscore.services.multipart import encode_related, parse_related, stream_related
-from pacscore.testing import cli, free_port, serving
+from pacscore.testing import cli, serving
 
 
 class Service:
@@ -661,23 +659,9 @@ def test_first_start_banner_names_https_with_tls(tmp_path: Path) -> None:
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
                     "k.pem", "-out", "c.pem", "-days", "1", "-subj", "/CN=localhost"],
                    cwd=tmp_path, check=True, capture_output=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pacscore.cli", "serve", "--archive", str(tmp_path / "a"),
-         "--dimse-port", str(free_port()), "--http-port", str(free_port()),
-         "--grpc-port", str(free_port()), "--tls-cert", str(tmp_path / "c.pem"),
-         "--tls-key", str(tmp_path / "k.pem")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    try:
-        seen = []
-        for line in proc.stdout:
-            seen.append(line)
-            if "listening" in line:
-                break
+    seen: list[str] = []
+    with serving(tmp_path / "a", "--tls-cert", str(tmp_path / "c.pem"), "--tls-key",
+                 str(tmp_path / "k.pem"), output=seen):
         text = "".join(seen)
-        assert "first start" in text and "https://127.0.0.1:" in text, text
-        assert "http://" not in text, text
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-        proc.stdout.close()
+    assert "first start" in text and "https://127.0.0.1:" in text, text
+    assert "http://" not in text, text

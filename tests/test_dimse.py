@@ -272,12 +272,9 @@ def test_rights_are_enforced(server: Server, series: Path) -> None:
     assert server.stats()["instances"] == 0
 
 
-def test_move_to_registered_destination_only(server: Server, series: Path,
-                                            tmp_path: Path) -> None:
-    dcmtk("storescu", "-aet", "MODALITY", "-aec", "PACSCORE", "+sd", *addr(server), str(series))
-    series_uid = pydicom.dcmread(next(series.iterdir()), stop_before_pixels=True
-                                 ).SeriesInstanceUID
-    out = tmp_path / "moved"
+def _moved_to_dest(server: Server, out: Path, expected: int, *keys: str) -> list[Path]:
+    """C-MOVE (movescu, Study Root) of ``keys`` to DEST, a DCMTK storescp writing into
+    ``out``; the files it received once ``expected`` arrived or 10 s passed."""
     out.mkdir()
     scp = subprocess.Popen([str(DCMTK / "storescp"), "-aet", "DEST", "-od", str(out),
                             str(server.dest_port)], env=ENV, stdout=subprocess.DEVNULL,
@@ -285,16 +282,25 @@ def test_move_to_registered_destination_only(server: Server, series: Path,
     try:
         time.sleep(0.5)
         moved = dcmtk("movescu", "-aet", "MODALITY", "-aec", "PACSCORE", "-aem", "DEST", "-S",
-                      "-k", "QueryRetrieveLevel=SERIES", "-k", f"SeriesInstanceUID={series_uid}",
-                      *addr(server))
+                      *(arg for key in keys for arg in ("-k", key)), *addr(server))
         assert moved.returncode == 0, moved.stderr
         deadline = time.time() + 10
-        while len(list(out.iterdir())) < 30 and time.time() < deadline:
+        while len(list(out.iterdir())) < expected and time.time() < deadline:
             time.sleep(0.1)
-        assert len(list(out.iterdir())) == 30
     finally:
         scp.terminate()
         scp.wait()
+    return list(out.iterdir())
+
+
+def test_move_to_registered_destination_only(server: Server, series: Path,
+                                            tmp_path: Path) -> None:
+    dcmtk("storescu", "-aet", "MODALITY", "-aec", "PACSCORE", "+sd", *addr(server), str(series))
+    series_uid = pydicom.dcmread(next(series.iterdir()), stop_before_pixels=True
+                                 ).SeriesInstanceUID
+    out = tmp_path / "moved"
+    assert len(_moved_to_dest(server, out, 30, "QueryRetrieveLevel=SERIES",
+                              f"SeriesInstanceUID={series_uid}")) == 30
     unknown = dcmtk("movescu", "-aet", "MODALITY", "-aec", "PACSCORE", "-aem", "NOWHERE", "-S",
                     "-k", "QueryRetrieveLevel=SERIES", "-k", f"SeriesInstanceUID={series_uid}",
                     *addr(server))
@@ -565,25 +571,10 @@ def test_uid_lists_select_each_listed_instance(server: Server, series: Path,
     assert got.returncode == 0, got.stderr
     assert sorted(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
                   for p in got_dir.iterdir()) == wanted
-    moved_dir = tmp_path / "moved"
-    moved_dir.mkdir()
-    scp = subprocess.Popen([str(DCMTK / "storescp"), "-aet", "DEST", "-od", str(moved_dir),
-                            str(server.dest_port)], env=ENV, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.5)
-        moved = dcmtk("movescu", "-aet", "MODALITY", "-aec", "PACSCORE", "-aem", "DEST", "-S",
-                      "-k", "QueryRetrieveLevel=IMAGE", "-k", f"SOPInstanceUID={listed}",
-                      *addr(server))
-        assert moved.returncode == 0, moved.stderr
-        deadline = time.time() + 10
-        while len(list(moved_dir.iterdir())) < 3 and time.time() < deadline:
-            time.sleep(0.1)
-    finally:
-        scp.terminate()
-        scp.wait()
+    moved = _moved_to_dest(server, tmp_path / "moved", 3, "QueryRetrieveLevel=IMAGE",
+                           f"SOPInstanceUID={listed}")
     assert sorted(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
-                  for p in moved_dir.iterdir()) == wanted
+                  for p in moved) == wanted
 
 
 
