@@ -90,6 +90,15 @@ def test_echo_and_refused_associations(server: Server) -> None:
     assert {e["user"] for e in refused} >= {"STRANGER"}
 
 
+def _got(server: Server, out: Path, *keys: str) -> list[Path]:
+    """C-GET (getscu as MODALITY, Study Root) of ``keys`` into ``out``: the files."""
+    out.mkdir()
+    got = dcmtk("getscu", "-aet", "MODALITY", "-aec", "PACSCORE", "-S",
+                *(arg for key in keys for arg in ("-k", key)), "-od", str(out), *addr(server))
+    assert got.returncode == 0, got.stderr
+    return list(out.iterdir())
+
+
 def test_store_find_get(server: Server, series: Path, tmp_path: Path) -> None:
     stored = dcmtk("storescu", "-aet", "MODALITY", "-aec", "PACSCORE", "+sd", "+r",
                    *addr(server), str(series))
@@ -103,14 +112,9 @@ def test_store_find_get(server: Server, series: Path, tmp_path: Path) -> None:
     assert found.returncode == 0
     assert "NumberOfStudyRelatedInstances" in found.stderr and "[30]" in found.stderr
     study = pydicom.dcmread(next(series.iterdir()), stop_before_pixels=True).StudyInstanceUID
-    out = tmp_path / "got"
-    out.mkdir()
-    got = dcmtk("getscu", "-aet", "MODALITY", "-aec", "PACSCORE", "-S",
-                "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
-                "-od", str(out), *addr(server))
-    assert got.returncode == 0, got.stderr
+    retrieved = _got(server, tmp_path / "got", "QueryRetrieveLevel=STUDY",
+                     f"StudyInstanceUID={study}")
     originals = {pydicom.dcmread(p).SOPInstanceUID: p for p in series.iterdir()}
-    retrieved = list(out.iterdir())
     assert len(retrieved) == 30
     for path in retrieved[:5]:
         sop = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
@@ -563,14 +567,10 @@ def test_uid_lists_select_each_listed_instance(server: Server, series: Path,
                     "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID",
                     "-k", "ModalitiesInStudy=MR\\CT", *addr(server))
     assert studies.stderr.count("(0020,000d)") == 1, studies.stderr
-    got_dir = tmp_path / "got"
-    got_dir.mkdir()
-    got = dcmtk("getscu", "-aet", "MODALITY", "-aec", "PACSCORE", "-S",
-                "-k", "QueryRetrieveLevel=IMAGE", "-k", f"SOPInstanceUID={listed}",
-                "-od", str(got_dir), *addr(server))
-    assert got.returncode == 0, got.stderr
+    got = _got(server, tmp_path / "got", "QueryRetrieveLevel=IMAGE",
+               f"SOPInstanceUID={listed}")
     assert sorted(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
-                  for p in got_dir.iterdir()) == wanted
+                  for p in got) == wanted
     moved = _moved_to_dest(server, tmp_path / "moved", 3, "QueryRetrieveLevel=IMAGE",
                            f"SOPInstanceUID={listed}")
     assert sorted(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
