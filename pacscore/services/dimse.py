@@ -82,6 +82,9 @@ _KEYS = frozenset(k for v in LEVEL_ATTRIBUTES.values() for k in v) | {
 }
 
 
+_STOP_WAIT = 10.0
+"""Seconds a stopping server waits for the stores running in association threads
+(their data sets are in the spool, which goes once they ended)."""
 _NOBODY = "PACSCORE-NOBODY"  # an allow-list entry no peer is expected to use
 
 
@@ -168,6 +171,8 @@ class DimseServer:
         ae.add_requested_context(StorageCommitmentPushModel)
         self.ae = ae
         self.server: Any = None
+        self._storing = 0  # stores running in association threads
+        self._stores_done = threading.Condition()
 
     # -- lifecycle -------------------------------------------------------------
     def start(self, host: str = "127.0.0.1", port: int = 11112,
@@ -193,6 +198,8 @@ class DimseServer:
         if self.server is not None:
             self.server.shutdown()
             self.server = None
+            with self._stores_done:  # their data sets are in the spool: let them end
+                self._stores_done.wait_for(lambda: self._storing == 0, timeout=_STOP_WAIT)
             receive_into(None)  # the spool goes: other associations of this process
             clear_spool(self.spool)
             with contextlib.suppress(OSError):  # left in place when it holds other files
@@ -279,6 +286,16 @@ class DimseServer:
 
     def _store_file(self, assoc: Any, path: Path) -> int:
         """Store the received data set ``path`` (its caller removes it)."""
+        with self._stores_done:
+            self._storing += 1
+        try:
+            return self._store_counted(assoc, path)
+        finally:
+            with self._stores_done:
+                self._storing -= 1
+                self._stores_done.notify_all()
+
+    def _store_counted(self, assoc: Any, path: Path) -> int:
         name, host = self._requestor(assoc)
         if not self._may(assoc, "store"):
             return NOT_AUTHORIZED
