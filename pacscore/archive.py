@@ -627,6 +627,9 @@ class Archive:
                                                3 + (rec.layout["samples"] > 1))
         else:
             wanted = None if indices is None else list(indices)
+            if transfer_syntax in ("stored", rec.stored_syntax) \
+                    and syntax(rec.stored_syntax).encapsulated:
+                return self._kept_codestreams(rec, wanted)
         decoded, layout = self._decoded(rec, wanted)
         target = rec.stored_syntax if transfer_syntax == "stored" else transfer_syntax
         if syntax(target).native or transfer_syntax == "native":
@@ -636,6 +639,24 @@ class Archive:
         if codec is None:
             raise UnsupportedTransferSyntaxError(f"cannot encode frames as {target}")
         return [codec.encode(np.ascontiguousarray(f), layout) for f in decoded]
+
+    def _kept_codestreams(self, rec: InstanceRecord, wanted: list[int] | None
+                          ) -> list[bytes]:
+        """The frames of an object kept as received in a compressed syntax, as its
+        codestreams are (a read, no transcode)."""
+        from pydicom.encaps import generate_frames
+
+        sop = rec.sop_instance_uid
+        count = self.frame_count(sop)
+        wanted = list(range(count)) if wanted is None else wanted
+        if bad := [i for i in wanted if not 0 <= i < count]:
+            raise NotFoundError(f"instance {sop} has {count} frames; no frame {bad[0]}")
+        scanned = scan(self.store_.read_blob(rec.location), self.config.limits, sop)
+        pixel = scanned.pixel
+        assert pixel is not None  # count > 0
+        streams = list(generate_frames(bytes(scanned.body[pixel.value_start:pixel.value_end]),
+                                       number_of_frames=count))
+        return [streams[i] for i in wanted]
 
     # -- query and admin ---------------------------------------------------------
     def find(self, level: str, *, limit: int | None = None, offset: int = 0,
@@ -671,6 +692,21 @@ class Archive:
         pixel = scan(self.store_.read_blob(rec.location), self.config.limits,
                      sop_instance_uid).pixel
         return None if pixel is None else pixel.tag
+
+    def frame_count(self, sop_instance_uid: str) -> int:
+        """Number of frames of the instance's pixel data (0 without pixel data)."""
+        rec = self._record(sop_instance_uid)
+        if rec.layout is not None:
+            return int(rec.layout["frames"])
+        scanned = scan(self.store_.read_blob(rec.location), self.config.limits,
+                       sop_instance_uid)
+        if scanned.pixel is None:
+            return 0
+        from .dicom.header import read_header
+
+        layout = read_header(scanned, self.config.limits, sop_instance_uid,
+                             rec.sha256).layout
+        return 1 if layout is None else layout.frames
 
     def pixels(self, sop_instance_uid: str, index: int = 0) -> npt.NDArray[Any]:
         """One decoded frame (native dtype; colour-by-pixel)."""

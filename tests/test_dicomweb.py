@@ -665,3 +665,19 @@ def test_first_start_banner_names_https_with_tls(tmp_path: Path) -> None:
         text = "".join(seen)
     assert "first start" in text and "https://127.0.0.1:" in text, text
     assert "http://" not in text, text
+
+
+def test_frames_of_an_object_kept_compressed_are_its_codestreams(service: Service,
+                                                                 corpus: Path) -> None:
+    """A JPEG Baseline cine is kept as received (lossy): WADO-RS frames in its stored
+    syntax are its own codestreams, read, not decoded and re-encoded (was: 406, no
+    encoder for JPEG Baseline)."""
+    src = corpus / "multiframe/us_cine/US_30fr_ybr422_jpeg.dcm"
+    ds = read(src)
+    client = service.client()
+    client.store_instances([ds])
+    got = client.retrieve_instance_frames(
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, frame_numbers=[2, 30],
+        media_types=(("image/jpeg", "1.2.840.10008.1.2.4.50"),))
+    frames = list(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=30))
+    assert got == [frames[1], frames[29]]

@@ -185,3 +185,27 @@ def test_stalled_store_streams_end_and_others_are_served(tmp_path: Path) -> None
     failed = [e for e in _grpc_audit(archive)
               if e["event_id"]["code"] == "110104" and e["outcome"] != 0]
     assert len(failed) == len(calls)
+
+
+def test_get_frames_of_an_object_kept_as_received(server: tuple[int, Path],
+                                                  corpus: Path) -> None:
+    """A 30-frame JPEG ultrasound cine is kept as received: GetFrames without numbers
+    sends all 30 stored codestreams (was: frame 1 only); frame 0 or 31 is
+    INVALID_ARGUMENT naming the range (was: NOT_FOUND 'frame -1')."""
+    port, archive = server
+    client = Client(port, admin(archive))
+    src = corpus / "multiframe/us_cine/US_30fr_ybr422_jpeg.dcm"
+    reply = client.store(src.read_bytes())
+    assert reply.stored_syntax == "1.2.840.10008.1.2.4.50"
+    frames = list(client.stub.GetFrames(pb.FramesRequest(
+        sop_instance_uid=reply.sop_instance_uid), metadata=client.meta))
+    assert [f.number for f in frames] == list(range(1, 31))
+    sent = pydicom.dcmread(src)
+    assert [f.data for f in frames] == list(pydicom.encaps.generate_frames(
+        sent.PixelData, number_of_frames=30))  # the codestreams as sent, not re-encoded
+    for bad in (0, 31):
+        with pytest.raises(grpc.RpcError) as info:
+            list(client.stub.GetFrames(pb.FramesRequest(
+                sop_instance_uid=reply.sop_instance_uid, frames=[bad]), metadata=client.meta))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "from 1 to 30" in (info.value.details() or "")

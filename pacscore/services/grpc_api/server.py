@@ -257,9 +257,11 @@ def _servicer(archive: Archive, audit: AuditLog, max_object: int, idle_timeout: 
             numbers = list(request.frames)
             try:
                 rec = archive.record(request.sop_instance_uid)
-                if not numbers:
-                    count = (rec.layout or {}).get("frames", 1)
-                    numbers = list(range(1, int(count) + 1))
+                count = archive.frame_count(request.sop_instance_uid)
+                numbers = numbers or list(range(1, count + 1))
+                if bad := [n for n in numbers if not 1 <= n <= count]:
+                    raise ValueError(f"instance {request.sop_instance_uid} has no frame "
+                                     f"{bad[0]}: its frame numbers run from 1 to {count}")
                 data = archive.frames(request.sop_instance_uid, [n - 1 for n in numbers], ts)
             except (PacsError, ValueError) as exc:
                 self._fail(context, exc)
