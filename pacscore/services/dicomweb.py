@@ -527,27 +527,12 @@ class _Api:
             f"{'; '.join(refused) or accept!r}; ask for application/octet-stream "
             f"(uncompressed) or transfer-syntax=* (as stored)")
 
-    def _image_frames(self, sop: str) -> tuple[bool, int]:
-        """Whether the instance is an image (has Rows), and its number of frames."""
-        rec = self.archive.record(sop)
-        if rec.layout is not None:
-            return True, int(rec.layout["frames"])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = dcmread(io.BytesIO(self.archive.header(sop)), force=True,
-                         specific_tags=["Rows", "NumberOfFrames"])
-        return "Rows" in ds, int(ds.get("NumberOfFrames") or 1)
-
-    def _frame_count(self, sop: str) -> int:
-        return self._image_frames(sop)[1]
-
     def _single_frame_image(self, sop: str) -> bool:
-        image, frames = self._image_frames(sop)
-        return image and frames == 1
+        return self.archive.frame_count(sop) == 1
 
     def _check_frames(self, sop: str, numbers: list[int]) -> None:
         """400 for frame numbers outside 1..Number of Frames (PS3.18 8.3.2.x)."""
-        count = self._frame_count(sop)
+        count = self.archive.frame_count(sop)
         bad = [n for n in numbers if not 1 <= n <= count]
         if bad:
             raise ValueError(f"instance {sop} has no frame {bad[0]}: its frame numbers run "
