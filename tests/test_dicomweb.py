@@ -681,3 +681,15 @@ def test_frames_of_an_object_kept_compressed_are_its_codestreams(service: Servic
         media_types=(("image/jpeg", "1.2.840.10008.1.2.4.50"),))
     frames = list(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=30))
     assert got == [frames[1], frames[29]]
+
+
+def test_qido_instance_results_name_the_syntax_without_file_meta(service: Service,
+                                                                 ct: list[Path]) -> None:
+    """Instance results say the stored syntax in Available Transfer Syntax UID
+    (0008,3002), a data set attribute, not in (0002,0010), which is File Meta."""
+    client = service.client()
+    client.store_instances([read(ct[0])])
+    [result] = client.search_for_instances()
+    assert "00020010" not in result
+    assert result["00083002"]["Value"] == ["1.2.840.10008.1.2.4.202"]
+    assert result["00280010"]["Value"] == [read(ct[0]).Rows]

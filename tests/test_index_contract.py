@@ -492,7 +492,7 @@ class IndexContract:
         [one] = populated.find("instance", {"SOPInstanceUID": "1.9.3"})
         assert one["SOPClassUID"] == MR_CLASS
         assert one["StudyInstanceUID"] == "1.2.1" and one["SeriesInstanceUID"] == "1.2.1.2"
-        assert one["TransferSyntaxUID"] == EXPLICIT
+        assert one["AvailableTransferSyntaxUID"] == EXPLICIT
         found = populated.find("instance", {"SOPInstanceUID": "1.9.?"})
         assert len(found) == 9
         found = populated.find("instance", {"StudyInstanceUID": "1.2.2", "PatientID": "P1"})

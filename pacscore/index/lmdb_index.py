@@ -339,7 +339,7 @@ class LmdbIndex(Index):
                 return None
             record = json.loads(bytes(raw))  # a few fields needed: no InstanceRecord
             view = _level_attrs("instance", record["attributes"])
-            view["TransferSyntaxUID"] = record["stored_syntax"]
+            view["AvailableTransferSyntaxUID"] = record["stored_syntax"]  # (0008,3002)
             layout = record.get("layout") or {}
             view.update((kw, layout[name]) for kw, name in _LAYOUT_VIEW.items()
                         if name in layout)
