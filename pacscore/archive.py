@@ -33,9 +33,9 @@ import numpy.typing as npt
 
 from .codecs import by_syntax
 from .config import ArchiveConfig
-from .dicom.header import PixelLayout
+from .dicom.header import PixelLayout, read_header
 from .dicom.part10 import HeaderParts, build_part10
-from .dicom.scan import PIXEL_DATA, scan
+from .dicom.scan import PIXEL_DATA, ScannedObject, scan
 from .dicom.syntaxes import EXPLICIT_LE, syntax
 from .errors import (
     ERRORS_BY_NAME,
@@ -94,6 +94,8 @@ class StoreResult:
     """Where it came from."""
     warnings: tuple[str, ...] = ()
     """Tolerated non-conformances."""
+    sop_class_uid: str = ""
+    """SOP Class UID."""
 
 
 @dataclass(slots=True)
@@ -110,7 +112,7 @@ def _result(rec: InstanceRecord, status: str, source: str) -> StoreResult:
     return StoreResult(
         rec.sop_instance_uid, rec.study_uid, rec.series_uid, status, rec.original_syntax,
         rec.stored_syntax, rec.bytes_in, rec.bytes_stored, rec.kind == StoreKind.FRAMES,
-        rec.kept_reason, source, rec.warnings,
+        rec.kept_reason, source, rec.warnings, rec.sop_class_uid,
     )
 
 
@@ -126,6 +128,25 @@ def _writer_lock(root: Path) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    """An object kept as received, read and parsed once for one request."""
+
+    data: bytes
+    """The object as stored."""
+    scanned: ScannedObject
+    """Its structure."""
+    layout: PixelLayout | None
+    """Its pixel layout (None without pixel data)."""
+
+    @property
+    def frames(self) -> int:
+        """Number of frames of its pixel data (0 without)."""
+        if self.scanned.pixel is None:
+            return 0
+        return 1 if self.layout is None else self.layout.frames
 
 
 class _Waiter:
@@ -484,9 +505,18 @@ class Archive:
             raise NotFoundError(f"no instance {sop_instance_uid} in the archive")
         return rec
 
-    def _decoded(self, rec: InstanceRecord, indices: Sequence[int] | None = None
-                 ) -> tuple[list[npt.NDArray[Any]], PixelLayout]:
-        """Decoded frames (native dtype) of an instance."""
+    def _kept(self, rec: InstanceRecord) -> _Kept:
+        """An object kept as received, read and parsed."""
+        data = self.store_.read_blob(rec.location)
+        scanned = scan(data, self.config.limits, rec.sop_instance_uid)
+        layout = read_header(scanned, self.config.limits, rec.sop_instance_uid,
+                             rec.sha256).layout
+        return _Kept(data, scanned, layout)
+
+    def _decoded(self, rec: InstanceRecord, indices: Sequence[int] | None = None,
+                 kept: _Kept | None = None) -> tuple[list[npt.NDArray[Any]], PixelLayout]:
+        """Decoded frames (native dtype) of an instance (``kept``: the object kept as
+        received, when the caller has read it already)."""
         if rec.kind == StoreKind.FRAMES:
             assert rec.layout is not None
             layout = PixelLayout.from_dict(rec.layout)
@@ -497,12 +527,8 @@ class Archive:
             streams = self.store_.read_frames(rec.location, list(wanted),
                                               2 + (layout.samples > 1) + 1)
             return [codec.decode(s, layout) for s in streams], layout
-        data = self.store_.read_blob(rec.location)
-        scanned = scan(data, self.config.limits, rec.sop_instance_uid)
-        from .dicom.header import read_header
-
-        layout_ = read_header(scanned, self.config.limits, rec.sop_instance_uid,
-                              rec.sha256).layout
+        kept = kept or self._kept(rec)
+        data, scanned, layout_ = kept.data, kept.scanned, kept.layout
         if layout_ is None or (rec.kept_reason and "Bits Allocated" in rec.kept_reason):
             raise UnsupportedTransferSyntaxError(
                 f"instance {rec.sop_instance_uid} has no pixel data this archive can decode "
@@ -519,33 +545,23 @@ class Archive:
         chosen = frames if indices is None else [frames[i] for i in indices]
         return chosen, layout_
 
-    def _native_value(self, rec: InstanceRecord) -> tuple[bytes, int] | None:
+    @staticmethod
+    def _native_value(kept: _Kept) -> tuple[bytes, int] | None:
         """The Pixel Data value of an object kept as received, with its Bits Allocated,
         when it is native and already little endian (or 8-bit) as it is: sent as it is
         in another uncompressed little-endian syntax, nothing decoded (also what
         :meth:`_decoded` cannot take apart, e.g. YBR_FULL_422).  None otherwise."""
-        if rec.kind != StoreKind.BLOB:
+        pixel, ts, layout = kept.scanned.pixel, kept.scanned.transfer_syntax, kept.layout
+        if pixel is None or ts.encapsulated or pixel.encapsulated or layout is None \
+                or layout.planar or not (ts.little_endian or layout.bits_allocated == 8):
             return None
-        scanned = scan(self.store_.read_blob(rec.location), self.config.limits,
-                       rec.sop_instance_uid)
-        pixel, ts = scanned.pixel, scanned.transfer_syntax
-        if pixel is None or ts.encapsulated or pixel.encapsulated:
-            return None
-        from .dicom.header import read_header
+        return bytes(kept.scanned.body[pixel.value_start:pixel.value_end]), \
+            layout.bits_allocated
 
-        layout = read_header(scanned, self.config.limits, rec.sop_instance_uid,
-                             rec.sha256).layout
-        if layout is None or layout.planar or not (ts.little_endian
-                                                    or layout.bits_allocated == 8):
-            return None
-        value = bytes(scanned.body[pixel.value_start:pixel.value_end])
-        return value, layout.bits_allocated
-
-    def _parts(self, rec: InstanceRecord) -> HeaderParts:
-        if rec.kind == StoreKind.FRAMES:
+    def _parts(self, rec: InstanceRecord, kept: _Kept | None) -> HeaderParts:
+        if kept is None:
             return HeaderParts.unpack(self.index.header(rec.sop_instance_uid))
-        data = self.store_.read_blob(rec.location)
-        scanned = scan(data, self.config.limits, rec.sop_instance_uid)
+        data, scanned = kept.data, kept.scanned
         pixel = scanned.pixel
         if pixel is None:
             raise UnsupportedTransferSyntaxError(
@@ -572,7 +588,8 @@ class Archive:
             transfer_syntax, transfer_syntax)
         if rec.kind == StoreKind.BLOB and target == rec.stored_syntax:
             return self.store_.read_blob(rec.location)
-        parts = self._parts(rec)
+        kept = self._kept(rec) if rec.kind == StoreKind.BLOB else None
+        parts = self._parts(rec, kept)
         cls, sop = rec.sop_class_uid, rec.sop_instance_uid
         if rec.kind == StoreKind.FRAMES and target == rec.stored_syntax:
             assert rec.layout is not None
@@ -583,12 +600,13 @@ class Archive:
         # the data set the parts hold: a deflated one's is inflated (explicit VR LE)
         source = EXPLICIT_LE if syntax(rec.original_syntax).deflated else rec.original_syntax
         ts = syntax(target)
-        same_values = self._native_value(rec) if ts.native and ts.little_endian else None
+        same_values = self._native_value(kept) if kept and ts.native and ts.little_endian \
+            else None
         if same_values is not None:  # uncompressed to uncompressed: the value as it is
             raw, bits_allocated = same_values
             return build_part10(parts, source, target, cls, sop, native=raw,
                                 bits_allocated=bits_allocated)
-        decoded, layout = self._decoded(rec)
+        decoded, layout = self._decoded(rec, kept=kept)
         original = syntax(rec.original_syntax)
         if target == rec.original_syntax and original.native and not original.deflated:
             data = parts.original(native_bytes(decoded, layout, original.little_endian))
@@ -647,15 +665,15 @@ class Archive:
         from pydicom.encaps import generate_frames
 
         sop = rec.sop_instance_uid
-        count = self.frame_count(sop)
+        kept = self._kept(rec)
+        pixel, count = kept.scanned.pixel, kept.frames
         wanted = list(range(count)) if wanted is None else wanted
         if bad := [i for i in wanted if not 0 <= i < count]:
             raise NotFoundError(f"instance {sop} has {count} frames; no frame {bad[0]}")
-        scanned = scan(self.store_.read_blob(rec.location), self.config.limits, sop)
-        pixel = scanned.pixel
         assert pixel is not None  # count > 0
-        streams = list(generate_frames(bytes(scanned.body[pixel.value_start:pixel.value_end]),
-                                       number_of_frames=count))
+        streams = list(generate_frames(
+            bytes(kept.scanned.body[pixel.value_start:pixel.value_end]),
+            number_of_frames=count))
         return [streams[i] for i in wanted]
 
     # -- query and admin ---------------------------------------------------------
@@ -698,15 +716,7 @@ class Archive:
         rec = self._record(sop_instance_uid)
         if rec.layout is not None:
             return int(rec.layout["frames"])
-        scanned = scan(self.store_.read_blob(rec.location), self.config.limits,
-                       sop_instance_uid)
-        if scanned.pixel is None:
-            return 0
-        from .dicom.header import read_header
-
-        layout = read_header(scanned, self.config.limits, sop_instance_uid,
-                             rec.sha256).layout
-        return 1 if layout is None else layout.frames
+        return self._kept(rec).frames
 
     def pixels(self, sop_instance_uid: str, index: int = 0) -> npt.NDArray[Any]:
         """One decoded frame (native dtype; colour-by-pixel)."""
