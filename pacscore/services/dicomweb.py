@@ -275,11 +275,6 @@ class _Api:
     def base(self, request: Request) -> str:
         return str(request.base_url).rstrip("/") + "/dicom-web"
 
-    def _store(self, path: Path) -> tuple[StoreResult, str]:
-        """Store one STOW-RS part; its result and SOP Class UID."""
-        result = self.archive.store(path, source="STOW-RS part")
-        return result, self.archive.record(result.sop_instance_uid).sop_class_uid
-
     def _identify(self, path: Path) -> InstanceHeader | None:
         """Identity of a STOW-RS part read with the archive's own parser, before it is
         stored; None when it cannot be read (the store then says why)."""
@@ -299,7 +294,7 @@ class _Api:
         parts = await parse_related(idle_limited(request.stream(), self.idle_timeout),
                                     boundary, self.max_body, self.tmp_dir)
         study_filter = request.path_params.get("study")
-        stored: list[tuple[StoreResult, str]] = []  # (result, SOP Class UID)
+        stored: list[StoreResult] = []
         failed: list[tuple[str | None, str | None, int, str]] = []  # (sop, class, code, why)
         try:
             for part in parts:
@@ -320,25 +315,26 @@ class _Api:
                             f"/studies"))
                         continue
                 try:
-                    result, sop_class = await run_in_threadpool(self._store, part.path)
+                    result = await run_in_threadpool(self.archive.store, part.path,
+                                                     source="STOW-RS part")
                 except PacsError as exc:
                     code = _FAILURE_REASON["out of resources" if isinstance(
                         exc, ArchiveStorageError) else "cannot understand"]
                     failed.append((None, None, code, exc.reason))
                     continue
-                stored.append((result, sop_class))
+                stored.append(result)
         finally:
             for part in parts:
                 part.path.unlink(missing_ok=True)
         body: dict[str, Any] = {}
         if stored:  # PS3.18 Table I.2-1 (Referenced SOP Sequence)
             body["00081199"] = {"vr": "SQ", "Value": [{
-                "00081150": {"vr": "UI", "Value": [sop_class]},
+                "00081150": {"vr": "UI", "Value": [r.sop_class_uid]},
                 "00081155": {"vr": "UI", "Value": [r.sop_instance_uid]},
                 "00081190": {"vr": "UR", "Value": [
                     f"{self.base(request)}/studies/{r.study_uid}/series/{r.series_uid}"
                     f"/instances/{r.sop_instance_uid}"]},
-            } for r, sop_class in stored]}
+            } for r in stored]}
         if failed:  # PS3.18 Table I.2-1 (Failed SOP Sequence)
             body["00081198"] = {"vr": "SQ", "Value": [{
                 **({"00081150": {"vr": "UI", "Value": [cls]}} if cls else {}),
