@@ -127,17 +127,17 @@ class AeRegistry:
         """The peer is registered, connects from its host, and holds ``right``."""
         entry = self._load().get(name.strip())
         return entry is not None and right in entry.rights \
-            and _canonical(host) in _addresses(entry.host)
+            and (_ip(host) or host) in _addresses(entry.host)
 
 
-def _canonical(address: str) -> str:
-    """An IP address in one spelling (an IPv4-mapped IPv6 address as IPv4)."""
+def _ip(address: str) -> str | None:
+    """An IP address in one spelling (an IPv4-mapped IPv6 address as IPv4; a zone
+    index dropped); None when ``address`` is not an IP address."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
-        return address
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return str(mapped or ip)
+        return None
+    return str(getattr(ip, "ipv4_mapped", None) or ip)
 
 
 _RESOLVED_FOR = 60.0
@@ -149,27 +149,20 @@ def _addresses(host: str) -> frozenset[str]:
     """The addresses a registered host stands for: itself when it is an IP address,
     else what its name resolves to (cached for :data:`_RESOLVED_FOR` seconds; empty
     when it does not resolve, so nobody connects as it)."""
-    if _canonical(host) != host or _is_ip(host):
-        return frozenset({_canonical(host)})
+    ip = _ip(host)
+    if ip is not None:
+        return frozenset({ip})
     now = time.monotonic()
     cached = _resolved.get(host)
     if cached is not None and now - cached[0] < _RESOLVED_FOR:
         return cached[1]
     try:
-        found = frozenset(_canonical(str(info[4][0])) for info in socket.getaddrinfo(
-            host, None, proto=socket.IPPROTO_TCP))
+        found = frozenset(_ip(str(info[4][0])) or str(info[4][0]) for info in
+                          socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP))
     except (OSError, UnicodeError):
         found = frozenset()
     _resolved[host] = (now, found)
     return found
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 class AuditLog:
