@@ -164,27 +164,33 @@ def test_stalled_store_streams_end_and_others_are_served(tmp_path: Path) -> None
         calls = [client.stub.Store.future(stalled(), metadata=client.meta)
                  for _ in range(40)]
         time.sleep(0.5)
-        stats = client.stub.Stats(pb.StatsRequest(), metadata=client.meta, timeout=5)
+        # answered while they hang (before: never, every thread was taken)
+        stats = client.stub.Stats(pb.StatsRequest(), metadata=client.meta, timeout=30)
         assert stats.instances == 0
-        codes = []
+        codes, ours = [], 0  # ours: ended or refused by pacscore, not by gRPC's limit
         for call in calls:
             with pytest.raises(grpc.RpcError) as info:
                 call.result(timeout=30)
             codes.append(info.value.code())
+            details = info.value.details() or ""
             if info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                assert "idle_timeout" in (info.value.details() or "")
+                assert "idle_timeout" in details
+            ours += "idle_timeout" in details or "Store streams are running" in details
         release.set()
         elapsed = time.monotonic() - started
-        assert elapsed < 15, f"stalled streams took {elapsed:.1f} s to end"
+        # ended by the server's idle timeout (2 s), not by the client's 60 s stalls
+        assert elapsed < 45, f"stalled streams took {elapsed:.1f} s to end"
         assert codes.count(grpc.StatusCode.DEADLINE_EXCEEDED) >= 8
         assert set(codes) <= {grpc.StatusCode.DEADLINE_EXCEEDED,
                               grpc.StatusCode.RESOURCE_EXHAUSTED}
         assert not list(archive.glob("grpc-*"))
         stats = client.stub.Stats(pb.StatsRequest(), metadata=client.meta, timeout=5)
         assert stats.instances == 0
+    # Every call pacscore ended or refused is audited; calls over maximum_concurrent_rpcs
+    # are refused by gRPC itself before any handler runs (how many depends on timing).
     failed = [e for e in _grpc_audit(archive)
               if e["event_id"]["code"] == "110104" and e["outcome"] != 0]
-    assert len(failed) == len(calls)
+    assert len(failed) == ours
 
 
 def test_get_frames_of_an_object_kept_as_received(server: tuple[int, Path],
