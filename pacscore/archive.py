@@ -314,12 +314,18 @@ class Archive:
         partial request bodies with patient data) and make it again, private (0700)."""
         stale = [self.tmp_dir, *(p for pattern in self._LEGACY_TMP
                                  for p in self.root.glob(pattern))]
-        for path in stale:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-        self.tmp_dir.mkdir(mode=0o700)
+        try:
+            for path in stale:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+            self.tmp_dir.mkdir(mode=0o700)
+        except OSError as exc:
+            raise ArchiveStorageError(
+                f"cannot empty the temp folder {self.tmp_dir}: {exc}",
+                hint="it holds only unacknowledged partial uploads: remove it by hand") \
+                from exc
 
     def close(self) -> None:
         """Finish pending commits, stop the workers and close the index."""

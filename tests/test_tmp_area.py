@@ -80,9 +80,12 @@ def test_kill_mid_stow_and_mid_grpc_store_leaves_files_only_in_tmp(
             proc.kill()
             proc.wait()
         proc.stdout.close()
+    (archive / "stow-old").mkdir()  # what earlier versions left in the archive root
+    (archive / "stow-old" / "tmp1.part").write_bytes(data[:100])
+    (archive / "grpc-old.dcm").write_bytes(data[:100])
     with Archive(archive) as reopened:  # the next writer (a restart) empties it
         assert reopened.writable
         assert list(reopened.tmp_dir.iterdir()) == []
         assert stat.S_IMODE(reopened.tmp_dir.stat().st_mode) == 0o700
     assert not [p for p in archive.rglob("*") if p.suffix == ".part"
-                or p.name.startswith("grpc-")]
+                or p.name.startswith(("grpc-", "stow-"))]
