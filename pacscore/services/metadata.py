@@ -75,7 +75,9 @@ def _dicom_json(ds: Dataset, url: str, prefix: str, problems: list[str]) -> dict
                     {"BulkDataURI": f"{url}/bulk/{path}"}
                     if len(value) * 4 // 3 > _BULK_THRESHOLD else
                     {"InlineBinary": base64.b64encode(value).decode()} if value else {})}
-            problems.append(f"({path}) {type(exc).__name__}: {str(exc)[:120]}; "
+            # Named by tag, VR and error type only: the value may be patient data.
+            vr = getattr(raw, "VR", None) or "?"
+            problems.append(f"({path}) {vr} value not convertible ({type(exc).__name__}); "
                             + ("sent as received, VR UN" if key in out else "left out"))
     return out
 
@@ -141,8 +143,8 @@ class SeriesMetadata:
             except PacsError:
                 raise  # not this instance's content (deleted meanwhile, storage)
             except Exception as exc:  # the header cannot be read at all: the index's
-                problems.append(f"header unreadable ({type(exc).__name__}: "
-                                f"{str(exc)[:120]}); identifiers from the index only")
+                problems.append(f"header unreadable ({type(exc).__name__}); identifiers "
+                                f"from the index only")
                 meta = {"00080016": {"vr": "UI", "Value": [rec.sop_class_uid]},
                         "00080018": {"vr": "UI", "Value": [sop]},
                         "0020000D": {"vr": "UI", "Value": [rec.study_uid]},
