@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ import numpy.typing as npt
 from .codecs import by_syntax
 from .config import ArchiveConfig
 from .dicom.header import PixelLayout, read_header
-from .dicom.part10 import HeaderParts, build_part10
+from .dicom.part10 import HeaderParts, _file_meta, build_part10
 from .dicom.scan import PIXEL_DATA, ScannedObject, scan
 from .dicom.syntaxes import EXPLICIT_LE, syntax
 from .errors import (
@@ -267,6 +268,9 @@ class Archive:
             raise ArchiveStorageError(f"cannot create archive directory {self.root}: {exc}"
                                       ) from exc
         self.frames_root = self.root / "frames"
+        self.tmp_dir = self.root / "tmp"
+        """Temp files of the front ends (request bodies, objects being received): private
+        to the writer (0700), emptied when the writer opens the archive."""
         self.store_ = ZarrFrameStore(self.frames_root, fsync=self.config.fsync)
         self.index = LmdbIndex(self.root / "index.lmdb", map_size=self.config.lmdb_map_size,
                                sync=self.config.fsync)
@@ -290,7 +294,8 @@ class Archive:
     def _recover(self) -> int:
         """Finish or undo what a crash interrupted: staged locations the index owns are
         moved into place, the other staged files removed, and so are the locations of
-        interrupted deletions (pending and unowned)."""
+        interrupted deletions (pending and unowned); :attr:`tmp_dir` is emptied."""
+        self._clean_tmp()
         owned = [loc for loc in self.store_.staged() if self.index.location_owner(loc)]
         self.store_.publish(owned)
         self.store_.sync_published(owned)
@@ -300,6 +305,27 @@ class Archive:
         self.store_.delete(orphans)
         self.index.clear_pending(pending)
         return removed + len(orphans)
+
+    # Temp files of earlier versions, in the archive root (unacknowledged partial uploads).
+    _LEGACY_TMP = ("stow-*", "grpc-*.dcm")
+
+    def _clean_tmp(self) -> None:
+        """Empty :attr:`tmp_dir` (nothing in it was acknowledged: a crash can leave
+        partial request bodies with patient data) and make it again, private (0700)."""
+        stale = [self.tmp_dir, *(p for pattern in self._LEGACY_TMP
+                                 for p in self.root.glob(pattern))]
+        try:
+            for path in stale:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+            self.tmp_dir.mkdir(mode=0o700)
+        except OSError as exc:
+            raise ArchiveStorageError(
+                f"cannot empty the temp folder {self.tmp_dir}: {exc}",
+                hint="it holds only unacknowledged partial uploads: remove it by hand") \
+                from exc
 
     def close(self) -> None:
         """Finish pending commits, stop the workers and close the index."""
@@ -692,12 +718,18 @@ class Archive:
 
     def header(self, sop_instance_uid: str) -> bytes:
         """The Part-10 object up to (not including) its pixel data, as received: what
-        metadata services read without touching pixels."""
+        metadata services read without touching pixels.  A deflated object (PS3.5 A.5)
+        cannot be cut: its data set comes inflated, under a File Meta that names Explicit
+        VR Little Endian (what the inflated bytes are)."""
         rec = self._record(sop_instance_uid)
         if rec.kind == StoreKind.FRAMES:
             return HeaderParts.unpack(self.index.header(sop_instance_uid)).prefix
         data = self.store_.read_blob(rec.location)
-        pixel = scan(data, self.config.limits, sop_instance_uid).pixel
+        scanned = scan(data, self.config.limits, sop_instance_uid)
+        pixel = scanned.pixel
+        if scanned.inflated:
+            body = scanned.body if pixel is None else scanned.body[: pixel.element_start]
+            return _file_meta(rec.sop_class_uid, sop_instance_uid, EXPLICIT_LE) + body
         return data if pixel is None else data[: pixel.element_start]
 
     def pixel_tag(self, sop_instance_uid: str) -> int | None:

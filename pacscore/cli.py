@@ -198,7 +198,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in (
         "host", "dimse_port", "http_port", "grpc_port", "ae_title", "cors", "max_body",
         "max_pdu", "max_associations", "idle_timeout", "spool", "tls_cert", "tls_key",
-        "tls_ca")}
+        "tls_ca", "public_url", "max_http_connections")}
     serve(Path(args.archive), ServeConfig.load(args.config, overrides))
     return EXIT_OK
 
@@ -377,6 +377,10 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--tls-cert", help="PEM certificate: TLS on DIMSE, HTTP and gRPC")
     srv.add_argument("--tls-key", help="PEM key of --tls-cert")
     srv.add_argument("--tls-ca", help="CA of client certificates (mutual TLS: DIMSE, gRPC)")
+    srv.add_argument("--public-url", help="URL clients reach the HTTP service at (behind a "
+                     "reverse proxy); DICOMweb answers' URLs start with it")
+    srv.add_argument("--max-http-connections", type=int,
+                     help="open HTTP connections (default 256); more are answered 503")
     srv.set_defaults(func=_cmd_serve)
 
     tok = sub.add_parser("token", help="bearer tokens for DICOMweb")

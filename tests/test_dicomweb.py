@@ -629,7 +629,7 @@ def test_a_stalled_stow_body_is_answered_408(tmp_path: Path, ct: list[Path]) -> 
             answer = sock.recv(4096)
             assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
             assert time.monotonic() - started < 10
-        assert list(archive.glob("stow-*/*")) == []
+        assert list((archive / "tmp").rglob("*.part")) == []
         assert json.loads(cli("stats", "--archive", str(archive), "--json"))[
             "instances"] == 0
     (entry,) = [e for e in _audit(archive) if e["interface"] == "dicomweb"]
@@ -648,7 +648,7 @@ def test_a_client_gone_mid_stow_is_audited_and_cleaned_up(service: Service,
             break
         time.sleep(0.1)
     assert len(gone) == 1 and gone[0]["outcome"] != "success"
-    assert list(service.archive.glob("stow-*/*")) == []
+    assert list((service.archive / "tmp").rglob("*.part")) == []
     assert service.stats()["instances"] == 0
 
 

@@ -85,9 +85,17 @@ def test_refusals(server: tuple[int, Path], corpus: Path) -> None:
     with pytest.raises(grpc.RpcError) as info:
         anonymous.stub.Stats(pb.StatsRequest(), metadata=anonymous.meta)
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # The standard health service answers without a token (orchestrator probes send
+    # none) and says only SERVING; reflection still needs one.
     health = health_pb2_grpc.HealthStub(anonymous.channel)
+    assert health.Check(health_pb2.HealthCheckRequest(service="")).status == \
+        health_pb2.HealthCheckResponse.SERVING
+    watch = health.Watch(health_pb2.HealthCheckRequest(service="pacscore.v1.Archive"))
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    watch.cancel()
     with pytest.raises(grpc.RpcError) as info:
-        health.Check(health_pb2.HealthCheckRequest(service=""), metadata=anonymous.meta)
+        list(reflection_pb2_grpc.ServerReflectionStub(anonymous.channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     reader_token = cli("token", "create", "--scope", "read", "--archive", str(archive)).strip()
     reader = Client(port, reader_token)

@@ -4,8 +4,8 @@ values that the metadata (:mod:`.metadata`) replaces by a ``BulkDataURI``.
 A bulk data URL is ``.../studies/{study}/series/{series}/instances/{sop}/bulk/{path}``
 where ``path`` is a tag (``00420011``) or, for a value inside a sequence, tags and
 0-based item indices in turn (``54000100/1/54001010``: the Waveform Data of the second
-Waveform Sequence item).  :func:`element_paths` makes these paths when the metadata is
-built and :func:`parse_path` reads them back, so the two cannot disagree.
+Waveform Sequence item).  The metadata writes these paths as it converts each element
+and :func:`parse_path` reads them back (the round trip is tested).
 
 Values are answered as they are in the object as received, little endian (PS3.18
 8.7.3.3.1: bulk data is in Explicit VR Little Endian).  The top-level Pixel Data
@@ -38,7 +38,7 @@ from ..index.records import StoreKind
 from .dicomweb_media import MEDIA_OF, parse_accept
 from .multipart import encode_related
 
-__all__ = ["BulkData", "element_paths", "parse_path"]
+__all__ = ["BulkData", "parse_path"]
 
 PIXEL_DATA = 0x7FE00010
 _FIRST_PIXEL_TAG = 0x7FE00008  # Float Pixel Data: every pixel data element is from here on
@@ -56,27 +56,6 @@ _NATIVE_RANGES = frozenset({("*/*", None), (_OCTETS, None), ("multipart/related"
 
 
 # -- paths -------------------------------------------------------------------------
-def element_paths(ds: Dataset) -> dict[int, str]:
-    """Bulk data path of every element of ``ds`` and its sequences, by ``id()`` of the
-    element object (what ``Dataset.to_json_dict`` hands its bulk data handler)."""
-    paths: dict[int, str] = {}
-
-    def walk(node: Dataset, prefix: str) -> None:
-        for tag in list(node.keys()):
-            try:
-                elem = node[tag]
-            except Exception:  # an undecodable value: to_json_dict reports it
-                continue
-            path = f"{prefix}{int(tag):08X}"
-            paths[id(elem)] = path
-            if elem.VR == "SQ":
-                for i, item in enumerate(elem.value or ()):
-                    walk(item, f"{path}/{i}/")
-
-    walk(ds, "")
-    return paths
-
-
 def parse_path(text: str) -> tuple[tuple[int, int], ...]:
     """``tag[/index/tag]...`` as (tag, index) steps; the last index is -1.
 

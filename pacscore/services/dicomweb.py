@@ -3,7 +3,9 @@
 Handlers translate requests into :class:`~pacscore.Archive` calls (in a thread pool)
 and map errors to HTTP statuses through :data:`HTTP_STATUS`.  Every request needs a
 bearer token with the scope of its method (401 without a valid token, 403 with too
-little scope); every access is audited.
+little scope; the reason in a ``Warning`` header and a JSON body); every access is
+audited with the UIDs it names.  ``/healthz`` alone answers without a token, and says
+nothing but ``ok``.
 """
 
 from __future__ import annotations
@@ -31,9 +33,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..archive import Archive, StoreResult
-from ..dicom.header import InstanceHeader, read_header
-from ..dicom.scan import scan
+from ..archive import Archive
+from ..dicom.syntaxes import EXPLICIT_LE
 from ..errors import (
     ArchiveStorageError,
     ConflictError,
@@ -44,6 +45,15 @@ from ..errors import (
 )
 from ..index import InstanceRecord
 from .bulkdata import BulkData
+from .dicomweb_answers import (
+    healthz,
+    kept_as_stored,
+    outcome,
+    path_uids,
+    refusal,
+    warning_left_out,
+    warning_text,
+)
 from .dicomweb_media import frame_choices, parse_accept, render, rendered_media
 from .metadata import SeriesMetadata
 from .multipart import (
@@ -51,12 +61,10 @@ from .multipart import (
     MultipartError,
     TooLargeError,
     encode_related,
-    idle_limited,
-    parse_related,
-    related_boundary,
     stream_related,
 )
 from .security import AuditLog
+from .stow import Stow
 from .tokens import TokenStore
 
 __all__ = ["HTTP_STATUS", "create_app"]
@@ -75,12 +83,8 @@ HTTP_STATUS: dict[type[Exception], int] = {
 }
 _SCOPE_FOR_METHOD = {"GET": "read", "HEAD": "read", "POST": "write", "DELETE": "delete"}
 _DICOM_JSON = "application/dicom+json"
-# Failure Reason (0008,1197) of a STOW-RS instance (PS3.18 Table I.2-2).  A study
-# mismatch has no code of its own there ("additional codes may be used"): A901, in the
-# A9xx family, as Microsoft's DICOM service answers it.
-_FAILURE_REASON = {"out of resources": 0xA700, "study mismatch": 0xA901,
-                   "cannot understand": 0xC000}
 # Audit event and action (PS3.15 A.5.3) of each request: by handler, else by method.
+# The outcome follows the status the peer was told (:func:`.dicomweb_answers.outcome`).
 _AUDIT_BY_HANDLER = {"qido": ("query", "E")}
 _AUDIT_BY_METHOD = {"GET": ("accessed", "R"), "HEAD": ("accessed", "R"),
                     "POST": ("transferred", "C"), "DELETE": ("deleted", "D")}
@@ -159,20 +163,15 @@ def _match_json(match: dict[str, Any], base: str, level: str) -> dict[str, Any]:
 
 
 def _asked_syntax(request: Request) -> str | None:
-    """Transfer syntax asked for in Accept (None for ``*`` or none: the stored one)."""
+    """Transfer syntax asked for in Accept: a UID, ``*`` (any: the stored one), or None
+    when Accept names none (the default, Explicit VR Little Endian: PS3.18 8.7.3.4)."""
     accept = request.headers.get("accept", "")
     for item in accept.split(","):
         for param in item.split(";")[1:]:
             key, _, value = param.strip().partition("=")
             if key.lower() == "transfer-syntax":
-                value = value.strip('"')
-                return None if value == "*" else value
+                return value.strip().strip('"')
     return None
-
-
-def _accepted_syntax(request: Request, default: str) -> str:
-    """Transfer syntax asked for in Accept (``*`` or none: ``default``, the stored one)."""
-    return _asked_syntax(request) or default
 
 
 def _reason(exc: Exception) -> str:
@@ -198,15 +197,6 @@ def _produced(produce: Callable[[str], tuple[str, bytes]], sops: Iterable[str],
         yield part
 
 
-def _warning(left_out: list[str], total: int) -> str:
-    """A Warning header (RFC 7234 5.5, which PS3.18 recommends for details of a status)
-    naming what was left out; latin-1 and bounded, as header values must be."""
-    text = f"{len(left_out)} of {total} instances left out: " + "; ".join(left_out)
-    text = text.replace('"', "'").replace("\r", " ").replace("\n", " ")
-    text = text.encode("latin-1", "replace").decode("latin-1")
-    return f'299 pacscore "{text[:2000]}"'
-
-
 def _misplaced(rec: InstanceRecord, path: dict[str, str]) -> bool:
     """The path names the instance under a study or series it is not in."""
     return rec.study_uid != path["study"] or path.get("series", rec.series_uid) != \
@@ -218,10 +208,10 @@ _DELETE_LEVELS = (("sop", "instance"), ("series", "series"), ("study", "study"))
 
 
 class _Api:
-    def __init__(self, archive: Archive, tokens: TokenStore, audit: AuditLog,
-                 max_body: int, tmp_dir: Path, idle_timeout: float):
-        self.archive, self.tokens, self.audit = archive, tokens, audit
-        self.max_body, self.tmp_dir, self.idle_timeout = max_body, tmp_dir, idle_timeout
+    def __init__(self, archive: Archive, tokens: TokenStore, audit: AuditLog, tmp_dir: Path,
+                 public_url: str | None = None):
+        self.archive, self.tokens, self.audit, self.tmp_dir = archive, tokens, audit, tmp_dir
+        self.public_url = public_url.rstrip("/") if public_url else None
         self.meta = SeriesMetadata(archive)
 
     # -- plumbing ---------------------------------------------------------------
@@ -234,19 +224,25 @@ class _Api:
             token = header[7:].strip() if header.lower().startswith("bearer ") else ""
             scope = self.tokens.scope(token) if token else None
             host = request.client.host if request.client else "?"
+            named = path_uids(request)
             if scope is None:
+                why = ("the bearer token is unknown or revoked" if token else
+                       "no bearer token: send 'Authorization: Bearer <token>' (pacscore "
+                       "token create --scope read)")
                 self.audit.record("authentication", action="E", outcome="minor",
                                   user=self.tokens.user(token), host=host,
-                                  interface="dicomweb",
-                                  detail=f"{request.method} {request.url.path}: no valid token")
-                return JSONResponse({"error": "a valid bearer token is required"}, 401,
-                                    headers={"WWW-Authenticate": 'Bearer realm="pacscore"'})
+                                  interface="dicomweb", objects=named,
+                                  detail=f"{request.method} {request.url.path}: {why}")
+                return refusal(request, 401, "a valid bearer token is required", why,
+                               {"WWW-Authenticate": 'Bearer realm="pacscore"'})
             user = self.tokens.user(token)
             if not self.tokens.grants(scope, needed):
+                why = (f"{request.method} needs the {needed!r} scope; this token has "
+                       f"{scope!r}")
                 self.audit.record("authentication", action="E", outcome="minor", user=user,
-                                  host=host, interface="dicomweb",
-                                  detail=f"{request.method} {request.url.path}: needs {needed}")
-                return JSONResponse({"error": f"this token lacks the {needed!r} scope"}, 403)
+                                  host=host, interface="dicomweb", objects=named,
+                                  detail=f"{request.method} {request.url.path}: {why}")
+                return refusal(request, 403, "this token lacks the scope needed", why)
             detail = ""
             try:
                 response: Response = await handler(request)
@@ -262,10 +258,12 @@ class _Api:
                 response, detail = Response(status_code=400), ": client disconnected"
             kind, code = (event, action) if event and action else _AUDIT_BY_METHOD.get(
                 request.method, ("accessed", "E"))
+            # A handler that knows more (STOW-RS: every instance and its fate) says so.
+            objects = getattr(request.state, "audit_objects", None) or named
+            detail += getattr(request.state, "audit_detail", "")
             self.audit.record(
-                kind, action=code,
-                outcome="success" if response.status_code < 400 else "minor",
-                user=user, host=host, interface="dicomweb",
+                kind, action=code, outcome=outcome(response.status_code), user=user,
+                host=host, interface="dicomweb", objects=objects,
                 detail=f"{request.method} {request.url.path} -> {response.status_code}"
                        f"{detail}")
             return response
@@ -273,78 +271,18 @@ class _Api:
         return run
 
     def base(self, request: Request) -> str:
-        return str(request.base_url).rstrip("/") + "/dicom-web"
-
-    def _identify(self, path: Path) -> InstanceHeader | None:
-        """Identity of a STOW-RS part read with the archive's own parser, before it is
-        stored; None when it cannot be read (the store then says why)."""
-        limits = self.archive.config.limits
-        try:
-            return read_header(scan(path.read_bytes(), limits, "STOW-RS part"), limits,
-                               "STOW-RS part", "")
-        except (PacsError, OSError):
-            return None
-
-    # -- STOW-RS ----------------------------------------------------------------
-    async def stow(self, request: Request) -> Response:
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > self.max_body:
-            raise TooLargeError(f"request body of {declared} bytes over {self.max_body}")
-        boundary = related_boundary(request.headers.get("content-type", ""))
-        parts = await parse_related(idle_limited(request.stream(), self.idle_timeout),
-                                    boundary, self.max_body, self.tmp_dir)
-        study_filter = request.path_params.get("study")
-        stored: list[StoreResult] = []
-        failed: list[tuple[str | None, str | None, int, str]] = []  # (sop, class, code, why)
-        try:
-            for part in parts:
-                ctype = part.headers.get("content-type", "application/dicom").split(";")[0]
-                if ctype.strip().lower() != "application/dicom":
-                    failed.append((None, None, _FAILURE_REASON["cannot understand"],
-                                   f"unsupported part type {ctype}: send application/dicom"))
-                    continue
-                if study_filter:  # checked before anything is stored
-                    header = await run_in_threadpool(self._identify, part.path)
-                    if header is not None and header.study_uid != study_filter:
-                        failed.append((
-                            header.sop_instance_uid, header.sop_class_uid,
-                            _FAILURE_REASON["study mismatch"],
-                            f"instance {header.sop_instance_uid} is in study "
-                            f"{header.study_uid}, not in {study_filter} that the URL names: "
-                            f"not stored; send it to /studies/{header.study_uid} or "
-                            f"/studies"))
-                        continue
-                try:
-                    result = await run_in_threadpool(self.archive.store, part.path,
-                                                     source="STOW-RS part")
-                except PacsError as exc:
-                    code = _FAILURE_REASON["out of resources" if isinstance(
-                        exc, ArchiveStorageError) else "cannot understand"]
-                    failed.append((None, None, code, exc.reason))
-                    continue
-                stored.append(result)
-        finally:
-            for part in parts:
-                part.path.unlink(missing_ok=True)
-        body: dict[str, Any] = {}
-        if stored:  # PS3.18 Table I.2-1 (Referenced SOP Sequence)
-            body["00081199"] = {"vr": "SQ", "Value": [{
-                "00081150": {"vr": "UI", "Value": [r.sop_class_uid]},
-                "00081155": {"vr": "UI", "Value": [r.sop_instance_uid]},
-                "00081190": {"vr": "UR", "Value": [
-                    f"{self.base(request)}/studies/{r.study_uid}/series/{r.series_uid}"
-                    f"/instances/{r.sop_instance_uid}"]},
-            } for r in stored]}
-        if failed:  # PS3.18 Table I.2-1 (Failed SOP Sequence)
-            body["00081198"] = {"vr": "SQ", "Value": [{
-                **({"00081150": {"vr": "UI", "Value": [cls]}} if cls else {}),
-                **({"00081155": {"vr": "UI", "Value": [uid]}} if uid else {}),
-                "00081197": {"vr": "US", "Value": [code]},
-                "00090010": {"vr": "LO", "Value": ["PACSCORE"]},
-                "00091001": {"vr": "LT", "Value": [reason]},
-            } for uid, cls, code, reason in failed]}
-        status = 200 if not failed else 202 if stored else 409
-        return Response(json.dumps(body), status, media_type=_DICOM_JSON)
+        """The absolute URL of ``/dicom-web`` that the answer's URLs start with (Retrieve
+        URLs, BulkDataURIs): the configured public URL (behind a reverse proxy), else
+        the request's scheme, host and port.  A Host header without a port (as
+        dicomweb-client sends it) means the port this server listens on, not 80."""
+        if self.public_url:
+            return self.public_url + "/dicom-web"
+        url = request.base_url
+        server = request.scope.get("server")
+        if url.port is None and server and server[1] is not None and \
+                server[1] != {"http": 80, "https": 443}.get(url.scheme):
+            url = url.replace(port=int(server[1]))
+        return str(url).rstrip("/") + "/dicom-web"
 
     # -- QIDO-RS ----------------------------------------------------------------
     async def qido(self, request: Request) -> Response:
@@ -425,15 +363,16 @@ class _Api:
         boundary = uuid.uuid4().hex
         media = f'multipart/related; type="application/dicom"; boundary={boundary}'
         asked = _asked_syntax(request)
-        if asked is not None and not await run_in_threadpool(self._all_stored_as, sops,
-                                                             asked):
+        if asked not in (None, "*") and not await run_in_threadpool(self._all_stored_as,
+                                                                    sops, asked):
             # A transcode can fail for one instance (YBR_FULL_422 to JPEG-LS): the
             # status depends on every instance, so the answer is made before it.
             spool, left_out = await run_in_threadpool(self._spool, request, sops,
                                                       boundary)
             return StreamingResponse(
                 _read_spool(spool), 206 if left_out else 200, media_type=media,
-                headers={"Warning": _warning(left_out, len(sops))} if left_out else None)
+                headers={"Warning": warning_left_out(left_out, len(sops))} if left_out
+                else None)
         first = await run_in_threadpool(self._part, request, sops[0])  # errors: a status
 
         def parts() -> Iterator[tuple[str, bytes]]:
@@ -476,13 +415,41 @@ class _Api:
 
     def _part(self, request: Request, sop: str) -> tuple[str, bytes]:
         rec = self.archive.record(sop)
-        ts = _accepted_syntax(request, rec.stored_syntax)
+        asked = _asked_syntax(request)
+        if asked is None:
+            ts, data = self._default_syntax(rec)
+            return f"application/dicom; transfer-syntax={ts}", data
+        ts = rec.stored_syntax if asked == "*" else asked
         choice = "stored" if ts == rec.stored_syntax else ts
         return f"application/dicom; transfer-syntax={ts}", self.archive.get(sop, choice)
 
+    def _default_syntax(self, rec: InstanceRecord) -> tuple[str, bytes]:
+        """An instance asked for without a transfer syntax (WADO-RS, WADO-URI): in
+        Explicit VR Little Endian, the default of PS3.18 8.7.3.4 (9.4.2.4 for
+        WADO-URI), unless it may stay in its stored syntax
+        (:func:`.dicomweb_answers.kept_as_stored`).  One that this archive cannot
+        convert (a data set without pixel data in another syntax, pixel data it cannot
+        decode) goes out as stored rather than not at all, logged: every instance asked
+        for is answered."""
+        sop = rec.sop_instance_uid
+        why = kept_as_stored(rec)
+        if why is None:
+            try:
+                return EXPLICIT_LE, self.archive.get(
+                    sop, "stored" if rec.stored_syntax == EXPLICIT_LE else EXPLICIT_LE)
+            except NotFoundError:
+                raise
+            except Exception as exc:  # a conversion this archive cannot make
+                why = f"it cannot be made in Explicit VR Little Endian: {_reason(exc)}"
+                log.warning("instance %s sent as stored (%s): %s", sop, rec.stored_syntax,
+                            why, exc_info=not isinstance(exc, PacsError | ValueError))
+        else:
+            log.info("instance %s sent as stored (%s): %s", sop, rec.stored_syntax, why)
+        return rec.stored_syntax, self.archive.get(sop, "stored")
+
     async def metadata(self, request: Request) -> Response:
         p = request.path_params
-        await run_in_threadpool(self._scope_uids, request)  # 404 when nothing matches
+        sops = await run_in_threadpool(self._scope_uids, request)  # 404: nothing matches
         if "sop" in p:
             body = await run_in_threadpool(
                 lambda: json.dumps([self.meta.instance(p["sop"])]).encode())
@@ -490,8 +457,14 @@ class _Api:
             body = await run_in_threadpool(self.meta.series, p["series"])
         else:
             body = await run_in_threadpool(self.meta.study, p["study"])
+        # What the stored headers hold is always answered; what could not be converted
+        # is named (the elements went out as received, VR UN).
+        problems = self.meta.problems(sops)
+        headers = {"Warning": warning_text(
+            f"{len(problems)} of {len(sops)} instances have values that are not valid "
+            f"for their VR: " + " | ".join(problems))} if problems else None
         return Response(self.meta.render(body, self.base(request)), 200,
-                        media_type=_DICOM_JSON)
+                        media_type=_DICOM_JSON, headers=headers)
 
     async def frames(self, request: Request) -> Response:
         sop = request.path_params["sop"]
@@ -591,8 +564,10 @@ class _Api:
             single = await run_in_threadpool(self._single_frame_image, sop)
             asked = ["image/jpeg" if single else "application/dicom"]
         if any(m.strip().lower() == "application/dicom" for m in asked):
-            ts = q.get("transferSyntax", "original")
-            data = await run_in_threadpool(self.archive.get, sop, ts)
+            if "transferSyntax" in q:
+                data = await run_in_threadpool(self.archive.get, sop, q["transferSyntax"])
+            else:  # PS3.18 9.4.2.4: Explicit VR Little Endian (8.7.3.4)
+                _, data = await run_in_threadpool(self._default_syntax, rec)
             return Response(data, 200, media_type="application/dicom")
         media = rendered_media([m for m in asked if m.strip() not in ("*/*", "")]) \
             or rendered_media([m for m in asked if m.strip() == "*/*"])
@@ -617,21 +592,26 @@ def _read_spool(spool: IO[bytes]) -> Iterator[bytes]:
 
 
 def create_app(archive: Archive, *, cors_origins: list[str] | None = None,
-               max_body: int = 4 * 1024**3, idle_timeout: float = 60.0) -> Starlette:
-    """The DICOMweb ASGI app over ``archive`` (routes under ``/dicom-web`` and ``/wado``);
-    a request body that pauses longer than ``idle_timeout`` seconds is answered 408."""
-    tmp_dir = Path(tempfile.mkdtemp(prefix="stow-", dir=archive.root))
-    api = _Api(archive, TokenStore(archive.root), AuditLog(archive.root), max_body, tmp_dir,
-               idle_timeout)
+               max_body: int = 4 * 1024**3, idle_timeout: float = 60.0,
+               public_url: str | None = None) -> Starlette:
+    """The DICOMweb ASGI app over ``archive`` (routes under ``/dicom-web`` and ``/wado``,
+    and ``/healthz``); a request body that pauses longer than ``idle_timeout`` seconds is
+    answered 408.  URLs in answers start with ``public_url`` when given (the address
+    clients reach this server at, e.g. behind a reverse proxy), else with the request's
+    own scheme, host and port.  Request bodies and transcoded answers wait in a folder
+    of :attr:`Archive.tmp_dir`, which the archive empties when it is opened again."""
+    tmp_dir = Path(tempfile.mkdtemp(prefix="http-", dir=archive.tmp_dir))
+    api = _Api(archive, TokenStore(archive.root), AuditLog(archive.root), tmp_dir, public_url)
     g = api.guard
+    stow = Stow(archive, max_body, tmp_dir, idle_timeout, api.base)
     s, se, i = "/dicom-web/studies/{study}", "/series/{series}", "/instances/{sop}"
     routes = [
         Route("/dicom-web/studies", g(api.qido), methods=["GET"]),
-        Route("/dicom-web/studies", g(api.stow), methods=["POST"]),
+        Route("/dicom-web/studies", g(stow), methods=["POST"]),
         Route("/dicom-web/series", g(api.qido), methods=["GET"]),
         Route("/dicom-web/instances", g(api.qido), methods=["GET"]),
         Route(s, g(api.retrieve), methods=["GET"]),
-        Route(s, g(api.stow), methods=["POST"]),
+        Route(s, g(stow), methods=["POST"]),
         Route(s, g(api.delete), methods=["DELETE"]),
         Route(s + "/metadata", g(api.metadata), methods=["GET"]),
         Route(s + "/series", g(api.qido), methods=["GET"]),
@@ -649,6 +629,7 @@ def create_app(archive: Archive, *, cors_origins: list[str] | None = None,
         Route(s + se + i + "/thumbnail", g(api.rendered), methods=["GET"]),
         Route(s + se + i + "/frames/{frame:int}/rendered", g(api.rendered), methods=["GET"]),
         Route("/wado", g(api.wado_uri), methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),  # no token (see healthz)
     ]
     middleware = [Middleware(CORSMiddleware, allow_origins=cors_origins,
                              allow_methods=["GET", "POST", "DELETE"],

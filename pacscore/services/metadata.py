@@ -9,10 +9,17 @@ kept (least recently used out beyond a byte budget) with the series' change stam
 and the next request rebuilds it, from the instances already converted.  The request's
 base URL is not known in advance: bulk data URIs are kept with a placeholder that is
 replaced, JSON-escaped, when answering.
+
+What the archive keeps is answered whatever it holds: an element whose value cannot be
+converted to JSON (a DS of ``200&0``, a US of odd length, a broken private element)
+goes out as it was received, VR UN (PS3.18 F.2.7 InlineBinary or a BulkDataURI), and is
+named by :meth:`SeriesMetadata.problems`; a header that cannot be read at all gives the
+instance's identifiers from the index.  Neither fails the series.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -23,11 +30,12 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
+from pydicom.dataelem import RawDataElement
 
 from ..archive import Archive, StoreResult
+from ..errors import PacsError
 from ..index import InstanceRecord
-from .bulkdata import element_paths
 
 __all__ = ["SeriesMetadata"]
 
@@ -38,6 +46,40 @@ log = logging.getLogger(__name__)
 _PIXEL_VR = {0x7FE00008: "OF", 0x7FE00009: "OD"}
 _BASE = "\x00pacscore-base\x00"  # cannot occur in a URL or a DICOM value
 _BASE_JSON = json.dumps(_BASE)[1:-1].encode()
+_BULK_THRESHOLD = 4096  # base64 characters above which a value is given as a URI
+
+
+def _dicom_json(ds: Dataset, url: str, prefix: str, problems: list[str]) -> dict[str, Any]:
+    """``ds`` in DICOM JSON (PS3.18 F.2), element by element: one that cannot be
+    converted goes out as received, VR UN (or is left out when nothing of it was read
+    raw), and is noted in ``problems``.  Bulk data URIs are ``{url}/bulk/{path}`` with
+    the paths of :func:`.bulkdata.parse_path` (``tag``, ``tag/item/tag`` ...)."""
+    out: dict[str, Any] = {}
+    for tag in list(ds.keys()):
+        key, path = f"{int(tag):08X}", f"{prefix}{int(tag):08X}"
+        raw = ds.get_item(tag)  # as read (before pydicom converts it), for the fallback
+        try:
+            elem = ds[tag]
+            if elem.VR == "SQ":
+                out[key] = {"vr": "SQ", "Value": [
+                    _dicom_json(item, url, f"{path}/{i}/", problems)
+                    for i, item in enumerate(elem.value or ())]}
+            else:
+                out[key] = elem.to_json_dict(
+                    lambda _, path=path: f"{url}/bulk/{path}",  # type: ignore[misc]
+                    _BULK_THRESHOLD)
+        except Exception as exc:  # a value pydicom cannot convert: as it was received
+            value = raw.value if isinstance(raw, RawDataElement) else None
+            if isinstance(value, bytes | bytearray):
+                out[key] = {"vr": "UN", **(
+                    {"BulkDataURI": f"{url}/bulk/{path}"}
+                    if len(value) * 4 // 3 > _BULK_THRESHOLD else
+                    {"InlineBinary": base64.b64encode(value).decode()} if value else {})}
+            # Named by tag, VR and error type only: the value may be patient data.
+            vr = getattr(raw, "VR", None) or "?"
+            problems.append(f"({path}) {vr} value not convertible ({type(exc).__name__}); "
+                            + ("sent as received, VR UN" if key in out else "left out"))
+    return out
 
 
 class _Lru:
@@ -74,6 +116,7 @@ class SeriesMetadata:
                  max_bytes: int = 128 * 1024**2):
         self.archive, self.quiet = archive, quiet
         self._series, self._instances = _Lru(max_bytes), _Lru(max_bytes)
+        self._problems: dict[str, tuple[str, ...]] = {}  # by SOP Instance UID
         self._dirty: dict[str, float] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -85,22 +128,49 @@ class SeriesMetadata:
 
     # -- answering ---------------------------------------------------------------
     def instance(self, sop: str, rec: InstanceRecord | None = None) -> dict[str, Any]:
-        """DICOM JSON of one instance, bulk data URIs relative to the placeholder."""
+        """DICOM JSON of one instance, bulk data URIs relative to the placeholder.
+        Never fails for what the stored header holds (see the module's docstring); what
+        it could not convert is kept for :meth:`problems`."""
         rec = rec or self.archive.record(sop)
         url = f"{_BASE}/studies/{rec.study_uid}/series/{rec.series_uid}/instances/{sop}"
+        problems: list[str] = []
+        meta: dict[str, Any] = {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = dcmread(io.BytesIO(self.archive.header(sop)), force=True)
-            paths = element_paths(ds)  # values in sequences too: .../bulk/{tag}/{item}/{tag}
-            meta = ds.to_json_dict(bulk_data_threshold=4096, bulk_data_element_handler=(
-                lambda e: f"{url}/bulk/{paths.get(id(e), f'{e.tag:08X}')}"))
+            try:
+                ds = dcmread(io.BytesIO(self.archive.header(sop)), force=True)
+                meta = _dicom_json(ds, url, "", problems)
+            except PacsError:
+                raise  # not this instance's content (deleted meanwhile, storage)
+            except Exception as exc:  # the header cannot be read at all: the index's
+                problems.append(f"header unreadable ({type(exc).__name__}); identifiers "
+                                f"from the index only")
+                meta = {"00080016": {"vr": "UI", "Value": [rec.sop_class_uid]},
+                        "00080018": {"vr": "UI", "Value": [sop]},
+                        "0020000D": {"vr": "UI", "Value": [rec.study_uid]},
+                        "0020000E": {"vr": "UI", "Value": [rec.series_uid]}}
         pixel = self.archive.pixel_tag(sop)
         if pixel is not None:  # the header stops before it: the pixels of all frames
-            vr = _PIXEL_VR.get(pixel) or ("OW" if int(ds.get("BitsAllocated") or 8) > 8
-                                          else "OB")
+            bits_allocated = meta.get("00280100", {}).get("Value", [None])[0]
+            wide = isinstance(bits_allocated, int) and bits_allocated > 8
+            vr = _PIXEL_VR.get(pixel) or ("OW" if wide else "OB")
             meta[f"{pixel:08X}"] = {"vr": vr, "BulkDataURI": f"{url}/bulk/{pixel:08X}"}
         meta["00020010"] = {"vr": "UI", "Value": [rec.stored_syntax]}
-        return dict(meta)
+        with self._lock:
+            if problems:
+                log.warning("metadata of instance %s: %d element(s) not converted: %s",
+                            sop, len(problems), "; ".join(problems))
+                self._problems[sop] = tuple(problems)
+            else:
+                self._problems.pop(sop, None)
+        return dict(sorted(meta.items()))
+
+    def problems(self, sops: Sequence[str]) -> list[str]:
+        """What the metadata of ``sops`` could not convert, one line per instance (for
+        a ``Warning`` header); an instance counts as it was when last converted."""
+        with self._lock:
+            found = [(sop, self._problems.get(sop)) for sop in sops]
+        return [f"instance {sop}: {'; '.join(p)}" for sop, p in found if p]
 
     def series(self, series_uid: str) -> bytes:
         """The series' JSON array (placeholder base), from the cache when current."""

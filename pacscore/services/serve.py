@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import urlsplit
 
 import uvicorn
 
@@ -25,6 +26,7 @@ from ..errors import ArchiveBusyError
 from .dicomweb import create_app
 from .dimse import DimseServer
 from .grpc_api.server import start_grpc
+from .http_limits import guarded_h11
 from .tokens import TokenStore
 
 __all__ = ["ServeConfig", "default_spool", "serve"]
@@ -102,6 +104,7 @@ _LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
     # the PDU length field is 32 bits (PS3.8 9.3.1)
     "max_pdu": (lambda n: 0 <= n < 2**32, "0 (unlimited) or a length up to 4294967295"),
     "max_associations": (lambda n: n > 0, "above 0"),
+    "max_http_connections": (lambda n: n > 0, "above 0"),
     "idle_timeout": (lambda n: 0 < n < math.inf, "above 0 and finite (seconds)"),
 }
 
@@ -130,6 +133,20 @@ def _checked(cls: type, key: str, value: object, origin: str) -> object:
     return converted
 
 
+def _check_public_url(url: str) -> None:
+    """ValueError unless ``url`` is an absolute http(s) URL without query or fragment."""
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and \
+            not parts.query and not parts.fragment and (parts.port is None or parts.port > 0)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ValueError(f"public_url must be an absolute http or https URL without query "
+                         f"or fragment, found {url!r}; e.g. --public-url "
+                         f"https://pacs.example.org (or https://example.org/pacs)")
+
+
 @dataclass(frozen=True, slots=True)
 class ServeConfig:
     """Settings of ``pacscore serve`` (``--config FILE`` in TOML uses these names)."""
@@ -152,6 +169,8 @@ class ServeConfig:
     """Largest DIMSE PDU we accept (0 = unlimited)."""
     max_associations: int = 16
     """Concurrent DIMSE associations."""
+    max_http_connections: int = 256
+    """Open HTTP connections; one more is answered 503 and closed at once."""
     idle_timeout: float = 60.0
     """Seconds a peer may send nothing before its DIMSE association, gRPC Store stream
     or STOW-RS request body is ended."""
@@ -164,6 +183,11 @@ class ServeConfig:
     """PEM private key of ``tls_cert``."""
     tls_ca: str | None = None
     """PEM CA bundle: requires client certificates (mutual TLS) for DIMSE and gRPC."""
+    public_url: str | None = None
+    """The URL clients reach the HTTP service at (``https://pacs.example.org``, or
+    with a path prefix, behind a reverse proxy): the URLs in DICOMweb answers
+    (BulkDataURIs, Retrieve URLs) start with it.  Default: the request's own scheme,
+    host and port."""
 
     @classmethod
     def load(cls, path: str | None, overrides: dict[str, Any]) -> ServeConfig:
@@ -186,6 +210,8 @@ class ServeConfig:
         config = cls(**values)
         if bool(config.tls_cert) != bool(config.tls_key):
             raise ValueError("TLS needs both tls_cert and tls_key")
+        if config.public_url is not None:
+            _check_public_url(config.public_url)
         return config
 
     def server_ssl(self) -> ssl.SSLContext | None:
@@ -230,11 +256,18 @@ def serve(archive_dir: Path, config: ServeConfig) -> None:
                             else default_spool(archive.root))
         dimse.start(host, config.dimse_port, ssl_context=config.server_ssl())
         app = create_app(archive, cors_origins=list(config.cors) or None,
-                         max_body=config.max_body, idle_timeout=config.idle_timeout)
+                         max_body=config.max_body, idle_timeout=config.idle_timeout,
+                         public_url=config.public_url)
+        # Connections are bounded in number, request heads in time (10 s, or the idle
+        # timeout if shorter) and size (h11's 16 KiB), bodies in pauses (http_limits).
+        protocol = guarded_h11(max_connections=config.max_http_connections,
+                               header_timeout=min(config.idle_timeout, 10.0),
+                               body_timeout=config.idle_timeout + 5.0)
         http = uvicorn.Server(uvicorn.Config(
             app, host=host, port=http_port, log_level="warning", lifespan="on",
-            timeout_keep_alive=30, timeout_graceful_shutdown=5, ssl_certfile=config.tls_cert,
-            ssl_keyfile=config.tls_key))
+            http=protocol, server_header=False, timeout_keep_alive=30,
+            timeout_graceful_shutdown=5,
+            ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key))
         web = threading.Thread(target=http.run, name="dicomweb", daemon=True)
         web.start()
         while not http.started and web.is_alive():

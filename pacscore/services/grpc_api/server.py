@@ -1,7 +1,9 @@
 """gRPC service over :class:`~pacscore.Archive`, with health and reflection.
 
-An interceptor checks the bearer token of every call (health and reflection too):
-UNAUTHENTICATED without a valid token, PERMISSION_DENIED with too little scope.
+An interceptor checks the bearer token of every call (reflection too):
+UNAUTHENTICATED without a valid token, PERMISSION_DENIED with too little scope.  The
+standard health service (``grpc.health.v1.Health``) alone answers without one:
+orchestrator probes cannot send a token, and it tells only SERVING or not.
 Errors map to status codes through :data:`GRPC_STATUS`.
 
 No client can hold the server: a Store stream that sends nothing for ``idle_timeout``
@@ -51,6 +53,7 @@ GRPC_STATUS: dict[type[Exception], grpc.StatusCode] = {
     ValueError: grpc.StatusCode.INVALID_ARGUMENT,
 }
 _SCOPE = {"Store": "write", "Delete": "delete"}  # everything else: read
+_OPEN_SERVICES = ("/grpc.health.v1.Health/",)  # answered without a token (Check, Watch)
 _CHUNK = 1 << 20
 _PREFETCH = 4  # chunks a Store stream's reader may read ahead of the file writes
 _STORE_SHARE = 0.75  # of the worker threads; the rest stay for every other call
@@ -75,8 +78,8 @@ class _Auth(grpc.ServerInterceptor):  # type: ignore[misc]
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
-        if handler is None:
-            return None
+        if handler is None or details.method.startswith(_OPEN_SERVICES):
+            return handler
         token = _bearer(details.invocation_metadata)
         scope = self.tokens.scope(token) if token else None
         method = details.method.rsplit("/", 1)[-1]
@@ -215,7 +218,8 @@ def _servicer(archive: Archive, audit: AuditLog, max_object: int, idle_timeout: 
 
         def _store(self, request_iterator: Iterator[Any], context: grpc.ServicerContext,
                    refuse: Callable[[grpc.StatusCode, str], NoReturn]) -> Any:
-            fd, name = tempfile.mkstemp(prefix="grpc-", suffix=".dcm", dir=archive.root)
+            # In the archive's temp folder, which a restart empties (after a kill -9).
+            fd, name = tempfile.mkstemp(prefix="grpc-", suffix=".dcm", dir=archive.tmp_dir)
             try:
                 size = 0
                 with os.fdopen(fd, "wb") as f, _Chunks(request_iterator, idle_timeout,

@@ -1,0 +1,156 @@
+"""STOW-RS (PS3.18 10.5): a multipart/related body, spooled part by part to the
+archive's temp folder, each part stored through :meth:`Archive.store`; the answer is
+the Store Instances Response Module (PS3.18 Annex I) with 200, 202 or 409, and the
+request's audit line names every instance with its fate."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..archive import Archive, StoreResult
+from ..dicom.header import InstanceHeader, read_header, validate_uid
+from ..dicom.scan import scan
+from ..errors import ArchiveStorageError, PacsError
+from .multipart import TooLargeError, idle_limited, parse_related, related_boundary
+
+__all__ = ["Stow"]
+
+_DICOM_JSON = "application/dicom+json"
+# Failure Reason (0008,1197) of a STOW-RS instance (PS3.18 Table I.2-2).  A study
+# mismatch has no code of its own there ("additional codes may be used"): A901, in the
+# A9xx family, as Microsoft's DICOM service answers it.
+_FAILURE_REASON = {"out of resources": 0xA700, "study mismatch": 0xA901,
+                   "cannot understand": 0xC000}
+
+
+class Stow:
+    """The handler of ``POST /studies[/{study}]``.
+
+    Parameters
+    ----------
+    archive
+        Where the instances go.
+    max_body
+        Largest body in bytes (413 beyond, before it is read).
+    tmp_dir
+        Folder for the parts while they are stored.
+    idle_timeout
+        Seconds the body may pause (408 beyond).
+    base
+        The absolute URL of ``/dicom-web`` for a request (Retrieve URLs).
+    """
+
+    def __init__(self, archive: Archive, max_body: int, tmp_dir: Path, idle_timeout: float,
+                 base: Callable[[Request], str]):
+        self.archive, self.max_body, self.tmp_dir = archive, max_body, tmp_dir
+        self.idle_timeout, self.base = idle_timeout, base
+
+    def _identify(self, path: Path) -> InstanceHeader | None:
+        """Identity of a STOW-RS part read with the archive's own parser, before it is
+        stored; None when it cannot be read (the store then says why)."""
+        limits = self.archive.config.limits
+        try:
+            return read_header(scan(path.read_bytes(), limits, "STOW-RS part"), limits,
+                               "STOW-RS part", "")
+        except (PacsError, OSError):
+            return None
+
+    @staticmethod
+    def _claimed(path: Path) -> tuple[str | None, str | None]:
+        """SOP Instance and Class UIDs a refused STOW-RS part claims (read leniently;
+        a value that is not a UID is not repeated), to name it in the answer and the
+        audit trail."""
+        def uid(value: str) -> str | None:
+            try:
+                validate_uid(value, "UID")  # raises for what is not a UID (or nothing)
+            except PacsError:
+                return None
+            return value
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = dcmread(path, force=True, stop_before_pixels=True, defer_size=256,
+                             specific_tags=[0x00080016, 0x00080018])
+                return uid(str(ds.get("SOPInstanceUID") or "")), \
+                    uid(str(ds.get("SOPClassUID") or ""))
+        except Exception:  # not readable at all: the part stays unnamed
+            return None, None
+
+    async def __call__(self, request: Request) -> Response:
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > self.max_body:
+            raise TooLargeError(f"request body of {declared} bytes over {self.max_body}")
+        boundary = related_boundary(request.headers.get("content-type", ""))
+        parts = await parse_related(idle_limited(request.stream(), self.idle_timeout),
+                                    boundary, self.max_body, self.tmp_dir)
+        study_filter = request.path_params.get("study")
+        stored: list[StoreResult] = []
+        failed: list[tuple[str | None, str | None, int, str]] = []  # (sop, class, code, why)
+        try:
+            for part in parts:
+                ctype = part.headers.get("content-type", "application/dicom").split(";")[0]
+                if ctype.strip().lower() != "application/dicom":
+                    failed.append((None, None, _FAILURE_REASON["cannot understand"],
+                                   f"unsupported part type {ctype}: send application/dicom"))
+                    continue
+                if study_filter:  # checked before anything is stored
+                    header = await run_in_threadpool(self._identify, part.path)
+                    if header is not None and header.study_uid != study_filter:
+                        failed.append((
+                            header.sop_instance_uid, header.sop_class_uid,
+                            _FAILURE_REASON["study mismatch"],
+                            f"instance {header.sop_instance_uid} is in study "
+                            f"{header.study_uid}, not in {study_filter} that the URL names: "
+                            f"not stored; send it to /studies/{header.study_uid} or "
+                            f"/studies"))
+                        continue
+                try:
+                    result = await run_in_threadpool(self.archive.store, part.path,
+                                                     source="STOW-RS part")
+                except PacsError as exc:
+                    code = _FAILURE_REASON["out of resources" if isinstance(
+                        exc, ArchiveStorageError) else "cannot understand"]
+                    # Named when it names itself (PS3.18 Table I.2-1 wants the UIDs
+                    # of a failed instance; the audit trail too).
+                    uid, cls = await run_in_threadpool(self._claimed, part.path)
+                    failed.append((uid, cls, code, exc.reason))
+                    continue
+                stored.append(result)
+        finally:
+            for part in parts:
+                part.path.unlink(missing_ok=True)
+        # The audit line names every instance and its fate (PS3.15 A.5.3.2).
+        request.state.audit_objects = [r.sop_instance_uid for r in stored] + [
+            uid for uid, *_ in failed if uid]
+        request.state.audit_detail = f": {len(stored)} stored, {len(failed)} failed" + "".join(
+            f"; {uid or 'unreadable part'} failed 0x{code:04X} {why[:200]}"
+            for uid, _, code, why in failed[:20])
+        body: dict[str, Any] = {}
+        if stored:  # PS3.18 Table I.2-1 (Referenced SOP Sequence)
+            body["00081199"] = {"vr": "SQ", "Value": [{
+                "00081150": {"vr": "UI", "Value": [r.sop_class_uid]},
+                "00081155": {"vr": "UI", "Value": [r.sop_instance_uid]},
+                "00081190": {"vr": "UR", "Value": [
+                    f"{self.base(request)}/studies/{r.study_uid}/series/{r.series_uid}"
+                    f"/instances/{r.sop_instance_uid}"]},
+            } for r in stored]}
+        if failed:  # PS3.18 Table I.2-1 (Failed SOP Sequence)
+            body["00081198"] = {"vr": "SQ", "Value": [{
+                **({"00081150": {"vr": "UI", "Value": [cls]}} if cls else {}),
+                **({"00081155": {"vr": "UI", "Value": [uid]}} if uid else {}),
+                "00081197": {"vr": "US", "Value": [code]},
+                "00090010": {"vr": "LO", "Value": ["PACSCORE"]},
+                "00091001": {"vr": "LT", "Value": [reason]},
+            } for uid, cls, code, reason in failed]}
+        status = 200 if not failed else 202 if stored else 409
+        return Response(json.dumps(body), status, media_type=_DICOM_JSON)
