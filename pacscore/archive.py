@@ -32,9 +32,10 @@ import numpy as np
 import numpy.typing as npt
 
 from .codecs import by_syntax
+from .codecs.decoding import decodable, decode_frames, native_elements, nested_decoder
 from .config import ArchiveConfig
 from .dicom.header import PixelLayout, read_header
-from .dicom.part10 import HeaderParts, build_part10
+from .dicom.part10 import HeaderParts, build_part10, uncompressed_part10
 from .dicom.scan import PIXEL_DATA, ScannedObject, scan
 from .dicom.syntaxes import EXPLICIT_LE, syntax
 from .errors import (
@@ -46,13 +47,13 @@ from .errors import (
     InvalidDicomError,
     NotFoundError,
     PacsError,
+    UndecodablePixelDataError,
     UnsupportedTransferSyntaxError,
 )
 from .index import LEVELS, InstanceRecord, LmdbIndex, StoreKind
 from .ingest.pool import Rejected, Skipped, run_pool
 from .ingest.prepare import (
     Prepared,
-    decoded_input_frames,
     frame_crc32,
     native_bytes,
     native_frames,
@@ -140,6 +141,16 @@ class _Kept:
     """Its structure."""
     layout: PixelLayout | None
     """Its pixel layout (None without pixel data)."""
+    layout_problem: str | None = None
+    """Why its header cannot describe its pixels, if it cannot."""
+
+    @property
+    def decodable(self) -> bool:
+        """Its pixel data is encapsulated in a syntax decoded here, and described by
+        its header: decoded at ingest (refused if it did not decode) and by verify."""
+        pixel = self.scanned.pixel
+        return pixel is not None and pixel.encapsulated and self.layout is not None \
+            and self.layout_problem is None and decodable(self.scanned.transfer_syntax.uid)
 
     @property
     def frames(self) -> int:
@@ -147,6 +158,33 @@ class _Kept:
         if self.scanned.pixel is None:
             return 0
         return 1 if self.layout is None else self.layout.frames
+
+
+def _encoded(decoded: list[npt.NDArray[Any]], layout: PixelLayout, target: str,
+             sop: str) -> list[bytes]:
+    """Decoded frames encoded as ``target``; UnsupportedTransferSyntaxError when no
+    codec here writes it, its PS3.5 profile refuses the layout, or the codec fails."""
+    codec = by_syntax(target)
+    refused = "no encoder here" if codec is None else codec.refuses(layout)
+    if codec is None or refused:
+        raise UnsupportedTransferSyntaxError(
+            f"cannot encode instance {sop} as {syntax(target).name} ({target}): {refused}")
+    try:
+        return [codec.encode(np.ascontiguousarray(f), layout) for f in decoded]
+    except Exception as exc:  # codec libraries raise their own types
+        raise UnsupportedTransferSyntaxError(
+            f"cannot encode instance {sop} as {syntax(target).name}: {codec.name} failed "
+            f"({type(exc).__name__}: {exc})") from exc
+
+
+def _crc_problem(decoded: list[npt.NDArray[Any]], crcs: Sequence[int]) -> str | None:
+    """The first frame whose CRC-32 is not the recorded one, or None."""
+    if len(decoded) != len(crcs):
+        return f"{len(decoded)} frames decode, {len(crcs)} were recorded"
+    for i, (frame, crc) in enumerate(zip(decoded, crcs, strict=True)):
+        if frame_crc32(frame) != crc:
+            return f"frame {i} CRC mismatch"
+    return None
 
 
 class _Waiter:
@@ -509,14 +547,21 @@ class Archive:
         """An object kept as received, read and parsed."""
         data = self.store_.read_blob(rec.location)
         scanned = scan(data, self.config.limits, rec.sop_instance_uid)
-        layout = read_header(scanned, self.config.limits, rec.sop_instance_uid,
-                             rec.sha256).layout
-        return _Kept(data, scanned, layout)
+        header = read_header(scanned, self.config.limits, rec.sop_instance_uid, rec.sha256)
+        return _Kept(data, scanned, header.layout, header.layout_problem)
 
     def _decoded(self, rec: InstanceRecord, indices: Sequence[int] | None = None,
                  kept: _Kept | None = None) -> tuple[list[npt.NDArray[Any]], PixelLayout]:
-        """Decoded frames (native dtype) of an instance (``kept``: the object kept as
-        received, when the caller has read it already)."""
+        """Decoded frames (native dtype, colour-by-pixel) of an instance (``kept``: the
+        object kept as received, when the caller has read it already).
+
+        Raises
+        ------
+        UnsupportedTransferSyntaxError
+            :class:`~pacscore.errors.UndecodablePixelDataError` when its pixel data
+            does not decode (never a codec library's own exception).
+        """
+        sop = rec.sop_instance_uid
         if rec.kind == StoreKind.FRAMES:
             assert rec.layout is not None
             layout = PixelLayout.from_dict(rec.layout)
@@ -526,37 +571,43 @@ class Archive:
             wanted = range(layout.frames) if indices is None else indices
             streams = self.store_.read_frames(rec.location, list(wanted),
                                               2 + (layout.samples > 1) + 1)
-            return [codec.decode(s, layout) for s in streams], layout
+            try:
+                return [codec.decode(s, layout) for s in streams], layout
+            except Exception as exc:  # codec libraries raise their own types
+                raise UndecodablePixelDataError(
+                    f"instance {sop}: a stored {codec.name} frame does not decode "
+                    f"({type(exc).__name__}: {exc})", source=sop,
+                    hint="run `pacscore verify`; restore the instance from a replica or "
+                    "re-send it") from exc
         kept = kept or self._kept(rec)
-        data, scanned, layout_ = kept.data, kept.scanned, kept.layout
-        if layout_ is None or (rec.kept_reason and "Bits Allocated" in rec.kept_reason):
+        scanned, layout_ = kept.scanned, kept.layout
+        if layout_ is None or scanned.pixel is None or (
+                rec.kept_reason and "Bits Allocated" in rec.kept_reason):
             raise UnsupportedTransferSyntaxError(
-                f"instance {rec.sop_instance_uid} has no pixel data this archive can decode "
-                f"({rec.kept_reason}); ask for its original transfer syntax")
-        if layout_.photometric == "YBR_FULL_422" and not scanned.transfer_syntax.encapsulated:
+                f"instance {sop} has no pixel data this archive can decode "
+                f"({rec.kept_reason}); ask for its original or an uncompressed transfer "
+                f"syntax")
+        if indices is not None and (bad := [i for i in indices
+                                            if not 0 <= i < layout_.frames]):
+            raise NotFoundError(f"instance {sop} has {layout_.frames} frames; "
+                                f"no frame {bad[0]}")
+        if scanned.transfer_syntax.encapsulated:
+            try:
+                chosen = decode_frames(kept.data, scanned.transfer_syntax.uid, layout_,
+                                       indices)
+            except UndecodablePixelDataError as exc:
+                raise UndecodablePixelDataError(
+                    f"instance {sop} ({scanned.transfer_syntax.name}): {exc.reason}",
+                    source=sop) from exc
+            return chosen, layout_
+        if layout_.photometric == "YBR_FULL_422":
             raise UnsupportedTransferSyntaxError(
-                f"instance {rec.sop_instance_uid} holds native YBR_FULL_422 pixel data "
+                f"instance {sop} holds native YBR_FULL_422 pixel data "
                 f"(two samples of chroma per two pixels): it is sent uncompressed only; "
                 f"ask for its original or another uncompressed transfer syntax")
-        if scanned.transfer_syntax.encapsulated:
-            frames = decoded_input_frames(data, layout_)
-        else:
-            frames = list(native_frames(scanned, layout_))
-        chosen = frames if indices is None else [frames[i] for i in indices]
+        frames = native_frames(scanned, layout_)
+        chosen = list(frames) if indices is None else [frames[i] for i in indices]
         return chosen, layout_
-
-    @staticmethod
-    def _native_value(kept: _Kept) -> tuple[bytes, int] | None:
-        """The Pixel Data value of an object kept as received, with its Bits Allocated,
-        when it is native and already little endian (or 8-bit) as it is: sent as it is
-        in another uncompressed little-endian syntax, nothing decoded (also what
-        :meth:`_decoded` cannot take apart, e.g. YBR_FULL_422).  None otherwise."""
-        pixel, ts, layout = kept.scanned.pixel, kept.scanned.transfer_syntax, kept.layout
-        if pixel is None or ts.encapsulated or pixel.encapsulated or layout is None \
-                or layout.planar or not (ts.little_endian or layout.bits_allocated == 8):
-            return None
-        return bytes(kept.scanned.body[pixel.value_start:pixel.value_end]), \
-            layout.bits_allocated
 
     def _parts(self, rec: InstanceRecord, kept: _Kept | None) -> HeaderParts:
         if kept is None:
@@ -565,7 +616,8 @@ class Archive:
         pixel = scanned.pixel
         if pixel is None:
             raise UnsupportedTransferSyntaxError(
-                f"instance {rec.sop_instance_uid} has no pixel data to transcode")
+                f"instance {rec.sop_instance_uid} has no pixel data to compress; ask for "
+                f"its original or an uncompressed transfer syntax")
         # A deflated object's offsets are in its inflated data set (explicit VR little
         # endian, no File Meta before it): the parts are cut from that.
         src, start = (scanned.body, 0) if scanned.inflated else (data, scanned.dataset_start)
@@ -581,50 +633,72 @@ class Archive:
         transfer_syntax
             ``original`` (as received: byte-identical for uncompressed input and for
             anything kept as received), ``stored`` (a read, no transcode), or a
-            Transfer Syntax UID to transcode to.
+            Transfer Syntax UID to transcode to.  Every object converts among the
+            uncompressed syntaxes (Implicit VR Little Endian, Explicit VR Little and
+            Big Endian, Deflated): objects without pixel data and native ones as
+            they are, compressed ones decoded.
         """
         rec = self._record(sop_instance_uid)
         target = {"original": rec.original_syntax, "stored": rec.stored_syntax}.get(
             transfer_syntax, transfer_syntax)
         if rec.kind == StoreKind.BLOB and target == rec.stored_syntax:
             return self.store_.read_blob(rec.location)
-        kept = self._kept(rec) if rec.kind == StoreKind.BLOB else None
-        parts = self._parts(rec, kept)
         cls, sop = rec.sop_class_uid, rec.sop_instance_uid
         if rec.kind == StoreKind.FRAMES and target == rec.stored_syntax:
             assert rec.layout is not None
             layout = PixelLayout.from_dict(rec.layout)
             streams = self.store_.read_frames(rec.location, range(layout.frames),
                                               3 + (layout.samples > 1))
+            parts = HeaderParts.unpack(self.index.header(sop))
             return build_part10(parts, rec.original_syntax, target, cls, sop, frames=streams)
+        ts = syntax(target)
+        if ts.native:
+            return self._uncompressed(rec, target)
+        kept = self._kept(rec) if rec.kind == StoreKind.BLOB else None
+        parts = self._parts(rec, kept)
         # the data set the parts hold: a deflated one's is inflated (explicit VR LE)
         source = EXPLICIT_LE if syntax(rec.original_syntax).deflated else rec.original_syntax
-        ts = syntax(target)
-        same_values = self._native_value(kept) if kept and ts.native and ts.little_endian \
-            else None
-        if same_values is not None:  # uncompressed to uncompressed: the value as it is
-            raw, bits_allocated = same_values
-            return build_part10(parts, source, target, cls, sop, native=raw,
-                                bits_allocated=bits_allocated)
         decoded, layout = self._decoded(rec, kept=kept)
-        original = syntax(rec.original_syntax)
-        if target == rec.original_syntax and original.native and not original.deflated:
-            data = parts.original(native_bytes(decoded, layout, original.little_endian))
-            if hashlib.sha256(data).hexdigest() != rec.sha256:
-                raise ArchiveCorruptError(
-                    f"rebuilt original of {sop} does not match its SHA-256", source=sop)
-            return data
-        if ts.native:
-            raw = native_bytes(decoded, PixelLayout(**{**layout.to_dict(), "planar": False}),
-                               True)
-            return build_part10(parts, source, target, cls, sop, native=raw,
-                                bits_allocated=layout.bits_allocated)
-        codec = by_syntax(target)
-        if codec is None or codec.refuses(layout):
-            raise UnsupportedTransferSyntaxError(
-                f"cannot encode instance {sop} as {ts.name} ({target})")
-        streams = [codec.encode(np.ascontiguousarray(f), layout) for f in decoded]
+        streams = _encoded(decoded, layout, target, sop)
         return build_part10(parts, source, target, cls, sop, frames=streams)
+
+    def _uncompressed(self, rec: InstanceRecord, target: str) -> bytes:
+        """The instance in an uncompressed syntax: the data set re-encoded
+        (:func:`~pacscore.dicom.part10.uncompressed_part10`), native pixel data with
+        it, compressed pixel data decoded."""
+        cls, sop = rec.sop_class_uid, rec.sop_instance_uid
+        original = syntax(rec.original_syntax)
+        if rec.kind == StoreKind.FRAMES:
+            parts = HeaderParts.unpack(self.index.header(sop))
+            decoded, layout = self._decoded(rec)
+            if original.native:  # the original object, rebuilt (then converted)
+                data = parts.original(native_bytes(decoded, layout, original.little_endian))
+                if target == rec.original_syntax:
+                    if hashlib.sha256(data).hexdigest() != rec.sha256:
+                        raise ArchiveCorruptError(
+                            f"rebuilt original of {sop} does not match its SHA-256",
+                            source=sop)
+                    return data
+                return uncompressed_part10(data, parts.dataset_start, original.uid, target,
+                                           cls, sop)
+            body = parts.prefix[parts.dataset_start:] + parts.suffix
+            return uncompressed_part10(body, 0, original.uid, target, cls, sop,
+                                       native_elements(decoded, layout),
+                                       nested_decoder(original.uid))
+        kept = self._kept(rec)
+        scanned = kept.scanned
+        replace = None
+        if scanned.pixel is not None and scanned.pixel.encapsulated:
+            decoded, layout = self._decoded(rec, kept=kept)
+            replace = native_elements(decoded, layout)
+        start = 0 if scanned.inflated else scanned.dataset_start
+        nested = nested_decoder(original.uid) if original.encapsulated else None
+        try:
+            return uncompressed_part10(scanned.body, start, rec.original_syntax, target,
+                                       cls, sop, replace, nested)
+        except UndecodablePixelDataError as exc:
+            raise UndecodablePixelDataError(f"instance {sop}: an icon image {exc.reason}",
+                                            source=sop) from exc
 
     def frames(self, sop_instance_uid: str, indices: Sequence[int] | None = None,
                transfer_syntax: str = "stored") -> list[bytes]:
@@ -653,10 +727,7 @@ class Archive:
         if syntax(target).native or transfer_syntax == "native":
             return [np.ascontiguousarray(f).astype(f.dtype.newbyteorder("<")).tobytes()
                     for f in decoded]
-        codec = by_syntax(target)
-        if codec is None:
-            raise UnsupportedTransferSyntaxError(f"cannot encode frames as {target}")
-        return [codec.encode(np.ascontiguousarray(f), layout) for f in decoded]
+        return _encoded(decoded, layout, target, sop_instance_uid)
 
     def _kept_codestreams(self, rec: InstanceRecord, wanted: list[int] | None
                           ) -> list[bytes]:
@@ -671,10 +742,15 @@ class Archive:
         if bad := [i for i in wanted if not 0 <= i < count]:
             raise NotFoundError(f"instance {sop} has {count} frames; no frame {bad[0]}")
         assert pixel is not None  # count > 0
-        streams = list(generate_frames(
-            bytes(kept.scanned.body[pixel.value_start:pixel.value_end]),
-            number_of_frames=count))
-        return [streams[i] for i in wanted]
+        try:
+            streams = list(generate_frames(
+                bytes(kept.scanned.body[pixel.value_start:pixel.value_end]),
+                number_of_frames=count))
+            return [streams[i] for i in wanted]
+        except Exception as exc:  # pydicom raises its own types for bad fragments
+            raise UndecodablePixelDataError(
+                f"instance {sop}: its fragments do not split into {count} frames "
+                f"({type(exc).__name__}: {exc})", source=sop) from exc
 
     # -- query and admin ---------------------------------------------------------
     def find(self, level: str, *, limit: int | None = None, offset: int = 0,
@@ -750,24 +826,40 @@ class Archive:
         return len(removed)
 
     def verify(self) -> VerifyReport:
-        """Decode every stored frame against its CRC-32; hash every kept object."""
+        """Decode every stored frame against its CRC-32; hash every kept object, and
+        decode those kept in a compressed syntax decoded here (against their CRC-32s
+        when the syntax is lossless: lossy decoders may differ within the tolerance
+        ISO 10918-1 allows, so a newer decoder is no corruption)."""
         report = VerifyReport()
         for rec in self.index.records():
             report.checked += 1
             try:
                 if rec.kind == StoreKind.BLOB:
-                    data = self.store_.read_blob(rec.location)
-                    if hashlib.sha256(data).hexdigest() != rec.sha256:
-                        report.failed.append((rec.sop_instance_uid, "SHA-256 mismatch"))
-                    continue
-                decoded, _ = self._decoded(rec)
-                for i, (frame, crc) in enumerate(zip(decoded, rec.frame_crc32, strict=True)):
-                    if frame_crc32(frame) != crc:
-                        report.failed.append((rec.sop_instance_uid, f"frame {i} CRC mismatch"))
-                        break
+                    problem = self._verify_kept(rec)
+                else:
+                    decoded, _ = self._decoded(rec)
+                    problem = _crc_problem(decoded, rec.frame_crc32)
             except Exception as exc:  # a corrupt codestream raises in the codec
-                report.failed.append((rec.sop_instance_uid, f"{type(exc).__name__}: {exc}"))
+                problem = exc.reason if isinstance(exc, PacsError) else \
+                    f"{type(exc).__name__}: {exc}"
+            if problem:
+                report.failed.append((rec.sop_instance_uid, problem))
         return report
+
+    def _verify_kept(self, rec: InstanceRecord) -> str | None:
+        """Why an object kept as received fails verification, or None."""
+        data = self.store_.read_blob(rec.location)
+        if hashlib.sha256(data).hexdigest() != rec.sha256:
+            return "SHA-256 mismatch"
+        if not syntax(rec.stored_syntax).encapsulated:
+            return None
+        kept = self._kept(rec)
+        if not kept.decodable:
+            return None
+        decoded, _ = self._decoded(rec, kept=kept)
+        if syntax(rec.stored_syntax).lossy or not rec.frame_crc32:
+            return None  # (kept before pacscore recorded the CRC-32s of kept objects)
+        return _crc_problem(decoded, rec.frame_crc32)
 
     def stats(self) -> dict[str, Any]:
         """Totals: instances, compressed_instances, bytes_in, bytes_stored, per syntax."""
