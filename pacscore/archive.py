@@ -34,6 +34,7 @@ import numpy.typing as npt
 from .codecs import by_syntax
 from .codecs.decoding import decodable, decode_frames, native_elements, nested_decoder
 from .config import ArchiveConfig
+from .dicom.compare import Content, difference
 from .dicom.header import PixelLayout, read_header
 from .dicom.part10 import HeaderParts, build_part10, uncompressed_part10
 from .dicom.scan import PIXEL_DATA, ScannedObject, scan
@@ -485,15 +486,17 @@ class Archive:
         outcomes: dict[int, StoreResult | Rejected] = {}
         for i, p in enumerate(batch):
             rec = p.record
-            existing = self.index.get(rec.sop_instance_uid) or (
-                seen[rec.sop_instance_uid].record if rec.sop_instance_uid in seen else None)
+            stored = self.index.get(rec.sop_instance_uid)
+            earlier = None if stored else seen.get(rec.sop_instance_uid)
+            existing = stored or (earlier.record if earlier else None)
             if existing is None:
                 seen[rec.sop_instance_uid] = p
                 fresh.append(p)
-            elif existing.same_instance(rec):
+            elif (why := self._difference(p, existing, earlier)) is None:
                 outcomes[i] = _result(existing, "duplicate", p.source)
             else:
-                outcomes[i] = Rejected(p.source, self._conflict(rec, existing), "ConflictError")
+                outcomes[i] = Rejected(p.source, self._conflict(rec, existing, why),
+                                       "ConflictError")
         self.store_.discard([batch[i].record.location for i in outcomes])
         locs = [p.record.location for p in fresh]
         try:
@@ -524,17 +527,51 @@ class Archive:
             elif put.status == "duplicate" and put.existing is not None:
                 out.append(_result(put.existing, "duplicate", p.source))
             elif put.existing is not None:
-                out.append(Rejected(p.source, self._conflict(p.record, put.existing),
-                                    "ConflictError"))
+                out.append(Rejected(p.source, self._conflict(
+                    p.record, put.existing, "its content differs"), "ConflictError"))
             else:
                 out.append(Rejected(p.source, put.reason, "ConflictError"))
         return out, owned
 
     @staticmethod
-    def _conflict(new: InstanceRecord, old: InstanceRecord) -> str:
+    def _conflict(new: InstanceRecord, old: InstanceRecord, why: str) -> str:
         return (f"SOP Instance UID {new.sop_instance_uid} is already stored with different "
-                f"content (sha256 {old.sha256[:12]}… vs {new.sha256[:12]}…); the stored "
-                f"instance was kept (hint: delete it first to replace it)")
+                f"content: {why} (sha256 {old.sha256[:12]}… stored, {new.sha256[:12]}… "
+                f"received); the stored instance was kept (hint: delete it first to "
+                f"replace it)")
+
+    def _difference(self, new: Prepared, old: InstanceRecord, old_staged: Prepared | None
+                    ) -> str | None:
+        """What differs between a staged instance and the one of the same UID stored
+        (or staged earlier in the batch), or None when it is the same instance
+        (:func:`~pacscore.dicom.compare.difference`; only when the bytes differ)."""
+        rec = new.record
+        if rec.sha256 == old.sha256 or (
+                rec.content_sha256 and rec.content_sha256 == old.content_sha256):
+            return None
+        try:
+            return difference(self._content(rec, new.header), self._content(
+                old, old_staged.header if old_staged is not None else None))
+        except PacsError as exc:  # a damaged stored copy: never silently a duplicate
+            return f"the two cannot be compared ({exc.reason})"
+
+    def _content(self, rec: InstanceRecord, header: bytes | None) -> Content:
+        """What the duplicate policy compares of a stored or staged instance
+        (``header``: its packed header parts when not in the index yet)."""
+        if rec.kind == StoreKind.FRAMES:
+            parts = HeaderParts.unpack(header or self.index.header(rec.sop_instance_uid))
+            return Content(parts.prefix[parts.dataset_start:] + parts.suffix,
+                           syntax(rec.original_syntax), None, rec.frame_crc32, rec.layout)
+        scanned = scan(self.store_.read_blob(rec.location), self.config.limits,
+                       rec.sop_instance_uid)
+        body, pixel = scanned.body, scanned.pixel
+        start = 0 if scanned.inflated else scanned.dataset_start
+        encoding = syntax(EXPLICIT_LE) if scanned.inflated else scanned.transfer_syntax
+        if pixel is None:
+            return Content(bytes(body[start:]), encoding, None, rec.frame_crc32, rec.layout)
+        return Content(bytes(body[start:pixel.element_start]) + bytes(body[pixel.value_end:]),
+                       encoding, bytes(body[pixel.value_start:pixel.value_end]),
+                       rec.frame_crc32, rec.layout)
 
     # -- retrieve ----------------------------------------------------------------
     def _record(self, sop_instance_uid: str) -> InstanceRecord:

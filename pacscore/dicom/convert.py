@@ -40,7 +40,8 @@ from ..errors import InvalidDicomError, UnsupportedTransferSyntaxError
 from .scan import ITEM, ITEM_END, SEQUENCE_END, UNDEFINED
 from .syntaxes import IMPLICIT_LE, TransferSyntax, syntax
 
-__all__ = ["ENCAPSULATED", "SWAP_UNIT", "NestedDecoder", "convert_dataset", "swap_value"]
+__all__ = ["ENCAPSULATED", "SWAP_UNIT", "NestedDecoder", "convert_dataset", "swap_value",
+           "top_level"]
 
 # PS3.5 7.1.2: explicit VRs with 2 reserved bytes and a 32-bit length.
 _LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR",
@@ -338,3 +339,17 @@ def convert_dataset(body: bytes, start: int, source: TransferSyntax, target: Tra
     converter = _Converter(body, source, target, decode_nested)
     converted, _ = converter.dataset(start, len(body), {}, replace or {})
     return converted
+
+
+def top_level(dataset: bytes) -> list[tuple[int, bytes]]:
+    """The top-level elements of an implicit VR little endian data set: (tag, the
+    element's bytes, header included)."""
+    walker = _implicit_walker(dataset)
+    out: list[tuple[int, bytes]] = []
+    pos, end = 0, len(dataset)
+    while pos < end:
+        tag, _, length, value = walker.header(pos, end)
+        after = walker.skip_undefined(value, end) if length == UNDEFINED else value + length
+        out.append((tag, dataset[pos:after]))
+        pos = after
+    return out
