@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import threading
@@ -28,39 +27,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import numpy as np
 import numpy.typing as npt
 
-from .codecs import by_syntax
-from .codecs.decoding import decodable, decode_frames, native_elements, nested_decoder
 from .config import ArchiveConfig
-from .dicom.compare import Content, difference
-from .dicom.header import PixelLayout, read_header
-from .dicom.part10 import HeaderParts, build_part10, uncompressed_part10
-from .dicom.scan import PIXEL_DATA, ScannedObject, scan
-from .dicom.syntaxes import EXPLICIT_LE, syntax
+from .dicom.compare import difference
+from .dicom.part10 import HeaderParts
+from .dicom.scan import PIXEL_DATA, scan
 from .errors import (
     ERRORS_BY_NAME,
     ArchiveBusyError,
-    ArchiveCorruptError,
     ArchiveStorageError,
     ConflictError,
     InvalidDicomError,
     NotFoundError,
     PacsError,
-    UndecodablePixelDataError,
-    UnsupportedTransferSyntaxError,
 )
 from .index import LEVELS, InstanceRecord, LmdbIndex, StoreKind
 from .ingest.pool import Rejected, Skipped, run_pool
 from .ingest.prepare import (
     Prepared,
-    frame_crc32,
-    native_bytes,
-    native_frames,
     prepare,
 )
 from .ingest.workers import PrepareWorkers
+from .retrieve import Reader, crc_problem
 from .store import ZarrFrameStore
 
 __all__ = ["Archive", "StoreResult", "VerifyReport"]
@@ -130,62 +119,6 @@ def _writer_lock(root: Path) -> int | None:
         os.close(fd)
         return None
     return fd
-
-
-@dataclass(frozen=True, slots=True)
-class _Kept:
-    """An object kept as received, read and parsed once for one request."""
-
-    data: bytes
-    """The object as stored."""
-    scanned: ScannedObject
-    """Its structure."""
-    layout: PixelLayout | None
-    """Its pixel layout (None without pixel data)."""
-    layout_problem: str | None = None
-    """Why its header cannot describe its pixels, if it cannot."""
-
-    @property
-    def decodable(self) -> bool:
-        """Its pixel data is encapsulated in a syntax decoded here, and described by
-        its header: decoded at ingest (refused if it did not decode) and by verify."""
-        pixel = self.scanned.pixel
-        return pixel is not None and pixel.encapsulated and self.layout is not None \
-            and self.layout_problem is None and decodable(self.scanned.transfer_syntax.uid)
-
-    @property
-    def frames(self) -> int:
-        """Number of frames of its pixel data (0 without)."""
-        if self.scanned.pixel is None:
-            return 0
-        return 1 if self.layout is None else self.layout.frames
-
-
-def _encoded(decoded: list[npt.NDArray[Any]], layout: PixelLayout, target: str,
-             sop: str) -> list[bytes]:
-    """Decoded frames encoded as ``target``; UnsupportedTransferSyntaxError when no
-    codec here writes it, its PS3.5 profile refuses the layout, or the codec fails."""
-    codec = by_syntax(target)
-    refused = "no encoder here" if codec is None else codec.refuses(layout)
-    if codec is None or refused:
-        raise UnsupportedTransferSyntaxError(
-            f"cannot encode instance {sop} as {syntax(target).name} ({target}): {refused}")
-    try:
-        return [codec.encode(np.ascontiguousarray(f), layout) for f in decoded]
-    except Exception as exc:  # codec libraries raise their own types
-        raise UnsupportedTransferSyntaxError(
-            f"cannot encode instance {sop} as {syntax(target).name}: {codec.name} failed "
-            f"({type(exc).__name__}: {exc})") from exc
-
-
-def _crc_problem(decoded: list[npt.NDArray[Any]], crcs: Sequence[int]) -> str | None:
-    """The first frame whose CRC-32 is not the recorded one, or None."""
-    if len(decoded) != len(crcs):
-        return f"{len(decoded)} frames decode, {len(crcs)} were recorded"
-    for i, (frame, crc) in enumerate(zip(decoded, crcs, strict=True)):
-        if frame_crc32(frame) != crc:
-            return f"frame {i} CRC mismatch"
-    return None
 
 
 class _Waiter:
@@ -309,6 +242,7 @@ class Archive:
         self.store_ = ZarrFrameStore(self.frames_root, fsync=self.config.fsync)
         self.index = LmdbIndex(self.root / "index.lmdb", map_size=self.config.lmdb_map_size,
                                sync=self.config.fsync)
+        self._reader = Reader(self.store_, self.index, self.config.limits)
         self._commit_lock = threading.Lock()
         self._group = _GroupCommit(self._commit_batch, self._finish,
                                    self.config.commit_batch)
@@ -550,28 +484,10 @@ class Archive:
                 rec.content_sha256 and rec.content_sha256 == old.content_sha256):
             return None
         try:
-            return difference(self._content(rec, new.header), self._content(
+            return difference(self._reader.content(rec, new.header), self._reader.content(
                 old, old_staged.header if old_staged is not None else None))
         except PacsError as exc:  # a damaged stored copy: never silently a duplicate
             return f"the two cannot be compared ({exc.reason})"
-
-    def _content(self, rec: InstanceRecord, header: bytes | None) -> Content:
-        """What the duplicate policy compares of a stored or staged instance
-        (``header``: its packed header parts when not in the index yet)."""
-        if rec.kind == StoreKind.FRAMES:
-            parts = HeaderParts.unpack(header or self.index.header(rec.sop_instance_uid))
-            return Content(parts.prefix[parts.dataset_start:] + parts.suffix,
-                           syntax(rec.original_syntax), None, rec.frame_crc32, rec.layout)
-        scanned = scan(self.store_.read_blob(rec.location), self.config.limits,
-                       rec.sop_instance_uid)
-        body, pixel = scanned.body, scanned.pixel
-        start = 0 if scanned.inflated else scanned.dataset_start
-        encoding = syntax(EXPLICIT_LE) if scanned.inflated else scanned.transfer_syntax
-        if pixel is None:
-            return Content(bytes(body[start:]), encoding, None, rec.frame_crc32, rec.layout)
-        return Content(bytes(body[start:pixel.element_start]) + bytes(body[pixel.value_end:]),
-                       encoding, bytes(body[pixel.value_start:pixel.value_end]),
-                       rec.frame_crc32, rec.layout)
 
     # -- retrieve ----------------------------------------------------------------
     def _record(self, sop_instance_uid: str) -> InstanceRecord:
@@ -579,88 +495,6 @@ class Archive:
         if rec is None:
             raise NotFoundError(f"no instance {sop_instance_uid} in the archive")
         return rec
-
-    def _kept(self, rec: InstanceRecord) -> _Kept:
-        """An object kept as received, read and parsed."""
-        data = self.store_.read_blob(rec.location)
-        scanned = scan(data, self.config.limits, rec.sop_instance_uid)
-        header = read_header(scanned, self.config.limits, rec.sop_instance_uid, rec.sha256)
-        return _Kept(data, scanned, header.layout, header.layout_problem)
-
-    def _decoded(self, rec: InstanceRecord, indices: Sequence[int] | None = None,
-                 kept: _Kept | None = None) -> tuple[list[npt.NDArray[Any]], PixelLayout]:
-        """Decoded frames (native dtype, colour-by-pixel) of an instance (``kept``: the
-        object kept as received, when the caller has read it already).
-
-        Raises
-        ------
-        UnsupportedTransferSyntaxError
-            :class:`~pacscore.errors.UndecodablePixelDataError` when its pixel data
-            does not decode (never a codec library's own exception).
-        """
-        sop = rec.sop_instance_uid
-        if rec.kind == StoreKind.FRAMES:
-            assert rec.layout is not None
-            layout = PixelLayout.from_dict(rec.layout)
-            codec = by_syntax(rec.stored_syntax)
-            if codec is None:
-                raise UnsupportedTransferSyntaxError(f"no decoder for {rec.stored_syntax}")
-            wanted = range(layout.frames) if indices is None else indices
-            streams = self.store_.read_frames(rec.location, list(wanted),
-                                              2 + (layout.samples > 1) + 1)
-            try:
-                return [codec.decode(s, layout) for s in streams], layout
-            except Exception as exc:  # codec libraries raise their own types
-                raise UndecodablePixelDataError(
-                    f"instance {sop}: a stored {codec.name} frame does not decode "
-                    f"({type(exc).__name__}: {exc})", source=sop,
-                    hint="run `pacscore verify`; restore the instance from a replica or "
-                    "re-send it") from exc
-        kept = kept or self._kept(rec)
-        scanned, layout_ = kept.scanned, kept.layout
-        if layout_ is None or scanned.pixel is None or (
-                rec.kept_reason and "Bits Allocated" in rec.kept_reason):
-            raise UnsupportedTransferSyntaxError(
-                f"instance {sop} has no pixel data this archive can decode "
-                f"({rec.kept_reason}); ask for its original or an uncompressed transfer "
-                f"syntax")
-        if indices is not None and (bad := [i for i in indices
-                                            if not 0 <= i < layout_.frames]):
-            raise NotFoundError(f"instance {sop} has {layout_.frames} frames; "
-                                f"no frame {bad[0]}")
-        if scanned.transfer_syntax.encapsulated:
-            try:
-                chosen = decode_frames(kept.data, scanned.transfer_syntax.uid, layout_,
-                                       indices)
-            except UndecodablePixelDataError as exc:
-                raise UndecodablePixelDataError(
-                    f"instance {sop} ({scanned.transfer_syntax.name}): {exc.reason}",
-                    source=sop) from exc
-            return chosen, layout_
-        if layout_.photometric == "YBR_FULL_422":
-            raise UnsupportedTransferSyntaxError(
-                f"instance {sop} holds native YBR_FULL_422 pixel data "
-                f"(two samples of chroma per two pixels): it is sent uncompressed only; "
-                f"ask for its original or another uncompressed transfer syntax")
-        frames = native_frames(scanned, layout_)
-        chosen = list(frames) if indices is None else [frames[i] for i in indices]
-        return chosen, layout_
-
-    def _parts(self, rec: InstanceRecord, kept: _Kept | None) -> HeaderParts:
-        if kept is None:
-            return HeaderParts.unpack(self.index.header(rec.sop_instance_uid))
-        data, scanned = kept.data, kept.scanned
-        pixel = scanned.pixel
-        if pixel is None:
-            raise UnsupportedTransferSyntaxError(
-                f"instance {rec.sop_instance_uid} has no pixel data to compress; ask for "
-                f"its original or an uncompressed transfer syntax")
-        # A deflated object's offsets are in its inflated data set (explicit VR little
-        # endian, no File Meta before it): the parts are cut from that.
-        src, start = (scanned.body, 0) if scanned.inflated else (data, scanned.dataset_start)
-        return HeaderParts(bytes(src[: pixel.element_start]),
-                           bytes(src[pixel.element_start:pixel.value_start]),
-                           bytes(src[pixel.value_end:]), start, -1)
 
     def get(self, sop_instance_uid: str, transfer_syntax: str = "original") -> bytes:
         """The instance as a Part-10 object.
@@ -674,120 +508,21 @@ class Archive:
             uncompressed syntaxes (Implicit VR Little Endian, Explicit VR Little and
             Big Endian, Deflated): objects without pixel data and native ones as
             they are, compressed ones decoded.
-        """
-        rec = self._record(sop_instance_uid)
-        target = {"original": rec.original_syntax, "stored": rec.stored_syntax}.get(
-            transfer_syntax, transfer_syntax)
-        if rec.kind == StoreKind.BLOB and target == rec.stored_syntax:
-            return self.store_.read_blob(rec.location)
-        cls, sop = rec.sop_class_uid, rec.sop_instance_uid
-        if rec.kind == StoreKind.FRAMES and target == rec.stored_syntax:
-            assert rec.layout is not None
-            layout = PixelLayout.from_dict(rec.layout)
-            streams = self.store_.read_frames(rec.location, range(layout.frames),
-                                              3 + (layout.samples > 1))
-            parts = HeaderParts.unpack(self.index.header(sop))
-            return build_part10(parts, rec.original_syntax, target, cls, sop, frames=streams)
-        ts = syntax(target)
-        if ts.native:
-            return self._uncompressed(rec, target)
-        kept = self._kept(rec) if rec.kind == StoreKind.BLOB else None
-        parts = self._parts(rec, kept)
-        # the data set the parts hold: a deflated one's is inflated (explicit VR LE)
-        source = EXPLICIT_LE if syntax(rec.original_syntax).deflated else rec.original_syntax
-        decoded, layout = self._decoded(rec, kept=kept)
-        streams = _encoded(decoded, layout, target, sop)
-        return build_part10(parts, source, target, cls, sop, frames=streams)
 
-    def _uncompressed(self, rec: InstanceRecord, target: str) -> bytes:
-        """The instance in an uncompressed syntax: the data set re-encoded
-        (:func:`~pacscore.dicom.part10.uncompressed_part10`), native pixel data with
-        it, compressed pixel data decoded."""
-        cls, sop = rec.sop_class_uid, rec.sop_instance_uid
-        original = syntax(rec.original_syntax)
-        if rec.kind == StoreKind.FRAMES:
-            parts = HeaderParts.unpack(self.index.header(sop))
-            decoded, layout = self._decoded(rec)
-            if original.native:  # the original object, rebuilt (then converted)
-                data = parts.original(native_bytes(decoded, layout, original.little_endian))
-                if target == rec.original_syntax:
-                    if hashlib.sha256(data).hexdigest() != rec.sha256:
-                        raise ArchiveCorruptError(
-                            f"rebuilt original of {sop} does not match its SHA-256",
-                            source=sop)
-                    return data
-                return uncompressed_part10(data, parts.dataset_start, original.uid, target,
-                                           cls, sop)
-            body = parts.prefix[parts.dataset_start:] + parts.suffix
-            return uncompressed_part10(body, 0, original.uid, target, cls, sop,
-                                       native_elements(decoded, layout),
-                                       nested_decoder(original.uid))
-        kept = self._kept(rec)
-        scanned = kept.scanned
-        replace = None
-        if scanned.pixel is not None and scanned.pixel.encapsulated:
-            decoded, layout = self._decoded(rec, kept=kept)
-            replace = native_elements(decoded, layout)
-        start = 0 if scanned.inflated else scanned.dataset_start
-        nested = nested_decoder(original.uid) if original.encapsulated else None
-        try:
-            return uncompressed_part10(scanned.body, start, rec.original_syntax, target,
-                                       cls, sop, replace, nested)
-        except UndecodablePixelDataError as exc:
-            raise UndecodablePixelDataError(f"instance {sop}: an icon image {exc.reason}",
-                                            source=sop) from exc
+        Raises
+        ------
+        UnsupportedTransferSyntaxError
+            The instance cannot be made in that syntax (pixel data that does not
+            decode: :class:`~pacscore.errors.UndecodablePixelDataError`).
+        """
+        return self._reader.get(self._record(sop_instance_uid), transfer_syntax)
 
     def frames(self, sop_instance_uid: str, indices: Sequence[int] | None = None,
                transfer_syntax: str = "stored") -> list[bytes]:
         """Frame bytes: codestreams in the stored syntax (a read, no transcode),
         native little-endian samples for an uncompressed syntax, or codestreams of
         another encodable syntax.  Indices are 0-based."""
-        rec = self._record(sop_instance_uid)
-        wanted: list[int] | None
-        if rec.kind == StoreKind.FRAMES and rec.layout is not None:
-            n = rec.layout["frames"]
-            wanted = list(range(n)) if indices is None else list(indices)
-            bad = [i for i in wanted if not 0 <= i < n]
-            if bad:
-                raise NotFoundError(f"instance {sop_instance_uid} has {n} frames; "
-                                    f"no frame {bad[0]}")
-            if transfer_syntax in ("stored", rec.stored_syntax):
-                return self.store_.read_frames(rec.location, wanted,
-                                               3 + (rec.layout["samples"] > 1))
-        else:
-            wanted = None if indices is None else list(indices)
-            if transfer_syntax in ("stored", rec.stored_syntax) \
-                    and syntax(rec.stored_syntax).encapsulated:
-                return self._kept_codestreams(rec, wanted)
-        decoded, layout = self._decoded(rec, wanted)
-        target = rec.stored_syntax if transfer_syntax == "stored" else transfer_syntax
-        if syntax(target).native or transfer_syntax == "native":
-            return [np.ascontiguousarray(f).astype(f.dtype.newbyteorder("<")).tobytes()
-                    for f in decoded]
-        return _encoded(decoded, layout, target, sop_instance_uid)
-
-    def _kept_codestreams(self, rec: InstanceRecord, wanted: list[int] | None
-                          ) -> list[bytes]:
-        """The frames of an object kept as received in a compressed syntax, as its
-        codestreams are (a read, no transcode)."""
-        from pydicom.encaps import generate_frames
-
-        sop = rec.sop_instance_uid
-        kept = self._kept(rec)
-        pixel, count = kept.scanned.pixel, kept.frames
-        wanted = list(range(count)) if wanted is None else wanted
-        if bad := [i for i in wanted if not 0 <= i < count]:
-            raise NotFoundError(f"instance {sop} has {count} frames; no frame {bad[0]}")
-        assert pixel is not None  # count > 0
-        try:
-            streams = list(generate_frames(
-                bytes(kept.scanned.body[pixel.value_start:pixel.value_end]),
-                number_of_frames=count))
-            return [streams[i] for i in wanted]
-        except Exception as exc:  # pydicom raises its own types for bad fragments
-            raise UndecodablePixelDataError(
-                f"instance {sop}: its fragments do not split into {count} frames "
-                f"({type(exc).__name__}: {exc})", source=sop) from exc
+        return self._reader.frames(self._record(sop_instance_uid), indices, transfer_syntax)
 
     # -- query and admin ---------------------------------------------------------
     def find(self, level: str, *, limit: int | None = None, offset: int = 0,
@@ -829,11 +564,11 @@ class Archive:
         rec = self._record(sop_instance_uid)
         if rec.layout is not None:
             return int(rec.layout["frames"])
-        return self._kept(rec).frames
+        return self._reader.kept(rec).frames
 
     def pixels(self, sop_instance_uid: str, index: int = 0) -> npt.NDArray[Any]:
         """One decoded frame (native dtype; colour-by-pixel)."""
-        frames, _ = self._decoded(self._record(sop_instance_uid), [index])
+        frames, _ = self._reader.decoded(self._record(sop_instance_uid), [index])
         return frames[0]
 
     def changed(self, level: str, uid: str) -> int | None:
@@ -872,31 +607,16 @@ class Archive:
             report.checked += 1
             try:
                 if rec.kind == StoreKind.BLOB:
-                    problem = self._verify_kept(rec)
+                    problem = self._reader.verify_kept(rec)
                 else:
-                    decoded, _ = self._decoded(rec)
-                    problem = _crc_problem(decoded, rec.frame_crc32)
+                    decoded, _ = self._reader.decoded(rec)
+                    problem = crc_problem(decoded, rec.frame_crc32)
             except Exception as exc:  # a corrupt codestream raises in the codec
                 problem = exc.reason if isinstance(exc, PacsError) else \
                     f"{type(exc).__name__}: {exc}"
             if problem:
                 report.failed.append((rec.sop_instance_uid, problem))
         return report
-
-    def _verify_kept(self, rec: InstanceRecord) -> str | None:
-        """Why an object kept as received fails verification, or None."""
-        data = self.store_.read_blob(rec.location)
-        if hashlib.sha256(data).hexdigest() != rec.sha256:
-            return "SHA-256 mismatch"
-        if not syntax(rec.stored_syntax).encapsulated:
-            return None
-        kept = self._kept(rec)
-        if not kept.decodable:
-            return None
-        decoded, _ = self._decoded(rec, kept=kept)
-        if syntax(rec.stored_syntax).lossy or not rec.frame_crc32:
-            return None  # (kept before pacscore recorded the CRC-32s of kept objects)
-        return _crc_problem(decoded, rec.frame_crc32)
 
     def stats(self) -> dict[str, Any]:
         """Totals: instances, compressed_instances, bytes_in, bytes_stored, per syntax."""
