@@ -469,8 +469,10 @@ class Archive:
 
     @staticmethod
     def _conflict(new: InstanceRecord, old: InstanceRecord, why: str) -> str:
-        return (f"SOP Instance UID {new.sop_instance_uid} is already stored with different "
-                f"content: {why} (sha256 {old.sha256[:12]}… stored, {new.sha256[:12]}… "
+        # what differs first: an Error Comment (0000,0902) is an LO of 64 characters
+        # (PS3.7 Annex E, PS3.5 6.2)
+        return (f"{why}: SOP Instance UID {new.sop_instance_uid} is already stored with "
+                f"different content (sha256 {old.sha256[:12]}… stored, {new.sha256[:12]}… "
                 f"received); the stored instance was kept (hint: delete it first to "
                 f"replace it)")
 
