@@ -158,3 +158,27 @@ def test_object_converts_among_uncompressed_syntaxes(entry: CorpusFile,
 def test_every_other_object_converts_among_uncompressed_syntaxes(entry: CorpusFile,
                                                                  tmp_path: Path) -> None:
     _check(entry, tmp_path)
+
+
+@pytest.mark.skipif(not (DCMTK / "dcmconv").exists(), reason="DCMTK not installed")
+@pytest.mark.parametrize("name", ["other/rt/rtdose_32bit_15fr.dcm", "odd/rare_vrs/OD-OF-OL.dcm",
+                                  "odd/big_endian/US-RGB-8-epicard_big_endian.dcm"])
+def test_big_endian_values_are_those_dcmtk_writes(corpus: Path, tmp_path: Path,
+                                                  name: str) -> None:
+    """32-bit RT Dose pixels, OD/OF/OL values, 8-bit OW: our Explicit VR Big Endian
+    holds the bytes DCMTK's ``dcmconv +tb`` writes for every element (PS3.5 7.3; OW is
+    a stream of 16-bit words, 8.1.1 - pydicom's ``pixel_array`` reads 32-bit big
+    endian cells instead, so it is not the reference here)."""
+    source = corpus / name
+    with Archive(tmp_path / "archive", ArchiveConfig(fsync=False)) as archive:
+        ours = archive.get(archive.store(source).sop_instance_uid, BIG)
+    theirs = tmp_path / "dcmtk.dcm"
+    done = _dcmtk("dcmconv", "+tb", str(source), str(theirs))
+    assert done.returncode == 0, done.stderr
+    assert element_values(ours) == element_values(theirs.read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a, b = pydicom.dcmread(io.BytesIO(ours)), pydicom.dcmread(theirs)
+    for tag in (0x7FE00010, 0x00660016, 0x00660041, 0x0070150D):  # raw bytes, both BE
+        if tag in b:
+            assert a[tag].value == b[tag].value, f"{tag:08X}"
