@@ -148,12 +148,12 @@ class Reader:
                     "re-send it") from exc
         kept = kept or self.kept(rec)
         scanned, layout_ = kept.scanned, kept.layout
-        if layout_ is None or scanned.pixel is None or (
-                rec.kept_reason and "Bits Allocated" in rec.kept_reason):
+        if layout_ is None or scanned.pixel is None or kept.layout_problem \
+                or layout_.bits_allocated % 8:  # (1-bit samples are packed)
             raise UnsupportedTransferSyntaxError(
                 f"instance {sop} has no pixel data this archive can decode "
-                f"({rec.kept_reason}); ask for its original or an uncompressed transfer "
-                f"syntax")
+                f"({kept.layout_problem or rec.kept_reason}); ask for its original or an "
+                f"uncompressed transfer syntax")
         if indices is not None and (bad := [i for i in indices
                                             if not 0 <= i < layout_.frames]):
             raise NotFoundError(f"instance {sop} has {layout_.frames} frames; "

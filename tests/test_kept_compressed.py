@@ -106,3 +106,16 @@ def test_a_kept_object_with_a_damaged_frame_never_raises_a_codec_error(
         with pytest.raises(UndecodablePixelDataError, match="does not decode"):
             archive.pixels(sop)
         assert [sop] == [s for s, _ in archive.verify().failed]
+
+
+@pytest.mark.parametrize("name", ["odd/odd_dims/liver_nonbyte_aligned_1bit.dcm",
+                                  "malformed/Philips_MR_BitsAllocated12_no_meta.dcm"])
+def test_pixels_not_decoded_here_raise_a_pacs_error(tmp_path: Path, corpus: Path,
+                                                    name: str) -> None:
+    """Packed 1-bit and 12-bit samples: pixels() says it cannot (was a ValueError from
+    numpy for the 1-bit segmentation); the object still converts as it is."""
+    with Archive(tmp_path / "a", ArchiveConfig()) as archive:
+        sop = archive.store(corpus / name).sop_instance_uid
+        with pytest.raises(UnsupportedTransferSyntaxError, match="no pixel data this archive"):
+            archive.pixels(sop)
+        assert archive.get(sop, "1.2.840.10008.1.2.1")[128:132] == b"DICM"
