@@ -118,7 +118,7 @@ class Reader:
         return Kept(data, scanned, header.layout, header.layout_problem)
 
     def decoded(self, rec: InstanceRecord, indices: Sequence[int] | None = None,
-                 kept: Kept | None = None) -> tuple[list[npt.NDArray[Any]], PixelLayout]:
+                kept: Kept | None = None) -> tuple[list[npt.NDArray[Any]], PixelLayout]:
         """Decoded frames (native dtype, colour-by-pixel) of an instance (``kept``: the
         object kept as received, when the caller has read it already).
 
@@ -137,7 +137,7 @@ class Reader:
                 raise UnsupportedTransferSyntaxError(f"no decoder for {rec.stored_syntax}")
             wanted = range(layout.frames) if indices is None else indices
             streams = self.store.read_frames(rec.location, list(wanted),
-                                              2 + (layout.samples > 1) + 1)
+                                             2 + (layout.samples > 1) + 1)
             try:
                 return [codec.decode(s, layout) for s in streams], layout
             except Exception as exc:  # codec libraries raise their own types
@@ -203,7 +203,7 @@ class Reader:
             assert rec.layout is not None
             layout = PixelLayout.from_dict(rec.layout)
             streams = self.store.read_frames(rec.location, range(layout.frames),
-                                              3 + (layout.samples > 1))
+                                             3 + (layout.samples > 1))
             parts = HeaderParts.unpack(self.index.header(sop))
             return build_part10(parts, rec.original_syntax, target, cls, sop, frames=streams)
         ts = syntax(target)
@@ -269,7 +269,7 @@ class Reader:
                                     f"no frame {bad[0]}")
             if transfer_syntax in ("stored", rec.stored_syntax):
                 return self.store.read_frames(rec.location, wanted,
-                                               3 + (rec.layout["samples"] > 1))
+                                              3 + (rec.layout["samples"] > 1))
         else:
             wanted = None if indices is None else list(indices)
             if transfer_syntax in ("stored", rec.stored_syntax) \
@@ -283,7 +283,7 @@ class Reader:
         return _encoded(decoded, layout, target, sop_instance_uid)
 
     def kept_codestreams(self, rec: InstanceRecord, wanted: list[int] | None
-                          ) -> list[bytes]:
+                         ) -> list[bytes]:
         """The frames of an object kept as received in a compressed syntax, as its
         codestreams are (a read, no transcode)."""
         from pydicom.encaps import generate_frames
