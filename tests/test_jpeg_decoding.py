@@ -25,11 +25,14 @@ FILES = [f for f in corpus_files() if f.transfer_syntax in JPEG and not f.malfor
 DCMDJPEG = Path("/usr/bin/dcmdjpeg")
 
 
-def test_pylibjpeg_libjpeg_is_not_needed() -> None:
-    import importlib.util
+def test_jpeg_is_decoded_by_the_imagecodecs_plugin_whatever_else_is_installed() -> None:
+    """pydicom would pick pylibjpeg-libjpeg first where it is still installed (an
+    environment from before it was dropped): the plugin is pinned per syntax."""
+    from pacscore.codecs import jpeg_plugin
+    from pacscore.codecs.decoding import DECODERS
 
-    assert importlib.util.find_spec("libjpeg") is None, \
-        "pylibjpeg-libjpeg (GPL-3.0) is installed: these tests must run without it"
+    assert {DECODERS[uid] for uid in JPEG} == {jpeg_plugin.LABEL}
+    assert set(jpeg_plugin.DECODER_DEPENDENCIES) == set(JPEG)
 
 
 @pytest.mark.skipif(not DCMDJPEG.exists(), reason="DCMTK not installed")
