@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import shutil
@@ -29,37 +28,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import numpy as np
 import numpy.typing as npt
 
-from .codecs import by_syntax
 from .config import ArchiveConfig
-from .dicom.header import PixelLayout, read_header
-from .dicom.part10 import HeaderParts, _file_meta, build_part10
-from .dicom.scan import PIXEL_DATA, ScannedObject, scan
-from .dicom.syntaxes import EXPLICIT_LE, syntax
+from .dicom.compare import difference
+from .dicom.part10 import HeaderParts, _file_meta
+from .dicom.scan import PIXEL_DATA, scan
+from .dicom.syntaxes import EXPLICIT_LE
 from .errors import (
     ERRORS_BY_NAME,
     ArchiveBusyError,
-    ArchiveCorruptError,
     ArchiveStorageError,
     ConflictError,
     InvalidDicomError,
     NotFoundError,
     PacsError,
-    UnsupportedTransferSyntaxError,
 )
 from .index import LEVELS, InstanceRecord, LmdbIndex, StoreKind
 from .ingest.pool import Rejected, Skipped, run_pool
 from .ingest.prepare import (
     Prepared,
-    decoded_input_frames,
-    frame_crc32,
-    native_bytes,
-    native_frames,
     prepare,
 )
 from .ingest.workers import PrepareWorkers
+from .retrieve import Reader, crc_problem
 from .store import ZarrFrameStore
 
 __all__ = ["Archive", "StoreResult", "VerifyReport"]
@@ -129,25 +121,6 @@ def _writer_lock(root: Path) -> int | None:
         os.close(fd)
         return None
     return fd
-
-
-@dataclass(frozen=True, slots=True)
-class _Kept:
-    """An object kept as received, read and parsed once for one request."""
-
-    data: bytes
-    """The object as stored."""
-    scanned: ScannedObject
-    """Its structure."""
-    layout: PixelLayout | None
-    """Its pixel layout (None without pixel data)."""
-
-    @property
-    def frames(self) -> int:
-        """Number of frames of its pixel data (0 without)."""
-        if self.scanned.pixel is None:
-            return 0
-        return 1 if self.layout is None else self.layout.frames
 
 
 class _Waiter:
@@ -274,6 +247,7 @@ class Archive:
         self.store_ = ZarrFrameStore(self.frames_root, fsync=self.config.fsync)
         self.index = LmdbIndex(self.root / "index.lmdb", map_size=self.config.lmdb_map_size,
                                sync=self.config.fsync)
+        self._reader = Reader(self.store_, self.index, self.config.limits)
         self._commit_lock = threading.Lock()
         self._group = _GroupCommit(self._commit_batch, self._finish,
                                    self.config.commit_batch)
@@ -473,15 +447,17 @@ class Archive:
         outcomes: dict[int, StoreResult | Rejected] = {}
         for i, p in enumerate(batch):
             rec = p.record
-            existing = self.index.get(rec.sop_instance_uid) or (
-                seen[rec.sop_instance_uid].record if rec.sop_instance_uid in seen else None)
+            stored = self.index.get(rec.sop_instance_uid)
+            earlier = None if stored else seen.get(rec.sop_instance_uid)
+            existing = stored or (earlier.record if earlier else None)
             if existing is None:
                 seen[rec.sop_instance_uid] = p
                 fresh.append(p)
-            elif existing.same_instance(rec):
+            elif (why := self._difference(p, existing, earlier)) is None:
                 outcomes[i] = _result(existing, "duplicate", p.source)
             else:
-                outcomes[i] = Rejected(p.source, self._conflict(rec, existing), "ConflictError")
+                outcomes[i] = Rejected(p.source, self._conflict(rec, existing, why),
+                                       "ConflictError")
         self.store_.discard([batch[i].record.location for i in outcomes])
         locs = [p.record.location for p in fresh]
         try:
@@ -512,17 +488,35 @@ class Archive:
             elif put.status == "duplicate" and put.existing is not None:
                 out.append(_result(put.existing, "duplicate", p.source))
             elif put.existing is not None:
-                out.append(Rejected(p.source, self._conflict(p.record, put.existing),
-                                    "ConflictError"))
+                out.append(Rejected(p.source, self._conflict(
+                    p.record, put.existing, "its content differs"), "ConflictError"))
             else:
                 out.append(Rejected(p.source, put.reason, "ConflictError"))
         return out, owned
 
     @staticmethod
-    def _conflict(new: InstanceRecord, old: InstanceRecord) -> str:
-        return (f"SOP Instance UID {new.sop_instance_uid} is already stored with different "
-                f"content (sha256 {old.sha256[:12]}… vs {new.sha256[:12]}…); the stored "
-                f"instance was kept (hint: delete it first to replace it)")
+    def _conflict(new: InstanceRecord, old: InstanceRecord, why: str) -> str:
+        # what differs first: an Error Comment (0000,0902) is an LO of 64 characters
+        # (PS3.7 Annex E, PS3.5 6.2)
+        return (f"{why}: SOP Instance UID {new.sop_instance_uid} is already stored with "
+                f"different content (sha256 {old.sha256[:12]}… stored, {new.sha256[:12]}… "
+                f"received); the stored instance was kept (hint: delete it first to "
+                f"replace it)")
+
+    def _difference(self, new: Prepared, old: InstanceRecord, old_staged: Prepared | None
+                    ) -> str | None:
+        """What differs between a staged instance and the one of the same UID stored
+        (or staged earlier in the batch), or None when it is the same instance
+        (:func:`~pacscore.dicom.compare.difference`; only when the bytes differ)."""
+        rec = new.record
+        if rec.sha256 == old.sha256 or (
+                rec.content_sha256 and rec.content_sha256 == old.content_sha256):
+            return None
+        try:
+            return difference(self._reader.content(rec, new.header), self._reader.content(
+                old, old_staged.header if old_staged is not None else None))
+        except PacsError as exc:  # a damaged stored copy: never silently a duplicate
+            return f"the two cannot be compared ({exc.reason})"
 
     # -- retrieve ----------------------------------------------------------------
     def _record(self, sop_instance_uid: str) -> InstanceRecord:
@@ -530,74 +524,6 @@ class Archive:
         if rec is None:
             raise NotFoundError(f"no instance {sop_instance_uid} in the archive")
         return rec
-
-    def _kept(self, rec: InstanceRecord) -> _Kept:
-        """An object kept as received, read and parsed."""
-        data = self.store_.read_blob(rec.location)
-        scanned = scan(data, self.config.limits, rec.sop_instance_uid)
-        layout = read_header(scanned, self.config.limits, rec.sop_instance_uid,
-                             rec.sha256).layout
-        return _Kept(data, scanned, layout)
-
-    def _decoded(self, rec: InstanceRecord, indices: Sequence[int] | None = None,
-                 kept: _Kept | None = None) -> tuple[list[npt.NDArray[Any]], PixelLayout]:
-        """Decoded frames (native dtype) of an instance (``kept``: the object kept as
-        received, when the caller has read it already)."""
-        if rec.kind == StoreKind.FRAMES:
-            assert rec.layout is not None
-            layout = PixelLayout.from_dict(rec.layout)
-            codec = by_syntax(rec.stored_syntax)
-            if codec is None:
-                raise UnsupportedTransferSyntaxError(f"no decoder for {rec.stored_syntax}")
-            wanted = range(layout.frames) if indices is None else indices
-            streams = self.store_.read_frames(rec.location, list(wanted),
-                                              2 + (layout.samples > 1) + 1)
-            return [codec.decode(s, layout) for s in streams], layout
-        kept = kept or self._kept(rec)
-        data, scanned, layout_ = kept.data, kept.scanned, kept.layout
-        if layout_ is None or (rec.kept_reason and "Bits Allocated" in rec.kept_reason):
-            raise UnsupportedTransferSyntaxError(
-                f"instance {rec.sop_instance_uid} has no pixel data this archive can decode "
-                f"({rec.kept_reason}); ask for its original transfer syntax")
-        if layout_.photometric == "YBR_FULL_422" and not scanned.transfer_syntax.encapsulated:
-            raise UnsupportedTransferSyntaxError(
-                f"instance {rec.sop_instance_uid} holds native YBR_FULL_422 pixel data "
-                f"(two samples of chroma per two pixels): it is sent uncompressed only; "
-                f"ask for its original or another uncompressed transfer syntax")
-        if scanned.transfer_syntax.encapsulated:
-            frames = decoded_input_frames(data, layout_)
-        else:
-            frames = list(native_frames(scanned, layout_))
-        chosen = frames if indices is None else [frames[i] for i in indices]
-        return chosen, layout_
-
-    @staticmethod
-    def _native_value(kept: _Kept) -> tuple[bytes, int] | None:
-        """The Pixel Data value of an object kept as received, with its Bits Allocated,
-        when it is native and already little endian (or 8-bit) as it is: sent as it is
-        in another uncompressed little-endian syntax, nothing decoded (also what
-        :meth:`_decoded` cannot take apart, e.g. YBR_FULL_422).  None otherwise."""
-        pixel, ts, layout = kept.scanned.pixel, kept.scanned.transfer_syntax, kept.layout
-        if pixel is None or ts.encapsulated or pixel.encapsulated or layout is None \
-                or layout.planar or not (ts.little_endian or layout.bits_allocated == 8):
-            return None
-        return bytes(kept.scanned.body[pixel.value_start:pixel.value_end]), \
-            layout.bits_allocated
-
-    def _parts(self, rec: InstanceRecord, kept: _Kept | None) -> HeaderParts:
-        if kept is None:
-            return HeaderParts.unpack(self.index.header(rec.sop_instance_uid))
-        data, scanned = kept.data, kept.scanned
-        pixel = scanned.pixel
-        if pixel is None:
-            raise UnsupportedTransferSyntaxError(
-                f"instance {rec.sop_instance_uid} has no pixel data to transcode")
-        # A deflated object's offsets are in its inflated data set (explicit VR little
-        # endian, no File Meta before it): the parts are cut from that.
-        src, start = (scanned.body, 0) if scanned.inflated else (data, scanned.dataset_start)
-        return HeaderParts(bytes(src[: pixel.element_start]),
-                           bytes(src[pixel.element_start:pixel.value_start]),
-                           bytes(src[pixel.value_end:]), start, -1)
 
     def get(self, sop_instance_uid: str, transfer_syntax: str = "original") -> bytes:
         """The instance as a Part-10 object.
@@ -607,100 +533,25 @@ class Archive:
         transfer_syntax
             ``original`` (as received: byte-identical for uncompressed input and for
             anything kept as received), ``stored`` (a read, no transcode), or a
-            Transfer Syntax UID to transcode to.
+            Transfer Syntax UID to transcode to.  Every object converts among the
+            uncompressed syntaxes (Implicit VR Little Endian, Explicit VR Little and
+            Big Endian, Deflated): objects without pixel data and native ones as
+            they are, compressed ones decoded.
+
+        Raises
+        ------
+        UnsupportedTransferSyntaxError
+            The instance cannot be made in that syntax (pixel data that does not
+            decode: :class:`~pacscore.errors.UndecodablePixelDataError`).
         """
-        rec = self._record(sop_instance_uid)
-        target = {"original": rec.original_syntax, "stored": rec.stored_syntax}.get(
-            transfer_syntax, transfer_syntax)
-        if rec.kind == StoreKind.BLOB and target == rec.stored_syntax:
-            return self.store_.read_blob(rec.location)
-        kept = self._kept(rec) if rec.kind == StoreKind.BLOB else None
-        parts = self._parts(rec, kept)
-        cls, sop = rec.sop_class_uid, rec.sop_instance_uid
-        if rec.kind == StoreKind.FRAMES and target == rec.stored_syntax:
-            assert rec.layout is not None
-            layout = PixelLayout.from_dict(rec.layout)
-            streams = self.store_.read_frames(rec.location, range(layout.frames),
-                                              3 + (layout.samples > 1))
-            return build_part10(parts, rec.original_syntax, target, cls, sop, frames=streams)
-        # the data set the parts hold: a deflated one's is inflated (explicit VR LE)
-        source = EXPLICIT_LE if syntax(rec.original_syntax).deflated else rec.original_syntax
-        ts = syntax(target)
-        same_values = self._native_value(kept) if kept and ts.native and ts.little_endian \
-            else None
-        if same_values is not None:  # uncompressed to uncompressed: the value as it is
-            raw, bits_allocated = same_values
-            return build_part10(parts, source, target, cls, sop, native=raw,
-                                bits_allocated=bits_allocated)
-        decoded, layout = self._decoded(rec, kept=kept)
-        original = syntax(rec.original_syntax)
-        if target == rec.original_syntax and original.native and not original.deflated:
-            data = parts.original(native_bytes(decoded, layout, original.little_endian))
-            if hashlib.sha256(data).hexdigest() != rec.sha256:
-                raise ArchiveCorruptError(
-                    f"rebuilt original of {sop} does not match its SHA-256", source=sop)
-            return data
-        if ts.native:
-            raw = native_bytes(decoded, PixelLayout(**{**layout.to_dict(), "planar": False}),
-                               True)
-            return build_part10(parts, source, target, cls, sop, native=raw,
-                                bits_allocated=layout.bits_allocated)
-        codec = by_syntax(target)
-        if codec is None or codec.refuses(layout):
-            raise UnsupportedTransferSyntaxError(
-                f"cannot encode instance {sop} as {ts.name} ({target})")
-        streams = [codec.encode(np.ascontiguousarray(f), layout) for f in decoded]
-        return build_part10(parts, source, target, cls, sop, frames=streams)
+        return self._reader.get(self._record(sop_instance_uid), transfer_syntax)
 
     def frames(self, sop_instance_uid: str, indices: Sequence[int] | None = None,
                transfer_syntax: str = "stored") -> list[bytes]:
         """Frame bytes: codestreams in the stored syntax (a read, no transcode),
         native little-endian samples for an uncompressed syntax, or codestreams of
         another encodable syntax.  Indices are 0-based."""
-        rec = self._record(sop_instance_uid)
-        wanted: list[int] | None
-        if rec.kind == StoreKind.FRAMES and rec.layout is not None:
-            n = rec.layout["frames"]
-            wanted = list(range(n)) if indices is None else list(indices)
-            bad = [i for i in wanted if not 0 <= i < n]
-            if bad:
-                raise NotFoundError(f"instance {sop_instance_uid} has {n} frames; "
-                                    f"no frame {bad[0]}")
-            if transfer_syntax in ("stored", rec.stored_syntax):
-                return self.store_.read_frames(rec.location, wanted,
-                                               3 + (rec.layout["samples"] > 1))
-        else:
-            wanted = None if indices is None else list(indices)
-            if transfer_syntax in ("stored", rec.stored_syntax) \
-                    and syntax(rec.stored_syntax).encapsulated:
-                return self._kept_codestreams(rec, wanted)
-        decoded, layout = self._decoded(rec, wanted)
-        target = rec.stored_syntax if transfer_syntax == "stored" else transfer_syntax
-        if syntax(target).native or transfer_syntax == "native":
-            return [np.ascontiguousarray(f).astype(f.dtype.newbyteorder("<")).tobytes()
-                    for f in decoded]
-        codec = by_syntax(target)
-        if codec is None:
-            raise UnsupportedTransferSyntaxError(f"cannot encode frames as {target}")
-        return [codec.encode(np.ascontiguousarray(f), layout) for f in decoded]
-
-    def _kept_codestreams(self, rec: InstanceRecord, wanted: list[int] | None
-                          ) -> list[bytes]:
-        """The frames of an object kept as received in a compressed syntax, as its
-        codestreams are (a read, no transcode)."""
-        from pydicom.encaps import generate_frames
-
-        sop = rec.sop_instance_uid
-        kept = self._kept(rec)
-        pixel, count = kept.scanned.pixel, kept.frames
-        wanted = list(range(count)) if wanted is None else wanted
-        if bad := [i for i in wanted if not 0 <= i < count]:
-            raise NotFoundError(f"instance {sop} has {count} frames; no frame {bad[0]}")
-        assert pixel is not None  # count > 0
-        streams = list(generate_frames(
-            bytes(kept.scanned.body[pixel.value_start:pixel.value_end]),
-            number_of_frames=count))
-        return [streams[i] for i in wanted]
+        return self._reader.frames(self._record(sop_instance_uid), indices, transfer_syntax)
 
     # -- query and admin ---------------------------------------------------------
     def find(self, level: str, *, limit: int | None = None, offset: int = 0,
@@ -748,11 +599,11 @@ class Archive:
         rec = self._record(sop_instance_uid)
         if rec.layout is not None:
             return int(rec.layout["frames"])
-        return self._kept(rec).frames
+        return self._reader.kept(rec).frames
 
     def pixels(self, sop_instance_uid: str, index: int = 0) -> npt.NDArray[Any]:
         """One decoded frame (native dtype; colour-by-pixel)."""
-        frames, _ = self._decoded(self._record(sop_instance_uid), [index])
+        frames, _ = self._reader.decoded(self._record(sop_instance_uid), [index])
         return frames[0]
 
     def changed(self, level: str, uid: str) -> int | None:
@@ -782,23 +633,24 @@ class Archive:
         return len(removed)
 
     def verify(self) -> VerifyReport:
-        """Decode every stored frame against its CRC-32; hash every kept object."""
+        """Decode every stored frame against its CRC-32; hash every kept object, and
+        decode those kept in a compressed syntax decoded here (against their CRC-32s
+        when the syntax is lossless: lossy decoders may differ within the tolerance
+        ISO 10918-1 allows, so a newer decoder is no corruption)."""
         report = VerifyReport()
         for rec in self.index.records():
             report.checked += 1
             try:
                 if rec.kind == StoreKind.BLOB:
-                    data = self.store_.read_blob(rec.location)
-                    if hashlib.sha256(data).hexdigest() != rec.sha256:
-                        report.failed.append((rec.sop_instance_uid, "SHA-256 mismatch"))
-                    continue
-                decoded, _ = self._decoded(rec)
-                for i, (frame, crc) in enumerate(zip(decoded, rec.frame_crc32, strict=True)):
-                    if frame_crc32(frame) != crc:
-                        report.failed.append((rec.sop_instance_uid, f"frame {i} CRC mismatch"))
-                        break
+                    problem = self._reader.verify_kept(rec)
+                else:
+                    decoded, _ = self._reader.decoded(rec)
+                    problem = crc_problem(decoded, rec.frame_crc32)
             except Exception as exc:  # a corrupt codestream raises in the codec
-                report.failed.append((rec.sop_instance_uid, f"{type(exc).__name__}: {exc}"))
+                problem = exc.reason if isinstance(exc, PacsError) else \
+                    f"{type(exc).__name__}: {exc}"
+            if problem:
+                report.failed.append((rec.sop_instance_uid, problem))
         return report
 
     def stats(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ __all__ = [
     "NotFoundError",
     "PacsError",
     "TruncatedFileError",
+    "UndecodablePixelDataError",
     "UnsupportedTransferSyntaxError",
 ]
 
@@ -71,6 +72,14 @@ class UnsupportedTransferSyntaxError(PacsError, ValueError):
     hint = "ask for 'original', 'stored' or one of the syntaxes listed by pacscore.codecs"
 
 
+class UndecodablePixelDataError(UnsupportedTransferSyntaxError):
+    """A stored object's pixel data does not decode (a copy kept before pacscore
+    decoded what it keeps, or damaged since): it exists only as received."""
+
+    hint = ("retrieve it in its original transfer syntax; to replace it, delete it and "
+            "send a good copy")
+
+
 class NotFoundError(PacsError, KeyError):
     """No such instance, series or study in the archive."""
 
@@ -111,6 +120,6 @@ ERRORS_BY_NAME: dict[str, type[PacsError]] = {
     cls.__name__: cls for cls in (
         PacsError, InvalidDicomError, TruncatedFileError, InvalidUIDError, LimitExceededError,
         UnsupportedTransferSyntaxError, NotFoundError, ConflictError, ArchiveStorageError,
-        ArchiveBusyError, ArchiveCorruptError)
+        ArchiveBusyError, ArchiveCorruptError, UndecodablePixelDataError)
 }
 """Error classes by name, to re-raise what a worker process reported."""

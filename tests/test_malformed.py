@@ -15,13 +15,16 @@ from .conftest import corpus_files
 MALFORMED = [f for f in corpus_files() if f.malformed]
 
 # Files a reader can parse whose pixel data we keep byte for byte (never re-encoded).
+# (JPEGLossless_signed_bad decodes, to garbage: nothing can tell it from an image.)
 KEPT = {
-    "malformed/DX_truncated_j2k_966.dcm": "kept as received",
     "malformed/JPEGLossless_signed_bad.dcm": "kept as received",
     "malformed/Philips_MR_BitsAllocated12_no_meta.dcm": "Bits Allocated 12",
-    "malformed/WSI_unpadded_edge_tiles_140fr.dcm": "lossy input",
 }
+# Compressed pixel data that does not decode is refused (a broken copy must never hold
+# the place of a good one): a truncated codestream, frames smaller than the header says.
 REFUSED = {
+    "malformed/DX_truncated_j2k_966.dcm": "frame 0 does not decode",
+    "malformed/WSI_unpadded_edge_tiles_140fr.dcm": "frame 13 does not decode",
     "malformed/GH177_CT1_big_endian_undefined_length.dcm": "unknown VR",
     "malformed/Hologic_DBT_slice_truncated_pixeldata.dcm": "encapsulated but the transfer",
     "malformed/MR_truncated.dcm": "needs 8192 bytes but only 8130 remain",

@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..dicom.header import PixelLayout
-from .profiles import PROFILES
+from .profiles import ENCODER_LIMITS, PROFILES
 
 __all__ = ["Frame", "FrameCodec"]
 
@@ -31,8 +31,9 @@ class FrameCodec(ABC):
     """Transfer Syntax UID of the codestreams."""
 
     def refuses(self, layout: PixelLayout) -> str | None:
-        """Why this codec cannot encode ``layout`` losslessly, or None."""
-        return PROFILES[self.transfer_syntax].refuses(layout)
+        """Why this codec cannot encode ``layout`` losslessly, or None: its syntax's
+        PS3.5 8.2 table, then what the encoders here write."""
+        return PROFILES[self.transfer_syntax].refuses(layout) or ENCODER_LIMITS.refuses(layout)
 
     @abstractmethod
     def encode(self, frame: Frame, layout: PixelLayout) -> bytes:

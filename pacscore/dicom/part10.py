@@ -3,26 +3,25 @@
 An object stored as frames keeps its *header parts*: every byte before the Pixel
 Data element, the element's own tag/VR/length bytes, the padding byte, and every
 byte after the value.  With the decoded frames these rebuild the original file byte
-for byte (PS3.10 7.1).  Other transfer syntaxes get a fresh File Meta group.
+for byte (PS3.10 7.1).  Other transfer syntaxes get a fresh File Meta group and a data
+set re-encoded by :mod:`.convert` where its encoding changes.
 """
 
 from __future__ import annotations
 
 import struct
-import warnings
+import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from io import BytesIO
 
-import numpy as np
-from pydicom import dcmread
-from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
-from pydicom.filewriter import correct_ambiguous_vr, dcmwrite
 
 from ..errors import UnsupportedTransferSyntaxError
+from .convert import ENCAPSULATED, NestedDecoder, convert_dataset
+from .scan import PIXEL_DATA
 from .syntaxes import EXPLICIT_LE, syntax
 
-__all__ = ["IMPLEMENTATION_UID", "HeaderParts", "build_part10"]
+__all__ = ["IMPLEMENTATION_UID", "HeaderParts", "build_part10", "uncompressed_part10"]
 
 IMPLEMENTATION_UID = "2.25.305941386744131380465287425306582785381"
 """pacscore's Implementation Class UID (a UUID-derived UID, PS3.5 B.2)."""
@@ -101,75 +100,56 @@ def _encapsulated_element(frames: list[bytes]) -> bytes:
 
 
 def build_part10(parts: HeaderParts, original_syntax: str, target_syntax: str,
-                 sop_class: str, sop_instance: str, *, frames: list[bytes] | None = None,
-                 native: bytes | None = None, bits_allocated: int = 16) -> bytes:
-    """A Part-10 object in ``target_syntax`` from header parts and pixel data.
+                 sop_class: str, sop_instance: str, *, frames: list[bytes]) -> bytes:
+    """A Part-10 object in the encapsulated ``target_syntax`` from header parts and one
+    codestream per frame.
 
-    Give ``frames`` (one codestream each) for an encapsulated target, ``native`` (the
-    little-endian native pixel bytes) for a native one.  The data set is copied
-    verbatim when it is already explicit VR little endian; otherwise pydicom
-    re-encodes it.  Elements after the pixel data are kept only in the verbatim path.
+    The data set is copied verbatim when it is already explicit VR little endian;
+    otherwise it is re-encoded (:func:`~pacscore.dicom.convert.convert_dataset`).
+    Elements after the pixel data are kept either way.
     """
     target = syntax(target_syntax)
     source = syntax(original_syntax)
-    if target.deflated or (target.uid not in (EXPLICIT_LE, "1.2.840.10008.1.2",
-                                             "1.2.840.10008.1.2.2") and not target.encapsulated):
-        raise UnsupportedTransferSyntaxError(f"cannot write {target.name} ({target.uid})")
-    if target.encapsulated:
-        if frames is None:
-            raise UnsupportedTransferSyntaxError("encapsulated target needs frames")
-        pixel = _encapsulated_element(frames)
-    else:
-        if native is None:
-            raise UnsupportedTransferSyntaxError("native target needs native pixel bytes")
-        pixel = native
+    if not target.encapsulated:
+        raise UnsupportedTransferSyntaxError(
+            f"{target.name} is not encapsulated: use uncompressed_part10")
+    pixel = _encapsulated_element(frames)
     verbatim = (source.uid == EXPLICIT_LE or (source.encapsulated and not source.deflated)) \
         and not source.implicit_vr and source.little_endian
-    if verbatim and (target.encapsulated or target.uid == EXPLICIT_LE):
+    if verbatim:
         dataset = parts.prefix[parts.dataset_start :]
-        if target.encapsulated:
-            element = pixel
-        else:
-            vr = b"OW" if bits_allocated > 8 else b"OB"
-            padded = pixel + (b"\x00" if len(pixel) % 2 else b"")
-            element = struct.pack("<HH2sHI", 0x7FE0, 0x0010, vr, 0, len(padded)) + padded
-        return _file_meta(sop_class, sop_instance, target.uid) + dataset + element + \
+        return _file_meta(sop_class, sop_instance, target.uid) + dataset + pixel + \
             parts.suffix
-    return _rebuild_with_pydicom(parts, target.uid, sop_class, sop_instance, pixel,
-                                 target.encapsulated, bits_allocated)
+    body = parts.prefix[parts.dataset_start :] + parts.suffix
+    value = pixel[len(_ENCAPSULATED_HEADER):]
+    dataset = convert_dataset(body, 0, source, syntax(EXPLICIT_LE),
+                              {PIXEL_DATA: (ENCAPSULATED, value)})
+    return _file_meta(sop_class, sop_instance, target.uid) + dataset
 
 
-def _resolve_ambiguous_vrs(ds: Dataset) -> None:
-    """Give every element with a dictionary VR like 'OB or OW' a definite VR so that
-    an implicit-VR data set can be written as explicit VR (PS3.5 Annex A)."""
-    correct_ambiguous_vr(ds, True)
-    for elem in ds.iterall():
-        if " or " in str(elem.VR):
-            elem.VR = "OW" if "OW" in str(elem.VR) else str(elem.VR).split(" or ")[0]
+def uncompressed_part10(body: bytes, start: int, source_syntax: str, target_syntax: str,
+                        sop_class: str, sop_instance: str,
+                        replace: Mapping[int, tuple[str, bytes]] | None = None,
+                        decode_nested: NestedDecoder | None = None) -> bytes:
+    """A Part-10 object in an uncompressed ``target_syntax`` (Implicit VR Little
+    Endian, Explicit VR Little or Big Endian, Deflated Explicit VR Little Endian) from
+    the data set ``body[start:]`` encoded as ``source_syntax`` (a deflated one
+    inflated, i.e. explicit VR little endian).
 
-
-def _rebuild_with_pydicom(parts: HeaderParts, target: str, sop_class: str, sop_instance: str,
-                          pixel: bytes, encapsulated: bool, bits_allocated: int) -> bytes:
-    """Re-encode the data set (implicit VR or big endian sources) into ``target``."""
-    ts = syntax(target)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = dcmread(BytesIO(parts.prefix), force=True)
-        ds.preamble = None
-        del ds.file_meta
-        if encapsulated:
-            # The value of the element built by the caller; pydicom adds the delimiter.
-            ds.PixelData = pixel[len(_ENCAPSULATED_HEADER) : -len(_SEQUENCE_DELIMITER)]
-            ds["PixelData"].VR = "OB"
-            ds["PixelData"].is_undefined_length = True
-        else:
-            if not ts.little_endian and bits_allocated == 16:
-                pixel = np.frombuffer(pixel, "<u2").astype(">u2").tobytes()
-            ds.PixelData = pixel
-            ds["PixelData"].VR = "OW" if bits_allocated > 8 else "OB"
-        if not ts.implicit_vr:
-            _resolve_ambiguous_vrs(ds)
-        out = BytesIO()
-        dcmwrite(out, ds, implicit_vr=ts.implicit_vr, little_endian=ts.little_endian,
-                 force_encoding=True)
-    return _file_meta(sop_class, sop_instance, target) + out.getvalue()
+    ``replace``: top-level elements written instead of the source's, by tag (VR and
+    little-endian value), e.g. the native pixel data of a decoded object;
+    ``decode_nested`` decodes encapsulated icons.  A deflated
+    target is the explicit VR little endian data set deflated (PS3.5 A.5, RFC 1951).
+    """
+    source, target = syntax(source_syntax), syntax(target_syntax)
+    if source.deflated:
+        source = syntax(EXPLICIT_LE)
+    if target.encapsulated:
+        raise UnsupportedTransferSyntaxError(f"{target.name} is not an uncompressed syntax")
+    dataset = convert_dataset(body, start, source,
+                              syntax(EXPLICIT_LE) if target.deflated else target, replace,
+                              decode_nested)
+    if target.deflated:
+        deflater = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+        dataset = deflater.compress(dataset) + deflater.flush()
+    return _file_meta(sop_class, sop_instance, target.uid) + dataset

@@ -59,22 +59,12 @@ class InstanceRecord:
     the same object relayed by another system differs only in its File Meta."""
 
     def same_instance(self, other: InstanceRecord) -> bool:
-        """``other`` is this instance again (the duplicate policy, in one place).
-
-        Identical files; or, when both have pixel checksums (re-encoded frames, and
-        objects kept with native pixel data such as deflated ones), the same matching
-        attributes (patient, study, series, instance keys), layout and decoded-pixel
-        checksums (a copy that travelled in another transfer syntax or with another File
-        Meta); or, for other kept objects, the same data set bytes.  A corrected header
-        is therefore a conflict, never silently dropped.
-        """
-        if self.sha256 == other.sha256:
-            return True
-        if self.attributes != other.attributes:
-            return False
-        if self.frame_crc32 and other.frame_crc32:
-            return self.layout == other.layout and self.frame_crc32 == other.frame_crc32
-        return bool(self.content_sha256) and self.content_sha256 == other.content_sha256
+        """``other`` is certainly this instance again: the same file, or the same data
+        set bytes after another File Meta (objects kept as received).  Anything else
+        is decided by :meth:`pacscore.Archive._difference`, which compares the data
+        sets and the decoded pixels (the duplicate policy, README "Policies")."""
+        return self.sha256 == other.sha256 or (
+            bool(self.content_sha256) and self.content_sha256 == other.content_sha256)
 
     @property
     def compressed(self) -> bool:

@@ -12,24 +12,23 @@ import hashlib
 import os
 import threading
 import uuid
-import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
-from io import BytesIO
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from ..codecs import FrameCodec, by_name
+from ..codecs.decoding import decodable, decode_frames
 from ..config import ArchiveConfig
 from ..dicom.header import InstanceHeader, PixelLayout, read_header
 from ..dicom.part10 import HeaderParts
 from ..dicom.scan import ScannedObject, scan
 from ..dicom.syntaxes import TransferSyntax
-from ..errors import InvalidDicomError, TruncatedFileError
+from ..errors import InvalidDicomError, TruncatedFileError, UndecodablePixelDataError
 from ..index.records import InstanceRecord, StoreKind
 from ..kernels import bits_outside_stored
 from ..store.base import FrameStore
@@ -125,6 +124,8 @@ _KEEP_RULES: tuple[Callable[[_Context], str | None], ...] = (
     if c.ts.deflated else None,
     lambda c: f"losslessly compressed input ({c.ts.name}) kept as received"
     if c.ts.encapsulated and not c.config.transcode_compressed else None,
+    lambda c: f"no decoder for {c.ts.name} here: kept as received"
+    if c.ts.encapsulated and not decodable(c.ts.uid) else None,
     lambda c: "YBR_FULL_422 is subsampled: no lossless syntax re-encodes it"
     if c.header.layout and c.header.layout.photometric == "YBR_FULL_422" else None,
     lambda c: c.codec.refuses(c.header.layout) if c.codec and c.header.layout else None,
@@ -191,17 +192,6 @@ def _check_complete(ctx: _Context, source: str) -> None:
         if problem:
             raise TruncatedFileError(f"JPEG 2000 pixel data is cut short: {problem}",
                                      source=source)
-
-
-def decoded_input_frames(data: bytes, layout: PixelLayout) -> list[npt.NDArray[Any]]:
-    """Decode losslessly compressed input with pydicom's decoders (transcode path)."""
-    from pydicom.pixels import iter_pixels  # type: ignore[attr-defined]
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = [np.ascontiguousarray(f).astype(layout.dtype, copy=False).reshape(
-            layout.frame_shape) for f in iter_pixels(BytesIO(data), raw=True)]
-    return out
 
 
 def _encode_frames(frames: Any, layout: PixelLayout, codec: FrameCodec) -> list[bytes] | str:
@@ -294,10 +284,14 @@ def encode_object(data: bytes, source: str, config: ArchiveConfig,
 
 
 def encode_unverified(data: bytes, source: str, config: ArchiveConfig,
-                      choose: CodecChooser | None = None) -> tuple[Encoded, Any]:
+                      choose: CodecChooser | None = None, *,
+                      decode_kept: bool = False) -> tuple[Encoded, Any]:
     """:func:`encode_object` but the verification: the result with its codestreams
     (no CRCs yet) or kept as received, and the source frames that :func:`verified`
-    checks the codestreams against (None when kept)."""
+    checks the codestreams against (None when kept).
+
+    ``decode_kept``: decode an object kept in a compressed syntax too (the archive's
+    ingest, :func:`decoded_kept`); refuse it when it does not decode."""
     sha = hashlib.sha256(data).hexdigest()
     scanned = scan(data, config.limits, source)
     header = read_header(scanned, config.limits, source, sha)
@@ -314,9 +308,10 @@ def encode_unverified(data: bytes, source: str, config: ArchiveConfig,
     reason = next((r for rule in _KEEP_RULES if (r := rule(ctx))), None)
     layout, pixel = header.layout, scanned.pixel
     if reason is not None or codec is None or layout is None or pixel is None:
-        return replace(kept, kept_reason=reason or "nothing to encode",
-                       crcs=_native_crcs(ctx)), None
-    frames: Any = (decoded_input_frames(data, layout) if ts.encapsulated
+        crcs = _kept_crcs(ctx, data, source) if decode_kept and pixel is not None \
+            and pixel.encapsulated else _native_crcs(ctx)
+        return replace(kept, kept_reason=reason or "nothing to encode", crcs=crcs), None
+    frames: Any = (_decoded_input(ctx, data, source) if ts.encapsulated
                    else native_frames(scanned, layout))
     if config.codec == "auto" and choose is not None:
         codec = choose(header, frames)
@@ -332,6 +327,32 @@ def encode_unverified(data: bytes, source: str, config: ArchiveConfig,
         if not ts.encapsulated and pixel.length > layout.native_bytes else -1,
     )
     return replace(kept, codec=codec, frames=tuple(encoded), parts=parts), frames
+
+
+def _decoded_input(ctx: _Context, data: bytes, source: str) -> list[npt.NDArray[Any]]:
+    """Every frame of encapsulated input, decoded; refused when one does not decode
+    or does not match the header (size, number of frames)."""
+    layout = ctx.header.layout
+    assert layout is not None
+    try:
+        return decode_frames(data, ctx.ts.uid, layout)
+    except UndecodablePixelDataError as exc:
+        raise InvalidDicomError(
+            f"{ctx.ts.name} pixel data cannot be used: {exc.reason}",
+            source=source, hint="the sender must send an object whose pixel data decodes; "
+            "nothing was stored") from exc
+
+
+def _kept_crcs(ctx: _Context, data: bytes, source: str) -> tuple[int, ...]:
+    """CRC-32 of every decoded frame of an object kept in a compressed syntax decoded
+    here (:data:`~pacscore.codecs.decoding.DECODERS`): what :meth:`Archive.verify`
+    and the duplicate policy compare.  An object whose pixel data does not decode is
+    refused, so that a broken copy never holds the place of a good one; () for
+    syntaxes not decoded here and for headers that cannot describe the pixels."""
+    layout = ctx.header.layout
+    if layout is None or ctx.header.layout_problem or not decodable(ctx.ts.uid):
+        return ()
+    return tuple(frame_crc32(f) for f in _decoded_input(ctx, data, source))
 
 
 def _native_crcs(ctx: _Context) -> tuple[int, ...]:
@@ -372,7 +393,7 @@ def prepare(data: bytes, source: str, config: ArchiveConfig, store: FrameStore, 
     PacsError
         For input that must be refused; nothing is staged then.
     """
-    enc, frames = encode_unverified(data, source, config)
+    enc, frames = encode_unverified(data, source, config, decode_kept=True)
     header = enc.header
     if enc.codec is not None and enc.parts is not None and header.layout is not None:
         loc = new_location()

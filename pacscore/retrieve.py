@@ -1,0 +1,339 @@
+"""The retrieve half of :class:`pacscore.Archive`: stored instances read back.
+
+An instance comes back as stored (a read), as received (rebuilt byte for byte), in
+any uncompressed syntax (:func:`~pacscore.dicom.part10.uncompressed_part10`), or
+decoded and re-encoded; its frames as codestreams or native samples.  Objects kept as
+received are parsed once per request (:class:`Kept`).  Every failure to decode is an
+:class:`~pacscore.errors.UndecodablePixelDataError` (a PacsError), never a codec
+library's exception.  The verification of one instance and what the duplicate policy
+compares of it are here too: both read what is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .codecs import by_syntax
+from .codecs.decoding import decodable, decode_frames, native_elements, nested_decoder
+from .config import Limits
+from .dicom.compare import Content
+from .dicom.header import PixelLayout, read_header
+from .dicom.part10 import HeaderParts, build_part10, uncompressed_part10
+from .dicom.scan import ScannedObject, scan
+from .dicom.syntaxes import EXPLICIT_LE, syntax
+from .errors import (
+    ArchiveCorruptError,
+    NotFoundError,
+    UndecodablePixelDataError,
+    UnsupportedTransferSyntaxError,
+)
+from .index import InstanceRecord, LmdbIndex, StoreKind
+from .ingest.prepare import frame_crc32, native_bytes, native_frames
+from .store import ZarrFrameStore
+
+__all__ = ["Kept", "Reader"]
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """An object kept as received, read and parsed once for one request."""
+
+    data: bytes
+    """The object as stored."""
+    scanned: ScannedObject
+    """Its structure."""
+    layout: PixelLayout | None
+    """Its pixel layout (None without pixel data)."""
+    layout_problem: str | None = None
+    """Why its header cannot describe its pixels, if it cannot."""
+
+    @property
+    def decodable(self) -> bool:
+        """Its pixel data is encapsulated in a syntax decoded here, and described by
+        its header: decoded at ingest (refused if it did not decode) and by verify."""
+        pixel = self.scanned.pixel
+        return pixel is not None and pixel.encapsulated and self.layout is not None \
+            and self.layout_problem is None and decodable(self.scanned.transfer_syntax.uid)
+
+    @property
+    def frames(self) -> int:
+        """Number of frames of its pixel data (0 without)."""
+        if self.scanned.pixel is None:
+            return 0
+        return 1 if self.layout is None else self.layout.frames
+
+
+def _encoded(decoded: list[npt.NDArray[Any]], layout: PixelLayout, target: str,
+             sop: str) -> list[bytes]:
+    """Decoded frames encoded as ``target``; UnsupportedTransferSyntaxError when no
+    codec here writes it, its PS3.5 profile refuses the layout, or the codec fails."""
+    codec = by_syntax(target)
+    refused = "no encoder here" if codec is None else codec.refuses(layout)
+    if codec is None or refused:
+        raise UnsupportedTransferSyntaxError(
+            f"cannot encode instance {sop} as {syntax(target).name} ({target}): {refused}")
+    try:
+        return [codec.encode(np.ascontiguousarray(f), layout) for f in decoded]
+    except Exception as exc:  # codec libraries raise their own types
+        raise UnsupportedTransferSyntaxError(
+            f"cannot encode instance {sop} as {syntax(target).name}: {codec.name} failed "
+            f"({type(exc).__name__}: {exc})") from exc
+
+
+def crc_problem(decoded: list[npt.NDArray[Any]], crcs: Sequence[int]) -> str | None:
+    """The first frame whose CRC-32 is not the recorded one, or None."""
+    if len(decoded) != len(crcs):
+        return f"{len(decoded)} frames decode, {len(crcs)} were recorded"
+    for i, (frame, crc) in enumerate(zip(decoded, crcs, strict=True)):
+        if frame_crc32(frame) != crc:
+            return f"frame {i} CRC mismatch"
+    return None
+
+
+class Reader:
+    """Reads, converts and decodes stored instances for an :class:`~pacscore.Archive`.
+
+    Parameters
+    ----------
+    store, index
+        The archive's FrameStore and Index.
+    limits
+        Input limits (a kept object is scanned again when it is read).
+    """
+
+    def __init__(self, store: ZarrFrameStore, index: LmdbIndex, limits: Limits):
+        self.store, self.index, self.limits = store, index, limits
+
+    def kept(self, rec: InstanceRecord) -> Kept:
+        """An object kept as received, read and parsed."""
+        data = self.store.read_blob(rec.location)
+        scanned = scan(data, self.limits, rec.sop_instance_uid)
+        header = read_header(scanned, self.limits, rec.sop_instance_uid, rec.sha256)
+        return Kept(data, scanned, header.layout, header.layout_problem)
+
+    def decoded(self, rec: InstanceRecord, indices: Sequence[int] | None = None,
+                kept: Kept | None = None) -> tuple[list[npt.NDArray[Any]], PixelLayout]:
+        """Decoded frames (native dtype, colour-by-pixel) of an instance (``kept``: the
+        object kept as received, when the caller has read it already).
+
+        Raises
+        ------
+        UnsupportedTransferSyntaxError
+            :class:`~pacscore.errors.UndecodablePixelDataError` when its pixel data
+            does not decode (never a codec library's own exception).
+        """
+        sop = rec.sop_instance_uid
+        if rec.kind == StoreKind.FRAMES:
+            assert rec.layout is not None
+            layout = PixelLayout.from_dict(rec.layout)
+            codec = by_syntax(rec.stored_syntax)
+            if codec is None:
+                raise UnsupportedTransferSyntaxError(f"no decoder for {rec.stored_syntax}")
+            wanted = range(layout.frames) if indices is None else indices
+            streams = self.store.read_frames(rec.location, list(wanted),
+                                             2 + (layout.samples > 1) + 1)
+            try:
+                return [codec.decode(s, layout) for s in streams], layout
+            except Exception as exc:  # codec libraries raise their own types
+                raise UndecodablePixelDataError(
+                    f"instance {sop}: a stored {codec.name} frame does not decode "
+                    f"({type(exc).__name__}: {exc})", source=sop,
+                    hint="run `pacscore verify`; restore the instance from a replica or "
+                    "re-send it") from exc
+        kept = kept or self.kept(rec)
+        scanned, layout_ = kept.scanned, kept.layout
+        if layout_ is None or scanned.pixel is None or kept.layout_problem \
+                or layout_.bits_allocated % 8:  # (1-bit samples are packed)
+            raise UnsupportedTransferSyntaxError(
+                f"instance {sop} has no pixel data this archive can decode "
+                f"({kept.layout_problem or rec.kept_reason}); ask for its original or an "
+                f"uncompressed transfer syntax")
+        if indices is not None and (bad := [i for i in indices
+                                            if not 0 <= i < layout_.frames]):
+            raise NotFoundError(f"instance {sop} has {layout_.frames} frames; "
+                                f"no frame {bad[0]}")
+        if scanned.transfer_syntax.encapsulated:
+            try:
+                chosen = decode_frames(kept.data, scanned.transfer_syntax.uid, layout_,
+                                       indices)
+            except UndecodablePixelDataError as exc:
+                raise UndecodablePixelDataError(
+                    f"instance {sop} ({scanned.transfer_syntax.name}): {exc.reason}",
+                    source=sop) from exc
+            return chosen, layout_
+        if layout_.photometric == "YBR_FULL_422":
+            raise UnsupportedTransferSyntaxError(
+                f"instance {sop} holds native YBR_FULL_422 pixel data "
+                f"(two samples of chroma per two pixels): it is sent uncompressed only; "
+                f"ask for its original or another uncompressed transfer syntax")
+        frames = native_frames(scanned, layout_)
+        chosen = list(frames) if indices is None else [frames[i] for i in indices]
+        return chosen, layout_
+
+    def parts(self, rec: InstanceRecord, kept: Kept | None) -> HeaderParts:
+        if kept is None:
+            return HeaderParts.unpack(self.index.header(rec.sop_instance_uid))
+        data, scanned = kept.data, kept.scanned
+        pixel = scanned.pixel
+        if pixel is None:
+            raise UnsupportedTransferSyntaxError(
+                f"instance {rec.sop_instance_uid} has no pixel data to compress; ask for "
+                f"its original or an uncompressed transfer syntax")
+        # A deflated object's offsets are in its inflated data set (explicit VR little
+        # endian, no File Meta before it): the parts are cut from that.
+        src, start = (scanned.body, 0) if scanned.inflated else (data, scanned.dataset_start)
+        return HeaderParts(bytes(src[: pixel.element_start]),
+                           bytes(src[pixel.element_start:pixel.value_start]),
+                           bytes(src[pixel.value_end:]), start, -1)
+
+    def get(self, rec: InstanceRecord, transfer_syntax: str) -> bytes:
+        """:meth:`pacscore.Archive.get` of the instance ``rec`` describes."""
+        target = {"original": rec.original_syntax, "stored": rec.stored_syntax}.get(
+            transfer_syntax, transfer_syntax)
+        if rec.kind == StoreKind.BLOB and target == rec.stored_syntax:
+            return self.store.read_blob(rec.location)
+        cls, sop = rec.sop_class_uid, rec.sop_instance_uid
+        if rec.kind == StoreKind.FRAMES and target == rec.stored_syntax:
+            assert rec.layout is not None
+            layout = PixelLayout.from_dict(rec.layout)
+            streams = self.store.read_frames(rec.location, range(layout.frames),
+                                             3 + (layout.samples > 1))
+            parts = HeaderParts.unpack(self.index.header(sop))
+            return build_part10(parts, rec.original_syntax, target, cls, sop, frames=streams)
+        ts = syntax(target)
+        if ts.native:
+            return self.uncompressed(rec, target)
+        kept = self.kept(rec) if rec.kind == StoreKind.BLOB else None
+        parts = self.parts(rec, kept)
+        # the data set the parts hold: a deflated one's is inflated (explicit VR LE)
+        source = EXPLICIT_LE if syntax(rec.original_syntax).deflated else rec.original_syntax
+        decoded, layout = self.decoded(rec, kept=kept)
+        streams = _encoded(decoded, layout, target, sop)
+        return build_part10(parts, source, target, cls, sop, frames=streams)
+
+    def uncompressed(self, rec: InstanceRecord, target: str) -> bytes:
+        """The instance in an uncompressed syntax: the data set re-encoded
+        (:func:`~pacscore.dicom.part10.uncompressed_part10`), native pixel data with
+        it, compressed pixel data decoded."""
+        cls, sop = rec.sop_class_uid, rec.sop_instance_uid
+        original = syntax(rec.original_syntax)
+        if rec.kind == StoreKind.FRAMES:
+            parts = HeaderParts.unpack(self.index.header(sop))
+            decoded, layout = self.decoded(rec)
+            if original.native:  # the original object, rebuilt (then converted)
+                data = parts.original(native_bytes(decoded, layout, original.little_endian))
+                if target == rec.original_syntax:
+                    if hashlib.sha256(data).hexdigest() != rec.sha256:
+                        raise ArchiveCorruptError(
+                            f"rebuilt original of {sop} does not match its SHA-256",
+                            source=sop)
+                    return data
+                return uncompressed_part10(data, parts.dataset_start, original.uid, target,
+                                           cls, sop)
+            body = parts.prefix[parts.dataset_start:] + parts.suffix
+            return uncompressed_part10(body, 0, original.uid, target, cls, sop,
+                                       native_elements(decoded, layout),
+                                       nested_decoder(original.uid))
+        kept = self.kept(rec)
+        scanned = kept.scanned
+        replace = None
+        if scanned.pixel is not None and scanned.pixel.encapsulated:
+            decoded, layout = self.decoded(rec, kept=kept)
+            replace = native_elements(decoded, layout)
+        start = 0 if scanned.inflated else scanned.dataset_start
+        nested = nested_decoder(original.uid) if original.encapsulated else None
+        try:
+            return uncompressed_part10(scanned.body, start, rec.original_syntax, target,
+                                       cls, sop, replace, nested)
+        except UndecodablePixelDataError as exc:
+            raise UndecodablePixelDataError(f"instance {sop}: an icon image {exc.reason}",
+                                            source=sop) from exc
+
+    def frames(self, rec: InstanceRecord, indices: Sequence[int] | None,
+               transfer_syntax: str) -> list[bytes]:
+        """:meth:`pacscore.Archive.frames` of the instance ``rec`` describes."""
+        sop_instance_uid = rec.sop_instance_uid
+        wanted: list[int] | None
+        if rec.kind == StoreKind.FRAMES and rec.layout is not None:
+            n = rec.layout["frames"]
+            wanted = list(range(n)) if indices is None else list(indices)
+            bad = [i for i in wanted if not 0 <= i < n]
+            if bad:
+                raise NotFoundError(f"instance {sop_instance_uid} has {n} frames; "
+                                    f"no frame {bad[0]}")
+            if transfer_syntax in ("stored", rec.stored_syntax):
+                return self.store.read_frames(rec.location, wanted,
+                                              3 + (rec.layout["samples"] > 1))
+        else:
+            wanted = None if indices is None else list(indices)
+            if transfer_syntax in ("stored", rec.stored_syntax) \
+                    and syntax(rec.stored_syntax).encapsulated:
+                return self.kept_codestreams(rec, wanted)
+        decoded, layout = self.decoded(rec, wanted)
+        target = rec.stored_syntax if transfer_syntax == "stored" else transfer_syntax
+        if syntax(target).native or transfer_syntax == "native":
+            return [np.ascontiguousarray(f).astype(f.dtype.newbyteorder("<")).tobytes()
+                    for f in decoded]
+        return _encoded(decoded, layout, target, sop_instance_uid)
+
+    def kept_codestreams(self, rec: InstanceRecord, wanted: list[int] | None
+                         ) -> list[bytes]:
+        """The frames of an object kept as received in a compressed syntax, as its
+        codestreams are (a read, no transcode)."""
+        from pydicom.encaps import generate_frames
+
+        sop = rec.sop_instance_uid
+        kept = self.kept(rec)
+        pixel, count = kept.scanned.pixel, kept.frames
+        wanted = list(range(count)) if wanted is None else wanted
+        if bad := [i for i in wanted if not 0 <= i < count]:
+            raise NotFoundError(f"instance {sop} has {count} frames; no frame {bad[0]}")
+        assert pixel is not None  # count > 0
+        try:
+            streams = list(generate_frames(
+                bytes(kept.scanned.body[pixel.value_start:pixel.value_end]),
+                number_of_frames=count))
+            return [streams[i] for i in wanted]
+        except Exception as exc:  # pydicom raises its own types for bad fragments
+            raise UndecodablePixelDataError(
+                f"instance {sop}: its fragments do not split into {count} frames "
+                f"({type(exc).__name__}: {exc})", source=sop) from exc
+
+    def content(self, rec: InstanceRecord, header: bytes | None) -> Content:
+        """What the duplicate policy compares of a stored or staged instance
+        (``header``: its packed header parts when not in the index yet)."""
+        if rec.kind == StoreKind.FRAMES:
+            parts = HeaderParts.unpack(header or self.index.header(rec.sop_instance_uid))
+            return Content(parts.prefix[parts.dataset_start:] + parts.suffix,
+                           syntax(rec.original_syntax), None, rec.frame_crc32, rec.layout)
+        scanned = scan(self.store.read_blob(rec.location), self.limits,
+                       rec.sop_instance_uid)
+        body, pixel = scanned.body, scanned.pixel
+        start = 0 if scanned.inflated else scanned.dataset_start
+        encoding = syntax(EXPLICIT_LE) if scanned.inflated else scanned.transfer_syntax
+        if pixel is None:
+            return Content(bytes(body[start:]), encoding, None, rec.frame_crc32, rec.layout)
+        return Content(bytes(body[start:pixel.element_start]) + bytes(body[pixel.value_end:]),
+                       encoding, bytes(body[pixel.value_start:pixel.value_end]),
+                       rec.frame_crc32, rec.layout)
+
+    def verify_kept(self, rec: InstanceRecord) -> str | None:
+        """Why an object kept as received fails verification, or None."""
+        data = self.store.read_blob(rec.location)
+        if hashlib.sha256(data).hexdigest() != rec.sha256:
+            return "SHA-256 mismatch"
+        if not syntax(rec.stored_syntax).encapsulated:
+            return None
+        kept = self.kept(rec)
+        if not kept.decodable:
+            return None
+        decoded, _ = self.decoded(rec, kept=kept)
+        if syntax(rec.stored_syntax).lossy or not rec.frame_crc32:
+            return None  # (kept before pacscore recorded the CRC-32s of kept objects)
+        return crc_problem(decoded, rec.frame_crc32)
