@@ -15,8 +15,11 @@ association the server accepted (:func:`enable`), the reader installed here
 * its data set fragments are written to that file as they arrive, from the receive
   buffer (one copy);
 * the last fragment closes the file; the handler stores it (in the association's
-  reader thread: the peer waits for the response anyway) and the C-STORE-RSP is
-  written with :mod:`.dimse_wire`.
+  reader thread: the peer waits for the response anyway), given the open file, never
+  its name, and the C-STORE-RSP is written with :mod:`.dimse_wire`, with an Error
+  Comment and Offending Element when it is a refusal (:class:`StoreAnswer`);
+* a request whose Affected SOP Class or Instance UID is not a UID is answered 0xC000
+  naming it, its data set read and dropped: the association goes on.
 
 Everything else takes pynetdicom's path unchanged: other PDU types, other messages
 (their PDVs are handed to pynetdicom's DIMSE layer as its state machine would), a

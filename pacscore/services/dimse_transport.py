@@ -116,32 +116,49 @@ class _ReactorClock:
 _READ_EVENTS = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 
 
-def readable(socks: list[Any], timeout: float) -> list[Any]:
+def readable(socks: list[Any], timeout: float, owner: Any = None) -> list[Any]:
     """The sockets of ``socks`` with something to read (data, an end, an error), after
     waiting ``timeout`` seconds at most for one; ``poll``, so any descriptor number
-    works (``select`` stops at 1,023).  ValueError for a closed socket."""
-    poller = select.poll()
-    by_fd = {}
-    for sock in socks:
-        fd = sock.fileno()
-        if fd < 0:
+    works (``select`` stops at 1,023).  ValueError for a closed socket.  With
+    ``owner``, the poll object is kept in its ``__dict__`` for the next call on the
+    same descriptors."""
+    fds = tuple(sock.fileno() for sock in socks)
+    cached = owner.__dict__.get("_pacscore_poll") if owner is not None else None
+    if cached is None or cached[0] != fds:
+        if min(fds) < 0:
             raise ValueError("the socket is closed")
-        by_fd[fd] = sock
-        poller.register(fd, _READ_EVENTS)
-    events = poller.poll(max(0, int(timeout * 1000)))
-    if any(mask & select.POLLNVAL for _, mask in events):
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, _READ_EVENTS)
+        cached = (fds, poller)
+        if owner is not None:
+            owner.__dict__["_pacscore_poll"] = cached
+    events = cached[1].poll(max(0, int(timeout * 1000)))
+    if events and any(mask & select.POLLNVAL for _, mask in events):
         raise ValueError("the socket is closed")
-    return [by_fd[fd] for fd, _ in events]
+    return [socks[fds.index(fd)] for fd, _ in events]
 
 
 def _ready(self: AssociationSocket) -> bool:
     """``AssociationSocket.ready`` without ``select`` (same contract: True when there is
-    something to read; Evt17 when the socket is closed)."""
+    something to read; Evt17 when the socket is closed); the poll object is kept for
+    the socket's next call (cheaper than ``select`` then)."""
     raw = self.socket
     if raw is None or self._is_connected is False:
         return False
+    fd = raw.fileno()
+    cached = self.__dict__.get("_pacscore_poll")
     try:
-        ready = bool(readable([raw], 0))
+        if cached is None or cached[0] != fd:
+            if fd < 0:
+                raise ValueError("the socket is closed")
+            cached = (fd, select.poll())
+            cached[1].register(fd, _READ_EVENTS)
+            self.__dict__["_pacscore_poll"] = cached
+        events = cached[1].poll(0)
+        if events and events[0][1] & select.POLLNVAL:
+            raise ValueError("the socket is closed")
+        ready = bool(events)
     except (OSError, ValueError):
         self.event_queue.put("Evt17")  # transport connection closed, as pynetdicom does
         return False
@@ -234,7 +251,7 @@ class _DulClock:
                 return  # decrypted bytes wait in the TLS layer, which poll cannot see
             reader = _waker(dul)[0]
             try:
-                ready = readable([raw, reader], _IDLE)
+                ready = readable([raw, reader], _IDLE, dul)
             except (OSError, ValueError):  # closed meanwhile: the reactor will see it
                 return
             if reader in ready:
