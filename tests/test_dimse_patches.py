@@ -81,3 +81,41 @@ def test_without_the_fast_paths_the_server_stores_echoes_finds_and_gets(
         finally:
             server.stop()
     assert dimse_patches.install()  # back for the other tests of this process
+
+
+def test_a_requestor_with_the_fast_paths_gets_each_response_at_once(tmp_path: Path,
+                                                                     corpus: Path) -> None:
+    """With the fast paths installed in its process (as they are in the server, whose
+    C-MOVE sub-associations and storage commitment reports are requestors), a
+    pynetdicom SCU alternating C-STORE and C-ECHO is answered at once: the reactor's
+    wait on the DIMSE queue used to take the wake-up meant for the thread waiting for
+    the response, which then sat out the 30 s DIMSE timeout."""
+    import time
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+
+    from pacscore.testing import serving
+
+    series = sorted((corpus / "ct_series/tcia_lung_pet_ct_dx_chest_30sl").iterdir())[:10]
+    root = tmp_path / "archive"
+    cli("ae", "add", "MODALITY", "--host", "127.0.0.1", "--archive", str(root))
+    assert dimse_patches.install()
+    with serving(root) as ports:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1"])
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", ports["dimse"], ae_title="PACSCORE")
+        slowest = 0.0
+        try:
+            for _ in range(2):
+                for path in series:
+                    for request in (path, None):
+                        start = time.monotonic()
+                        answer = assoc.send_c_echo() if request is None else \
+                            assoc.send_c_store(request)
+                        assert answer.Status == 0x0000
+                        slowest = max(slowest, time.monotonic() - start)
+        finally:
+            assoc.release()
+    assert slowest < 10, f"a response took {slowest:.1f} s"

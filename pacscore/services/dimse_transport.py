@@ -94,7 +94,13 @@ def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
 
 class _ReactorClock:
     """``time`` as pynetdicom's association module sees it: its reactor's 1 ms poll
-    waits on the association's DIMSE queue instead; everything else is ``time``."""
+    waits on the association's DIMSE queue instead; everything else is ``time``.
+
+    The wait takes a wake-up that ``put`` meant for one waiter: when a message is
+    there, the wake-up is passed on, for a thread blocked in ``get`` on the same queue
+    (a request sent from another thread, e.g. a storage commitment report, or a
+    client's ``send_c_echo`` after the reactor slipped past its pause); without it,
+    that thread waited out the whole DIMSE timeout (30 s) with its response queued."""
 
     _POLL, _LONGEST = 0.001, 0.005
 
@@ -109,6 +115,8 @@ class _ReactorClock:
                 with messages.not_empty:
                     if not messages.queue:
                         messages.not_empty.wait(self._LONGEST)
+                    if messages.queue:
+                        messages.not_empty.notify()
                 return
         time.sleep(seconds)
 
