@@ -410,6 +410,7 @@ def _closed_within(sock: socket.socket, seconds: float) -> float | None:
 
 
 @needs_dcmtk
+@pytest.mark.slow  # ~18 s: connections must outlive the 5 s request timeout
 def test_idle_connections_hold_no_association_slot(archive: Path, files: list[Path]) -> None:
     """24 connections that never send an A-ASSOCIATE-RQ (8 from each of three
     addresses, more than the 16 associations allowed), renewed as soon as they are
