@@ -3,7 +3,7 @@ names another instance than its data set, request UIDs that are not UIDs, Error
 Comments on refusals, audit outcomes of retrieves, idle connections holding every
 association slot, and more than 1,024 open files.  Peers: pynetdicom as SCU and SCP
 (with command sets written by the test where a real client would not send them),
-DCMTK storescu/echoscu/movescu, raw sockets."""
+DCMTK storescu/echoscu, raw sockets."""
 
 from __future__ import annotations
 
