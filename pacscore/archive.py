@@ -22,6 +22,7 @@ import fcntl
 import logging
 import os
 import shutil
+import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -216,6 +217,15 @@ class _GroupCommit:
                 self._cv.wait(timeout=1)
 
 
+def _descriptor(stream: BinaryIO) -> int | None:
+    """The descriptor of ``stream`` when it is an open regular file, else None."""
+    try:
+        fd = stream.fileno()
+        return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
+
+
 class Archive:
     """A DICOM archive in one directory: ``index.lmdb`` and ``frames/`` (Zarr).
 
@@ -330,14 +340,18 @@ class Archive:
     # -- ingest ------------------------------------------------------------------
     def store(self, src: str | os.PathLike[str] | bytes | BinaryIO, *,
               source: str | None = None) -> StoreResult:
-        """Store one Part-10 object (a path, its bytes, or a binary stream).
+        """Store one Part-10 object (a path, its bytes, or a binary stream read from its
+        position to its end; an open file is handed to a worker process as it is, so
+        what is stored is what was written to it, whatever its name points to).
 
         Raises
         ------
         PacsError
             :class:`~pacscore.errors.InvalidDicomError` and subclasses for input that
-            is refused, :class:`~pacscore.errors.ConflictError` when the SOP Instance
-            UID is stored with other content; nothing is stored then.
+            is refused (:class:`~pacscore.errors.IdentityMismatchError` when its File
+            Meta names another SOP Class or Instance than its data set),
+            :class:`~pacscore.errors.ConflictError` when the SOP Instance UID is
+            stored with other content; nothing is stored then.
         """
         self._require_writer()
         if isinstance(src, bytes | bytearray | memoryview):
@@ -350,9 +364,12 @@ class Archive:
                 data = Path(src).read_bytes()
             except OSError as exc:
                 raise ArchiveStorageError(f"cannot read {name}: {exc}") from exc
+        elif self.config.prepare_workers > 0 and (fd := _descriptor(src)) is not None:
+            return self._store_in_pool(fd, source or "<stream>", src.tell())
         else:
             data, name = src.read(), source or "<stream>"
-        prepared = prepare(data, name, self.config, self.store_, flush=True)
+        prepared = prepare(data, name, self.config, self.store_, flush=True,
+                           strict_identity=True)
         outcome = self._group.submit(prepared)
         if isinstance(outcome, Rejected):
             raise ConflictError(outcome.reason, source=name)
@@ -367,11 +384,12 @@ class Archive:
                 self._workers = PrepareWorkers(self.config.prepare_workers, self.config,
                                                str(self.frames_root))
 
-    def _store_in_pool(self, path: str, name: str) -> StoreResult:
-        """Prepare in a worker process (codecs hold the GIL), then group-commit."""
+    def _store_in_pool(self, path: str | int, name: str, offset: int = 0) -> StoreResult:
+        """Prepare in a worker process (codecs hold the GIL), then group-commit;
+        ``path``: see :meth:`PrepareWorkers.prepare`."""
         self.start_workers()
         assert self._workers is not None
-        outcome = self._workers.prepare(path, name)
+        outcome = self._workers.prepare(path, name, offset)
         if isinstance(outcome, Rejected):
             raise ERRORS_BY_NAME.get(outcome.error, InvalidDicomError)(outcome.reason,
                                                                        source=name)

@@ -14,6 +14,7 @@ __all__ = [
     "ArchiveCorruptError",
     "ArchiveStorageError",
     "ConflictError",
+    "IdentityMismatchError",
     "InvalidDicomError",
     "InvalidUIDError",
     "LimitExceededError",
@@ -21,6 +22,7 @@ __all__ = [
     "PacsError",
     "TruncatedFileError",
     "UndecodablePixelDataError",
+    "UnsafeFolderError",
     "UnsupportedTransferSyntaxError",
 ]
 
@@ -58,6 +60,16 @@ class InvalidUIDError(InvalidDicomError):
     """A UID breaks the PS3.5 9.1 grammar (digits and dots, at most 64 characters)."""
 
     hint = "UIDs must be digits and dots, no leading zeros, at most 64 characters"
+
+
+class IdentityMismatchError(InvalidDicomError):
+    """What announces an object (the File Meta's Media Storage SOP Class/Instance UIDs,
+    a C-STORE request's Affected SOP Class/Instance UIDs) names another object than
+    its data set is (PS3.10 7.1, PS3.4 C.4.2.1.4.2): acknowledging the one and storing
+    the other would lose an instance."""
+
+    hint = ("the sender must announce the SOP Class and Instance UIDs of the data set it "
+            "sends (fix its File Meta or request); nothing was stored")
 
 
 class LimitExceededError(InvalidDicomError):
@@ -102,6 +114,14 @@ class ArchiveStorageError(PacsError, OSError):
     hint = "free space or fix the archive directory, then retry; acknowledged data is safe"
 
 
+class UnsafeFolderError(PacsError, PermissionError):
+    """A folder pacscore would keep received data in belongs to another user, or other
+    users may write to it (they could read, add or swap what is received)."""
+
+    hint = ("give a folder that belongs to the user pacscore runs as and that no one else "
+            "may write to (chmod 700), or leave the setting out")
+
+
 class ArchiveBusyError(ArchiveStorageError):
     """Another process holds the archive open for writing (``pacscore serve``, an
     import): this one may read it but not write it."""
@@ -119,6 +139,7 @@ class ArchiveCorruptError(PacsError, RuntimeError):
 ERRORS_BY_NAME: dict[str, type[PacsError]] = {
     cls.__name__: cls for cls in (
         PacsError, InvalidDicomError, TruncatedFileError, InvalidUIDError, LimitExceededError,
+        IdentityMismatchError, UnsafeFolderError,
         UnsupportedTransferSyntaxError, NotFoundError, ConflictError, ArchiveStorageError,
         ArchiveBusyError, ArchiveCorruptError, UndecodablePixelDataError)
 }

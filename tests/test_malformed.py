@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from pacscore import Archive, InvalidDicomError
+from pacscore.archive import StoreResult
+from pacscore.errors import IdentityMismatchError
 
 from .conftest import corpus_files
 
@@ -59,11 +61,27 @@ def test_refused_with_reason_naming_the_file(archive: Archive, corpus: Path,
 
 @pytest.mark.parametrize("relative", sorted(KEPT))
 def test_kept_exactly_as_received(archive: Archive, corpus: Path, relative: str) -> None:
+    """Through a bulk import (a single store refuses JPEGLossless_signed_bad.dcm, whose
+    File Meta names another SOP Instance: see below)."""
     path = corpus / relative
-    result = archive.store(path)
+    (result,) = archive.store_many([str(path)], workers=0)
+    assert isinstance(result, StoreResult), result
     assert result.kept_reason is not None and KEPT[relative] in result.kept_reason
     assert archive.get(result.sop_instance_uid, "original") == path.read_bytes()
     assert archive.get(result.sop_instance_uid, "stored") == path.read_bytes()
+
+
+def test_a_single_store_refuses_a_file_meta_naming_another_instance(archive: Archive,
+                                                                  corpus: Path) -> None:
+    """A real file whose File Meta (0002,0003) is not its SOP Instance UID: a single
+    store (the door of C-STORE, STOW-RS, gRPC) refuses it naming both UIDs."""
+    path = corpus / "malformed/JPEGLossless_signed_bad.dcm"
+    with pytest.raises(IdentityMismatchError) as info:
+        archive.store(path)
+    assert "9.99.999.9999" in str(info.value)
+    assert "1.2.840.113619.2.30.1.1762269736.1927.1076592555.824" in str(info.value)
+    assert archive.stats()["instances"] == 0
+    assert list(archive.store_.locations()) == []
 
 
 def test_archive_usable_after_every_refusal(archive: Archive, corpus: Path) -> None:

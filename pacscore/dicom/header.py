@@ -22,8 +22,8 @@ from ..errors import InvalidDicomError, InvalidUIDError, LimitExceededError
 from .scan import ScannedObject, dictionary_vr
 
 __all__ = [
-    "INDEX_KEYWORDS", "InstanceHeader", "PixelLayout", "derived_uid", "read_header",
-    "validate_uid",
+    "INDEX_KEYWORDS", "InstanceHeader", "PixelLayout", "derived_uid", "identity_conflict",
+    "read_header", "validate_uid",
 ]
 
 # PS3.5 9.1: components of digits separated by dots, at most 64 characters.
@@ -194,6 +194,9 @@ class InstanceHeader:
     """Why the pixel data cannot be handled as native samples, if it cannot."""
     warnings: tuple[str, ...] = ()
     """Non-conformances that were tolerated (derived UIDs, meta mismatch, ...)."""
+    identity_conflict: str | None = None
+    """How the File Meta names another object than the data set is (see
+    :func:`identity_conflict`), or None."""
 
 
 _KEYWORD_TAG = {kw: tag for tag, kw in _TAGS.items()}
@@ -392,10 +395,33 @@ def _read_header(scanned: ScannedObject, limits: Limits, source: str,
                         (study, "Study Instance UID"), (series, "Series Instance UID")):
         if not validate_uid(value, what, source):
             notes.append(f"{what} {value!r} does not follow PS3.5 9.1 (tolerated)")
-    if meta_sop and meta_sop != sop:
-        notes.append(f"File Meta names SOP Instance {meta_sop}; the data set's {sop} is used")
+    conflict = identity_conflict(scanned.meta, sop_class, sop)
+    if conflict:
+        notes.append(f"{conflict}; the data set's UID is used")
     attributes.update(SOPInstanceUID=sop, SOPClassUID=sop_class, StudyInstanceUID=study,
                       SeriesInstanceUID=series)
     layout, problem = _layout(ds, scanned, limits, source)
     return InstanceHeader(sop, sop_class, study, series, attributes, layout, problem,
-                          tuple(notes))
+                          tuple(notes), conflict)
+
+
+# File Meta element -> what the data set calls the same identifier (PS3.10 7.1: the
+# Media Storage SOP Class/Instance UIDs identify the data set that follows).
+_META_IDENTITY = (
+    (0x00020002, "Media Storage SOP Class UID (0002,0002)", "SOP Class UID (0008,0016)"),
+    (0x00020003, "Media Storage SOP Instance UID (0002,0003)", "SOP Instance UID (0008,0018)"),
+)
+
+
+def identity_conflict(meta: dict[int, bytes], sop_class: str, sop: str) -> str | None:
+    """Why the File Meta group ``meta`` names another object than the data set whose
+    SOP Class and Instance UIDs are ``sop_class`` and ``sop`` (PS3.10 7.1); None when
+    they agree or the File Meta names none.  A C-STORE data set is spooled under a
+    File Meta made from the request's Affected SOP Class/Instance UIDs, so this is
+    also the check of PS3.4 C.4.2.1.4.2 (the request must name the data set it
+    carries)."""
+    for (tag, meta_name, name), value in zip(_META_IDENTITY, (sop_class, sop), strict=True):
+        named = meta.get(tag, b"").rstrip(b"\x00 ").decode("ascii", "replace")
+        if named and named != value:
+            return f"the data set's {name} is {value}, the File Meta's {meta_name} {named}"
+    return None

@@ -7,6 +7,7 @@ and returns a small result, so no pixel array crosses a process boundary.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 from collections.abc import Iterable, Iterator
@@ -19,7 +20,8 @@ from ..errors import PacsError
 from ..store.zarr_store import ZarrFrameStore
 from .prepare import Prepared, prepare
 
-__all__ = ["Outcome", "Rejected", "Skipped", "prepare_file", "prepare_path", "run_pool"]
+__all__ = ["Outcome", "Rejected", "Skipped", "prepare_descriptor", "prepare_file", "prepare_path",
+           "read_descriptor", "run_pool"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,37 +48,80 @@ class Skipped:
 
 Outcome = Prepared | Rejected | Skipped
 
+
 def prepare_path(path: str, config: ArchiveConfig, store: ZarrFrameStore, *,
-                 flush: bool = False) -> Outcome:
-    """Read and prepare one file (``flush``: see :func:`prepare`); never raises for bad
-    input."""
+                 flush: bool = False, strict_identity: bool = False) -> Outcome:
+    """Read and prepare one file (``flush``, ``strict_identity``: see :func:`prepare`);
+    never raises for bad input."""
     try:
         size = os.stat(path).st_size
         if size > config.limits.max_file_bytes:
             return Rejected(path, f"file of {size} bytes over the size limit", "LimitExceeded")
         with open(path, "rb") as f:
             data = f.read()
-        if not looks_like_dicom(data[:132]):
-            return Skipped(path, size)
-        return prepare(data, path, config, store, flush=flush)
-    except PacsError as exc:
-        return Rejected(path, f"{exc.reason} (hint: {exc.hint})", type(exc).__name__)
+        return _prepare_data(data, path, config, store, flush, strict_identity)
     except OSError as exc:
         return Rejected(path, f"cannot read: {exc.strerror or exc}", type(exc).__name__)
+
+
+def _prepare_data(data: bytes, source: str, config: ArchiveConfig, store: ZarrFrameStore,
+                  flush: bool, strict_identity: bool) -> Outcome:
+    try:
+        if not looks_like_dicom(data[:132]):
+            return Skipped(source, len(data))
+        return prepare(data, source, config, store, flush=flush,
+                       strict_identity=strict_identity)
+    except PacsError as exc:
+        return Rejected(source, f"{exc.reason} (hint: {exc.hint})", type(exc).__name__)
+    except OSError as exc:
+        return Rejected(source, f"cannot read: {exc.strerror or exc}", type(exc).__name__)
     except Exception as exc:  # a library bug must not stop the import
-        return Rejected(path, f"internal error while reading: {type(exc).__name__}: {exc}",
+        return Rejected(source, f"internal error while reading: {type(exc).__name__}: {exc}",
                         type(exc).__name__)
 
 
 def prepare_file(path: str, source: str, config: ArchiveConfig,
                  store: ZarrFrameStore) -> Outcome:
     """Worker task of a single store: prepare ``path``, reported under ``source``."""
-    outcome = prepare_path(path, config, store, flush=True)  # flushed here, in parallel
+    outcome = prepare_path(path, config, store, flush=True,  # flushed here, in parallel
+                           strict_identity=True)
     if isinstance(outcome, Prepared):
         return replace(outcome, source=source)
     if isinstance(outcome, Rejected):
         return Rejected(source, outcome.reason, outcome.error)
     return outcome
+
+
+def read_descriptor(fd: int, offset: int, limit: int) -> bytes:
+    """The bytes of the open file ``fd`` from ``offset`` to its end (``pread``: the
+    file position, shared with the process that handed the descriptor over, does not
+    move); OSError for more than ``limit`` bytes."""
+    size = os.fstat(fd).st_size - offset
+    if size > limit:
+        raise OSError(errno.EFBIG, f"file of {size} bytes over the size limit")
+    chunks, done = [], 0
+    while done < size:
+        chunk = os.pread(fd, min(size - done, 1 << 30), offset + done)
+        if not chunk:
+            break  # cut short meanwhile: what is there is scanned (and refused)
+        chunks.append(chunk)
+        done += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def prepare_descriptor(fd: int, offset: int, source: str, config: ArchiveConfig,
+                       store: ZarrFrameStore) -> Outcome:
+    """Worker task of a single store handed over as an open file (``fd``, read from
+    ``offset``; closed here): the object read is the one that was received, whatever
+    happens meanwhile to the name it had in a folder."""
+    try:
+        data = read_descriptor(fd, offset, config.limits.max_file_bytes)
+    except OSError as exc:
+        return Rejected(source, f"cannot read: {exc.strerror or exc}", type(exc).__name__)
+    finally:
+        os.close(fd)
+    outcome = _prepare_data(data, source, config, store, True, True)
+    return replace(outcome, source=source) if isinstance(outcome, Prepared) else outcome
 
 
 def _prepare_task(config: ArchiveConfig, frames_root: str, path: str) -> Outcome:

@@ -28,7 +28,12 @@ from ..dicom.header import InstanceHeader, PixelLayout, read_header
 from ..dicom.part10 import HeaderParts
 from ..dicom.scan import ScannedObject, scan
 from ..dicom.syntaxes import TransferSyntax
-from ..errors import InvalidDicomError, TruncatedFileError, UndecodablePixelDataError
+from ..errors import (
+    IdentityMismatchError,
+    InvalidDicomError,
+    TruncatedFileError,
+    UndecodablePixelDataError,
+)
 from ..index.records import InstanceRecord, StoreKind
 from ..kernels import bits_outside_stored
 from ..store.base import FrameStore
@@ -380,9 +385,12 @@ def verified(enc: Encoded, frames: Any) -> Encoded:
 
 
 def prepare(data: bytes, source: str, config: ArchiveConfig, store: FrameStore, *,
-            flush: bool = False) -> Prepared:
+            flush: bool = False, strict_identity: bool = False) -> Prepared:
     """Encode, verify and stage one object for the archive; ``flush``: make the staged
-    data durable here too (single stores: in parallel, off the commit path).
+    data durable here too (single stores: in parallel, off the commit path);
+    ``strict_identity``: refuse an object whose File Meta names another SOP Class or
+    Instance than its data set (single stores, where that name is what the sender
+    is told was stored; bulk imports of existing files keep it with a warning).
 
     The codestreams are staged as soon as they are encoded: with ``flush``, the disk
     makes them durable while the CPU verifies them.  Codestreams that fail the
@@ -395,6 +403,8 @@ def prepare(data: bytes, source: str, config: ArchiveConfig, store: FrameStore, 
     """
     enc, frames = encode_unverified(data, source, config, decode_kept=True)
     header = enc.header
+    if strict_identity and header.identity_conflict:
+        raise IdentityMismatchError(header.identity_conflict, source=source)
     if enc.codec is not None and enc.parts is not None and header.layout is not None:
         loc = new_location()
         with _discarded_on_error(store, loc):

@@ -1,10 +1,11 @@
 """Worker processes for single stores from network front ends.
 
 Each worker owns one pipe; the calling thread (a DIMSE association, an HTTP request)
-takes an idle worker, sends it a file path and waits on the pipe for the small
-outcome.  Compared with a ``ProcessPoolExecutor`` there is no manager thread and no
-feeder thread in the parent between the caller and the worker: two hops fewer for
-each instance and much less time holding the parent's GIL, which the protocol
+takes an idle worker, sends it a file path, or an open file's descriptor (a received
+C-STORE data set: never a name that could be swapped in between), and waits on the
+pipe for the small outcome.  Compared with a ``ProcessPoolExecutor`` there is no
+manager thread and no feeder thread in the parent between the caller and the worker:
+two hops fewer for each instance and much less time holding the parent's GIL, which the protocol
 stacks need (profiled with ``py-spy --gil`` on C-STORE from 4 associations).
 
 A worker that dies (killed, or a codec library crashing on an input) is replaced and
@@ -20,6 +21,7 @@ import multiprocessing
 import queue
 import signal
 from dataclasses import dataclass
+from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -28,7 +30,7 @@ from ..config import ArchiveConfig
 from ..errors import ArchiveStorageError
 from ..store.zarr_store import ZarrFrameStore
 from .memory import keep_freed_memory
-from .pool import Outcome, prepare_file
+from .pool import Outcome, prepare_descriptor, prepare_file
 
 __all__ = ["PrepareWorkers", "forkserver_context", "stop_worker"]
 
@@ -42,14 +44,19 @@ def forkserver_context() -> Any:
 
 
 def _serve(conn: Connection, config: ArchiveConfig, frames_root: str) -> None:
-    """Worker loop: ``(path, source)`` in, :data:`Outcome` out, ``None`` to stop."""
+    """Worker loop: ``(path, source)`` or ``(None, source, offset)`` followed by an open
+    file's descriptor (SCM_RIGHTS) in, :data:`Outcome` out, ``None`` to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     keep_freed_memory()
     store = ZarrFrameStore(frames_root, fsync=config.fsync)
     with contextlib.suppress(EOFError, KeyboardInterrupt):
         while (job := conn.recv()) is not None:
-            path, source = job
-            conn.send(prepare_file(path, source, config, store))
+            path, source, *offset = job
+            if path is None:
+                fd = reduction.recv_handle(conn)
+                conn.send(prepare_descriptor(fd, offset[0], source, config, store))
+            else:
+                conn.send(prepare_file(path, source, config, store))
 
 
 @dataclass(slots=True)
@@ -88,8 +95,11 @@ class PrepareWorkers:
             self._idle.put(w)
         return [w.process.pid for w in workers if w.process.pid is not None]
 
-    def prepare(self, path: str, source: str) -> Outcome:
-        """Prepare ``path`` in a worker; the outcome is reported under ``source``.
+    def prepare(self, path: str | int, source: str, offset: int = 0) -> Outcome:
+        """Prepare ``path`` in a worker; the outcome is reported under ``source``.  An
+        ``int`` is an open file's descriptor instead: the worker gets a duplicate of it
+        (the caller keeps and closes its own) and reads from ``offset``, so it reads
+        what the caller wrote, not whatever a name may point to meanwhile.
 
         A worker found dead is replaced and the file tried once more on the new one
         (preparing has no visible effect, so a retry is safe); a second death fails
@@ -100,7 +110,11 @@ class PrepareWorkers:
                 try:
                     if not worker.process.is_alive():
                         worker = self._replace(worker)
-                    worker.conn.send((path, source))
+                    if isinstance(path, int):
+                        worker.conn.send((None, source, offset))
+                        reduction.send_handle(worker.conn, path, worker.process.pid or 0)
+                    else:
+                        worker.conn.send((path, source))
                     outcome: Outcome = worker.conn.recv()
                     return outcome
                 except BaseException as exc:

@@ -1,10 +1,15 @@
 """DIMSE front end (pynetdicom): C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE.
 
 It only translates requests into :class:`~pacscore.Archive` calls, checks the AE
-allow-list, writes the audit trail and maps errors to statuses through one table
-(PS3.4 Annex B and C, PS3.7 C).  Incoming C-STORE data sets are written to a file in
-the spool folder as they arrive (:mod:`.dimse_receive`; pynetdicom's
-``STORE_RECV_CHUNKED_DATASET`` for the requests left to it) and stored from there.
+allow-list, writes the audit trail (one line per request, its outcome that of the
+status the peer was told) and maps errors to statuses and Error Comments through one
+table each (PS3.4 Annex B and C, PS3.7 C).  Incoming C-STORE data sets are written to
+a file in the spool folder as they arrive (:mod:`.dimse_receive`; pynetdicom's
+``STORE_RECV_CHUNKED_DATASET`` for the requests left to it) and handed to the archive
+as that open file (never by name).  Connections and association slots are counted by
+:mod:`.dimse_accept`; C-GET, C-MOVE and Storage Commitment are in
+:mod:`.dimse_retrieve`.  Without the fast paths (:mod:`.dimse_patches`: a pynetdicom
+whose internals changed) the same handlers run on pynetdicom's own code.
 """
 
 from __future__ import annotations
@@ -14,16 +19,16 @@ import logging
 import os
 import shutil
 import ssl
+import stat
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, build_role, evt
-from pynetdicom.presentation import build_context
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -36,22 +41,25 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from ..archive import Archive
-from ..dicom.syntaxes import EXPLICIT_LE, IMPLICIT_LE
+from ..dicom.header import validate_uid
 from ..errors import (
     ArchiveStorageError,
     ConflictError,
+    IdentityMismatchError,
     InvalidDicomError,
     NotFoundError,
     PacsError,
 )
 from ..index.base import LEVEL_ATTRIBUTES
-from . import dimse_find, dimse_receive
-from .dimse_send import NotSendable, OutgoingObject, send_from_memory, send_responses_directly
-from .dimse_transport import clear_spool, nodelay, receive_into
-from .dimse_transport import install as tune_pynetdicom
-from .security import AeRegistry, AuditLog
+from . import dimse_accept, dimse_find, dimse_patches, dimse_receive
+from .dimse_receive import StoreAnswer, StoreRequest
+from .dimse_retrieve import NOT_AUTHORIZED, UNABLE, RetrieveHandlers
+from .dimse_send import send_responses_directly
+from .dimse_transport import clear_spool, nodelay, private_folder, receive_into
+from .dimse_wire import ERROR_COMMENT_LENGTH, error_comment
+from .security import AeRegistry, AuditLog, outcome_of
 
-__all__ = ["DimseServer", "STATUS"]
+__all__ = ["STATUS", "DimseServer"]
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +67,21 @@ log = logging.getLogger(__name__)
 # C.4.2.1.5, C.4.3.1.4; 0x0124 "Refused: Not Authorized" is PS3.7 C.5.
 STATUS: dict[tuple[str, type[Exception]], int] = {
     ("store", InvalidDicomError): 0xC000,
+    ("store", IdentityMismatchError): 0xA900,  # PS3.4 B.2.3: does not match
     ("store", ConflictError): 0xA900,
     ("store", ArchiveStorageError): 0xA700,
     ("find", ValueError): 0xA900,
     ("get", NotFoundError): 0xC000,
     ("move", NotFoundError): 0xC000,
 }
-NOT_AUTHORIZED = 0x0124
-# Failure Reason of a Storage Commitment item (PS3.4 J.3.3.1.1, PS3.7 C.4.2 codes).
-_NO_SUCH_INSTANCE, _CLASS_INSTANCE_CONFLICT = 0x0112, 0x0119
-UNABLE = 0xC000
-MOVE_DESTINATION_UNKNOWN = 0xA801
+# Error Comment (0000,0902) of a refused C-STORE by error class (PS3.7 C.4.2): a fixed
+# text where the reason would name the server's files, else the reason itself.
+_COMMENTS: dict[type[Exception], str | None] = {
+    ConflictError: "SOP Instance UID already stored with other content",
+    ArchiveStorageError: "archive out of resources: send it again later",
+    PacsError: None,  # the reason, cut to 64 characters
+}
+_OUT_OF_RESOURCES = 0xA700
 
 _LEVELS = {"PATIENT": "patient", "STUDY": "study", "SERIES": "series", "IMAGE": "instance"}
 # Q/R information models whose levels are fewer than all four (PS3.4 C.6.2).
@@ -86,6 +98,9 @@ _STOP_WAIT = 10.0
 """Seconds a stopping server waits for the stores running in association threads
 (their data sets are in the spool, which goes once they ended)."""
 _NOBODY = "PACSCORE-NOBODY"  # an allow-list entry no peer is expected to use
+# The request's UIDs, (0000,0002) and (0000,1000), and the data set's (PS3.4 C.4.2.1.4.2).
+_AFFECTED = ((0x00000002, "Affected SOP Class UID"), (0x00001000, "Affected SOP Instance UID"))
+_DATA_SET = ((0x00080016, "SOP Class UID"), (0x00080018, "SOP Instance UID"))
 
 
 def _status(op: str, exc: Exception) -> int:
@@ -106,6 +121,70 @@ def _matching_value(value: Any) -> str:
     return str(value)
 
 
+def _invalid_uids(sop_class: str, sop: str) -> StoreAnswer | None:
+    """0xC000 naming the first of the request's UIDs that is not a UID at all (what the
+    archive refuses in a data set too), or None."""
+    for (tag, name), value in zip(_AFFECTED, (sop_class, sop), strict=True):
+        try:
+            validate_uid(value, name)
+        except InvalidDicomError:
+            return StoreAnswer(UNABLE, f"invalid {name}", (tag,))
+    return None
+
+
+def _data_set_uids(spooled: BinaryIO) -> tuple[str, str]:
+    """SOP Class and Instance UIDs of the spooled data set ("" where absent or
+    unreadable); read again only for a request refused for naming others."""
+    try:
+        spooled.seek(0)
+        ds = pydicom.dcmread(spooled, stop_before_pixels=True,
+                             specific_tags=[tag for tag, _ in _DATA_SET])
+        return str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", ""))
+    except Exception:  # the archive refused it already; this only words the answer
+        return "", ""
+
+
+def _mismatch(status: int, spooled: BinaryIO, announced: tuple[str, str]
+              ) -> tuple[StoreAnswer, str]:
+    """The answer to a data set that is not the one its request names (PS3.4
+    C.4.2.1.4.2): the Offending Element and, in the Error Comment, the data set's own
+    UID (the response's Affected SOP Instance UID names the request's); and the audit
+    detail naming both."""
+    found = _data_set_uids(spooled)
+    i = 1 if found[1] != announced[1] or found[0] == announced[0] else 0
+    (tag, name), value = _DATA_SET[i], found[i]
+    comment = next((c for c in (f"data set {name} {value}", f"data set has {value}", value)
+                    if len(c) <= ERROR_COMMENT_LENGTH), "")
+    detail = (f"the request's {_AFFECTED[i][1]} is {announced[i]}, the data set's {name} "
+              f"{value or '(unreadable)'}: refused")
+    return StoreAnswer(status, comment, (tag,)), detail
+
+
+def _as_pynetdicom(answer: StoreAnswer) -> int | Dataset:
+    """What an ``EVT_C_STORE`` handler returns for ``answer``."""
+    if not answer.comment and not answer.offending:
+        return answer.status
+    ds = Dataset()
+    ds.Status = answer.status
+    if answer.comment:
+        ds.ErrorComment = error_comment(answer.comment)
+    if answer.offending:
+        ds.OffendingElement = list(answer.offending)
+    return ds
+
+
+@contextlib.contextmanager
+def _spooled(path: Path) -> Iterator[BinaryIO]:
+    """The data set pynetdicom spooled at ``path``, opened once, without following a
+    link, and checked to be a file of this user (the spool is private anyway)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with open(fd, "rb", buffering=0) as spooled:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise PermissionError(f"{path} is not a spool file of this user")
+        yield spooled
+
+
 class _HandshakeInItsThread:
     """The TLS context as pynetdicom's server uses it (``wrap_socket`` of each accepted
     connection), but the handshake is left to the connection's own thread: its first
@@ -120,19 +199,28 @@ class _HandshakeInItsThread:
                                         do_handshake_on_connect=False)
 
 
-class DimseServer:
-    """A pynetdicom SCP bound to one archive."""
+class DimseServer(RetrieveHandlers):
+    """A pynetdicom SCP bound to one archive.
+
+    ``patched`` and ``used`` are the pynetdicom names the fast paths need
+    (:mod:`.dimse_patches`); when one is missing the server runs on pynetdicom's own
+    code (``fast`` False).
+    """
 
     def __init__(self, archive: Archive, *, ae_title: str = "PACSCORE",
-                 max_pdu: int = 0, max_associations: int = 16, idle_timeout: float = 60,
-                 spool: Path | None = None):
+                 max_pdu: int = 0, max_associations: int = 16,
+                 max_connections_per_host: int = 8, association_request_timeout: float = 5.0,
+                 idle_timeout: float = 60, spool: Path | None = None,
+                 patched: Sequence[tuple[str, tuple[str, ...] | None]] = dimse_patches.PATCHED,
+                 used: Sequence[str] = dimse_patches.USED):
         self.archive = archive
         # Incoming data sets are written here until stored (one server per archive,
-        # so whatever is left from a killed one was never acknowledged).
+        # so whatever is left from a killed one was never acknowledged).  A folder
+        # of this user that nobody else may write to (PermissionError otherwise).
         self.spool = spool or archive.root / "spool"
-        self.spool.mkdir(parents=True, exist_ok=True)
+        private_folder(self.spool)
         clear_spool(self.spool)
-        receive_into(self.spool)
+        self._spooling = True
         self.registry = AeRegistry(archive.root)
         self.audit = AuditLog(archive.root)
         self.ae_title = ae_title
@@ -145,8 +233,13 @@ class DimseServer:
         # happened.
         _config.LOG_HANDLER_LEVEL = "none"
         _config.LOG_REQUEST_IDENTIFIERS = _config.LOG_RESPONSE_IDENTIFIERS = False
-        tune_pynetdicom()  # PDU reads, reactor wake-ups (see dimse_transport)
-        dimse_receive.install()  # C-STORE data sets straight to the spool
+        # PDU reads, reactor wake-ups, C-STORE data sets straight to the spool, poll
+        # instead of select (see dimse_transport, dimse_receive)
+        self.fast = dimse_patches.install(patched, used)
+        receive_into(self.spool if self.fast else None)
+        self.limits = dimse_accept.AcceptLimits(
+            max_associations=max_associations, per_host=max_connections_per_host,
+            request_timeout=association_request_timeout, acse_timeout=30)
         ae = AE(ae_title=ae_title)
         ae.require_called_aet = True
         ae.maximum_pdu_size = max_pdu
@@ -180,27 +273,36 @@ class DimseServer:
         """Listen in background threads (TLS when ``ssl_context`` is given)."""
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._refresh_allow_list), (evt.EVT_CONN_OPEN, nodelay),
-            (evt.EVT_CONN_OPEN, lambda event: send_responses_directly(event.assoc)),
-            (evt.EVT_CONN_OPEN, lambda event: dimse_receive.enable(
-                event.assoc, self._store_request, self.spool, self.ae.maximum_pdu_size)),
-            (evt.EVT_CONN_CLOSE, dimse_receive.closed),
             (evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store),
             (evt.EVT_C_FIND, self._find), (evt.EVT_C_GET, self._get),
             (evt.EVT_C_MOVE, self._move), (evt.EVT_REJECTED, self._rejected),
             (evt.EVT_N_ACTION, self._commitment),
         ]
         tls: Any = None if ssl_context is None else _HandshakeInItsThread(ssl_context)
-        self.server = self.ae.start_server((host, port), block=False, evt_handlers=handlers,
-                                           ssl_context=tls)
+        if not self.fast:
+            self.server = self.ae.start_server((host, port), block=False,
+                                               evt_handlers=handlers, ssl_context=tls)
+            return
+        handlers += [
+            (evt.EVT_CONN_OPEN, lambda event: send_responses_directly(event.assoc)),
+            (evt.EVT_CONN_OPEN, lambda event: dimse_receive.enable(
+                event.assoc, self._store_request, self.spool, self.ae.maximum_pdu_size)),
+            (evt.EVT_CONN_CLOSE, dimse_receive.closed)]
+        self.server = dimse_accept.start(self.ae, (host, port), handlers, tls, self.limits,
+                                         self._over_the_limit)
 
     def stop(self) -> None:
-        """Stop accepting and close the listening socket."""
+        """Stop accepting and close the listening socket; remove the spool's files and,
+        when it is empty then, the spool folder (idempotent)."""
         if self.server is not None:
             self.server.shutdown()
             self.server = None
             with self._stores_done:  # their data sets are in the spool: let them end
                 self._stores_done.wait_for(lambda: self._storing == 0, timeout=_STOP_WAIT)
-            receive_into(None)  # the spool goes: other associations of this process
+        if self._spooling:
+            self._spooling = False
+            if self.fast:
+                receive_into(None)  # the spool goes: other associations of this process
             clear_spool(self.spool)
             with contextlib.suppress(OSError):  # left in place when it holds other files
                 self.spool.rmdir()
@@ -235,6 +337,14 @@ class DimseServer:
         name, host = self._peer(event)
         self.audit.record("authentication", action="E", outcome="minor", user=name,
                           host=host, interface="dimse", detail="association rejected")
+
+    def _over_the_limit(self, assoc: Any, why: str) -> None:
+        name, host = self._requestor(assoc)
+        self.audit.record("security", action="E", outcome="minor", user=name, host=host,
+                          interface="dimse", detail=f"association request: {why}")
+
+    def _status_of(self, op: str, exc: Exception) -> int:
+        return _status(op, exc)
 
     @staticmethod
     def _query(event: Any) -> tuple[str, dict[str, str], list[str]]:
@@ -271,43 +381,78 @@ class DimseServer:
     def _echo(self, event: Any) -> int:
         return 0x0000 if self._allowed(event, "echo") else NOT_AUTHORIZED
 
-    def _store(self, event: Any) -> int:
+    def _store(self, event: Any) -> int | Dataset:
         """EVT_C_STORE: requests pynetdicom received (see :mod:`.dimse_receive`)."""
         path = Path(event.dataset_path)
+        request = event.request
+        uids = str(request.AffectedSOPClassUID or ""), str(request.AffectedSOPInstanceUID or "")
         try:
-            with dimse_receive.not_idle(event.assoc):
-                return self._store_file(event.assoc, path)
+            refusal = _invalid_uids(*uids)
+            if refusal is not None:
+                return _as_pynetdicom(self._refuse(event.assoc, refusal, uids[1]))
+            with dimse_receive.not_idle(event.assoc), _spooled(path) as spooled:
+                return _as_pynetdicom(self._store_file(event.assoc, spooled, uids))
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
-    def _store_request(self, assoc: Any, request: dimse_receive.StoreRequest) -> int:
-        return self._store_file(assoc, request.path)
+    def _store_request(self, assoc: Any, request: StoreRequest,
+                       spooled: BinaryIO | None) -> StoreAnswer:
+        """The fast path's handler (:data:`.dimse_receive.StoreHandler`)."""
+        if spooled is None or request.refusal is not None:
+            return self._refuse(assoc, request.refusal or StoreAnswer(_OUT_OF_RESOURCES),
+                                request.sop_instance_uid)
+        return self._store_file(assoc, spooled,
+                                (request.sop_class_uid, request.sop_instance_uid))
 
-    def _store_file(self, assoc: Any, path: Path) -> int:
-        """Store the received data set ``path`` (its caller removes it)."""
+    def _refuse(self, assoc: Any, answer: StoreAnswer, sop: str) -> StoreAnswer:
+        """A request refused as it is: audited, answered ``answer``."""
+        name, host = self._requestor(assoc)
+        self.audit.record("transferred", action="C", outcome=outcome_of(answer.status),
+                          user=name, host=host, interface="dimse", failed=[sop] if sop else None,
+                          detail=f"C-STORE 0x{answer.status:04X}: {answer.comment}")
+        return answer
+
+    def _store_file(self, assoc: Any, spooled: BinaryIO, announced: tuple[str, str]
+                    ) -> StoreAnswer:
+        """Store the received data set ``spooled`` (its caller removes it), announced as
+        ``(SOP Class UID, SOP Instance UID)`` by its request."""
         with self._stores_done:
             self._storing += 1
         try:
-            return self._store_counted(assoc, path)
+            return self._store_counted(assoc, spooled, announced)
         finally:
             with self._stores_done:
                 self._storing -= 1
                 self._stores_done.notify_all()
 
-    def _store_counted(self, assoc: Any, path: Path) -> int:
+    def _store_counted(self, assoc: Any, spooled: BinaryIO, announced: tuple[str, str]
+                       ) -> StoreAnswer:
         name, host = self._requestor(assoc)
         if not self._may(assoc, "store"):
-            return NOT_AUTHORIZED
+            return StoreAnswer(NOT_AUTHORIZED, f"{name} may not store here"[:64])
         try:
-            result = self.archive.store(path, source=f"C-STORE from {name}@{host}")
+            result = self.archive.store(spooled, source=f"C-STORE from {name}@{host}")
         except PacsError as exc:
-            self.audit.record("transferred", action="C", outcome="minor", user=name,
-                              host=host, interface="dimse", detail=exc.reason)
-            return _status("store", exc)
+            answer, detail = self._refusal(exc, spooled, announced)
+            self.audit.record("transferred", action="C", outcome=outcome_of(answer.status),
+                              user=name, host=host, interface="dimse", failed=[announced[1]],
+                              detail=f"C-STORE 0x{answer.status:04X}: {detail}")
+            return answer
         self.audit.record("transferred", action="C", outcome="success", user=name,
                           host=host, interface="dimse", objects=[result.sop_instance_uid])
-        return 0x0000
+        return StoreAnswer(0x0000)
+
+    @staticmethod
+    def _refusal(exc: PacsError, spooled: BinaryIO, announced: tuple[str, str]
+                 ) -> tuple[StoreAnswer, str]:
+        """The answer to a store the archive refused, and the audit detail."""
+        status = _status("store", exc)
+        if isinstance(exc, IdentityMismatchError):
+            return _mismatch(status, spooled, announced)
+        comment = next((c for cls in type(exc).__mro__ if cls in _COMMENTS
+                        for c in [_COMMENTS[cls]]), None)
+        return StoreAnswer(status, comment or exc.reason), exc.reason
 
     def _find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
         name, host = self._peer(event)
@@ -318,14 +463,18 @@ class DimseServer:
             level, keys, requested = self._query(event)
             matches = self.archive.query(level, keys)
         except (ValueError, PacsError) as exc:
-            yield _status("find", exc), None
+            status = _status("find", exc)
+            self.audit.record("query", action="E", outcome=outcome_of(status), user=name,
+                              host=host, interface="dimse",
+                              detail=f"final status 0x{status:04X}: {exc}")
+            yield status, None
             return
         self.audit.record("query", action="E", outcome="success", user=name, host=host,
                           interface="dimse", detail=f"{level} level, {len(matches)} matches")
         fixed = {"QueryRetrieveLevel": event.identifier.QueryRetrieveLevel,
                  "RetrieveAETitle": self.ae_title}
         syntax = str(event.context.transfer_syntax)
-        if dimse_find.supported(syntax, [*requested, *fixed]):
+        if self.fast and dimse_find.supported(syntax, [*requested, *fixed]):
             # Pending responses encoded here (see dimse_find); pynetdicom sends the last.
             encoder = dimse_find.IdentifierEncoder([*requested, *fixed], syntax)
             command = dimse_find.find_response_command(
@@ -348,165 +497,3 @@ class DimseServer:
             for kw, value in fixed.items():
                 setattr(ds, kw, value)
             yield 0xFF00, ds
-
-    @staticmethod
-    def _negotiated_on(assoc: Any, sop_class: str) -> list[str]:
-        """Transfer syntaxes accepted on ``assoc`` for ``sop_class``."""
-        if assoc is None:
-            return [EXPLICIT_LE]
-        return [cx.transfer_syntax[0] for cx in assoc.accepted_contexts
-                if cx.abstract_syntax == sop_class]
-
-    def _move_contexts(self, sops: list[str]) -> list[Any]:
-        """C-MOVE sub-association contexts: per SOP class, the stored syntaxes alone
-        (passthrough when the destination accepts one) and the uncompressed ones, within
-        the 128 contexts an association may propose (uncompressed first)."""
-        stored: dict[str, set[str]] = {}
-        for sop in sops:
-            rec = self.archive.record(sop)
-            stored.setdefault(rec.sop_class_uid, set()).add(rec.stored_syntax)
-        plain = [build_context(c, [EXPLICIT_LE, IMPLICIT_LE]) for c in sorted(stored)]
-        extra = [build_context(c, sorted(ts - {EXPLICIT_LE, IMPLICIT_LE}))
-                 for c, ts in sorted(stored.items()) if ts - {EXPLICIT_LE, IMPLICIT_LE}]
-        return (plain + extra)[:128]
-
-    def _dataset(self, sop: str, assoc: Any) -> Dataset:
-        """The instance in the best syntax the peer accepted on ``assoc`` (stored:
-        passthrough), sent as it is from memory (:mod:`.dimse_send`)."""
-        rec = self.archive.record(sop)
-        accepted = self._negotiated_on(assoc, rec.sop_class_uid)
-        choice, ts = next(((c, t) for c, t in (
-            ("stored", rec.stored_syntax), ("original", rec.original_syntax),
-            (EXPLICIT_LE, EXPLICIT_LE), (IMPLICIT_LE, IMPLICIT_LE))
-            if t in accepted or not accepted), (accepted[0], accepted[0]))
-        return OutgoingObject(self.archive.get(sop, choice), rec.sop_class_uid, sop, ts)
-
-    def _sub_operations(self, event: Any, sops: list[str], name: str,
-                        dataset: Callable[[str], Dataset]) -> Iterator[Any]:
-        """Pending C-GET/C-MOVE responses, one per instance; stops when cancelled.  An
-        instance that cannot be sent fails its own sub-operation only."""
-        for sop in sops:
-            if event.is_cancelled:
-                yield 0xFE00, None
-                return
-            try:
-                ds = dataset(sop)
-            except Exception as exc:  # a codec library may raise its own types
-                reason = exc.reason if isinstance(exc, PacsError) else \
-                    f"{type(exc).__name__}: {exc}"
-                log.warning("%s of %s failed: %s", name, sop, reason)
-                ds = NotSendable(sop, reason)
-            yield 0xFF00, ds
-
-    def _get(self, event: Any) -> Iterator[Any]:
-        name, host = self._peer(event)
-        if not self._allowed(event, "get"):
-            yield NOT_AUTHORIZED, None
-            return
-        try:
-            sops = self._matches(event)
-        except (ValueError, PacsError) as exc:
-            yield _status("get", exc), None
-            return
-        yield len(sops)
-        send_from_memory(event.assoc)
-        yield from self._sub_operations(event, sops, "C-GET",
-                                        lambda sop: self._dataset(sop, event.assoc))
-        self.audit.record("transferred", action="R", outcome="success", user=name, host=host,
-                          interface="dimse", objects=sops)
-
-    def _commitment(self, event: Any) -> tuple[int, Dataset | None]:
-        """N-ACTION of Storage Commitment: check every referenced instance (it must be
-        stored, which makes it durable, as the SOP class named), answer, then send the
-        N-EVENT-REPORT."""
-        name, host = self._peer(event)
-        if not self._allowed(event, "store"):
-            return NOT_AUTHORIZED, None
-        request = event.action_information
-        if event.action_type != 1 or "TransactionUID" not in request:
-            return 0x0115, None  # invalid argument value (PS3.7 C.4.2)
-        committed, failed = [], []
-        for item in request.get("ReferencedSOPSequence", []):
-            ref = Dataset()
-            ref.ReferencedSOPClassUID = item.ReferencedSOPClassUID
-            ref.ReferencedSOPInstanceUID = item.ReferencedSOPInstanceUID
-            try:
-                rec = self.archive.record(str(item.ReferencedSOPInstanceUID))
-                reason = None if rec.sop_class_uid == str(item.ReferencedSOPClassUID) \
-                    else _CLASS_INSTANCE_CONFLICT
-            except PacsError:
-                reason = _NO_SUCH_INSTANCE
-            if reason is None:
-                committed.append(ref)
-            else:
-                ref.FailureReason = reason
-                failed.append(ref)
-        report = Dataset()
-        report.TransactionUID = request.TransactionUID
-        if committed:
-            report.ReferencedSOPSequence = committed
-        if failed:
-            report.FailedSOPSequence = failed
-        self.audit.record("transferred", action="E", outcome="success" if not failed
-                          else "minor", user=name, host=host, interface="dimse",
-                          objects=[str(r.ReferencedSOPInstanceUID) for r in committed],
-                          detail=f"storage commitment: {len(failed)} failed")
-        threading.Thread(target=self._send_report, args=(event.assoc, name, report,
-                                                          2 if failed else 1),
-                         daemon=True).start()
-        return 0x0000, None
-
-    def _send_report(self, assoc: Any, requestor: str, report: Dataset, event_type: int) -> None:
-        time.sleep(0.05)  # let the N-ACTION response go out first
-        instance = "1.2.840.10008.1.20.1.1"  # well-known Storage Commitment instance
-        if assoc.is_established:
-            assoc.send_n_event_report(report, event_type, StorageCommitmentPushModel, instance)
-            return
-        entry = self.registry.get(requestor)
-        if entry is None or entry.port is None:
-            log.warning("storage commitment report for %s undeliverable: no port", requestor)
-            return
-        # On an association of its own the report goes from the SCP role, which is
-        # proposed (PS3.4 J.3.3.1.3, Note).
-        peer = self.ae.associate(entry.host, entry.port, ae_title=entry.name,
-                                 ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)],
-                                 evt_handlers=[(evt.EVT_CONN_OPEN, nodelay)])
-        if peer.is_established:
-            peer.send_n_event_report(report, event_type, StorageCommitmentPushModel, instance)
-            peer.release()
-
-    @staticmethod
-    def _sub_accepted(event: Any, sub: list[Any]) -> None:
-        """The C-MOVE sub-association is up: remember it, send objects as they are."""
-        sub.append(event.assoc)
-        send_from_memory(event.assoc)
-
-    def _move(self, event: Any) -> Iterator[Any]:
-        name, host = self._peer(event)
-        if not self._allowed(event, "move"):
-            yield None, None
-            return
-        destination = self.registry.get(str(event.move_destination.decode()
-                                            if isinstance(event.move_destination, bytes)
-                                            else event.move_destination).strip())
-        if destination is None or destination.port is None:
-            self.audit.record("security", action="E", outcome="minor", user=name, host=host,
-                              interface="dimse", detail="C-MOVE to an unregistered AE")
-            yield None, None
-            return
-        try:
-            sops = self._matches(event)
-        except (ValueError, PacsError):
-            yield destination.host, destination.port
-            yield UNABLE, None
-            return
-        sub: list[Any] = []  # the sub-association, once the destination accepted it
-        yield destination.host, destination.port, {
-            "contexts": self._move_contexts(sops), "ae_title": destination.name,
-            "evt_handlers": [(evt.EVT_CONN_OPEN, nodelay),
-                             (evt.EVT_ACCEPTED, lambda e: self._sub_accepted(e, sub))]}
-        yield len(sops)
-        yield from self._sub_operations(event, sops, "C-MOVE", lambda sop: self._dataset(
-            sop, sub[0] if sub else None))
-        self.audit.record("transferred", action="R", outcome="success", user=name, host=host,
-                          interface="dimse", objects=sops, detail=f"to {destination.name}")

@@ -15,8 +15,11 @@ association the server accepted (:func:`enable`), the reader installed here
 * its data set fragments are written to that file as they arrive, from the receive
   buffer (one copy);
 * the last fragment closes the file; the handler stores it (in the association's
-  reader thread: the peer waits for the response anyway) and the C-STORE-RSP is
-  written with :mod:`.dimse_wire`.
+  reader thread: the peer waits for the response anyway), given the open file, never
+  its name, and the C-STORE-RSP is written with :mod:`.dimse_wire`, with an Error
+  Comment and Offending Element when it is a refusal (:class:`StoreAnswer`);
+* a request whose Affected SOP Class or Instance UID is not a UID is answered 0xC000
+  naming it, its data set read and dropped: the association goes on.
 
 Everything else takes pynetdicom's path unchanged: other PDU types, other messages
 (their PDVs are handed to pynetdicom's DIMSE layer as its state machine would), a
@@ -38,7 +41,7 @@ import struct
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
@@ -46,7 +49,8 @@ from pynetdicom.pdu_primitives import P_DATA
 from . import dimse_wire
 from .dimse_transport import SPOOL_PREFIX
 
-__all__ = ["StoreRequest", "closed", "enable", "install", "not_idle", "store_response"]
+__all__ = ["PATCHES", "StoreAnswer", "StoreRequest", "closed", "enable", "not_idle",
+           "store_response"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +64,8 @@ _STEP = 4 << 20  # the receive buffer grows as data arrives, whatever a header c
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StoreRequest:
-    """A C-STORE-RQ whose data set is in ``path`` (a Part-10 file of the spool)."""
+    """A C-STORE-RQ whose data set is in ``path`` (a Part-10 file of the spool).  A UID
+    the request carried that is not a UID at all is "" here (it is never echoed)."""
 
     context_id: int
     message_id: int
@@ -68,18 +73,46 @@ class StoreRequest:
     sop_instance_uid: str
     transfer_syntax: str
     path: Path
+    refusal: StoreAnswer | None = None
+    """The answer when the request is refused as it is (its data set is read and
+    dropped, never spooled)."""
 
 
-StoreHandler = Callable[[Any, StoreRequest], int]
-"""``(association, request) -> status``; called once the data set is complete."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoreAnswer:
+    """What a C-STORE-RSP says (PS3.7 9.1.1.1.8-9, PS3.4 B.2.3): the status and, for a
+    failure or warning, an Error Comment (0000,0902) and the Offending Element
+    (0000,0901) tags."""
+
+    status: int
+    comment: str = ""
+    """Why, in at most 64 characters (:func:`.dimse_wire.error_comment`)."""
+    offending: tuple[int, ...] = ()
+    """Tags of the elements at fault."""
 
 
-def store_response(request: StoreRequest, status: int) -> bytes:
-    """The C-STORE-RSP command set (PS3.7 9.3.1.2)."""
-    return dimse_wire.command_set([
-        (0x0002, request.sop_class_uid), (0x0100, _C_STORE_RSP),
-        (0x0120, request.message_id), (0x0800, _NO_DATA_SET), (0x0900, status),
-        (0x1000, request.sop_instance_uid)])
+StoreHandler = Callable[[Any, StoreRequest, BinaryIO | None], StoreAnswer]
+"""``(association, request, data set file) -> answer``; called once the data set is
+complete, with the open spool file (read from its position: the File Meta pynetdicom
+would write, then the data set), or with None for a request refused as it is
+(``request.refusal``, which the handler returns)."""
+
+
+def store_response(request: StoreRequest, answer: StoreAnswer | int) -> bytes:
+    """The C-STORE-RSP command set (PS3.7 9.3.1.2); the UIDs that were not UIDs are
+    left out (they are U(=) in the response, PS3.7 Table 9.3-2)."""
+    if isinstance(answer, int):
+        answer = StoreAnswer(answer)
+    fields: list[tuple[int, str | int | bytes]] = [
+        (0x0100, _C_STORE_RSP), (0x0120, request.message_id), (0x0800, _NO_DATA_SET),
+        (0x0900, answer.status)]
+    fields += [(number, uid) for number, uid in ((0x0002, request.sop_class_uid),
+                                                 (0x1000, request.sop_instance_uid)) if uid]
+    if answer.offending:
+        fields.append((0x0901, dimse_wire.tags(*answer.offending)))
+    if answer.comment:
+        fields.append((0x0902, dimse_wire.error_comment(answer.comment).encode("ascii")))
+    return dimse_wire.command_set(fields)
 
 
 @contextlib.contextmanager
@@ -87,7 +120,10 @@ def not_idle(assoc: Any) -> Iterator[None]:
     """Storing is not idleness: pynetdicom aborts an association whose connection was
     quiet for longer than the network timeout, also while a request is being served
     (it then aborts right after the response)."""
-    timer = assoc.dul._idle_timer
+    timer = getattr(assoc.dul, "_idle_timer", None)  # pynetdicom's, private
+    if timer is None:
+        yield
+        return
     timer.restart()
     timer.stop()  # a stopped timer does not expire
     try:
@@ -110,17 +146,23 @@ def _command(value: memoryview) -> dict[int, bytes]:
     return out
 
 
-_UID = re.compile(rb"[0-9]+(\.[0-9]+)*")
+# PS3.5 9.1 digits and dots, and what the archive tolerates beyond the grammar in a
+# data set (letters, '-' and '_' of hex digests; pacscore.dicom.header.validate_uid).
+_UID = re.compile(rb"[0-9A-Za-z_-]+(\.[0-9A-Za-z_-]+)*")
 
 
 def _uid(raw: bytes | None) -> str | None:
-    """A UID value (PS3.5 9.1: digits and dots, at most 64 characters)."""
+    """A UID value (PS3.5 9.1: at most 64 characters); ValueError for anything else."""
     if not raw:
         return None
     value = raw.rstrip(b"\0 ")
     if len(value) > 64 or not _UID.fullmatch(value):
-        raise ValueError(f"not a UID: {value[:80]!r}")
+        raise ValueError(f"{value[:80]!r} is not a UID")
     return value.decode("ascii")
+
+
+_AFFECTED = ((0x0002, "Affected SOP Class UID"), (0x1000, "Affected SOP Instance UID"))
+_CANNOT_UNDERSTAND = 0xC000  # PS3.4 B.2.3, with the Offending Element
 
 
 def _us(raw: bytes | None) -> int | None:
@@ -129,9 +171,10 @@ def _us(raw: bytes | None) -> int | None:
 
 def _store_request(assoc: Any, context_id: int, value: memoryview) -> StoreRequest | None:
     """The C-STORE-RQ with a data set that the complete command set ``value`` is, its
-    ``path`` still unset; None for any other message (or none at all), which
-    pynetdicom handles.  ValueError: a C-STORE-RQ that must abort the association
-    (malformed UIDs, a presentation context that was not accepted)."""
+    ``path`` still unset (a ``refusal`` when its UIDs are not UIDs: 0xC000, the
+    association goes on); None for any other message (or none at all), which
+    pynetdicom handles.  ValueError: a C-STORE-RQ that must abort the association (a
+    presentation context that was not accepted, PS3.8 9.3.5)."""
     try:
         fields = _command(value)
     except (ValueError, struct.error):
@@ -140,20 +183,29 @@ def _store_request(assoc: Any, context_id: int, value: memoryview) -> StoreReque
     if _us(fields.get(0x0100)) != _C_STORE_RQ or message_id is None \
             or _us(fields.get(0x0800)) in (None, _NO_DATA_SET):
         return None
-    sop_class, sop = _uid(fields.get(0x0002)), _uid(fields.get(0x1000))
     context = assoc._accepted_cx.get(context_id)
     if context is None:
         raise ValueError(f"presentation context {context_id} was not accepted")
-    if not sop_class or not sop:
+    uids, refusal = [], None
+    for number, name in _AFFECTED:
+        try:
+            uids.append(_uid(fields.get(number)))
+        except ValueError as exc:
+            uids.append("")
+            refusal = refusal or StoreAnswer(_CANNOT_UNDERSTAND, f"invalid {name}",
+                                             (number,))
+            log.warning("C-STORE-RQ refused: %s %s", name, exc)
+    if None in uids:
         return None  # pynetdicom answers the missing attribute
-    return StoreRequest(context_id, message_id, sop_class, sop,
-                        str(context.transfer_syntax[0]), Path())
+    return StoreRequest(context_id, message_id, str(uids[0]), str(uids[1]),
+                        str(context.transfer_syntax[0]), Path(), refusal)
 
 
 @dataclasses.dataclass(slots=True)
 class _Incoming:
     """A C-STORE-RQ whose data set is arriving; ``fd`` is -1 once writing failed (the
-    rest is read and dropped, and the request answered "out of resources")."""
+    rest is read and dropped, and the request answered "out of resources") or when
+    the request is refused as it is (``request.refusal``)."""
 
     request: StoreRequest
     fd: int
@@ -178,8 +230,9 @@ def _remove(fd: int, path: Path) -> None:
     if fd >= 0:
         with contextlib.suppress(OSError):
             os.close(fd)
-    with contextlib.suppress(OSError):
-        os.unlink(path)
+    if path != Path():  # a refused request never had a spool file
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 _REUSED_UP_TO = 8 << 20
@@ -217,7 +270,11 @@ class _Receiver:
         return fd, Path(name)
 
     def open(self, request: StoreRequest) -> None:
-        """Start receiving ``request``'s data set into a spool file."""
+        """Start receiving ``request``'s data set into a spool file (or, when it is
+        refused as it is, reading and dropping it)."""
+        if request.refusal is not None:
+            self.incoming = _Incoming(request, -1)
+            return
         meta = b"\0" * 128 + b"DICM" + dimse_wire.file_meta(
             request.sop_class_uid, request.sop_instance_uid, request.transfer_syntax)
         fd, path = self._spool_file()
@@ -225,21 +282,26 @@ class _Receiver:
         self.incoming.write(memoryview(meta))
 
     def finish(self, assoc: Any) -> None:
-        """The data set is complete: store it and answer."""
+        """The data set is complete: store it (handing the handler the open spool file,
+        never its name) and answer."""
         incoming, self.incoming = self.incoming, None
         assert incoming is not None
         request = incoming.request
-        status = _OUT_OF_RESOURCES
+        answer = StoreAnswer(_OUT_OF_RESOURCES, "the data set could not be spooled")
         try:
-            if incoming.fd >= 0:
+            if request.refusal is not None:
+                answer = self.handler(assoc, request, None)
+            elif incoming.fd >= 0:
                 os.ftruncate(incoming.fd, incoming.written)  # the last one may be longer
-                with not_idle(assoc):
-                    status = self.handler(assoc, request)
+                os.lseek(incoming.fd, 0, os.SEEK_SET)
+                with not_idle(assoc), open(incoming.fd, "rb", buffering=0,
+                                           closefd=False) as spooled:
+                    answer = self.handler(assoc, request, spooled)
         except OSError as exc:
             log.error("spooling %s failed: %s", request.sop_instance_uid, exc)
         except Exception:
             log.exception("storing %s failed", request.sop_instance_uid)
-            status = _HANDLER_FAILED
+            answer = StoreAnswer(_HANDLER_FAILED)
         finally:
             if incoming.fd >= 0 and incoming.written <= _REUSED_UP_TO:
                 self.idle = incoming.fd, request.path
@@ -248,7 +310,7 @@ class _Receiver:
         if not assoc.is_established:
             return
         try:
-            dimse_wire.send_message(assoc, request.context_id, store_response(request, status))
+            dimse_wire.send_message(assoc, request.context_id, store_response(request, answer))
         except OSError:  # the peer went away meanwhile (it will send it again: a duplicate)
             assoc.dul.event_queue.put("Evt17")  # transport connection closed
 
@@ -278,7 +340,8 @@ class _Receiver:
         return memoryview(self.buffer)[:count]
 
 
-_ORIGINAL_READ = DULServiceProvider._read_pdu_data
+# (getattr: a pynetdicom without it is refused by dimse_patches, not at import)
+_ORIGINAL_READ: Any = getattr(DULServiceProvider, "_read_pdu_data", None)
 
 
 def _pdvs(body: memoryview) -> list[tuple[int, int, memoryview]] | None:
@@ -399,10 +462,11 @@ def _data(dul: DULServiceProvider, receiver: _Receiver, body: memoryview) -> Non
         receiver.open(request)
 
 
-def install() -> None:
-    """Read P-DATA-TF PDUs through the fast path on associations :func:`enable`\\ d
-    (idempotent)."""
-    DULServiceProvider._read_pdu_data = _read_pdu_data  # type: ignore[method-assign]
+PATCHES: tuple[tuple[Any, str, Any], ...] = (
+    (DULServiceProvider, "_read_pdu_data", _read_pdu_data),
+)
+"""P-DATA-TF PDUs read through the fast path on associations :func:`enable`\\ d
+(installed by :func:`.dimse_patches.install`)."""
 
 
 def enable(assoc: Any, handler: StoreHandler, spool: Path, max_pdu: int) -> None:

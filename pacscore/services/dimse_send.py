@@ -18,6 +18,7 @@ rest (final retrieve responses with a failed-instances list, error comments).
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import threading
 import time
@@ -25,11 +26,13 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
+from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from . import dimse_wire
 
-__all__ = ["NotSendable", "OutgoingObject", "data_set_offset", "response_command",
-           "send_from_memory", "send_responses_directly", "store_request"]
+__all__ = ["NotSendable", "OutgoingObject", "SubOperations", "data_set_offset",
+           "response_command", "send_from_memory", "send_responses_directly", "store_request",
+           "track"]
 
 
 class OutgoingObject(Dataset):
@@ -188,6 +191,60 @@ def _hold_reactor(assoc: Any) -> None:
             assoc._is_paused and (waiters is None or len(waiters) > 0)):
         time.sleep(0.0001)
     assoc.__dict__["_pacscore_held"] = True
+
+
+@dataclasses.dataclass(slots=True)
+class SubOperations:
+    """The C-STORE sub-operations of one C-GET or C-MOVE, as they end (:func:`track`)."""
+
+    total: int = 0
+    """How many there are to be."""
+    completed: list[str] = dataclasses.field(default_factory=list)
+    """SOP Instance UIDs stored by the peer."""
+    warned: list[str] = dataclasses.field(default_factory=list)
+    """Stored with a warning status."""
+    failed: list[str] = dataclasses.field(default_factory=list)
+    """Not sent, or refused by the peer."""
+
+    def record(self, sop: str, status: int | None) -> None:
+        """One sub-operation ended with ``status`` (None: it could not be sent)."""
+        category = None if status is None else code_to_category(status)
+        {STATUS_SUCCESS: self.completed, STATUS_WARNING: self.warned}.get(
+            category or "", self.failed).append(sop)
+
+    def final_status(self) -> int:
+        """The final C-GET/C-MOVE status the peer gets, as pynetdicom decides it (PS3.4
+        C.4.2.3.1, C.4.3.3.1): success, 0xA702 when every sub-operation failed, else
+        0xB000 when any failed or had a warning."""
+        if not self.failed and not self.warned:
+            return 0x0000
+        return 0xA702 if len(self.failed) == self.total else 0xB000
+
+
+def track(assoc: Any, tally: SubOperations) -> None:
+    """Record in ``tally`` how each C-STORE sub-operation sent on ``assoc`` ends (and
+    fail a :class:`NotSendable` without sending anything).  The wrapper is installed
+    once; the tally is the current request's."""
+    assoc.__dict__["_pacscore_tally"] = tally
+    if not _once(assoc, "_pacscore_track"):
+        return
+    original = assoc.send_c_store
+
+    def send(dataset: Any, *args: Any, **kwargs: Any) -> Any:
+        current: SubOperations = assoc.__dict__["_pacscore_tally"]
+        sop = str(getattr(dataset, "SOPInstanceUID", ""))
+        if isinstance(dataset, NotSendable):
+            current.record(sop, None)
+            raise LookupError(f"{sop} not sent: {dataset.reason}")
+        try:
+            status = original(dataset, *args, **kwargs)
+        except BaseException:
+            current.record(sop, None)
+            raise
+        current.record(sop, getattr(status, "Status", None))
+        return status
+
+    assoc.send_c_store = send
 
 
 def send_from_memory(assoc: Any) -> None:

@@ -33,16 +33,25 @@
 * Nagle's algorithm can hold the tail of a data set sent in several segments until
   the peer's delayed ACK (40 ms over loopback); ``nodelay`` switches it off on every
   association's socket, ours as acceptor and as requestor.
+* pynetdicom asks ``select.select`` whether a socket is readable, which fails for a
+  descriptor numbered 1,024 or more (FD_SETSIZE): once the process held that many
+  files (idle HTTP connections), every new association was taken for closed.
+  ``ready`` and the DUL's idle wait ask ``poll``, which has no such bound.
+
+Every replacement is listed in :data:`PATCHES`; :mod:`.dimse_patches` checks that each
+name still exists in the installed pynetdicom before installing any.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import queue
 import select
 import socket
 import ssl
+import stat
 import tempfile
 import threading
 import time
@@ -56,9 +65,11 @@ from pynetdicom import evt
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
 
+from ..errors import UnsafeFolderError
 from .dimse_wire import file_meta, send_lock
 
-__all__ = ["SPOOL_PREFIX", "clear_spool", "install", "nodelay", "receive_into"]
+__all__ = ["PATCHES", "SPOOL_PREFIX", "clear_spool", "nodelay", "private_folder", "readable",
+           "receive_into"]
 
 
 _STEP = 4 << 20  # memory follows the data that arrives, whatever a PDU header claims
@@ -83,7 +94,13 @@ def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
 
 class _ReactorClock:
     """``time`` as pynetdicom's association module sees it: its reactor's 1 ms poll
-    waits on the association's DIMSE queue instead; everything else is ``time``."""
+    waits on the association's DIMSE queue instead; everything else is ``time``.
+
+    The wait takes a wake-up that ``put`` meant for one waiter: when a message is
+    there, the wake-up is passed on, for a thread blocked in ``get`` on the same queue
+    (a request sent from another thread, e.g. a storage commitment report, or a
+    client's ``send_c_echo`` after the reactor slipped past its pause); without it,
+    that thread waited out the whole DIMSE timeout (30 s) with its response queued."""
 
     _POLL, _LONGEST = 0.001, 0.005
 
@@ -98,8 +115,64 @@ class _ReactorClock:
                 with messages.not_empty:
                     if not messages.queue:
                         messages.not_empty.wait(self._LONGEST)
+                    if messages.queue:
+                        messages.not_empty.notify()
                 return
         time.sleep(seconds)
+
+
+_READ_EVENTS = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
+
+
+def readable(socks: list[Any], timeout: float, owner: Any = None) -> list[Any]:
+    """The sockets of ``socks`` with something to read (data, an end, an error), after
+    waiting ``timeout`` seconds at most for one; ``poll``, so any descriptor number
+    works (``select`` stops at 1,023).  ValueError for a closed socket.  With
+    ``owner``, the poll object is kept in its ``__dict__`` for the next call on the
+    same descriptors."""
+    fds = tuple(sock.fileno() for sock in socks)
+    cached = owner.__dict__.get("_pacscore_poll") if owner is not None else None
+    if cached is None or cached[0] != fds:
+        if min(fds) < 0:
+            raise ValueError("the socket is closed")
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, _READ_EVENTS)
+        cached = (fds, poller)
+        if owner is not None:
+            owner.__dict__["_pacscore_poll"] = cached
+    events = cached[1].poll(max(0, int(timeout * 1000)))
+    if events and any(mask & select.POLLNVAL for _, mask in events):
+        raise ValueError("the socket is closed")
+    return [socks[fds.index(fd)] for fd, _ in events]
+
+
+def _ready(self: AssociationSocket) -> bool:
+    """``AssociationSocket.ready`` without ``select`` (same contract: True when there is
+    something to read; Evt17 when the socket is closed); the poll object is kept for
+    the socket's next call (cheaper than ``select`` then)."""
+    raw = self.socket
+    if raw is None or self._is_connected is False:
+        return False
+    fd = raw.fileno()
+    cached = self.__dict__.get("_pacscore_poll")
+    try:
+        if cached is None or cached[0] != fd:
+            if fd < 0:
+                raise ValueError("the socket is closed")
+            cached = (fd, select.poll())
+            cached[1].register(fd, _READ_EVENTS)
+            self.__dict__["_pacscore_poll"] = cached
+        events = cached[1].poll(0)
+        if events and events[0][1] & select.POLLNVAL:
+            raise ValueError("the socket is closed")
+        ready = bool(events)
+    except (OSError, ValueError):
+        self.event_queue.put("Evt17")  # transport connection closed, as pynetdicom does
+        return False
+    if isinstance(raw, ssl.SSLSocket):  # decrypted bytes waiting (pynetdicom #528)
+        return ready or bool(raw.pending())
+    return ready
 
 
 def _send(self: AssociationSocket, bytestream: bytes) -> None:
@@ -114,10 +187,11 @@ def _send(self: AssociationSocket, bytestream: bytes) -> None:
 
 
 _IDLE = 0.05  # longest idle wait of a DUL reactor (its timers are seconds long)
-_ORIGINAL_SEND_PDU = DULServiceProvider.send_pdu
-_ORIGINAL_STOP_DUL = DULServiceProvider.stop_dul
-_ORIGINAL_KILL_DUL = DULServiceProvider.kill_dul
-_ORIGINAL_RUN_REACTOR = DULServiceProvider.run_reactor
+# (getattr: a pynetdicom without one of them is refused by dimse_patches, not at import)
+_ORIGINAL_SEND_PDU: Any = getattr(DULServiceProvider, "send_pdu", None)
+_ORIGINAL_STOP_DUL: Any = getattr(DULServiceProvider, "stop_dul", None)
+_ORIGINAL_KILL_DUL: Any = getattr(DULServiceProvider, "kill_dul", None)
+_ORIGINAL_RUN_REACTOR: Any = getattr(DULServiceProvider, "run_reactor", None)
 
 
 def _waker(dul: DULServiceProvider) -> tuple[socket.socket, socket.socket]:
@@ -182,10 +256,10 @@ class _DulClock:
                 and raw is not None and transport._is_connected \
                 and not dul.__dict__.get("_pacscore_stopping"):
             if isinstance(raw, ssl.SSLSocket) and raw.pending():
-                return  # decrypted bytes wait in the TLS layer, which select cannot see
+                return  # decrypted bytes wait in the TLS layer, which poll cannot see
             reader = _waker(dul)[0]
             try:
-                ready, _, _ = select.select([raw, reader], [], [], _IDLE)
+                ready = readable([raw, reader], _IDLE, dul)
             except (OSError, ValueError):  # closed meanwhile: the reactor will see it
                 return
             if reader in ready:
@@ -195,24 +269,26 @@ class _DulClock:
         time.sleep(seconds)
 
 
-def _write_file_meta(fp: Any, meta: bytes) -> None:
-    fp.write(meta)
+def _write_file_meta(fp: Any, file_meta: bytes, enforce_standard: bool = True) -> None:
+    fp.write(file_meta)  # already encoded (file_meta above replaces create_file_meta)
 
 
-def install() -> None:
-    """Replace ``AssociationSocket.recv`` and ``send``, the idle waits of the DUL
-    and association reactors, and the file meta writing of received data sets
-    (idempotent)."""
-    AssociationSocket.recv = _recv  # type: ignore[method-assign]
-    AssociationSocket.send = _send  # type: ignore[method-assign]
-    setattr(pynetdicom.association, "time", _ReactorClock())  # noqa: B010
-    setattr(pynetdicom.dul, "time", _DulClock())  # noqa: B010
-    DULServiceProvider.send_pdu = _send_pdu  # type: ignore[method-assign]
-    DULServiceProvider.stop_dul = _stop_dul  # type: ignore[method-assign]
-    DULServiceProvider.kill_dul = _kill_dul  # type: ignore[method-assign]
-    DULServiceProvider.run_reactor = _run_reactor  # type: ignore[method-assign]
-    setattr(pynetdicom.dimse_messages, "create_file_meta", file_meta)  # noqa: B010
-    setattr(pynetdicom.dimse_messages, "write_file_meta_info", _write_file_meta)  # noqa: B010
+PATCHES: tuple[tuple[Any, str, Any], ...] = (
+    (AssociationSocket, "recv", _recv),
+    (AssociationSocket, "send", _send),
+    (AssociationSocket, "ready", property(_ready)),
+    (pynetdicom.association, "time", _ReactorClock()),
+    (pynetdicom.dul, "time", _DulClock()),
+    (DULServiceProvider, "send_pdu", _send_pdu),
+    (DULServiceProvider, "stop_dul", _stop_dul),
+    (DULServiceProvider, "kill_dul", _kill_dul),
+    (DULServiceProvider, "run_reactor", _run_reactor),
+    (pynetdicom.dimse_messages, "create_file_meta", file_meta),
+    (pynetdicom.dimse_messages, "write_file_meta_info", _write_file_meta),
+)
+"""``(owner, attribute, replacement)``: the PDU reads and sends, the socket's readiness,
+the idle waits of the DUL and association reactors, and the file meta writing of
+received data sets (installed by :func:`.dimse_patches.install`)."""
 
 
 SPOOL_PREFIX = "pacscore-dimse-"
@@ -226,6 +302,23 @@ def receive_into(folder: Path | None) -> None:
     setattr(pynetdicom.dimse_messages, "NamedTemporaryFile",  # noqa: B010
             tempfile.NamedTemporaryFile if folder is None else
             functools.partial(tempfile.NamedTemporaryFile, dir=folder, prefix=SPOOL_PREFIX))
+
+
+def private_folder(folder: Path) -> None:
+    """Make ``folder`` (mode 0700) unless it exists; UnsafeFolderError when it is not a
+    real folder of this user that no one else may write to (another user could add,
+    remove or swap the data sets received there)."""
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700, parents=True)
+    st = os.lstat(folder)
+    why = ("is a symbolic link" if stat.S_ISLNK(st.st_mode)
+           else "is not a folder" if not stat.S_ISDIR(st.st_mode)
+           else f"belongs to user {st.st_uid}, not to {os.geteuid()} who runs pacscore"
+           if st.st_uid != os.geteuid()
+           else f"may be written by others (mode {stat.S_IMODE(st.st_mode):04o})"
+           if st.st_mode & 0o022 else None)
+    if why:
+        raise UnsafeFolderError(f"spool folder {folder} {why}: refused")
 
 
 def clear_spool(folder: Path) -> int:

@@ -28,7 +28,8 @@ from typing import Any
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
-__all__ = ["LONG_VRS", "command_set", "element", "file_meta", "frame", "send_lock", "send_message"]
+__all__ = ["ERROR_COMMENT_LENGTH", "LONG_VRS", "command_set", "element", "error_comment",
+           "file_meta", "frame", "send_lock", "send_message", "tags"]
 
 # Explicit VR: these have a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
 LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT"})
@@ -64,17 +65,40 @@ def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str,
     return element((0x0002, 0x0000), "UL", struct.pack("<I", len(body)), True) + body
 
 
-def command_set(fields: Iterable[tuple[int, str | int]]) -> bytes:
+def command_set(fields: Iterable[tuple[int, str | int | bytes]]) -> bytes:
     """A command set from ``(element number, value)`` pairs of group 0000: text values
-    are UI/AE strings, integers US (PS3.7 E.1); the group length is added."""
+    are UI/AE strings, integers US, bytes a value already encoded (LO padded with a
+    space, AT) (PS3.7 E.1); the group length is added."""
     parts = []
     for number, value in sorted(fields, key=lambda f: f[0]):
         if isinstance(value, int):
             parts.append(struct.pack("<HHIH", 0x0000, number, 2, value))
+        elif isinstance(value, bytes):
+            parts.append(element((0x0000, number), "LO", value, False))
         else:
             parts.append(element((0x0000, number), "UI", value.encode("ascii"), False))
     body = b"".join(parts)
     return struct.pack("<HHII", 0x0000, 0x0000, 4, len(body)) + body
+
+
+ERROR_COMMENT_LENGTH = 64  # (0000,0902) Error Comment is LO (PS3.7 E.1, PS3.5 6.2)
+
+
+def error_comment(text: str) -> str:
+    """``text`` as an Error Comment (0000,0902) can carry it: the default character
+    repertoire without backslash or control characters, at most 64 characters (cut at
+    a word where it must be, with "...")."""
+    clean = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in " ".join(text.split()))
+    if len(clean) <= ERROR_COMMENT_LENGTH:
+        return clean
+    cut = clean[:ERROR_COMMENT_LENGTH - 3]
+    word = cut.rsplit(" ", 1)[0]
+    return (word if len(word) >= ERROR_COMMENT_LENGTH // 2 else cut).rstrip(" ,;:") + "..."
+
+
+def tags(*tags: int) -> bytes:
+    """An AT value: each tag as group then element, little endian (PS3.5 6.2)."""
+    return b"".join(struct.pack("<HH", t >> 16, t & 0xFFFF) for t in tags)
 
 
 def frame(context_id: int, command: bytes, data: bytes | memoryview | None,

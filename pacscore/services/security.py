@@ -24,7 +24,8 @@ from typing import Any
 
 from ..errors import PacsError
 
-__all__ = ["AUDIT_EVENTS", "RIGHTS", "AeEntry", "AeRegistry", "AuditLog"]
+__all__ = ["AUDIT_EVENTS", "RIGHTS", "AeEntry", "AeRegistry", "AuditLog", "canonical_address",
+           "outcome_of"]
 
 RIGHTS: tuple[str, ...] = ("echo", "store", "find", "get", "move")
 """What a DIMSE peer may be allowed to do."""
@@ -41,6 +42,18 @@ AUDIT_EVENTS: dict[str, tuple[str, str]] = {
 }
 # PS3.15 A.5.3: EventOutcomeIndicator.
 OUTCOME = {"success": 0, "minor": 4, "serious": 8, "major": 12}
+
+
+def outcome_of(status: int) -> str:
+    """The audit outcome of a DIMSE exchange that ended with ``status``: what the peer
+    was told (PS3.7 C: 0x0000 success; 0x0001 and 0xBxxx warnings, some of it failed:
+    a minor failure; 0xFE00 cancelled on request: success; any other failure, e.g.
+    0xA7xx, 0xA9xx, 0xCxxx, 0x01xx refusals: a serious failure, the action ended)."""
+    if status in (0x0000, 0xFE00):
+        return "success"
+    if status == 0x0001 or status & 0xF000 == 0xB000:
+        return "minor"
+    return "serious"
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash
 
@@ -130,6 +143,12 @@ class AeRegistry:
             and (_ip(host) or host) in _addresses(entry.host)
 
 
+def canonical_address(address: str) -> str:
+    """``address`` in one spelling when it is an IP address (see :func:`_ip`), else as
+    it is: the key connections are counted under."""
+    return _ip(address) or address
+
+
 def _ip(address: str) -> str | None:
     """An IP address in one spelling (an IPv4-mapped IPv6 address as IPv4; a zone
     index dropped); None when ``address`` is not an IP address."""
@@ -193,8 +212,10 @@ class AuditLog:
         return self._fd
 
     def record(self, event: str, *, action: str, outcome: str, user: str, host: str,
-               interface: str, objects: list[str] | None = None, detail: str = "") -> None:
-        """Append one event (``action``: C/R/U/D/E as in PS3.15 A.5.1)."""
+               interface: str, objects: list[str] | None = None, detail: str = "",
+               failed: list[str] | None = None) -> None:
+        """Append one event (``action``: C/R/U/D/E as in PS3.15 A.5.1; ``objects``:
+        the SOP Instance UIDs it was done to, ``failed``: those it failed for)."""
         code, meaning = AUDIT_EVENTS[event]
         entry: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -204,6 +225,8 @@ class AuditLog:
         }
         if objects:
             entry["objects"] = objects
+        if failed:
+            entry["failed_objects"] = failed
         if detail:
             entry["detail"] = detail
         line = json.dumps(entry, separators=(",", ":")) + "\n"

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gc
 import hashlib
 import math
 import os
+import resource
 import shutil
 import signal
 import ssl
+import stat
+import tempfile
 import threading
 import tomllib
 from collections.abc import Callable
@@ -29,7 +33,7 @@ from .grpc_api.server import start_grpc
 from .http_limits import guarded_h11
 from .tokens import TokenStore
 
-__all__ = ["ServeConfig", "default_spool", "serve"]
+__all__ = ["ServeConfig", "default_spool", "serve", "spool_folders"]
 
 _SHM = Path("/dev/shm")
 _SHM_FREE = 8 * 1024**3  # room for a few of the largest objects at once
@@ -43,16 +47,55 @@ def _is_tmpfs(path: Path) -> bool:
     return any(m.split()[1:3] == [str(path), "tmpfs"] for m in mounts if len(m.split()) > 2)
 
 
+_SPOOL_PREFIX = "pacscore-spool-"
+
+
+def _spool_prefix(archive_root: Path) -> str:
+    name = hashlib.sha256(str(archive_root.resolve()).encode()).hexdigest()[:16]
+    return f"{_SPOOL_PREFIX}{name}-"
+
+
+def spool_folders(archive_root: Path) -> list[Path]:
+    """This archive's spool folders in ``/dev/shm`` (:func:`default_spool`) that belong
+    to this user: while no server runs, those a killed one left."""
+    prefix, uid = _spool_prefix(archive_root), os.geteuid()
+    found = []
+    for path in _SHM.glob(f"{prefix}*"):
+        with contextlib.suppress(OSError):
+            st = path.lstat()
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == uid:
+                found.append(path)
+    return found
+
+
 def default_spool(archive_root: Path) -> Path:
-    """Where DIMSE data sets wait between arrival and storage: a folder of this archive
-    in ``/dev/shm`` when that is a memory file system with 8 GiB free (no disk work
-    for files that live a few milliseconds; A/B runs here could not separate the gain
-    from the machine's noise), else ``<archive>/spool``.  Nothing there is
-    acknowledged yet, so a crash loses nothing the sender was told is stored."""
-    if _is_tmpfs(_SHM) and shutil.disk_usage(_SHM).free >= _SHM_FREE:
-        name = hashlib.sha256(str(archive_root.resolve()).encode()).hexdigest()[:16]
-        return _SHM / f"pacscore-spool-{name}"
-    return archive_root / "spool"
+    """Where DIMSE data sets wait between arrival and storage: a new folder made for
+    this server's run in ``/dev/shm`` when that is a memory file system with 8 GiB free
+    (no disk work for files that live a few milliseconds; A/B runs here could not
+    separate the gain from the machine's noise), else ``<archive>/spool``.  Nothing
+    there is acknowledged yet, so a crash loses nothing the sender was told is stored.
+
+    The folder in ``/dev/shm`` is made by ``mkdtemp``: a name nobody can predict and
+    create first, mode 0700, so no other local user can read, add or swap a data set
+    (a fixed name there was taken over by another user in the audit of 2026-12-03).
+    Its name starts with the archive's hash, so the folders a killed server of this
+    archive left are found and removed here first (the caller holds the archive's
+    writer lock: no other server of it runs)."""
+    if not (_is_tmpfs(_SHM) and shutil.disk_usage(_SHM).free >= _SHM_FREE):
+        return archive_root / "spool"
+    for left in spool_folders(archive_root):
+        shutil.rmtree(left, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=_spool_prefix(archive_root), dir=_SHM))
+
+
+def _raise_open_files_limit() -> None:
+    """Let the process hold as many files as the hard limit allows: every connection
+    (DIMSE, HTTP, gRPC) is one, and a server that runs out refuses all of them."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def _as_str(value: object) -> str:
@@ -105,6 +148,8 @@ _LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
     "max_pdu": (lambda n: 0 <= n < 2**32, "0 (unlimited) or a length up to 4294967295"),
     "max_associations": (lambda n: n > 0, "above 0"),
     "max_http_connections": (lambda n: n > 0, "above 0"),
+    "max_connections_per_host": (lambda n: n > 0, "above 0"),
+    "association_request_timeout": (lambda n: 0 < n < math.inf, "above 0 and finite (seconds)"),
     "idle_timeout": (lambda n: 0 < n < math.inf, "above 0 and finite (seconds)"),
 }
 
@@ -168,9 +213,13 @@ class ServeConfig:
     max_pdu: int = 16 * 1024**2
     """Largest DIMSE PDU we accept (0 = unlimited)."""
     max_associations: int = 16
-    """Concurrent DIMSE associations."""
+    """Concurrent DIMSE associations (counted from their A-ASSOCIATE-RQ)."""
     max_http_connections: int = 256
     """Open HTTP connections; one more is answered 503 and closed at once."""
+    max_connections_per_host: int = 8
+    """Concurrent DIMSE connections from one source address (more are closed at once)."""
+    association_request_timeout: float = 5.0
+    """Seconds a DIMSE connection may take to send its A-ASSOCIATE-RQ."""
     idle_timeout: float = 60.0
     """Seconds a peer may send nothing before its DIMSE association, gRPC Store stream
     or STOW-RS request body is ended."""
@@ -235,7 +284,9 @@ def serve(archive_dir: Path, config: ServeConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     workers = os.cpu_count() or 1
-    with Archive(archive_dir, ArchiveConfig(prepare_workers=workers)) as archive:
+    _raise_open_files_limit()
+    with Archive(archive_dir, ArchiveConfig(prepare_workers=workers)) as archive, \
+            contextlib.ExitStack() as cleanup:  # also when a start fails
         if not archive.writable:
             raise ArchiveBusyError(f"{archive_dir} is already served or written by another "
                                    f"process", hint="stop it first: one writer per archive")
@@ -251,9 +302,12 @@ def serve(archive_dir: Path, config: ServeConfig) -> None:
                   flush=True)
         dimse = DimseServer(archive, ae_title=ae_title, max_pdu=config.max_pdu,
                             max_associations=config.max_associations,
+                            max_connections_per_host=config.max_connections_per_host,
+                            association_request_timeout=config.association_request_timeout,
                             idle_timeout=config.idle_timeout,
                             spool=Path(config.spool) if config.spool
                             else default_spool(archive.root))
+        cleanup.callback(dimse.stop)  # the spool goes with it
         dimse.start(host, config.dimse_port, ssl_context=config.server_ssl())
         app = create_app(archive, cors_origins=list(config.cors) or None,
                          max_body=config.max_body, idle_timeout=config.idle_timeout,
