@@ -245,7 +245,12 @@ def test_job_engine_survives_a_dying_worker_and_a_raising_task() -> None:
     """A worker killed by a crashing codec is replaced: the item it ran is reported with
     the reason, the items queued behind it are run elsewhere, the job goes on."""
     from pacscore.jobs import run_tasks
-    from tests.helpers.tasks import crash_on_fifths, crash_on_three, raise_on_five
+    from tests.helpers.tasks import (
+        crash_always,
+        crash_on_fifths,
+        crash_on_three,
+        raise_on_five,
+    )
 
     def failed(item: int, reason: str) -> int:
         reasons[item] = reason
@@ -260,6 +265,9 @@ def test_job_engine_survives_a_dying_worker_and_a_raising_task() -> None:
         out = sorted(run_tasks(crash_on_fifths, range(40), workers=2, on_error=failed))
         assert out == sorted(-x if x % 5 == 4 else x * 10 for x in range(40))
         assert sorted(reasons) == [x for x in range(40) if x % 5 == 4]
+    reasons.clear()  # every worker dies on every item: still one result per item
+    out = sorted(run_tasks(crash_always, range(10), workers=2, on_error=failed))
+    assert out == sorted(-x for x in range(10)) and len(reasons) == 10
     reasons.clear()
     out = sorted(run_tasks(raise_on_five, range(8), workers=2, on_error=failed))
     assert out == sorted([-5] + [x * 10 for x in range(8) if x != 5])
