@@ -122,13 +122,22 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     progress.close()
     report.seconds = time.monotonic() - started
     html_path = Path(args.html) if args.html else Path(args.out) / ".pacscore-report.html"
-    html_path.write_text(report.to_html(), encoding="utf-8")
+    try:
+        html_path.write_text(report.to_html(), encoding="utf-8")
+        html = str(html_path)
+    except OSError as exc:  # e.g. the disk that stopped the job: the report still prints
+        print(f"pacscore: cannot write {html_path}: {exc}", file=sys.stderr)
+        html = None
     if args.json:
-        print(json.dumps({**report.to_dict(), "html_report": str(html_path)}))
+        print(json.dumps({**report.to_dict(), "html_report": html}))
     else:
         print(report.to_text())
-        print(f"report: {html_path}")
-    return EXIT_PARTIAL if report.failures else EXIT_OK
+        print(f"report: {html or 'not written'}")
+    if report.unfinished:
+        first = report.unfinished[0]
+        print(f"pacscore: {len(report.unfinished)} of {report.files} files are unfinished "
+              f"(first: {first['path']}: {first['reason']})", file=sys.stderr)
+    return report.exit_code
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
