@@ -17,6 +17,7 @@ locations *pending* in the index first, so a crash mid-delete leaves nothing beh
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import logging
@@ -24,7 +25,7 @@ import os
 import shutil
 import stat
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -46,7 +47,7 @@ from .errors import (
     PacsError,
 )
 from .index import LEVELS, InstanceRecord, LmdbIndex, StoreKind
-from .ingest.pool import Rejected, Skipped, run_pool
+from .ingest.pool import Failed, Rejected, Skipped, run_pool
 from .ingest.prepare import (
     Prepared,
     prepare,
@@ -390,37 +391,90 @@ class Archive:
         self.start_workers()
         assert self._workers is not None
         outcome = self._workers.prepare(path, name, offset)
-        if isinstance(outcome, Rejected):
-            raise ERRORS_BY_NAME.get(outcome.error, InvalidDicomError)(outcome.reason,
-                                                                       source=name)
+        if isinstance(outcome, Rejected | Failed):
+            fallback = InvalidDicomError if isinstance(outcome, Rejected) \
+                else ArchiveStorageError
+            raise ERRORS_BY_NAME.get(outcome.error, fallback)(outcome.reason, source=name)
         if isinstance(outcome, Skipped):
-            raise InvalidDicomError("not a DICOM object", source=name)
+            raise InvalidDicomError(outcome.reason, source=name)
         committed = self._group.submit(outcome)
         if isinstance(committed, Rejected):
             raise ConflictError(committed.reason, source=name)
         return committed
 
     def store_many(self, paths: Iterable[str], *, workers: int | None = None,
-                   dask_address: str | None = None) -> Iterator[StoreResult | Rejected | Skipped]:
-        """Store many files with worker processes; yield one outcome per file.
+                   dask_address: str | None = None
+                   ) -> Generator[StoreResult | Rejected | Skipped | Failed, None, None]:
+        """Store many files with worker processes; yield exactly one outcome per path.
 
         Results are yielded only after their batch is committed (acknowledged).
         ``dask_address`` prepares the files on a Dask cluster instead (its workers must
         see the input paths and this archive's directory).
+
+        At the first failure to write the archive (no space, an I/O error, when staging
+        or committing) or of the worker processes as a whole, nothing more is
+        committed: the files in flight and every path not yet taken from ``paths`` are
+        yielded as :class:`~pacscore.ingest.pool.Failed` with the cause (nothing of them
+        is visible; storing them again later is safe).
         """
         self._require_writer()
         n = os.cpu_count() or 1 if workers is None else workers
+        source = iter(paths)
+        open_: collections.Counter[str] = collections.Counter()  # taken, not yet answered
+        cause: list[tuple[str, str]] = []  # (reason, error class) of the stop
+
+        def feed() -> Iterator[str]:
+            while not cause and (path := next(source, None)) is not None:
+                open_[path] += 1
+                yield path
+
+        def answered(outcome: StoreResult | Rejected | Skipped | Failed
+                     ) -> StoreResult | Rejected | Skipped | Failed:
+            open_[outcome.source] -= 1
+            if not open_[outcome.source]:
+                del open_[outcome.source]
+            return outcome
+
         batch: list[Prepared] = []
-        for outcome in run_pool(paths, self.config, self.frames_root, n, dask_address):
-            if isinstance(outcome, Prepared):
-                batch.append(outcome)
-                if len(batch) >= self.config.commit_batch:
-                    yield from self._commit(batch)
-                    batch = []
-            else:
-                yield outcome
-        if batch:
-            yield from self._commit(batch)
+        outcomes = run_pool(feed(), self.config, self.frames_root, n, dask_address)
+        try:
+            while not cause:
+                try:
+                    outcome = next(outcomes, None)
+                except Exception as exc:  # the workers as a whole: cannot start, cluster gone
+                    if not isinstance(exc, PacsError):
+                        log.exception("the worker processes failed")
+                    cause.append((str(exc) if isinstance(exc, PacsError) else
+                                  f"{type(exc).__name__}: {exc}", type(exc).__name__))
+                    break
+                if isinstance(outcome, Prepared):
+                    batch.append(outcome)
+                if batch and (outcome is None or len(batch) >= self.config.commit_batch):
+                    committing, batch = batch, []
+                    try:
+                        committed = self._commit(committing)
+                    except Exception as exc:  # disk full, I/O error: nothing of it is visible
+                        if not isinstance(exc, PacsError):
+                            log.exception("committing a batch failed")
+                        cause.append((str(exc), type(exc).__name__))
+                        break  # its staged files: removed by _commit, or at the next start
+                    for o in committed:
+                        yield answered(o)
+                if isinstance(outcome, Failed) and outcome.storage:
+                    cause.append((outcome.reason, outcome.error))
+                if outcome is None:
+                    return
+                if not isinstance(outcome, Prepared):
+                    yield answered(outcome)
+        finally:
+            outcomes.close()  # stops the workers (those still busy are killed)
+        self.store_.discard([p.record.location for p in batch])  # never submitted
+        reason, error = cause[0]
+        for path in list(open_.elements()):
+            yield Failed(path, f"not stored: storing stopped at a failure: {reason}", error)
+        for path in source:
+            yield Failed(path, f"not attempted: storing stopped at a failure: {reason}",
+                         error)
 
     def _commit(self, batch: Sequence[Prepared]) -> list[StoreResult | Rejected]:
         """Index and publish a batch; return outcomes in batch order (acknowledged)."""

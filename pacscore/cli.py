@@ -11,25 +11,21 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from . import __version__
-from .archive import Archive, StoreResult
+from .archive import Archive
 from .codecs import CODEC_NAMES
 from .config import ArchiveConfig
 from .errors import PacsError
 from .index import LEVELS
-from .ingest.pool import Rejected, Skipped
-from .jobs import JobReport, count_files, plan, run_compress, walk_files
+from .jobs import JobReport, count_files, plan, run_compress
 from .jobs.auto import DEFAULT_BUDGET
-from .jobs.journal import Journal
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
-IMPORT_JOURNAL = ".import-journal.jsonl"
 
 
 class _Progress:
@@ -67,67 +63,28 @@ def _config(args: argparse.Namespace) -> ArchiveConfig:
                          transcode_compressed=getattr(args, "transcode_compressed", False))
 
 
-def _import_key(path: str) -> str:
-    st = os.stat(path)
-    return f"{os.path.abspath(path)}\x00{st.st_size}\x00{st.st_mtime_ns}"
-
-
 def _cmd_import(args: argparse.Namespace) -> int:
+    from .jobs.importing import run_import
+
     n_files, total = count_files(args.paths)
     progress = _Progress(n_files, total, enabled=not args.json and sys.stderr.isatty())
-    journal = Journal(Path(args.archive) / IMPORT_JOURNAL)
-    done = {e["key"] for e in journal.entries()} if args.resume else set()
-    sizes: dict[str, int] = {}
-
-    def paths() -> Iterator[str]:
-        for path, _, size in walk_files(args.paths):
-            if done and _import_key(path) in done:
-                progress.advance(size)
-                continue
-            sizes[path] = size
-            yield path
-
-    summary: dict[str, Any] = {"instances": 0, "stored": 0, "duplicates": 0, "rejected": [],
-                               "skipped": 0, "bytes_in": 0, "bytes_stored": 0, "seconds": 0.0}
     started = time.monotonic()
     with Archive(args.archive, _config(args)) as archive:
-        for outcome in archive.store_many(paths(), workers=args.workers,
-                                          dask_address=args.dask):
-            progress.advance(sizes.pop(outcome.source, 0))
-            journal.append([{"key": _import_key(outcome.source)}])
-            if isinstance(outcome, StoreResult):
-                summary["instances"] += 1
-                if outcome.status == "duplicate":
-                    summary["duplicates"] += 1
-                else:
-                    summary["stored"] += 1
-                    summary["bytes_in"] += outcome.bytes_in
-                    summary["bytes_stored"] += outcome.bytes_stored
-            elif isinstance(outcome, Skipped):
-                summary["skipped"] += 1
-            elif isinstance(outcome, Rejected):
-                summary["rejected"].append({"path": outcome.source, "reason": outcome.reason})
-    journal.close()
+        report = run_import(archive, args.paths, workers=args.workers,
+                            dask_address=args.dask, resume=args.resume,
+                            progress=progress.advance)
     progress.close()
-    summary["seconds"] = round(time.monotonic() - started, 3)
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        _print_import(summary)
-    return EXIT_PARTIAL if summary["rejected"] else EXIT_OK
-
-
-def _print_import(s: dict[str, Any]) -> None:
-    mb_in, mb_out = s["bytes_in"] / 1e6, s["bytes_stored"] / 1e6
-    ratio = mb_in / mb_out if mb_out else 0.0
-    rate = mb_in / s["seconds"] if s["seconds"] else 0.0
-    print(f"instances  {s['instances']} ({s['stored']} stored, {s['duplicates']} duplicates)")
-    print(f"size       {mb_in:.1f} MB in -> {mb_out:.1f} MB stored (ratio {ratio:.2f})")
-    print(f"time       {s['seconds']:.1f} s ({rate:.1f} MB/s)")
-    print(f"skipped    {s['skipped']} non-DICOM files")
-    print(f"rejected   {len(s['rejected'])}")
-    for r in s["rejected"]:
-        print(f"  {r['path']}: {r['reason']}")
+    report.seconds = time.monotonic() - started
+    print(json.dumps(report.to_dict()) if args.json else report.to_text())
+    if report.accounted != report.files:  # every input ends in exactly one category
+        print(f"pacscore: internal error: {report.files} files walked but "
+              f"{report.accounted} accounted for", file=sys.stderr)
+        return EXIT_ERROR
+    if report.failed:
+        first = report.failed[0]
+        print(f"pacscore: {len(report.failed)} of {report.files} files failed (first: "
+              f"{first['path']}: {first['reason']})", file=sys.stderr)
+    return report.exit_code
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -165,13 +122,22 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     progress.close()
     report.seconds = time.monotonic() - started
     html_path = Path(args.html) if args.html else Path(args.out) / ".pacscore-report.html"
-    html_path.write_text(report.to_html(), encoding="utf-8")
+    try:
+        html_path.write_text(report.to_html(), encoding="utf-8")
+        html = str(html_path)
+    except OSError as exc:  # e.g. the disk that stopped the job: the report still prints
+        print(f"pacscore: cannot write {html_path}: {exc}", file=sys.stderr)
+        html = None
     if args.json:
-        print(json.dumps({**report.to_dict(), "html_report": str(html_path)}))
+        print(json.dumps({**report.to_dict(), "html_report": html}))
     else:
         print(report.to_text())
-        print(f"report: {html_path}")
-    return EXIT_PARTIAL if report.failures else EXIT_OK
+        print(f"report: {html or 'not written'}")
+    if report.unfinished:
+        first = report.unfinished[0]
+        print(f"pacscore: {len(report.unfinished)} of {report.files} files are unfinished "
+              f"(first: {first['path']}: {first['reason']})", file=sys.stderr)
+    return report.exit_code
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:

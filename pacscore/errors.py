@@ -24,6 +24,7 @@ __all__ = [
     "UndecodablePixelDataError",
     "UnsafeFolderError",
     "UnsupportedTransferSyntaxError",
+    "WorkerError",
 ]
 
 
@@ -136,11 +137,19 @@ class ArchiveCorruptError(PacsError, RuntimeError):
     hint = "restore the named instance from a replica or re-send it from the source"
 
 
+class WorkerError(PacsError, RuntimeError):
+    """Worker processes of a bulk job could not start, or died on an input."""
+
+    hint = ("fix the Python environment the worker processes start in (their error is "
+            "printed on stderr: a broken or partial installation, PYTHONPATH, a "
+            "sitecustomize), or run with --workers 0; then run the job again with --resume")
+
+
 ERRORS_BY_NAME: dict[str, type[PacsError]] = {
     cls.__name__: cls for cls in (
         PacsError, InvalidDicomError, TruncatedFileError, InvalidUIDError, LimitExceededError,
         IdentityMismatchError, UnsafeFolderError,
         UnsupportedTransferSyntaxError, NotFoundError, ConflictError, ArchiveStorageError,
-        ArchiveBusyError, ArchiveCorruptError, UndecodablePixelDataError)
+        ArchiveBusyError, ArchiveCorruptError, UndecodablePixelDataError, WorkerError)
 }
 """Error classes by name, to re-raise what a worker process reported."""

@@ -30,7 +30,16 @@ def tree(tmp_path: Path, corpus: Path) -> Path:
         (root / "sub" / p.name).write_bytes(p.read_bytes())
     (root / "truncated.dcm").write_bytes((corpus / "malformed/MR_truncated.dcm").read_bytes())
     (root / "notes.txt").write_text("not dicom")
+    # A data set without preamble whose first byte is stray: taken for something else.
+    data = (corpus / "ct_series/single/Philips_CT.dcm").read_bytes()
+    (root / "stray.dcm").write_bytes(b"\x00" + data[132:])
     return root
+
+
+def accounted(out: dict[str, Any]) -> int:
+    """Files in some category of an import's JSON: each file in exactly one."""
+    return int(out["stored"] + out["duplicates"] + len(out["rejected"]) + len(out["skipped"])
+               + len(out["failed"]))
 
 
 def test_import_json_summary_and_exit_code(tmp_path: Path, tree: Path) -> None:
@@ -38,14 +47,35 @@ def test_import_json_summary_and_exit_code(tmp_path: Path, tree: Path) -> None:
                        "--json")
     assert code == 1  # one input rejected
     assert out["instances"] == 3 and out["stored"] == 3 and out["duplicates"] == 0
-    assert out["skipped"] == 1
     assert [r["path"].endswith("truncated.dcm") for r in out["rejected"]] == [True]
     assert "8130" in out["rejected"][0]["reason"]
+    assert out["rejected"][0]["error"] == "TruncatedFileError"
     assert out["bytes_stored"] < out["bytes_in"]
     assert set(out) >= {"instances", "stored", "duplicates", "rejected", "bytes_in",
                         "bytes_stored", "seconds"}
+    # Every file skipped is listed with its path and the reason.
+    skipped = {Path(s["path"]).name: s["reason"] for s in out["skipped"]}
+    assert set(skipped) == {"notes.txt", "stray.dcm"}
+    assert "no 'DICM' prefix" in skipped["stray.dcm"] and "00 02 00" in skipped["stray.dcm"]
+    assert out["failed"] == [] and out["files"] == 6 == accounted(out)
     code, out, _ = run("import", str(tree / "sub"), "--archive", str(tmp_path / "a"), "--json")
     assert code == 0 and out["duplicates"] == 3 and out["stored"] == 0
+
+
+def test_import_resume_reports_the_whole_job(tmp_path: Path, tree: Path) -> None:
+    """--resume of a finished import reports what the first run did, from the journal
+    (the rejected file stays rejected: exit 1 again), and does nothing again."""
+    archive = str(tmp_path / "a")
+    code, first, _ = run("import", str(tree), "--archive", archive, "--json")
+    assert code == 1
+    code, again, err = run("import", str(tree), "--archive", archive, "--resume", "--json")
+    assert code == 1, err
+    assert again["resumed"] == again["files"] == first["files"] == 6 == accounted(again)
+    for key in ("stored", "duplicates", "rejected", "skipped", "failed", "bytes_in",
+                "bytes_stored"):
+        assert again[key] == first[key], key
+    code, text, _ = run("import", str(tree), "--archive", archive, "--resume")
+    assert code == 1 and "6 (6 done by an earlier run)" in text and "truncated.dcm" in text
 
 
 def test_find_export_verify_stats(tmp_path: Path, tree: Path) -> None:

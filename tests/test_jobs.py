@@ -84,6 +84,9 @@ def test_compress_tree(tmp_path: Path, tree: Path, codec: str, ts: str, plugin: 
     assert set(_files(out)) == set(_files(tree))  # same relative paths, nothing dropped
     assert [f["path"] for f in report["failures"]] == ["bad/MR_truncated.dcm"]
     assert "8130" in report["failures"][0]["reason"]
+    assert [f["path"] for f in report["skipped"]] == ["README.txt"]  # listed, with why
+    assert report["skipped"][0]["reason"].startswith("not DICOM: no 'DICM' prefix")
+    assert report["unfinished"] == [] and report["files"] == len(_files(tree))
     status = report["status"]
     # The lossy file is always copied; CharLS refuses the 3x3 RGB image (kept, with reason).
     assert (status["failed"], status["other"], status["compressed"] + status["copied"]) \
@@ -120,7 +123,27 @@ def test_refuses_to_overwrite_a_job_without_resume(tmp_path: Path, tree: Path) -
     code, _ = cli("compress", str(tree / "ct"), "--out", str(out), "--json")
     assert code == 2
     code, report = cli("compress", str(tree / "ct"), "--out", str(out), "--resume", "--json")
-    assert code == 0 and report["files"] == 0  # everything was already done
+    assert code == 0 and report["files"] == report["resumed"] == 5  # all done before
+
+
+def test_resume_of_a_finished_job_reports_the_whole_job(tmp_path: Path, tree: Path) -> None:
+    """--resume of a finished job reproduces its report and exit code from the journal:
+    the first run's failure stays a failure."""
+    out = tmp_path / "out"
+    code, first = cli("compress", str(tree), "--out", str(out), "--workers", "2", "--json")
+    assert code == 1 and first["failures"]
+    before = {p: p.stat().st_mtime_ns for p in _files(out).values()}
+    code, again = cli("compress", str(tree), "--out", str(out), "--resume", "--json")
+    assert code == 1
+    assert again["resumed"] == again["files"] == first["files"] == len(_files(tree))
+    for key in ("status", "failures", "skipped", "unfinished", "bytes_in", "bytes_out",
+                "groups"):
+        assert again[key] == first[key], key
+    assert {p: p.stat().st_mtime_ns for p in _files(out).values()} == before  # nothing redone
+    proc = subprocess.run([sys.executable, "-m", "pacscore.cli", "compress", str(tree), "--out",
+                           str(out), "--resume"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 1 and "done by an earlier run" in proc.stdout
+    assert "bad/MR_truncated.dcm" in proc.stdout
 
 
 def _journal_lines(out: Path) -> int:
@@ -245,7 +268,12 @@ def test_job_engine_survives_a_dying_worker_and_a_raising_task() -> None:
     """A worker killed by a crashing codec is replaced: the item it ran is reported with
     the reason, the items queued behind it are run elsewhere, the job goes on."""
     from pacscore.jobs import run_tasks
-    from tests.helpers.tasks import crash_on_fifths, crash_on_three, raise_on_five
+    from tests.helpers.tasks import (
+        crash_always,
+        crash_on_fifths,
+        crash_on_three,
+        raise_on_five,
+    )
 
     def failed(item: int, reason: str) -> int:
         reasons[item] = reason
@@ -260,6 +288,9 @@ def test_job_engine_survives_a_dying_worker_and_a_raising_task() -> None:
         out = sorted(run_tasks(crash_on_fifths, range(40), workers=2, on_error=failed))
         assert out == sorted(-x if x % 5 == 4 else x * 10 for x in range(40))
         assert sorted(reasons) == [x for x in range(40) if x % 5 == 4]
+    reasons.clear()  # every worker dies on every item: still one result per item
+    out = sorted(run_tasks(crash_always, range(10), workers=2, on_error=failed))
+    assert out == sorted(-x for x in range(10)) and len(reasons) == 10
     reasons.clear()
     out = sorted(run_tasks(raise_on_five, range(8), workers=2, on_error=failed))
     assert out == sorted([-5] + [x * 10 for x in range(8) if x != 5])

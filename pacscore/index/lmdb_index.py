@@ -94,12 +94,24 @@ class LmdbIndex(Index):
                     return fn(txn)
             except lmdb.MapFullError:
                 self.env.set_mapsize(self.env.info()["map_size"] * 2)
-            except lmdb.DiskError as exc:
-                raise ArchiveStorageError(f"index write failed: {exc}") from exc
-            except lmdb.Error as exc:
-                if "No space" in str(exc):
-                    raise ArchiveStorageError("disk full while committing the index") from exc
+            except lmdb.BadValsizeError:  # a key or value LMDB refuses: not the disk's fault
                 raise
+            except lmdb.Error as exc:  # at put or commit: ENOSPC, EIO, a read-only disk...
+                raise ArchiveStorageError(
+                    f"index write failed ({self._write_cause()}: {exc}); the transaction "
+                    f"was rolled back",
+                    hint="free space on the archive's disk or fix it, then retry (a bulk "
+                         "import: run it again with --resume); acknowledged data is safe"
+                ) from exc
+
+    def _write_cause(self) -> str:
+        """What a failed write most likely met: LMDB reports a short write on a full
+        disk as EIO, so look at the free space (a few pages of a batch need MBs)."""
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return "cannot write"
+        return "disk full" if st.f_bavail * st.f_frsize < (16 << 20) else "cannot write"
 
     def _json(self, txn: lmdb.Transaction, db: bytes, key: str) -> dict[str, Any] | None:
         raw = txn.get(key.encode(), db=self.dbs[db])

@@ -10,18 +10,30 @@ from __future__ import annotations
 import errno
 import functools
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..config import ArchiveConfig
 from ..dicom.scan import looks_like_dicom
-from ..errors import PacsError
+from ..errors import (
+    ERRORS_BY_NAME,
+    ArchiveStorageError,
+    ConflictError,
+    InvalidDicomError,
+    PacsError,
+    UnsupportedTransferSyntaxError,
+    WorkerError,
+)
 from ..store.zarr_store import ZarrFrameStore
 from .prepare import Prepared, prepare
 
-__all__ = ["Outcome", "Rejected", "Skipped", "prepare_descriptor", "prepare_file", "prepare_path",
-           "read_descriptor", "run_pool"]
+__all__ = ["Failed", "Outcome", "Rejected", "Skipped", "not_dicom_reason",
+           "prepare_descriptor", "prepare_file", "prepare_path", "read_descriptor", "run_pool"]
+
+_CONTENT_ERRORS = (InvalidDicomError, UnsupportedTransferSyntaxError, ConflictError)
+"""Refusals of what a file contains: the same file is refused again, whenever it is
+tried (a bulk job's journal records them as done)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +47,15 @@ class Rejected:
     error: str
     """Exception class name."""
 
+    @property
+    def permanent(self) -> bool:
+        """Refused for what the file contains (trying it again gives the same answer);
+        False for an internal error or a file on which worker processes died, which a
+        later run may store."""
+        cls = ERRORS_BY_NAME.get(self.error)
+        return self.error == "LimitExceeded" or (cls is not None
+                                                 and issubclass(cls, _CONTENT_ERRORS))
+
 
 @dataclass(frozen=True, slots=True)
 class Skipped:
@@ -44,37 +65,76 @@ class Skipped:
     """File path."""
     size: int
     """Its size in bytes."""
+    reason: str = "not DICOM"
+    """Why it was taken for something else than DICOM."""
 
 
-Outcome = Prepared | Rejected | Skipped
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """An input not stored for a reason outside the file: the archive could not be
+    written (no space, an I/O error), the input could not be read, or the worker
+    processes failed.  Nothing of it is visible; trying it again later may store it
+    (a bulk job does not journal it, so ``--resume`` retries it)."""
+
+    source: str
+    """File path."""
+    reason: str
+    """What failed, and the hint."""
+    error: str
+    """Exception class name (:class:`~pacscore.errors.ArchiveStorageError` when the
+    archive could not be written)."""
+
+    @property
+    def storage(self) -> bool:
+        """The archive could not be written: nothing more can be stored until the
+        operator frees space or fixes the disk."""
+        return self.error == ArchiveStorageError.__name__
+
+
+Outcome = Prepared | Rejected | Skipped | Failed
+
+
+def not_dicom_reason(head: bytes, size: int) -> str:
+    """Why :func:`looks_like_dicom` refused ``head`` (PS3.10 7.1: a 128-byte preamble
+    and "DICM", or, tolerated, a data set starting with a group 0002 or 0008 element)."""
+    if not size:
+        return "not DICOM: empty file"
+    return (f"not DICOM: no 'DICM' prefix at byte 128 and no data set start (group "
+            f"0002 or 0008) at byte 0 (first bytes: {head[:8].hex(' ')})")
 
 
 def prepare_path(path: str, config: ArchiveConfig, store: ZarrFrameStore, *,
                  flush: bool = False, strict_identity: bool = False) -> Outcome:
     """Read and prepare one file (``flush``, ``strict_identity``: see :func:`prepare`);
-    never raises for bad input."""
+    never raises for bad input.  What the file contains is refused with
+    :class:`Rejected`; an archive that cannot be written or an input that cannot be read
+    gives :class:`Failed`."""
     try:
         size = os.stat(path).st_size
         if size > config.limits.max_file_bytes:
             return Rejected(path, f"file of {size} bytes over the size limit", "LimitExceeded")
         with open(path, "rb") as f:
             data = f.read()
-        return _prepare_data(data, path, config, store, flush, strict_identity)
     except OSError as exc:
-        return Rejected(path, f"cannot read: {exc.strerror or exc}", type(exc).__name__)
+        return Failed(path, f"cannot read: {exc.strerror or exc} (hint: check the file and "
+                            f"its permissions, then retry)", type(exc).__name__)
+    return _prepare_data(data, path, config, store, flush, strict_identity)
 
 
 def _prepare_data(data: bytes, source: str, config: ArchiveConfig, store: ZarrFrameStore,
                   flush: bool, strict_identity: bool) -> Outcome:
+    if not looks_like_dicom(data[:132]):
+        return Skipped(source, len(data), not_dicom_reason(data[:132], len(data)))
     try:
-        if not looks_like_dicom(data[:132]):
-            return Skipped(source, len(data))
         return prepare(data, source, config, store, flush=flush,
                        strict_identity=strict_identity)
+    except ArchiveStorageError as exc:
+        return Failed(source, str(exc), ArchiveStorageError.__name__)
     except PacsError as exc:
         return Rejected(source, f"{exc.reason} (hint: {exc.hint})", type(exc).__name__)
-    except OSError as exc:
-        return Rejected(source, f"cannot read: {exc.strerror or exc}", type(exc).__name__)
+    except OSError as exc:  # the staging area, written outside the store's own wrapping
+        return Failed(source, f"cannot write the archive: {exc} (hint: "
+                              f"{ArchiveStorageError.hint})", ArchiveStorageError.__name__)
     except Exception as exc:  # a library bug must not stop the import
         return Rejected(source, f"internal error while reading: {type(exc).__name__}: {exc}",
                         type(exc).__name__)
@@ -85,11 +145,7 @@ def prepare_file(path: str, source: str, config: ArchiveConfig,
     """Worker task of a single store: prepare ``path``, reported under ``source``."""
     outcome = prepare_path(path, config, store, flush=True,  # flushed here, in parallel
                            strict_identity=True)
-    if isinstance(outcome, Prepared):
-        return replace(outcome, source=source)
-    if isinstance(outcome, Rejected):
-        return Rejected(source, outcome.reason, outcome.error)
-    return outcome
+    return replace(outcome, source=source)
 
 
 def read_descriptor(fd: int, offset: int, limit: int) -> bytes:
@@ -117,11 +173,10 @@ def prepare_descriptor(fd: int, offset: int, source: str, config: ArchiveConfig,
     try:
         data = read_descriptor(fd, offset, config.limits.max_file_bytes)
     except OSError as exc:
-        return Rejected(source, f"cannot read: {exc.strerror or exc}", type(exc).__name__)
+        return Failed(source, f"cannot read: {exc.strerror or exc}", type(exc).__name__)
     finally:
         os.close(fd)
-    outcome = _prepare_data(data, source, config, store, True, True)
-    return replace(outcome, source=source) if isinstance(outcome, Prepared) else outcome
+    return replace(_prepare_data(data, source, config, store, True, True), source=source)
 
 
 def _prepare_task(config: ArchiveConfig, frames_root: str, path: str) -> Outcome:
@@ -129,7 +184,8 @@ def _prepare_task(config: ArchiveConfig, frames_root: str, path: str) -> Outcome
 
 
 def run_pool(paths: Iterable[str], config: ArchiveConfig, frames_root: Path,
-             workers: int, dask_address: str | None = None) -> Iterator[Outcome]:
+             workers: int, dask_address: str | None = None
+             ) -> Generator[Outcome, None, None]:
     """Prepare ``paths`` in ``workers`` processes (0: in this process), unordered, with
     a bounded number in flight (the job engine of :mod:`pacscore.jobs.engine`)."""
     from ..jobs.engine import run_tasks
@@ -140,4 +196,7 @@ def run_pool(paths: Iterable[str], config: ArchiveConfig, frames_root: Path,
 
 
 def _task_failed(path: str, reason: str) -> Outcome:
-    return Rejected(path, f"{reason}; nothing of it was stored", "ArchiveStorageError")
+    """Outcome of a file on which two worker processes died (or whose task raised)."""
+    return Rejected(path, f"{reason}; nothing of it was stored (hint: the file probably "
+                          f"crashes a codec library: report it with the file; a resumed "
+                          f"job tries it again)", WorkerError.__name__)

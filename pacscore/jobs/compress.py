@@ -5,10 +5,17 @@ written as a Part-10 file in the lossless syntax to a temporary file; the job
 publishes a batch at a time (syncfs, renames, syncfs: no partial output is ever
 visible) and only then journals it.  Anything that must
 not or cannot be transcoded is copied unchanged and counted, with its reason.
+
+Every file walked gets exactly one result.  A file whose output could not be written
+(no space, an I/O error) is ``unfinished`` and not journalled; the job stops at the
+first such failure and reports every file not done as ``unfinished``, so ``--resume``
+(after freeing space) does exactly those.  A resumed job yields the results the
+journal holds first, so its report covers the whole job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -23,6 +30,7 @@ from ..dicom.part10 import build_part10
 from ..dicom.scan import looks_like_dicom, scan
 from ..durability import fsync_path, sync_filesystem
 from ..errors import PacsError
+from ..ingest.pool import not_dicom_reason
 from ..ingest.prepare import encode_object
 from .auto import DEFAULT_BUDGET, SeriesChooser
 from .engine import run_tasks
@@ -61,7 +69,8 @@ class FileResult:
     """Path relative to the roots."""
     status: str
     """``compressed``, ``copied`` (kept unchanged: lossy, non-image, ...), ``failed``
-    (refused by the archive rules; copied unchanged) or ``other`` (not DICOM; copied)."""
+    (refused by the archive rules; copied unchanged), ``other`` (not DICOM; copied) or
+    ``unfinished`` (no output: it could not be read or written; not journalled)."""
     bytes_in: int
     """Size of the source file."""
     bytes_out: int
@@ -80,6 +89,24 @@ class FileResult:
     """Worker time spent."""
     staged: str = ""
     """Temp file awaiting the parent's publish (not journalled)."""
+    storage_failure: bool = False
+    """``unfinished`` because the output could not be written: the job stops (not
+    journalled)."""
+    resumed: bool = False
+    """Done by an earlier run of the job: read from its journal (not journalled)."""
+
+
+_NOT_JOURNALLED = frozenset({"staged", "storage_failure", "resumed"})
+_FIELDS = frozenset(FileResult.__dataclass_fields__) - _NOT_JOURNALLED
+
+
+def _entry(r: FileResult) -> dict[str, object]:
+    """The journal entry of a done file."""
+    return {k: v for k, v in asdict(r).items() if k not in _NOT_JOURNALLED}
+
+
+def _unfinished(rel: str, size: int, reason: str, *, storage: bool = False) -> FileResult:
+    return FileResult(rel, "unfinished", size, 0, reason=reason, storage_failure=storage)
 
 
 _choosers: dict[float, SeriesChooser] = {}
@@ -139,17 +166,22 @@ def _publish(dst_root: Path, results: list[FileResult]) -> None:
 
 
 def compress_one(task: CompressTask) -> FileResult:
-    """Recompress (or copy) one file; never raises for bad input."""
+    """Recompress (or copy) one file; never raises for bad input.  A source that cannot
+    be read, or an output that cannot be written, gives an ``unfinished`` result."""
     start = time.perf_counter()
-    size = os.stat(task.src).st_size
-    base = FileResult(task.rel, "copied", size, size)
     try:
+        size = os.stat(task.src).st_size
         with open(task.src, "rb") as f:
             data = f.read()
+    except OSError as exc:
+        return _unfinished(task.rel, 0, f"cannot read the source: {exc.strerror or exc}")
+    base = FileResult(task.rel, "copied", size, size)
+    try:
         if not looks_like_dicom(data[:132]):
             out, tmp = _write_staged(task, data)
-            return replace(base, status="other", bytes_out=out, reason="not DICOM",
-                           staged=tmp, seconds=time.perf_counter() - start)
+            return replace(base, status="other", bytes_out=out,
+                           reason=not_dicom_reason(data[:132], size), staged=tmp,
+                           seconds=time.perf_counter() - start)
         chooser = _choosers.setdefault(task.budget, SeriesChooser(task.budget))
         enc = encode_object(data, task.src, task.config, chooser)
         header = enc.header
@@ -166,11 +198,16 @@ def compress_one(task: CompressTask) -> FileResult:
         raw = header.layout.frame_bytes * header.layout.frames
         return replace(base, status="compressed", bytes_out=out, raw_bytes=raw,
                        codec=enc.codec.name, staged=tmp, seconds=time.perf_counter() - start)
+    except OSError as exc:  # the output (the only file written here)
+        return _unfinished(task.rel, size, f"cannot write the output: {exc}", storage=True)
     except PacsError as exc:
         reason = exc.reason
     except Exception as exc:  # a library bug must not stop a week-long job
         reason = f"internal error: {type(exc).__name__}: {exc}"
-    out, tmp = _write_staged(task, None)
+    try:
+        out, tmp = _write_staged(task, None)
+    except OSError as exc:
+        return _unfinished(task.rel, size, f"cannot write the output: {exc}", storage=True)
     return replace(base, status="failed", bytes_out=out, reason=reason, staged=tmp,
                    seconds=time.perf_counter() - start)
 
@@ -179,6 +216,11 @@ def run_compress(roots: Sequence[str], dst: str, config: ArchiveConfig, *, worke
                  resume: bool = False, dask_address: str | None = None,
                  budget: float = DEFAULT_BUDGET) -> Iterator[FileResult]:
     """Run (or resume) a compress job; yield every file's result once it is durable.
+
+    Exactly one result per file walked: with ``resume``, first those the journal holds
+    (``resumed``), then the others as they are done.  At the first output that cannot
+    be written (or worker processes that cannot start) the job stops: every file not
+    done is yielded ``unfinished`` with the cause.
 
     Raises
     ------
@@ -192,50 +234,150 @@ def run_compress(roots: Sequence[str], dst: str, config: ArchiveConfig, *, worke
         raise PacsError(f"{dst} already holds a compress journal",
                         hint="add --resume to continue that job, or choose a new --out")
     shutil.rmtree(dst_root / TMP_NAME, ignore_errors=True)  # temp files of a crashed run
-    done = {e["rel"] for e in journal.entries()} if resume else set()
+    job = _Job(roots, dst_root, config, journal, resume, budget, bool(dask_address))
+    try:
+        yield from job.resumed()
+        yield from job.run(workers, dask_address)
+    finally:
+        journal.close()
+    if job.yielded != job.walked:  # every input ends in exactly one result
+        raise PacsError(f"internal error: {job.walked} files walked but {job.yielded} "
+                        f"results", hint="report this with the job's journal")
 
-    recovered: list[FileResult] = []
 
-    several = len(roots) > 1
+class _Job:
+    """The state of one run of a compress job."""
 
-    def tasks() -> Iterator[CompressTask]:
-        for path, base_rel, size in walk_files(roots):
+    def __init__(self, roots: Sequence[str], dst_root: Path, config: ArchiveConfig,
+                 journal: Journal, resume: bool, budget: float, remote: bool):
+        self.roots, self.dst_root, self.config = roots, dst_root, config
+        self.journal, self.resume, self.budget, self.remote = journal, resume, budget, remote
+        self.done = journal.index("rel") if resume else {}
+        self.walked = self.yielded = 0
+        self.cause = ""  # why the job stopped
+        self.open: dict[str, int] = {}  # rel -> size of the tasks sent to the workers
+        self.recovered: list[FileResult] = []
+
+    def walk(self) -> Iterator[tuple[str, str, int]]:
+        """(path, rel, size) of every input file."""
+        several = len(self.roots) > 1
+        for path, base_rel, size in walk_files(self.roots):
             # With several sources, each keeps its own folder name under the output.
             rel = str(Path(Path(path).parents[len(Path(base_rel).parts) - 1].name,
                            base_rel)) if several else base_rel
-            if rel in done:
-                continue
-            if resume and (dst_root / rel).is_file():
-                # Written and renamed into place before the crash, not yet journalled:
-                # outputs are only ever visible complete, so adopt it instead of redoing.
-                recovered.append(_adopt(path, rel, size, dst_root, config))
-                continue
-            yield CompressTask(path, rel, str(dst_root), config, budget,
-                               publish_in_worker=bool(dask_address))
+            yield path, rel, size
 
-    batch: list[FileResult] = []
+    def _journalled(self, rel: str) -> bool:
+        # An entry whose output is gone (removed since) is done again.
+        return rel in self.done and (self.dst_root / rel).is_file()
 
-    def flush() -> list[FileResult]:
-        _publish(dst_root, batch)
-        out = [replace(r, staged="") for r in batch]
-        journal.append({k: v for k, v in asdict(r).items() if k != "staged"} for r in out)
-        batch.clear()
-        return out
+    def resumed(self) -> Iterator[FileResult]:
+        """The results of the files an earlier run finished, from the journal."""
+        if not self.done:
+            return
+        for _, rel, _ in self.walk():
+            if self._journalled(rel):
+                entry = self.journal.read_at(self.done[rel])
+                self.yielded += 1
+                yield FileResult(**{k: v for k, v in entry.items() if k in _FIELDS},
+                                 resumed=True)
 
-    try:
-        for result in run_tasks(compress_one, tasks(), workers=workers,
-                                dask_address=dask_address, on_error=_task_failed,
-                                fork_safe=True):  # no LMDB here: workers may fork
-            batch.extend(recovered)
-            recovered.clear()
-            batch.append(result)
-            if len(batch) >= 16:
-                yield from flush()
-        batch.extend(recovered)
-        yield from flush()
-        shutil.rmtree(dst_root / TMP_NAME, ignore_errors=True)
-    finally:
-        journal.close()
+    def _task(self, path: str, rel: str, size: int) -> CompressTask | None:
+        """The task of a file, or None when it needs none (journalled, or adopted)."""
+        self.walked += 1
+        if self._journalled(rel):
+            return None  # yielded by resumed()
+        if self.resume and (self.dst_root / rel).is_file():
+            # Written and renamed into place before the crash, not yet journalled:
+            # outputs are only ever visible complete, so adopt it instead of redoing.
+            self.recovered.append(_adopt(path, rel, size, self.dst_root, self.config))
+            return None
+        return CompressTask(path, rel, str(self.dst_root), self.config, self.budget,
+                            publish_in_worker=self.remote)
+
+    def run(self, workers: int, dask_address: str | None) -> Iterator[FileResult]:
+        """Do every file not done; yield the results, journalled a batch at a time."""
+        files = self.walk()
+
+        def tasks() -> Iterator[CompressTask]:
+            while not self.cause and (item := next(files, None)) is not None:
+                task = self._task(*item)
+                if task is not None:
+                    self.open[task.rel] = item[2]
+                    yield task
+
+        batch: list[FileResult] = []
+        results = run_tasks(compress_one, tasks(), workers=workers,
+                            dask_address=dask_address, on_error=_task_failed,
+                            fork_safe=True)  # no LMDB here: workers may fork
+        try:
+            while not self.cause:
+                try:
+                    result = next(results, None)
+                except Exception as exc:  # the workers as a whole: cannot start, ...
+                    self.cause = str(exc) if isinstance(exc, PacsError) else \
+                        f"{type(exc).__name__}: {exc}"
+                    break
+                batch += self.recovered
+                self.recovered.clear()
+                if result is not None:
+                    self.open.pop(result.rel, None)
+                    batch.append(result)
+                    if result.storage_failure:
+                        self.cause = result.reason or "cannot write the output"
+                        break
+                if batch and (result is None or len(batch) >= 16):
+                    yield from self._flush(batch)
+                    batch = []
+                if result is None:
+                    break
+        finally:
+            results.close()  # stops the workers (those still busy are killed)
+        yield from self._stopped(batch, files)
+        shutil.rmtree(self.dst_root / TMP_NAME, ignore_errors=True)
+
+    def _flush(self, batch: list[FileResult]) -> Iterator[FileResult]:
+        """Publish a batch, journal it, yield it (``unfinished`` if it cannot be)."""
+        try:
+            _publish(self.dst_root, batch)
+        except OSError as exc:  # renamed ones are adopted by --resume
+            self.cause = f"cannot publish the outputs: {exc}"
+            for r in batch:
+                self.yielded += 1
+                yield _unfinished(r.rel, r.bytes_in, f"not finished: {self.cause}")
+            return
+        out = [replace(r, staged="") for r in batch if r.status != "unfinished"]
+        try:
+            self.journal.append(_entry(r) for r in out)
+        except OSError as exc:  # the outputs are complete: --resume adopts them
+            self.cause = f"cannot write the journal: {exc}"
+        for r in batch:
+            self.yielded += 1
+            yield r if r.status == "unfinished" else replace(r, staged="")
+
+    def _stopped(self, batch: list[FileResult], files: Iterator[tuple[str, str, int]]
+                 ) -> Iterator[FileResult]:
+        """After a stop: every file not done is ``unfinished``, with the cause."""
+        if not self.cause:
+            return
+        reason = f"the job stopped at a failure: {self.cause}"
+        for r in batch:  # never published
+            self.yielded += 1
+            yield r if r.status == "unfinished" else _unfinished(r.rel, r.bytes_in,
+                                                                  f"not finished: {reason}")
+        for rel, size in self.open.items():
+            self.yielded += 1
+            yield _unfinished(rel, size, f"not finished: {reason}")
+        self.open.clear()
+        for item in files:
+            if self._task(*item) is not None:
+                self.yielded += 1
+                yield _unfinished(item[1], item[2], f"not attempted: {reason}")
+        if self.recovered:
+            with contextlib.suppress(OSError):
+                self.journal.append(_entry(r) for r in self.recovered)
+            self.yielded += len(self.recovered)
+            yield from self.recovered
 
 
 def _task_failed(task: CompressTask, reason: str) -> FileResult:
@@ -245,8 +387,8 @@ def _task_failed(task: CompressTask, reason: str) -> FileResult:
     try:
         out, staged = _write_staged(replace(task, publish_in_worker=False), None)
     except OSError as exc:
-        return FileResult(task.rel, "failed", 0, 0,
-                          reason=f"{reason}; the source could not be copied either: {exc}")
+        return _unfinished(task.rel, 0, f"{reason}; the source could not be copied either: "
+                                        f"{exc}", storage=True)
     return FileResult(task.rel, "failed", out, out, reason=f"{reason} (copied unchanged)",
                       staged=staged)
 

@@ -13,6 +13,7 @@ Output protocol (stdout, one line each, flushed at once)::
     ACK <sop_uid> <sha256>       a StoreResult was yielded (acknowledged)
     REJ <source> <error> <why>   a Rejected outcome
     SKIP <source>                a Skipped outcome
+    FAIL <source> <error> <why>  a Failed outcome (not stored; may be retried)
     DONE                         everything finished
 
 Environment:
@@ -42,7 +43,7 @@ from typing import Any
 
 from pacscore import Archive, ArchiveConfig, StoreResult
 from pacscore.index.lmdb_index import LmdbIndex
-from pacscore.ingest.pool import Rejected, Skipped
+from pacscore.ingest.pool import Failed, Rejected, Skipped
 from pacscore.store import zarr_store
 from pacscore.store.zarr_store import ZarrFrameStore
 
@@ -207,6 +208,8 @@ def main() -> None:
             emit("REJ", outcome.source, outcome.error, outcome.reason.replace("\n", " "))
         elif isinstance(outcome, Skipped):
             emit("SKIP", outcome.source)
+        elif isinstance(outcome, Failed):
+            emit("FAIL", outcome.source, outcome.error, outcome.reason.replace("\n", " "))
     archive.close()
     emit("DONE")
 

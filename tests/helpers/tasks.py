@@ -23,6 +23,11 @@ def raise_on_five(x: int) -> int:
     return x * 10
 
 
+def crash_always(x: int) -> int:
+    """Dies on every item (a codec crash on every file)."""
+    os._exit(139)
+
+
 def crash_on_fifths(x: int) -> int:
     """Dies on every fifth item (several deaths, some with items queued behind)."""
     if x % 5 == 4:
