@@ -538,10 +538,9 @@ class Archive:
                 f"instance {rec.sop_instance_uid} holds native YBR_FULL_422 pixel data "
                 f"(two samples of chroma per two pixels): it is sent uncompressed only; "
                 f"ask for its original or another uncompressed transfer syntax")
-        if scanned.transfer_syntax.encapsulated:
-            frames = decoded_input_frames(data, layout_)
-        else:
-            frames = list(native_frames(scanned, layout_))
+        if scanned.transfer_syntax.encapsulated:  # only the frames asked for decoded
+            return decoded_input_frames(data, layout_, indices), layout_
+        frames = list(native_frames(scanned, layout_))
         chosen = frames if indices is None else [frames[i] for i in indices]
         return chosen, layout_
 

@@ -193,15 +193,22 @@ def _check_complete(ctx: _Context, source: str) -> None:
                                      source=source)
 
 
-def decoded_input_frames(data: bytes, layout: PixelLayout) -> list[npt.NDArray[Any]]:
-    """Decode losslessly compressed input with pydicom's decoders (transcode path)."""
+def decoded_input_frames(data: bytes, layout: PixelLayout,
+                         indices: Sequence[int] | None = None) -> list[npt.NDArray[Any]]:
+    """Decode losslessly compressed input with pydicom's decoders (transcode path);
+    only the frames at ``indices`` (0-based, in that order) when given."""
     from pydicom.pixels import iter_pixels  # type: ignore[attr-defined]
 
+    wanted = None if indices is None else sorted(set(indices))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = [np.ascontiguousarray(f).astype(layout.dtype, copy=False).reshape(
-            layout.frame_shape) for f in iter_pixels(BytesIO(data), raw=True)]
-    return out
+            layout.frame_shape) for f in iter_pixels(BytesIO(data), raw=True,
+                                                     indices=wanted)]
+    if wanted is None or indices is None:
+        return out
+    at = dict(zip(wanted, out, strict=True))
+    return [at[i] for i in indices]
 
 
 def _encode_frames(frames: Any, layout: PixelLayout, codec: FrameCodec) -> list[bytes] | str:
