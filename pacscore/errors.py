@@ -19,6 +19,7 @@ __all__ = [
     "LimitExceededError",
     "NotFoundError",
     "PacsError",
+    "RenderError",
     "TruncatedFileError",
     "UnsupportedTransferSyntaxError",
 ]
@@ -107,10 +108,18 @@ class ArchiveCorruptError(PacsError, RuntimeError):
     hint = "restore the named instance from a replica or re-send it from the source"
 
 
+class RenderError(PacsError, RuntimeError):
+    """A stored image cannot be shown as an 8-bit picture: its pixel data does not
+    decode, or its photometric interpretation or lookup tables are not usable."""
+
+    hint = ("retrieve the object as application/dicom; if it should render, check it "
+            "with `pacscore verify` and report the named instance")
+
+
 ERRORS_BY_NAME: dict[str, type[PacsError]] = {
     cls.__name__: cls for cls in (
         PacsError, InvalidDicomError, TruncatedFileError, InvalidUIDError, LimitExceededError,
         UnsupportedTransferSyntaxError, NotFoundError, ConflictError, ArchiveStorageError,
-        ArchiveBusyError, ArchiveCorruptError)
+        ArchiveBusyError, ArchiveCorruptError, RenderError)
 }
 """Error classes by name, to re-raise what a worker process reported."""
