@@ -20,6 +20,7 @@ __all__ = [
     "LimitExceededError",
     "NotFoundError",
     "PacsError",
+    "RenderError",
     "TruncatedFileError",
     "UndecodablePixelDataError",
     "UnsafeFolderError",
@@ -145,11 +146,20 @@ class WorkerError(PacsError, RuntimeError):
             "sitecustomize), or run with --workers 0; then run the job again with --resume")
 
 
+class RenderError(PacsError, RuntimeError):
+    """A stored image cannot be shown as an 8-bit picture: its pixel data does not
+    decode, or its photometric interpretation or lookup tables are not usable."""
+
+    hint = ("retrieve the object as application/dicom; if it should render, check it "
+            "with `pacscore verify` and report the named instance")
+
+
 ERRORS_BY_NAME: dict[str, type[PacsError]] = {
     cls.__name__: cls for cls in (
         PacsError, InvalidDicomError, TruncatedFileError, InvalidUIDError, LimitExceededError,
         IdentityMismatchError, UnsafeFolderError,
         UnsupportedTransferSyntaxError, NotFoundError, ConflictError, ArchiveStorageError,
-        ArchiveBusyError, ArchiveCorruptError, UndecodablePixelDataError, WorkerError)
+        ArchiveBusyError, ArchiveCorruptError, UndecodablePixelDataError, WorkerError,
+        RenderError)
 }
 """Error classes by name, to re-raise what a worker process reported."""

@@ -27,7 +27,7 @@ from pacscore.kernels import (
 )
 
 SEEDS = (0, 1, 2, 3, 42)
-KERNELS_TESTED = {"bits_outside_stored", "mask_to_bits", "sign_extend", "window_to_uint8"}
+KERNELS_TESTED = {"bits_outside_stored", "lookup_uint8", "mask_to_bits", "sign_extend"}
 
 
 def test_every_kernel_has_a_twin_and_a_test() -> None:
@@ -265,17 +265,27 @@ def test_big_random_arrays() -> None:
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16])
-@pytest.mark.parametrize("window", [(1.0, 0.0, 40.0, 400.0, False),
-                                    (1.0, -1024.0, 40.0, 400.0, True),
-                                    (2.5, -10.0, 1000.0, 1.0, False),
-                                    (1.0, 0.0, 0.0, 1e6, False)])
-def test_window_to_uint8_matches_twin(dtype: Any, window: tuple[Any, ...]) -> None:
+@pytest.mark.parametrize("channels", [None, 3])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_lookup_uint8_matches_twin(dtype: Any, channels: int | None, seed: int) -> None:
+    """Every sample through a table over [lo, hi] (indices outside clamped to its ends),
+    on read-only and non-contiguous frames, greyscale (1-d table) and RGB (n, 3)."""
     info = np.iinfo(dtype)
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     a = rng.integers(info.min, info.max, (37, 53), endpoint=True).astype(dtype)
     a.flat[:4] = [info.min, info.max, 0, 1]
+    lo = int(rng.integers(info.min, 1))
+    n = int(rng.integers(1, min(info.max - lo + 2, 70000)))
+    lut = rng.integers(0, 256, (n,) if channels is None else (n, channels)).astype(np.uint8)
     ro = np.frombuffer(a.tobytes(), dtype).reshape(a.shape)
-    np.testing.assert_array_equal(kernels.window_to_uint8(ro, *window),
-                                  kernels.window_to_uint8_numpy(a, *window))
-    out = kernels.window_to_uint8(a, *window)
-    assert out.dtype == np.uint8 and out.shape == a.shape
+    for frame in (ro, a[:, ::2], a.T):
+        out = kernels.lookup_uint8(frame, lo, lut)
+        np.testing.assert_array_equal(out, kernels.lookup_uint8_numpy(frame, lo, lut))
+        assert out.dtype == np.uint8
+        assert out.shape == frame.shape + (() if channels is None else (channels,))
+    index = np.clip(a.astype(np.int64) - lo, 0, n - 1)  # plain reference
+    assert np.array_equal(kernels.lookup_uint8(a, lo, lut), lut[index])
+    empty = np.empty((0, 4), dtype)
+    assert kernels.lookup_uint8(empty, lo, lut).shape[:2] == (0, 4)
+    with pytest.raises(ValueError, match="empty lookup table"):
+        kernels.lookup_uint8(a, lo, lut[:0])

@@ -13,15 +13,15 @@ from .bits import (
     sign_extend,
     sign_extend_numpy,
 )
-from .window import window_to_uint8, window_to_uint8_numpy
+from .window import lookup_uint8, lookup_uint8_numpy
 
 __all__ = [
     "bits_outside_stored",
     "bits_outside_stored_numpy",
+    "lookup_uint8",
+    "lookup_uint8_numpy",
     "mask_to_bits",
     "mask_to_bits_numpy",
     "sign_extend",
     "sign_extend_numpy",
-    "window_to_uint8",
-    "window_to_uint8_numpy",
 ]

@@ -1,4 +1,11 @@
-"""Windowing to 8 bits for rendered images (PS3.3 C.11.2.1.2, linear function)."""
+"""Mapping stored pixel values to 8-bit display values through a lookup table.
+
+The rendering pipeline (:mod:`pacscore.render`) works out the display value of every
+stored value a frame holds once (Modality LUT, VOI window or LUT, Presentation LUT;
+PS3.3 C.11; or a Palette Color LUT, C.7.6.3.1.5) into a table of at most 65,536
+entries; this kernel then maps each pixel through that table, the only per-pixel
+work left.
+"""
 
 from __future__ import annotations
 
@@ -8,49 +15,55 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["window_to_uint8", "window_to_uint8_numpy"]
+__all__ = ["lookup_uint8", "lookup_uint8_numpy"]
 
 
 @numba.njit(
-    [numba.void(numba.types.Array(t, 1, "C", readonly=ro), numba.float64, numba.float64,
-                numba.float64, numba.float64, numba.boolean, numba.uint8[::1])
+    [numba.void(numba.types.Array(t, 1, "C", readonly=ro), numba.int64, numba.uint8[:, ::1],
+                numba.uint8[:, ::1])
      for t in (numba.uint8, numba.int8, numba.uint16, numba.int16) for ro in (False, True)],
     cache=True, nogil=True,
 )
-def _window(a, slope, intercept, center, width, invert, out):  # type: ignore[no-untyped-def]
-    lo = center - 0.5 - (width - 1.0) / 2.0
-    hi = center - 0.5 + (width - 1.0) / 2.0
-    span = max(width - 1.0, 1e-9)
+def _lookup(a, lo, lut, out):  # type: ignore[no-untyped-def]
+    last = lut.shape[0] - 1
+    channels = lut.shape[1]
     for i in range(a.size):
-        v = a[i] * slope + intercept
-        if v <= lo:
-            y = 0.0
-        elif v > hi:
-            y = 255.0
-        else:
-            y = ((v - (center - 0.5)) / span + 0.5) * 255.0
-        y = 255.0 - y if invert else y
-        out[i] = np.uint8(min(max(y + 0.5, 0.0), 255.0))
+        k = np.int64(a[i]) - lo
+        k = 0 if k < 0 else (last if k > last else k)
+        for c in range(channels):
+            out[i, c] = lut[k, c]
 
 
-def window_to_uint8(a: npt.NDArray[Any], slope: float, intercept: float, center: float,
-                    width: float, invert: bool) -> npt.NDArray[np.uint8]:
-    """Apply rescale, then the linear VOI window, to 8 bits (MONOCHROME1: inverted)."""
+def _table(lut: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    return np.ascontiguousarray(lut.reshape(lut.shape[0], -1), dtype=np.uint8)
+
+
+def _shape(a: npt.NDArray[Any], lut: npt.NDArray[np.uint8]) -> tuple[int, ...]:
+    return a.shape if lut.ndim == 1 else (*a.shape, lut.shape[1])
+
+
+def lookup_uint8(a: npt.NDArray[Any], lo: int, lut: npt.NDArray[np.uint8]
+                 ) -> npt.NDArray[np.uint8]:
+    """``lut[v - lo]`` for every sample ``v`` of ``a`` (8- or 16-bit integers), indices
+    clamped to the table.
+
+    ``lut`` is 1-d (one output value per input: greyscale, result shaped like ``a``)
+    or 2-d (n, channels) (e.g. RGB from a palette: result ``a.shape + (channels,)``).
+    """
+    if lut.shape[0] == 0:
+        raise ValueError("empty lookup table")
+    table = _table(lut)
     flat = np.ascontiguousarray(a).reshape(-1)
-    out = np.empty(flat.shape, np.uint8)
-    _window(flat, float(slope), float(intercept), float(center), float(max(width, 1.0)),
-            bool(invert), out)
-    return out.reshape(a.shape)
+    out = np.empty((flat.size, table.shape[1]), np.uint8)
+    _lookup(flat, int(lo), table, out)
+    return out.reshape(_shape(a, lut))
 
 
-def window_to_uint8_numpy(a: npt.NDArray[Any], slope: float, intercept: float, center: float,
-                          width: float, invert: bool) -> npt.NDArray[np.uint8]:
-    """numpy twin of :func:`window_to_uint8`."""
-    width = max(width, 1.0)
-    v = a.astype(np.float64) * slope + intercept
-    lo, hi = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
-    y = ((v - (center - 0.5)) / max(width - 1, 1e-9) + 0.5) * 255.0
-    y = np.where(v <= lo, 0.0, np.where(v > hi, 255.0, y))
-    if invert:
-        y = 255.0 - y
-    return np.clip(y + 0.5, 0, 255).astype(np.uint8)
+def lookup_uint8_numpy(a: npt.NDArray[Any], lo: int, lut: npt.NDArray[np.uint8]
+                       ) -> npt.NDArray[np.uint8]:
+    """numpy twin of :func:`lookup_uint8`."""
+    if lut.shape[0] == 0:
+        raise ValueError("empty lookup table")
+    table = _table(lut)
+    index = np.clip(a.astype(np.int64) - lo, 0, table.shape[0] - 1)
+    return table[index.reshape(-1)].reshape(_shape(a, lut))

@@ -41,9 +41,11 @@ from ..errors import (
     InvalidDicomError,
     NotFoundError,
     PacsError,
+    RenderError,
     UnsupportedTransferSyntaxError,
 )
 from ..index import InstanceRecord
+from ..render import Rendering, RenderOptions, display_order, render_frame
 from .bulkdata import BulkData
 from .dicomweb_answers import (
     healthz,
@@ -54,7 +56,12 @@ from .dicomweb_answers import (
     warning_left_out,
     warning_text,
 )
-from .dicomweb_media import frame_choices, parse_accept, render, rendered_media
+from .dicomweb_media import (
+    frame_choices,
+    render_options,
+    rendered_media,
+    wado_render_options,
+)
 from .metadata import SeriesMetadata
 from .multipart import (
     BodyTimeoutError,
@@ -507,37 +514,93 @@ class _Api:
             raise ValueError(f"instance {sop} has no frame {bad[0]}: its frame numbers run "
                              f"from 1 to {count}")
 
-    def _rendered(self, sop: str, frame: int, media: str, window: tuple[float, float] | None,
-                  size: tuple[int | None, int | None] | None) -> bytes:
-        """Frame ``frame`` (1-based, checked) of ``sop`` rendered as ``media``."""
-        self._check_frames(sop, [frame])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = dcmread(io.BytesIO(self.archive.header(sop)), force=True)
-        return render(self.archive.pixels(sop, frame - 1), ds, media, window=window,
-                      size=size)
+    # -- rendered (PS3.18 10.4.1.1.3, 8.3.5.1; WADO-URI 9.5) ------------------------
+    async def _render(self, sop: str, frame: int, options: RenderOptions) -> bytes:
+        """Frame ``frame`` (1-based) of ``sop`` rendered, in a worker thread.  Errors
+        of the archive (PacsError) and of the request (ValueError: a frame it does not
+        have) get their status from :data:`HTTP_STATUS`; anything else is logged with
+        its traceback and answered 500 with a short reason."""
+        try:
+            return await run_in_threadpool(render_frame, self.archive, sop, frame - 1,
+                                           options)
+        except (PacsError, ValueError):
+            raise
+        except Exception as exc:
+            log.exception("rendering instance %s frame %d failed", sop, frame)
+            raise RenderError(f"instance {sop} frame {frame} could not be rendered: "
+                              f"internal error ({type(exc).__name__}), logged") from exc
 
     async def rendered(self, request: Request) -> Response:
         sop = request.path_params["sop"]
         await run_in_threadpool(self._scope_uids, request)  # 404 when misaddressed
         frame = int(request.path_params.get("frame", "1"))
-        q = request.query_params
-        accept = request.headers.get("accept", "")
-        media = rendered_media([m.media for m in parse_accept(accept)])
-        if media is None:
-            raise UnsupportedTransferSyntaxError(
-                f"cannot render instance {sop} as {accept}: ask for image/jpeg or image/png")
-        window = None
-        if "window" in q:
-            center, width = (float(v) for v in q["window"].split(",")[:2])
-            window = (center, width)
-        size: tuple[int | None, int | None] | None = (128, 128) if \
-            request.url.path.endswith("/thumbnail") else None
-        if "viewport" in q:  # vw,vh: columns, rows
-            vw, vh = (int(v) for v in q["viewport"].split(",")[:2])
-            size = (vh, vw)
-        data = await run_in_threadpool(self._rendered, sop, frame, media, window, size)
-        return Response(data, 200, media_type=media)
+        options = render_options(request.headers.get("accept", ""), request.query_params,
+                                 f"instance {sop}",
+                                 thumbnail=request.url.path.endswith("/thumbnail"))
+        data = await self._render(sop, frame, options)
+        return Response(data, 200, media_type=options.media)
+
+    async def rendered_many(self, request: Request) -> Response:
+        """A study's or series' rendered resource (PS3.18 10.4.1.1.3, 10.4.3.3: "one
+        or more representations"): every frame of every instance, in display order
+        (series number, instance number), as parts of a multipart/related body of the
+        rendered media type.  Made before the status line: 206 with a Warning naming
+        each instance left out (no pixel data, undecodable) and why; when none renders,
+        the first one's error."""
+        sops = await run_in_threadpool(self._scope_uids, request)
+        level = "series" if "series" in request.path_params else "study"
+        options = render_options(request.headers.get("accept", ""), request.query_params,
+                                 f"this {level}")
+        boundary = uuid.uuid4().hex
+        spool, left_out = await run_in_threadpool(self._render_spool, sops, options,
+                                                  boundary)
+        return StreamingResponse(
+            _read_spool(spool), 206 if left_out else 200,
+            media_type=f'multipart/related; type="{options.media}"; boundary={boundary}',
+            headers={"Warning": warning_left_out(left_out, len(sops))} if left_out else None)
+
+    def _render_spool(self, sops: list[str], options: RenderOptions, boundary: str
+                      ) -> tuple[IO[bytes], list[str]]:
+        left_out: list[str] = []
+        errors: list[Exception] = []
+        made = 0
+
+        def parts() -> Iterator[tuple[str, bytes]]:
+            nonlocal made
+            for sop in display_order(self.archive, sops):
+                done = 0
+                try:
+                    rendering = Rendering(self.archive, sop)
+                    for done in range(rendering.frames):
+                        yield options.media, rendering.frame(done, options)
+                        made += 1
+                except (PacsError, ValueError) as exc:
+                    errors.append(exc)
+                    left_out.append(f"{sop}{f' from frame {done + 1}' if done else ''}: "
+                                    f"{_reason(exc)}")
+                except Exception as exc:  # a bug: logged, the others still rendered
+                    log.exception("rendering instance %s left out", sop)
+                    errors.append(exc)
+                    left_out.append(f"{sop}: internal error ({type(exc).__name__}), logged")
+
+        # Handed on open to the response, which closes it once sent.
+        spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY,  # noqa: SIM115
+                                              dir=str(self.tmp_dir))
+        try:
+            for chunk in stream_related(parts(), boundary):
+                spool.write(chunk)
+            if not made:
+                first = errors[0]
+                reason = (f"none of the {len(sops)} instances can be rendered as "
+                          f"{options.media}: {'; '.join(left_out)}")
+                if isinstance(first, PacsError):
+                    raise type(first)(reason, hint=first.hint)
+                raise RenderError(reason)
+            spool.seek(0)
+        except BaseException:
+            spool.close()
+            raise
+        return spool, left_out
 
     async def delete(self, request: Request) -> Response:
         p = request.path_params
@@ -575,13 +638,8 @@ class _Api:
             raise UnsupportedTransferSyntaxError(
                 f"cannot send instance {sop} as {', '.join(asked)}: use contentType="
                 f"application/dicom, image/jpeg or image/png")
-        window = None
-        if "windowCenter" in q and "windowWidth" in q:
-            window = (float(q["windowCenter"]), float(q["windowWidth"]))
-        rows, cols = (int(q[k]) if k in q else None for k in ("rows", "columns"))
-        size = (rows, cols) if rows or cols else None
-        frame = int(q.get("frameNumber", "1"))
-        data = await run_in_threadpool(self._rendered, sop, frame, media, window, size)
+        options, frame = wado_render_options(media, q)
+        data = await self._render(sop, frame, options)
         return Response(data, 200, media_type=media)
 
 
@@ -614,11 +672,13 @@ def create_app(archive: Archive, *, cors_origins: list[str] | None = None,
         Route(s, g(stow), methods=["POST"]),
         Route(s, g(api.delete), methods=["DELETE"]),
         Route(s + "/metadata", g(api.metadata), methods=["GET"]),
+        Route(s + "/rendered", g(api.rendered_many), methods=["GET"]),
         Route(s + "/series", g(api.qido), methods=["GET"]),
         Route(s + "/instances", g(api.qido), methods=["GET"]),
         Route(s + se, g(api.retrieve), methods=["GET"]),
         Route(s + se, g(api.delete), methods=["DELETE"]),
         Route(s + se + "/metadata", g(api.metadata), methods=["GET"]),
+        Route(s + se + "/rendered", g(api.rendered_many), methods=["GET"]),
         Route(s + se + "/instances", g(api.qido), methods=["GET"]),
         Route(s + se + i, g(api.retrieve), methods=["GET"]),
         Route(s + se + i, g(api.delete), methods=["DELETE"]),

@@ -1,5 +1,6 @@
 """Media types of the DICOMweb front end (PS3.18 8.7): Accept parsing, which transfer
-syntax a frame request names, and rendered images (PS3.18 8.3.5.1, 9 WADO-URI).
+syntax a frame request names, and which rendered media type a request names (PS3.18
+8.7.4; the images are made by :mod:`pacscore.render`).
 
 Pure functions over tables: the handlers in :mod:`.dicomweb` call these and the
 :class:`~pacscore.Archive`, nothing else.
@@ -7,19 +8,16 @@ Pure functions over tables: the handlers in :mod:`.dicomweb` call these and the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import imagecodecs
-import numpy as np
-import numpy.typing as npt
 
 from ..dicom.syntaxes import EXPLICIT_LE
-from ..kernels import window_to_uint8
+from ..errors import UnsupportedTransferSyntaxError
+from ..render import RENDERED_MEDIA, RenderOptions, Window
 
-__all__ = ["FRAME_MEDIA", "MEDIA_OF", "RENDERED_MEDIA", "SERVED_BY", "FrameChoice",
-           "MediaRange", "fit", "frame_choices", "parse_accept", "render", "rendered_media"]
+__all__ = ["FRAME_MEDIA", "MEDIA_OF", "SERVED_BY", "FrameChoice", "MediaRange",
+           "frame_choices", "parse_accept", "render_options", "rendered_media",
+           "wado_render_options"]
 
 _OCTET = "application/octet-stream"
 
@@ -124,21 +122,7 @@ def frame_choices(accept: str, stored: str) -> tuple[list[FrameChoice], list[str
     return choices, refused
 
 
-# -- rendered images ---------------------------------------------------------------
-def _jpeg(image: npt.NDArray[np.uint8]) -> bytes:
-    return bytes(imagecodecs.jpeg8_encode(image, level=90))
-
-
-def _png(image: npt.NDArray[np.uint8]) -> bytes:
-    return bytes(imagecodecs.png_encode(image))
-
-
-# PS3.18 8.7.4 (rendered media types) that this server writes, the default first.
-RENDERED_MEDIA: dict[str, Callable[[npt.NDArray[np.uint8]], bytes]] = {
-    "image/jpeg": _jpeg, "image/png": _png,
-}
-
-
+# -- rendered images (the images themselves: pacscore.render) -------------------------
 def rendered_media(requested: list[str]) -> str | None:
     """The first of ``requested`` media types (or ranges) this server renders."""
     default = next(iter(RENDERED_MEDIA))
@@ -151,51 +135,52 @@ def rendered_media(requested: list[str]) -> str | None:
     return None
 
 
-def fit(shape: tuple[int, int], rows: int | None, columns: int | None) -> tuple[int, int]:
-    """Size of an image of ``shape`` (rows, columns) scaled to fit inside ``rows`` x
-    ``columns`` with its aspect ratio kept (PS3.18 8.3.5.1.3 viewport; WADO-URI rows
-    and columns, either of which may be absent), at most 4x enlarged."""
-    scales = [4.0]
-    if rows:
-        scales.append(rows / shape[0])
-    if columns:
-        scales.append(columns / shape[1])
-    scale = min(scales)
-    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
+def _rendered_media_of(accept: str, what: str) -> str:
+    """The rendered media type an Accept header names (``multipart/related;
+    type=...`` too); 406 for none this server writes."""
+    media = rendered_media([m.params.get("type", "") if m.media == "multipart/related"
+                            else m.media for m in parse_accept(accept)])
+    if media is None:
+        raise UnsupportedTransferSyntaxError(
+            f"cannot render {what} as {accept}: ask for image/jpeg or image/png")
+    return media
 
 
-def _voi(ds: Any) -> tuple[float, float] | None:
-    """First Window Center / Width of the header (multi-valued or not)."""
-    wc, ww = ds.get("WindowCenter"), ds.get("WindowWidth")
-    if wc is None or ww is None:
-        return None
-    first = [v[0] if isinstance(v, Sequence) and not isinstance(v, str) else v
-             for v in (wc, ww)]
-    return float(first[0]), float(first[1])
+def render_options(accept: str, query: Mapping[str, str], what: str, *,
+                   thumbnail: bool = False) -> RenderOptions:
+    """A WADO-RS rendered request (PS3.18 8.3.5.1): the media type of Accept,
+    window=center,width[,function], viewport=vw,vh (columns, rows; aspect kept),
+    quality (JPEG, 1..100); a thumbnail fits 128 x 128."""
+    media = _rendered_media_of(accept, what)
+    window = Window.parse(query["window"]) if "window" in query else None
+    size: tuple[int | None, int | None] | None = (128, 128) if thumbnail else None
+    try:
+        if "viewport" in query:
+            vw, vh = (int(v) for v in query["viewport"].split(",")[:2])
+            size = (vh, vw)
+        quality = int(query.get("quality", "90"))
+    except ValueError:
+        raise ValueError("viewport is width,height in pixels (viewport=512,512) and "
+                         "quality an integer 1..100") from None
+    return RenderOptions(media, window, size, quality)
 
 
-def render(pixels: npt.NDArray[Any], ds: Any, media: str, *,
-           window: tuple[float, float] | None = None,
-           size: tuple[int | None, int | None] | None = None) -> bytes:
-    """One frame as an 8-bit image of ``media``: monochrome through the VOI window
-    (``window`` = center, width; else the header's; else the pixel range), colour as
-    stored; scaled to fit ``size`` (rows, columns) when given."""
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    if pixels.ndim == 3:  # colour: shown as stored (no VOI)
-        image = pixels.astype(np.uint8) if pixels.dtype.itemsize == 1 else \
-            (pixels >> (pixels.dtype.itemsize * 8 - 8)).astype(np.uint8)
-    else:
-        voi = window or _voi(ds)
-        if voi is None:
-            lo = float(pixels.min()) * slope + intercept
-            hi = float(pixels.max()) * slope + intercept
-            voi = (lo + hi) / 2, max(hi - lo, 1.0)
-        invert = str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
-        image = window_to_uint8(pixels, slope, intercept, voi[0], voi[1], invert)
-    if size is not None:
-        rows, cols = fit((image.shape[0], image.shape[1]), *size)
-        ri = np.arange(rows) * image.shape[0] // rows
-        ci = np.arange(cols) * image.shape[1] // cols
-        image = np.ascontiguousarray(image[ri][:, ci])
-    return RENDERED_MEDIA[media](image)
+def wado_render_options(media: str, query: Mapping[str, str]) -> tuple[RenderOptions, int]:
+    """A WADO-URI image request (PS3.18 9.5.1.2): windowCenter and windowWidth (both
+    or none), rows, columns, imageQuality; and frameNumber (1-based)."""
+    window = None
+    if "windowCenter" in query or "windowWidth" in query:
+        try:
+            window = Window(float(query["windowCenter"]), float(query["windowWidth"]))
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"windowCenter and windowWidth are numbers given together "
+                             f"({exc})") from None
+    try:
+        rows, cols = (int(query[k]) if k in query else None for k in ("rows", "columns"))
+        frame = int(query.get("frameNumber", "1"))
+        quality = int(query.get("imageQuality", "90"))
+    except ValueError:
+        raise ValueError("rows, columns, frameNumber and imageQuality are integers"
+                         ) from None
+    return RenderOptions(media, window, (rows, cols) if rows or cols else None,
+                         quality), frame
