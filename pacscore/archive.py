@@ -340,10 +340,17 @@ class Archive:
 
     # -- ingest ------------------------------------------------------------------
     def store(self, src: str | os.PathLike[str] | bytes | BinaryIO, *,
-              source: str | None = None) -> StoreResult:
+              source: str | None = None, strict_identity: bool = False) -> StoreResult:
         """Store one Part-10 object (a path, its bytes, or a binary stream read from its
         position to its end; an open file is handed to a worker process as it is, so
         what is stored is what was written to it, whatever its name points to).
+
+        ``strict_identity``: refuse an object whose File Meta names another SOP Class or
+        Instance UID than its data set (the network doors set it: there the File Meta
+        is what the sender asserted, e.g. a C-STORE request's Affected SOP Instance UID,
+        PS3.4 C.4.2.1.4.2).  Without it such an object is stored under its data set's
+        UIDs with a warning in its record (14 files of public test data carry a stale
+        File Meta).
 
         Raises
         ------
@@ -358,7 +365,8 @@ class Archive:
         if isinstance(src, bytes | bytearray | memoryview):
             data, name = bytes(src), source or "<bytes>"
         elif isinstance(src, str | os.PathLike) and self.config.prepare_workers > 0:
-            return self._store_in_pool(os.fspath(src), source or os.fspath(src))
+            return self._store_in_pool(os.fspath(src), source or os.fspath(src),
+                                       strict_identity=strict_identity)
         elif isinstance(src, str | os.PathLike):
             name = source or os.fspath(src)
             try:
@@ -366,11 +374,12 @@ class Archive:
             except OSError as exc:
                 raise ArchiveStorageError(f"cannot read {name}: {exc}") from exc
         elif self.config.prepare_workers > 0 and (fd := _descriptor(src)) is not None:
-            return self._store_in_pool(fd, source or "<stream>", src.tell())
+            return self._store_in_pool(fd, source or "<stream>", src.tell(),
+                                       strict_identity=strict_identity)
         else:
             data, name = src.read(), source or "<stream>"
         prepared = prepare(data, name, self.config, self.store_, flush=True,
-                           strict_identity=True)
+                           strict_identity=strict_identity)
         outcome = self._group.submit(prepared)
         if isinstance(outcome, Rejected):
             raise ConflictError(outcome.reason, source=name)
@@ -385,12 +394,13 @@ class Archive:
                 self._workers = PrepareWorkers(self.config.prepare_workers, self.config,
                                                str(self.frames_root))
 
-    def _store_in_pool(self, path: str | int, name: str, offset: int = 0) -> StoreResult:
+    def _store_in_pool(self, path: str | int, name: str, offset: int = 0, *,
+                       strict_identity: bool = False) -> StoreResult:
         """Prepare in a worker process (codecs hold the GIL), then group-commit;
         ``path``: see :meth:`PrepareWorkers.prepare`."""
         self.start_workers()
         assert self._workers is not None
-        outcome = self._workers.prepare(path, name, offset)
+        outcome = self._workers.prepare(path, name, offset, strict_identity=strict_identity)
         if isinstance(outcome, Rejected | Failed):
             fallback = InvalidDicomError if isinstance(outcome, Rejected) \
                 else ArchiveStorageError

@@ -140,11 +140,11 @@ def _prepare_data(data: bytes, source: str, config: ArchiveConfig, store: ZarrFr
                         type(exc).__name__)
 
 
-def prepare_file(path: str, source: str, config: ArchiveConfig,
-                 store: ZarrFrameStore) -> Outcome:
+def prepare_file(path: str, source: str, config: ArchiveConfig, store: ZarrFrameStore,
+                 *, strict_identity: bool = False) -> Outcome:
     """Worker task of a single store: prepare ``path``, reported under ``source``."""
     outcome = prepare_path(path, config, store, flush=True,  # flushed here, in parallel
-                           strict_identity=True)
+                           strict_identity=strict_identity)
     return replace(outcome, source=source)
 
 
@@ -166,7 +166,7 @@ def read_descriptor(fd: int, offset: int, limit: int) -> bytes:
 
 
 def prepare_descriptor(fd: int, offset: int, source: str, config: ArchiveConfig,
-                       store: ZarrFrameStore) -> Outcome:
+                       store: ZarrFrameStore, *, strict_identity: bool = False) -> Outcome:
     """Worker task of a single store handed over as an open file (``fd``, read from
     ``offset``; closed here): the object read is the one that was received, whatever
     happens meanwhile to the name it had in a folder."""
@@ -176,7 +176,8 @@ def prepare_descriptor(fd: int, offset: int, source: str, config: ArchiveConfig,
         return Failed(source, f"cannot read: {exc.strerror or exc}", type(exc).__name__)
     finally:
         os.close(fd)
-    return replace(_prepare_data(data, source, config, store, True, True), source=source)
+    return replace(_prepare_data(data, source, config, store, True, strict_identity),
+                   source=source)
 
 
 def _prepare_task(config: ArchiveConfig, frames_root: str, path: str) -> Outcome:

@@ -44,19 +44,21 @@ def forkserver_context() -> Any:
 
 
 def _serve(conn: Connection, config: ArchiveConfig, frames_root: str) -> None:
-    """Worker loop: ``(path, source)`` or ``(None, source, offset)`` followed by an open
-    file's descriptor (SCM_RIGHTS) in, :data:`Outcome` out, ``None`` to stop."""
+    """Worker loop: ``(path, source, strict)`` or ``(None, source, strict, offset)``
+    followed by an open file's descriptor (SCM_RIGHTS) in, :data:`Outcome` out, ``None``
+    to stop (``strict``: see :func:`~pacscore.ingest.prepare.prepare`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     keep_freed_memory()
     store = ZarrFrameStore(frames_root, fsync=config.fsync)
     with contextlib.suppress(EOFError, KeyboardInterrupt):
         while (job := conn.recv()) is not None:
-            path, source, *offset = job
+            path, source, strict, *offset = job
             if path is None:
                 fd = reduction.recv_handle(conn)
-                conn.send(prepare_descriptor(fd, offset[0], source, config, store))
+                conn.send(prepare_descriptor(fd, offset[0], source, config, store,
+                                             strict_identity=strict))
             else:
-                conn.send(prepare_file(path, source, config, store))
+                conn.send(prepare_file(path, source, config, store, strict_identity=strict))
 
 
 @dataclass(slots=True)
@@ -95,7 +97,8 @@ class PrepareWorkers:
             self._idle.put(w)
         return [w.process.pid for w in workers if w.process.pid is not None]
 
-    def prepare(self, path: str | int, source: str, offset: int = 0) -> Outcome:
+    def prepare(self, path: str | int, source: str, offset: int = 0, *,
+                strict_identity: bool = False) -> Outcome:
         """Prepare ``path`` in a worker; the outcome is reported under ``source``.  An
         ``int`` is an open file's descriptor instead: the worker gets a duplicate of it
         (the caller keeps and closes its own) and reads from ``offset``, so it reads
@@ -111,10 +114,10 @@ class PrepareWorkers:
                     if not worker.process.is_alive():
                         worker = self._replace(worker)
                     if isinstance(path, int):
-                        worker.conn.send((None, source, offset))
+                        worker.conn.send((None, source, strict_identity, offset))
                         reduction.send_handle(worker.conn, path, worker.process.pid or 0)
                     else:
-                        worker.conn.send((path, source))
+                        worker.conn.send((path, source, strict_identity))
                     outcome: Outcome = worker.conn.recv()
                     return outcome
                 except BaseException as exc:

@@ -432,7 +432,8 @@ class DimseServer(RetrieveHandlers):
         if not self._may(assoc, "store"):
             return StoreAnswer(NOT_AUTHORIZED, f"{name} may not store here"[:64])
         try:
-            result = self.archive.store(spooled, source=f"C-STORE from {name}@{host}")
+            result = self.archive.store(spooled, source=f"C-STORE from {name}@{host}",
+                                        strict_identity=True)
         except PacsError as exc:
             answer, detail = self._refusal(exc, spooled, announced)
             self.audit.record("transferred", action="C", outcome=outcome_of(answer.status),

@@ -116,7 +116,8 @@ class Stow:
                         continue
                 try:
                     result = await run_in_threadpool(self.archive.store, part.path,
-                                                     source="STOW-RS part")
+                                                     source="STOW-RS part",
+                                                     strict_identity=True)
                 except PacsError as exc:
                     code = _FAILURE_REASON["out of resources" if isinstance(
                         exc, ArchiveStorageError) else "cannot understand"]

@@ -232,7 +232,7 @@ def _servicer(archive: Archive, audit: AuditLog, max_object: int, idle_timeout: 
                                    f"raise max_body in the serve settings to take it")
                         f.write(data)
                 try:
-                    r = archive.store(name, source="gRPC Store")
+                    r = archive.store(name, source="gRPC Store", strict_identity=True)
                 except (PacsError, ValueError) as exc:
                     refuse(_code(exc), exc.reason if isinstance(exc, PacsError)
                            else str(exc))
