@@ -70,7 +70,9 @@ class InstanceRecord:
         """
         if self.sha256 == other.sha256:
             return True
-        if self.attributes != other.attributes:
+        mine, theirs = self.attributes, other.attributes
+        # a key one side lacks is absent (records of an older version know fewer keys)
+        if any(mine.get(k) != theirs.get(k) for k in mine.keys() | theirs.keys()):
             return False
         if self.frame_crc32 and other.frame_crc32:
             return self.layout == other.layout and self.frame_crc32 == other.frame_crc32
