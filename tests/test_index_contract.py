@@ -341,6 +341,18 @@ class IndexContract:
             good[0], None, good[1], None, None, good[2]]
         assert index.location_owner(long_id.location) is None
         assert len(index.find("patient", {})) == 1
+        # a record that fails only inside the transaction (a value JSON cannot hold):
+        # the transaction is retried without it
+        odd = make("1.8.66", study="1.2.64", series="1.2.64.1", patient="P64",
+                   Raw=b"\x00\x01")
+        more = [make(f"1.8.7{i}", study="1.2.60", series="1.2.60.1", patient="P60")
+                for i in range(2)]
+        outcomes = index.put([(r, header_of(r)) for r in (more[0], odd, more[1])])
+        assert [o.status for o in outcomes] == ["stored", "invalid", "stored"]
+        assert "1.8.66" in outcomes[1].reason and "TypeError" in outcomes[1].reason
+        assert index.get("1.8.66") is None and index.find("study", {"StudyInstanceUID":
+                                                                    "1.2.64"}) == []
+        assert index.stats()["instances"] == 5
 
     def test_long_values_are_matched_exactly_and_by_prefix(self, index: Index) -> None:
         """Values longer than a key can hold are indexed by prefix and hash."""
