@@ -11,18 +11,15 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from .base import LEVEL_ATTRIBUTES, LEVELS
+from .base import LEVEL_ATTRIBUTES
 from .keys import (
-    ATTR_INDEXED,
     MAX_KEY_BYTES,
     PATIENT_ID_MAX,
-    attr_key,
     child_key,
     encode,
     patient_key,
     patient_of_key,
 )
-from .matching import normalise
 from .records import InstanceRecord
 
 __all__ = ["IDENTIFYING", "identifying_problem", "record_problem", "same_patient", "variant"]
@@ -67,7 +64,9 @@ def identifying_problem(keyword: str, value: Any, what: str | None = None) -> st
 
 
 def _keys(rec: InstanceRecord) -> Iterator[tuple[str, bytes]]:
-    """Every LMDB key (and dupsort value) a put of ``rec`` writes, with what it is."""
+    """The LMDB keys (and dupsort values) of a put of ``rec`` whose length depends on
+    its values, with what each is.  Matching-index keys are not among them: a value
+    longer than HASHED_AFTER bytes is indexed by its hash, so they are always short."""
     attrs = rec.attributes
     pkey = patient_key(attrs.get("PatientID"), attrs.get("IssuerOfPatientID"),
                        rec.study_uid)
@@ -79,9 +78,6 @@ def _keys(rec: InstanceRecord) -> Iterator[tuple[str, bytes]]:
     for level, parent in (("patient", pkey), ("study", rec.study_uid),
                           ("series", rec.series_uid)):
         yield f"{level} child list", child_key(level, parent)
-    for level in LEVELS:
-        for kw in ATTR_INDEXED[level]:
-            yield kw, attr_key(level, kw, normalise(kw, attrs.get(kw)))
 
 
 def record_problem(rec: InstanceRecord, max_key: int = MAX_KEY_BYTES) -> str | None:
