@@ -382,7 +382,7 @@ class Archive:
                            strict_identity=strict_identity)
         outcome = self._group.submit(prepared)
         if isinstance(outcome, Rejected):
-            raise ConflictError(outcome.reason, source=name)
+            raise ERRORS_BY_NAME.get(outcome.error, ConflictError)(outcome.reason, source=name)
         return outcome
 
     def start_workers(self) -> None:
@@ -409,7 +409,8 @@ class Archive:
             raise InvalidDicomError(outcome.reason, source=name)
         committed = self._group.submit(outcome)
         if isinstance(committed, Rejected):
-            raise ConflictError(committed.reason, source=name)
+            raise ERRORS_BY_NAME.get(committed.error, ConflictError)(committed.reason,
+                                                                     source=name)
         return committed
 
     def store_many(self, paths: Iterable[str], *, workers: int | None = None,
@@ -546,7 +547,7 @@ class Archive:
             if not all(p.durable for p in fresh):
                 self.store_.flush(locs)
             puts = self.index.put([(p.record, p.header) for p in fresh])
-        except PacsError:
+        except BaseException:  # nothing committed: no staged frame may stay behind
             self.store_.discard(locs)
             raise
         owned = [p.record.location for p, o in zip(fresh, puts, strict=True)
@@ -572,8 +573,9 @@ class Archive:
             elif put.existing is not None:
                 out.append(Rejected(p.source, self._conflict(
                     p.record, put.existing, "its content differs"), "ConflictError"))
-            else:
-                out.append(Rejected(p.source, put.reason, "ConflictError"))
+            else:  # refused (contradicts the hierarchy) or invalid (a value it cannot take)
+                out.append(Rejected(p.source, put.reason, "InvalidDicomError"
+                                    if put.status == "invalid" else "ConflictError"))
         return out, owned
 
     @staticmethod

@@ -227,7 +227,7 @@ def _cmd_find(args: argparse.Namespace) -> int:
                "series": "SeriesInstanceUID", "instance": "SOPInstanceUID"}[args.level]
     for m in matches:
         rest = "  ".join(f"{k}={v}" for k, v in m.items() if v not in (None, "") and k != uid_key)
-        print(f"{m.get(uid_key)}  {rest}")
+        print(f"{m.get(uid_key) or '-'}  {rest}")  # '-': a patient without a Patient ID
     print(f"{len(matches)} match(es)", file=sys.stderr)
     return EXIT_OK
 

@@ -19,10 +19,17 @@ class Limits:
     """Rows x Columns x Samples x Bytes x Frames of one object."""
     max_sequence_depth: int = 64
     """Nesting depth of sequences."""
-    max_inflated_bytes: int = 1024**3
-    """Size a deflated dataset may inflate to."""
+    max_inflated_bytes: int = 512 * 1024**2
+    """Size a deflated data set may inflate to (it is held in memory whole while it is
+    read).  512 MiB holds a 512x512x1000 16-bit volume; deflate is used for reports,
+    waveforms and small images, rarely for big ones (their pixels barely deflate)."""
     max_inflate_ratio: int = 1000
     """Inflated size / deflated size above which a deflated object is a bomb."""
+    inflate_budget_bytes: int = 1024**3
+    """Bytes all inflated data sets alive at once in one process may take (each
+    reserves its cap before inflating and holds its size while it is in use; others
+    wait).  Stores run in worker processes: the host's bound is this times the
+    processes (workers + the server)."""
 
 
 @dataclass(frozen=True, slots=True)

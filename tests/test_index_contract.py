@@ -8,6 +8,7 @@ no stale keys after deletes).
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections import Counter
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pacscore.errors import NotFoundError
+from pacscore.errors import ArchiveStorageError, NotFoundError
 from pacscore.index import LEVELS, Index, InstanceRecord, LmdbIndex, StoreKind
 
 HTJ2K = "1.2.840.10008.1.2.4.202"
@@ -233,6 +234,151 @@ class IndexContract:
         assert index.instances("study", "1.2.8") == ["1.8.8"]
         assert len(index.find("patient", {})) == 1
         assert index.find("study", {})[0]["NumberOfStudyRelatedInstances"] == 1
+
+    def test_patients_without_a_patient_id_are_never_merged(self, index: Index) -> None:
+        """Audit 14.11: seven patients without a Patient ID became one patient under the
+        first one's name, so a patient-level query by another's name found nothing."""
+        recs = [make(f"1.8.{20 + i}", study=f"1.2.{20 + i}", series=f"1.2.{20 + i}.1",
+                     patient=None, name=f"PERSON{i}^X", PatientBirthDate=f"1970010{i}")
+                for i in range(7)]
+        recs.append(make("1.8.30", study="1.2.20", series="1.2.20.1", patient=None,
+                         name="PERSON0^X"))  # a second instance of the first study
+        assert put(index, *recs) == ["stored"] * 8
+        patients = index.find("patient", {})
+        assert len(patients) == 7
+        assert sorted(p["PatientName"] for p in patients) == [f"PERSON{i}^X" for i in range(7)]
+        assert {p["PatientID"] for p in patients} == {None}  # no key is shown as an ID
+        assert sum(p["NumberOfPatientRelatedInstances"] for p in patients) == 8
+        assert all(p["NumberOfPatientRelatedStudies"] == 1 for p in patients)
+        for i in range(7):
+            [one] = index.find("patient", {"PatientName": f"person{i}^x"})
+            assert one["PatientBirthDate"] == f"1970010{i}"
+            [study] = index.find("study", {"PatientName": f"person{i}^x"})
+            assert study["StudyInstanceUID"] == f"1.2.{20 + i}"
+        assert index.find("patient", {"PatientBirthDate": "19700103"})[0]["PatientName"] \
+            == "PERSON3^X"
+        assert index.instances("patient", "") == []  # no patient has an empty ID
+        assert index.changed("patient", "") is None
+        index.delete(["1.8.23"])
+        assert index.find("patient", {"PatientName": "PERSON3^X"}) == []
+        assert len(index.find("patient", {})) == 6
+        # an instance of a study without a Patient ID that names one contradicts it
+        [outcome] = index.put([(make("1.8.31", study="1.2.21", series="1.2.21.2",
+                                     patient="P7"), b"")])
+        assert outcome.status == "refused" and "without a Patient ID" in outcome.reason
+
+    def test_patient_level_matches_what_study_level_matches(self, index: Index) -> None:
+        """One Patient ID whose studies carry other names or birth dates: a patient-level
+        query matches the values of any of its studies, as a study-level one does."""
+        put(index, make("1.8.40", study="1.2.40", series="1.2.40.1", patient="P5",
+                        name="Maiden^Anna", PatientBirthDate="19800101"),
+            make("1.8.41", study="1.2.41", series="1.2.41.1", patient="P5",
+                 name="Married^Anna", PatientBirthDate="19800101"),
+            make("1.8.42", study="1.2.42", series="1.2.42.1", patient="P5",
+                 name="Married^Anna", PatientBirthDate="19800101"))
+        for name in ("maiden^anna", "married^anna", "MAR*", "*anna"):
+            studies = index.find("study", {"PatientName": name})
+            [patient] = index.find("patient", {"PatientName": name})
+            assert patient["PatientID"] == "P5"
+            assert patient["NumberOfPatientRelatedStudies"] == 3
+            assert patient["PatientName"] in {s["PatientName"] for s in studies}
+        [patient] = index.find("patient", {"PatientID": "P5", "PatientName": "maiden*"})
+        assert patient["PatientName"] == "Maiden^Anna"
+        assert index.find("patient", {"PatientName": "Maiden^Anna",
+                                      "PatientBirthDate": "19800102"}) == []
+        index.delete(["1.8.40"])  # the study with the maiden name goes: so does the name
+        assert index.find("patient", {"PatientName": "maiden*"}) == []
+        assert index.find("study", {"PatientName": "maiden*"}) == []
+        assert len(index.find("patient", {"PatientName": "married*"})) == 1
+        index.delete(["1.8.41"])  # one study of the married name left: still found
+        [patient] = index.find("patient", {"PatientName": "married*"})
+        assert patient["NumberOfPatientRelatedStudies"] == 1
+
+    def test_issuer_of_patient_id_separates_patients(self, index: Index) -> None:
+        """Two authorities may issue the same Patient ID to two people (PS3.3 Table
+        C.7-1; IHE PIX/PIR): (Patient ID, issuer) is the patient."""
+        assert put(index,
+                   make("1.8.50", study="1.2.50", series="1.2.50.1", patient="77",
+                        name="North^Ann", IssuerOfPatientID="HOSP_A"),
+                   make("1.8.51", study="1.2.51", series="1.2.51.1", patient="77",
+                        name="South^Bob", IssuerOfPatientID="HOSP_B"),
+                   # no issuer in this instance: it joins its study's patient
+                   make("1.8.52", study="1.2.50", series="1.2.50.1", patient="77",
+                        name="North^Ann")) == ["stored"] * 3
+        patients = index.find("patient", {"PatientID": "77"})
+        assert sorted((p["IssuerOfPatientID"], p["PatientName"]) for p in patients) == [
+            ("HOSP_A", "North^Ann"), ("HOSP_B", "South^Bob")]
+        [a] = index.find("patient", {"PatientID": "77", "IssuerOfPatientID": "HOSP_A"})
+        assert a["NumberOfPatientRelatedInstances"] == 2
+        assert sorted(index.instances("patient", "77")) == ["1.8.50", "1.8.51", "1.8.52"]
+        assert index.changed("patient", "77") is not None
+        intruder = make("1.8.53", study="1.2.50", series="1.2.50.2", patient="77",
+                        IssuerOfPatientID="HOSP_B")
+        [outcome] = index.put([(intruder, header_of(intruder))])
+        assert outcome.status == "refused" and "HOSP_A" in outcome.reason
+        index.delete(["1.8.51"])
+        assert [p["IssuerOfPatientID"] for p in index.find("patient", {})] == ["HOSP_A"]
+
+    def test_a_record_the_index_cannot_take_fails_alone(self, index: Index) -> None:
+        """Audit 19.6: a 600-byte Patient ID exceeded LMDB's key limit and failed every
+        other record of its group commit."""
+        good = [make(f"1.8.6{i}", study="1.2.60", series="1.2.60.1", patient="P60")
+                for i in range(3)]
+        long_id = make("1.8.69", study="1.2.61", series="1.2.61.1", patient="L" * 600)
+        control = make("1.8.68", study="1.2.62", series="1.2.62.1", patient="A\x1fB")
+        long_issuer = make("1.8.67", study="1.2.63", series="1.2.63.1", patient="P63",
+                           IssuerOfPatientID="I" * 65)
+        batch = [good[0], long_id, good[1], control, long_issuer, good[2]]
+        outcomes = index.put([(r, header_of(r)) for r in batch])
+        assert [o.status for o in outcomes] == ["stored", "invalid", "stored", "invalid",
+                                                "invalid", "stored"]
+        assert "Patient ID is 600 characters long" in outcomes[1].reason
+        assert "64" in outcomes[1].reason and "1.8.69" in outcomes[1].reason
+        assert "control characters" in outcomes[3].reason
+        assert "Issuer of Patient ID is 65 characters" in outcomes[4].reason
+        assert index.stats()["instances"] == 3
+        assert [index.get(r.sop_instance_uid) for r in batch] == [
+            good[0], None, good[1], None, None, good[2]]
+        assert index.location_owner(long_id.location) is None
+        assert len(index.find("patient", {})) == 1
+        # a record that fails only inside the transaction (a value JSON cannot hold):
+        # the transaction is retried without it
+        odd = make("1.8.66", study="1.2.64", series="1.2.64.1", patient="P64",
+                   Raw=b"\x00\x01")
+        more = [make(f"1.8.7{i}", study="1.2.60", series="1.2.60.1", patient="P60")
+                for i in range(2)]
+        outcomes = index.put([(r, header_of(r)) for r in (more[0], odd, more[1])])
+        assert [o.status for o in outcomes] == ["stored", "invalid", "stored"]
+        assert "1.8.66" in outcomes[1].reason and "TypeError" in outcomes[1].reason
+        assert index.get("1.8.66") is None and index.find("study", {"StudyInstanceUID":
+                                                                    "1.2.64"}) == []
+        assert index.stats()["instances"] == 5
+
+    def test_long_values_are_matched_exactly_and_by_prefix(self, index: Index) -> None:
+        """Values longer than a key can hold are indexed by prefix and hash."""
+        base = "X" * 300
+        put(index, make("1.8.70", study="1.2.70", series="1.2.70.1", accession=base + "1",
+                        name=base + "^A"),
+            make("1.8.71", study="1.2.71", series="1.2.71.1", accession=base + "2",
+                 name=base + "^B"),
+            make("1.8.72", study="1.2.72", series="1.2.72.1", accession="A" * 5000))
+
+        def studies(**query: str) -> list[str]:
+            return sorted(uids(index.find("study", query), "StudyInstanceUID"))
+
+        assert studies(AccessionNumber=base + "1") == ["1.2.70"]
+        assert studies(AccessionNumber=base + "2") == ["1.2.71"]
+        assert studies(AccessionNumber=base) == []
+        assert studies(AccessionNumber=base + "*") == ["1.2.70", "1.2.71"]
+        assert studies(AccessionNumber=base + "?") == ["1.2.70", "1.2.71"]
+        assert studies(AccessionNumber="*2") == ["1.2.71"]
+        assert studies(AccessionNumber="A" * 5000) == ["1.2.72"]
+        assert studies(AccessionNumber="A" * 4999 + "*") == ["1.2.72"]
+        assert studies(PatientName=base.lower() + "^b") == ["1.2.71"]
+        [patient] = index.find("patient", {"PatientName": base + "^B"})
+        assert patient["NumberOfPatientRelatedStudies"] == 3
+        index.delete(["1.8.70", "1.8.71", "1.8.72"])
+        assert studies(AccessionNumber=base + "*") == []
 
     # -- delete ------------------------------------------------------------------------------
     def test_delete_instance_updates_counts(self, populated: Index) -> None:
@@ -612,6 +758,53 @@ class TestLmdbIndex(IndexContract):
             assert readonly.get("1.10.1") == rec
         finally:
             readonly.close()
+
+    def test_an_index_of_the_first_key_layout_is_upgraded_at_open(
+            self, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        """Layout 1 kept every object without a Patient ID under one patient ``#``:
+        opening it for writing rebuilds the hierarchy from the instance records; a
+        read-only open is refused with a hint, a newer layout is refused."""
+        path = tmp_path / "old.lmdb"
+        first = LmdbIndex(path, map_size=1 << 20, sync=False)
+        recs = [make(f"1.12.{i}", study=f"4.{i}", series=f"4.{i}.1", patient=None,
+                     name=f"NOID{i}") for i in range(3)]
+        recs += [make("1.12.9", study="4.9", series="4.9.1", patient="P9")]
+        put(first, *recs)
+        stats = first.stats()
+        with first.env.begin(write=True) as txn:  # what layout 1 wrote
+            txn.delete(b"format", db=first.dbs[b"meta"])
+            for name in (b"patient", b"study", b"series", b"child", b"attr"):
+                txn.drop(first.dbs[name], delete=False)
+            merged = {"parent": None, "attrs": {"PatientID": None, "PatientName": "NOID0"},
+                      "children": 3, "instances": 3, "bytes_in": 0, "bytes_stored": 0,
+                      "modalities": []}
+            txn.put(b"#", json.dumps(merged).encode(), db=first.dbs[b"patient"])
+        first.close()
+        with pytest.raises(ArchiveStorageError, match="older key layout") as refused:
+            LmdbIndex(path, readonly=True)
+        assert "open the archive once for writing" in refused.value.hint
+        with caplog.at_level("WARNING"):
+            again = LmdbIndex(path, map_size=1 << 20)
+        try:
+            assert "upgraded from key layout 1 to 2 (4 instances)" in caplog.text
+            patients = again.find("patient", {})
+            assert sorted(str(p["PatientName"]) for p in patients) == [
+                "Doe^Jane", "NOID0", "NOID1", "NOID2"]
+            assert uids(again.find("patient", {"PatientName": "noid2"}), "PatientName") == [
+                "NOID2"]
+            assert again.instances("patient", "P9") == ["1.12.9"]
+            assert again.instances("series", "4.1.1") == ["1.12.1"]
+            assert again.stats() == stats
+            assert again.get("1.12.2") == recs[2]
+        finally:
+            again.close()
+        LmdbIndex(path, readonly=True).close()  # stamped: a read-only open works now
+        newer = LmdbIndex(path, map_size=1 << 20)
+        with newer.env.begin(write=True) as txn:
+            txn.put(b"format", b"99", db=newer.dbs[b"meta"])
+        newer.close()
+        with pytest.raises(ArchiveStorageError, match="key layout 99"):
+            LmdbIndex(path, map_size=1 << 20)
 
     def test_map_grows_when_full(self, tmp_path: Path) -> None:
         idx = LmdbIndex(tmp_path / "small.lmdb", map_size=64 * 1024, sync=False)

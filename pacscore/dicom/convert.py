@@ -122,7 +122,7 @@ def _resolve(vr: str, tag: int, context: Mapping[int, int]) -> str:
 class _Converter:
     """One pass over one data set encoding, writing another."""
 
-    def __init__(self, body: bytes, source: TransferSyntax, target: TransferSyntax,
+    def __init__(self, body: bytes | bytearray, source: TransferSyntax, target: TransferSyntax,
                  decode_nested: NestedDecoder | None = None):
         self.body = body
         self.decode_nested = decode_nested
@@ -298,7 +298,7 @@ class _Converter:
         return head + b"UN\x00\x00" + self.dst_u32(UNDEFINED) + content
 
 
-def _implicit_walker(body: bytes) -> _Converter:
+def _implicit_walker(body: bytes | bytearray) -> _Converter:
     """A walker of implicit VR little endian content in ``body``."""
     return _Converter(body, syntax(IMPLICIT_LE), syntax(IMPLICIT_LE))
 
@@ -307,7 +307,7 @@ def _tag(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
-def convert_dataset(body: bytes, start: int, source: TransferSyntax, target: TransferSyntax,
+def convert_dataset(body: bytes | bytearray, start: int, source: TransferSyntax, target: TransferSyntax,
                     replace: Mapping[int, tuple[str, bytes]] | None = None,
                     decode_nested: NestedDecoder | None = None) -> bytes:
     """The data set in ``body[start:]`` (no File Meta; inflated if it was deflated),

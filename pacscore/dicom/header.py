@@ -19,6 +19,7 @@ from pydicom.tag import Tag
 
 from ..config import Limits
 from ..errors import InvalidDicomError, InvalidUIDError, LimitExceededError
+from ..index.validate import IDENTIFYING, identifying_problem
 from .scan import ScannedObject, dictionary_vr
 
 __all__ = [
@@ -73,6 +74,7 @@ _TAGS: dict[int, str] = {
     0x0008103E: "SeriesDescription",
     0x00100010: "PatientName",
     0x00100020: "PatientID",
+    0x00100021: "IssuerOfPatientID",
     0x00100030: "PatientBirthDate",
     0x00100040: "PatientSex",
     0x0020000D: "StudyInstanceUID",
@@ -93,7 +95,7 @@ _TAGS: dict[int, str] = {
 }
 
 INDEX_KEYWORDS: tuple[str, ...] = (
-    "PatientID", "PatientName", "PatientBirthDate", "PatientSex",
+    "PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientSex",
     "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "StudyDescription",
     "ReferringPhysicianName", "StudyID",
     "SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription", "SeriesDate",
@@ -200,6 +202,10 @@ class InstanceHeader:
 
 
 _KEYWORD_TAG = {kw: tag for tag, kw in _TAGS.items()}
+# PS3.5 Table 6.2-1: most characters one value may have (PN: per component group; TM
+# is 14, but older editions allowed 16).  UIDs are checked by validate_uid.
+_VR_MAX_CHARS = {"AE": 16, "CS": 16, "DA": 8, "DS": 16, "IS": 12, "LO": 64, "PN": 64,
+                 "SH": 16, "TM": 16}
 _ASCII_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"})
 _TEXT_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 _DEFAULT_CHARSETS = frozenset({"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192"})
@@ -217,10 +223,11 @@ class _Values:
         self.scanned = scanned
         self.source = source
         self._ds: Dataset | None = None
-        charset = self._raw_text(0x00080005)
+        charset = self.raw_text(0x00080005)
         self.charset = (charset or "").strip().upper()
 
-    def _raw_text(self, tag: int) -> str | None:
+    def raw_text(self, tag: int) -> str | None:
+        """An element's value as ASCII-compatible text, padding stripped."""
         el = self.scanned.elements.get(tag)
         if el is None:
             return None
@@ -243,7 +250,7 @@ class _Values:
             little = self.scanned.transfer_syntax.little_endian
             return int.from_bytes(raw, "little") if little else int.from_bytes(raw, "big")
         if vr in _ASCII_VRS:
-            text = self._raw_text(tag) or ""
+            text = self.raw_text(tag) or ""
             return text if "\\" not in text else text.split("\\")
         if vr in _TEXT_VRS and self.charset in _DEFAULT_CHARSETS:
             raw = self.scanned.body[el.offset : el.offset + el.length]
@@ -264,7 +271,7 @@ def _dataset(scanned: ScannedObject) -> Dataset:
         el = scanned.elements.get(tag)
         if el is None:
             continue
-        value = scanned.body[el.offset : el.offset + el.length]
+        value = bytes(scanned.body[el.offset : el.offset + el.length])
         # UN (an explicit-VR writer that did not know the VR) is read as the dictionary VR.
         vr = None if ts.implicit_vr else (dictionary_vr(tag) if el.vr == "UN" else el.vr)
         raw[tag] = RawDataElement(
@@ -349,6 +356,53 @@ def _layout(ds: _Values, scanned: ScannedObject, limits: Limits,
     return layout, problem
 
 
+def _tag(keyword: str) -> str:
+    tag = _KEYWORD_TAG[keyword]
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _check_lengths(ds: _Values, attributes: dict[str, str | int | None],
+                   source: str) -> list[str]:
+    """Check indexed values against their VR's maximum length (PS3.5 Table 6.2-1).
+
+    The patient's identifiers (Patient ID, Issuer of Patient ID: the patient key) over
+    it are refused; any other value over it is kept as received and noted (the index
+    takes values of any length: long ones by their hash)."""
+    notes: list[str] = []
+    for keyword in INDEX_KEYWORDS:
+        tag = _KEYWORD_TAG[keyword]
+        vr = dictionary_vr(tag)
+        oversized = ds.scanned.oversized.get(tag)
+        if oversized is not None:  # over 64 KiB: never captured, so never indexed
+            if keyword in IDENTIFYING:
+                raise InvalidDicomError(
+                    f"{IDENTIFYING[keyword]} {_tag(keyword)} is {oversized} bytes long; its "
+                    f"VR {vr} allows at most 64 characters (PS3.5 Table 6.2-1)", source=source)
+            notes.append(f"{keyword} {_tag(keyword)} of {oversized} bytes is over the "
+                         f"{vr} maximum (PS3.5 Table 6.2-1): kept, not indexed")
+            continue
+        value = attributes.get(keyword)
+        if keyword in IDENTIFYING:
+            problem = identifying_problem(keyword, value,
+                                          f"{IDENTIFYING[keyword]} {_tag(keyword)}")
+            if problem:
+                raise InvalidDicomError(problem, source=source)
+            continue
+        limit = _VR_MAX_CHARS.get(vr)
+        if value is None or limit is None:
+            continue
+        text = value if isinstance(value, str) else ds.raw_text(tag) or ""
+        values = text.split("\\")
+        if vr == "PN":
+            values = [group for v in values for group in v.split("=")]
+        longest = max(len(v) for v in values)
+        if longest > limit:
+            notes.append(f"{keyword} {_tag(keyword)} has a value of {longest} characters, "
+                         f"over the {limit} its VR {vr} allows (PS3.5 Table 6.2-1): kept "
+                         f"as received")
+    return notes
+
+
 def read_header(scanned: ScannedObject, limits: Limits, source: str,
                 content_sha256: str) -> InstanceHeader:
     """Read identity, matching keys and pixel layout; validate every UID.
@@ -375,7 +429,7 @@ def _read_header(scanned: ScannedObject, limits: Limits, source: str,
             attributes[keyword] = _int(value, keyword, source)
         else:
             attributes[keyword] = _text(value)
-    notes: list[str] = []
+    notes = _check_lengths(ds, attributes, source)
     meta_sop = scanned.meta.get(0x00020003, b"").rstrip(b"\x00 ").decode("ascii", "replace")
     meta_class = scanned.meta.get(0x00020002, b"").rstrip(b"\x00 ").decode("ascii", "replace")
     sop = str(attributes.get("SOPInstanceUID") or meta_sop)

@@ -127,7 +127,7 @@ def build_part10(parts: HeaderParts, original_syntax: str, target_syntax: str,
     return _file_meta(sop_class, sop_instance, target.uid) + dataset
 
 
-def uncompressed_part10(body: bytes, start: int, source_syntax: str, target_syntax: str,
+def uncompressed_part10(body: bytes | bytearray, start: int, source_syntax: str, target_syntax: str,
                         sop_class: str, sop_instance: str,
                         replace: Mapping[int, tuple[str, bytes]] | None = None,
                         decode_nested: NestedDecoder | None = None) -> bytes:

@@ -7,7 +7,8 @@ that checks what pydicom reads silently (RELIABILITY items 1, 3-6, 9, 13):
   sequence, declared lengths near 4 GB);
 * sequences nest no deeper than the limit;
 * the File Meta group names a transfer syntax;
-* a deflated data set inflates within the size and ratio caps.
+* a deflated data set inflates within the size and ratio caps and the process's
+  budget (:mod:`pacscore.dicom.inflate`).
 
 It returns where the Pixel Data element and its fragments lie, and the raw bytes
 of the top-level elements, so the archive can index an object and rebuild it
@@ -17,7 +18,6 @@ byte for byte without parsing it twice.
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -25,6 +25,7 @@ from pydicom.datadict import dictionary_VR
 
 from ..config import Limits
 from ..errors import InvalidDicomError, LimitExceededError, TruncatedFileError
+from .inflate import inflate
 from .syntaxes import (
     EXPLICIT_BE,
     EXPLICIT_LE,
@@ -107,9 +108,9 @@ class ScannedObject:
     """A File Meta group (0002,xxxx) is present."""
     dataset_start: int
     """Offset in :attr:`data` where the data set (after File Meta) begins."""
-    body: bytes
+    body: bytes | bytearray
     """The data set bytes the offsets refer to: :attr:`data` itself, or the inflated
-    data set of a deflated object."""
+    data set of a deflated object (a buffer of its own, not copied again)."""
     elements: dict[int, RawElement] = field(repr=False)
     """Top-level elements (but pixel data and sequences), by tag."""
     meta: dict[int, bytes] = field(repr=False)
@@ -118,6 +119,8 @@ class ScannedObject:
     """The Pixel Data element, if any."""
     sequence_tags: frozenset[int]
     """Top-level sequence tags (their content was checked, not captured)."""
+    oversized: dict[int, int] = field(default_factory=dict, repr=False)
+    """Top-level elements too long to be captured (over 64 KiB): tag -> length."""
 
     @property
     def preamble(self) -> bytes:
@@ -154,7 +157,8 @@ def dictionary_vr(tag: int) -> str:
 class _Walker:
     """Walks element headers of one data set encoding."""
 
-    def __init__(self, body: bytes, ts: TransferSyntax, limits: Limits, source: str):
+    def __init__(self, body: bytes | bytearray, ts: TransferSyntax, limits: Limits,
+                 source: str):
         self.body = body
         self.little = ts.little_endian
         self.implicit = ts.implicit_vr
@@ -164,6 +168,7 @@ class _Walker:
         self.u32 = struct.Struct("<I" if self.little else ">I").unpack_from
         self.tag_struct = struct.Struct("<HH" if self.little else ">HH").unpack_from
         self.elements: dict[int, RawElement] = {}
+        self.oversized: dict[int, int] = {}
         self.sequences: set[int] = set()
         self.pixel: PixelElement | None = None
 
@@ -185,7 +190,7 @@ class _Walker:
             length = self.u32(self.body, pos + 4)[0]
             vr = "" if group == 0xFFFE else dictionary_vr(tag)
             return tag, vr, length, pos + 8
-        raw_vr = self.body[pos + 4 : pos + 6]
+        raw_vr = bytes(self.body[pos + 4 : pos + 6])  # hashable (an inflated body is not)
         if raw_vr in _LONG_VRS:
             if pos + 12 > end:
                 raise self._truncated(f"header of ({group:04X},{elem:04X})", pos, 12, end)
@@ -232,6 +237,8 @@ class _Walker:
                     self.sequences.add(tag)
             elif top and length <= _MAX_CAPTURED_VALUE:
                 self.elements[tag] = RawElement(vr, value, length)
+            elif top:
+                self.oversized[tag] = length
             pos = value + length
         return pos
 
@@ -369,23 +376,6 @@ def _infer_syntax(data: bytes, pos: int) -> str:
     return EXPLICIT_LE if data[pos + 4 : pos + 6] in _ALL_VRS else IMPLICIT_LE
 
 
-def _inflate(data: bytes, pos: int, limits: Limits, source: str) -> bytes:
-    """Inflate a deflated data set within the size and ratio caps (bomb guard)."""
-    compressed = len(data) - pos
-    cap = min(limits.max_inflated_bytes, max(compressed, 1) * limits.max_inflate_ratio)
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(data[pos:], cap + 1)
-    except zlib.error as exc:
-        raise InvalidDicomError(f"deflated data set is corrupt: {exc}", source=source) from exc
-    if len(out) > cap:
-        raise LimitExceededError(
-            f"deflated data set inflates beyond {cap} bytes (decompression bomb guard)",
-            source=source,
-        )
-    return out
-
-
 def scan(data: bytes, limits: Limits, source: str = "<bytes>") -> ScannedObject:
     """Check the structure of a Part-10 object and locate its parts.
 
@@ -417,8 +407,9 @@ def scan(data: bytes, limits: Limits, source: str = "<bytes>") -> ScannedObject:
         ts_uid = _infer_syntax(data, pos)
     ts = syntax(ts_uid)
     dataset_start = pos
-    if ts.deflated:
-        body = _inflate(data, pos, limits, source)
+    body: bytes | bytearray
+    if ts.deflated:  # inflated within absolute caps and the process's budget
+        body = inflate(data, pos, limits, source)
         start = 0
     else:
         body = data
@@ -438,4 +429,5 @@ def scan(data: bytes, limits: Limits, source: str = "<bytes>") -> ScannedObject:
         meta=meta,
         pixel=walker.pixel,
         sequence_tags=frozenset(walker.sequences),
+        oversized=walker.oversized,
     )

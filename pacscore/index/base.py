@@ -15,7 +15,8 @@ LEVELS: tuple[str, ...] = ("patient", "study", "series", "instance")
 """Query/retrieve levels (PS3.4 C.3)."""
 
 LEVEL_ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    "patient": ("PatientID", "PatientName", "PatientBirthDate", "PatientSex"),
+    "patient": ("PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate",
+                "PatientSex"),
     "study": ("StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber",
               "StudyDescription", "ReferringPhysicianName", "StudyID"),
     "series": ("SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription",
@@ -33,17 +34,24 @@ class PutOutcome:
     """The instance."""
     status: str
     """``stored``, ``duplicate`` (same SHA-256 already stored), ``conflict`` (same UID,
-    other content) or ``refused`` (contradicts the hierarchy)."""
+    other content), ``refused`` (contradicts the hierarchy) or ``invalid`` (a value the
+    index cannot take, e.g. a Patient ID longer than LO allows)."""
     existing: InstanceRecord | None = None
     """The record already stored, for duplicates and conflicts."""
     reason: str = ""
-    """Why it was refused."""
+    """Why it was refused or invalid."""
 
 
 class Index(ABC):
     """Hierarchy, matching keys, locations and checksums of stored instances.
 
     One writer at a time; readers never block.  Every method that writes is atomic.
+
+    A patient is identified by Patient ID and Issuer of Patient ID (an instance without
+    an issuer joins a study whose patient has one); objects without a Patient ID are
+    never merged: each study of them is its own patient, listed with an empty Patient
+    ID.  A patient matches a query when the patient-level values of one of its studies
+    do (names and birth dates may differ between studies of one ID).
     """
 
     @abstractmethod
@@ -59,8 +67,9 @@ class Index(ABC):
         """Insert records (with their header bytes) in one transaction.
 
         A record whose SOP Instance UID is already stored is not inserted: its outcome
-        says ``duplicate`` (same SHA-256) or ``conflict``.  Pending marks of the
-        inserted records' locations are cleared in the same transaction.
+        says ``duplicate`` (same SHA-256) or ``conflict``.  A record the index cannot
+        take is ``invalid`` and fails alone: the others are inserted.  Pending marks of
+        the inserted records' locations are cleared in the same transaction.
         """
 
     @abstractmethod
@@ -69,7 +78,8 @@ class Index(ABC):
 
     @abstractmethod
     def instances(self, level: str, uid: str) -> list[str]:
-        """SOP Instance UIDs under a patient ID, study, series, or one instance."""
+        """SOP Instance UIDs under a Patient ID (every issuer's patient with that ID;
+        none for an empty one), a study, a series, or one instance."""
 
     @abstractmethod
     def find(self, level: str, query: Mapping[str, str], *, limit: int | None = None,
@@ -80,7 +90,8 @@ class Index(ABC):
     @abstractmethod
     def changed(self, level: str, uid: str) -> int | None:
         """A number that grows whenever anything below this patient, study or series
-        changes (the write transaction's ID); ``None`` when it does not exist.  Caches
+        changes (the write transaction's ID; for a Patient ID, the latest of its
+        patients); ``None`` when it does not exist.  Caches
         of derived data (DICOMweb series metadata) compare it to stay exact."""
 
     @abstractmethod

@@ -2,58 +2,39 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lmdb
 
 from ..errors import ArchiveStorageError, NotFoundError
-from .base import LEVEL_ATTRIBUTES, LEVELS, Index, PutOutcome
+from .base import LEVELS, Index, PutOutcome
 from .keys import (
     ATTR_INDEXED,
     DATABASES,
     DUPSORT,
+    FORMAT_VERSION,
     attr_key,
-    attr_prefix,
     child_key,
+    encode,
     patient_key,
+    patient_label,
 )
-from .matching import Constraint, normalise, parse_constraint
+from .lmdb_query import LEVEL_DB, LmdbQueries, level_attrs, node_attrs
+from .matching import normalise
 from .records import InstanceRecord
+from .validate import record_problem, same_patient, variant
 
 __all__ = ["LmdbIndex"]
 
+log = logging.getLogger(__name__)
+
 _PARENT = {"study": "patient", "series": "study", "instance": "series"}
-_OWN_UID = {"patient": "PatientID", "study": "StudyInstanceUID",
-            "series": "SeriesInstanceUID", "instance": "SOPInstanceUID"}
-# Image attributes of an instance's view, from its record's pixel layout (PS3.18
-# Table 10.6.3-5 lists them among the attributes of every QIDO-RS instance result).
-_LAYOUT_VIEW = {"Rows": "rows", "Columns": "columns", "BitsAllocated": "bits_allocated",
-                "NumberOfFrames": "frames"}
-_LEVEL_DB = {"patient": b"patient", "study": b"study", "series": b"series", "instance": b"inst"}
-
-
-def _level_attrs(level: str, attributes: Mapping[str, Any]) -> dict[str, Any]:
-    """A level's own attributes plus those of its parents (denormalised for matching)."""
-    out: dict[str, Any] = {}
-    for lvl in LEVELS[: LEVELS.index(level) + 1]:
-        for kw in LEVEL_ATTRIBUTES[lvl]:
-            out[kw] = attributes.get(kw)
-    if level != "patient":
-        out["StudyInstanceUID"] = attributes.get("StudyInstanceUID")
-    if level in ("series", "instance"):
-        out["SeriesInstanceUID"] = attributes.get("SeriesInstanceUID")
-    return out
-
-
-def _matches(c: Constraint, attrs: Mapping[str, Any]) -> bool:
-    value = attrs.get(c.keyword)
-    if c.keyword == "ModalitiesInStudy":  # multi-valued: any value matches
-        return any(c.test(v) for v in str(value or "").split("\\"))
-    return c.test(normalise(c.keyword, value))
 
 
 def _empty_stats() -> dict[str, Any]:
@@ -61,7 +42,20 @@ def _empty_stats() -> dict[str, Any]:
             "transfer_syntaxes": {}}
 
 
-class LmdbIndex(Index):
+# Errors that one record raises inside a write transaction (a key or value the index
+# cannot take): that record alone is refused and the others are committed.
+_RECORD_ERRORS = (lmdb.BadValsizeError, UnicodeError, ValueError, TypeError)
+
+
+class _RecordError(Exception):
+    """A record of a batch failed inside the write transaction (which was aborted)."""
+
+    def __init__(self, position: int, error: BaseException):
+        super().__init__(str(error))
+        self.position, self.error = position, error
+
+
+class LmdbIndex(LmdbQueries, Index):
     """LMDB environment at ``path`` (a directory)."""
 
     def __init__(self, path: str | os.PathLike[str], *, map_size: int = 1 << 34,
@@ -84,6 +78,12 @@ class LmdbIndex(Index):
         }
         if not readonly:
             self.env.reader_check()  # readers left by killed processes
+        self._max_key = int(self.env.max_key_size())
+        try:
+            self._check_format(readonly)
+        except BaseException:
+            self.env.close()  # or this process could never open it again
+            raise
 
     # -- plumbing ----------------------------------------------------------------
     def _write(self, fn: Callable[[lmdb.Transaction], Any]) -> Any:
@@ -113,26 +113,87 @@ class LmdbIndex(Index):
             return "cannot write"
         return "disk full" if st.f_bavail * st.f_frsize < (16 << 20) else "cannot write"
 
-    def _json(self, txn: lmdb.Transaction, db: bytes, key: str) -> dict[str, Any] | None:
-        raw = txn.get(key.encode(), db=self.dbs[db])
-        return None if raw is None else dict(json.loads(bytes(raw)))
-
     def _put_json(self, txn: lmdb.Transaction, db: bytes, key: str, value: Any) -> None:
-        txn.put(key.encode(), json.dumps(value, separators=(",", ":")).encode(),
+        txn.put(encode(key), json.dumps(value, separators=(",", ":")).encode(),
                 db=self.dbs[db])
 
+    @staticmethod
+    def _attr_keys(level: str, attr_sets: Iterable[Mapping[str, Any]]) -> set[bytes]:
+        return {attr_key(level, kw, normalise(kw, attrs.get(kw)))
+                for attrs in attr_sets for kw in ATTR_INDEXED[level]}
+
     def _index_attrs(self, txn: lmdb.Transaction, level: str, uid: str,
-                     attrs: Mapping[str, Any], add: bool) -> None:
+                     attr_sets: Iterable[Mapping[str, Any]], add: bool) -> None:
         db = self.dbs[b"attr"]
-        for kw in ATTR_INDEXED[level]:
-            key = attr_key(level, kw, normalise(kw, attrs.get(kw)))
+        for key in self._attr_keys(level, attr_sets):
             if add:
-                txn.put(key, uid.encode(), db=db, dupdata=True)
+                txn.put(key, encode(uid), db=db, dupdata=True)
             else:
-                txn.delete(key, uid.encode(), db=db)
+                txn.delete(key, encode(uid), db=db)
+
+    def _set_variants(self, txn: lmdb.Transaction, pkey: str, node: dict[str, Any],
+                      variants: Iterable[dict[str, Any]]) -> None:
+        """Give a patient record these sets of patient-level values (distinct, in
+        order) and index exactly their values."""
+        new: list[dict[str, Any]] = []
+        for v in variants:
+            if v not in new:
+                new.append(v)
+        old_keys = self._attr_keys("patient", node["variants"])
+        new_keys = self._attr_keys("patient", new)
+        db, value = self.dbs[b"attr"], encode(pkey)
+        for key in old_keys - new_keys:
+            txn.delete(key, value, db=db)
+        for key in new_keys - old_keys:
+            txn.put(key, value, db=db, dupdata=True)
+        node["variants"] = new
+
+    # -- key layout version ------------------------------------------------------
+    def _check_format(self, readonly: bool) -> None:
+        """Refuse an index of a newer layout; upgrade an older one (rebuild the
+        hierarchy and matching index from the instance records, one transaction)."""
+        with self.env.begin() as txn:
+            raw = txn.get(b"format", db=self.dbs[b"meta"])
+            empty = txn.stat(self.dbs[b"inst"])["entries"] == 0
+        version = int(bytes(raw)) if raw is not None else FORMAT_VERSION if empty else 1
+        if version > FORMAT_VERSION:
+            raise ArchiveStorageError(
+                f"index at {self.path} has key layout {version}; this pacscore reads "
+                f"layout {FORMAT_VERSION}", hint="upgrade pacscore to open this archive")
+        if raw is not None and version == FORMAT_VERSION:
+            return
+        if readonly:
+            if version < FORMAT_VERSION:
+                raise ArchiveStorageError(
+                    f"index at {self.path} has the older key layout {version}",
+                    hint="open the archive once for writing (pacscore import or serve): "
+                         "the index is then upgraded in place")
+            return
+        count = self._write(lambda txn: self._upgrade(txn, version))
+        if count:
+            log.warning("index at %s upgraded from key layout %d to %d (%d instances)",
+                        self.path, version, FORMAT_VERSION, count)
+
+    def _upgrade(self, txn: lmdb.Transaction, version: int) -> int:
+        count = 0
+        if version < FORMAT_VERSION:
+            for name in (b"patient", b"study", b"series", b"child", b"attr"):
+                txn.drop(self.dbs[name], delete=False)
+            for _, raw in txn.cursor(db=self.dbs[b"inst"]):
+                rec = InstanceRecord.from_json(bytes(raw))
+                pkey, clash = self._parent_patient(txn, rec)
+                if clash:
+                    raise ArchiveStorageError(f"cannot upgrade the index at {self.path}: "
+                                              f"instance {rec.sop_instance_uid}: {clash}")
+                self._link(txn, rec, pkey)
+                count += 1
+        txn.put(b"format", str(FORMAT_VERSION).encode(), db=self.dbs[b"meta"])
+        return count
 
     # -- reads -------------------------------------------------------------------
     def get(self, sop_instance_uid: str) -> InstanceRecord | None:
+        if not sop_instance_uid:
+            return None
         with self.env.begin() as txn:
             raw = txn.get(sop_instance_uid.encode(), db=self.dbs[b"inst"])
         return None if raw is None else InstanceRecord.from_json(bytes(raw))
@@ -157,11 +218,10 @@ class LmdbIndex(Index):
     def changed(self, level: str, uid: str) -> int | None:
         if level == "instance":
             raise ValueError("changed() is kept for patients, studies and series")
-        if level == "patient":
-            uid = patient_key(uid)
         with self.env.begin() as txn:
-            node = self._json(txn, _LEVEL_DB[level], uid)
-        return None if node is None else int(node.get("changed", 0))
+            ids = self._patients(txn, uid) if level == "patient" else [uid]
+            nodes = [n for i in ids if (n := self._json(txn, LEVEL_DB[level], i))]
+        return max((int(n.get("changed", 0)) for n in nodes), default=None)
 
     def location_owner(self, location: str) -> str | None:
         with self.env.begin() as txn:
@@ -172,22 +232,17 @@ class LmdbIndex(Index):
         with self.env.begin() as txn:
             return [bytes(k).decode() for k, _ in txn.cursor(db=self.dbs[b"pending"])]
 
-    def _children(self, txn: lmdb.Transaction, level: str, uid: str) -> list[str]:
-        cur = txn.cursor(db=self.dbs[b"child"])
-        if not cur.set_key(child_key(level, uid)):
-            return []
-        return [bytes(v).decode() for v in cur.iternext_dup()]
-
     def instances(self, level: str, uid: str) -> list[str]:
         if level not in LEVELS:
             raise ValueError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
         with self.env.begin() as txn:
-            if level == "instance":
-                found = txn.get(uid.encode(), db=self.dbs[b"inst"]) is not None
-                return [uid] if found else []
             if level == "patient":
-                uid = patient_key(uid)
-            ids = [uid] if txn.get(uid.encode(), db=self.dbs[_LEVEL_DB[level]]) else []
+                ids = self._patients(txn, uid)
+            else:
+                db = self.dbs[LEVEL_DB[level]]
+                ids = [uid] if uid and txn.get(encode(uid), db=db) is not None else []
+            if level == "instance":
+                return ids
             for lvl in LEVELS[LEVELS.index(level): 3]:
                 ids = [c for i in ids for c in self._children(txn, lvl, i)]
             return ids
@@ -204,43 +259,95 @@ class LmdbIndex(Index):
                                      for loc in locations])
 
     def put(self, items: Sequence[tuple[InstanceRecord, bytes]]) -> list[PutOutcome]:
-        return list(self._write(lambda txn: [self._put_one(txn, r, h) for r, h in items]))
+        """Every record is checked before the transaction opens; one that still fails
+        inside it is refused alone and the transaction retried without it, so a record
+        the index cannot take never fails the others of its batch."""
+        outcomes: list[PutOutcome | None] = [None] * len(items)
+        todo: list[int] = []
+        for i, (rec, _) in enumerate(items):
+            problem = record_problem(rec, self._max_key)
+            if problem:
+                outcomes[i] = PutOutcome(rec.sop_instance_uid, "invalid", None,
+                                         f"instance {rec.sop_instance_uid}: {problem}")
+            else:
+                todo.append(i)
+        while todo:
+            try:
+                done = self._write(functools.partial(self._put_each, items=items,
+                                                     positions=todo))
+            except _RecordError as bad:
+                sop = items[bad.position][0].sop_instance_uid
+                outcomes[bad.position] = PutOutcome(
+                    sop, "invalid", None, f"the index cannot take instance {sop}: "
+                    f"{type(bad.error).__name__}: {bad.error}")
+                todo = [i for i in todo if i != bad.position]
+                continue
+            for i, outcome in zip(todo, done, strict=True):
+                outcomes[i] = outcome
+            break
+        return [o for o in outcomes if o is not None]
+
+    def _put_each(self, txn: lmdb.Transaction, *,
+                  items: Sequence[tuple[InstanceRecord, bytes]],
+                  positions: Sequence[int]) -> list[PutOutcome]:
+        out = []
+        for i in positions:
+            try:
+                out.append(self._put_one(txn, *items[i]))
+            except _RECORD_ERRORS as exc:
+                raise _RecordError(i, exc) from exc
+        return out
+
+    def _parent_patient(self, txn: lmdb.Transaction, rec: InstanceRecord
+                        ) -> tuple[str, str | None]:
+        """The patient key an instance goes under, and why it cannot, if it cannot."""
+        attrs = rec.attributes
+        pkey = patient_key(attrs.get("PatientID"), attrs.get("IssuerOfPatientID"),
+                           rec.study_uid)
+        study = self._json(txn, b"study", rec.study_uid)
+        series = self._json(txn, b"series", rec.series_uid)
+        clash = None
+        if study is not None:
+            if not same_patient(study["parent"], pkey):
+                clash = (f"study {rec.study_uid} belongs to the patient "
+                         f"{patient_label(study['parent'])}, this instance names the "
+                         f"patient {patient_label(pkey)}")
+            pkey = study["parent"]
+        if series is not None and series["parent"] != rec.study_uid:
+            clash = f"series {rec.series_uid} belongs to study {series['parent']}"
+        return pkey, clash
 
     def _put_one(self, txn: lmdb.Transaction, rec: InstanceRecord, header: bytes) -> PutOutcome:
         sop = rec.sop_instance_uid
-        raw = txn.get(sop.encode(), db=self.dbs[b"inst"])
+        raw = txn.get(encode(sop), db=self.dbs[b"inst"])
         if raw is not None:
             existing = InstanceRecord.from_json(bytes(raw))
             status = "duplicate" if existing.same_instance(rec) else "conflict"
             return PutOutcome(sop, status, existing)
-        attrs = rec.attributes
-        pkey = patient_key(attrs.get("PatientID"))
-        study = self._json(txn, b"study", rec.study_uid)
-        series = self._json(txn, b"series", rec.series_uid)
-        clash = None
-        if study is not None and study["parent"] != pkey:
-            clash = f"study {rec.study_uid} belongs to patient ID {study['parent']!r}"
-        if series is not None and series["parent"] != rec.study_uid:
-            clash = f"series {rec.series_uid} belongs to study {series['parent']}"
+        pkey, clash = self._parent_patient(txn, rec)
         if clash:
             return PutOutcome(sop, "refused", None,
                               f"instance {sop} contradicts the archive: {clash} (hint: "
                               "correct the patient/study identifiers at the source)")
+        self._link(txn, rec, pkey)
+        txn.put(encode(sop), rec.to_json(), db=self.dbs[b"inst"])
+        if header:
+            txn.put(encode(sop), header, db=self.dbs[b"hdr"])
+        txn.put(encode(rec.location), encode(sop), db=self.dbs[b"loc"])
+        txn.delete(encode(rec.location), db=self.dbs[b"pending"])
+        self._count(txn, rec, +1)
+        return PutOutcome(sop, "stored")
+
+    def _link(self, txn: lmdb.Transaction, rec: InstanceRecord, pkey: str) -> None:
+        """Enter an instance in the hierarchy (patient, study, series records, child
+        lists, counts) and in the matching index."""
+        attrs = rec.attributes
         chain = (("patient", pkey, None), ("study", rec.study_uid, pkey),
                  ("series", rec.series_uid, rec.study_uid))
         for level, uid, parent in chain:
-            node = self._json(txn, _LEVEL_DB[level], uid)
+            node = self._json(txn, LEVEL_DB[level], uid)
             if node is None:
-                node = {"parent": parent, "attrs": _level_attrs(level, attrs), "children": 0,
-                        "instances": 0, "bytes_in": 0, "bytes_stored": 0, "modalities": []}
-                self._index_attrs(txn, level, uid, node["attrs"], add=True)
-                if parent is not None:
-                    txn.put(child_key(_PARENT[level], parent), uid.encode(),
-                            db=self.dbs[b"child"], dupdata=True)
-                    up = self._json(txn, _LEVEL_DB[_PARENT[level]], parent)
-                    assert up is not None
-                    up["children"] += 1
-                    self._put_json(txn, _LEVEL_DB[_PARENT[level]], parent, up)
+                node = self._new_node(txn, level, uid, parent, attrs)
             node["instances"] += 1
             node["changed"] = txn.id()
             node["bytes_in"] += rec.bytes_in
@@ -248,17 +355,33 @@ class LmdbIndex(Index):
             modality = attrs.get("Modality")
             if level == "study" and modality and modality not in node["modalities"]:
                 node["modalities"] = sorted([*node["modalities"], modality])
-            self._put_json(txn, _LEVEL_DB[level], uid, node)
-        txn.put(child_key("series", rec.series_uid), sop.encode(), db=self.dbs[b"child"],
+            self._put_json(txn, LEVEL_DB[level], uid, node)
+        sop = rec.sop_instance_uid
+        txn.put(child_key("series", rec.series_uid), encode(sop), db=self.dbs[b"child"],
                 dupdata=True)
-        txn.put(sop.encode(), rec.to_json(), db=self.dbs[b"inst"])
-        if header:
-            txn.put(sop.encode(), header, db=self.dbs[b"hdr"])
-        self._index_attrs(txn, "instance", sop, attrs, add=True)
-        txn.put(rec.location.encode(), sop.encode(), db=self.dbs[b"loc"])
-        txn.delete(rec.location.encode(), db=self.dbs[b"pending"])
-        self._count(txn, rec, +1)
-        return PutOutcome(sop, "stored")
+        self._index_attrs(txn, "instance", sop, [attrs], add=True)
+
+    def _new_node(self, txn: lmdb.Transaction, level: str, uid: str, parent: str | None,
+                  attrs: Mapping[str, Any]) -> dict[str, Any]:
+        """A new patient, study or series record, linked to its parent.  A patient's
+        matching values are those of its studies (each new study adds its set)."""
+        node: dict[str, Any] = {"parent": parent, "children": 0, "instances": 0,
+                                "bytes_in": 0, "bytes_stored": 0, "modalities": []}
+        if level == "patient":
+            node["variants"] = []
+        else:
+            node["attrs"] = level_attrs(level, attrs)
+            self._index_attrs(txn, level, uid, [node["attrs"]], add=True)
+        if parent is not None:
+            txn.put(child_key(_PARENT[level], parent), encode(uid),
+                    db=self.dbs[b"child"], dupdata=True)
+            up = self._json(txn, LEVEL_DB[_PARENT[level]], parent)
+            assert up is not None
+            up["children"] += 1
+            if level == "study":
+                self._set_variants(txn, parent, up, [*up["variants"], variant(attrs)])
+            self._put_json(txn, LEVEL_DB[_PARENT[level]], parent, up)
+        return node
 
     def _count(self, txn: lmdb.Transaction, rec: InstanceRecord, sign: int) -> None:
         raw = txn.get(b"stats", db=self.dbs[b"meta"])
@@ -279,22 +402,24 @@ class LmdbIndex(Index):
         ))
 
     def _delete_one(self, txn: lmdb.Transaction, sop: str) -> InstanceRecord | None:
-        raw = txn.get(sop.encode(), db=self.dbs[b"inst"])
+        raw = txn.get(encode(sop), db=self.dbs[b"inst"])
         if raw is None:
             return None
         rec = InstanceRecord.from_json(bytes(raw))
         attrs = rec.attributes
-        txn.delete(sop.encode(), db=self.dbs[b"inst"])
-        txn.delete(sop.encode(), db=self.dbs[b"hdr"])
-        txn.delete(rec.location.encode(), db=self.dbs[b"loc"])
-        txn.put(rec.location.encode(), b"", db=self.dbs[b"pending"])
-        self._index_attrs(txn, "instance", sop, attrs, add=False)
-        txn.delete(child_key("series", rec.series_uid), sop.encode(), db=self.dbs[b"child"])
-        chain = (("series", rec.series_uid), ("study", rec.study_uid),
-                 ("patient", patient_key(attrs.get("PatientID"))))
+        txn.delete(encode(sop), db=self.dbs[b"inst"])
+        txn.delete(encode(sop), db=self.dbs[b"hdr"])
+        txn.delete(encode(rec.location), db=self.dbs[b"loc"])
+        txn.put(encode(rec.location), b"", db=self.dbs[b"pending"])
+        self._index_attrs(txn, "instance", sop, [attrs], add=False)
+        txn.delete(child_key("series", rec.series_uid), encode(sop), db=self.dbs[b"child"])
+        study = self._json(txn, b"study", rec.study_uid)
+        pkey = study["parent"] if study else patient_key(
+            attrs.get("PatientID"), attrs.get("IssuerOfPatientID"), rec.study_uid)
+        chain = (("series", rec.series_uid), ("study", rec.study_uid), ("patient", pkey))
         removed_child = False
         for level, uid in chain:
-            node = self._json(txn, _LEVEL_DB[level], uid)
+            node = self._json(txn, LEVEL_DB[level], uid)
             if node is None:
                 continue
             node["instances"] -= 1
@@ -309,121 +434,22 @@ class LmdbIndex(Index):
                     if (s := self._json(txn, b"series", c)) and s["attrs"].get("Modality")
                 })
             if node["instances"] <= 0:
-                txn.delete(uid.encode(), db=self.dbs[_LEVEL_DB[level]])
-                self._index_attrs(txn, level, uid, node["attrs"], add=False)
+                txn.delete(encode(uid), db=self.dbs[LEVEL_DB[level]])
+                self._index_attrs(txn, level, uid, node_attrs(level, node), add=False)
                 if node["parent"] is not None:
-                    txn.delete(child_key(_PARENT[level], node["parent"]), uid.encode(),
+                    txn.delete(child_key(_PARENT[level], node["parent"]), encode(uid),
                                db=self.dbs[b"child"])
                 removed_child = True
             else:
-                self._put_json(txn, _LEVEL_DB[level], uid, node)
+                if level == "patient" and removed_child:  # a study went: its values too
+                    left = [variant(s["attrs"]) for c in self._children(txn, "patient", uid)
+                            if (s := self._json(txn, b"study", c))]
+                    self._set_variants(txn, uid, node,
+                                       [v for v in node["variants"] if v in left])
+                self._put_json(txn, LEVEL_DB[level], uid, node)
                 removed_child = False
         self._count(txn, rec, -1)
         return rec
-
-    # -- queries -----------------------------------------------------------------
-    def find(self, level: str, query: Mapping[str, str], *, limit: int | None = None,
-             offset: int = 0, fuzzy: bool = False) -> list[dict[str, Any]]:
-        if level not in LEVELS:
-            raise ValueError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
-        if level == "study" and "Modality" in query:  # C-FIND: ModalitiesInStudy
-            query = {("ModalitiesInStudy" if k == "Modality" else k): v
-                     for k, v in query.items()}
-        constraints = [parse_constraint(k, v, fuzzy=fuzzy) for k, v in query.items()]
-        active = [c for c in constraints if c.kind != "universal"]
-        out: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        with self.env.begin() as txn:
-            for uid in self._candidates(txn, level, active):
-                if uid in seen:  # a repeated value in a UID list, or a multi-key hit
-                    continue
-                seen.add(uid)
-                attrs = self._level_view(txn, level, uid)
-                if attrs is not None and all(_matches(c, attrs) for c in active):
-                    out.append(attrs)
-        end = None if limit is None else offset + limit
-        return out[offset:end]
-
-    def _level_view(self, txn: lmdb.Transaction, level: str, uid: str) -> dict[str, Any] | None:
-        if level == "instance":
-            raw = txn.get(uid.encode(), db=self.dbs[b"inst"])
-            if raw is None:
-                return None
-            record = json.loads(bytes(raw))  # a few fields needed: no InstanceRecord
-            view = _level_attrs("instance", record["attributes"])
-            view["AvailableTransferSyntaxUID"] = record["stored_syntax"]  # (0008,3002)
-            layout = record.get("layout") or {}
-            view.update((kw, layout[name]) for kw, name in _LAYOUT_VIEW.items()
-                        if name in layout)
-            return view
-        node = self._json(txn, _LEVEL_DB[level], uid)
-        if node is None:
-            return None
-        view = dict(node["attrs"])
-        if level == "patient":
-            view["NumberOfPatientRelatedStudies"] = node["children"]
-            view["NumberOfPatientRelatedInstances"] = node["instances"]
-        elif level == "study":
-            view["ModalitiesInStudy"] = "\\".join(node["modalities"])
-            view["NumberOfStudyRelatedSeries"] = node["children"]
-            view["NumberOfStudyRelatedInstances"] = node["instances"]
-        else:
-            view["NumberOfSeriesRelatedInstances"] = node["instances"]
-        return view
-
-    def _candidates(self, txn: lmdb.Transaction, level: str,
-                    active: list[Constraint]) -> Iterator[str]:
-        """Ids worth testing, from the most selective usable index."""
-        by_kw = {c.keyword: c for c in active}
-        own = by_kw.get(_OWN_UID[level])
-        if own is not None and own.kind in ("single", "list"):
-            yield from (patient_key(v) if level == "patient" else v for v in own.values)
-            return
-        if level == "instance" and "SeriesInstanceUID" in by_kw \
-                and by_kw["SeriesInstanceUID"].kind in ("single", "list"):
-            for series in by_kw["SeriesInstanceUID"].values:
-                yield from self._children(txn, "series", series)
-            return
-        for kw in ATTR_INDEXED[level]:
-            c = by_kw.get(kw)
-            if c is None:
-                continue
-            if c.kind in ("single", "list"):
-                for value in c.values:
-                    yield from self._attr_exact(txn, level, kw, value)
-                return
-            if (c.kind == "wildcard" and c.prefix) or c.kind == "range":
-                yield from self._attr_range(txn, level, c)
-                return
-        cur = txn.cursor(db=self.dbs[_LEVEL_DB[level]])
-        for key in cur.iternext(keys=True, values=False):
-            yield bytes(key).decode()
-
-    def _attr_exact(self, txn: lmdb.Transaction, level: str, kw: str, value: str
-                    ) -> Iterator[str]:
-        cur = txn.cursor(db=self.dbs[b"attr"])
-        if cur.set_key(attr_key(level, kw, value)):
-            for v in cur.iternext_dup():
-                yield bytes(v).decode()
-
-    def _attr_range(self, txn: lmdb.Transaction, level: str, c: Constraint) -> Iterator[str]:
-        """Ids whose indexed value may satisfy a prefix wildcard or a range: one cursor
-        walk from the lower bound to the upper one (the matcher has the last word)."""
-        base = attr_prefix(level, c.keyword)
-        if c.kind == "wildcard":
-            start = stop_prefix = base + c.prefix.encode()
-            high = None
-        else:
-            start, stop_prefix = base + c.values[0].encode(), base
-            high = base + c.values[1].encode() if c.values[1] else None
-        cur = txn.cursor(db=self.dbs[b"attr"])
-        if not cur.set_range(start):
-            return
-        for key, value in cur.iternext(keys=True, values=True):
-            k = bytes(key)
-            if not k.startswith(stop_prefix) or (high is not None and k[: len(high)] > high):
-                return
-            yield bytes(value).decode()
 
     def close(self) -> None:
         self.env.close()
