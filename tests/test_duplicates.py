@@ -138,8 +138,13 @@ def test_duplicates_and_conflicts_through_pacscore_serve(tmp_path: Path, corpus:
                                 session=session)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            first = client.store_instances([pydicom.dcmread(rtplan, force=True)])
+            # (pydicom's rtplan names another instance in its File Meta, which STOW-RS
+            # refuses: the copies sent here carry their own UID there)
+            plan = pydicom.dcmread(rtplan, force=True)
+            plan.file_meta.MediaStorageSOPInstanceUID = plan.SOPInstanceUID
+            first = client.store_instances([plan])
             big = pydicom.dcmread(_resent(rtplan, "+tb", tmp_path / "rtplan_be.dcm"))
+            big.file_meta.MediaStorageSOPInstanceUID = big.SOPInstanceUID
             again = client.store_instances([big])
         assert len(first.ReferencedSOPSequence) == len(again.ReferencedSOPSequence) == 1
         assert "FailedSOPSequence" not in again
