@@ -253,20 +253,20 @@ def test_memory_stays_bounded_on_a_1000_file_tree(tmp_path: Path, corpus: Path) 
         d.mkdir(parents=True, exist_ok=True)
         os.link(small[i % len(small)], d / f"{i:04d}.dcm")
     start = time.monotonic()
-    # The job's own peak (wait4 on its pid): RUSAGE_CHILDREN would be the largest of every
-    # child this test process ever waited for, earlier tests' servers included.
-    proc = subprocess.Popen([sys.executable, "-m", "pacscore.cli", "compress", str(src), "--out",
-                             str(tmp_path / "out"), "--workers", "0", "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    with proc.stdout:
-        out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    peak_mb = usage.ru_maxrss / 1024
+    # The job's own peak, measured by a small parent: a child's ru_maxrss starts from the
+    # high-water mark of the process it was forked (or vforked) from, and this pytest
+    # process may hold ~1 GB after the earlier tests (CI measured 981 MB that way).
+    measure = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+               "sys.exit(rc)")
+    run = subprocess.run([sys.executable, "-c", measure, sys.executable, "-m", "pacscore.cli",
+                          "compress", str(src), "--out", str(tmp_path / "out"), "--workers", "0",
+                          "--json"], check=False, capture_output=True, text=True, timeout=600)
+    out = run.stdout
+    peak_mb = int(run.stderr.split()[-1]) / 1024
     report = json.loads(out)
     print(f"1000 files in {time.monotonic() - start:.1f} s, peak RSS {peak_mb:.0f} MB")
-    assert proc.returncode == 0 and report["files"] == 1000
+    assert run.returncode == 0 and report["files"] == 1000
     assert peak_mb < 600
 
 

@@ -13,6 +13,8 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
+from ._cache import njit
+
 __all__ = [
     "bits_outside_stored",
     "bits_outside_stored_numpy",
@@ -30,10 +32,10 @@ def _ro(dtype: Any) -> Any:
     return numba.types.Array(dtype, 1, "C", readonly=True)
 
 
-@numba.njit(
+@njit(
     [numba.boolean(arr, numba.int64, numba.boolean)
      for arr in (numba.uint16[::1], numba.uint8[::1], _ro(numba.uint16), _ro(numba.uint8))],
-    cache=True, nogil=True,
+    nogil=True,
 )
 def _bits_outside_stored(a, bits_stored, signed):  # type: ignore[no-untyped-def]
     if signed:
@@ -77,9 +79,9 @@ def bits_outside_stored_numpy(a: _UINT, bits_stored: int, signed: bool) -> bool:
     return bool((a >= (1 << bits_stored)).any())
 
 
-@numba.njit(
+@njit(
     [numba.void(arr, numba.int64, numba.uint16[::1])
-     for arr in (numba.uint16[::1], _ro(numba.uint16))], cache=True, nogil=True
+     for arr in (numba.uint16[::1], _ro(numba.uint16))], nogil=True
 )
 def _mask(a, bits, out):  # type: ignore[no-untyped-def]
     m = (1 << bits) - 1
@@ -100,9 +102,9 @@ def mask_to_bits_numpy(a: npt.NDArray[np.uint16], bits: int) -> npt.NDArray[np.u
     return a & np.uint16((1 << bits) - 1)
 
 
-@numba.njit(
+@njit(
     [numba.void(arr, numba.int64, numba.int16[::1])
-     for arr in (numba.uint16[::1], _ro(numba.uint16))], cache=True, nogil=True
+     for arr in (numba.uint16[::1], _ro(numba.uint16))], nogil=True
 )
 def _sign_extend(a, bits, out):  # type: ignore[no-untyped-def]
     sign = 1 << (bits - 1)

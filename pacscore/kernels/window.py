@@ -15,14 +15,16 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
+from ._cache import njit
+
 __all__ = ["lookup_uint8", "lookup_uint8_numpy"]
 
 
-@numba.njit(
+@njit(
     [numba.void(numba.types.Array(t, 1, "C", readonly=ro), numba.int64, numba.uint8[:, ::1],
                 numba.uint8[:, ::1])
      for t in (numba.uint8, numba.int8, numba.uint16, numba.int16) for ro in (False, True)],
-    cache=True, nogil=True,
+    nogil=True,
 )
 def _lookup(a, lo, lut, out):  # type: ignore[no-untyped-def]
     last = lut.shape[0] - 1
