@@ -9,8 +9,8 @@ import hashlib
 import math
 import os
 import resource
-import shutil
 import shlex
+import shutil
 import signal
 import ssl
 import stat
@@ -283,8 +283,9 @@ def first_start_hint(admin_file: Path, archive_root: Path, url: str) -> str:
     end up in service logs."""
     token_file = shlex.quote(str(admin_file.absolute()))
     archive = shlex.quote(str(archive_root.absolute()))
-    return (f"pacscore: first start (no admin token existed): a new one is in {token_file} (mode 0600, "
-            f"readable by this user only; its secret is not printed)\n"
+    return (f"pacscore: first start (no admin token existed): a new one is in "
+            f"{token_file} (mode 0600, readable by this user only; its secret is not "
+            f"printed)\n"
             f"  use it as: curl -H \"Authorization: Bearer $(cat {token_file})\" {url}\n"
             f"  create narrower ones with: pacscore token create --scope read "
             f"--archive {archive}")
