@@ -6,8 +6,9 @@ server (``TCP_NODELAY=1``, its fastest here), raw storage as shipped (the issue'
 "default settings", Nagle on), and with its zlib compression, the only compressed
 ingest it has here (its JPEG 2000 ingest transcoding needs the GDCM plugin, which is
 not installed).  Without Orthanc, and for
-the query and retrieve figures (no DICOMweb plugin here), the issue's Orthanc figures
-are printed beside ours.  A series of CT-size instances (the 30-slice CT series cloned
+the query and retrieve figures (Orthanc's DICOMweb plugin, Debian ``orthanc-dicomweb``,
+is installed but not measured here yet), the issue's Orthanc figures are printed beside
+ours.  A series of CT-size instances (the 30-slice CT series cloned
 with new SOP Instance UIDs) is stored with DCMTK storescu, then queried and retrieved:
 500 instances, the issue's series size.
 """

@@ -53,6 +53,7 @@ from .ingest.prepare import (
     prepare,
 )
 from .ingest.workers import PrepareWorkers
+from .private import make_private_dir
 from .retrieve import Reader, crc_problem
 from .store import ZarrFrameStore
 
@@ -116,13 +117,63 @@ def _writer_lock(root: Path) -> int | None:
     the kernel if the process dies); ``None`` when another process holds it.  Only the
     writer recovers at open: a second process cleaning up the first one's staged or
     pending frames mid-commit would lose acknowledged data."""
-    fd = os.open(root / "archive.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(root / "archive.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
     return fd
+
+
+def require_archive(root: Path) -> None:
+    """Raise unless ``root`` holds an archive (``index.lmdb/data.mdb``): a reader never
+    creates one, so a mistyped path is an error rather than an empty archive."""
+    if not (root / "index.lmdb" / "data.mdb").is_file():
+        what = "does not exist" if not root.exists() else "is not a pacscore archive " \
+            "(it has no index.lmdb/data.mdb)"
+        raise ArchiveStorageError(
+            f"{root} {what}",
+            hint="check the path; an archive is created by `pacscore import FILES "
+                 "--archive DIR` or `pacscore serve --archive DIR` (or Archive(DIR) in "
+                 "Python)")
+
+
+def _open_index_readonly(root: Path, config: ArchiveConfig) -> tuple[LmdbIndex, int | None]:
+    """The index opened read-only, and the descriptor of a shared lock on
+    ``archive.lock`` (or None).  A reader that may write LMDB's ``lock.mdb`` registers
+    in its reader table and runs beside a writer.  One that may not (a read-only mount,
+    another user's archive) opens without LMDB's lock: it cannot tell a writer which
+    pages it reads, so it holds a shared ``flock`` on ``archive.lock`` instead, which
+    keeps a writer from starting meanwhile and fails while one runs."""
+    path = root / "index.lmdb"
+    lock_file = path / "lock.mdb"
+    if os.access(lock_file if lock_file.exists() else path, os.W_OK):
+        return LmdbIndex(path, map_size=config.lmdb_map_size, readonly=True), None
+    fd = None
+    try:
+        fd = os.open(root / "archive.lock", os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except FileNotFoundError:
+        fd = None  # an archive no writer ever locked: none runs
+    except BlockingIOError:
+        os.close(fd)  # type: ignore[arg-type]
+        raise ArchiveBusyError(
+            f"{root} is being written by another process, and this user cannot write "
+            f"{lock_file} to read beside it safely",
+            hint="read it when the writer has stopped, or as a user who may write "
+                 "index.lmdb/lock.mdb") from None
+    except OSError as exc:
+        if fd is not None:
+            os.close(fd)
+        raise ArchiveStorageError(f"cannot open {root / 'archive.lock'}: {exc}") from exc
+    try:
+        return LmdbIndex(path, map_size=config.lmdb_map_size, readonly=True,
+                         lock=False), fd
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        raise
 
 
 class _Waiter:
@@ -246,18 +297,24 @@ class Archive:
                  *, readonly: bool = False):
         self.root = Path(root)
         self.config = config or ArchiveConfig()
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ArchiveStorageError(f"cannot create archive directory {self.root}: {exc}"
-                                      ) from exc
         self.frames_root = self.root / "frames"
         self.tmp_dir = self.root / "tmp"
         """Temp files of the front ends (request bodies, objects being received): private
         to the writer (0700), emptied when the writer opens the archive."""
-        self.store_ = ZarrFrameStore(self.frames_root, fsync=self.config.fsync)
-        self.index = LmdbIndex(self.root / "index.lmdb", map_size=self.config.lmdb_map_size,
-                               sync=self.config.fsync)
+        self._shared_fd: int | None = None
+        if readonly:  # creates nothing: works on a read-only mount, refuses a typo
+            require_archive(self.root)
+            self.store_ = ZarrFrameStore(self.frames_root, fsync=False, create=False)
+            self.index, self._shared_fd = _open_index_readonly(self.root, self.config)
+        else:
+            try:
+                make_private_dir(self.frames_root)  # and the root: 0700
+            except OSError as exc:
+                raise ArchiveStorageError(f"cannot create archive directory {self.root}: "
+                                          f"{exc}") from exc
+            self.store_ = ZarrFrameStore(self.frames_root, fsync=self.config.fsync)
+            self.index = LmdbIndex(self.root / "index.lmdb",
+                                   map_size=self.config.lmdb_map_size, sync=self.config.fsync)
         self._reader = Reader(self.store_, self.index, self.config.limits)
         self._commit_lock = threading.Lock()
         self._group = _GroupCommit(self._commit_batch, self._finish,
@@ -322,6 +379,9 @@ class Archive:
         if self._writer_fd is not None:
             os.close(self._writer_fd)  # releases the writer lock
             self._writer_fd = None
+        if self._shared_fd is not None:
+            os.close(self._shared_fd)  # lets a writer start again
+            self._shared_fd = None
         self._closed = True
 
     def _require_writer(self) -> None:

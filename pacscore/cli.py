@@ -88,11 +88,14 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from .cli_support import export_instances
+
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     failed = 0
     with Archive(args.archive, readonly=True) as archive:
-        for uid in args.uids:
+        sops = export_instances(archive, args.uids)
+        out.mkdir(parents=True, exist_ok=True)
+        for uid in sops:
             try:
                 data = archive.get(uid, args.transfer_syntax)
             except PacsError as exc:
@@ -304,7 +307,8 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=_cmd_plan)
 
-    exp = sub.add_parser("export", help="write instances as <SOPInstanceUID>.dcm")
+    exp = sub.add_parser("export", help="write instances as <SOPInstanceUID>.dcm: each UID "
+                         "is an instance's, or a series' or study's (all its instances)")
     exp.add_argument("uids", nargs="+")
     archive_arg(exp)
     exp.add_argument("--out", required=True)
@@ -321,7 +325,8 @@ def _parser() -> argparse.ArgumentParser:
     find.add_argument("--json", action="store_true")
     find.set_defaults(func=_cmd_find)
 
-    srv = sub.add_parser("serve", help="run the DIMSE service on the archive")
+    srv = sub.add_parser("serve", help="run the DIMSE, DICOMweb (HTTP) and gRPC services "
+                         "on the archive")
     archive_arg(srv)
     srv.add_argument("--config", help="TOML file with any of the settings below")
     srv.add_argument("--host", help="listen address (default 127.0.0.1)")
@@ -349,7 +354,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="open HTTP connections (default 256); more are answered 503")
     srv.set_defaults(func=_cmd_serve)
 
-    tok = sub.add_parser("token", help="bearer tokens for DICOMweb")
+    tok = sub.add_parser("token", help="bearer tokens for DICOMweb and gRPC")
     tok_sub = tok.add_subparsers(dest="token_command", required=True)
     tok_create = tok_sub.add_parser("create", help="print a new token")
     tok_create.add_argument("--scope", choices=("read", "write", "delete", "admin"),
@@ -388,9 +393,21 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pacscore`` console script."""
+    from .cli_support import ARCHIVE_WRITERS, die_of_sigpipe, stdout_gone
+    from .private import private_umask
+
     args = _parser().parse_args(argv)
+    if args.command in ARCHIVE_WRITERS:
+        private_umask()  # before any thread or worker starts (pacscore/private.py)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError as exc:
+        if stdout_gone():  # `pacscore find ... | head`: end as coreutils do
+            die_of_sigpipe()
+        print(f"pacscore: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except PacsError as exc:
         print(f"pacscore: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -118,4 +118,4 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert code == 2
     code, _, err = run("export", "1.2.3", "--archive", str(tmp_path / "a"), "--out",
                        str(tmp_path / "o"))
-    assert code == 1 and "no instance 1.2.3" in err
+    assert code == 2 and "does not exist" in err  # a reader never creates an archive

@@ -59,13 +59,16 @@ class LmdbIndex(LmdbQueries, Index):
     """LMDB environment at ``path`` (a directory)."""
 
     def __init__(self, path: str | os.PathLike[str], *, map_size: int = 1 << 34,
-                 sync: bool = True, readonly: bool = False):
+                 sync: bool = True, readonly: bool = False, lock: bool = True):
+        """``lock=False`` (read-only only): open without LMDB's lock file, for a reader
+        that may not write it; the caller makes sure no writer runs meanwhile.  A new
+        environment is created 0700 (its files 0600) whatever the umask."""
         self.path = Path(path)
         try:
             self.env = lmdb.open(
                 str(self.path), map_size=map_size, max_dbs=len(DATABASES) + 2,
                 subdir=True, sync=sync, metasync=sync, readonly=readonly, max_readers=512,
-                lock=True,
+                lock=lock or not readonly, mode=0o700,  # files: mode & ~0o111
             )
         except lmdb.Error as exc:
             hint = ("close the other Archive on this directory first: one per directory "

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PacsError
+from ..private import make_private_dir
 
 __all__ = ["AUDIT_EVENTS", "RIGHTS", "AeEntry", "AeRegistry", "AuditLog", "canonical_address",
            "outcome_of"]
@@ -94,11 +95,13 @@ class AeRegistry:
         return dict(self._cache[1])
 
     def _save(self, entries: dict[str, AeEntry]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
         tmp = self.path.with_suffix(".tmp")
         data = {k: {kk: vv for kk, vv in asdict(v).items() if kk != "name"}
                 for k, v in sorted(entries.items())}
-        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
         os.replace(tmp, self.path)
 
     def add(self, name: str, host: str, port: int | None = None,
@@ -189,7 +192,7 @@ class AuditLog:
 
     def __init__(self, archive_dir: Path):
         self.path = archive_dir / "audit" / "audit.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
         self._lock = threading.Lock()
         self._fd = -1
         self._inode = -1
@@ -206,7 +209,7 @@ class AuditLog:
         if self._fd < 0 or inode != self._inode:
             self._closer()  # closes the previous descriptor once, if any
             self._fd = -1
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self._inode = os.fstat(self._fd).st_ino
             self._closer = weakref.finalize(self, os.close, self._fd)
         return self._fd

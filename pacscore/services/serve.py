@@ -9,6 +9,7 @@ import hashlib
 import math
 import os
 import resource
+import shlex
 import shutil
 import signal
 import ssl
@@ -33,7 +34,7 @@ from .grpc_api.server import start_grpc
 from .http_limits import guarded_h11
 from .tokens import TokenStore
 
-__all__ = ["ServeConfig", "default_spool", "serve", "spool_folders"]
+__all__ = ["ServeConfig", "default_spool", "first_start_hint", "serve", "spool_folders"]
 
 _SHM = Path("/dev/shm")
 _SHM_FREE = 8 * 1024**3  # room for a few of the largest objects at once
@@ -276,6 +277,20 @@ class ServeConfig:
         return ctx
 
 
+def first_start_hint(admin_file: Path, archive_root: Path, url: str) -> str:
+    """What ``serve`` prints when it wrote an admin token: where it is and commands
+    that work as printed (absolute, shell-quoted paths); never the secret, which would
+    end up in service logs."""
+    token_file = shlex.quote(str(admin_file.absolute()))
+    archive = shlex.quote(str(archive_root.absolute()))
+    return (f"pacscore: first start (no admin token existed): a new one is in "
+            f"{token_file} (mode 0600, readable by this user only; its secret is not "
+            f"printed)\n"
+            f"  use it as: curl -H \"Authorization: Bearer $(cat {token_file})\" {url}\n"
+            f"  create narrower ones with: pacscore token create --scope read "
+            f"--archive {archive}")
+
+
 def serve(archive_dir: Path, config: ServeConfig) -> None:
     """Run until SIGTERM/SIGINT; acknowledged data is committed before any answer, so
     stopping never loses it."""
@@ -291,14 +306,11 @@ def serve(archive_dir: Path, config: ServeConfig) -> None:
             raise ArchiveBusyError(f"{archive_dir} is already served or written by another "
                                    f"process", hint="stop it first: one writer per archive")
         archive.start_workers()
-        token = TokenStore(archive.root).ensure_admin()
+        admin_file = TokenStore(archive.root).ensure_admin()
         scheme = "https" if config.tls_cert else "http"
-        if token:
-            print(f"pacscore: first start: admin token written to "
-                  f"{archive.root / 'security' / 'admin-token'}\n"
-                  f"  use it as: curl -H 'Authorization: Bearer {token}' "
-                  f"{scheme}://{host}:{http_port}/dicom-web/studies\n"
-                  f"  and create narrower ones with `pacscore token create --scope read`",
+        if admin_file is not None:
+            print(first_start_hint(admin_file, archive.root,
+                                   f"{scheme}://{host}:{http_port}/dicom-web/studies"),
                   flush=True)
         dimse = DimseServer(archive, ae_title=ae_title, max_pdu=config.max_pdu,
                             max_associations=config.max_associations,

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from ..errors import PacsError
+from ..private import make_private_dir
 
 __all__ = ["SCOPES", "TokenStore"]
 
@@ -48,7 +49,7 @@ class TokenStore:
         return self._cache[1]
 
     def _save(self, tokens: dict[str, dict[str, str]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
         tmp = self.path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -113,13 +114,19 @@ class TokenStore:
         """``scope`` covers ``needed``."""
         return scope is not None and needed in _GRANTS.get(scope, set())
 
-    def ensure_admin(self) -> str | None:
-        """On first start: create an admin token, keep it in ``admin-token`` (0600) and
-        return it; None when tokens already exist."""
-        if self._load():
-            return None
+    def ensure_admin(self) -> Path | None:
+        """At start: when no token with the ``admin`` scope exists (a first start, also
+        after ``token create`` of narrower ones, or after every admin token was
+        revoked), create one, write it to ``admin-token`` (0600) and return that path;
+        None when an admin token exists.  The secret is never returned: it is not to
+        be printed (service logs keep stdout)."""
+        with self._lock:
+            if any(entry.get("scope") == "admin" for entry in self._load().values()):
+                return None
         token = self.create("admin", "first start")
-        fd = os.open(self.admin_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp = self.admin_file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(token + "\n")
-        return token
+        os.replace(tmp, self.admin_file)
+        return self.admin_file

@@ -85,14 +85,16 @@ def array_metadata(layout: PixelLayout, transfer_syntax: str) -> dict[str, objec
 class ZarrFrameStore(FrameStore):
     """Zarr v3 arrays and blobs under one directory."""
 
-    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True):
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True,
+                 create: bool = True):
+        """``create=False``: a reader's store, which makes no folder (read-only mounts)."""
         self.root = Path(root)
         self.fsync = fsync
         self.arrays = self.root / "arrays"
         self.blobs = self.root / "blobs"
         self.staging = self.root / "staging"
-        for d in (self.arrays, self.blobs, self.staging):
-            d.mkdir(parents=True, exist_ok=True)
+        for d in (self.arrays, self.blobs, self.staging) if create else ():
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     # -- paths -------------------------------------------------------------------
     def array_path(self, loc: str) -> Path:
