@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pacscore.codecs import by_name
-from pacscore.dicom.header import PixelLayout
+from pacscore.dicom.layout import PixelLayout
 from pacscore.store import ZarrFrameStore
 from pacscore.testing.store import HTJ2K, MONO, FrameStoreTests, frames_of, new_loc
 

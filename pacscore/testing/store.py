@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ..dicom.header import PixelLayout
+from ..dicom.layout import PixelLayout
 from ..errors import ArchiveStorageError, NotFoundError
 from ..store import FrameStore
 
