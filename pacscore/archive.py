@@ -38,7 +38,6 @@ from .dicom.part10 import HeaderParts, _file_meta
 from .dicom.scan import PIXEL_DATA, scan
 from .dicom.syntaxes import EXPLICIT_LE
 from .errors import (
-    ERRORS_BY_NAME,
     ArchiveBusyError,
     ArchiveStorageError,
     ConflictError,
@@ -47,7 +46,8 @@ from .errors import (
     PacsError,
 )
 from .index import LEVELS, InstanceRecord, LmdbIndex, StoreKind
-from .ingest.pool import Failed, Rejected, Skipped, run_pool
+from .ingest.outcomes import Failed, Rejected, Skipped
+from .ingest.pool import run_pool
 from .ingest.prepare import (
     Prepared,
     prepare,
@@ -382,7 +382,7 @@ class Archive:
                            strict_identity=strict_identity)
         outcome = self._group.submit(prepared)
         if isinstance(outcome, Rejected):
-            raise ERRORS_BY_NAME.get(outcome.error, ConflictError)(outcome.reason, source=name)
+            raise outcome.exception(name)
         return outcome
 
     def start_workers(self) -> None:
@@ -402,15 +402,12 @@ class Archive:
         assert self._workers is not None
         outcome = self._workers.prepare(path, name, offset, strict_identity=strict_identity)
         if isinstance(outcome, Rejected | Failed):
-            fallback = InvalidDicomError if isinstance(outcome, Rejected) \
-                else ArchiveStorageError
-            raise ERRORS_BY_NAME.get(outcome.error, fallback)(outcome.reason, source=name)
+            raise outcome.exception(name)
         if isinstance(outcome, Skipped):
             raise InvalidDicomError(outcome.reason, source=name)
         committed = self._group.submit(outcome)
         if isinstance(committed, Rejected):
-            raise ERRORS_BY_NAME.get(committed.error, ConflictError)(committed.reason,
-                                                                     source=name)
+            raise committed.exception(name)
         return committed
 
     def store_many(self, paths: Iterable[str], *, workers: int | None = None,
@@ -425,14 +422,14 @@ class Archive:
         At the first failure to write the archive (no space, an I/O error, when staging
         or committing) or of the worker processes as a whole, nothing more is
         committed: the files in flight and every path not yet taken from ``paths`` are
-        yielded as :class:`~pacscore.ingest.pool.Failed` with the cause (nothing of them
+        yielded as :class:`~pacscore.ingest.outcomes.Failed` with the cause (nothing of them
         is visible; storing them again later is safe).
         """
         self._require_writer()
         n = os.cpu_count() or 1 if workers is None else workers
         source = iter(paths)
         open_: collections.Counter[str] = collections.Counter()  # taken, not yet answered
-        cause: list[tuple[str, str]] = []  # (reason, error class) of the stop
+        cause: list[tuple[str, type[Exception]]] = []  # (reason, error class) of the stop
 
         def feed() -> Iterator[str]:
             while not cause and (path := next(source, None)) is not None:
@@ -456,7 +453,7 @@ class Archive:
                     if not isinstance(exc, PacsError):
                         log.exception("the worker processes failed")
                     cause.append((str(exc) if isinstance(exc, PacsError) else
-                                  f"{type(exc).__name__}: {exc}", type(exc).__name__))
+                                  f"{type(exc).__name__}: {exc}", type(exc)))
                     break
                 if isinstance(outcome, Prepared):
                     batch.append(outcome)
@@ -467,7 +464,7 @@ class Archive:
                     except Exception as exc:  # disk full, I/O error: nothing of it is visible
                         if not isinstance(exc, PacsError):
                             log.exception("committing a batch failed")
-                        cause.append((str(exc), type(exc).__name__))
+                        cause.append((str(exc), type(exc)))
                         break  # its staged files: removed by _commit, or at the next start
                     for o in committed:
                         yield answered(o)
@@ -540,7 +537,7 @@ class Archive:
                 outcomes[i] = _result(existing, "duplicate", p.source)
             else:
                 outcomes[i] = Rejected(p.source, self._conflict(rec, existing, why),
-                                       "ConflictError")
+                                       ConflictError)
         self.store_.discard([batch[i].record.location for i in outcomes])
         locs = [p.record.location for p in fresh]
         try:
@@ -572,10 +569,10 @@ class Archive:
                 out.append(_result(put.existing, "duplicate", p.source))
             elif put.existing is not None:
                 out.append(Rejected(p.source, self._conflict(
-                    p.record, put.existing, "its content differs"), "ConflictError"))
+                    p.record, put.existing, "its content differs"), ConflictError))
             else:  # refused (contradicts the hierarchy) or invalid (a value it cannot take)
-                out.append(Rejected(p.source, put.reason, "InvalidDicomError"
-                                    if put.status == "invalid" else "ConflictError"))
+                out.append(Rejected(p.source, put.reason, InvalidDicomError
+                                    if put.status == "invalid" else ConflictError))
         return out, owned
 
     @staticmethod
