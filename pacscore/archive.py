@@ -53,6 +53,7 @@ from .ingest.prepare import (
     prepare,
 )
 from .ingest.workers import PrepareWorkers
+from .kinds import PutStatus, StoreStatus
 from .retrieve import Reader, crc_problem
 from .store import ZarrFrameStore
 
@@ -71,7 +72,7 @@ class StoreResult:
     """Study Instance UID."""
     series_uid: str
     """Series Instance UID."""
-    status: str
+    status: StoreStatus
     """``stored``, or ``duplicate`` when identical content was already stored."""
     original_syntax: str
     """Transfer syntax as received."""
@@ -103,7 +104,7 @@ class VerifyReport:
     """(SOP Instance UID, reason) of every instance that failed."""
 
 
-def _result(rec: InstanceRecord, status: str, source: str) -> StoreResult:
+def _result(rec: InstanceRecord, status: StoreStatus, source: str) -> StoreResult:
     return StoreResult(
         rec.sop_instance_uid, rec.study_uid, rec.series_uid, status, rec.original_syntax,
         rec.stored_syntax, rec.bytes_in, rec.bytes_stored, rec.kind == StoreKind.FRAMES,
@@ -500,7 +501,8 @@ class Archive:
                 outcomes: Sequence[StoreResult | Rejected]) -> None:
         """Make a committed batch's renames durable, then tell the listeners."""
         self.store_.sync_published(published)
-        stored = [o for o in outcomes if isinstance(o, StoreResult) and o.status == "stored"]
+        stored = [o for o in outcomes
+                  if isinstance(o, StoreResult) and o.status == StoreStatus.STORED]
         if stored:
             self._notify(stored)
 
@@ -534,7 +536,7 @@ class Archive:
                 seen[rec.sop_instance_uid] = p
                 fresh.append(p)
             elif (why := self._difference(p, existing, earlier)) is None:
-                outcomes[i] = _result(existing, "duplicate", p.source)
+                outcomes[i] = _result(existing, StoreStatus.DUPLICATE, p.source)
             else:
                 outcomes[i] = Rejected(p.source, self._conflict(rec, existing, why),
                                        ConflictError)
@@ -548,7 +550,7 @@ class Archive:
             self.store_.discard(locs)
             raise
         owned = [p.record.location for p, o in zip(fresh, puts, strict=True)
-                 if o.status == "stored"]
+                 if o.status == PutStatus.STORED]
         if len(owned) < len(locs):  # another writer stored the UID since the check
             self.store_.discard(sorted(set(locs) - set(owned)))
         try:
@@ -563,16 +565,16 @@ class Archive:
                 out.append(outcomes[i])
                 continue
             put = by_id.get(id(p))
-            if put is None or put.status == "stored":
-                out.append(_result(p.record, "stored", p.source))
-            elif put.status == "duplicate" and put.existing is not None:
-                out.append(_result(put.existing, "duplicate", p.source))
+            if put is None or put.status == PutStatus.STORED:
+                out.append(_result(p.record, StoreStatus.STORED, p.source))
+            elif put.status == PutStatus.DUPLICATE and put.existing is not None:
+                out.append(_result(put.existing, StoreStatus.DUPLICATE, p.source))
             elif put.existing is not None:
                 out.append(Rejected(p.source, self._conflict(
                     p.record, put.existing, "its content differs"), ConflictError))
             else:  # refused (contradicts the hierarchy) or invalid (a value it cannot take)
                 out.append(Rejected(p.source, put.reason, InvalidDicomError
-                                    if put.status == "invalid" else ConflictError))
+                                    if put.status == PutStatus.INVALID else ConflictError))
         return out, owned
 
     @staticmethod

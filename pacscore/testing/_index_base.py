@@ -26,7 +26,7 @@ _counter = iter(range(1, 1 << 30))
 
 def make(sop: str, *, study: str = "1.2.1", series: str = "1.2.1.1", patient: str | None = "P1",
          name: str = "Doe^Jane", date: str = "20200115", modality: str = "CT",
-         accession: str = "A100", content: str = "", kind: str = StoreKind.FRAMES,
+         accession: str = "A100", content: str = "", kind: StoreKind = StoreKind.FRAMES,
          sop_class: str = CT_CLASS, bytes_in: int | None = None,
          bytes_stored: int | None = None, **extra: Any) -> InstanceRecord:
     """A plausible InstanceRecord; ``content`` changes the SHA-256."""
