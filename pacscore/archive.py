@@ -38,7 +38,6 @@ from .dicom.part10 import HeaderParts, _file_meta
 from .dicom.scan import PIXEL_DATA, scan
 from .dicom.syntaxes import EXPLICIT_LE
 from .errors import (
-    ERRORS_BY_NAME,
     ArchiveBusyError,
     ArchiveStorageError,
     ConflictError,
@@ -47,12 +46,14 @@ from .errors import (
     PacsError,
 )
 from .index import LEVELS, InstanceRecord, LmdbIndex, StoreKind
-from .ingest.pool import Failed, Rejected, Skipped, run_pool
+from .ingest.outcomes import Failed, Rejected, Skipped
+from .ingest.pool import run_pool
 from .ingest.prepare import (
     Prepared,
     prepare,
 )
 from .ingest.workers import PrepareWorkers
+from .kinds import PutStatus, StoreStatus
 from .private import make_private_dir
 from .retrieve import Reader, crc_problem
 from .store import ZarrFrameStore
@@ -72,7 +73,7 @@ class StoreResult:
     """Study Instance UID."""
     series_uid: str
     """Series Instance UID."""
-    status: str
+    status: StoreStatus
     """``stored``, or ``duplicate`` when identical content was already stored."""
     original_syntax: str
     """Transfer syntax as received."""
@@ -104,7 +105,7 @@ class VerifyReport:
     """(SOP Instance UID, reason) of every instance that failed."""
 
 
-def _result(rec: InstanceRecord, status: str, source: str) -> StoreResult:
+def _result(rec: InstanceRecord, status: StoreStatus, source: str) -> StoreResult:
     return StoreResult(
         rec.sop_instance_uid, rec.study_uid, rec.series_uid, status, rec.original_syntax,
         rec.stored_syntax, rec.bytes_in, rec.bytes_stored, rec.kind == StoreKind.FRAMES,
@@ -442,7 +443,7 @@ class Archive:
                            strict_identity=strict_identity)
         outcome = self._group.submit(prepared)
         if isinstance(outcome, Rejected):
-            raise ERRORS_BY_NAME.get(outcome.error, ConflictError)(outcome.reason, source=name)
+            raise outcome.exception(name)
         return outcome
 
     def start_workers(self) -> None:
@@ -462,15 +463,12 @@ class Archive:
         assert self._workers is not None
         outcome = self._workers.prepare(path, name, offset, strict_identity=strict_identity)
         if isinstance(outcome, Rejected | Failed):
-            fallback = InvalidDicomError if isinstance(outcome, Rejected) \
-                else ArchiveStorageError
-            raise ERRORS_BY_NAME.get(outcome.error, fallback)(outcome.reason, source=name)
+            raise outcome.exception(name)
         if isinstance(outcome, Skipped):
             raise InvalidDicomError(outcome.reason, source=name)
         committed = self._group.submit(outcome)
         if isinstance(committed, Rejected):
-            raise ERRORS_BY_NAME.get(committed.error, ConflictError)(committed.reason,
-                                                                     source=name)
+            raise committed.exception(name)
         return committed
 
     def store_many(self, paths: Iterable[str], *, workers: int | None = None,
@@ -485,14 +483,14 @@ class Archive:
         At the first failure to write the archive (no space, an I/O error, when staging
         or committing) or of the worker processes as a whole, nothing more is
         committed: the files in flight and every path not yet taken from ``paths`` are
-        yielded as :class:`~pacscore.ingest.pool.Failed` with the cause (nothing of them
+        yielded as :class:`~pacscore.ingest.outcomes.Failed` with the cause (nothing of them
         is visible; storing them again later is safe).
         """
         self._require_writer()
         n = os.cpu_count() or 1 if workers is None else workers
         source = iter(paths)
         open_: collections.Counter[str] = collections.Counter()  # taken, not yet answered
-        cause: list[tuple[str, str]] = []  # (reason, error class) of the stop
+        cause: list[tuple[str, type[Exception]]] = []  # (reason, error class) of the stop
 
         def feed() -> Iterator[str]:
             while not cause and (path := next(source, None)) is not None:
@@ -516,7 +514,7 @@ class Archive:
                     if not isinstance(exc, PacsError):
                         log.exception("the worker processes failed")
                     cause.append((str(exc) if isinstance(exc, PacsError) else
-                                  f"{type(exc).__name__}: {exc}", type(exc).__name__))
+                                  f"{type(exc).__name__}: {exc}", type(exc)))
                     break
                 if isinstance(outcome, Prepared):
                     batch.append(outcome)
@@ -527,7 +525,7 @@ class Archive:
                     except Exception as exc:  # disk full, I/O error: nothing of it is visible
                         if not isinstance(exc, PacsError):
                             log.exception("committing a batch failed")
-                        cause.append((str(exc), type(exc).__name__))
+                        cause.append((str(exc), type(exc)))
                         break  # its staged files: removed by _commit, or at the next start
                     for o in committed:
                         yield answered(o)
@@ -563,7 +561,8 @@ class Archive:
                 outcomes: Sequence[StoreResult | Rejected]) -> None:
         """Make a committed batch's renames durable, then tell the listeners."""
         self.store_.sync_published(published)
-        stored = [o for o in outcomes if isinstance(o, StoreResult) and o.status == "stored"]
+        stored = [o for o in outcomes
+                  if isinstance(o, StoreResult) and o.status == StoreStatus.STORED]
         if stored:
             self._notify(stored)
 
@@ -597,10 +596,10 @@ class Archive:
                 seen[rec.sop_instance_uid] = p
                 fresh.append(p)
             elif (why := self._difference(p, existing, earlier)) is None:
-                outcomes[i] = _result(existing, "duplicate", p.source)
+                outcomes[i] = _result(existing, StoreStatus.DUPLICATE, p.source)
             else:
                 outcomes[i] = Rejected(p.source, self._conflict(rec, existing, why),
-                                       "ConflictError")
+                                       ConflictError)
         self.store_.discard([batch[i].record.location for i in outcomes])
         locs = [p.record.location for p in fresh]
         try:
@@ -611,7 +610,7 @@ class Archive:
             self.store_.discard(locs)
             raise
         owned = [p.record.location for p, o in zip(fresh, puts, strict=True)
-                 if o.status == "stored"]
+                 if o.status == PutStatus.STORED]
         if len(owned) < len(locs):  # another writer stored the UID since the check
             self.store_.discard(sorted(set(locs) - set(owned)))
         try:
@@ -626,16 +625,16 @@ class Archive:
                 out.append(outcomes[i])
                 continue
             put = by_id.get(id(p))
-            if put is None or put.status == "stored":
-                out.append(_result(p.record, "stored", p.source))
-            elif put.status == "duplicate" and put.existing is not None:
-                out.append(_result(put.existing, "duplicate", p.source))
+            if put is None or put.status == PutStatus.STORED:
+                out.append(_result(p.record, StoreStatus.STORED, p.source))
+            elif put.status == PutStatus.DUPLICATE and put.existing is not None:
+                out.append(_result(put.existing, StoreStatus.DUPLICATE, p.source))
             elif put.existing is not None:
                 out.append(Rejected(p.source, self._conflict(
-                    p.record, put.existing, "its content differs"), "ConflictError"))
+                    p.record, put.existing, "its content differs"), ConflictError))
             else:  # refused (contradicts the hierarchy) or invalid (a value it cannot take)
-                out.append(Rejected(p.source, put.reason, "InvalidDicomError"
-                                    if put.status == "invalid" else "ConflictError"))
+                out.append(Rejected(p.source, put.reason, InvalidDicomError
+                                    if put.status == PutStatus.INVALID else ConflictError))
         return out, owned
 
     @staticmethod

@@ -23,7 +23,8 @@ from .codecs import by_syntax
 from .codecs.decoding import decodable, decode_frames, native_elements, nested_decoder
 from .config import Limits
 from .dicom.compare import Content
-from .dicom.header import PixelLayout, read_header
+from .dicom.header import read_header
+from .dicom.layout import PixelLayout
 from .dicom.part10 import HeaderParts, build_part10, uncompressed_part10
 from .dicom.scan import ScannedObject, scan
 from .dicom.syntaxes import EXPLICIT_LE, syntax

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from pacscore import Archive, ArchiveConfig
+# the contract suites shipped in the package: detailed assertion messages (before import)
+pytest.register_assert_rewrite("pacscore.testing")
+
+from pacscore import Archive, ArchiveConfig  # noqa: E402
 
 
 def corpus_root() -> Path | None:

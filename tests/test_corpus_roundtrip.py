@@ -18,6 +18,7 @@ import pytest
 
 from pacscore import Archive, ArchiveConfig, StoreResult
 from pacscore.dicom.syntaxes import syntax
+from pacscore.errors import ConflictError
 from pacscore.ingest.pool import Rejected, Skipped
 
 from .conftest import corpus_files
@@ -51,7 +52,7 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Archiv
         for outcome in archive.store_many(todo, workers=2):
             if isinstance(outcome, StoreResult):
                 placed[outcome.source] = (archive, outcome)
-            elif isinstance(outcome, Rejected) and outcome.error == "ConflictError":
+            elif isinstance(outcome, Rejected) and outcome.error is ConflictError:
                 conflicts.append(outcome.source)
             else:
                 placed[outcome.source] = (archive, outcome)  # type: ignore[assignment]

@@ -17,7 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pacscore import Archive, ArchiveConfig
 from pacscore.codecs import by_name
 from pacscore.codecs.profiles import ENCODER_LIMITS, PROFILES
-from pacscore.dicom.header import PixelLayout
+from pacscore.dicom.layout import PixelLayout
 
 RLE, JLS, J2K = "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90"
 HTJ2K, HTJ2K_RPCL = "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202"

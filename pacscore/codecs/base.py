@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..dicom.header import PixelLayout
+from ..dicom.layout import PixelLayout
 from .profiles import ENCODER_LIMITS, PROFILES
 
 __all__ = ["Frame", "FrameCodec"]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..dicom.header import PixelLayout
+from ..dicom.layout import PixelLayout
 from ..errors import UndecodablePixelDataError
 from . import jpeg_plugin
 

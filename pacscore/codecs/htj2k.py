@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import imagecodecs
 
-from ..dicom.header import PixelLayout
+from ..dicom.layout import PixelLayout
 from .base import Frame, FrameCodec
 
 __all__ = ["CODEC", "Htj2kCodec"]

@@ -11,7 +11,7 @@ import imagecodecs
 import jpeg_ls
 import numpy as np
 
-from ..dicom.header import PixelLayout
+from ..dicom.layout import PixelLayout
 from ..kernels import mask_to_bits, sign_extend
 from .base import Frame, FrameCodec
 

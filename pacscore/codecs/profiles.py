@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..dicom.header import PixelLayout
+from ..dicom.layout import PixelLayout
 
 __all__ = ["ENCODER_LIMITS", "PROFILES", "Profile", "Row"]
 

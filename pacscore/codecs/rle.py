@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from rle.rle import decode_frame, encode_frame
 
-from ..dicom.header import PixelLayout
+from ..dicom.layout import PixelLayout
 from .base import Frame, FrameCodec
 
 __all__ = ["CODEC", "RleCodec"]

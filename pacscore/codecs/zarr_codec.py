@@ -15,7 +15,7 @@ import numpy as np
 from zarr.abc.codec import ArrayBytesCodec
 from zarr.core.common import JSON, parse_named_configuration
 
-from ..dicom.header import PixelLayout
+from ..dicom.layout import PixelLayout
 
 if TYPE_CHECKING:
     from typing import Self

@@ -7,11 +7,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..kinds import Level, PutStatus
 from .records import InstanceRecord
 
 __all__ = ["LEVELS", "LEVEL_ATTRIBUTES", "Index", "PutOutcome"]
 
-LEVELS: tuple[str, ...] = ("patient", "study", "series", "instance")
+LEVELS: tuple[Level, ...] = tuple(Level)
 """Query/retrieve levels (PS3.4 C.3)."""
 
 LEVEL_ATTRIBUTES: dict[str, tuple[str, ...]] = {
@@ -32,7 +33,7 @@ class PutOutcome:
 
     sop_instance_uid: str
     """The instance."""
-    status: str
+    status: PutStatus
     """``stored``, ``duplicate`` (same SHA-256 already stored), ``conflict`` (same UID,
     other content), ``refused`` (contradicts the hierarchy) or ``invalid`` (a value the
     index cannot take, e.g. a Patient ID longer than LO allows)."""

@@ -13,6 +13,7 @@ from typing import Any
 import lmdb
 
 from ..errors import ArchiveStorageError, NotFoundError
+from ..kinds import PutStatus
 from .base import LEVELS, Index, PutOutcome
 from .keys import (
     ATTR_INDEXED,
@@ -270,7 +271,7 @@ class LmdbIndex(LmdbQueries, Index):
         for i, (rec, _) in enumerate(items):
             problem = record_problem(rec, self._max_key)
             if problem:
-                outcomes[i] = PutOutcome(rec.sop_instance_uid, "invalid", None,
+                outcomes[i] = PutOutcome(rec.sop_instance_uid, PutStatus.INVALID, None,
                                          f"instance {rec.sop_instance_uid}: {problem}")
             else:
                 todo.append(i)
@@ -281,7 +282,7 @@ class LmdbIndex(LmdbQueries, Index):
             except _RecordError as bad:
                 sop = items[bad.position][0].sop_instance_uid
                 outcomes[bad.position] = PutOutcome(
-                    sop, "invalid", None, f"the index cannot take instance {sop}: "
+                    sop, PutStatus.INVALID, None, f"the index cannot take instance {sop}: "
                     f"{type(bad.error).__name__}: {bad.error}")
                 todo = [i for i in todo if i != bad.position]
                 continue
@@ -325,11 +326,12 @@ class LmdbIndex(LmdbQueries, Index):
         raw = txn.get(encode(sop), db=self.dbs[b"inst"])
         if raw is not None:
             existing = InstanceRecord.from_json(bytes(raw))
-            status = "duplicate" if existing.same_instance(rec) else "conflict"
+            status = (PutStatus.DUPLICATE if existing.same_instance(rec)
+                      else PutStatus.CONFLICT)
             return PutOutcome(sop, status, existing)
         pkey, clash = self._parent_patient(txn, rec)
         if clash:
-            return PutOutcome(sop, "refused", None,
+            return PutOutcome(sop, PutStatus.REFUSED, None,
                               f"instance {sop} contradicts the archive: {clash} (hint: "
                               "correct the patient/study identifiers at the source)")
         self._link(txn, rec, pkey)
@@ -339,7 +341,7 @@ class LmdbIndex(LmdbQueries, Index):
         txn.put(encode(rec.location), encode(sop), db=self.dbs[b"loc"])
         txn.delete(encode(rec.location), db=self.dbs[b"pending"])
         self._count(txn, rec, +1)
-        return PutOutcome(sop, "stored")
+        return PutOutcome(sop, PutStatus.STORED)
 
     def _link(self, txn: lmdb.Transaction, rec: InstanceRecord, pkey: str) -> None:
         """Enter an instance in the hierarchy (patient, study, series records, child

@@ -6,16 +6,9 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from ..kinds import StoreKind
+
 __all__ = ["InstanceRecord", "StoreKind"]
-
-
-class StoreKind:
-    """How an instance's pixels are kept."""
-
-    FRAMES = "frames"
-    """Re-encoded frames in a Zarr array, plus the original header bytes."""
-    BLOB = "blob"
-    """The whole object exactly as received."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +29,7 @@ class InstanceRecord:
     """Transfer syntax as received."""
     stored_syntax: str
     """Transfer syntax of what is stored."""
-    kind: str
+    kind: StoreKind
     """:class:`StoreKind` value."""
     location: str
     """Opaque FrameStore location id."""
@@ -84,6 +77,7 @@ class InstanceRecord:
         d = json.loads(raw)
         d["frame_crc32"] = tuple(d["frame_crc32"])
         d["warnings"] = tuple(d["warnings"])
+        d["kind"] = StoreKind(d["kind"])
         return cls(**d)
 
 

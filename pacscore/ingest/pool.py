@@ -11,85 +11,18 @@ import errno
 import functools
 import os
 from collections.abc import Generator, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from ..config import ArchiveConfig
 from ..dicom.scan import looks_like_dicom
-from ..errors import (
-    ERRORS_BY_NAME,
-    ArchiveStorageError,
-    ConflictError,
-    InvalidDicomError,
-    PacsError,
-    UnsupportedTransferSyntaxError,
-    WorkerError,
-)
+from ..errors import ArchiveStorageError, LimitExceededError, PacsError, WorkerError
 from ..store.zarr_store import ZarrFrameStore
+from .outcomes import Failed, Rejected, Skipped
 from .prepare import Prepared, prepare
 
 __all__ = ["Failed", "Outcome", "Rejected", "Skipped", "not_dicom_reason",
            "prepare_descriptor", "prepare_file", "prepare_path", "read_descriptor", "run_pool"]
-
-_CONTENT_ERRORS = (InvalidDicomError, UnsupportedTransferSyntaxError, ConflictError)
-"""Refusals of what a file contains: the same file is refused again, whenever it is
-tried (a bulk job's journal records them as done)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """An input refused, with the reason."""
-
-    source: str
-    """File path or client description."""
-    reason: str
-    """What is wrong, and the hint."""
-    error: str
-    """Exception class name."""
-
-    @property
-    def permanent(self) -> bool:
-        """Refused for what the file contains (trying it again gives the same answer);
-        False for an internal error or a file on which worker processes died, which a
-        later run may store."""
-        cls = ERRORS_BY_NAME.get(self.error)
-        return self.error == "LimitExceeded" or (cls is not None
-                                                 and issubclass(cls, _CONTENT_ERRORS))
-
-
-@dataclass(frozen=True, slots=True)
-class Skipped:
-    """A file that is not DICOM (folder imports count and skip these)."""
-
-    source: str
-    """File path."""
-    size: int
-    """Its size in bytes."""
-    reason: str = "not DICOM"
-    """Why it was taken for something else than DICOM."""
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    """An input not stored for a reason outside the file: the archive could not be
-    written (no space, an I/O error), the input could not be read, or the worker
-    processes failed.  Nothing of it is visible; trying it again later may store it
-    (a bulk job does not journal it, so ``--resume`` retries it)."""
-
-    source: str
-    """File path."""
-    reason: str
-    """What failed, and the hint."""
-    error: str
-    """Exception class name (:class:`~pacscore.errors.ArchiveStorageError` when the
-    archive could not be written)."""
-
-    @property
-    def storage(self) -> bool:
-        """The archive could not be written: nothing more can be stored until the
-        operator frees space or fixes the disk."""
-        return self.error == ArchiveStorageError.__name__
-
 
 Outcome = Prepared | Rejected | Skipped | Failed
 
@@ -112,12 +45,12 @@ def prepare_path(path: str, config: ArchiveConfig, store: ZarrFrameStore, *,
     try:
         size = os.stat(path).st_size
         if size > config.limits.max_file_bytes:
-            return Rejected(path, f"file of {size} bytes over the size limit", "LimitExceeded")
+            return Rejected(path, f"file of {size} bytes over the size limit", LimitExceededError)
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
         return Failed(path, f"cannot read: {exc.strerror or exc} (hint: check the file and "
-                            f"its permissions, then retry)", type(exc).__name__)
+                            f"its permissions, then retry)", type(exc))
     return _prepare_data(data, path, config, store, flush, strict_identity)
 
 
@@ -129,15 +62,15 @@ def _prepare_data(data: bytes, source: str, config: ArchiveConfig, store: ZarrFr
         return prepare(data, source, config, store, flush=flush,
                        strict_identity=strict_identity)
     except ArchiveStorageError as exc:
-        return Failed(source, str(exc), ArchiveStorageError.__name__)
+        return Failed(source, str(exc), type(exc))
     except PacsError as exc:
-        return Rejected(source, f"{exc.reason} (hint: {exc.hint})", type(exc).__name__)
+        return Rejected(source, f"{exc.reason} (hint: {exc.hint})", type(exc))
     except OSError as exc:  # the staging area, written outside the store's own wrapping
         return Failed(source, f"cannot write the archive: {exc} (hint: "
-                              f"{ArchiveStorageError.hint})", ArchiveStorageError.__name__)
+                              f"{ArchiveStorageError.hint})", ArchiveStorageError)
     except Exception as exc:  # a library bug must not stop the import
         return Rejected(source, f"internal error while reading: {type(exc).__name__}: {exc}",
-                        type(exc).__name__)
+                        type(exc))
 
 
 def prepare_file(path: str, source: str, config: ArchiveConfig, store: ZarrFrameStore,
@@ -173,7 +106,7 @@ def prepare_descriptor(fd: int, offset: int, source: str, config: ArchiveConfig,
     try:
         data = read_descriptor(fd, offset, config.limits.max_file_bytes)
     except OSError as exc:
-        return Failed(source, f"cannot read: {exc.strerror or exc}", type(exc).__name__)
+        return Failed(source, f"cannot read: {exc.strerror or exc}", type(exc))
     finally:
         os.close(fd)
     return replace(_prepare_data(data, source, config, store, True, strict_identity),
@@ -200,4 +133,4 @@ def _task_failed(path: str, reason: str) -> Outcome:
     """Outcome of a file on which two worker processes died (or whose task raised)."""
     return Rejected(path, f"{reason}; nothing of it was stored (hint: the file probably "
                           f"crashes a codec library: report it with the file; a resumed "
-                          f"job tries it again)", WorkerError.__name__)
+                          f"job tries it again)", WorkerError)

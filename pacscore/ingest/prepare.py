@@ -24,7 +24,8 @@ import numpy.typing as npt
 from ..codecs import FrameCodec, by_name
 from ..codecs.decoding import decodable, decode_frames
 from ..config import ArchiveConfig
-from ..dicom.header import InstanceHeader, PixelLayout, read_header
+from ..dicom.header import InstanceHeader, read_header
+from ..dicom.layout import PixelLayout
 from ..dicom.part10 import HeaderParts
 from ..dicom.scan import ScannedObject, scan
 from ..dicom.syntaxes import TransferSyntax

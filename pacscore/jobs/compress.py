@@ -32,6 +32,7 @@ from ..durability import fsync_path, sync_filesystem
 from ..errors import PacsError
 from ..ingest.pool import not_dicom_reason
 from ..ingest.prepare import encode_object
+from ..kinds import FileStatus
 from .auto import DEFAULT_BUDGET, SeriesChooser
 from .engine import run_tasks
 from .journal import Journal
@@ -67,7 +68,7 @@ class FileResult:
 
     rel: str
     """Path relative to the roots."""
-    status: str
+    status: FileStatus
     """``compressed``, ``copied`` (kept unchanged: lossy, non-image, ...), ``failed``
     (refused by the archive rules; copied unchanged), ``other`` (not DICOM; copied) or
     ``unfinished`` (no output: it could not be read or written; not journalled)."""
@@ -106,7 +107,7 @@ def _entry(r: FileResult) -> dict[str, object]:
 
 
 def _unfinished(rel: str, size: int, reason: str, *, storage: bool = False) -> FileResult:
-    return FileResult(rel, "unfinished", size, 0, reason=reason, storage_failure=storage)
+    return FileResult(rel, FileStatus.UNFINISHED, size, 0, reason=reason, storage_failure=storage)
 
 
 _choosers: dict[float, SeriesChooser] = {}
@@ -175,11 +176,11 @@ def compress_one(task: CompressTask) -> FileResult:
             data = f.read()
     except OSError as exc:
         return _unfinished(task.rel, 0, f"cannot read the source: {exc.strerror or exc}")
-    base = FileResult(task.rel, "copied", size, size)
+    base = FileResult(task.rel, FileStatus.COPIED, size, size)
     try:
         if not looks_like_dicom(data[:132]):
             out, tmp = _write_staged(task, data)
-            return replace(base, status="other", bytes_out=out,
+            return replace(base, status=FileStatus.OTHER, bytes_out=out,
                            reason=not_dicom_reason(data[:132], size), staged=tmp,
                            seconds=time.perf_counter() - start)
         chooser = _choosers.setdefault(task.budget, SeriesChooser(task.budget))
@@ -196,7 +197,7 @@ def compress_one(task: CompressTask) -> FileResult:
                               frames=list(enc.frames))
         out, tmp = _write_staged(task, output)
         raw = header.layout.frame_bytes * header.layout.frames
-        return replace(base, status="compressed", bytes_out=out, raw_bytes=raw,
+        return replace(base, status=FileStatus.COMPRESSED, bytes_out=out, raw_bytes=raw,
                        codec=enc.codec.name, staged=tmp, seconds=time.perf_counter() - start)
     except OSError as exc:  # the output (the only file written here)
         return _unfinished(task.rel, size, f"cannot write the output: {exc}", storage=True)
@@ -208,7 +209,7 @@ def compress_one(task: CompressTask) -> FileResult:
         out, tmp = _write_staged(task, None)
     except OSError as exc:
         return _unfinished(task.rel, size, f"cannot write the output: {exc}", storage=True)
-    return replace(base, status="failed", bytes_out=out, reason=reason, staged=tmp,
+    return replace(base, status=FileStatus.FAILED, bytes_out=out, reason=reason, staged=tmp,
                    seconds=time.perf_counter() - start)
 
 
@@ -279,8 +280,9 @@ class _Job:
             if self._journalled(rel):
                 entry = self.journal.read_at(self.done[rel])
                 self.yielded += 1
-                yield FileResult(**{k: v for k, v in entry.items() if k in _FIELDS},
-                                 resumed=True)
+                values = {k: v for k, v in entry.items() if k in _FIELDS}
+                values["status"] = FileStatus(values["status"])  # the journal holds str
+                yield FileResult(**values, resumed=True)
 
     def _task(self, path: str, rel: str, size: int) -> CompressTask | None:
         """The task of a file, or None when it needs none (journalled, or adopted)."""
@@ -346,14 +348,14 @@ class _Job:
                 self.yielded += 1
                 yield _unfinished(r.rel, r.bytes_in, f"not finished: {self.cause}")
             return
-        out = [replace(r, staged="") for r in batch if r.status != "unfinished"]
+        out = [replace(r, staged="") for r in batch if r.status != FileStatus.UNFINISHED]
         try:
             self.journal.append(_entry(r) for r in out)
         except OSError as exc:  # the outputs are complete: --resume adopts them
             self.cause = f"cannot write the journal: {exc}"
         for r in batch:
             self.yielded += 1
-            yield r if r.status == "unfinished" else replace(r, staged="")
+            yield r if r.status == FileStatus.UNFINISHED else replace(r, staged="")
 
     def _stopped(self, batch: list[FileResult], files: Iterator[tuple[str, str, int]]
                  ) -> Iterator[FileResult]:
@@ -363,7 +365,7 @@ class _Job:
         reason = f"the job stopped at a failure: {self.cause}"
         for r in batch:  # never published
             self.yielded += 1
-            yield r if r.status == "unfinished" else _unfinished(r.rel, r.bytes_in,
+            yield r if r.status == FileStatus.UNFINISHED else _unfinished(r.rel, r.bytes_in,
                                                                   f"not finished: {reason}")
         for rel, size in self.open.items():
             self.yielded += 1
@@ -389,7 +391,7 @@ def _task_failed(task: CompressTask, reason: str) -> FileResult:
     except OSError as exc:
         return _unfinished(task.rel, 0, f"{reason}; the source could not be copied either: "
                                         f"{exc}", storage=True)
-    return FileResult(task.rel, "failed", out, out, reason=f"{reason} (copied unchanged)",
+    return FileResult(task.rel, FileStatus.FAILED, out, out, reason=f"{reason} (copied unchanged)",
                       staged=staged)
 
 
@@ -405,5 +407,5 @@ def _adopt(src: str, rel: str, size: int, dst_root: Path, config: ArchiveConfig
                       and data != Path(src).read_bytes()), "original")
     except PacsError:
         pass
-    status = "compressed" if codec != "original" else "copied"
+    status = FileStatus.COMPRESSED if codec != "original" else FileStatus.COPIED
     return FileResult(rel, status, size, len(data), codec=codec, reason="recovered after a crash")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..archive import Archive, StoreResult
-from ..ingest.pool import Failed, Rejected, Skipped
+from ..ingest.outcomes import Failed, Rejected, Skipped
 from .journal import Journal
 from .walk import walk_files
 
@@ -97,7 +97,8 @@ class ImportReport:
             entry = {"outcome": "skipped", "path": outcome.source, "reason": outcome.reason}
         else:
             entry = {"outcome": "failed" if isinstance(outcome, Failed) else "rejected",
-                     "path": outcome.source, "reason": outcome.reason, "error": outcome.error}
+                     "path": outcome.source, "reason": outcome.reason,
+                     "error": outcome.error.__name__}
         self.count(entry)
         if isinstance(outcome, Failed) or (isinstance(outcome, Rejected)
                                            and not outcome.permanent):

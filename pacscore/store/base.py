@@ -18,7 +18,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 
-from ..dicom.header import PixelLayout
+from ..dicom.layout import PixelLayout
 from ..errors import ArchiveStorageError
 
 __all__ = ["FrameStore", "validate_location"]

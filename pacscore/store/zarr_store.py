@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..codecs.zarr_codec import CODEC_NAME
-from ..dicom.header import PixelLayout
+from ..dicom.layout import PixelLayout
 from ..durability import fsync_path, sync_filesystem
 from ..errors import ArchiveStorageError, NotFoundError
 from .base import FrameStore, validate_location

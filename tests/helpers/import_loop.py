@@ -205,11 +205,13 @@ def main() -> None:
         if isinstance(outcome, StoreResult):
             emit("ACK", outcome.sop_instance_uid, digest[outcome.source])
         elif isinstance(outcome, Rejected):
-            emit("REJ", outcome.source, outcome.error, outcome.reason.replace("\n", " "))
+            emit("REJ", outcome.source, outcome.error.__name__,
+                 outcome.reason.replace("\n", " "))
         elif isinstance(outcome, Skipped):
             emit("SKIP", outcome.source)
         elif isinstance(outcome, Failed):
-            emit("FAIL", outcome.source, outcome.error, outcome.reason.replace("\n", " "))
+            emit("FAIL", outcome.source, outcome.error.__name__,
+                 outcome.reason.replace("\n", " "))
     archive.close()
     emit("DONE")
 

@@ -1,7 +1,17 @@
-"""Helpers for tests and benchmarks that run the real services (like zarr.testing).
+"""Test helpers and contract suites for pacscore and its back ends (like zarr.testing).
 
 ``serving`` starts ``pacscore serve`` on fresh loopback ports and always stops it
-(SIGTERM and a check of the clean exit, then kill if needed)."""
+(SIGTERM and a check of the clean exit, then kill if needed); ``cli`` runs the command.
+
+The contract suites a new back end subclasses to prove it keeps the contract:
+
+- :class:`pacscore.testing.store.FrameStoreTests` (override ``store_factory``),
+- :class:`pacscore.testing.index.IndexTests` (override ``index_factory``).
+
+Those two modules need pytest (the ``test`` extra: ``pip install pacscore[test]``);
+this module and ``import pacscore`` do not import it.  Register them for pytest's
+assertion rewriting (``pytest.register_assert_rewrite("pacscore.testing")`` in a
+``conftest.py``) to get detailed assertion messages."""
 
 from __future__ import annotations
 

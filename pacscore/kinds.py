@@ -1,0 +1,70 @@
+"""The named values of the public API: levels, statuses and kinds.
+
+``StrEnum`` members are strings (``Level.STUDY == "study"``, ``json.dumps`` writes
+``"study"``), so callers that pass or compare plain strings, JSON reports and journals
+keep working; typed code gets the closed set of values.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["FileStatus", "Level", "PutStatus", "StoreKind", "StoreStatus"]
+
+
+class Level(StrEnum):
+    """Query/retrieve levels of the index (PS3.4 C.6.1 Patient Root model; ``instance``
+    is the IMAGE level)."""
+
+    PATIENT = "patient"
+    STUDY = "study"
+    SERIES = "series"
+    INSTANCE = "instance"
+
+
+class StoreKind(StrEnum):
+    """How an instance's pixels are kept."""
+
+    FRAMES = "frames"
+    """Re-encoded frames in a Zarr array, plus the original header bytes."""
+    BLOB = "blob"
+    """The whole object exactly as received."""
+
+
+class StoreStatus(StrEnum):
+    """What :meth:`pacscore.Archive.store` did with an acknowledged instance."""
+
+    STORED = "stored"
+    """Stored now."""
+    DUPLICATE = "duplicate"
+    """Identical content was already stored (nothing changed)."""
+
+
+class PutStatus(StrEnum):
+    """What :meth:`pacscore.index.Index.put` did with one record."""
+
+    STORED = "stored"
+    """Committed."""
+    DUPLICATE = "duplicate"
+    """The same SHA-256 is already stored under this UID."""
+    CONFLICT = "conflict"
+    """The UID is stored with other content."""
+    REFUSED = "refused"
+    """It contradicts the hierarchy (a series under another study, ...)."""
+    INVALID = "invalid"
+    """A value the index cannot take (e.g. a Patient ID longer than LO allows)."""
+
+
+class FileStatus(StrEnum):
+    """What a bulk compress job did with one file."""
+
+    COMPRESSED = "compressed"
+    """Re-encoded losslessly and verified."""
+    COPIED = "copied"
+    """Kept unchanged (lossy, non-image, ...)."""
+    FAILED = "failed"
+    """Refused by the archive rules; copied unchanged."""
+    OTHER = "other"
+    """Not DICOM; copied."""
+    UNFINISHED = "unfinished"
+    """No output: it could not be read or written (not journalled)."""
