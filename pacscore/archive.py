@@ -43,6 +43,7 @@ from .errors import (
     ArchiveStorageError,
     ConflictError,
     InvalidDicomError,
+    InvalidRequestError,
     NotFoundError,
     PacsError,
 )
@@ -649,7 +650,8 @@ class Archive:
         """:meth:`find` with the keys as a mapping (for front ends); ``fuzzy`` matches
         person names loosely (QIDO-RS ``fuzzymatching=true``)."""
         if level not in LEVELS:
-            raise ValueError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
+            raise InvalidRequestError(f"unknown level {level!r}; use one of "
+                                      f"{', '.join(LEVELS)}")
         return self.index.find(level, keys, limit=limit, offset=offset, fuzzy=fuzzy)
 
     def header(self, sop_instance_uid: str) -> bytes:

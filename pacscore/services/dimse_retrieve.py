@@ -177,6 +177,9 @@ class RetrieveHandlers:
         except Exception as exc:  # noqa: BLE001 - the request's boundary (see _failure)
             status, comment = self._failure("get", exc)
             self._refused(event, "C-GET", status, comment)
+            # pynetdicom takes a count before any status (a status there is answered
+            # 0xC413 without its comment): one sub-operation, refused at once.
+            yield 1
             yield status_set(status, comment), None
             return
         tally = SubOperations(total=len(sops))
