@@ -42,6 +42,7 @@ from .errors import (
     ArchiveStorageError,
     ConflictError,
     InvalidDicomError,
+    InvalidRequestError,
     NotFoundError,
     PacsError,
 )
@@ -236,14 +237,15 @@ class _GroupCommit:
         """Commit ``batch`` as the leader, hand the role on, then finish the batch."""
         try:
             results, published = self._commit([w.prepared for w in batch])
-        except BaseException as exc:  # every waiter of the batch learns the failure
+        except BaseException as exc:  # noqa: BLE001 - handed on, not swallowed: every
+            # waiter of the batch (this thread too) raises it (Ctrl-C included)
             self._hand_on()
             self._answer(batch, None, exc)
             return
         self._hand_on()
         try:
             self._finish(published, results)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed on to every waiter, as above
             self._answer(batch, None, exc)
         else:
             self._answer(batch, results, None)
@@ -707,7 +709,8 @@ class Archive:
         """:meth:`find` with the keys as a mapping (for front ends); ``fuzzy`` matches
         person names loosely (QIDO-RS ``fuzzymatching=true``)."""
         if level not in LEVELS:
-            raise ValueError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
+            raise InvalidRequestError(f"unknown level {level!r}; use one of "
+                                      f"{', '.join(LEVELS)}")
         return self.index.find(level, keys, limit=limit, offset=offset, fuzzy=fuzzy)
 
     def header(self, sop_instance_uid: str) -> bytes:
@@ -789,9 +792,12 @@ class Archive:
                 else:
                     decoded, _ = self._reader.decoded(rec)
                     problem = crc_problem(decoded, rec.frame_crc32)
-            except Exception as exc:  # a corrupt codestream raises in the codec
-                problem = exc.reason if isinstance(exc, PacsError) else \
-                    f"{type(exc).__name__}: {exc}"
+            except PacsError as exc:  # codec errors arrive as such (retrieve.py)
+                problem = exc.reason
+            except Exception as exc:  # catch-all on purpose: a report over every instance;
+                # what damaged stored data does to zarr or a codec is this one's failure
+                log.warning("verifying %s failed", rec.sop_instance_uid, exc_info=True)
+                problem = f"{type(exc).__name__}: {exc}"
             if problem:
                 report.failed.append((rec.sop_instance_uid, problem))
         return report

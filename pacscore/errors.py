@@ -16,6 +16,7 @@ __all__ = [
     "ConflictError",
     "IdentityMismatchError",
     "InvalidDicomError",
+    "InvalidRequestError",
     "InvalidUIDError",
     "LimitExceededError",
     "NotFoundError",
@@ -78,6 +79,21 @@ class LimitExceededError(InvalidDicomError):
     """The object asks for more than the configured limits allow."""
 
     hint = "raise the limit in ArchiveConfig if the object is genuine"
+
+
+class InvalidRequestError(PacsError, ValueError):
+    """The client's request is malformed: a parameter, query key, frame list, path or
+    body that the standard (or pacscore) does not define, or that names what the
+    object has not.  Front ends answer it as the client's error (HTTP 400, gRPC
+    INVALID_ARGUMENT, a DIMSE refusal); a bare ``ValueError`` is never taken for one.
+
+    Also a ``ValueError``, as every class here is also the builtin it resembles: API
+    callers that catch ``ValueError`` (an unknown level, a bad window) keep working.
+    The status tables look up the raised class's own ancestry, so a library's bare
+    ``ValueError`` does not match this class and stays an internal error.
+    """
+
+    hint = "fix the request as the message says; nothing was changed"
 
 
 class UnsupportedTransferSyntaxError(PacsError, ValueError):
@@ -156,7 +172,8 @@ class RenderError(PacsError, RuntimeError):
 
 ERRORS_BY_NAME: dict[str, type[PacsError]] = {
     cls.__name__: cls for cls in (
-        PacsError, InvalidDicomError, TruncatedFileError, InvalidUIDError, LimitExceededError,
+        PacsError, InvalidDicomError, InvalidRequestError, TruncatedFileError,
+        InvalidUIDError, LimitExceededError,
         IdentityMismatchError, UnsafeFolderError,
         UnsupportedTransferSyntaxError, NotFoundError, ConflictError, ArchiveStorageError,
         ArchiveBusyError, ArchiveCorruptError, UndecodablePixelDataError, WorkerError,

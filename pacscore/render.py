@@ -54,7 +54,7 @@ from pydicom.pixels.processing import (
 from pydicom.pixels.utils import pixel_array
 
 from .archive import Archive
-from .errors import PacsError, RenderError, UnsupportedTransferSyntaxError
+from .errors import InvalidRequestError, PacsError, RenderError, UnsupportedTransferSyntaxError
 from .kernels import lookup_uint8
 
 __all__ = ["RENDERED_MEDIA", "RenderOptions", "Rendering", "Window", "display_order", "fit",
@@ -89,13 +89,13 @@ class Window:
     def __post_init__(self) -> None:
         rule = _WIDTH_OK.get(self.function)
         if rule is None:
-            raise ValueError(f"VOI LUT Function {self.function!r} is not one of "
-                             f"{', '.join(_WIDTH_OK)} (PS3.3 C.11.2.1.3)")
+            raise InvalidRequestError(f"VOI LUT Function {self.function!r} is not one of "
+                                      f"{', '.join(_WIDTH_OK)} (PS3.3 C.11.2.1.3)")
         if not (math.isfinite(self.center) and math.isfinite(self.width)):
-            raise ValueError("window center and width must be finite numbers")
+            raise InvalidRequestError("window center and width must be finite numbers")
         if not rule[0](self.width):
-            raise ValueError(f"a {self.function} window needs a width {rule[1]}, "
-                             f"not {self.width:g} (PS3.3 C.11.2.1.2)")
+            raise InvalidRequestError(f"a {self.function} window needs a width {rule[1]}, "
+                                      f"not {self.width:g} (PS3.3 C.11.2.1.2)")
 
     @classmethod
     def parse(cls, text: str) -> Window:
@@ -108,11 +108,11 @@ class Window:
                 raise ValueError
             center, width = float(parts[0]), float(parts[1])
         except ValueError:
-            raise ValueError(f"window={text!r}: write center,width[,function], e.g. "
-                             f"window=40,400 or window=40,400,sigmoid") from None
+            raise InvalidRequestError(f"window={text!r}: write center,width[,function], "
+                                      f"e.g. window=40,400 or window=40,400,sigmoid") from None
         if name not in _FUNCTION_NAMES:
-            raise ValueError(f"window={text!r}: the function is one of linear, "
-                             f"linear-exact or sigmoid (PS3.18 8.3.5.1.3)")
+            raise InvalidRequestError(f"window={text!r}: the function is one of linear, "
+                                      f"linear-exact or sigmoid (PS3.18 8.3.5.1.3)")
         return cls(center, width, _FUNCTION_NAMES[name])
 
     def apply(self, x: npt.NDArray[Any]) -> _F64:
@@ -165,9 +165,9 @@ class RenderOptions:
             raise UnsupportedTransferSyntaxError(
                 f"cannot render as {self.media}", hint=f"ask for {' or '.join(RENDERED_MEDIA)}")
         if not 1 <= self.quality <= 100:
-            raise ValueError(f"quality {self.quality} is not in 1..100")
+            raise InvalidRequestError(f"quality {self.quality} is not in 1..100")
         if self.size is not None and any(s is not None and s < 1 for s in self.size):
-            raise ValueError(f"viewport {self.size} must be positive")
+            raise InvalidRequestError(f"viewport {self.size} must be positive")
 
 
 def fit(shape: tuple[int, int], rows: int | None, columns: int | None) -> tuple[int, int]:
@@ -311,8 +311,10 @@ class Rendering:
             warnings.simplefilter("ignore")
             try:
                 return dcmread(io.BytesIO(header), force=True, stop_before_pixels=True)
-            except Exception:  # pydicom raises many kinds on bytes it cannot read
-                log.debug("header of %s unreadable; reading the object", self.sop)
+            except Exception:  # catch-all on purpose: pydicom raises many kinds (documented as
+                # none) on bytes it cannot read; a fallback, whose own failure is reported
+                log.debug("header of %s unreadable; reading the object", self.sop,
+                          exc_info=True)
             try:
                 return dcmread(io.BytesIO(self.archive.get(self.sop, "original")),
                                force=True, stop_before_pixels=True)
@@ -349,8 +351,8 @@ class Rendering:
         """Frame ``index`` (0-based) as display values: (rows, columns) greyscale or
         (rows, columns, 3) RGB, 8 bits; ``window`` replaces the object's VOI."""
         if not 0 <= index < self.frames:
-            raise ValueError(f"instance {self.sop} has no frame {index + 1}: its frame "
-                             f"numbers run from 1 to {self.frames}")
+            raise InvalidRequestError(f"instance {self.sop} has no frame {index + 1}: its "
+                                      f"frame numbers run from 1 to {self.frames}")
         pixels = self._pixels(index)
         try:
             with warnings.catch_warnings():
@@ -459,8 +461,8 @@ def render_frame(archive: Archive, sop_instance_uid: str, index: int,
     UnsupportedTransferSyntaxError
         It has no pixel data (a report, a document), or ``options`` name a media type
         this module does not write.
-    ValueError
-        ``index`` is not a frame of it.
+    InvalidRequestError
+        ``index`` is not a frame of it (also a ``ValueError``).
     RenderError
         Its pixel data does not decode or cannot be shown (the reason is named).
     """

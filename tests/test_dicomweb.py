@@ -574,9 +574,11 @@ def test_a_part_that_fails_mid_stream_is_left_out_of_a_whole_body(
     body still parses, closing boundary included (it was cut off mid-body)."""
     import asyncio
 
+    from pacscore.errors import UnsupportedTransferSyntaxError
+
     def produce(sop: str) -> tuple[str, bytes]:
-        if sop == "2":
-            raise ValueError("cannot encode instance 2")
+        if sop == "2":  # the archive's own refusal (a bare ValueError would be a bug)
+            raise UnsupportedTransferSyntaxError("cannot encode instance 2")
         if sop == "3":
             raise RuntimeError("a bug")
         return "application/dicom", sop.encode() * 10

@@ -307,7 +307,8 @@ def _tag(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
-def convert_dataset(body: bytes | bytearray, start: int, source: TransferSyntax, target: TransferSyntax,
+def convert_dataset(body: bytes | bytearray, start: int, source: TransferSyntax,
+                    target: TransferSyntax,
                     replace: Mapping[int, tuple[str, bytes]] | None = None,
                     decode_nested: NestedDecoder | None = None) -> bytes:
     """The data set in ``body[start:]`` (no File Meta; inflated if it was deflated),

@@ -12,7 +12,7 @@ from typing import Any
 
 import lmdb
 
-from ..errors import ArchiveStorageError, NotFoundError
+from ..errors import ArchiveStorageError, InvalidRequestError, NotFoundError
 from ..kinds import PutStatus
 from .base import LEVELS, Index, PutOutcome
 from .keys import (
@@ -238,7 +238,8 @@ class LmdbIndex(LmdbQueries, Index):
 
     def instances(self, level: str, uid: str) -> list[str]:
         if level not in LEVELS:
-            raise ValueError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
+            raise InvalidRequestError(f"unknown level {level!r}; use one of "
+                                      f"{', '.join(LEVELS)}")
         with self.env.begin() as txn:
             if level == "patient":
                 ids = self._patients(txn, uid)

@@ -68,7 +68,10 @@ def _prepare_data(data: bytes, source: str, config: ArchiveConfig, store: ZarrFr
     except OSError as exc:  # the staging area, written outside the store's own wrapping
         return Failed(source, f"cannot write the archive: {exc} (hint: "
                               f"{ArchiveStorageError.hint})", ArchiveStorageError)
-    except Exception as exc:  # a library bug must not stop the import
+    except Exception as exc:  # catch-all on purpose: a worker's boundary, a library bug
+        # must not stop the import; the file is rejected with it, the traceback logged
+        import logging  # (here: the only use)
+        logging.getLogger(__name__).exception("internal error while reading %s", source)
         return Rejected(source, f"internal error while reading: {type(exc).__name__}: {exc}",
                         type(exc))
 

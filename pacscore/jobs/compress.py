@@ -16,6 +16,7 @@ journal holds first, so its report covers the whole job.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import time
@@ -37,6 +38,8 @@ from .auto import DEFAULT_BUDGET, SeriesChooser
 from .engine import run_tasks
 from .journal import Journal
 from .walk import walk_files
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CompressTask", "FileResult", "compress_one", "run_compress"]
 
@@ -203,7 +206,9 @@ def compress_one(task: CompressTask) -> FileResult:
         return _unfinished(task.rel, size, f"cannot write the output: {exc}", storage=True)
     except PacsError as exc:
         reason = exc.reason
-    except Exception as exc:  # a library bug must not stop a week-long job
+    except Exception as exc:  # catch-all on purpose: a worker's boundary, a library bug
+        # must not stop a week-long job; the file fails with it, the traceback logged
+        log.exception("compressing %s failed", task.rel)
         reason = f"internal error: {type(exc).__name__}: {exc}"
     try:
         out, tmp = _write_staged(task, None)
@@ -316,9 +321,14 @@ class _Job:
             while not self.cause:
                 try:
                     result = next(results, None)
-                except Exception as exc:  # the workers as a whole: cannot start, ...
-                    self.cause = str(exc) if isinstance(exc, PacsError) else \
-                        f"{type(exc).__name__}: {exc}"
+                except PacsError as exc:  # the workers as a whole: cannot start, ...
+                    self.cause = str(exc)
+                    break
+                except Exception as exc:  # catch-all on purpose: the job stops cleanly
+                    # (journal, report, exit code) whatever ended the workers (a Dask
+                    # cluster's own errors too); the traceback is logged
+                    log.exception("the worker processes failed")
+                    self.cause = f"{type(exc).__name__}: {exc}"
                     break
                 batch += self.recovered
                 self.recovered.clear()

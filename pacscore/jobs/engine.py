@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import multiprocessing
 import signal
 import threading
@@ -48,7 +49,9 @@ def _serve(conn: Connection, fn: Callable[[Any], Any], inherited: list[Connectio
         while (item := conn.recv()) is not None:
             try:
                 conn.send((True, fn(item)))
-            except Exception as exc:  # reported for this item; the job goes on
+            except Exception as exc:  # catch-all on purpose: a worker's boundary, reported
+                # for this item (the job goes on), the traceback logged on stderr
+                logging.getLogger(__name__).exception("a job task failed")
                 conn.send((False, f"{type(exc).__name__}: {exc}"))
 
 

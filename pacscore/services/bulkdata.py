@@ -32,7 +32,7 @@ from starlette.responses import Response
 
 from ..archive import Archive
 from ..dicom.syntaxes import EXPLICIT_LE
-from ..errors import NotFoundError, UnsupportedTransferSyntaxError
+from ..errors import InvalidRequestError, NotFoundError, UnsupportedTransferSyntaxError
 from ..index import InstanceRecord
 from ..index.records import StoreKind
 from .dicomweb_media import MEDIA_OF, parse_accept
@@ -61,15 +61,15 @@ def parse_path(text: str) -> tuple[tuple[int, int], ...]:
 
     Raises
     ------
-    ValueError
+    InvalidRequestError
         For anything else (HTTP 400).
     """
     words = text.strip("/").split("/")
     if len(words) % 2 == 0 or not all(
             len(w) == 8 and all(c in "0123456789abcdefABCDEF" for c in w)
             for w in words[::2]) or not all(w.isdigit() for w in words[1::2]):
-        raise ValueError(f"bulk data path {text!r} is not tag[/item/tag]... (tags as 8 hex "
-                         "digits, items counted from 0)")
+        raise InvalidRequestError(f"bulk data path {text!r} is not tag[/item/tag]... (tags "
+                                  "as 8 hex digits, items counted from 0)")
     tags = [int(w, 16) for w in words[::2]]
     items = [int(w) for w in words[1::2]] + [-1]
     return tuple(zip(tags, items, strict=True))
@@ -132,7 +132,8 @@ def _value(ds: Dataset, steps: tuple[tuple[int, int], ...], sop: str, path: str)
     value: Any = raw.value
     vr = str(raw.VR or _dictionary_vr(tag))
     if not isinstance(value, bytes | bytearray):
-        raise ValueError(f"attribute {path} of instance {sop} is not bulk data (VR {vr})")
+        raise InvalidRequestError(f"attribute {path} of instance {sop} is not bulk data "
+                                  f"(VR {vr})")
     width = _WORD.get(vr.split(" ", maxsplit=1)[0], 1)
     if ds.original_encoding[1] is False and width > 1:
         swapped = bytearray(value)

@@ -39,6 +39,7 @@ from ..errors import (
     ArchiveStorageError,
     ConflictError,
     InvalidDicomError,
+    InvalidRequestError,
     NotFoundError,
     PacsError,
     RenderError,
@@ -86,8 +87,10 @@ HTTP_STATUS: dict[type[Exception], int] = {
     MultipartError: 400,
     TooLargeError: 413,
     BodyTimeoutError: 408,
-    ValueError: 400,
+    InvalidRequestError: 400,
 }
+"""Only classes of the :mod:`pacscore.errors` tree: a bare ``ValueError`` (a library's
+bug) is no client error but a 500, logged with its traceback (:meth:`_Api.guard`)."""
 _SCOPE_FOR_METHOD = {"GET": "read", "HEAD": "read", "POST": "write", "DELETE": "delete"}
 _DICOM_JSON = "application/dicom+json"
 # Audit event and action (PS3.15 A.5.3) of each request: by handler, else by method.
@@ -111,6 +114,13 @@ def _http_status(exc: Exception) -> int:
     return 500
 
 
+def _count(key: str, value: str) -> int:
+    """A QIDO-RS ``limit`` or ``offset`` (PS3.18 8.3.4.4): a non-negative integer."""
+    if not value.strip().isdigit():
+        raise InvalidRequestError(f"{key}={value!r}: write a whole number, 0 or more")
+    return int(value)
+
+
 def _is_tag(text: str) -> bool:
     return len(text) == 8 and all(c in "0123456789abcdefABCDEF" for c in text)
 
@@ -122,8 +132,9 @@ def _keyword(name: str, what: str) -> str:
         return name
     keyword = keyword_for_tag(int(name, 16)) if _is_tag(name) else name
     if not keyword or tag_for_keyword(keyword) is None:
-        raise ValueError(f"{what} {name!r} is not a DICOM attribute: use a keyword "
-                         f"(PatientAge) or a tag as 8 hex digits (00101010)")
+        raise InvalidRequestError(f"{what} {name!r} is not a DICOM attribute: use a "
+                                  f"keyword (PatientAge) or a tag as 8 hex digits "
+                                  f"(00101010)")
     return keyword
 
 
@@ -193,7 +204,7 @@ def _produced(produce: Callable[[str], tuple[str, bytes]], sops: Iterable[str],
     for sop in sops:
         try:
             part = produce(sop)
-        except (PacsError, ValueError) as exc:
+        except PacsError as exc:
             left_out.append(f"{sop}: {_reason(exc)}")
             log.warning("WADO-RS: instance %s left out: %s", sop, _reason(exc))
             continue
@@ -253,9 +264,8 @@ class _Api:
             detail = ""
             try:
                 response: Response = await handler(request)
-            except (PacsError, MultipartError, TooLargeError, ValueError,
-                    BodyTimeoutError) as exc:
-                text = exc.reason if isinstance(exc, PacsError) else str(exc)
+            except PacsError as exc:
+                text = exc.reason
                 # 408: the rest of the body may still come; the connection is closed.
                 response = JSONResponse({"error": text}, _http_status(exc), headers={
                     "Connection": "close"} if isinstance(exc, BodyTimeoutError) else None)
@@ -263,6 +273,13 @@ class _Api:
                     detail = ": client idle mid-body"
             except ClientDisconnect:  # mid-body: parts already removed, nothing stored
                 response, detail = Response(status_code=400), ": client disconnected"
+            except Exception as exc:  # catch-all on purpose: the request's boundary: a bug (a
+                # library's bare ValueError too) is a 500 with its traceback in the log,
+                # audited, its text not sent (the client did nothing wrong)
+                log.exception("%s %s failed", request.method, request.url.path)
+                response = JSONResponse({"error": f"internal error ({type(exc).__name__}); "
+                                                  f"logged on the server"}, 500)
+                detail = f": internal error ({type(exc).__name__})"
             kind, code = (event, action) if event and action else _AUDIT_BY_METHOD.get(
                 request.method, ("accessed", "E"))
             # A handler that knows more (STOW-RS: every instance and its fate) says so.
@@ -299,10 +316,9 @@ class _Api:
         keys: dict[str, str] = {}
         limit, offset, include, fuzzy = None, 0, set[str](), False
         for key, value in request.query_params.multi_items():
-            if key == "limit":
-                limit = int(value)
-            elif key == "offset":
-                offset = int(value)
+            if key in ("limit", "offset"):
+                number = _count(key, value)
+                limit, offset = (number, offset) if key == "limit" else (limit, number)
             elif key == "includefield":
                 include.update(_keyword(v, "includefield") for v in value.split(",")
                                if v.strip())
@@ -449,7 +465,7 @@ class _Api:
             except Exception as exc:  # a conversion this archive cannot make
                 why = f"it cannot be made in Explicit VR Little Endian: {_reason(exc)}"
                 log.warning("instance %s sent as stored (%s): %s", sop, rec.stored_syntax,
-                            why, exc_info=not isinstance(exc, PacsError | ValueError))
+                            why, exc_info=not isinstance(exc, PacsError))
         else:
             log.info("instance %s sent as stored (%s): %s", sop, rec.stored_syntax, why)
         return rec.stored_syntax, self.archive.get(sop, "stored")
@@ -478,7 +494,8 @@ class _Api:
         try:
             numbers = [int(n) for n in request.path_params["frames"].split(",")]
         except ValueError as exc:
-            raise ValueError("frame numbers must be integers separated by commas") from exc
+            raise InvalidRequestError("frame numbers must be integers separated by "
+                                      "commas") from exc
         rec = await run_in_threadpool(self.archive.record, sop)
         if _misplaced(rec, request.path_params):
             raise NotFoundError("nothing matches the requested UIDs")
@@ -511,19 +528,19 @@ class _Api:
         count = self.archive.frame_count(sop)
         bad = [n for n in numbers if not 1 <= n <= count]
         if bad:
-            raise ValueError(f"instance {sop} has no frame {bad[0]}: its frame numbers run "
-                             f"from 1 to {count}")
+            raise InvalidRequestError(f"instance {sop} has no frame {bad[0]}: its frame "
+                                      f"numbers run from 1 to {count}")
 
     # -- rendered (PS3.18 10.4.1.1.3, 8.3.5.1; WADO-URI 9.5) ------------------------
     async def _render(self, sop: str, frame: int, options: RenderOptions) -> bytes:
         """Frame ``frame`` (1-based) of ``sop`` rendered, in a worker thread.  Errors
-        of the archive (PacsError) and of the request (ValueError: a frame it does not
-        have) get their status from :data:`HTTP_STATUS`; anything else is logged with
+        of the archive and of the request (PacsError: a frame it does not have,
+        InvalidRequestError) get their status from :data:`HTTP_STATUS`; anything else is logged with
         its traceback and answered 500 with a short reason."""
         try:
             return await run_in_threadpool(render_frame, self.archive, sop, frame - 1,
                                            options)
-        except (PacsError, ValueError):
+        except PacsError:
             raise
         except Exception as exc:
             log.exception("rendering instance %s frame %d failed", sop, frame)
@@ -574,7 +591,7 @@ class _Api:
                     for done in range(rendering.frames):
                         yield options.media, rendering.frame(done, options)
                         made += 1
-                except (PacsError, ValueError) as exc:
+                except PacsError as exc:
                     errors.append(exc)
                     left_out.append(f"{sop}{f' from frame {done + 1}' if done else ''}: "
                                     f"{_reason(exc)}")
@@ -615,8 +632,8 @@ class _Api:
         (image/jpeg by default for single-frame images, PS3.18 9.1.2.1)."""
         q = request.query_params
         if q.get("requestType") != "WADO" or "objectUID" not in q:
-            raise ValueError("WADO-URI needs requestType=WADO, studyUID, seriesUID and "
-                             "objectUID")
+            raise InvalidRequestError("WADO-URI needs requestType=WADO, studyUID, "
+                                      "seriesUID and objectUID")
         sop = q["objectUID"]
         rec = await run_in_threadpool(self.archive.record, sop)
         for param, have in (("studyUID", rec.study_uid), ("seriesUID", rec.series_uid)):

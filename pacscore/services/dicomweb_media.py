@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..dicom.syntaxes import EXPLICIT_LE
-from ..errors import UnsupportedTransferSyntaxError
+from ..errors import InvalidRequestError, UnsupportedTransferSyntaxError
 from ..render import RENDERED_MEDIA, RenderOptions, Window
 
 __all__ = ["FRAME_MEDIA", "MEDIA_OF", "SERVED_BY", "FrameChoice", "MediaRange",
@@ -160,8 +160,8 @@ def render_options(accept: str, query: Mapping[str, str], what: str, *,
             size = (vh, vw)
         quality = int(query.get("quality", "90"))
     except ValueError:
-        raise ValueError("viewport is width,height in pixels (viewport=512,512) and "
-                         "quality an integer 1..100") from None
+        raise InvalidRequestError("viewport is width,height in pixels (viewport=512,512) "
+                                  "and quality an integer 1..100") from None
     return RenderOptions(media, window, size, quality)
 
 
@@ -173,14 +173,14 @@ def wado_render_options(media: str, query: Mapping[str, str]) -> tuple[RenderOpt
         try:
             window = Window(float(query["windowCenter"]), float(query["windowWidth"]))
         except (KeyError, ValueError) as exc:
-            raise ValueError(f"windowCenter and windowWidth are numbers given together "
-                             f"({exc})") from None
+            raise InvalidRequestError(f"windowCenter and windowWidth are numbers given "
+                                      f"together ({exc})") from None
     try:
         rows, cols = (int(query[k]) if k in query else None for k in ("rows", "columns"))
         frame = int(query.get("frameNumber", "1"))
         quality = int(query.get("imageQuality", "90"))
     except ValueError:
-        raise ValueError("rows, columns, frameNumber and imageQuality are integers"
-                         ) from None
+        raise InvalidRequestError("rows, columns, frameNumber and imageQuality are "
+                                  "integers") from None
     return RenderOptions(media, window, (rows, cols) if rows or cols else None,
                          quality), frame

@@ -47,13 +47,14 @@ from ..errors import (
     ConflictError,
     IdentityMismatchError,
     InvalidDicomError,
+    InvalidRequestError,
     NotFoundError,
     PacsError,
 )
 from ..index.base import LEVEL_ATTRIBUTES
 from . import dimse_accept, dimse_find, dimse_patches, dimse_receive
 from .dimse_receive import StoreAnswer, StoreRequest
-from .dimse_retrieve import NOT_AUTHORIZED, UNABLE, RetrieveHandlers
+from .dimse_retrieve import NOT_AUTHORIZED, UNABLE, RetrieveHandlers, status_set
 from .dimse_send import send_responses_directly
 from .dimse_transport import clear_spool, nodelay, private_folder, receive_into
 from .dimse_wire import ERROR_COMMENT_LENGTH, error_comment
@@ -70,7 +71,11 @@ STATUS: dict[tuple[str, type[Exception]], int] = {
     ("store", IdentityMismatchError): 0xA900,  # PS3.4 B.2.3: does not match
     ("store", ConflictError): 0xA900,
     ("store", ArchiveStorageError): 0xA700,
-    ("find", ValueError): 0xA900,
+    # A malformed identifier: "Identifier does not match SOP Class" (C.4.1.1.4,
+    # C.4.2.1.5, C.4.3.1.4).  Only the error tree: a bare ValueError is a bug, 0xC000.
+    ("find", InvalidRequestError): 0xA900,
+    ("get", InvalidRequestError): 0xA900,
+    ("move", InvalidRequestError): 0xA900,
     ("get", NotFoundError): 0xC000,
     ("move", NotFoundError): 0xC000,
 }
@@ -140,7 +145,9 @@ def _data_set_uids(spooled: BinaryIO) -> tuple[str, str]:
         ds = pydicom.dcmread(spooled, stop_before_pixels=True,
                              specific_tags=[tag for tag, _ in _DATA_SET])
         return str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", ""))
-    except Exception:  # the archive refused it already; this only words the answer
+    except Exception:  # catch-all on purpose: pydicom documents no exception set for bytes it
+        # cannot read; the archive refused them already, this only words the answer
+        log.debug("refused C-STORE data set unreadable", exc_info=True)
         return "", ""
 
 
@@ -343,8 +350,15 @@ class DimseServer(RetrieveHandlers):
         self.audit.record("security", action="E", outcome="minor", user=name, host=host,
                           interface="dimse", detail=f"association request: {why}")
 
-    def _status_of(self, op: str, exc: Exception) -> int:
-        return _status(op, exc)
+    def _failure(self, op: str, exc: Exception) -> tuple[int, str]:
+        """The status and Error Comment of a C-FIND/C-GET/C-MOVE that ``exc`` ended:
+        an error of the tree by :data:`STATUS` with its reason; anything else (a bug,
+        a library's bare ValueError) 0xC000 "unable to process", logged with its
+        traceback, its text kept from the peer."""
+        if isinstance(exc, PacsError):
+            return _status(op, exc), exc.reason
+        log.exception("C-%s failed", op.upper())
+        return UNABLE, f"internal error ({type(exc).__name__}), logged"
 
     @staticmethod
     def _query(event: Any) -> tuple[str, dict[str, str], list[str]]:
@@ -353,9 +367,9 @@ class DimseServer(RetrieveHandlers):
         level_name = str(identifier.get("QueryRetrieveLevel", "")).upper()
         if level_name not in _LEVELS_OF_MODEL.get(str(event.request.AffectedSOPClassUID),
                                                   _LEVELS):
-            raise ValueError(f"QueryRetrieveLevel {level_name!r} is not a level of the "
-                             f"requested information model (PS3.4 C.6: Study Root has "
-                             f"no PATIENT level)")
+            raise InvalidRequestError(f"QueryRetrieveLevel {level_name!r} is not a level of "
+                                      f"the requested information model (PS3.4 C.6: "
+                                      f"Study Root has no PATIENT level)")
         keys, requested = {}, []
         for elem in identifier:
             kw = elem.keyword
@@ -455,7 +469,7 @@ class DimseServer(RetrieveHandlers):
                         for c in [_COMMENTS[cls]]), None)
         return StoreAnswer(status, comment or exc.reason), exc.reason
 
-    def _find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
+    def _find(self, event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         name, host = self._peer(event)
         if not self._allowed(event, "find"):
             yield NOT_AUTHORIZED, None
@@ -463,12 +477,13 @@ class DimseServer(RetrieveHandlers):
         try:
             level, keys, requested = self._query(event)
             matches = self.archive.query(level, keys)
-        except (ValueError, PacsError) as exc:
-            status = _status("find", exc)
+        except Exception as exc:  # noqa: BLE001 - the request's boundary: answered and
+            # audited whatever ended it (a bug: 0xC000, logged with its traceback)
+            status, comment = self._failure("find", exc)
             self.audit.record("query", action="E", outcome=outcome_of(status), user=name,
                               host=host, interface="dimse",
-                              detail=f"final status 0x{status:04X}: {exc}")
-            yield status, None
+                              detail=f"final status 0x{status:04X}: {comment}")
+            yield status_set(status, comment), None
             return
         self.audit.record("query", action="E", outcome="success", user=name, host=host,
                           interface="dimse", detail=f"{level} level, {len(matches)} matches")

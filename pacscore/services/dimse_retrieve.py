@@ -27,9 +27,10 @@ from ..dicom.syntaxes import EXPLICIT_LE, IMPLICIT_LE
 from ..errors import PacsError
 from .dimse_send import NotSendable, OutgoingObject, SubOperations, send_from_memory, track
 from .dimse_transport import nodelay
+from .dimse_wire import error_comment
 from .security import AeRegistry, AuditLog, outcome_of
 
-__all__ = ["NOT_AUTHORIZED", "UNABLE", "RetrieveHandlers"]
+__all__ = ["NOT_AUTHORIZED", "UNABLE", "RetrieveHandlers", "status_set"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,15 @@ _PENDING, _CANCELLED = 0xFF00, 0xFE00
 _DESTINATION_UNREACHABLE = 0xA801  # PS3.4 C.4.2.1.5: what pynetdicom answers then
 # Failure Reason of a Storage Commitment item (PS3.4 J.3.3.1.1, PS3.7 C.4.2 codes).
 _NO_SUCH_INSTANCE, _CLASS_INSTANCE_CONFLICT = 0x0112, 0x0119
+
+
+def status_set(status: int, comment: str) -> Dataset:
+    """A final response's status with an Error Comment (0000,0902; PS3.7 C.4.1.1.4),
+    as pynetdicom takes it from a handler."""
+    ds = Dataset()
+    ds.Status = status
+    ds.ErrorComment = error_comment(comment)
+    return ds
 
 
 class RetrieveHandlers:
@@ -62,7 +72,7 @@ class RetrieveHandlers:
     def _matches(self, event: Any) -> list[str]:
         raise NotImplementedError
 
-    def _status_of(self, op: str, exc: Exception) -> int:
+    def _failure(self, op: str, exc: Exception) -> tuple[int, str]:
         raise NotImplementedError
 
     @staticmethod
@@ -118,11 +128,13 @@ class RetrieveHandlers:
                     return
                 try:
                     ds = dataset(sop)
-                except Exception as exc:  # a codec library may raise its own types
-                    reason = exc.reason if isinstance(exc, PacsError) else \
-                        f"{type(exc).__name__}: {exc}"
-                    log.warning("%s of %s failed: %s", what, sop, reason)
-                    ds = NotSendable(sop, reason)
+                except PacsError as exc:  # codec errors arrive as such (retrieve.py)
+                    log.warning("%s of %s failed: %s", what, sop, exc.reason)
+                    ds = NotSendable(sop, exc.reason)
+                except Exception as exc:  # catch-all on purpose: a sub-operation's boundary: a
+                    # bug fails this instance alone (PS3.4 C.4.3.3.1), with its traceback
+                    log.exception("%s of %s failed", what, sop)
+                    ds = NotSendable(sop, f"internal error ({type(exc).__name__}), logged")
                 yield _PENDING, ds
             ended = True
         finally:
@@ -162,10 +174,13 @@ class RetrieveHandlers:
             return
         try:
             sops = self._matches(event)
-        except (ValueError, PacsError) as exc:
-            status = self._status_of("get", exc)
-            self._refused(event, "C-GET", status, str(exc))
-            yield status, None
+        except Exception as exc:  # noqa: BLE001 - the request's boundary (see _failure)
+            status, comment = self._failure("get", exc)
+            self._refused(event, "C-GET", status, comment)
+            # pynetdicom takes a count before any status (a status there is answered
+            # 0xC413 without its comment): one sub-operation, refused at once.
+            yield 1
+            yield status_set(status, comment), None
             return
         tally = SubOperations(total=len(sops))
         if self.fast:
@@ -197,10 +212,11 @@ class RetrieveHandlers:
             return
         try:
             sops = self._matches(event)
-        except (ValueError, PacsError) as exc:
-            self._refused(event, "C-MOVE", UNABLE, str(exc))
+        except Exception as exc:  # noqa: BLE001 - the request's boundary (see _failure)
+            status, comment = self._failure("move", exc)
+            self._refused(event, "C-MOVE", status, comment)
             yield destination.host, destination.port
-            yield UNABLE, None
+            yield status_set(status, comment), None
             return
         sub: list[Any] = []  # the sub-association, once the destination accepted it
         tally = SubOperations(total=len(sops))

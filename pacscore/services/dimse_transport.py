@@ -177,12 +177,14 @@ def _ready(self: AssociationSocket) -> bool:
 
 def _send(self: AssociationSocket, bytestream: bytes) -> None:
     raw = self.socket
+    if raw is None:  # closed meanwhile
+        self.event_queue.put("Evt17")
+        return
     try:
-        assert raw is not None
         with send_lock(self):
             raw.sendall(bytestream)
         evt.trigger(self.assoc, evt.EVT_DATA_SENT, {"data": bytestream})
-    except Exception:
+    except (OSError, ValueError):  # reset, broken pipe, TLS error; a closed socket
         self.event_queue.put("Evt17")  # transport connection closed, as pynetdicom does
 
 

@@ -68,7 +68,8 @@ def _dicom_json(ds: Dataset, url: str, prefix: str, problems: list[str]) -> dict
                 out[key] = elem.to_json_dict(
                     lambda _, path=path: f"{url}/bulk/{path}",  # type: ignore[misc]
                     _BULK_THRESHOLD)
-        except Exception as exc:  # a value pydicom cannot convert: as it was received
+        except Exception as exc:  # noqa: BLE001 - a value pydicom cannot convert (it
+            # raises undocumented kinds on stored values): sent as received, named
             value = raw.value if isinstance(raw, RawDataElement) else None
             if isinstance(value, bytes | bytearray):
                 out[key] = {"vr": "UN", **(
@@ -142,7 +143,8 @@ class SeriesMetadata:
                 meta = _dicom_json(ds, url, "", problems)
             except PacsError:
                 raise  # not this instance's content (deleted meanwhile, storage)
-            except Exception as exc:  # the header cannot be read at all: the index's
+            except Exception as exc:  # noqa: BLE001 - unreadable for pydicom (it raises
+                # undocumented kinds): the identifiers the index has are answered
                 problems.append(f"header unreadable ({type(exc).__name__}); identifiers "
                                 f"from the index only")
                 meta = {"00080016": {"vr": "UI", "Value": [rec.sop_class_uid]},
@@ -237,9 +239,10 @@ class SeriesMetadata:
                     return
                 try:
                     self.series(series_uid)
-                except Exception as exc:  # answered on request instead
-                    log.warning("metadata of series %s not precomputed: %s",
-                                series_uid, exc)
+                except Exception as exc:  # catch-all on purpose: the thread must stay
+                    # up; the request computes it again (and answers what fails)
+                    log.warning("metadata of series %s not precomputed: %s", series_uid,
+                                exc, exc_info=not isinstance(exc, PacsError))
             if waiting:
                 time.sleep(min(self.quiet, 0.5))
 

@@ -13,21 +13,31 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import InvalidRequestError, PacsError
+
 __all__ = ["BodyTimeoutError", "MultipartError", "Part", "TooLargeError", "encode_related",
            "idle_limited", "parse_related", "stream_related",
            "related_boundary"]
 
 
-class MultipartError(ValueError):
+class MultipartError(InvalidRequestError):
     """The body is not well-formed multipart/related."""
 
+    hint = ("send a multipart/related body (PS3.18 8.6.1.2) with a boundary parameter, "
+            "each part after a boundary line, ending with the closing boundary")
 
-class TooLargeError(ValueError):
+
+class TooLargeError(InvalidRequestError):
     """The body exceeds the configured limit."""
 
+    hint = ("send fewer or smaller instances per request, or raise max_body in the serve "
+            "settings")
 
-class BodyTimeoutError(TimeoutError):
+
+class BodyTimeoutError(PacsError, TimeoutError):
     """The client sent nothing of the body for longer than the idle timeout."""
+
+    hint = "send the body without long pauses, or raise idle_timeout in the serve settings"
 
 
 async def idle_limited(chunks: AsyncIterator[bytes], seconds: float

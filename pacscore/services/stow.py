@@ -6,6 +6,7 @@ request's audit line names every instance with its fate."""
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -19,10 +20,12 @@ from starlette.responses import Response
 from ..archive import Archive, StoreResult
 from ..dicom.header import InstanceHeader, read_header, validate_uid
 from ..dicom.scan import scan
-from ..errors import ArchiveStorageError, PacsError
+from ..errors import ArchiveStorageError, InvalidRequestError, PacsError
 from .multipart import TooLargeError, idle_limited, parse_related, related_boundary
 
 __all__ = ["Stow"]
+
+log = logging.getLogger(__name__)
 
 _DICOM_JSON = "application/dicom+json"
 # Failure Reason (0008,1197) of a STOW-RS instance (PS3.18 Table I.2-2).  A study
@@ -83,11 +86,17 @@ class Stow:
                              specific_tags=[0x00080016, 0x00080018])
                 return uid(str(ds.get("SOPInstanceUID") or "")), \
                     uid(str(ds.get("SOPClassUID") or ""))
-        except Exception:  # not readable at all: the part stays unnamed
+        except Exception:  # catch-all on purpose: pydicom documents no exception set for bytes
+            # it cannot read (it raises a dozen kinds); the part is refused already, this
+            # only names it: unreadable, it stays unnamed
+            log.debug("refused STOW-RS part unreadable", exc_info=True)
             return None, None
 
     async def __call__(self, request: Request) -> Response:
-        declared = int(request.headers.get("content-length") or 0)
+        length = request.headers.get("content-length") or "0"
+        if not length.strip().isdigit():
+            raise InvalidRequestError(f"Content-Length {length!r} is not a byte count")
+        declared = int(length)
         if declared > self.max_body:
             raise TooLargeError(f"request body of {declared} bytes over {self.max_body}")
         boundary = related_boundary(request.headers.get("content-type", ""))

@@ -15,6 +15,9 @@ peers that are gone.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import logging
 import os
 import queue
 import tempfile
@@ -33,6 +36,7 @@ from ...errors import (
     ArchiveStorageError,
     ConflictError,
     InvalidDicomError,
+    InvalidRequestError,
     NotFoundError,
     PacsError,
     UnsupportedTransferSyntaxError,
@@ -43,6 +47,8 @@ from .generated import load
 
 __all__ = ["GRPC_STATUS", "start_grpc"]
 
+log = logging.getLogger(__name__)
+
 # One table: error class -> gRPC status code.
 GRPC_STATUS: dict[type[Exception], grpc.StatusCode] = {
     NotFoundError: grpc.StatusCode.NOT_FOUND,
@@ -50,8 +56,10 @@ GRPC_STATUS: dict[type[Exception], grpc.StatusCode] = {
     ConflictError: grpc.StatusCode.ALREADY_EXISTS,
     ArchiveStorageError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     UnsupportedTransferSyntaxError: grpc.StatusCode.FAILED_PRECONDITION,
-    ValueError: grpc.StatusCode.INVALID_ARGUMENT,
+    InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
 }
+"""Only classes of the :mod:`pacscore.errors` tree; anything else (a bug, a library's
+bare ValueError) is INTERNAL, logged with its traceback (:func:`_guarded`)."""
 _SCOPE = {"Store": "write", "Delete": "delete"}  # everything else: read
 _OPEN_SERVICES = ("/grpc.health.v1.Health/",)  # answered without a token (Check, Watch)
 _CHUNK = 1 << 20
@@ -70,6 +78,40 @@ def _code(exc: Exception) -> grpc.StatusCode:
         if cls in GRPC_STATUS:
             return GRPC_STATUS[cls]
     return grpc.StatusCode.INTERNAL
+
+
+def _ended(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
+    """End the call that ``exc`` ended, unless it has ended already (``abort`` raises
+    a bare Exception once the status is set; a cancelled call raises an RpcError)."""
+    if isinstance(exc, grpc.RpcError) or context.code() is not None:
+        raise exc
+    if isinstance(exc, PacsError):
+        context.abort(_code(exc), exc.reason)
+    log.exception("gRPC call failed")
+    context.abort(grpc.StatusCode.INTERNAL,
+                  f"internal error ({type(exc).__name__}); logged on the server")
+    raise AssertionError("abort() raises")
+
+
+def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` of the servicer with every error mapped by :func:`_ended` (grpcio
+    would answer UNKNOWN with the exception's text)."""
+    if inspect.isgeneratorfunction(method):
+        @functools.wraps(method)
+        def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from method(self, request, context)
+            except Exception as exc:  # noqa: BLE001 - the call's boundary (see _ended)
+                _ended(context, exc)
+        return stream
+
+    @functools.wraps(method)
+    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except Exception as exc:  # noqa: BLE001 - the call's boundary (see _ended)
+            _ended(context, exc)
+    return unary
 
 
 class _Auth(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -147,7 +189,9 @@ class _Chunks:
                 self._queue.put(None if chunk is None else bytes(chunk.data))
                 if chunk is None:
                     return
-        except Exception as exc:  # the call ended: cancelled by the client, or stopped
+        except Exception as exc:  # noqa: BLE001 - a thread boundary: what ends the read
+            # goes to the handler, which raises it (an RpcError: the call was cancelled
+            # or the server stops; anything else: INTERNAL, logged by _guarded)
             self._queue.put(exc)
 
     def __iter__(self) -> Iterator[bytes]:
@@ -190,9 +234,8 @@ def _servicer(archive: Archive, audit: AuditLog, max_object: int, idle_timeout: 
                      host=context.peer(), interface="grpc", objects=objects, detail=detail)
 
     class Servicer(svc.ArchiveServicer):  # type: ignore[misc,name-defined]
-        def _fail(self, context: grpc.ServicerContext, exc: Exception) -> None:
-            text = exc.reason if isinstance(exc, PacsError) else str(exc)
-            context.abort(_code(exc), text)
+        def _fail(self, context: grpc.ServicerContext, exc: PacsError) -> None:
+            context.abort(_code(exc), exc.reason)
 
         def Store(self, request_iterator: Iterator[Any], context: grpc.ServicerContext
                   ) -> Any:
@@ -233,9 +276,8 @@ def _servicer(archive: Archive, audit: AuditLog, max_object: int, idle_timeout: 
                         f.write(data)
                 try:
                     r = archive.store(name, source="gRPC Store", strict_identity=True)
-                except (PacsError, ValueError) as exc:
-                    refuse(_code(exc), exc.reason if isinstance(exc, PacsError)
-                           else str(exc))
+                except PacsError as exc:
+                    refuse(_code(exc), exc.reason)
                 record(context, "transferred", "C", [r.sop_instance_uid])
                 return pb.StoreReply(
                     sop_instance_uid=r.sop_instance_uid, study_instance_uid=r.study_uid,
@@ -250,7 +292,7 @@ def _servicer(archive: Archive, audit: AuditLog, max_object: int, idle_timeout: 
             try:
                 data = archive.get(request.sop_instance_uid,
                                    request.transfer_syntax or "original")
-            except (PacsError, ValueError) as exc:
+            except PacsError as exc:
                 self._fail(context, exc)
             record(context, "transferred", "R", [request.sop_instance_uid])
             for i in range(0, len(data), _CHUNK):
@@ -264,10 +306,11 @@ def _servicer(archive: Archive, audit: AuditLog, max_object: int, idle_timeout: 
                 count = archive.frame_count(request.sop_instance_uid)
                 numbers = numbers or list(range(1, count + 1))
                 if bad := [n for n in numbers if not 1 <= n <= count]:
-                    raise ValueError(f"instance {request.sop_instance_uid} has no frame "
-                                     f"{bad[0]}: its frame numbers run from 1 to {count}")
+                    raise InvalidRequestError(f"instance {request.sop_instance_uid} has "
+                                              f"no frame {bad[0]}: its frame numbers run "
+                                              f"from 1 to {count}")
                 data = archive.frames(request.sop_instance_uid, [n - 1 for n in numbers], ts)
-            except (PacsError, ValueError) as exc:
+            except PacsError as exc:
                 self._fail(context, exc)
             record(context, "transferred", "R", [request.sop_instance_uid],
                    f"{len(numbers)} frame(s)")
@@ -279,7 +322,7 @@ def _servicer(archive: Archive, audit: AuditLog, max_object: int, idle_timeout: 
             try:
                 matches = archive.query(request.level, dict(request.keys),
                                         limit=request.limit or None, offset=request.offset)
-            except (PacsError, ValueError) as exc:
+            except PacsError as exc:
                 self._fail(context, exc)
             record(context, "query", "E", detail=f"{request.level} level, {len(matches)} "
                                                  "matches")
@@ -289,7 +332,7 @@ def _servicer(archive: Archive, audit: AuditLog, max_object: int, idle_timeout: 
         def Delete(self, request: Any, context: grpc.ServicerContext) -> Any:
             try:
                 n = archive.delete(request.level, request.uid)
-            except (PacsError, ValueError) as exc:
+            except PacsError as exc:
                 self._fail(context, exc)
             record(context, "deleted", "D", [request.uid], f"{request.level} level")
             return pb.DeleteReply(deleted_instances=n)
@@ -306,6 +349,8 @@ def _servicer(archive: Archive, audit: AuditLog, max_object: int, idle_timeout: 
             return pb.VerifyReply(checked=report.checked, failed=[
                 pb.VerifyFailure(sop_instance_uid=u, reason=r) for u, r in report.failed])
 
+    for name in ("Store", "Get", "GetFrames", "Find", "Delete", "Stats", "Verify"):
+        setattr(Servicer, name, _guarded(getattr(Servicer, name)))
     return Servicer()
 
 
