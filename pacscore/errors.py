@@ -9,7 +9,6 @@ classes to their own status codes through one table each.
 from __future__ import annotations
 
 __all__ = [
-    "ERRORS_BY_NAME",
     "ArchiveBusyError",
     "ArchiveCorruptError",
     "ArchiveStorageError",
@@ -168,15 +167,3 @@ class RenderError(PacsError, RuntimeError):
 
     hint = ("retrieve the object as application/dicom; if it should render, check it "
             "with `pacscore verify` and report the named instance")
-
-
-ERRORS_BY_NAME: dict[str, type[PacsError]] = {
-    cls.__name__: cls for cls in (
-        PacsError, InvalidDicomError, InvalidRequestError, TruncatedFileError,
-        InvalidUIDError, LimitExceededError,
-        IdentityMismatchError, UnsafeFolderError,
-        UnsupportedTransferSyntaxError, NotFoundError, ConflictError, ArchiveStorageError,
-        ArchiveBusyError, ArchiveCorruptError, UndecodablePixelDataError, WorkerError,
-        RenderError)
-}
-"""Error classes by name, to re-raise what a worker process reported."""

@@ -533,6 +533,12 @@ def main(argv: list[str] | None = None) -> int:
         for f in run.findings:
             print(json.dumps({"target": target, **f}), file=sys.stderr)
         bad += run.crashed + run.hung + run.lost
+    if args.markdown:  # what the refusals were, most frequent first
+        print()
+        for target, run in runs.items():
+            if run.reasons:
+                print(f"- {target} refused: " + ", ".join(
+                    f"{name} {n}" for name, n in run.reasons.most_common()))
     return 1 if bad else 0
 
 

@@ -245,8 +245,9 @@ class _Api:
             named = path_uids(request)
             if scope is None:
                 why = ("the bearer token is unknown or revoked" if token else
-                       "no bearer token: send 'Authorization: Bearer <token>' (pacscore "
-                       "token create --scope read)")
+                       "no bearer token: send 'Authorization: Bearer <token>' (the archive's "
+                       "administrator makes one: pacscore token create --archive ARCHIVE "
+                       "--scope read)")
                 self.audit.record("authentication", action="E", outcome="minor",
                                   user=self.tokens.user(token), host=host,
                                   interface="dicomweb", objects=named,
