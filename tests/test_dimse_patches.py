@@ -12,7 +12,7 @@ import pynetdicom
 import pytest
 
 from pacscore import Archive, ArchiveConfig
-from pacscore.services import dimse_patches
+from pacscore.services import dimse_patches, dimse_scope
 from pacscore.services.dimse import DimseServer
 from pacscore.testing import cli, free_port
 
@@ -85,8 +85,8 @@ def test_without_the_fast_paths_the_server_stores_echoes_finds_and_gets(
 
 def test_a_requestor_with_the_fast_paths_gets_each_response_at_once(tmp_path: Path,
                                                                      corpus: Path) -> None:
-    """With the fast paths installed in its process (as they are in the server, whose
-    C-MOVE sub-associations and storage commitment reports are requestors), a
+    """On the fast paths (as the server's C-MOVE sub-associations and storage
+    commitment reports are: requestors of its AE, claimed here for a pynetdicom SCU), a
     pynetdicom SCU alternating C-STORE and C-ECHO is answered at once: the reactor's
     wait on the DIMSE queue used to take the wake-up meant for the thread waiting for
     the response, which then sat out the 30 s DIMSE timeout."""
@@ -105,6 +105,7 @@ def test_a_requestor_with_the_fast_paths_gets_each_response_at_once(tmp_path: Pa
         ae = AE(ae_title="MODALITY")
         ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1"])
         ae.add_requested_context(Verification)
+        dimse_scope.claim(ae, None)
         assoc = ae.associate("127.0.0.1", ports["dimse"], ae_title="PACSCORE")
         slowest = 0.0
         try:
@@ -118,4 +119,69 @@ def test_a_requestor_with_the_fast_paths_gets_each_response_at_once(tmp_path: Pa
                         slowest = max(slowest, time.monotonic() - start)
         finally:
             assoc.release()
+            dimse_scope.release(ae)
     assert slowest < 10, f"a response took {slowest:.1f} s"
+
+
+def test_a_foreign_association_runs_pynetdicoms_own_code(tmp_path: Path, corpus: Path) -> None:
+    """The fast paths act on the server's own associations only: a pynetdicom SCP and
+    SCU that the embedding program runs in the same process as a pacscore server go
+    through pynetdicom's code, untouched, and still work."""
+    import threading
+
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+
+    marks = ("_pacscore_wake", "_pacscore_poll", "_pacscore_receiver", "_pacscore_stopping")
+
+    def touched(assoc: object) -> list[str]:
+        dul = getattr(assoc, "dul", None)
+        objects = (assoc, dul, getattr(dul, "socket", None))
+        return [m for o in objects if o is not None for m in marks if m in vars(o)]
+
+    path = sorted((corpus / "ct_series/tcia_lung_pet_ct_dx_chest_30sl").iterdir())[0]
+    uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+    root = tmp_path / "archive"
+    cli("ae", "add", "MODALITY", "--host", "127.0.0.1", "--archive", str(root))
+    seen: dict[str, object] = {}
+    stored = threading.Event()
+
+    def on_store(event: evt.Event) -> int:
+        seen["scp"] = touched(event.assoc)
+        seen["uid"] = event.dataset.SOPInstanceUID
+        stored.set()
+        return 0x0000
+
+    with Archive(root, ArchiveConfig(prepare_workers=1)) as archive:
+        server = DimseServer(archive, spool=tmp_path / "spool")
+        assert server.fast and dimse_patches.installed()
+        server.start("127.0.0.1", pacs := free_port())
+        scp = AE(ae_title="FOREIGN")
+        scp.add_supported_context(CTImageStorage, ["1.2.840.10008.1.2.1"])
+        scp.add_supported_context(Verification)
+        port = free_port()
+        foreign_server = scp.start_server(("127.0.0.1", port), block=False,
+                                          evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        try:
+            scu = AE(ae_title="MODALITY")
+            scu.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1"])
+            scu.add_requested_context(Verification)
+            foreign = scu.associate("127.0.0.1", port, ae_title="FOREIGN")
+            assert foreign.is_established
+            assert foreign.send_c_echo().Status == 0x0000
+            assert foreign.send_c_store(path).Status == 0x0000
+            assert stored.wait(30) and seen == {"scp": [], "uid": uid}, seen
+            assert touched(foreign) == []
+            foreign.release()
+            # the control: pacscore's own acceptor association does take the fast paths
+            ours = scu.associate("127.0.0.1", pacs, ae_title="PACSCORE")
+            assert ours.send_c_store(path).Status == 0x0000
+            acceptors = server.ae.active_associations
+            assert acceptors and {"_pacscore_wake", "_pacscore_receiver"} <= set(
+                touched(acceptors[0]))
+            assert touched(ours) == []  # the client side stays pynetdicom's own
+            ours.release()
+            assert archive.stats()["instances"] == 1
+        finally:
+            foreign_server.shutdown()
+            server.stop()

@@ -21,8 +21,8 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 from pacscore import Archive
 from pacscore.services import dimse_wire
 from pacscore.services.dimse_receive import StoreRequest, store_response
+from pacscore.services.dimse_scope import SPOOL_PREFIX
 from pacscore.services.dimse_send import data_set_offset, store_request
-from pacscore.services.dimse_transport import SPOOL_PREFIX
 from pacscore.testing import cli, serving
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

@@ -52,11 +52,11 @@ from ..errors import (
     PacsError,
 )
 from ..index.base import LEVEL_ATTRIBUTES
-from . import dimse_accept, dimse_find, dimse_patches, dimse_receive
+from . import dimse_accept, dimse_find, dimse_patches, dimse_receive, dimse_scope
 from .dimse_receive import StoreAnswer, StoreRequest
 from .dimse_retrieve import NOT_AUTHORIZED, UNABLE, RetrieveHandlers, status_set
 from .dimse_send import send_responses_directly
-from .dimse_transport import clear_spool, nodelay, private_folder, receive_into
+from .dimse_transport import clear_spool, nodelay, private_folder
 from .dimse_wire import ERROR_COMMENT_LENGTH, error_comment
 from .security import AeRegistry, AuditLog, outcome_of
 
@@ -243,7 +243,6 @@ class DimseServer(RetrieveHandlers):
         # PDU reads, reactor wake-ups, C-STORE data sets straight to the spool, poll
         # instead of select (see dimse_transport, dimse_receive)
         self.fast = dimse_patches.install(patched, used)
-        receive_into(self.spool if self.fast else None)
         self.limits = dimse_accept.AcceptLimits(
             max_associations=max_associations, per_host=max_connections_per_host,
             request_timeout=association_request_timeout, acse_timeout=30)
@@ -270,6 +269,8 @@ class DimseServer(RetrieveHandlers):
         ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
         ae.add_requested_context(StorageCommitmentPushModel)
         self.ae = ae
+        if self.fast:  # this AE's associations take the fast paths, no other one
+            dimse_scope.claim(ae, self.spool)
         self.server: Any = None
         self._storing = 0  # stores running in association threads
         self._stores_done = threading.Condition()
@@ -309,7 +310,7 @@ class DimseServer(RetrieveHandlers):
         if self._spooling:
             self._spooling = False
             if self.fast:
-                receive_into(None)  # the spool goes: other associations of this process
+                dimse_scope.release(self.ae)  # the spool goes
             clear_spool(self.spool)
             with contextlib.suppress(OSError):  # left in place when it holds other files
                 self.spool.rmdir()

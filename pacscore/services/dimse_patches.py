@@ -10,8 +10,12 @@ the original must have; :data:`USED`: attributes read on live objects), and when
 is missing or changed it logs a warning and leaves pynetdicom as it is: the server
 then runs on pynetdicom's own code, slower, with pynetdicom's association counting
 and its ``select``-based socket checks (:class:`~.dimse.DimseServer` ``fast`` is
-False).  ``tests/test_dimse_patches.py`` asserts that every name exists in the
-installed version (the canary) and that the fallback stores, echoes and finds.
+False).  Each replacement is installed scoped (:mod:`.dimse_scope`): it acts on the
+associations of a pacscore server's AE, and any other pynetdicom association in the
+process (a client or server of the program that embeds pacscore) runs pynetdicom's own
+code.  ``tests/test_dimse_patches.py`` asserts that every name exists in the installed
+version (the canary), that the fallback stores, echoes and finds, and that a foreign
+association is left alone.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket
 
-from . import dimse_receive, dimse_transport
+from . import dimse_receive, dimse_scope, dimse_transport
 
 __all__ = ["PATCHED", "USED", "install", "installed", "missing", "uninstall"]
 
@@ -53,7 +57,7 @@ PATCHED: tuple[tuple[str, tuple[str, ...] | None], ...] = (
     ("pynetdicom.transport.RequestHandler.handle", ("self",)),
 )
 """Every pynetdicom attribute pacscore replaces (``dimse_transport.PATCHES``,
-``dimse_receive.PATCHES``, ``dimse_transport.receive_into``, ``dimse_accept``), with
+``dimse_receive.PATCHES``, ``dimse_accept``), with
 the parameter names its original must have (None: not a function)."""
 
 USED: tuple[str, ...] = (
@@ -74,7 +78,8 @@ USED: tuple[str, ...] = (
     "assoc.dimse.maximum_pdu_size", "assoc.dimse.receive_primitive", "assoc.dimse.get_msg",
     "assoc.dimse.send_msg", "assoc.dul.event_queue", "assoc.dul._recv_pdu",
     "assoc.dul._idle_timer", "assoc.dul.state_machine.current_state", "assoc.dul.socket",
-    "assoc.dul.assoc", "transport._is_connected", "transport.socket", "transport.event_queue",
+    "assoc.dul.assoc", "assoc.ae", "transport.assoc", "transport._is_connected",
+    "transport.socket", "transport.event_queue",
 )
 """Every other pynetdicom name the fast paths read or call: ``module.Class.name(params)``
 for functions, ``ae.``/``assoc.``/``transport.`` paths on live objects."""
@@ -173,8 +178,10 @@ def install(patched: Sequence[tuple[str, tuple[str, ...] | None]] = PATCHED,
             _restore()
             return False
         for owner, name, replacement in _patches():
-            _originals.setdefault((owner, name), inspect.getattr_static(owner, name))
-            setattr(owner, name, replacement)
+            if (owner, name) not in _originals:  # idempotent: scoped once
+                original = inspect.getattr_static(owner, name)
+                _originals[(owner, name)] = original
+                setattr(owner, name, dimse_scope.scoped(owner, replacement, original))
         return True
 
 
@@ -184,10 +191,9 @@ def installed() -> bool:
 
 
 def uninstall() -> None:
-    """Put pynetdicom's own code back (the spool folder setting included)."""
+    """Put pynetdicom's own code back."""
     with _lock:
         _restore()
-    dimse_transport.receive_into(None)
 
 
 def _restore() -> None:

@@ -47,7 +47,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 
 from . import dimse_wire
-from .dimse_transport import SPOOL_PREFIX
+from .dimse_scope import SPOOL_PREFIX
 
 __all__ = ["PATCHES", "StoreAnswer", "StoreRequest", "closed", "enable", "not_idle",
            "store_response"]

@@ -28,8 +28,8 @@
   pynetdicom builds as a pydicom dataset and writes with pydicom (~0.2 ms a data
   set); ``install`` writes the same bytes with :func:`.dimse_wire.file_meta`.
 * pynetdicom receives each C-STORE data set into a file in the system's temp folder;
-  :func:`receive_into` names the folder (the server's spool, see
-  :func:`pacscore.services.serve.default_spool`).
+  a claimed AE's associations receive into its spool instead
+  (:func:`.dimse_scope.spool_file`; see :func:`pacscore.services.serve.default_spool`).
 * Nagle's algorithm can hold the tail of a data set sent in several segments until
   the peer's delayed ACK (40 ms over loopback); ``nodelay`` switches it off on every
   association's socket, ours as acceptor and as requestor.
@@ -39,20 +39,20 @@
   ``ready`` and the DUL's idle wait ask ``poll``, which has no such bound.
 
 Every replacement is listed in :data:`PATCHES`; :mod:`.dimse_patches` checks that each
-name still exists in the installed pynetdicom before installing any.
+name still exists in the installed pynetdicom before installing any, and installs each
+scoped (:mod:`.dimse_scope`): only the associations of a pacscore server's AE take the
+fast paths, any other pynetdicom association in the process runs pynetdicom's code.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import queue
 import select
 import socket
 import ssl
 import stat
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -66,10 +66,10 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
 
 from ..errors import UnsafeFolderError
+from .dimse_scope import SPOOL_PREFIX, spool_file
 from .dimse_wire import file_meta, send_lock
 
-__all__ = ["PATCHES", "SPOOL_PREFIX", "clear_spool", "nodelay", "private_folder", "readable",
-           "receive_into"]
+__all__ = ["PATCHES", "SPOOL_PREFIX", "clear_spool", "nodelay", "private_folder", "readable"]
 
 
 _STEP = 4 << 20  # memory follows the data that arrives, whatever a PDU header claims
@@ -287,23 +287,11 @@ PATCHES: tuple[tuple[Any, str, Any], ...] = (
     (DULServiceProvider, "run_reactor", _run_reactor),
     (pynetdicom.dimse_messages, "create_file_meta", file_meta),
     (pynetdicom.dimse_messages, "write_file_meta_info", _write_file_meta),
+    (pynetdicom.dimse_messages, "NamedTemporaryFile", spool_file),
 )
 """``(owner, attribute, replacement)``: the PDU reads and sends, the socket's readiness,
-the idle waits of the DUL and association reactors, and the file meta writing of
-received data sets (installed by :func:`.dimse_patches.install`)."""
-
-
-SPOOL_PREFIX = "pacscore-dimse-"
-"""Names of the files :func:`receive_into` has pynetdicom create (nothing else in the
-spool folder is ever removed: it may be a folder the user shares with other data)."""
-
-
-def receive_into(folder: Path | None) -> None:
-    """Make pynetdicom receive data sets into files in ``folder`` (process-wide; None:
-    its default again, the system's temp folder)."""
-    setattr(pynetdicom.dimse_messages, "NamedTemporaryFile",  # noqa: B010
-            tempfile.NamedTemporaryFile if folder is None else
-            functools.partial(tempfile.NamedTemporaryFile, dir=folder, prefix=SPOOL_PREFIX))
+the idle waits of the DUL and association reactors, and the file meta writing and the
+spool file of received data sets (installed by :func:`.dimse_patches.install`)."""
 
 
 def private_folder(folder: Path) -> None:
