@@ -32,29 +32,27 @@ from typing import Any, BinaryIO
 
 import numpy.typing as npt
 
+from .commit import Committer, GroupCommit
 from .config import ArchiveConfig
-from .dicom.compare import difference
 from .dicom.part10 import HeaderParts, _file_meta
 from .dicom.scan import PIXEL_DATA, scan
 from .dicom.syntaxes import EXPLICIT_LE
 from .errors import (
     ArchiveBusyError,
     ArchiveStorageError,
-    ConflictError,
     InvalidDicomError,
     InvalidRequestError,
     NotFoundError,
     PacsError,
 )
 from .index import LEVELS, InstanceRecord, LmdbIndex, StoreKind
-from .ingest.outcomes import Failed, Rejected, Skipped
+from .ingest.outcomes import Failed, Rejected, Skipped, StoreResult
 from .ingest.pool import run_pool
 from .ingest.prepare import (
     Prepared,
     prepare,
 )
 from .ingest.workers import PrepareWorkers
-from .kinds import PutStatus, StoreStatus
 from .private import make_private_dir
 from .retrieve import Reader, crc_problem
 from .store import ZarrFrameStore
@@ -62,38 +60,6 @@ from .store import ZarrFrameStore
 __all__ = ["Archive", "StoreResult", "VerifyReport"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class StoreResult:
-    """An acknowledged instance."""
-
-    sop_instance_uid: str
-    """SOP Instance UID."""
-    study_uid: str
-    """Study Instance UID."""
-    series_uid: str
-    """Series Instance UID."""
-    status: StoreStatus
-    """``stored``, or ``duplicate`` when identical content was already stored."""
-    original_syntax: str
-    """Transfer syntax as received."""
-    stored_syntax: str
-    """Transfer syntax stored."""
-    bytes_in: int
-    """Size as received."""
-    bytes_stored: int
-    """Bytes kept by the archive."""
-    verified: bool
-    """Every frame was re-encoded and decoded back bit for bit (False when kept as is)."""
-    kept_reason: str | None
-    """Why the object was kept as received, if it was."""
-    source: str
-    """Where it came from."""
-    warnings: tuple[str, ...] = ()
-    """Tolerated non-conformances."""
-    sop_class_uid: str = ""
-    """SOP Class UID."""
 
 
 @dataclass(slots=True)
@@ -104,14 +70,6 @@ class VerifyReport:
     """Instances checked."""
     failed: list[tuple[str, str]] = field(default_factory=list)
     """(SOP Instance UID, reason) of every instance that failed."""
-
-
-def _result(rec: InstanceRecord, status: StoreStatus, source: str) -> StoreResult:
-    return StoreResult(
-        rec.sop_instance_uid, rec.study_uid, rec.series_uid, status, rec.original_syntax,
-        rec.stored_syntax, rec.bytes_in, rec.bytes_stored, rec.kind == StoreKind.FRAMES,
-        rec.kept_reason, source, rec.warnings, rec.sop_class_uid,
-    )
 
 
 def _writer_lock(root: Path) -> int | None:
@@ -178,100 +136,6 @@ def _open_index_readonly(root: Path, config: ArchiveConfig) -> tuple[LmdbIndex, 
         raise
 
 
-class _Waiter:
-    __slots__ = ("done", "error", "outcome", "prepared")
-
-    def __init__(self, prepared: Prepared):
-        self.prepared = prepared
-        self.done = False
-        self.outcome: StoreResult | Rejected | None = None
-        self.error: BaseException | None = None
-
-
-_Committed = tuple[list[StoreResult | Rejected], list[str]]
-"""Outcomes of a batch, and the locations it published (to be made durable)."""
-
-
-class _GroupCommit:
-    """Group commit for concurrent single stores (network front ends).
-
-    Leader/follower: a thread that finds no commit running commits everything queued
-    (its own instance included) in its own thread; threads arriving meanwhile queue
-    up and are committed together by the next leader.  N concurrent stores share one
-    index transaction, a lone store is committed at once, and no thread hand-over is
-    paid when there is no concurrency.  The next batch may commit while the leader
-    makes its batch's renames durable (``finish``); nobody is answered before that.
-    """
-
-    def __init__(self, commit: Callable[[Sequence[Prepared]], _Committed],
-                 finish: Callable[[Sequence[str], Sequence[StoreResult | Rejected]], None],
-                 max_batch: int):
-        self._commit, self._finish, self._max = commit, finish, max(max_batch, 1)
-        self._cv = threading.Condition()
-        self._queue: list[_Waiter] = []
-        self._busy = False
-        self._finishing = 0
-
-    def submit(self, prepared: Prepared) -> StoreResult | Rejected:
-        me = _Waiter(prepared)
-        with self._cv:
-            self._queue.append(me)
-            while not me.done:
-                if self._busy or not self._queue:
-                    self._cv.wait()
-                    continue
-                self._busy = True
-                batch, self._queue = self._queue[:self._max], self._queue[self._max:]
-                self._cv.release()
-                try:
-                    self._run(batch)
-                finally:
-                    self._cv.acquire()
-                    self._cv.notify_all()
-        if me.error is not None:
-            raise me.error
-        assert me.outcome is not None
-        return me.outcome
-
-    def _run(self, batch: list[_Waiter]) -> None:
-        """Commit ``batch`` as the leader, hand the role on, then finish the batch."""
-        try:
-            results, published = self._commit([w.prepared for w in batch])
-        except BaseException as exc:  # noqa: BLE001 - handed on, not swallowed: every
-            # waiter of the batch (this thread too) raises it (Ctrl-C included)
-            self._hand_on()
-            self._answer(batch, None, exc)
-            return
-        self._hand_on()
-        try:
-            self._finish(published, results)
-        except BaseException as exc:  # noqa: BLE001 - handed on to every waiter, as above
-            self._answer(batch, None, exc)
-        else:
-            self._answer(batch, results, None)
-
-    def _hand_on(self) -> None:
-        with self._cv:
-            self._busy = False
-            self._finishing += 1
-            self._cv.notify_all()
-
-    def _answer(self, batch: list[_Waiter], results: list[StoreResult | Rejected] | None,
-                error: BaseException | None) -> None:
-        with self._cv:
-            for i, w in enumerate(batch):
-                w.outcome = None if results is None else results[i]
-                w.error, w.done = error, True
-            self._finishing -= 1
-            self._cv.notify_all()
-
-    def close(self) -> None:
-        """Wait for a running commit to finish."""
-        with self._cv:
-            while self._busy or self._queue or self._finishing:
-                self._cv.wait(timeout=1)
-
-
 def _descriptor(stream: BinaryIO) -> int | None:
     """The descriptor of ``stream`` when it is an open regular file, else None."""
     try:
@@ -319,9 +183,9 @@ class Archive:
             self.index = LmdbIndex(self.root / "index.lmdb",
                                    map_size=self.config.lmdb_map_size, sync=self.config.fsync)
         self._reader = Reader(self.store_, self.index, self.config.limits)
-        self._commit_lock = threading.Lock()
-        self._group = _GroupCommit(self._commit_batch, self._finish,
-                                   self.config.commit_batch)
+        self._committer = Committer(self.index, self.store_, self._reader, self._notify)
+        self._group = GroupCommit(self._committer.commit_batch, self._committer.finish,
+                                  self.config.commit_batch)
         self._lock = threading.Lock()
         self._workers: PrepareWorkers | None = None
         self._listeners: list[Callable[[Sequence[StoreResult]], None]] = []
@@ -337,19 +201,10 @@ class Archive:
 
     # -- lifecycle ---------------------------------------------------------------
     def _recover(self) -> int:
-        """Finish or undo what a crash interrupted: staged locations the index owns are
-        moved into place, the other staged files removed, and so are the locations of
-        interrupted deletions (pending and unowned); :attr:`tmp_dir` is emptied."""
+        """Finish or undo what a crash interrupted (:meth:`.Committer.recover`) and
+        empty :attr:`tmp_dir`."""
         self._clean_tmp()
-        owned = [loc for loc in self.store_.staged() if self.index.location_owner(loc)]
-        self.store_.publish(owned)
-        self.store_.sync_published(owned)
-        removed = len(owned) + self.store_.clean_staging()
-        pending = self.index.pending()
-        orphans = [loc for loc in pending if self.index.location_owner(loc) is None]
-        self.store_.delete(orphans)
-        self.index.clear_pending(pending)
-        return removed + len(orphans)
+        return self._committer.recover()
 
     # Temp files of earlier versions, in the archive root (unacknowledged partial uploads).
     _LEGACY_TMP = ("stow-*", "grpc-*.dcm")
@@ -523,12 +378,12 @@ class Archive:
                 if batch and (outcome is None or len(batch) >= self.config.commit_batch):
                     committing, batch = batch, []
                     try:
-                        committed = self._commit(committing)
+                        committed = self._committer.commit(committing)
                     except Exception as exc:  # disk full, I/O error: nothing of it is visible
                         if not isinstance(exc, PacsError):
                             log.exception("committing a batch failed")
                         cause.append((str(exc), type(exc)))
-                        break  # its staged files: removed by _commit, or at the next start
+                        break  # its staged files: removed by the commit, or at the next start
                     for o in committed:
                         yield answered(o)
                 if isinstance(outcome, Failed) and outcome.storage:
@@ -547,27 +402,6 @@ class Archive:
             yield Failed(path, f"not attempted: storing stopped at a failure: {reason}",
                          error)
 
-    def _commit(self, batch: Sequence[Prepared]) -> list[StoreResult | Rejected]:
-        """Index and publish a batch; return outcomes in batch order (acknowledged)."""
-        outcomes, published = self._commit_batch(batch)
-        self._finish(published, outcomes)
-        return outcomes
-
-    def _commit_batch(self, batch: Sequence[Prepared]) -> _Committed:
-        """Index a batch and rename it into place; serialised per Archive (network
-        front ends store from several threads)."""
-        with self._commit_lock:
-            return self._commit_locked(batch)
-
-    def _finish(self, published: Sequence[str],
-                outcomes: Sequence[StoreResult | Rejected]) -> None:
-        """Make a committed batch's renames durable, then tell the listeners."""
-        self.store_.sync_published(published)
-        stored = [o for o in outcomes
-                  if isinstance(o, StoreResult) and o.status == StoreStatus.STORED]
-        if stored:
-            self._notify(stored)
-
     def on_change(self, listener: Callable[[Sequence[StoreResult]], None]) -> None:
         """Call ``listener`` with the instances of every committed batch (after they are
         acknowledged; from the committing thread, so it must be quick and not raise)."""
@@ -584,84 +418,6 @@ class Archive:
         """Stop calling ``listener``."""
         with contextlib.suppress(ValueError):
             self._listeners.remove(listener)
-
-    def _commit_locked(self, batch: Sequence[Prepared]) -> _Committed:
-        seen: dict[str, Prepared] = {}
-        fresh: list[Prepared] = []
-        outcomes: dict[int, StoreResult | Rejected] = {}
-        for i, p in enumerate(batch):
-            rec = p.record
-            stored = self.index.get(rec.sop_instance_uid)
-            earlier = None if stored else seen.get(rec.sop_instance_uid)
-            existing = stored or (earlier.record if earlier else None)
-            if existing is None:
-                seen[rec.sop_instance_uid] = p
-                fresh.append(p)
-            elif (why := self._difference(p, existing, earlier)) is None:
-                outcomes[i] = _result(existing, StoreStatus.DUPLICATE, p.source)
-            else:
-                outcomes[i] = Rejected(p.source, self._conflict(rec, existing, why),
-                                       ConflictError)
-        self.store_.discard([batch[i].record.location for i in outcomes])
-        locs = [p.record.location for p in fresh]
-        try:
-            if not all(p.durable for p in fresh):
-                self.store_.flush(locs)
-            puts = self.index.put([(p.record, p.header) for p in fresh])
-        except BaseException:  # nothing committed: no staged frame may stay behind
-            self.store_.discard(locs)
-            raise
-        owned = [p.record.location for p, o in zip(fresh, puts, strict=True)
-                 if o.status == PutStatus.STORED]
-        if len(owned) < len(locs):  # another writer stored the UID since the check
-            self.store_.discard(sorted(set(locs) - set(owned)))
-        try:
-            self.store_.publish(owned)
-        except PacsError:  # committed and readable in staging; the next start moves it
-            log.exception("publishing committed locations failed; they stay staged")
-            owned = []
-        by_id = {id(p): o for p, o in zip(fresh, puts, strict=True)}
-        out: list[StoreResult | Rejected] = []
-        for i, p in enumerate(batch):
-            if i in outcomes:
-                out.append(outcomes[i])
-                continue
-            put = by_id.get(id(p))
-            if put is None or put.status == PutStatus.STORED:
-                out.append(_result(p.record, StoreStatus.STORED, p.source))
-            elif put.status == PutStatus.DUPLICATE and put.existing is not None:
-                out.append(_result(put.existing, StoreStatus.DUPLICATE, p.source))
-            elif put.existing is not None:
-                out.append(Rejected(p.source, self._conflict(
-                    p.record, put.existing, "its content differs"), ConflictError))
-            else:  # refused (contradicts the hierarchy) or invalid (a value it cannot take)
-                out.append(Rejected(p.source, put.reason, InvalidDicomError
-                                    if put.status == PutStatus.INVALID else ConflictError))
-        return out, owned
-
-    @staticmethod
-    def _conflict(new: InstanceRecord, old: InstanceRecord, why: str) -> str:
-        # what differs first: an Error Comment (0000,0902) is an LO of 64 characters
-        # (PS3.7 Annex E, PS3.5 6.2)
-        return (f"{why}: SOP Instance UID {new.sop_instance_uid} is already stored with "
-                f"different content (sha256 {old.sha256[:12]}… stored, {new.sha256[:12]}… "
-                f"received); the stored instance was kept (hint: delete it first to "
-                f"replace it)")
-
-    def _difference(self, new: Prepared, old: InstanceRecord, old_staged: Prepared | None
-                    ) -> str | None:
-        """What differs between a staged instance and the one of the same UID stored
-        (or staged earlier in the batch), or None when it is the same instance
-        (:func:`~pacscore.dicom.compare.difference`; only when the bytes differ)."""
-        rec = new.record
-        if rec.sha256 == old.sha256 or (
-                rec.content_sha256 and rec.content_sha256 == old.content_sha256):
-            return None
-        try:
-            return difference(self._reader.content(rec, new.header), self._reader.content(
-                old, old_staged.header if old_staged is not None else None))
-        except PacsError as exc:  # a damaged stored copy: never silently a duplicate
-            return f"the two cannot be compared ({exc.reason})"
 
     # -- retrieve ----------------------------------------------------------------
     def _record(self, sop_instance_uid: str) -> InstanceRecord:
@@ -768,7 +524,7 @@ class Archive:
     def delete(self, level: str, uid: str) -> int:
         """Delete an instance, series, study or patient; return instances removed."""
         self._require_writer()
-        with self._commit_lock:  # no commit is between its index transaction and rename
+        with self._committer.lock:  # no commit is between its index transaction and rename
             sops = self.index.instances(level, uid)
             if not sops:
                 raise NotFoundError(f"no {level} {uid} in the archive")

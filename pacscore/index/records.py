@@ -54,7 +54,7 @@ class InstanceRecord:
     def same_instance(self, other: InstanceRecord) -> bool:
         """``other`` is certainly this instance again: the same file, or the same data
         set bytes after another File Meta (objects kept as received).  Anything else
-        is decided by :meth:`pacscore.Archive._difference`, which compares the data
+        is decided by :meth:`pacscore.commit.Committer._difference`, which compares the data
         sets and the decoded pixels (the duplicate policy, README "Policies")."""
         return self.sha256 == other.sha256 or (
             bool(self.content_sha256) and self.content_sha256 == other.content_sha256)

@@ -1,4 +1,5 @@
-"""What became of an input that was not stored: refused, skipped or failed.
+"""What became of an input: acknowledged (:class:`StoreResult`), or refused, skipped or
+failed.
 
 Small frozen values that cross process boundaries (a worker returns them): the error
 travels as its class, which pickles by reference, so the parent re-raises exactly the
@@ -8,6 +9,7 @@ class the worker met (no lookup by name).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import (
     ArchiveStorageError,
@@ -16,8 +18,12 @@ from ..errors import (
     PacsError,
     UnsupportedTransferSyntaxError,
 )
+from ..kinds import StoreKind, StoreStatus
 
-__all__ = ["Failed", "Rejected", "Skipped"]
+if TYPE_CHECKING:
+    from ..index.records import InstanceRecord
+
+__all__ = ["Failed", "Rejected", "Skipped", "StoreResult", "result"]
 
 _CONTENT_ERRORS = (InvalidDicomError, UnsupportedTransferSyntaxError, ConflictError)
 """Refusals of what a file contains: the same file is refused again, whenever it is
@@ -89,3 +95,44 @@ class Failed:
         unless it is a PacsError), under ``source`` (default: :attr:`source`)."""
         cls = self.error if issubclass(self.error, PacsError) else ArchiveStorageError
         return cls(self.reason, source=self.source if source is None else source)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    """An acknowledged instance."""
+
+    sop_instance_uid: str
+    """SOP Instance UID."""
+    study_uid: str
+    """Study Instance UID."""
+    series_uid: str
+    """Series Instance UID."""
+    status: StoreStatus
+    """``stored``, or ``duplicate`` when identical content was already stored."""
+    original_syntax: str
+    """Transfer syntax as received."""
+    stored_syntax: str
+    """Transfer syntax stored."""
+    bytes_in: int
+    """Size as received."""
+    bytes_stored: int
+    """Bytes kept by the archive."""
+    verified: bool
+    """Every frame was re-encoded and decoded back bit for bit (False when kept as is)."""
+    kept_reason: str | None
+    """Why the object was kept as received, if it was."""
+    source: str
+    """Where it came from."""
+    warnings: tuple[str, ...] = ()
+    """Tolerated non-conformances."""
+    sop_class_uid: str = ""
+    """SOP Class UID."""
+
+
+def result(rec: InstanceRecord, status: StoreStatus, source: str) -> StoreResult:
+    """The acknowledgement of ``rec``, stored or found a duplicate, for ``source``."""
+    return StoreResult(
+        rec.sop_instance_uid, rec.study_uid, rec.series_uid, status, rec.original_syntax,
+        rec.stored_syntax, rec.bytes_in, rec.bytes_stored, rec.kind == StoreKind.FRAMES,
+        rec.kept_reason, source, rec.warnings, rec.sop_class_uid,
+    )
