@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import multiprocessing.forkserver
+import os
 import queue
 import signal
+import threading
 from dataclasses import dataclass
 from multiprocessing import reduction
 from multiprocessing.connection import Connection
@@ -37,10 +40,29 @@ __all__ = ["PrepareWorkers", "forkserver_context", "stop_worker"]
 
 def forkserver_context() -> Any:
     """Worker processes forked from a server process that imported the ingest pipeline
-    once (none of the caller's threads, LMDB environment or sockets is inherited)."""
+    once (none of the caller's threads, LMDB environment or sockets is inherited).
+
+    The server process is ``python -c ...``, which puts the current directory first on
+    ``sys.path`` (and Python 3.11's forkserver ignores the parent's path): a folder
+    named ``pacscore`` or a ``numpy.py`` where the operator runs a command would be
+    imported instead of the installed package.  It is started here with
+    ``PYTHONSAFEPATH`` (``-P``, no unsafe path first), which its workers inherit."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["pacscore.ingest.prepare"])
+    with _lock:
+        before = os.environ.get("PYTHONSAFEPATH")
+        os.environ["PYTHONSAFEPATH"] = "1"
+        try:
+            multiprocessing.forkserver.ensure_running()
+        finally:
+            if before is None:
+                del os.environ["PYTHONSAFEPATH"]
+            else:
+                os.environ["PYTHONSAFEPATH"] = before
     return ctx
+
+
+_lock = threading.Lock()
 
 
 def _serve(conn: Connection, config: ArchiveConfig, frames_root: str) -> None:
