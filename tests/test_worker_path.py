@@ -46,4 +46,4 @@ def test_a_booby_trapped_working_directory_is_not_imported(tmp_path: Path, corpu
     report = json.loads(run.stdout)
     assert report["files"] == 6
     if command == "import":
-        assert report["stored"] == 6 and report["failed"] == 0
+        assert report["stored"] == 6 and report["failed"] == []
