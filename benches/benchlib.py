@@ -79,7 +79,7 @@ class Paired:
     result: Any = None
 
 
-def paired(benchmark: Any, subject: Callable[[Any], Any], *,
+def paired(benchmark: Any, subject: Callable[[Any], Any], *,  # noqa: C901
            setup: Callable[[], Any] | None = None,
            teardown: Callable[[Any], None] | None = None,
            baseline: Callable[[Any], Any] | None = None,

@@ -328,7 +328,7 @@ class Archive:
             raise committed.exception(name)
         return committed
 
-    def store_many(self, paths: Iterable[str], *, workers: int | None = None,
+    def store_many(self, paths: Iterable[str], *, workers: int | None = None,  # noqa: C901
                    dask_address: str | None = None
                    ) -> Generator[StoreResult | Rejected | Skipped | Failed, None, None]:
         """Store many files with worker processes; yield exactly one outcome per path.

@@ -172,7 +172,7 @@ class Committer:
         if stored:
             self._notify(stored)
 
-    def _commit_locked(self, batch: Sequence[Prepared]) -> Committed:
+    def _commit_locked(self, batch: Sequence[Prepared]) -> Committed:  # noqa: C901
         seen: dict[str, Prepared] = {}
         fresh: list[Prepared] = []
         outcomes: dict[int, StoreResult | Rejected] = {}

@@ -210,7 +210,7 @@ _GREY_KEYWORDS = frozenset({
 _FRAME_MACROS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
 
 
-def _frame_view(ds: Dataset, index: int) -> Dataset:
+def _frame_view(ds: Dataset, index: int) -> Dataset:  # noqa: C901
     """The greyscale attributes that apply to frame ``index``: the top level, then the
     Shared, then this frame's Per-frame Functional Groups (PS3.3 C.7.6.16), each
     overriding the one before."""

@@ -210,7 +210,7 @@ def test_stow_refusals(service: Service, ct: list[Path], corpus: Path) -> None:
     assert service.stats()["instances"] == 1
 
 
-def test_mixed_interfaces_store_one_study(tmp_path: Path, corpus: Path) -> None:
+def test_mixed_interfaces_store_one_study(tmp_path: Path, corpus: Path) -> None:  # noqa: C901
     """8 clients (3 STOW-RS, 2 gRPC, 3 DCMTK storescu) send the same 50-instance study
     at once: one study, 50 instances, each stored once (one location each, nothing
     left staged), every data set byte-exact whichever interface won, and the archive's

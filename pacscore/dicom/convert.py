@@ -219,7 +219,7 @@ class _Converter:
             raise InvalidDicomError("a sequence has no delimiter")
         return items, pos
 
-    def dataset(self, pos: int, end: int, context: dict[int, int],
+    def dataset(self, pos: int, end: int, context: dict[int, int],  # noqa: C901
                 replace: Mapping[int, tuple[str, bytes]]) -> tuple[bytes, int]:
         """Convert the elements from ``pos`` to ``end`` (or to an item delimiter);
         return the converted bytes and the offset after what was read."""

@@ -203,7 +203,7 @@ class _Walker:
         return tag, raw_vr.decode(), self.u16(self.body, pos + 6)[0], pos + 8
 
     # -- data sets and sequences ----------------------------------------------------
-    def dataset(self, pos: int, end: int, depth: int, top: bool) -> int:
+    def dataset(self, pos: int, end: int, depth: int, top: bool) -> int:  # noqa: C901
         """Walk elements from ``pos``; return the offset after the data set.
 
         Stops at ``end`` or after an Item Delimitation Item (undefined-length items).
@@ -292,7 +292,7 @@ class _Walker:
             )
 
     # -- pixel data -------------------------------------------------------------
-    def pixel_element(self, tag: int, vr: str, start: int, value: int, length: int,
+    def pixel_element(self, tag: int, vr: str, start: int, value: int, length: int,  # noqa: C901
                       end: int, record: bool) -> int:
         if record and self.pixel is not None:
             raise InvalidDicomError("more than one pixel data element", source=self.source)

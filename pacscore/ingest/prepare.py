@@ -46,7 +46,7 @@ __all__ = ["Prepared", "encode_object", "encode_unverified", "native_bytes", "na
 _J2K_FAMILY = ("1.2.840.10008.1.2.4.9", "1.2.840.10008.1.2.4.20")
 
 
-def j2k_truncation(stream: bytes) -> str | None:
+def j2k_truncation(stream: bytes) -> str | None:  # noqa: C901
     """Why a JPEG 2000 codestream is cut short, or None (a walk of SOT tile-parts)."""
     start = stream.find(b"\xff\x4f\xff\x51")  # SOC then SIZ (JP2 boxes may precede)
     if start < 0:

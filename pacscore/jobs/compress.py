@@ -302,7 +302,7 @@ class _Job:
         return CompressTask(path, rel, str(self.dst_root), self.config, self.budget,
                             publish_in_worker=self.remote)
 
-    def run(self, workers: int, dask_address: str | None) -> Iterator[FileResult]:
+    def run(self, workers: int, dask_address: str | None) -> Iterator[FileResult]:  # noqa: C901
         """Do every file not done; yield the results, journalled a batch at a time."""
         files = self.walk()
 

@@ -89,7 +89,7 @@ def _context(fork_safe: bool) -> Any:
     return forkserver_context()
 
 
-def _local(fn: Callable[[T], R], items: Iterable[T], workers: int,
+def _local(fn: Callable[[T], R], items: Iterable[T], workers: int,  # noqa: C901
            on_error: Callable[[T, str], R], fork_safe: bool, depth: int = 2
            ) -> Generator[R, None, None]:
     """Worker processes on dedicated pipes, each kept ``depth`` items ahead so that it

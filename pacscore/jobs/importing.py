@@ -203,7 +203,7 @@ class _CtrlC:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def run_import(archive: Archive, roots: Sequence[str], *, workers: int,
+def run_import(archive: Archive, roots: Sequence[str], *, workers: int,  # noqa: C901
                dask_address: str | None = None, resume: bool = False,
                progress: Callable[[int], None] | None = None) -> ImportReport:
     """Store every file under ``roots`` into ``archive``; return the job's report.

@@ -119,7 +119,7 @@ def _live() -> dict[str, Any]:
     return {"ae": ae, "assoc": assoc, "transport": transport}
 
 
-def missing(patched: Sequence[tuple[str, tuple[str, ...] | None]] = PATCHED,
+def missing(patched: Sequence[tuple[str, tuple[str, ...] | None]] = PATCHED,  # noqa: C901
             used: Sequence[str] = USED) -> list[str]:
     """The names of ``patched`` and ``used`` that the installed pynetdicom lacks, or
     whose parameters differ (each with what was expected); empty when all fit."""

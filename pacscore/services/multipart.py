@@ -84,7 +84,7 @@ def related_boundary(content_type: str) -> str:
     raise MultipartError("multipart/related without a boundary parameter")
 
 
-async def parse_related(chunks: AsyncIterator[bytes], boundary: str, limit: int,
+async def parse_related(chunks: AsyncIterator[bytes], boundary: str, limit: int,  # noqa: C901
                         tmp_dir: Path) -> list[Part]:
     """Split the body into parts spooled under ``tmp_dir`` (caller removes them)."""
     delim = b"--" + boundary.encode()

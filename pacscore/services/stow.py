@@ -92,7 +92,7 @@ class Stow:
             log.debug("refused STOW-RS part unreadable", exc_info=True)
             return None, None
 
-    async def __call__(self, request: Request) -> Response:
+    async def __call__(self, request: Request) -> Response:  # noqa: C901
         length = request.headers.get("content-length") or "0"
         if not length.strip().isdigit():
             raise InvalidRequestError(f"Content-Length {length!r} is not a byte count")

@@ -436,7 +436,7 @@ class IndexTests(IndexQueryTests):
 
 
     # -- totals ---------------------------------------------------------------------------------
-    def test_stats_are_the_sum_of_the_parts(self, index: Index) -> None:
+    def test_stats_are_the_sum_of_the_parts(self, index: Index) -> None:  # noqa: C901
         rng = random.Random(1234)
         live: dict[str, InstanceRecord] = {}
         for step in range(160):

@@ -172,7 +172,7 @@ class Injector:
         ZarrFrameStore.delete = deleting  # type: ignore[method-assign]
 
 
-def main() -> None:
+def main() -> None:  # noqa: C901
     root, list_file = sys.argv[1], sys.argv[2]
     paths = [p for p in Path(list_file).read_text().splitlines() if p]
     rng = random.Random(int(os.environ.get("HELPER_SEED", "0")))

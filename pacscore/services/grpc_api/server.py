@@ -219,7 +219,7 @@ class _Chunks:
         self._credit.release()
 
 
-def _servicer(archive: Archive, audit: AuditLog, max_object: int, idle_timeout: float,
+def _servicer(archive: Archive, audit: AuditLog, max_object: int, idle_timeout: float,  # noqa: C901
               store_streams: int) -> Any:
     pb, svc = load()
 
