@@ -123,6 +123,82 @@ def test_a_requestor_with_the_fast_paths_gets_each_response_at_once(tmp_path: Pa
     assert slowest < 10, f"a response took {slowest:.1f} s"
 
 
+def test_a_response_never_goes_to_the_paused_reactor(tmp_path: Path) -> None:
+    """pynetdicom's own race, forced: the SCU's association thread passed its checkpoint
+    just before ``send_c_echo`` cleared it (``_is_paused`` is still True then), and the
+    OS runs it next only once the response is queued, before the thread waiting for
+    that response wakes.  It must leave the response to ``send_c_echo`` (before: it
+    dropped it, "Received unexpected C-ECHO service message", and the answer was an
+    empty data set after the DIMSE timeout: seen once in CI)."""
+    import queue
+    import threading
+    import time
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    from pacscore.testing import serving
+
+    go = threading.Event()  # the response is queued: the held thread may look now
+
+    class HeldCheckpoint(threading.Event):
+        """The checkpoint; once armed, the thread's next pass is held until ``go``."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.armed, self.holding = threading.Event(), threading.Event()
+
+        def wait(self, timeout: float | None = None) -> bool:
+            passed = super().wait(timeout)
+            if self.armed.is_set() and threading.current_thread() is assoc:
+                self.armed.clear()
+                self.holding.set()
+                go.wait(5)
+                time.sleep(0.05)  # the look at the queue comes before the waiter wakes
+            return passed
+
+    class SlowToWake(queue.Queue):  # type: ignore[type-arg]
+        """The DIMSE queue, whose waiter wakes 0.3 s after a response is queued."""
+
+        def put(self, item: object, block: bool = True, timeout: float | None = None) -> None:
+            with self.mutex:
+                self._put(item)  # type: ignore[attr-defined]
+                self.unfinished_tasks += 1
+            if not getattr(item[1], "is_valid_request", True):  # type: ignore[index]
+                go.set()
+                time.sleep(0.3)
+            with self.not_empty:
+                self.not_empty.notify()
+
+    root = tmp_path / "archive"
+    cli("ae", "add", "MODALITY", "--host", "127.0.0.1", "--archive", str(root))
+    assert dimse_patches.install()
+    with serving(root) as ports:
+        ae = AE(ae_title="MODALITY")
+        ae.dimse_timeout = 3
+        ae.add_requested_context(Verification)
+        dimse_scope.claim(ae, None)
+        assoc = ae.associate("127.0.0.1", ports["dimse"], ae_title="PACSCORE")
+        try:
+            assert assoc.is_established
+            checkpoint = HeldCheckpoint()
+            checkpoint.set()
+            assoc._reactor_checkpoint = checkpoint
+            assoc.dimse.msg_queue = SlowToWake()
+            for _ in range(2):
+                go.clear()
+                checkpoint.armed.set()
+                assert checkpoint.holding.wait(5)
+                checkpoint.holding.clear()
+                start = time.monotonic()
+                answer = assoc.send_c_echo()
+                assert "Status" in answer and answer.Status == 0x0000
+                assert time.monotonic() - start < 2
+        finally:
+            assoc.release()
+            dimse_scope.release(ae)
+
+
 def test_a_foreign_association_runs_pynetdicoms_own_code(tmp_path: Path, corpus: Path) -> None:
     """The fast paths act on the server's own associations only: a pynetdicom SCP and
     SCU that the embedding program runs in the same process as a pacscore server go

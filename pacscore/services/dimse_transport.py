@@ -24,6 +24,14 @@
   millisecond before a received request is served.  ``install`` makes that sleep a
   wait on the queue itself: woken by the next message, or after 5 ms at most, so a
   release or abort request (which arrives on another queue) waits 5 ms at most.
+* pynetdicom's ``send_c_echo`` (and every other ``send_*``) pauses that thread by
+  clearing its checkpoint and waiting for ``_is_paused``, which is still True for a
+  moment after the thread passed the checkpoint: the thread then took the response
+  off the queue, dropped it ("Received unexpected C-ECHO service message") and the
+  sender waited out the DIMSE timeout (seen once in ~2,500 tests on a busy 2-core
+  CI machine).  ``install`` makes the thread's own look at the queue
+  (``get_msg(block=False)``) leave a response there while a sender has the thread
+  paused: only the sender waits for responses.
 * every C-STORE data set received into a file starts with a file meta group that
   pynetdicom builds as a pydicom dataset and writes with pydicom (~0.2 ms a data
   set); ``install`` writes the same bytes with :func:`.dimse_wire.file_meta`.
@@ -62,6 +70,7 @@ import pynetdicom.association
 import pynetdicom.dimse_messages
 import pynetdicom.dul
 from pynetdicom import evt
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
 
@@ -271,6 +280,28 @@ class _DulClock:
         time.sleep(seconds)
 
 
+_ORIGINAL_GET_MSG: Any = getattr(DIMSEServiceProvider, "get_msg", None)
+
+
+def _get_msg(self: DIMSEServiceProvider, block: bool = False) -> Any:
+    """``get_msg`` that never gives the association's own thread a response while a
+    ``send_*`` on another thread waits for one (the checkpoint is cleared then): the
+    thread only serves requests and drops anything else.  Taken under the queue's
+    lock, so the sender's ``get`` and this look cannot split one message."""
+    assoc = self.assoc
+    if block or threading.current_thread() is not assoc \
+            or assoc._reactor_checkpoint.is_set():
+        return _ORIGINAL_GET_MSG(self, block)
+    messages = self.msg_queue
+    with messages.mutex:
+        if not messages.queue:
+            return None, None
+        head = messages.queue[0][1]
+        if not getattr(head, "is_valid_request", True):
+            return None, None  # the paused sender's response: it takes it itself
+        return messages.queue.popleft()
+
+
 def _write_file_meta(fp: Any, file_meta: bytes, enforce_standard: bool = True) -> None:
     fp.write(file_meta)  # already encoded (file_meta above replaces create_file_meta)
 
@@ -285,12 +316,14 @@ PATCHES: tuple[tuple[Any, str, Any], ...] = (
     (DULServiceProvider, "stop_dul", _stop_dul),
     (DULServiceProvider, "kill_dul", _kill_dul),
     (DULServiceProvider, "run_reactor", _run_reactor),
+    (DIMSEServiceProvider, "get_msg", _get_msg),
     (pynetdicom.dimse_messages, "create_file_meta", file_meta),
     (pynetdicom.dimse_messages, "write_file_meta_info", _write_file_meta),
     (pynetdicom.dimse_messages, "NamedTemporaryFile", spool_file),
 )
 """``(owner, attribute, replacement)``: the PDU reads and sends, the socket's readiness,
-the idle waits of the DUL and association reactors, and the file meta writing and the
+the idle waits of the DUL and association reactors, the association thread's look at
+its DIMSE queue, and the file meta writing and the
 spool file of received data sets (installed by :func:`.dimse_patches.install`)."""
 
 
