@@ -1,10 +1,13 @@
 """pacscore: a DICOM archive engine with verified lossless transcoding.
 
-The public API is :class:`Archive`; everything else is reached through it.
+The public API is :class:`Archive`; everything else is reached through it.  The
+archive engine (numba kernels, zarr, pydicom, the codecs) is imported on first use of
+a name below, not by ``import pacscore``.
 """
 
-from .archive import Archive, StoreResult, VerifyReport
-from .config import ArchiveConfig, Limits
+from typing import TYPE_CHECKING
+
+from ._lazy import attributes
 from .errors import (
     ArchiveBusyError,
     ArchiveCorruptError,
@@ -18,6 +21,10 @@ from .errors import (
     TruncatedFileError,
     UnsupportedTransferSyntaxError,
 )
+
+if TYPE_CHECKING:
+    from .archive import Archive, StoreResult, VerifyReport
+    from .config import ArchiveConfig, Limits
 
 __all__ = [
     "Archive",
@@ -38,3 +45,8 @@ __all__ = [
     "VerifyReport",
 ]
 __version__ = "0.1.0"
+
+__getattr__, __dir__ = attributes(__name__, {
+    "Archive": ".archive", "StoreResult": ".archive", "VerifyReport": ".archive",
+    "ArchiveConfig": ".config", "Limits": ".config",
+})

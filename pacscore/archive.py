@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
 import shutil
@@ -28,7 +29,7 @@ import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy.typing as npt
 
@@ -46,16 +47,13 @@ from .errors import (
     PacsError,
 )
 from .index import LEVELS, InstanceRecord, LmdbIndex, StoreKind
-from .ingest.outcomes import Failed, Rejected, Skipped, StoreResult
-from .ingest.pool import run_pool
-from .ingest.prepare import (
-    Prepared,
-    prepare,
-)
-from .ingest.workers import PrepareWorkers
+from .ingest.outcomes import Failed, Prepared, Rejected, Skipped, StoreResult
 from .private import make_private_dir
 from .retrieve import Reader, crc_problem
 from .store import ZarrFrameStore
+
+if TYPE_CHECKING:
+    from .ingest.workers import PrepareWorkers
 
 __all__ = ["Archive", "StoreResult", "VerifyReport"]
 
@@ -296,6 +294,8 @@ class Archive:
                                        strict_identity=strict_identity)
         else:
             data, name = src.read(), source or "<stream>"
+        from .ingest.prepare import prepare  # the kernels and codecs: on first store
+
         prepared = prepare(data, name, self.config, self.store_, flush=True,
                            strict_identity=strict_identity)
         outcome = self._group.submit(prepared)
@@ -309,6 +309,8 @@ class Archive:
         self._require_writer()
         with self._lock:
             if self._workers is None and self.config.prepare_workers > 0:
+                from .ingest.workers import PrepareWorkers
+
                 self._workers = PrepareWorkers(self.config.prepare_workers, self.config,
                                                str(self.frames_root))
 
@@ -346,6 +348,11 @@ class Archive:
         self._require_writer()
         n = os.cpu_count() or 1 if workers is None else workers
         source = iter(paths)
+        first = next(source, None)
+        if first is None:  # nothing to store: nothing more to import or start (14.2)
+            return
+        source = itertools.chain((first,), source)
+        from .ingest.pool import run_pool  # the kernels and codecs, before workers fork
         open_: collections.Counter[str] = collections.Counter()  # taken, not yet answered
         cause: list[tuple[str, type[Exception]]] = []  # (reason, error class) of the stop
 

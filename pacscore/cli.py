@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .archive import Archive
-from .codecs import CODEC_NAMES
-from .config import ArchiveConfig
+from .config import DEFAULT_BUDGET, ArchiveConfig
 from .errors import PacsError
-from .index import LEVELS
-from .jobs import JobReport, count_files, plan, run_compress
-from .jobs.auto import DEFAULT_BUDGET
+from .jobs.walk import count_files
+from .kinds import CODEC_NAMES, Level
+
+# The archive engine (numba kernels, zarr, pydicom, codecs) is imported by the commands
+# that use it, not here: --help and a mistyped option answer at once (issue 14.2).
 
 __all__ = ["main"]
 
@@ -64,6 +64,7 @@ def _config(args: argparse.Namespace) -> ArchiveConfig:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    from .archive import Archive
     from .jobs.importing import run_import
 
     n_files, total = count_files(args.paths)
@@ -88,6 +89,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from .archive import Archive
     from .cli_support import export_instances
 
     out = Path(args.out)
@@ -112,6 +114,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
+    from .jobs.compress import run_compress
+    from .jobs.report import JobReport
+
     n_files, total = count_files(args.src)
     progress = _Progress(n_files, total, enabled=not args.json and sys.stderr.isatty())
     report = JobReport()
@@ -144,6 +149,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
+    from .jobs.plan import plan
+
     result = plan(args.src, ArchiveConfig(), workers=args.workers, sample=args.sample)
     if args.json:
         print(json.dumps(result))
@@ -220,6 +227,8 @@ def _parse_keys(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def _cmd_find(args: argparse.Namespace) -> int:
+    from .archive import Archive
+
     keys = _parse_keys(args.keys)
     with Archive(args.archive, readonly=True) as archive:
         matches = archive.find(args.level, limit=args.limit, offset=args.offset, **keys)
@@ -236,6 +245,8 @@ def _cmd_find(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from .archive import Archive
+
     with Archive(args.archive, readonly=True) as archive:
         report = archive.verify()
     failed = [{"sop_instance_uid": u, "reason": r} for u, r in report.failed]
@@ -249,6 +260,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
+    from .archive import Archive
+
     with Archive(args.archive, readonly=True) as archive:
         stats = archive.stats()
     if args.json:
@@ -318,7 +331,7 @@ def _parser() -> argparse.ArgumentParser:
 
     find = sub.add_parser("find", help="query the index (DICOM matching)")
     archive_arg(find)
-    find.add_argument("--level", choices=LEVELS, required=True)
+    find.add_argument("--level", choices=tuple(Level), required=True)
     find.add_argument("keys", nargs="*", metavar="KEY=VALUE")
     find.add_argument("--limit", type=int)
     find.add_argument("--offset", type=int, default=0)

@@ -19,8 +19,7 @@ from collections.abc import Callable, Sequence
 from .dicom.compare import difference
 from .errors import ConflictError, InvalidDicomError, PacsError
 from .index import Index, InstanceRecord
-from .ingest.outcomes import Rejected, StoreResult, result
-from .ingest.prepare import Prepared
+from .ingest.outcomes import Prepared, Rejected, StoreResult, result
 from .kinds import PutStatus, StoreStatus
 from .retrieve import Reader
 from .store import FrameStore

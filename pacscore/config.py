@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ArchiveConfig", "Limits"]
+__all__ = ["DEFAULT_BUDGET", "ArchiveConfig", "Limits"]
+
+DEFAULT_BUDGET = 0.25
+"""``--codec auto``: minimum encode speed relative to the fastest candidate.  Measured
+here: JPEG-LS runs at ~0.5x HTJ2K, JPEG 2000 at ~0.1x; 0.25 admits JPEG-LS with room
+for timing noise on a busy machine and keeps JPEG 2000 out."""
 
 
 @dataclass(frozen=True, slots=True)

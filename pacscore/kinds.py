@@ -9,7 +9,20 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["FileStatus", "Level", "PutStatus", "StoreKind", "StoreStatus"]
+__all__ = ["CODECS", "CODEC_NAMES", "FileStatus", "Level", "PutStatus", "StoreKind", "StoreStatus"]
+
+CODECS: dict[str, tuple[str, str]] = {
+    # name: (module of pacscore.codecs, transfer syntax UID)
+    "htj2k": ("htj2k", "1.2.840.10008.1.2.4.202"),
+    "jpegls": ("jpegls", "1.2.840.10008.1.2.4.80"),
+    "j2k": ("j2k", "1.2.840.10008.1.2.4.90"),
+    "rle": ("rle", "1.2.840.10008.1.2.5"),
+}
+"""The codecs pacscore encodes with (:mod:`pacscore.codecs` imports each module on first
+use); here, not there, so that the command line lists them without loading numpy."""
+
+CODEC_NAMES: tuple[str, ...] = tuple(CODECS)
+"""Names accepted by ``ArchiveConfig.codec`` and ``--codec`` (besides ``keep``)."""
 
 
 class Level(StrEnum):

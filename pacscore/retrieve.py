@@ -23,6 +23,7 @@ from .codecs import by_syntax
 from .codecs.decoding import decodable, decode_frames, native_elements, nested_decoder
 from .config import Limits
 from .dicom.compare import Content
+from .dicom.frames import frame_crc32, native_bytes, native_frames
 from .dicom.header import read_header
 from .dicom.layout import PixelLayout
 from .dicom.part10 import HeaderParts, build_part10, uncompressed_part10
@@ -35,7 +36,6 @@ from .errors import (
     UnsupportedTransferSyntaxError,
 )
 from .index import InstanceRecord, LmdbIndex, StoreKind
-from .ingest.prepare import frame_crc32, native_bytes, native_frames
 from .store import ZarrFrameStore
 
 __all__ = ["Kept", "Reader"]

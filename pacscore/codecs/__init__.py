@@ -1,7 +1,7 @@
 """Codec registry: one module per transfer syntax, found through a table.
 
 Adding a codec means adding a module that defines ``CODEC`` (a
-:class:`~pacscore.codecs.base.FrameCodec`) and one line in ``_MODULES``.
+:class:`~pacscore.codecs.base.FrameCodec`) and one line in :data:`pacscore.kinds.CODECS`.
 Modules are imported on first use.
 """
 
@@ -10,19 +10,10 @@ from __future__ import annotations
 import importlib
 
 from ..errors import UnsupportedTransferSyntaxError
+from ..kinds import CODEC_NAMES, CODECS
 from .base import Frame, FrameCodec
 
 __all__ = ["CODEC_NAMES", "Frame", "FrameCodec", "by_name", "by_syntax", "encodable_syntaxes"]
-
-_MODULES: dict[str, tuple[str, str]] = {
-    # name: (module, transfer syntax UID)
-    "htj2k": ("htj2k", "1.2.840.10008.1.2.4.202"),
-    "jpegls": ("jpegls", "1.2.840.10008.1.2.4.80"),
-    "j2k": ("j2k", "1.2.840.10008.1.2.4.90"),
-    "rle": ("rle", "1.2.840.10008.1.2.5"),
-}
-CODEC_NAMES: tuple[str, ...] = tuple(_MODULES)
-"""Names accepted by ``ArchiveConfig.codec`` and ``--codec`` (besides ``keep``)."""
 
 _loaded: dict[str, FrameCodec] = {}
 
@@ -30,18 +21,18 @@ _loaded: dict[str, FrameCodec] = {}
 def by_name(name: str) -> FrameCodec:
     """Return the codec called ``name``."""
     if name not in _loaded:
-        if name not in _MODULES:
+        if name not in CODECS:
             raise UnsupportedTransferSyntaxError(
                 f"unknown codec {name!r}; known: {', '.join(CODEC_NAMES)}"
             )
-        module = importlib.import_module(f"{__name__}.{_MODULES[name][0]}")
+        module = importlib.import_module(f"{__name__}.{CODECS[name][0]}")
         _loaded[name] = module.CODEC
     return _loaded[name]
 
 
 def by_syntax(uid: str) -> FrameCodec | None:
     """Return the codec writing transfer syntax ``uid``, or None."""
-    for name, (_, ts) in _MODULES.items():
+    for name, (_, ts) in CODECS.items():
         if ts == uid:
             return by_name(name)
     return None
@@ -49,4 +40,4 @@ def by_syntax(uid: str) -> FrameCodec | None:
 
 def encodable_syntaxes() -> tuple[str, ...]:
     """Transfer syntax UIDs this build can encode to."""
-    return tuple(ts for _, ts in _MODULES.values())
+    return tuple(ts for _, ts in CODECS.values())

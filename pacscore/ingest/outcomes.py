@@ -23,11 +23,26 @@ from ..kinds import StoreKind, StoreStatus
 if TYPE_CHECKING:
     from ..index.records import InstanceRecord
 
-__all__ = ["Failed", "Rejected", "Skipped", "StoreResult", "result"]
+__all__ = ["Failed", "Prepared", "Rejected", "Skipped", "StoreResult", "result"]
 
 _CONTENT_ERRORS = (InvalidDicomError, UnsupportedTransferSyntaxError, ConflictError)
 """Refusals of what a file contains: the same file is refused again, whenever it is
 tried (a bulk job's journal records them as done)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """An instance staged and ready to be committed (small: no pixels), as
+    :func:`~pacscore.ingest.prepare.prepare` returns it."""
+
+    record: InstanceRecord
+    """What goes into the index."""
+    header: bytes
+    """Packed :class:`~pacscore.dicom.part10.HeaderParts` (empty for blobs)."""
+    source: str
+    """Where it came from (file path or client description)."""
+    durable: bool = False
+    """Its staged data is on disk already (:meth:`~pacscore.store.FrameStore.make_durable`)."""
 
 
 @dataclass(frozen=True, slots=True)

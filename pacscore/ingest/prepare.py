@@ -12,11 +12,10 @@ import hashlib
 import os
 import threading
 import uuid
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +23,7 @@ import numpy.typing as npt
 from ..codecs import FrameCodec, by_name
 from ..codecs.decoding import decodable, decode_frames
 from ..config import ArchiveConfig
+from ..dicom.frames import frame_crc32, native_bytes, native_frames
 from ..dicom.header import InstanceHeader, read_header
 from ..dicom.layout import PixelLayout
 from ..dicom.part10 import HeaderParts
@@ -38,6 +38,7 @@ from ..errors import (
 from ..index.records import InstanceRecord, StoreKind
 from ..kernels import bits_outside_stored
 from ..store.base import FrameStore
+from .outcomes import Prepared
 
 __all__ = ["Prepared", "encode_object", "encode_unverified", "native_bytes", "native_frames",
            "prepare", "verified"]
@@ -87,20 +88,6 @@ def j2k_truncation(stream: bytes) -> str | None:  # noqa: C901
 
 
 @dataclass(frozen=True, slots=True)
-class Prepared:
-    """An instance staged and ready to be committed (small: no pixels)."""
-
-    record: InstanceRecord
-    """What goes into the index."""
-    header: bytes
-    """Packed :class:`HeaderParts` (empty for blobs)."""
-    source: str
-    """Where it came from (file path or client description)."""
-    durable: bool = False
-    """Its staged data is on disk already (:meth:`FrameStore.make_durable`)."""
-
-
-@dataclass(frozen=True, slots=True)
 class _Context:
     scanned: ScannedObject
     header: InstanceHeader
@@ -142,36 +129,6 @@ _KEEP_RULES: tuple[Callable[[_Context], str | None], ...] = (
 )
 
 
-def native_frames(scanned: ScannedObject, layout: PixelLayout) -> npt.NDArray[Any]:
-    """Frames of native pixel data as (frames, rows, columns[, samples]) native arrays.
-
-    A view of the received bytes when little endian and colour-by-pixel; a copy when
-    the data set is big endian or colour-by-plane.
-    """
-    pixel = scanned.pixel
-    assert pixel is not None
-    order: Literal["<", ">"] = "<" if scanned.transfer_syntax.little_endian else ">"
-    dtype = layout.dtype.newbyteorder(order)
-    count = layout.frame_samples * layout.frames
-    arr = np.frombuffer(scanned.body, dtype, count=count, offset=pixel.value_start)
-    if layout.planar:
-        arr = arr.reshape(layout.frames, layout.samples, layout.rows, layout.columns)
-        arr = np.ascontiguousarray(arr.transpose(0, 2, 3, 1))
-    else:
-        arr = arr.reshape(layout.frames, *layout.frame_shape)
-    if order == ">" and layout.bits_allocated > 8:
-        arr = arr.astype(layout.dtype)
-    return arr
-
-
-def native_bytes(frames: list[npt.NDArray[Any]], layout: PixelLayout, little: bool) -> bytes:
-    """Inverse of :func:`native_frames`: the pixel value bytes as in the file."""
-    stack = np.stack(frames).reshape(layout.frames, *layout.frame_shape)
-    if layout.planar:
-        stack = stack.transpose(0, 3, 1, 2)
-    if not little and layout.bits_allocated > 8:
-        stack = stack.astype(layout.dtype.newbyteorder(">"))
-    return np.ascontiguousarray(stack).tobytes()
 
 
 def _check_complete(ctx: _Context, source: str) -> None:
@@ -233,11 +190,6 @@ def _verify_frames(frames: Any, encoded: Sequence[bytes], layout: PixelLayout,
         crcs.append(frame_crc32(back))
     return crcs
 
-
-def frame_crc32(frame: npt.NDArray[Any]) -> int:
-    """CRC-32 of a decoded frame's samples in little-endian order (the index checksum)."""
-    le = np.ascontiguousarray(frame.astype(frame.dtype.newbyteorder("<"), copy=False))
-    return zlib.crc32(le.data)
 
 
 def new_location() -> str:

@@ -16,14 +16,11 @@ from typing import Any
 import numpy as np
 
 from ..codecs import FrameCodec, by_name
+from ..config import DEFAULT_BUDGET
 from ..dicom.header import InstanceHeader
 
 __all__ = ["AUTO_CANDIDATES", "DEFAULT_BUDGET", "Measurement", "SeriesChooser", "measure"]
 
-DEFAULT_BUDGET = 0.25
-"""Minimum encode speed relative to the fastest candidate.  Measured here: JPEG-LS runs
-at ~0.5x HTJ2K, JPEG 2000 at ~0.1x; 0.25 admits JPEG-LS with room for timing noise on a
-busy machine and keeps JPEG 2000 out."""
 
 AUTO_CANDIDATES: tuple[str, ...] = ("htj2k", "jpegls", "j2k")
 """Codecs ``auto`` measures (JPEG 2000 rarely passes a speed budget; it is measured

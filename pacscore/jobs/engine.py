@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import signal
@@ -101,8 +102,12 @@ def _local(fn: Callable[[T], R], items: Iterable[T], workers: int,  # noqa: C901
     die before they are ready (an environment in which they cannot import what they
     run) raise :class:`~pacscore.errors.WorkerError` once ``max(2, workers)`` in a row
     did: every item not yielded is then the caller's to report."""
-    ctx = _context(fork_safe)
     source = iter(items)
+    first = next(source, _END)
+    if first is _END:  # nothing to do: no worker is started (an empty import, 14.2)
+        return
+    source = itertools.chain((first,), source)
+    ctx = _context(fork_safe)
     pool: list[_Worker] = []
     for _ in range(workers):
         pool.append(_Worker(ctx, fn, pool))

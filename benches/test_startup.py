@@ -1,0 +1,74 @@
+"""Start-up of the ``pacscore`` command before any work (issue 14.2).
+
+Each figure is the best of several runs of a fresh process, as excess over
+``python -c pass`` timed in the same rounds (the interpreter's own start):
+
+* ``pacscore --help``: target excess <= 0.3 s;
+* ``pacscore import`` of an empty folder into a new archive: target excess <= 0.6 s
+  (it opens the archive: LMDB, zarr, pydicom; no kernels, codecs or workers).
+
+ratio = target / excess (>= 1 meets it).  Best, not median: the question is what the
+code costs, not how busy the machine was; a miss still fails the test.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import benchlib
+
+
+def _command() -> list[str]:
+    """The console script beside this interpreter (what a user runs), else ``-m``."""
+    script = Path(sys.executable).with_name("pacscore")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "pacscore.cli"]
+
+
+def _run(args: list[str], cwd: Path) -> None:
+    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def _excess(benchmark: Any, args: list[str], tmp_path: Path, smoke: bool,
+            reset: Path | None = None) -> tuple[float, float]:
+    """Best time of ``args`` and of ``python -c pass``, in the same rounds."""
+
+    def setup() -> None:
+        if reset is not None:
+            shutil.rmtree(reset, ignore_errors=True)
+
+    run = benchlib.paired(benchmark, lambda _: _run(args, tmp_path), setup=setup,
+                          baseline=lambda _: _run([sys.executable, "-c", "pass"], tmp_path),
+                          rounds=3 if smoke else 7, warmup=1)
+    return min(run.subject), min(run.baseline)
+
+
+def test_help_starts_at_once(benchmark: Any, tmp_path: Path, smoke: bool) -> None:
+    best, python = _excess(benchmark, [*_command(), "--help"], tmp_path, smoke)
+    excess = best - python
+    benchlib.report(benchmark, "start-up: pacscore --help, excess over python -c pass",
+                    subject=f"{best * 1000:.0f} ms", baseline=f"python -c pass "
+                    f"{python * 1000:.0f} ms", ratio=0.3 / max(excess, 1e-3),
+                    target="excess <= 0.3 s", note=f"excess {excess * 1000:.0f} ms; best "
+                    f"of {3 if smoke else 7} runs")
+    assert excess <= 0.3, f"pacscore --help took {excess:.2f} s more than python -c pass"
+
+
+def test_empty_import_starts_at_once(benchmark: Any, tmp_path: Path, smoke: bool) -> None:
+    empty, archive = tmp_path / "empty", tmp_path / "archive"
+    empty.mkdir()
+    best, python = _excess(
+        benchmark, [*_command(), "import", str(empty), "--archive", str(archive)],
+        tmp_path, smoke, reset=archive)
+    excess = best - python
+    benchlib.report(benchmark, "start-up: pacscore import of an empty folder, new archive",
+                    subject=f"{best * 1000:.0f} ms", baseline=f"python -c pass "
+                    f"{python * 1000:.0f} ms", ratio=0.6 / max(excess, 1e-3),
+                    target="excess <= 0.6 s", note=f"excess {excess * 1000:.0f} ms; best "
+                    f"of {3 if smoke else 7} runs; opens LMDB + zarr, starts no worker")
+    assert excess <= 0.6, f"an empty import took {excess:.2f} s more than python -c pass"
