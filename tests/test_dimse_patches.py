@@ -199,6 +199,44 @@ def test_a_response_never_goes_to_the_paused_reactor(tmp_path: Path) -> None:
             dimse_scope.release(ae)
 
 
+def test_an_idle_association_polls_its_queue_rarely(tmp_path: Path) -> None:
+    """The reactor loop's 1 ms poll (recognised by its caller, Association._run_reactor)
+    waits on the DIMSE queue instead, 5 ms at most: an idle claimed association looks
+    at its queue a few hundred times a second, not a thousand."""
+    import time
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    from pacscore.testing import serving
+
+    root = tmp_path / "archive"
+    cli("ae", "add", "MODALITY", "--host", "127.0.0.1", "--archive", str(root))
+    assert dimse_patches.install()
+    with serving(root) as ports:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(Verification)
+        dimse_scope.claim(ae, None)
+        assoc = ae.associate("127.0.0.1", ports["dimse"], ae_title="PACSCORE")
+        looks = [0]
+        original = assoc.dimse.get_msg
+
+        def counting(block: bool = False) -> object:
+            looks[0] += 1
+            return original(block)
+
+        try:
+            assert assoc.is_established
+            assoc.dimse.get_msg = counting
+            time.sleep(1.0)
+            idle = looks[0]
+            assert assoc.send_c_echo().Status == 0x0000
+        finally:
+            assoc.release()
+            dimse_scope.release(ae)
+    assert 20 < idle < 400, f"{idle} looks at the queue in 1 s idle"
+
+
 def test_a_foreign_association_runs_pynetdicoms_own_code(tmp_path: Path, corpus: Path) -> None:
     """The fast paths act on the server's own associations only: a pynetdicom SCP and
     SCU that the embedding program runs in the same process as a pacscore server go

@@ -73,8 +73,9 @@ USED: tuple[str, ...] = (
     "pynetdicom.dul.DULServiceProvider._decode_pdu(self, bytestream)",
     "pynetdicom.transport.ThreadedAssociationServer.active_associations",
     "pynetdicom.pdu_primitives.P_DATA.presentation_data_value_list",
+    "pynetdicom.association.Association._run_reactor(self)",
     # attributes of live objects (an acceptor Association and its socket)
-    "ae._servers", "assoc._accepted_cx", "assoc._reactor_checkpoint", "assoc._is_paused",
+    "ae._servers", "assoc._accepted_cx", "assoc._reactor_checkpoint",
     "assoc._server", "assoc.dimse.message", "assoc.dimse.msg_queue",
     "assoc.dimse.maximum_pdu_size", "assoc.dimse.receive_primitive", "assoc.dimse.get_msg",
     "assoc.dimse.send_msg", "assoc.dimse.assoc", "assoc.dul.event_queue", "assoc.dul._recv_pdu",

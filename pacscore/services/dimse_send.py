@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 import threading
-import time
+from collections.abc import Callable
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -170,26 +170,68 @@ def send_responses_directly(assoc: Any) -> None:
     dimse.send_msg = send_msg
 
 
+class Checkpoint:
+    """An association's reactor checkpoint (``Association._reactor_checkpoint``, an
+    ``Event`` in pynetdicom) that also knows whether the association's own thread is
+    parked on it: :meth:`hold` waits on a condition for that, where pynetdicom's
+    ``send_*`` poll ``_is_paused``, which is still True for a moment after the thread
+    passed the checkpoint (now and then the thread then took the next C-STORE response
+    off the queue and the sender waited out the DIMSE timeout: the C-MOVE tests failed
+    about one run in three, before pacscore sent sub-operations itself)."""
+
+    def __init__(self, owner: threading.Thread):
+        self._owner = owner
+        self._changed = threading.Condition()
+        self._flag = True
+        self._parked = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        with self._changed:
+            self._flag = True
+            self._changed.notify_all()
+
+    def clear(self) -> None:
+        with self._changed:
+            self._flag = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._changed:
+            if self._flag:
+                return True
+            mine = threading.current_thread() is self._owner
+            if mine:
+                self._parked = True
+                self._changed.notify_all()
+            try:
+                return self._changed.wait_for(lambda: self._flag, timeout)
+            finally:
+                if mine:
+                    self._parked = False
+
+    def hold(self, alive: Callable[[], bool]) -> None:
+        """Clear the checkpoint and return once the owner thread is parked on it (or
+        ``alive()`` turned False: the association ended)."""
+        with self._changed:
+            self._flag = False
+            while not self._parked and alive():
+                self._changed.wait(0.05)
+
+
 def _hold_reactor(assoc: Any) -> None:
     """Keep ``assoc``'s own thread (a C-MOVE sub-association's) away from its DIMSE
-    queue until the association is released, whose ``release`` lets it go again.
-
-    pynetdicom's ``send_c_store`` pauses that thread for each message and lets it go
-    after: clearing its checkpoint and waiting for ``_is_paused``, which is still True
-    for a moment after the thread passed the checkpoint, so now and then the thread
-    took the next C-STORE response off the queue and the sender waited out the DIMSE
-    timeout (30 s, then an abort: the C-MOVE tests failed about one run in three,
-    before pacscore sent sub-operations itself too).  Here the thread is held once, for
-    all sub-operations, and only counted as held once it waits on the checkpoint.
+    queue until the association is released, whose ``release`` lets it go again: held
+    once, for all sub-operations, on a :class:`Checkpoint` put in place of pynetdicom's.
     Not needed (and not possible) from that thread itself, where C-GET handlers run."""
     if threading.current_thread() is assoc or assoc.__dict__.get("_pacscore_held"):
         return
     checkpoint = assoc._reactor_checkpoint
-    checkpoint.clear()
-    waiters = getattr(getattr(checkpoint, "_cond", None), "_waiters", None)
-    while assoc.is_established and not (
-            assoc._is_paused and (waiters is None or len(waiters) > 0)):
-        time.sleep(0.0001)
+    if not isinstance(checkpoint, Checkpoint):
+        checkpoint = Checkpoint(assoc)  # set: the thread passes until it is held
+        assoc._reactor_checkpoint = checkpoint
+    checkpoint.hold(lambda: bool(assoc.is_established))
     assoc.__dict__["_pacscore_held"] = True
 
 

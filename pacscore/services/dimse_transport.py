@@ -61,6 +61,7 @@ import select
 import socket
 import ssl
 import stat
+import sys
 import threading
 import time
 from pathlib import Path
@@ -101,9 +102,15 @@ def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
     return buffer
 
 
+_REACTOR_LOOP: Any = getattr(getattr(pynetdicom.association.Association, "_run_reactor", None),
+                             "__code__", None)
+
+
 class _ReactorClock:
-    """``time`` as pynetdicom's association module sees it: its reactor's 1 ms poll
-    waits on the association's DIMSE queue instead; everything else is ``time``.
+    """``time`` as pynetdicom's association module sees it: the poll of its reactor loop
+    (the ``sleep`` that ``Association._run_reactor`` itself calls, recognised by its
+    caller, not by its value) waits on the association's DIMSE queue instead;
+    everything else is ``time``.
 
     The wait takes a wake-up that ``put`` meant for one waiter: when a message is
     there, the wake-up is passed on, for a thread blocked in ``get`` on the same queue
@@ -111,13 +118,13 @@ class _ReactorClock:
     client's ``send_c_echo`` after the reactor slipped past its pause); without it,
     that thread waited out the whole DIMSE timeout (30 s) with its response queued."""
 
-    _POLL, _LONGEST = 0.001, 0.005
+    _LONGEST = 0.005
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
 
     def sleep(self, seconds: float) -> None:
-        if seconds == self._POLL:
+        if sys._getframe(1).f_code is _REACTOR_LOOP:
             dimse = getattr(threading.current_thread(), "dimse", None)
             messages = getattr(dimse, "msg_queue", None)
             if isinstance(messages, queue.Queue):
