@@ -455,11 +455,25 @@ class Archive:
         return self._reader.get(self._record(sop_instance_uid), transfer_syntax)
 
     def frames(self, sop_instance_uid: str, indices: Sequence[int] | None = None,
-               transfer_syntax: str = "stored") -> list[bytes]:
+               transfer_syntax: str = "stored", *, record: InstanceRecord | None = None
+               ) -> list[bytes]:
         """Frame bytes: codestreams in the stored syntax (a read, no transcode),
         native little-endian samples for an uncompressed syntax, or codestreams of
-        another encodable syntax.  Indices are 0-based."""
-        return self._reader.frames(self._record(sop_instance_uid), indices, transfer_syntax)
+        another encodable syntax.  Indices are 0-based (None: every frame).
+
+        ``record``: the instance's record (:meth:`record`) when the caller read it
+        already: a frame request then reads the index once.
+
+        Raises
+        ------
+        NoSuchFrameError
+            An index the instance does not have (checked before anything is decoded).
+        UnsupportedTransferSyntaxError
+            The frames cannot be made in that syntax.
+        """
+        rec = record if record is not None and record.sop_instance_uid == sop_instance_uid \
+            else self._record(sop_instance_uid)
+        return self._reader.frames(rec, indices, transfer_syntax)
 
     # -- query and admin ---------------------------------------------------------
     def find(self, level: str, *, limit: int | None = None, offset: int = 0,

@@ -18,6 +18,7 @@ __all__ = [
     "InvalidRequestError",
     "InvalidUIDError",
     "LimitExceededError",
+    "NoSuchFrameError",
     "NotFoundError",
     "PacsError",
     "RenderError",
@@ -113,6 +114,15 @@ class NotFoundError(PacsError, KeyError):
     """No such instance, series or study in the archive."""
 
     hint = "check the UID with `pacscore find`"
+
+
+class NoSuchFrameError(InvalidRequestError, NotFoundError):
+    """A frame number the instance does not have.  The client's error (HTTP 400 as
+    PS3.18 8.3.2.x asks, gRPC INVALID_ARGUMENT), and a :class:`NotFoundError` for API
+    callers that catch that: the one error every way of asking for frames raises
+    (:func:`pacscore.retrieve.check_frames`)."""
+
+    hint = "frame numbers run from 1 to the instance's Number of Frames"
 
 
 class ConflictError(PacsError, ValueError):

@@ -56,6 +56,7 @@ from pydicom.pixels.utils import pixel_array
 from .archive import Archive
 from .errors import InvalidRequestError, PacsError, RenderError, UnsupportedTransferSyntaxError
 from .kernels import lookup_uint8
+from .retrieve import check_frames
 
 __all__ = ["RENDERED_MEDIA", "RenderOptions", "Rendering", "Window", "display_order", "fit",
            "render_frame"]
@@ -350,9 +351,7 @@ class Rendering:
     def image(self, index: int, window: Window | None = None) -> _U8:
         """Frame ``index`` (0-based) as display values: (rows, columns) greyscale or
         (rows, columns, 3) RGB, 8 bits; ``window`` replaces the object's VOI."""
-        if not 0 <= index < self.frames:
-            raise InvalidRequestError(f"instance {self.sop} has no frame {index + 1}: its "
-                                      f"frame numbers run from 1 to {self.frames}")
+        check_frames(self.sop, [index], self.frames)
         pixels = self._pixels(index)
         try:
             with warnings.catch_warnings():

@@ -31,7 +31,7 @@ from .dicom.scan import ScannedObject, scan
 from .dicom.syntaxes import EXPLICIT_LE, syntax
 from .errors import (
     ArchiveCorruptError,
-    NotFoundError,
+    NoSuchFrameError,
     UndecodablePixelDataError,
     UnsupportedTransferSyntaxError,
 )
@@ -85,6 +85,14 @@ def _encoded(decoded: list[npt.NDArray[Any]], layout: PixelLayout, target: str,
         raise UnsupportedTransferSyntaxError(
             f"cannot encode instance {sop} as {syntax(target).name}: {codec.name} failed "
             f"({type(exc).__name__}: {exc})") from exc
+
+
+def check_frames(sop: str, indices: Sequence[int], count: int) -> None:
+    """NoSuchFrameError unless every 0-based index names one of the ``count`` frames
+    (the message counts frames from 1, as DICOM and every door do)."""
+    if bad := [i for i in indices if not 0 <= i < count]:
+        raise NoSuchFrameError(f"instance {sop} has no frame {bad[0] + 1}: its frame "
+                               f"numbers run from 1 to {count}", source=None)
 
 
 def crc_problem(decoded: list[npt.NDArray[Any]], crcs: Sequence[int]) -> str | None:
@@ -155,10 +163,8 @@ class Reader:
                 f"instance {sop} has no pixel data this archive can decode "
                 f"({kept.layout_problem or rec.kept_reason}); ask for its original or an "
                 f"uncompressed transfer syntax")
-        if indices is not None and (bad := [i for i in indices
-                                            if not 0 <= i < layout_.frames]):
-            raise NotFoundError(f"instance {sop} has {layout_.frames} frames; "
-                                f"no frame {bad[0]}")
+        if indices is not None:
+            check_frames(sop, indices, layout_.frames)
         if scanned.transfer_syntax.encapsulated:
             try:
                 chosen = decode_frames(kept.data, scanned.transfer_syntax.uid, layout_,
@@ -260,41 +266,40 @@ class Reader:
                transfer_syntax: str) -> list[bytes]:
         """:meth:`pacscore.Archive.frames` of the instance ``rec`` describes."""
         sop_instance_uid = rec.sop_instance_uid
-        wanted: list[int] | None
+        kept = None
         if rec.kind == StoreKind.FRAMES and rec.layout is not None:
             n = rec.layout["frames"]
-            wanted = list(range(n)) if indices is None else list(indices)
-            bad = [i for i in wanted if not 0 <= i < n]
-            if bad:
-                raise NotFoundError(f"instance {sop_instance_uid} has {n} frames; "
-                                    f"no frame {bad[0]}")
-            if transfer_syntax in ("stored", rec.stored_syntax):
+        else:  # the frame numbers are checked before anything is decoded
+            kept = self.kept(rec)
+            n = kept.frames
+        wanted = list(range(n)) if indices is None else list(indices)
+        check_frames(sop_instance_uid, wanted, n)
+        if transfer_syntax in ("stored", rec.stored_syntax):
+            if kept is None:
+                assert rec.layout is not None
                 return self.store.read_frames(rec.location, wanted,
                                               3 + (rec.layout["samples"] > 1))
-        else:
-            wanted = None if indices is None else list(indices)
-            if transfer_syntax in ("stored", rec.stored_syntax) \
-                    and syntax(rec.stored_syntax).encapsulated:
-                return self.kept_codestreams(rec, wanted)
-        decoded, layout = self.decoded(rec, wanted)
+            if syntax(rec.stored_syntax).encapsulated:
+                return self.kept_codestreams(rec, wanted, kept)
+        decoded, layout = self.decoded(rec, None if kept and indices is None else wanted,
+                                       kept=kept)
         target = rec.stored_syntax if transfer_syntax == "stored" else transfer_syntax
         if syntax(target).native or transfer_syntax == "native":
             return [np.ascontiguousarray(f).astype(f.dtype.newbyteorder("<")).tobytes()
                     for f in decoded]
         return _encoded(decoded, layout, target, sop_instance_uid)
 
-    def kept_codestreams(self, rec: InstanceRecord, wanted: list[int] | None
-                         ) -> list[bytes]:
+    def kept_codestreams(self, rec: InstanceRecord, wanted: list[int] | None,
+                         kept: Kept | None = None) -> list[bytes]:
         """The frames of an object kept as received in a compressed syntax, as its
-        codestreams are (a read, no transcode)."""
+        codestreams are (a read, no transcode; ``kept``: when read already)."""
         from pydicom.encaps import generate_frames
 
         sop = rec.sop_instance_uid
-        kept = self.kept(rec)
+        kept = kept or self.kept(rec)
         pixel, count = kept.scanned.pixel, kept.frames
         wanted = list(range(count)) if wanted is None else wanted
-        if bad := [i for i in wanted if not 0 <= i < count]:
-            raise NotFoundError(f"instance {sop} has {count} frames; no frame {bad[0]}")
+        check_frames(sop, wanted, count)
         assert pixel is not None  # count > 0
         try:
             streams = list(generate_frames(

@@ -497,16 +497,16 @@ class _Api:
         except ValueError as exc:
             raise InvalidRequestError("frame numbers must be integers separated by "
                                       "commas") from exc
-        rec = await run_in_threadpool(self.archive.record, sop)
+        rec = await run_in_threadpool(self.archive.record, sop)  # the one index read
         if _misplaced(rec, request.path_params):
             raise NotFoundError("nothing matches the requested UIDs")
-        await run_in_threadpool(self._check_frames, sop, numbers)
         accept = request.headers.get("accept", "")
         choices, refused = frame_choices(accept, rec.stored_syntax)
         for choice in choices:  # the client's order of preference; 406 when none works
-            try:
+            try:  # (a frame number it has not: NoSuchFrameError, answered 400)
                 data = await run_in_threadpool(self.archive.frames, sop,
-                                               [n - 1 for n in numbers], choice.source)
+                                               [n - 1 for n in numbers], choice.source,
+                                               record=rec)
             except UnsupportedTransferSyntaxError as exc:
                 refused.append(f"{choice.media} in {choice.syntax} ({exc.reason})")
                 continue
@@ -523,14 +523,6 @@ class _Api:
 
     def _single_frame_image(self, sop: str) -> bool:
         return self.archive.frame_count(sop) == 1
-
-    def _check_frames(self, sop: str, numbers: list[int]) -> None:
-        """400 for frame numbers outside 1..Number of Frames (PS3.18 8.3.2.x)."""
-        count = self.archive.frame_count(sop)
-        bad = [n for n in numbers if not 1 <= n <= count]
-        if bad:
-            raise InvalidRequestError(f"instance {sop} has no frame {bad[0]}: its frame "
-                                      f"numbers run from 1 to {count}")
 
     # -- rendered (PS3.18 10.4.1.1.3, 8.3.5.1; WADO-URI 9.5) ------------------------
     async def _render(self, sop: str, frame: int, options: RenderOptions) -> bytes:

@@ -302,14 +302,11 @@ def _servicer(archive: Archive, audit: AuditLog, max_object: int, idle_timeout: 
             ts = request.transfer_syntax or "stored"
             numbers = list(request.frames)
             try:
-                rec = archive.record(request.sop_instance_uid)
-                count = archive.frame_count(request.sop_instance_uid)
-                numbers = numbers or list(range(1, count + 1))
-                if bad := [n for n in numbers if not 1 <= n <= count]:
-                    raise InvalidRequestError(f"instance {request.sop_instance_uid} has "
-                                              f"no frame {bad[0]}: its frame numbers run "
-                                              f"from 1 to {count}")
-                data = archive.frames(request.sop_instance_uid, [n - 1 for n in numbers], ts)
+                rec = archive.record(request.sop_instance_uid)  # the one index read
+                data = archive.frames(request.sop_instance_uid,
+                                      [n - 1 for n in numbers] if numbers else None, ts,
+                                      record=rec)  # NoSuchFrameError: INVALID_ARGUMENT
+                numbers = numbers or list(range(1, len(data) + 1))
             except PacsError as exc:
                 self._fail(context, exc)
             record(context, "transferred", "R", [request.sop_instance_uid],
