@@ -53,6 +53,7 @@ from .retrieve import Reader, crc_problem
 from .store import ZarrFrameStore
 
 if TYPE_CHECKING:
+    from .dicom.header import InstanceHeader
     from .ingest.workers import PrepareWorkers
 
 __all__ = ["Archive", "StoreResult", "VerifyReport"]
@@ -505,6 +506,23 @@ class Archive:
             body = scanned.body if pixel is None else scanned.body[: pixel.element_start]
             return _file_meta(rec.sop_class_uid, sop_instance_uid, EXPLICIT_LE) + body
         return data if pixel is None else data[: pixel.element_start]
+
+    def attributes(self, sop_instance_uid: str, keywords: Iterable[str]
+                   ) -> dict[str, dict[str, Any]]:
+        """Attributes of the instance's stored header that the index does not keep
+        (QIDO-RS ``includefield``), in the DICOM JSON model, by keyword; those it does
+        not have are left out."""
+        from .dicom.identity import header_attributes
+
+        return header_attributes(self.header(sop_instance_uid), keywords)
+
+    def identify(self, data: bytes, source: str) -> InstanceHeader | None:
+        """What a Part-10 object is (identity, matching keys, layout), read with the
+        archive's parser and limits before it is stored (a STOW-RS part checked against
+        the study its URL names); None when it cannot be read."""
+        from .dicom.identity import identify
+
+        return identify(data, self.config.limits, source)
 
     def pixel_tag(self, sop_instance_uid: str) -> int | None:
         """Tag of the instance's pixel data element: (7FE0,0010), or (7FE0,0008) and

@@ -11,19 +11,16 @@ nothing but ``ok``.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import shutil
 import tempfile
 import uuid
-import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from pydicom import dcmread
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -357,13 +354,8 @@ class _Api:
             sops = self.archive.instances(level, uid)
             if not sops:
                 continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = dcmread(io.BytesIO(self.archive.header(sops[0])), force=True,
-                             stop_before_pixels=True, specific_tags=sorted(missing))
-            for kw in missing:
-                if kw in ds:
-                    match[kw] = _Encoded(ds[kw].to_json_dict(None, 1 << 20))
+            for kw, value in self.archive.attributes(sops[0], missing).items():
+                match[kw] = _Encoded(value)
 
     # -- WADO-RS ----------------------------------------------------------------
     def _scope_uids(self, request: Request) -> list[str]:

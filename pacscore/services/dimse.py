@@ -25,7 +25,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
@@ -42,6 +41,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from ..archive import Archive
 from ..dicom.header import validate_uid
+from ..dicom.identity import claimed_uids
 from ..errors import (
     ArchiveStorageError,
     ConflictError,
@@ -137,27 +137,13 @@ def _invalid_uids(sop_class: str, sop: str) -> StoreAnswer | None:
     return None
 
 
-def _data_set_uids(spooled: BinaryIO) -> tuple[str, str]:
-    """SOP Class and Instance UIDs of the spooled data set ("" where absent or
-    unreadable); read again only for a request refused for naming others."""
-    try:
-        spooled.seek(0)
-        ds = pydicom.dcmread(spooled, stop_before_pixels=True,
-                             specific_tags=[tag for tag, _ in _DATA_SET])
-        return str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", ""))
-    except Exception:  # catch-all on purpose: pydicom documents no exception set for bytes it
-        # cannot read; the archive refused them already, this only words the answer
-        log.debug("refused C-STORE data set unreadable", exc_info=True)
-        return "", ""
-
-
 def _mismatch(status: int, spooled: BinaryIO, announced: tuple[str, str]
               ) -> tuple[StoreAnswer, str]:
     """The answer to a data set that is not the one its request names (PS3.4
     C.4.2.1.4.2): the Offending Element and, in the Error Comment, the data set's own
     UID (the response's Affected SOP Instance UID names the request's); and the audit
     detail naming both."""
-    found = _data_set_uids(spooled)
+    found = claimed_uids(spooled)  # read again: only for a request refused for naming others
     i = 1 if found[1] != announced[1] or found[0] == announced[0] else 0
     (tag, name), value = _DATA_SET[i], found[i]
     comment = next((c for c in (f"data set {name} {value}", f"data set has {value}", value)

@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ..archive import Archive, StoreResult
-from ..dicom.header import InstanceHeader, read_header, validate_uid
-from ..dicom.scan import scan
+from ..dicom.header import InstanceHeader, validate_uid
+from ..dicom.identity import claimed_uids
 from ..errors import ArchiveStorageError, InvalidRequestError, PacsError
 from .multipart import TooLargeError, idle_limited, parse_related, related_boundary
 
@@ -58,14 +56,13 @@ class Stow:
         self.idle_timeout, self.base = idle_timeout, base
 
     def _identify(self, path: Path) -> InstanceHeader | None:
-        """Identity of a STOW-RS part read with the archive's own parser, before it is
-        stored; None when it cannot be read (the store then says why)."""
-        limits = self.archive.config.limits
+        """Identity of a STOW-RS part, read by the archive before it is stored; None
+        when it cannot be read (the store then says why)."""
         try:
-            return read_header(scan(path.read_bytes(), limits, "STOW-RS part"), limits,
-                               "STOW-RS part", "")
-        except (PacsError, OSError):
+            data = path.read_bytes()
+        except OSError:
             return None
+        return self.archive.identify(data, "STOW-RS part")
 
     @staticmethod
     def _claimed(path: Path) -> tuple[str | None, str | None]:
@@ -79,18 +76,8 @@ class Stow:
                 return None
             return value
 
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = dcmread(path, force=True, stop_before_pixels=True, defer_size=256,
-                             specific_tags=[0x00080016, 0x00080018])
-                return uid(str(ds.get("SOPInstanceUID") or "")), \
-                    uid(str(ds.get("SOPClassUID") or ""))
-        except Exception:  # catch-all on purpose: pydicom documents no exception set for bytes
-            # it cannot read (it raises a dozen kinds); the part is refused already, this
-            # only names it: unreadable, it stays unnamed
-            log.debug("refused STOW-RS part unreadable", exc_info=True)
-            return None, None
+        sop_class, sop = claimed_uids(path)
+        return uid(sop), uid(sop_class)
 
     async def __call__(self, request: Request) -> Response:  # noqa: C901
         length = request.headers.get("content-length") or "0"
