@@ -3,17 +3,19 @@
 An instance comes back as stored (a read), as received (rebuilt byte for byte), in
 any uncompressed syntax (:func:`~pacscore.dicom.part10.uncompressed_part10`), or
 decoded and re-encoded; its frames as codestreams or native samples.  Objects kept as
-received are parsed once per request (:class:`Kept`).  Every failure to decode is an
-:class:`~pacscore.errors.UndecodablePixelDataError` (a PacsError), never a codec
-library's exception.  The verification of one instance and what the duplicate policy
-compares of it are here too: both read what is stored.
+received are parsed once per request (:class:`Kept`).  Which way an instance is made
+is a table (:data:`PLANS`: kept as is, rebuilt, converted, transcoded).  Every
+failure to decode is an :class:`~pacscore.errors.UndecodablePixelDataError` (a
+PacsError), never a codec library's exception.  The verification of one instance
+and what the duplicate policy compares of it are here too: both read what is stored.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -38,7 +40,20 @@ from .errors import (
 from .index import InstanceRecord, LmdbIndex, StoreKind
 from .store import ZarrFrameStore
 
-__all__ = ["Kept", "Reader"]
+__all__ = ["PLANS", "Kept", "Plan", "Reader", "check_frames", "crc_problem"]
+
+
+class Plan(StrEnum):
+    """How a stored instance is made in the transfer syntax asked for (:data:`PLANS`)."""
+
+    KEPT = "kept"
+    """Kept as received, asked in its syntax: the stored bytes as they are."""
+    REBUILD = "rebuild"
+    """Stored as frames, asked in the stored syntax: header and codestreams joined."""
+    CONVERT = "convert"
+    """An uncompressed syntax: the data set re-encoded, pixel data decoded if need be."""
+    TRANSCODE = "transcode"
+    """Another compressed syntax: decoded, encoded again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,30 +214,42 @@ class Reader:
                            bytes(src[pixel.element_start:pixel.value_start]),
                            bytes(src[pixel.value_end:]), start, -1)
 
-    def get(self, rec: InstanceRecord, transfer_syntax: str) -> bytes:
-        """:meth:`pacscore.Archive.get` of the instance ``rec`` describes."""
+    def plan(self, rec: InstanceRecord, transfer_syntax: str) -> tuple[Plan, str]:
+        """How :meth:`get` makes the instance in ``transfer_syntax`` (``original``,
+        ``stored`` or a UID), and the target Transfer Syntax UID: the first row of
+        :data:`PLANS` whose rule holds."""
         target = {"original": rec.original_syntax, "stored": rec.stored_syntax}.get(
             transfer_syntax, transfer_syntax)
-        if rec.kind == StoreKind.BLOB and target == rec.stored_syntax:
-            return self.store.read_blob(rec.location)
-        cls, sop = rec.sop_class_uid, rec.sop_instance_uid
-        if rec.kind == StoreKind.FRAMES and target == rec.stored_syntax:
-            assert rec.layout is not None
-            layout = PixelLayout.from_dict(rec.layout)
-            streams = self.store.read_frames(rec.location, range(layout.frames),
-                                             3 + (layout.samples > 1))
-            parts = HeaderParts.unpack(self.index.header(sop))
-            return build_part10(parts, rec.original_syntax, target, cls, sop, frames=streams)
-        ts = syntax(target)
-        if ts.native:
-            return self.uncompressed(rec, target)
+        return next(plan for plan, rule in PLANS if rule(rec, target)), target
+
+    def get(self, rec: InstanceRecord, transfer_syntax: str) -> bytes:
+        """:meth:`pacscore.Archive.get` of the instance ``rec`` describes."""
+        plan, target = self.plan(rec, transfer_syntax)
+        return _MAKERS[plan](self, rec, target)
+
+    def _kept_as_is(self, rec: InstanceRecord, target: str) -> bytes:
+        return self.store.read_blob(rec.location)
+
+    def _rebuilt(self, rec: InstanceRecord, target: str) -> bytes:
+        """The header kept in the index around the stored codestreams (no decode)."""
+        assert rec.layout is not None
+        layout = PixelLayout.from_dict(rec.layout)
+        streams = self.store.read_frames(rec.location, range(layout.frames),
+                                         3 + (layout.samples > 1))
+        parts = HeaderParts.unpack(self.index.header(rec.sop_instance_uid))
+        return build_part10(parts, rec.original_syntax, target, rec.sop_class_uid,
+                            rec.sop_instance_uid, frames=streams)
+
+    def _transcoded(self, rec: InstanceRecord, target: str) -> bytes:
+        """Decoded and encoded again in a compressed syntax (verified lossless)."""
         kept = self.kept(rec) if rec.kind == StoreKind.BLOB else None
         parts = self.parts(rec, kept)
         # the data set the parts hold: a deflated one's is inflated (explicit VR LE)
         source = EXPLICIT_LE if syntax(rec.original_syntax).deflated else rec.original_syntax
         decoded, layout = self.decoded(rec, kept=kept)
-        streams = _encoded(decoded, layout, target, sop)
-        return build_part10(parts, source, target, cls, sop, frames=streams)
+        streams = _encoded(decoded, layout, target, rec.sop_instance_uid)
+        return build_part10(parts, source, target, rec.sop_class_uid, rec.sop_instance_uid,
+                            frames=streams)
 
     def uncompressed(self, rec: InstanceRecord, target: str) -> bytes:
         """The instance in an uncompressed syntax: the data set re-encoded
@@ -343,3 +370,20 @@ class Reader:
         if syntax(rec.stored_syntax).lossy or not rec.frame_crc32:
             return None  # (kept before pacscore recorded the CRC-32s of kept objects)
         return crc_problem(decoded, rec.frame_crc32)
+
+
+PLANS: tuple[tuple[Plan, Callable[[InstanceRecord, str], bool]], ...] = (
+    (Plan.KEPT, lambda rec, ts: rec.kind == StoreKind.BLOB and ts == rec.stored_syntax),
+    (Plan.REBUILD, lambda rec, ts: rec.kind == StoreKind.FRAMES and ts == rec.stored_syntax),
+    (Plan.CONVERT, lambda rec, ts: syntax(ts).native),
+    (Plan.TRANSCODE, lambda rec, ts: True),
+)
+"""How :meth:`Reader.get` makes an instance in a transfer syntax: the first row whose
+rule holds for (record, target syntax UID)."""
+
+_MAKERS: dict[Plan, Callable[[Reader, InstanceRecord, str], bytes]] = {
+    Plan.KEPT: Reader._kept_as_is,
+    Plan.REBUILD: Reader._rebuilt,
+    Plan.CONVERT: Reader.uncompressed,
+    Plan.TRANSCODE: Reader._transcoded,
+}
