@@ -516,6 +516,26 @@ class Archive:
 
         return header_attributes(self.header(sop_instance_uid), keywords)
 
+    def attribute_value(self, sop_instance_uid: str, path: str) -> bytes:
+        """The value of an attribute as received, little endian: bulk data by its path
+        (``tag[/item/tag]...``, :func:`pacscore.dicom.values.parse_path`).  What comes
+        before the pixel data is read from the header kept in the index (no frame is
+        decoded); what follows it needs the whole object.
+
+        Raises
+        ------
+        InvalidRequestError
+            A malformed path, or an attribute that is no bulk data.
+        NotFoundError
+            The instance has no such attribute.
+        """
+        from .dicom.values import FIRST_PIXEL_TAG, element_value, parse_path
+
+        steps = parse_path(path)
+        data = self.header(sop_instance_uid) if steps[0][0] < FIRST_PIXEL_TAG \
+            else self.get(sop_instance_uid, "original")
+        return element_value(data, steps, sop_instance_uid, path)
+
     def identify(self, data: bytes, source: str) -> InstanceHeader | None:
         """What a Part-10 object is (identity, matching keys, layout), read with the
         archive's parser and limits before it is stored (a STOW-RS part checked against

@@ -298,7 +298,7 @@ def test_series_metadata_is_precomputed_once_the_series_is_quiet(tmp_path: Path,
     import time
 
     from pacscore import Archive
-    from pacscore.services.metadata import SeriesMetadata
+    from pacscore.metadata import SeriesMetadata
 
     with Archive(tmp_path / "a") as archive:
         meta = SeriesMetadata(archive, quiet=0.2)

@@ -43,6 +43,7 @@ from ..errors import (
     UnsupportedTransferSyntaxError,
 )
 from ..index import InstanceRecord
+from ..metadata import SeriesMetadata
 from ..render import Rendering, RenderOptions, display_order, render_frame
 from .bulkdata import BulkData
 from .dicomweb_answers import (
@@ -60,7 +61,6 @@ from .dicomweb_media import (
     rendered_media,
     wado_render_options,
 )
-from .metadata import SeriesMetadata
 from .multipart import (
     BodyTimeoutError,
     MultipartError,

@@ -1,4 +1,5 @@
-"""WADO-RS metadata (DICOM JSON, PS3.18 F.2), precomputed per series.
+"""Series metadata in the DICOM JSON model (PS3.18 F.2), precomputed per series: what
+WADO-RS ``.../metadata`` answers (and any door that serves the JSON model).
 
 Viewers open a study through ``.../series/{uid}/metadata``; building it means parsing
 every instance's header (about 1 ms each), far over the time a viewer waits for a
@@ -33,9 +34,9 @@ from typing import Any
 from pydicom import Dataset, dcmread
 from pydicom.dataelem import RawDataElement
 
-from ..archive import Archive, StoreResult
-from ..errors import PacsError
-from ..index import InstanceRecord
+from .archive import Archive, StoreResult
+from .errors import PacsError
+from .index import InstanceRecord
 
 __all__ = ["SeriesMetadata"]
 
@@ -53,7 +54,7 @@ def _dicom_json(ds: Dataset, url: str, prefix: str, problems: list[str]) -> dict
     """``ds`` in DICOM JSON (PS3.18 F.2), element by element: one that cannot be
     converted goes out as received, VR UN (or is left out when nothing of it was read
     raw), and is noted in ``problems``.  Bulk data URIs are ``{url}/bulk/{path}`` with
-    the paths of :func:`.bulkdata.parse_path` (``tag``, ``tag/item/tag`` ...)."""
+    the paths of :func:`.dicom.values.parse_path` (``tag``, ``tag/item/tag`` ...)."""
     out: dict[str, Any] = {}
     for tag in list(ds.keys()):
         key, path = f"{int(tag):08X}", f"{prefix}{int(tag):08X}"
