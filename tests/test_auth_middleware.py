@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import Message
 
 from pacscore import Archive
 from pacscore.services.dicomweb import create_app
@@ -65,14 +66,14 @@ def _ask(app: Starlette, asks: list[tuple[str, str, dict[str, str]]]) -> list[An
         out: dict[str, Any] = {"body": b""}
         sent = False
 
-        async def receive() -> dict[str, Any]:
+        async def receive() -> Message:
             nonlocal sent
             if sent:
                 await asyncio.sleep(3600)
             sent = True
             return {"type": "http.request", "body": b"", "more_body": False}
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 out["status"] = message["status"]
                 out["headers"] = {k.decode().lower(): v.decode()
