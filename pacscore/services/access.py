@@ -48,7 +48,7 @@ from .multipart import BodyTimeoutError, MultipartError, TooLargeError
 from .security import AuditLog
 from .tokens import SCOPES, TokenStore, granted
 
-__all__ = ["ERROR_STATUS", "EXCEPTION_HANDLERS", "HTTP_STATUS", "SCOPE_FOR_METHOD",
+__all__ = ["ERROR_STATUS", "EXCEPTION_HANDLERS", "HTTP_STATUS",
            "AccessUndeclaredError", "AuditTrail", "DoorStatus", "HttpAccess", "TokenHolder",
            "bearer_token", "check_routes", "declared", "grpc_status_name", "http_status",
            "identify", "public"]
@@ -105,9 +105,6 @@ def grpc_status_name(exc: BaseException) -> str:
 
 
 # -- tokens --------------------------------------------------------------------------
-SCOPE_FOR_METHOD: dict[str, str] = {"GET": "read", "HEAD": "read", "POST": "write",
-                                    "DELETE": "delete"}
-"""The scope an HTTP method needs at the DICOMweb door (declared per route from it)."""
 NO_TOKEN = ("no bearer token: send 'Authorization: Bearer <token>' (the archive's "
             "administrator makes one: pacscore token create --archive ARCHIVE --scope read)")
 UNKNOWN_TOKEN = "the bearer token is unknown or revoked"

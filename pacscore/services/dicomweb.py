@@ -574,8 +574,8 @@ def create_app(archive: Archive, *, cors_origins: list[str] | None = None,
     tmp_dir = Path(tempfile.mkdtemp(prefix="http-", dir=archive.tmp_dir))
     api = _Api(archive, tmp_dir, public_url)
     access = HttpAccess(TokenStore(archive.root), AuditLog(archive.root))
-    # Each endpoint declares the scope it needs (that of its method, SCOPE_FOR_METHOD);
-    # one that declares none is refused by check_routes (when built and started).
+    # Each endpoint declares the scope its method needs (GET read, POST write, DELETE
+    # delete); one that declares none is refused by check_routes (when built, started).
     read, write, delete = (access.requires(scope) for scope in ("read", "write", "delete"))
     stow = Stow(archive, max_body, tmp_dir, idle_timeout, api.base)
     s, se, i = "/dicom-web/studies/{study}", "/series/{series}", "/instances/{sop}"
