@@ -1,11 +1,12 @@
 """DICOMweb front end (PS3.18): STOW-RS, QIDO-RS, WADO-RS and WADO-URI as an ASGI app.
 
-Handlers translate requests into :class:`~pacscore.Archive` calls (in a thread pool)
-and map errors to HTTP statuses through :data:`HTTP_STATUS`.  Every request needs a
-bearer token with the scope of its method (401 without a valid token, 403 with too
-little scope; the reason in a ``Warning`` header and a JSON body); every access is
-audited with the UIDs it names.  ``/healthz`` alone answers without a token, and says
-nothing but ``ok``.
+Handlers translate requests into :class:`~pacscore.Archive` calls (in a thread pool);
+their errors become HTTP statuses through the exception handlers and the table of
+:mod:`.access` (:data:`HTTP_STATUS`).  Every route declares the scope its method needs
+(:meth:`.access.HttpAccess.requires`; a route without one is refused when the app is
+built or started): 401 without a valid token, 403 with too little scope, the reason in
+a ``Warning`` header and a JSON body; every access is audited with the UIDs it names.
+``/healthz`` alone is declared public, and says nothing but ``ok``.
 """
 
 from __future__ import annotations
@@ -26,16 +27,13 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..archive import Archive
 from ..dicom.syntaxes import EXPLICIT_LE
 from ..errors import (
-    ArchiveStorageError,
-    ConflictError,
-    InvalidDicomError,
     InvalidRequestError,
     NotFoundError,
     PacsError,
@@ -45,56 +43,23 @@ from ..errors import (
 from ..index import InstanceRecord
 from ..metadata import SeriesMetadata
 from ..render import Rendering, RenderOptions, display_order, render_frame
+from .access import EXCEPTION_HANDLERS, HTTP_STATUS, HttpAccess, check_routes, public
 from .bulkdata import BulkData
-from .dicomweb_answers import (
-    healthz,
-    kept_as_stored,
-    outcome,
-    path_uids,
-    refusal,
-    warning_left_out,
-    warning_text,
-)
+from .dicomweb_answers import healthz, kept_as_stored, warning_left_out, warning_text
 from .dicomweb_media import (
     frame_choices,
     render_options,
     rendered_media,
     wado_render_options,
 )
-from .multipart import (
-    BodyTimeoutError,
-    MultipartError,
-    TooLargeError,
-    encode_related,
-    stream_related,
-)
+from .multipart import encode_related, stream_related
 from .security import AuditLog
 from .stow import Stow
 from .tokens import TokenStore
 
 __all__ = ["HTTP_STATUS", "create_app"]
 
-# One table: error class -> HTTP status (PS3.18 8.6 and 10.5.3).
-HTTP_STATUS: dict[type[Exception], int] = {
-    NotFoundError: 404,
-    UnsupportedTransferSyntaxError: 406,
-    ConflictError: 409,
-    InvalidDicomError: 400,
-    ArchiveStorageError: 507,
-    MultipartError: 400,
-    TooLargeError: 413,
-    BodyTimeoutError: 408,
-    InvalidRequestError: 400,
-}
-"""Only classes of the :mod:`pacscore.errors` tree: a bare ``ValueError`` (a library's
-bug) is no client error but a 500, logged with its traceback (:meth:`_Api.guard`)."""
-_SCOPE_FOR_METHOD = {"GET": "read", "HEAD": "read", "POST": "write", "DELETE": "delete"}
 _DICOM_JSON = "application/dicom+json"
-# Audit event and action (PS3.15 A.5.3) of each request: by handler, else by method.
-# The outcome follows the status the peer was told (:func:`.dicomweb_answers.outcome`).
-_AUDIT_BY_HANDLER = {"qido": ("query", "E")}
-_AUDIT_BY_METHOD = {"GET": ("accessed", "R"), "HEAD": ("accessed", "R"),
-                    "POST": ("transferred", "C"), "DELETE": ("deleted", "D")}
 _LEVEL_UID = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID",
               "instance": "SOPInstanceUID"}
 # A transcoded WADO-RS answer is produced before its status line (200, or 206 when
@@ -102,13 +67,6 @@ _LEVEL_UID = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID",
 _SPOOL_IN_MEMORY = 32 * 1024**2
 _SPOOL_READ = 1 << 21
 log = logging.getLogger(__name__)
-
-
-def _http_status(exc: Exception) -> int:
-    for cls in type(exc).__mro__:
-        if cls in HTTP_STATUS:
-            return HTTP_STATUS[cls]
-    return 500
 
 
 def _count(key: str, value: str) -> int:
@@ -223,74 +181,10 @@ _DELETE_LEVELS = (("sop", "instance"), ("series", "series"), ("study", "study"))
 
 
 class _Api:
-    def __init__(self, archive: Archive, tokens: TokenStore, audit: AuditLog, tmp_dir: Path,
-                 public_url: str | None = None):
-        self.archive, self.tokens, self.audit, self.tmp_dir = archive, tokens, audit, tmp_dir
+    def __init__(self, archive: Archive, tmp_dir: Path, public_url: str | None = None):
+        self.archive, self.tmp_dir = archive, tmp_dir
         self.public_url = public_url.rstrip("/") if public_url else None
         self.meta = SeriesMetadata(archive)
-
-    # -- plumbing ---------------------------------------------------------------
-    def guard(self, handler: Callable[..., Any]) -> Callable[[Request], Any]:
-        event, action = _AUDIT_BY_HANDLER.get(getattr(handler, "__name__", ""), (None, None))
-
-        async def run(request: Request) -> Response:
-            needed = _SCOPE_FOR_METHOD.get(request.method, "admin")
-            header = request.headers.get("authorization", "")
-            token = header[7:].strip() if header.lower().startswith("bearer ") else ""
-            scope = self.tokens.scope(token) if token else None
-            host = request.client.host if request.client else "?"
-            named = path_uids(request)
-            if scope is None:
-                why = ("the bearer token is unknown or revoked" if token else
-                       "no bearer token: send 'Authorization: Bearer <token>' (the archive's "
-                       "administrator makes one: pacscore token create --archive ARCHIVE "
-                       "--scope read)")
-                self.audit.record("authentication", action="E", outcome="minor",
-                                  user=self.tokens.user(token), host=host,
-                                  interface="dicomweb", objects=named,
-                                  detail=f"{request.method} {request.url.path}: {why}")
-                return refusal(request, 401, "a valid bearer token is required", why,
-                               {"WWW-Authenticate": 'Bearer realm="pacscore"'})
-            user = self.tokens.user(token)
-            if not self.tokens.grants(scope, needed):
-                why = (f"{request.method} needs the {needed!r} scope; this token has "
-                       f"{scope!r}")
-                self.audit.record("authentication", action="E", outcome="minor", user=user,
-                                  host=host, interface="dicomweb", objects=named,
-                                  detail=f"{request.method} {request.url.path}: {why}")
-                return refusal(request, 403, "this token lacks the scope needed", why)
-            detail = ""
-            try:
-                response: Response = await handler(request)
-            except PacsError as exc:
-                text = exc.reason
-                # 408: the rest of the body may still come; the connection is closed.
-                response = JSONResponse({"error": text}, _http_status(exc), headers={
-                    "Connection": "close"} if isinstance(exc, BodyTimeoutError) else None)
-                if isinstance(exc, BodyTimeoutError):
-                    detail = ": client idle mid-body"
-            except ClientDisconnect:  # mid-body: parts already removed, nothing stored
-                response, detail = Response(status_code=400), ": client disconnected"
-            except Exception as exc:  # catch-all on purpose: the request's boundary: a bug (a
-                # library's bare ValueError too) is a 500 with its traceback in the log,
-                # audited, its text not sent (the client did nothing wrong)
-                log.exception("%s %s failed", request.method, request.url.path)
-                response = JSONResponse({"error": f"internal error ({type(exc).__name__}); "
-                                                  f"logged on the server"}, 500)
-                detail = f": internal error ({type(exc).__name__})"
-            kind, code = (event, action) if event and action else _AUDIT_BY_METHOD.get(
-                request.method, ("accessed", "E"))
-            # A handler that knows more (STOW-RS: every instance and its fate) says so.
-            objects = getattr(request.state, "audit_objects", None) or named
-            detail += getattr(request.state, "audit_detail", "")
-            self.audit.record(
-                kind, action=code, outcome=outcome(response.status_code), user=user,
-                host=host, interface="dicomweb", objects=objects,
-                detail=f"{request.method} {request.url.path} -> {response.status_code}"
-                       f"{detail}")
-            return response
-
-        return run
 
     def base(self, request: Request) -> str:
         """The absolute URL of ``/dicom-web`` that the answer's URLs start with (Retrieve
@@ -308,6 +202,7 @@ class _Api:
 
     # -- QIDO-RS ----------------------------------------------------------------
     async def qido(self, request: Request) -> Response:
+        request.state.audit_event = ("query", "E")  # PS3.15 A.5.3.7
         path = request.url.path
         level = ("instance" if path.endswith("/instances") else
                  "series" if path.endswith("/series") else "study")
@@ -661,46 +556,57 @@ def create_app(archive: Archive, *, cors_origins: list[str] | None = None,
     own scheme, host and port.  Request bodies and transcoded answers wait in a folder
     of :attr:`Archive.tmp_dir`, which the archive empties when it is opened again."""
     tmp_dir = Path(tempfile.mkdtemp(prefix="http-", dir=archive.tmp_dir))
-    api = _Api(archive, TokenStore(archive.root), AuditLog(archive.root), tmp_dir, public_url)
-    g = api.guard
+    api = _Api(archive, tmp_dir, public_url)
+    access = HttpAccess(TokenStore(archive.root), AuditLog(archive.root))
+    # Each endpoint declares the scope its method needs (GET read, POST write, DELETE
+    # delete); one that declares none is refused by check_routes (when built, started).
+    read, write, delete = (access.requires(scope) for scope in ("read", "write", "delete"))
     stow = Stow(archive, max_body, tmp_dir, idle_timeout, api.base)
     s, se, i = "/dicom-web/studies/{study}", "/series/{series}", "/instances/{sop}"
     routes = [
-        Route("/dicom-web/studies", g(api.qido), methods=["GET"]),
-        Route("/dicom-web/studies", g(stow), methods=["POST"]),
-        Route("/dicom-web/series", g(api.qido), methods=["GET"]),
-        Route("/dicom-web/instances", g(api.qido), methods=["GET"]),
-        Route(s, g(api.retrieve), methods=["GET"]),
-        Route(s, g(stow), methods=["POST"]),
-        Route(s, g(api.delete), methods=["DELETE"]),
-        Route(s + "/metadata", g(api.metadata), methods=["GET"]),
-        Route(s + "/rendered", g(api.rendered_many), methods=["GET"]),
-        Route(s + "/series", g(api.qido), methods=["GET"]),
-        Route(s + "/instances", g(api.qido), methods=["GET"]),
-        Route(s + se, g(api.retrieve), methods=["GET"]),
-        Route(s + se, g(api.delete), methods=["DELETE"]),
-        Route(s + se + "/metadata", g(api.metadata), methods=["GET"]),
-        Route(s + se + "/rendered", g(api.rendered_many), methods=["GET"]),
-        Route(s + se + "/instances", g(api.qido), methods=["GET"]),
-        Route(s + se + i, g(api.retrieve), methods=["GET"]),
-        Route(s + se + i, g(api.delete), methods=["DELETE"]),
-        Route(s + se + i + "/metadata", g(api.metadata), methods=["GET"]),
-        Route(s + se + i + "/frames/{frames}", g(api.frames), methods=["GET"]),
-        Route(s + se + i + "/bulk/{path:path}", g(BulkData(archive)), methods=["GET"]),
-        Route(s + se + i + "/rendered", g(api.rendered), methods=["GET"]),
-        Route(s + se + i + "/thumbnail", g(api.rendered), methods=["GET"]),
-        Route(s + se + i + "/frames/{frame:int}/rendered", g(api.rendered), methods=["GET"]),
-        Route("/wado", g(api.wado_uri), methods=["GET"]),
-        Route("/healthz", healthz, methods=["GET"]),  # no token (see healthz)
+        Route("/dicom-web/studies", read(api.qido), methods=["GET"]),
+        Route("/dicom-web/studies", write(stow), methods=["POST"]),
+        Route("/dicom-web/series", read(api.qido), methods=["GET"]),
+        Route("/dicom-web/instances", read(api.qido), methods=["GET"]),
+        Route(s, read(api.retrieve), methods=["GET"]),
+        Route(s, write(stow), methods=["POST"]),
+        Route(s, delete(api.delete), methods=["DELETE"]),
+        Route(s + "/metadata", read(api.metadata), methods=["GET"]),
+        Route(s + "/rendered", read(api.rendered_many), methods=["GET"]),
+        Route(s + "/series", read(api.qido), methods=["GET"]),
+        Route(s + "/instances", read(api.qido), methods=["GET"]),
+        Route(s + se, read(api.retrieve), methods=["GET"]),
+        Route(s + se, delete(api.delete), methods=["DELETE"]),
+        Route(s + se + "/metadata", read(api.metadata), methods=["GET"]),
+        Route(s + se + "/rendered", read(api.rendered_many), methods=["GET"]),
+        Route(s + se + "/instances", read(api.qido), methods=["GET"]),
+        Route(s + se + i, read(api.retrieve), methods=["GET"]),
+        Route(s + se + i, delete(api.delete), methods=["DELETE"]),
+        Route(s + se + i + "/metadata", read(api.metadata), methods=["GET"]),
+        Route(s + se + i + "/frames/{frames}", read(api.frames), methods=["GET"]),
+        Route(s + se + i + "/bulk/{path:path}", read(BulkData(archive)), methods=["GET"]),
+        Route(s + se + i + "/rendered", read(api.rendered), methods=["GET"]),
+        Route(s + se + i + "/thumbnail", read(api.rendered), methods=["GET"]),
+        Route(s + se + i + "/frames/{frame:int}/rendered", read(api.rendered),
+              methods=["GET"]),
+        Route("/wado", read(api.wado_uri), methods=["GET"]),
+        Route("/healthz", public(healthz), methods=["GET"]),  # no token (see healthz)
     ]
+    check_routes(routes)
+    # CORS outermost: a preflight (OPTIONS) is answered before any token is looked at.
     middleware = [Middleware(CORSMiddleware, allow_origins=cors_origins,
                              allow_methods=["GET", "POST", "DELETE"],
                              allow_headers=["Authorization", "Content-Type", "Accept"])
                   ] if cors_origins else []
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        yield
-        api.meta.close()
-        shutil.rmtree(tmp_dir, ignore_errors=True)
 
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            check_routes(app.routes)  # a route added after create_app: not started
+            yield
+        finally:
+            api.meta.close()
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+
+    return Starlette(routes=routes, middleware=middleware + access.middleware(),
+                     exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

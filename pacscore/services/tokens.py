@@ -19,11 +19,16 @@ from pathlib import Path
 from ..errors import PacsError
 from ..private import make_private_dir
 
-__all__ = ["SCOPES", "TokenStore"]
+__all__ = ["SCOPES", "TokenStore", "granted"]
 
 SCOPES: tuple[str, ...] = ("read", "write", "delete", "admin")
 _GRANTS = {"read": {"read"}, "write": {"read", "write"}, "delete": {"read", "delete"},
            "admin": set(SCOPES)}
+
+
+def granted(scope: str | None, needed: str) -> bool:
+    """A token with ``scope`` may do what ``needed`` allows."""
+    return scope is not None and needed in _GRANTS.get(scope, set())
 
 
 def _digest(secret: str) -> str:
@@ -101,18 +106,22 @@ class TokenStore:
     def user(self, token: str) -> str:
         """Who a token is, for the audit trail: ``token <id>`` and its name if it has
         one (never the secret); ``anonymous`` for no token, ``invalid token`` else."""
-        if not token:
-            return "anonymous"
+        return self.identify(token)[1] if token else "anonymous"
+
+    def identify(self, token: str) -> tuple[str | None, str]:
+        """The scope of ``token`` (None unless valid) and who it is (:meth:`user`),
+        with one lookup."""
         found = self._entry(token)
         if found is None:
-            return "invalid token"
+            return None, "invalid token"
         token_id, entry = found
-        return f"token {token_id}" + (f" ({entry['name']})" if entry.get("name") else "")
+        name = f"token {token_id}" + (f" ({entry['name']})" if entry.get("name") else "")
+        return entry["scope"], name
 
     @staticmethod
     def grants(scope: str | None, needed: str) -> bool:
         """``scope`` covers ``needed``."""
-        return scope is not None and needed in _GRANTS.get(scope, set())
+        return granted(scope, needed)
 
     def ensure_admin(self) -> Path | None:
         """At start: when no token with the ``admin`` scope exists (a first start, also

@@ -4,7 +4,9 @@ An interceptor checks the bearer token of every call (reflection too):
 UNAUTHENTICATED without a valid token, PERMISSION_DENIED with too little scope.  The
 standard health service (``grpc.health.v1.Health``) alone answers without one:
 orchestrator probes cannot send a token, and it tells only SERVING or not.
-Errors map to status codes through :data:`GRPC_STATUS`.
+Errors map to status codes through :data:`GRPC_STATUS`, the gRPC column of the one
+table of every door (:data:`.access.ERROR_STATUS`); tokens are read and checked by
+:mod:`.access` as at the DICOMweb door.
 
 No client can hold the server: a Store stream that sends nothing for ``idle_timeout``
 seconds ends with DEADLINE_EXCEEDED, Store streams may take only part of the worker
@@ -32,15 +34,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ...archive import Archive
-from ...errors import (
-    ArchiveStorageError,
-    ConflictError,
-    InvalidDicomError,
-    InvalidRequestError,
-    NotFoundError,
-    PacsError,
-    UnsupportedTransferSyntaxError,
-)
+from ...errors import PacsError
+from ..access import ERROR_STATUS, bearer_token, grpc_status_name, identify
 from ..security import AuditLog
 from ..tokens import TokenStore
 from .generated import load
@@ -49,15 +44,8 @@ __all__ = ["GRPC_STATUS", "start_grpc"]
 
 log = logging.getLogger(__name__)
 
-# One table: error class -> gRPC status code.
 GRPC_STATUS: dict[type[Exception], grpc.StatusCode] = {
-    NotFoundError: grpc.StatusCode.NOT_FOUND,
-    InvalidDicomError: grpc.StatusCode.INVALID_ARGUMENT,
-    ConflictError: grpc.StatusCode.ALREADY_EXISTS,
-    ArchiveStorageError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    UnsupportedTransferSyntaxError: grpc.StatusCode.FAILED_PRECONDITION,
-    InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
-}
+    cls: grpc.StatusCode[status.grpc] for cls, status in ERROR_STATUS.items()}
 """Only classes of the :mod:`pacscore.errors` tree; anything else (a bug, a library's
 bare ValueError) is INTERNAL, logged with its traceback (:func:`_guarded`)."""
 _SCOPE = {"Store": "write", "Delete": "delete"}  # everything else: read
@@ -74,10 +62,7 @@ _KEEPALIVE: list[tuple[str, int]] = [
 
 
 def _code(exc: Exception) -> grpc.StatusCode:
-    for cls in type(exc).__mro__:
-        if cls in GRPC_STATUS:
-            return GRPC_STATUS[cls]
-    return grpc.StatusCode.INTERNAL
+    return grpc.StatusCode[grpc_status_name(exc)]
 
 
 def _ended(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
@@ -122,20 +107,19 @@ class _Auth(grpc.ServerInterceptor):  # type: ignore[misc]
         handler = continuation(details)
         if handler is None or details.method.startswith(_OPEN_SERVICES):
             return handler
-        token = _bearer(details.invocation_metadata)
-        scope = self.tokens.scope(token) if token else None
+        holder = identify(self.tokens, _bearer(details.invocation_metadata))
         method = details.method.rsplit("/", 1)[-1]
         needed = _SCOPE.get(method, "read")
-        if scope is None:
+        if not holder.is_authenticated:
             code, text = grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required"
-        elif not self.tokens.grants(scope, needed):
+        elif not holder.grants(needed):
             code, text = grpc.StatusCode.PERMISSION_DENIED, f"token lacks the {needed!r} scope"
         else:
             return handler
 
         def refuse(context: grpc.ServicerContext) -> None:
             self.audit.record("authentication", action="E", outcome="minor",
-                              user=self.tokens.user(token), host=context.peer(),
+                              user=holder.name, host=context.peer(),
                               interface="grpc", detail=f"{details.method}: {text}")
             context.abort(code, text)
 
@@ -144,8 +128,7 @@ class _Auth(grpc.ServerInterceptor):  # type: ignore[misc]
 
 def _bearer(metadata: Any) -> str:
     """The bearer token of a call's metadata ('' when there is none)."""
-    header = str(dict(metadata or ()).get("authorization", ""))
-    return header[7:].strip() if header.lower().startswith("bearer ") else ""
+    return bearer_token(dict(metadata or ()).get("authorization"))
 
 
 def _denied(handler: Any, refuse: Callable[[grpc.ServicerContext], None]) -> Any:

@@ -1,0 +1,369 @@
+"""Who may use a door, and what a door answers for an error: one place for every door.
+
+* :func:`bearer_token` reads ``Authorization: Bearer <token>`` (RFC 6750 2.1) from an
+  HTTP header or gRPC metadata; :func:`identify` turns it into a :class:`TokenHolder`
+  (its scope and its name for the audit trail) with one lookup in the
+  :class:`~.tokens.TokenStore`.
+* :data:`ERROR_STATUS` is the one table of error class -> HTTP status (PS3.18 8.6,
+  10.5.3) and gRPC status code; :func:`http_status` and :func:`grpc_status_name` look
+  an error up by its class and its bases.  Only classes of the :mod:`pacscore.errors`
+  tree are in it: anything else (a bug, a library's bare ValueError) is a 500 or
+  INTERNAL, logged with its traceback by the door.
+* For a starlette app (DICOMweb), :class:`HttpAccess`: starlette's
+  ``AuthenticationMiddleware`` with a backend that identifies the token of every
+  request, and a required scope declared per endpoint (:meth:`HttpAccess.requires`,
+  like starlette's ``requires`` but answering 401/403 with the reason and auditing the
+  refusal).  Access is denied by default: :func:`check_routes` refuses an app with an
+  endpoint that declares neither a scope nor :func:`public`, when it is built and
+  again when it starts.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.authentication import AuthCredentials, AuthenticationBackend, BaseUser
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import ClientDisconnect, HTTPConnection, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Host, Mount, Route, WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import (
+    ArchiveStorageError,
+    ConflictError,
+    InvalidDicomError,
+    InvalidRequestError,
+    NotFoundError,
+    PacsError,
+    UnsupportedTransferSyntaxError,
+)
+from .dicomweb_answers import outcome, path_uids, refusal
+from .multipart import BodyTimeoutError, MultipartError, TooLargeError
+from .security import AuditLog
+from .tokens import SCOPES, TokenStore, granted
+
+__all__ = ["ERROR_STATUS", "EXCEPTION_HANDLERS", "HTTP_STATUS",
+           "AccessUndeclaredError", "AuditTrail", "DoorStatus", "HttpAccess", "TokenHolder",
+           "bearer_token", "check_routes", "declared", "grpc_status_name", "http_status",
+           "identify", "public"]
+
+log = logging.getLogger(__name__)
+
+
+# -- errors -> statuses ------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class DoorStatus:
+    """What each door answers for one error class."""
+
+    http: int
+    """HTTP status (PS3.18 8.6 for WADO/QIDO, 10.5.3 for STOW)."""
+    grpc: str
+    """Name of the ``grpc.StatusCode`` (this module does not import grpc)."""
+
+
+ERROR_STATUS: dict[type[Exception], DoorStatus] = {
+    NotFoundError: DoorStatus(404, "NOT_FOUND"),
+    UnsupportedTransferSyntaxError: DoorStatus(406, "FAILED_PRECONDITION"),
+    ConflictError: DoorStatus(409, "ALREADY_EXISTS"),
+    InvalidDicomError: DoorStatus(400, "INVALID_ARGUMENT"),
+    ArchiveStorageError: DoorStatus(507, "RESOURCE_EXHAUSTED"),
+    InvalidRequestError: DoorStatus(400, "INVALID_ARGUMENT"),
+    # Request bodies (HTTP only; a gRPC stream's limits are its own statuses).
+    MultipartError: DoorStatus(400, "INVALID_ARGUMENT"),
+    TooLargeError: DoorStatus(413, "RESOURCE_EXHAUSTED"),
+    BodyTimeoutError: DoorStatus(408, "DEADLINE_EXCEEDED"),
+}
+"""The one table: error class -> status at each door; the nearest class counts."""
+HTTP_STATUS: dict[type[Exception], int] = {cls: s.http for cls, s in ERROR_STATUS.items()}
+"""The HTTP column of :data:`ERROR_STATUS`."""
+
+
+def _status(exc: BaseException) -> DoorStatus | None:
+    for cls in type(exc).__mro__:
+        found = ERROR_STATUS.get(cls)
+        if found is not None:
+            return found
+    return None
+
+
+def http_status(exc: BaseException) -> int:
+    """The HTTP status of ``exc``: 500 for anything outside the table."""
+    found = _status(exc)
+    return 500 if found is None else found.http
+
+
+def grpc_status_name(exc: BaseException) -> str:
+    """The ``grpc.StatusCode`` name of ``exc``: ``INTERNAL`` outside the table."""
+    found = _status(exc)
+    return "INTERNAL" if found is None else found.grpc
+
+
+# -- tokens --------------------------------------------------------------------------
+NO_TOKEN = ("no bearer token: send 'Authorization: Bearer <token>' (the archive's "
+            "administrator makes one: pacscore token create --archive ARCHIVE --scope read)")
+UNKNOWN_TOKEN = "the bearer token is unknown or revoked"
+
+
+def bearer_token(header: object) -> str:
+    """The token of an ``Authorization`` value ``Bearer <token>`` (the scheme in any
+    case, RFC 6750 2.1); ``''`` when there is none."""
+    text = str(header or "")
+    return text[7:].strip() if text.lower().startswith("bearer ") else ""
+
+
+class TokenHolder(BaseUser):
+    """Who sent a request: the scope of its token (None: no valid token) and its name
+    for the audit trail (``token <id> (name)``, ``anonymous``, ``invalid token``)."""
+
+    __slots__ = ("name", "scope", "sent")
+
+    def __init__(self, scope: str | None, name: str, sent: bool):
+        self.scope, self.name, self.sent = scope, name, sent
+
+    @property
+    def is_authenticated(self) -> bool:
+        return self.scope is not None
+
+    @property
+    def display_name(self) -> str:
+        return self.name
+
+    @property
+    def identity(self) -> str:
+        return self.name
+
+    def grants(self, needed: str) -> bool:
+        """The token's scope covers ``needed``."""
+        return granted(self.scope, needed)
+
+    @property
+    def why(self) -> str:
+        """Why it is not authenticated."""
+        return UNKNOWN_TOKEN if self.sent else NO_TOKEN
+
+
+def identify(tokens: TokenStore, token: str) -> TokenHolder:
+    """The holder of ``token`` (``''``: none sent), with one store lookup."""
+    if not token:
+        return TokenHolder(None, "anonymous", sent=False)
+    scope, name = tokens.identify(token)
+    return TokenHolder(scope, name, sent=True)
+
+
+class _TokenBackend(AuthenticationBackend):
+    """Identifies the bearer token of every request.  It never refuses: whether a
+    request needs a token is the endpoint's declaration (``/healthz`` answers with a
+    revoked token too, as probes may send any), so a missing or unknown token gives a
+    holder without scopes and the endpoint answers 401."""
+
+    def __init__(self, tokens: TokenStore):
+        self.tokens = tokens
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser]:
+        holder = identify(self.tokens, bearer_token(conn.headers.get("authorization")))
+        held = [s for s in SCOPES if holder.grants(s)]
+        return AuthCredentials(held), holder
+
+
+# -- per-endpoint declarations ---------------------------------------------------------
+Endpoint = Callable[[Request], Awaitable[Response]]
+_ACCESS = "__pacscore_access__"
+PUBLIC = "public"
+"""The declaration of an endpoint that answers without a token."""
+
+
+class AccessUndeclaredError(PacsError, TypeError):
+    """An endpoint declares no access: the app is not built (access is denied by default)."""
+
+
+def public(endpoint: Endpoint) -> Endpoint:
+    """Declare ``endpoint`` open to anyone (``/healthz`` alone: it tells nothing)."""
+    setattr(endpoint, _ACCESS, PUBLIC)
+    return endpoint
+
+
+def declared(endpoint: object) -> str | None:
+    """The scope ``endpoint`` requires, :data:`PUBLIC`, or None when it declares none."""
+    value = getattr(endpoint, _ACCESS, None)
+    return value if isinstance(value, str) else None
+
+
+def _endpoints(routes: Iterable[BaseRoute], prefix: str = ""
+               ) -> Iterable[tuple[str, object]]:
+    for route in routes:
+        if isinstance(route, Route | WebSocketRoute):
+            yield prefix + route.path, route.endpoint
+        elif isinstance(route, Mount | Host):
+            inner = getattr(route.app, "routes", None)
+            path = prefix + getattr(route, "path", "")
+            if inner is None:  # an ASGI app of its own: nothing here can check it
+                yield path, route.app
+            else:
+                yield from _endpoints(inner, path)
+        else:
+            yield prefix + str(getattr(route, "path", route)), route
+
+
+def check_routes(routes: Iterable[BaseRoute]) -> None:
+    """Refuse routes (mounted ones too) whose endpoint declares no access.
+
+    Raises
+    ------
+    AccessUndeclaredError
+        Naming each such path.
+    """
+    missing = [path for path, endpoint in _endpoints(routes) if declared(endpoint) is None]
+    if missing:
+        raise AccessUndeclaredError(
+            f"{len(missing)} route(s) declare no access: {', '.join(sorted(missing))}",
+            hint="wrap the endpoint in HttpAccess.requires(<scope>), or in public() when "
+                 "it may answer anyone")
+
+
+class HttpAccess:
+    """The access rules of one starlette app: who sent each request (middleware) and
+    what each endpoint requires (:meth:`requires`); refusals are audited.
+
+    Parameters
+    ----------
+    tokens
+        The archive's tokens.
+    audit
+        Where refusals are recorded (PS3.15 A.5.3.11 User Authentication).
+    interface
+        The door's name in the audit trail.
+    """
+
+    def __init__(self, tokens: TokenStore, audit: AuditLog, interface: str = "dicomweb"):
+        self.tokens, self.audit, self.interface = tokens, audit, interface
+
+    def middleware(self) -> list[Middleware]:
+        """Starlette's ``AuthenticationMiddleware`` over the token backend, then the
+        audit of admitted requests (:class:`AuditTrail`)."""
+        return [Middleware(AuthenticationMiddleware, backend=_TokenBackend(self.tokens)),
+                Middleware(AuditTrail, audit=self.audit, interface=self.interface)]
+
+    def requires(self, scope: str) -> Callable[[Endpoint], Endpoint]:
+        """Declare that ``endpoint`` needs a token with ``scope``: without a valid token
+        401 (``WWW-Authenticate: Bearer``), with too little scope 403, each with its
+        reason (:func:`.dicomweb_answers.refusal`) and audited; an admitted request is
+        marked ``request.state.holder`` for the audit of its outcome."""
+        if scope not in SCOPES:
+            raise AccessUndeclaredError(f"unknown scope {scope!r}",
+                                        hint=f"use one of {', '.join(SCOPES)}")
+
+        def declare(endpoint: Endpoint) -> Endpoint:
+            @functools.wraps(endpoint, updated=())  # Stow, BulkData: objects
+            async def checked(request: Request) -> Response:
+                holder = request.user  # AssertionError without the middleware: a 500
+                if not isinstance(holder, TokenHolder) or not holder.is_authenticated:
+                    why = holder.why if isinstance(holder, TokenHolder) else NO_TOKEN
+                    self._refused(request, why)
+                    return refusal(request, 401, "a valid bearer token is required", why,
+                                   {"WWW-Authenticate": 'Bearer realm="pacscore"'})
+                if scope not in request.auth.scopes:
+                    why = (f"{request.method} needs the {scope!r} scope; this token has "
+                           f"{holder.scope!r}")
+                    self._refused(request, why)
+                    return refusal(request, 403, "this token lacks the scope needed", why)
+                request.state.holder = holder
+                return await endpoint(request)
+
+            setattr(checked, _ACCESS, scope)
+            return checked
+
+        return declare
+
+    def _refused(self, request: Request, why: str) -> None:
+        host = request.client.host if request.client else "?"
+        self.audit.record("authentication", action="E", outcome="minor",
+                          user=request.user.display_name, host=host,
+                          interface=self.interface, objects=path_uids(request),
+                          detail=f"{request.method} {request.url.path}: {why}")
+
+
+
+# -- the outcome of an admitted HTTP request ----------------------------------------
+async def _pacs_error(request: Request, exc: Exception) -> Response:
+    """A :class:`PacsError` as its status (:data:`ERROR_STATUS`) with its reason."""
+    assert isinstance(exc, PacsError)
+    timeout = isinstance(exc, BodyTimeoutError)
+    if timeout:  # 408: the rest of the body may still come; the connection is closed
+        request.state.audit_error = ": client idle mid-body"
+    return JSONResponse({"error": exc.reason}, http_status(exc),
+                        headers={"Connection": "close"} if timeout else None)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """A client gone mid-body: parts already removed, nothing stored."""
+    request.state.audit_error = ": client disconnected"
+    return Response(status_code=400)
+
+
+EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+    PacsError: _pacs_error, ClientDisconnect: _client_gone}
+"""Starlette exception handlers of the HTTP door (``Starlette(exception_handlers=)``)."""
+# Audit event and action (PS3.15 A.5.3) of an admitted request by its method, unless
+# its endpoint names one (``request.state.audit_event``, QIDO-RS: query).
+_AUDIT_BY_METHOD = {"GET": ("accessed", "R"), "HEAD": ("accessed", "R"),
+                    "POST": ("transferred", "C"), "DELETE": ("deleted", "D")}
+
+
+class AuditTrail:
+    """ASGI middleware between authentication and routing: every request its endpoint
+    admitted (:meth:`HttpAccess.requires`) is audited with the status its client was
+    told (:func:`.dicomweb_answers.outcome`), the UIDs it named (or those the endpoint
+    lists in ``request.state.audit_objects``, STOW-RS) and ``audit_detail``.  An
+    admitted request that fails with an error outside the :mod:`pacscore.errors` tree
+    (a bug, a library's bare ValueError) is answered 500 with the error's class only,
+    its traceback logged: the client did nothing wrong.
+    """
+
+    def __init__(self, app: ASGIApp, audit: AuditLog, interface: str = "dicomweb"):
+        self.app, self.audit, self.interface = app, audit, interface
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start" and not started:
+                started = True
+                self._record(scope, message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:  # catch-all on purpose: the request's boundary
+            state = scope.get("state") or {}
+            if started or "holder" not in state:
+                raise
+            log.exception("%s %s failed", scope["method"], scope["path"])
+            state["audit_error"] = f": internal error ({type(exc).__name__})"
+            response = JSONResponse({"error": f"internal error ({type(exc).__name__}); "
+                                              f"logged on the server"}, 500)
+            await response(scope, receive, sending)
+
+    def _record(self, scope: Scope, status: int) -> None:
+        state = scope.get("state") or {}
+        holder = state.get("holder")
+        if not isinstance(holder, TokenHolder):  # refused (audited then), open, unrouted
+            return
+        request = Request(scope)
+        kind, code = state.get("audit_event") or _AUDIT_BY_METHOD.get(
+            request.method, ("accessed", "E"))
+        detail = state.get("audit_error", "") + state.get("audit_detail", "")
+        self.audit.record(
+            kind, action=code, outcome=outcome(status), user=holder.name,
+            host=request.client.host if request.client else "?", interface=self.interface,
+            objects=state.get("audit_objects") or path_uids(request),
+            detail=f"{request.method} {request.url.path} -> {status}{detail}")
