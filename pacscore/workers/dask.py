@@ -6,6 +6,9 @@ deaths: the scheduler's setting, 3 by default, where the local pool blames an it
 the second death), is reported through ``on_error`` and the job goes on, as with
 :func:`pacscore.workers.pool.run_tasks`'s local workers.  Losing the cluster itself
 (the scheduler gone, the client cancelled) still raises: that is no item's fault.
+Blame is the scheduler's: it counts a worker's death against every task that was on
+that worker, not only the one running, so an innocent item in flight can be reported
+too (the local pool blames only the item at the head of the dead worker's queue).
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ def run_dask(fn: Callable[[T], R], items: Iterable[T], address: str, window: int
             submitted[future.key] = item
             return future
 
-        first = [submit(item) for item, _ in zip(source, range(window), strict=False)]
+        # range first: zip stops on it before taking one more item from the source
+        first = [submit(item) for _, item in zip(range(window), source, strict=False)]
         pending: Any = as_completed(first)  # type: ignore[no-untyped-call]
         for future in pending:
             item = submitted.pop(future.key)
