@@ -50,7 +50,7 @@ from .index import LEVELS, InstanceRecord, LmdbIndex, StoreKind
 from .ingest.outcomes import Failed, Prepared, Rejected, Skipped, StoreResult
 from .private import make_private_dir
 from .retrieve import Reader, crc_problem
-from .store import ZarrFrameStore
+from .store import FrameStore, StoreSpec
 
 if TYPE_CHECKING:
     from .dicom.header import InstanceHeader
@@ -157,10 +157,13 @@ class Archive:
         Never write: no writer lock is taken (a server may start meanwhile), no crash
         recovery runs.  Without it the first process to open the archive becomes its
         writer and any other opens it read-only.
+    store
+        The frame store (default: Zarr arrays under ``root/frames``): this process and
+        the worker processes open it from this spec (:mod:`pacscore.store.spec`).
     """
 
     def __init__(self, root: str | os.PathLike[str], config: ArchiveConfig | None = None,
-                 *, readonly: bool = False):
+                 *, readonly: bool = False, store: StoreSpec | None = None):
         self.root = Path(root)
         self.config = config or ArchiveConfig()
         self.frames_root = self.root / "frames"
@@ -170,7 +173,9 @@ class Archive:
         self._shared_fd: int | None = None
         if readonly:  # creates nothing: works on a read-only mount, refuses a typo
             require_archive(self.root)
-            self.store_ = ZarrFrameStore(self.frames_root, fsync=False, create=False)
+            self.store_spec = store or StoreSpec.of("zarr", root=str(self.frames_root),
+                                                    fsync=False, create=False)
+            self.store_: FrameStore = self.store_spec.open()
             self.index, self._shared_fd = _open_index_readonly(self.root, self.config)
         else:
             try:
@@ -178,7 +183,9 @@ class Archive:
             except OSError as exc:
                 raise ArchiveStorageError(f"cannot create archive directory {self.root}: "
                                           f"{exc}") from exc
-            self.store_ = ZarrFrameStore(self.frames_root, fsync=self.config.fsync)
+            self.store_spec = store or StoreSpec.of("zarr", root=str(self.frames_root),
+                                                    fsync=self.config.fsync)
+            self.store_ = self.store_spec.open()
             self.index = LmdbIndex(self.root / "index.lmdb",
                                    map_size=self.config.lmdb_map_size, sync=self.config.fsync)
         self._reader = Reader(self.store_, self.index, self.config.limits)
@@ -313,7 +320,7 @@ class Archive:
                 from .ingest.workers import PrepareWorkers
 
                 self._workers = PrepareWorkers(self.config.prepare_workers, self.config,
-                                               str(self.frames_root))
+                                               self.store_spec)
 
     def _store_in_pool(self, path: str | int, name: str, offset: int = 0, *,
                        strict_identity: bool = False) -> StoreResult:
@@ -370,7 +377,7 @@ class Archive:
             return outcome
 
         batch: list[Prepared] = []
-        outcomes = run_pool(feed(), self.config, self.frames_root, n, dask_address)
+        outcomes = run_pool(feed(), self.config, self.store_spec, n, dask_address)
         try:
             while not cause:
                 try:

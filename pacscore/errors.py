@@ -24,6 +24,7 @@ __all__ = [
     "RenderError",
     "TruncatedFileError",
     "UndecodablePixelDataError",
+    "UnknownStoreError",
     "UnsafeFolderError",
     "UnsupportedTransferSyntaxError",
     "WorkerError",
@@ -169,6 +170,13 @@ class WorkerError(PacsError, RuntimeError):
     hint = ("fix the Python environment the worker processes start in (their error is "
             "printed on stderr: a broken or partial installation, PYTHONPATH, a "
             "sitecustomize), or run with --workers 0; then run the job again with --resume")
+
+
+class UnknownStoreError(PacsError, LookupError):
+    """A frame store spec names no known :class:`~pacscore.store.FrameStore`."""
+
+    hint = ("use one of the kinds in pacscore.store.spec.STORE_KINDS, or register the "
+            "implementation there as 'module:Class'")
 
 
 class RenderError(PacsError, RuntimeError):

@@ -1,28 +1,32 @@
-"""Worker side of bulk ingest: one file in, one small outcome out.
+"""Worker side of ingest: one file in, one small outcome out.
 
-Tasks run on the job engine (forkserver pool or Dask): no LMDB environment, thread
-or socket of the parent is inherited; each task opens the FrameStore (staging only)
-and returns a small result, so no pixel array crosses a process boundary.
+Tasks run in worker processes (:mod:`pacscore.workers`: the long-lived pool of single
+stores, a bulk job's pool, or Dask): no LMDB environment, thread or socket of the
+parent is inherited.  A task carries the settings and a :class:`StoreSpec`, opens the
+FrameStore it names once in the process that runs it and stages through the
+FrameStore contract only; it returns a small result, so no pixel array crosses a
+process boundary.
 """
 
 from __future__ import annotations
 
 import errno
-import functools
 import os
 from collections.abc import Generator, Iterable
 from dataclasses import replace
-from pathlib import Path
 
 from ..config import ArchiveConfig
 from ..dicom.scan import looks_like_dicom
 from ..errors import ArchiveStorageError, LimitExceededError, PacsError, WorkerError
-from ..store.zarr_store import ZarrFrameStore
+from ..store.base import FrameStore
+from ..store.spec import StoreSpec
+from ..workers import Handed, run_tasks
 from .outcomes import Failed, Rejected, Skipped
 from .prepare import Prepared, prepare
 
-__all__ = ["Failed", "Outcome", "Rejected", "Skipped", "not_dicom_reason",
-           "prepare_descriptor", "prepare_file", "prepare_path", "read_descriptor", "run_pool"]
+__all__ = ["Failed", "Outcome", "PrepareTask", "Rejected", "SingleStoreTask", "Skipped",
+           "not_dicom_reason", "prepare_descriptor", "prepare_file", "prepare_path",
+           "read_descriptor", "run_pool"]
 
 Outcome = Prepared | Rejected | Skipped | Failed
 
@@ -36,7 +40,7 @@ def not_dicom_reason(head: bytes, size: int) -> str:
             f"0002 or 0008) at byte 0 (first bytes: {head[:8].hex(' ')})")
 
 
-def prepare_path(path: str, config: ArchiveConfig, store: ZarrFrameStore, *,
+def prepare_path(path: str, config: ArchiveConfig, store: FrameStore, *,
                  flush: bool = False, strict_identity: bool = False) -> Outcome:
     """Read and prepare one file (``flush``, ``strict_identity``: see :func:`prepare`);
     never raises for bad input.  What the file contains is refused with
@@ -54,7 +58,7 @@ def prepare_path(path: str, config: ArchiveConfig, store: ZarrFrameStore, *,
     return _prepare_data(data, path, config, store, flush, strict_identity)
 
 
-def _prepare_data(data: bytes, source: str, config: ArchiveConfig, store: ZarrFrameStore,
+def _prepare_data(data: bytes, source: str, config: ArchiveConfig, store: FrameStore,
                   flush: bool, strict_identity: bool) -> Outcome:
     if not looks_like_dicom(data[:132]):
         return Skipped(source, len(data), not_dicom_reason(data[:132], len(data)))
@@ -76,7 +80,7 @@ def _prepare_data(data: bytes, source: str, config: ArchiveConfig, store: ZarrFr
                         type(exc))
 
 
-def prepare_file(path: str, source: str, config: ArchiveConfig, store: ZarrFrameStore,
+def prepare_file(path: str, source: str, config: ArchiveConfig, store: FrameStore,
                  *, strict_identity: bool = False) -> Outcome:
     """Worker task of a single store: prepare ``path``, reported under ``source``."""
     outcome = prepare_path(path, config, store, flush=True,  # flushed here, in parallel
@@ -102,7 +106,7 @@ def read_descriptor(fd: int, offset: int, limit: int) -> bytes:
 
 
 def prepare_descriptor(fd: int, offset: int, source: str, config: ArchiveConfig,
-                       store: ZarrFrameStore, *, strict_identity: bool = False) -> Outcome:
+                       store: FrameStore, *, strict_identity: bool = False) -> Outcome:
     """Worker task of a single store handed over as an open file (``fd``, read from
     ``offset``; closed here): the object read is the one that was received, whatever
     happens meanwhile to the name it had in a folder."""
@@ -116,20 +120,63 @@ def prepare_descriptor(fd: int, offset: int, source: str, config: ArchiveConfig,
                    source=source)
 
 
-def _prepare_task(config: ArchiveConfig, frames_root: str, path: str) -> Outcome:
-    return prepare_path(path, config, ZarrFrameStore(frames_root, fsync=config.fsync))
+class _StoreTask:
+    """A picklable task: the settings and the spec of the store; the store itself is
+    opened on first use in the process that runs the task, then kept there."""
+
+    __slots__ = ("_store", "config", "spec")
+
+    def __init__(self, config: ArchiveConfig, spec: StoreSpec):
+        self.config, self.spec = config, spec
+        self._store: FrameStore | None = None
+
+    def __getstate__(self) -> tuple[ArchiveConfig, StoreSpec]:
+        return self.config, self.spec
+
+    def __setstate__(self, state: tuple[ArchiveConfig, StoreSpec]) -> None:
+        self.config, self.spec = state
+        self._store = None
+
+    @property
+    def store(self) -> FrameStore:
+        if self._store is None:
+            self._store = self.spec.open()
+        return self._store
 
 
-def run_pool(paths: Iterable[str], config: ArchiveConfig, frames_root: Path,
+class PrepareTask(_StoreTask):
+    """Task of a bulk import: a path in, its outcome out (flushed by the caller, a
+    batch at a time)."""
+
+    __slots__ = ()
+
+    def __call__(self, path: str) -> Outcome:
+        return prepare_path(path, self.config, self.store)
+
+
+class SingleStoreTask(_StoreTask):
+    """Task of a single store from a front end, flushed here (in parallel): ``(path,
+    source, strict)``, or an open file as ``Handed((source, strict, offset), fd)``
+    (``strict``: see :func:`~pacscore.ingest.prepare.prepare`)."""
+
+    __slots__ = ()
+
+    def __call__(self, item: tuple[str, str, bool] | Handed) -> Outcome:
+        if isinstance(item, Handed):
+            source, strict, offset = item.payload
+            return prepare_descriptor(item.fd, offset, source, self.config, self.store,
+                                      strict_identity=strict)
+        path, source, strict = item
+        return prepare_file(path, source, self.config, self.store, strict_identity=strict)
+
+
+def run_pool(paths: Iterable[str], config: ArchiveConfig, store: StoreSpec,
              workers: int, dask_address: str | None = None
              ) -> Generator[Outcome, None, None]:
     """Prepare ``paths`` in ``workers`` processes (0: in this process), unordered, with
-    a bounded number in flight (the job engine of :mod:`pacscore.jobs.engine`)."""
-    from ..jobs.engine import run_tasks
-
-    task = functools.partial(_prepare_task, config, str(frames_root))
-    return run_tasks(task, paths, workers=workers, dask_address=dask_address,
-                     on_error=_task_failed)
+    a bounded number in flight, staging into the store ``store`` names."""
+    return run_tasks(PrepareTask(config, store), paths, workers=workers,
+                     dask_address=dask_address, on_error=_task_failed)
 
 
 def _task_failed(path: str, reason: str) -> Outcome:

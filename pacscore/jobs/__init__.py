@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 from .._lazy import attributes
 
 if TYPE_CHECKING:
+    from ..workers import run_tasks
     from .compress import CompressTask, FileResult, compress_one, run_compress
-    from .engine import run_tasks
     from .plan import plan
     from .report import JobReport
     from .walk import count_files, walk_files
@@ -20,6 +20,6 @@ __all__ = ["CompressTask", "FileResult", "JobReport", "compress_one", "count_fil
 
 __getattr__, __dir__ = attributes(__name__, {
     "CompressTask": ".compress", "FileResult": ".compress", "compress_one": ".compress",
-    "run_compress": ".compress", "run_tasks": ".engine", "plan": ".plan",
+    "run_compress": ".compress", "run_tasks": "..workers", "plan": ".plan",
     "JobReport": ".report", "count_files": ".walk", "walk_files": ".walk",
 })

@@ -34,8 +34,8 @@ from ..errors import PacsError
 from ..ingest.pool import not_dicom_reason
 from ..ingest.prepare import encode_object
 from ..kinds import FileStatus
+from ..workers import run_tasks
 from .auto import DEFAULT_BUDGET, SeriesChooser
-from .engine import run_tasks
 from .journal import Journal
 from .walk import walk_files
 

@@ -1,6 +1,7 @@
-"""Frame storage: the contract and its Zarr implementation."""
+"""Frame storage: the contract, its Zarr implementation, and the spec workers get."""
 
 from .base import FrameStore, validate_location
+from .spec import STORE_KINDS, StoreSpec
 from .zarr_store import ZarrFrameStore
 
-__all__ = ["FrameStore", "ZarrFrameStore", "validate_location"]
+__all__ = ["STORE_KINDS", "FrameStore", "StoreSpec", "ZarrFrameStore", "validate_location"]

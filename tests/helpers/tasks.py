@@ -49,3 +49,30 @@ def compress_one_crashing_on_marked_files(task: CompressTask) -> FileResult:
     if Path(task.rel).name.startswith("crash"):
         os._exit(139)
     return _compress_one(task)
+
+
+def crash_logged(item: tuple[str, int]) -> str:
+    """Notes each attempt (its process) in the file ``item[0]``; the first ``item[1]``
+    attempts die like a codec segfault."""
+    log, deaths = item
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    if len(Path(log).read_text().split()) <= deaths:
+        os._exit(139)
+    return "done"
+
+
+class DiesOnStart:
+    """A task whose worker dies while unpickling it, before it is ready (an environment
+    in which workers cannot import what they run)."""
+
+    def __call__(self, x: int) -> int:
+        return x
+
+    def __reduce__(self) -> tuple[object, tuple[int]]:
+        return (os._exit, (3,))
+
+
+def crash_on_three_raise_on_five(x: int) -> int:
+    """Dies on 3, raises on 5 (both failures in one run)."""
+    return raise_on_five(crash_on_three(x) // 10)
