@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 
 
 class BuildGrpc(Command):
-    description = "generate pacscore_pb2*.py from pacscore/services/grpc_api/pacscore.proto"
+    description = "generate pacscore_pb2*.py from pacscore/services/grpc/pacscore.proto"
     user_options: ClassVar[list[tuple[str, str | None, str]]] = []
 
     def initialize_options(self) -> None:
@@ -29,7 +29,7 @@ class BuildGrpc(Command):
         self.set_undefined_options("build_py", ("build_lib", "build_lib"))
 
     def _codegen(self):  # type: ignore[no-untyped-def]
-        path = HERE / "pacscore" / "services" / "grpc_api" / "codegen.py"
+        path = HERE / "pacscore" / "services" / "grpc" / "codegen.py"
         spec = importlib.util.spec_from_file_location("pacscore_codegen", path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
@@ -42,12 +42,12 @@ class BuildGrpc(Command):
             print(f"build_grpc: wrote {path}")
 
     def get_source_files(self) -> list[str]:
-        return ["pacscore/services/grpc_api/pacscore.proto"]
+        return ["pacscore/services/grpc/pacscore.proto"]
 
     def get_outputs(self) -> list[str]:
         if self.editable_mode or self.build_lib is None:
             return []
-        base = Path(self.build_lib, "pacscore", "services", "grpc_api")
+        base = Path(self.build_lib, "pacscore", "services", "grpc")
         return [str(base / name) for name in self._codegen().OUTPUTS]
 
     def get_output_mapping(self) -> dict[str, str]:

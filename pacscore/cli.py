@@ -180,7 +180,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
-    from .services.tokens import TokenStore
+    from .services.auth.tokens import TokenStore
 
     store = TokenStore(Path(args.archive))
     if args.token_command == "create":
@@ -195,7 +195,7 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
 
 def _cmd_ae(args: argparse.Namespace) -> int:
-    from .services.security import RIGHTS, AeRegistry
+    from .services.auth.security import RIGHTS, AeRegistry
 
     registry = AeRegistry(Path(args.archive))
     if args.ae_command == "add":

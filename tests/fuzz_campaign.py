@@ -464,7 +464,7 @@ def _multipart_mutants(rng: random.Random) -> Iterator[tuple[str, bytes]]:
 
 def fuzz_multipart(*, seed: int, count: int) -> Campaign:
     """The STOW-RS multipart/related parser: only its ValueError subclasses escape."""
-    from pacscore.services.multipart import parse_related
+    from pacscore.services.dicomweb.multipart import parse_related
 
     result = Campaign()
     started = time.monotonic()

@@ -24,9 +24,9 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Message
 
 from pacscore import Archive
-from pacscore.services.dicomweb import create_app
-from pacscore.services.security import AuditLog
-from pacscore.services.tokens import TokenStore
+from pacscore.services.auth.security import AuditLog
+from pacscore.services.auth.tokens import TokenStore
+from pacscore.services.dicomweb.app import create_app
 
 UIDS = {"study": "1.2.826.0.1.3680043.8.498.1", "series": "1.2.826.0.1.3680043.8.498.2",
         "sop": "1.2.826.0.1.3680043.8.498.3", "frames": "1", "frame": "1",
@@ -189,7 +189,7 @@ def test_a_sufficient_token_reaches_every_route(archive: Archive,
 def test_a_route_without_a_declared_scope_is_refused(archive: Archive) -> None:
     """Fails closed: an endpoint that declares no access is not served, whether it is
     added to the app after it was built (the app does not start) or built into it."""
-    from pacscore.services.access import AccessUndeclaredError, HttpAccess, check_routes
+    from pacscore.services.auth.access import AccessUndeclaredError, HttpAccess, check_routes
 
     async def forgot(request: Request) -> Response:
         return PlainTextResponse("secret")
@@ -228,9 +228,9 @@ def test_errors_map_through_the_one_table() -> None:
     import grpc
 
     from pacscore.errors import NotFoundError, PacsError, UndecodablePixelDataError
-    from pacscore.services.access import ERROR_STATUS, grpc_status_name, http_status
-    from pacscore.services.dicomweb import HTTP_STATUS
-    from pacscore.services.grpc_api.server import GRPC_STATUS
+    from pacscore.services.auth.access import ERROR_STATUS, grpc_status_name, http_status
+    from pacscore.services.dicomweb.app import HTTP_STATUS
+    from pacscore.services.grpc.server import GRPC_STATUS
 
     assert {cls: s.http for cls, s in ERROR_STATUS.items()} == HTTP_STATUS
     assert {cls: grpc.StatusCode[s.grpc] for cls, s in ERROR_STATUS.items()} == GRPC_STATUS
@@ -243,7 +243,7 @@ def test_errors_map_through_the_one_table() -> None:
 
 
 def test_bearer_token_parsing() -> None:
-    from pacscore.services.access import bearer_token
+    from pacscore.services.auth.access import bearer_token
 
     assert bearer_token("Bearer pcs_a_b") == "pcs_a_b"
     assert bearer_token("bearer   pcs_a_b ") == "pcs_a_b"

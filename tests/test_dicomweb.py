@@ -24,8 +24,8 @@ import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 
-from pacscore.services.dicomweb import _produced
-from pacscore.services.multipart import encode_related, parse_related, stream_related
+from pacscore.services.dicomweb.app import _produced
+from pacscore.services.dicomweb.multipart import encode_related, parse_related, stream_related
 from pacscore.testing import cli, serving
 
 
@@ -218,8 +218,8 @@ def test_mixed_interfaces_store_one_study(tmp_path: Path, corpus: Path) -> None:
     import grpc
 
     from pacscore import Archive
-    from pacscore.services.dimse_send import data_set_offset
-    from pacscore.services.grpc_api.generated import load
+    from pacscore.services.dimse._fast.send import data_set_offset
+    from pacscore.services.grpc.generated import load
 
     files = sorted((corpus / "mr_series/philips_3d_t1_mprage_sag_170sl").glob("*.dcm"))[:50]
     storescu = Path("/usr/bin/storescu")
@@ -584,7 +584,7 @@ def test_a_part_that_fails_mid_stream_is_left_out_of_a_whole_body(
         return "application/dicom", sop.encode() * 10
 
     left_out: list[str] = []
-    with caplog.at_level(logging.WARNING, logger="pacscore.services.dicomweb"):
+    with caplog.at_level(logging.WARNING, logger="pacscore.services.dicomweb.app"):
         body = b"".join(stream_related(_produced(produce, "1234", left_out), "B", chunk=1))
     assert body.endswith(b"--B--\r\n")
     assert left_out == ["2: cannot encode instance 2", "3: internal error (RuntimeError, "

@@ -17,7 +17,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.encaps import generate_frames
 
-from pacscore.services.multipart import encode_related
+from pacscore.services.dicomweb.multipart import encode_related
 from pacscore.testing import cli, serving
 
 from .conftest import corpus_root

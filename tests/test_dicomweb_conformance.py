@@ -25,8 +25,8 @@ from pydicom.uid import generate_uid
 from starlette.routing import Route
 
 from pacscore import Archive, ArchiveConfig
-from pacscore.services.dicomweb import create_app
-from pacscore.services.multipart import encode_related
+from pacscore.services.dicomweb.app import create_app
+from pacscore.services.dicomweb.multipart import encode_related
 from pacscore.testing import cli, serving
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"

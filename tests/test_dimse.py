@@ -508,7 +508,7 @@ def test_pdu_reader_allocates_what_arrives_not_what_a_header_claims() -> None:
     import tracemalloc
     from types import SimpleNamespace
 
-    from pacscore.services.dimse_transport import _recv
+    from pacscore.services.dimse._fast.transport import _recv
 
     data = bytes(range(256)) * 40_000  # 10 MB, over several buffer steps
     ours, peer = socket.socketpair()

@@ -12,8 +12,9 @@ import pynetdicom
 import pytest
 
 from pacscore import Archive, ArchiveConfig
-from pacscore.services import dimse_patches, dimse_scope
-from pacscore.services.dimse import DimseServer
+from pacscore.services.dimse._fast import patches as dimse_patches
+from pacscore.services.dimse._fast import scope as dimse_scope
+from pacscore.services.dimse.server import DimseServer
 from pacscore.testing import cli, free_port
 
 DCMTK = Path("/usr/bin")

@@ -1,4 +1,4 @@
-"""C-STORE data sets received straight into the spool (pacscore.services.dimse_receive):
+"""C-STORE data sets received straight into the spool (pacscore.services.dimse._fast.receive):
 every PDU size, other messages on the same association, a data set cut short, a lost
 spool folder, malformed PDUs.  Peers: pynetdicom as SCU, DCMTK storescu, raw PDUs."""
 
@@ -19,10 +19,10 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
 from pacscore import Archive
-from pacscore.services import dimse_wire
-from pacscore.services.dimse_receive import StoreRequest, store_response
-from pacscore.services.dimse_scope import SPOOL_PREFIX
-from pacscore.services.dimse_send import data_set_offset, store_request
+from pacscore.services.dimse._fast import wire as dimse_wire
+from pacscore.services.dimse._fast.receive import StoreRequest, store_response
+from pacscore.services.dimse._fast.scope import SPOOL_PREFIX
+from pacscore.services.dimse._fast.send import data_set_offset, store_request
 from pacscore.testing import cli, serving
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -297,7 +297,7 @@ def test_stores_slower_than_the_idle_timeout_are_answered(archive: Path, files: 
     disk) is still answered, on either reading path: pacscore's for whole command
     sets, pynetdicom's when the command set itself is split over PDUs.  A handler
     that fails answers 0xC211, as pynetdicom does."""
-    from pacscore.services.dimse import DimseServer
+    from pacscore.services.dimse.server import DimseServer
     from pacscore.testing import free_port
 
     calls = {"pacscore": 0, "pynetdicom": 0}

@@ -30,8 +30,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from pacscore.services import dimse_wire
-from pacscore.services.dimse_send import data_set_offset, store_request
+from pacscore.services.dimse._fast import wire as dimse_wire
+from pacscore.services.dimse._fast.send import data_set_offset, store_request
 from pacscore.testing import cli, free_port, serving
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

@@ -12,8 +12,8 @@ from pydicom.filewriter import write_file_meta_info
 from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import create_file_meta
 
-from pacscore.services.dimse_send import data_set_offset, response_command, store_request
-from pacscore.services.dimse_wire import command_set, file_meta, frame
+from pacscore.services.dimse._fast.send import data_set_offset, response_command, store_request
+from pacscore.services.dimse._fast.wire import command_set, file_meta, frame
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 GET = "1.2.840.10008.5.1.4.1.2.2.3"

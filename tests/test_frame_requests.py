@@ -14,9 +14,9 @@ import pytest
 
 from pacscore import Archive, ArchiveConfig
 from pacscore.errors import InvalidRequestError, NoSuchFrameError, NotFoundError
-from pacscore.services.grpc_api.generated import load
-from pacscore.services.grpc_api.server import start_grpc
-from pacscore.services.tokens import TokenStore
+from pacscore.services.auth.tokens import TokenStore
+from pacscore.services.grpc.generated import load
+from pacscore.services.grpc.server import start_grpc
 from pacscore.testing import free_port
 
 from .test_service_errors import _http

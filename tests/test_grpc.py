@@ -17,7 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from pacscore.services.grpc_api.generated import load
+from pacscore.services.grpc.generated import load
 from pacscore.testing import cli, serving
 
 pb, svc = load()

@@ -35,7 +35,7 @@ from pydicom.encaps import encapsulate, generate_frames
 
 from pacscore import Archive, ArchiveConfig, ConflictError
 from pacscore.render import Rendering, RenderOptions, Window, render_frame
-from pacscore.services.multipart import parse_related
+from pacscore.services.dicomweb.multipart import parse_related
 from pacscore.testing import serving
 
 from .conftest import corpus_root

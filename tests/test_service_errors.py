@@ -22,12 +22,12 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from pacscore import Archive
 from pacscore.errors import InvalidRequestError, PacsError
-from pacscore.services.dicomweb import create_app
-from pacscore.services.dimse import DimseServer
-from pacscore.services.grpc_api.generated import load
-from pacscore.services.grpc_api.server import start_grpc
-from pacscore.services.security import AeRegistry
-from pacscore.services.tokens import TokenStore
+from pacscore.services.auth.security import AeRegistry
+from pacscore.services.auth.tokens import TokenStore
+from pacscore.services.dicomweb.app import create_app
+from pacscore.services.dimse.server import DimseServer
+from pacscore.services.grpc.generated import load
+from pacscore.services.grpc.server import start_grpc
 from pacscore.testing import free_port
 
 SECRET = "numpy internals: axis 3 is out of bounds"  # must never reach a client

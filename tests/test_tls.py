@@ -13,7 +13,7 @@ import grpc
 import pytest
 import requests
 
-from pacscore.services.grpc_api.generated import load
+from pacscore.services.grpc.generated import load
 from pacscore.testing import cli, serving
 
 pb, svc = load()

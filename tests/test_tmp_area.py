@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 
 from pacscore import Archive
-from pacscore.services.grpc_api.generated import load
+from pacscore.services.grpc.generated import load
 from pacscore.testing import free_port
 
 

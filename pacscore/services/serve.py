@@ -28,11 +28,11 @@ import uvicorn
 from ..archive import Archive
 from ..config import ArchiveConfig
 from ..errors import ArchiveBusyError
-from .dicomweb import create_app
-from .dimse import DimseServer
-from .grpc_api.server import start_grpc
-from .http_limits import guarded_h11
-from .tokens import TokenStore
+from .auth.tokens import TokenStore
+from .dicomweb.app import create_app
+from .dicomweb.http_limits import guarded_h11
+from .dimse.server import DimseServer
+from .grpc.server import start_grpc
 
 __all__ = ["ServeConfig", "default_spool", "first_start_hint", "serve", "spool_folders"]
 

@@ -13,7 +13,8 @@ __all__ = ["load"]
 def load() -> tuple[ModuleType, ModuleType]:
     """(messages module, services module)."""
     try:
-        from . import pacscore_pb2, pacscore_pb2_grpc
+        # (mypy resolves these names in the grpcio package, not in this one)
+        from . import pacscore_pb2, pacscore_pb2_grpc  # type: ignore[attr-defined]
     except ImportError as exc:
         raise PacsError("pacscore's gRPC code was not generated",
                         hint="install pacscore with pip (`pip install .` or "

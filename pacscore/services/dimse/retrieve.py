@@ -22,13 +22,13 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
-from ..archive import Archive
-from ..dicom.syntaxes import EXPLICIT_LE, IMPLICIT_LE
-from ..errors import PacsError
-from .dimse_send import NotSendable, OutgoingObject, SubOperations, send_from_memory, track
-from .dimse_transport import nodelay
-from .dimse_wire import error_comment
-from .security import AeRegistry, AuditLog, outcome_of
+from ...archive import Archive
+from ...dicom.syntaxes import EXPLICIT_LE, IMPLICIT_LE
+from ...errors import PacsError
+from ..auth.security import AeRegistry, AuditLog, outcome_of
+from ._fast.send import NotSendable, OutgoingObject, SubOperations, send_from_memory, track
+from ._fast.transport import nodelay
+from ._fast.wire import error_comment
 
 __all__ = ["NOT_AUTHORIZED", "UNABLE", "RetrieveHandlers", "status_set"]
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InvalidRequestError, PacsError
+from ...errors import InvalidRequestError, PacsError
 
 __all__ = ["BodyTimeoutError", "MultipartError", "Part", "TooLargeError", "encode_related",
            "idle_limited", "parse_related", "stream_related",

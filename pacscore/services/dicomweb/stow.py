@@ -15,10 +15,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..archive import Archive, StoreResult
-from ..dicom.header import InstanceHeader, validate_uid
-from ..dicom.identity import claimed_uids
-from ..errors import ArchiveStorageError, InvalidRequestError, PacsError
+from ...archive import Archive, StoreResult
+from ...dicom.header import InstanceHeader, validate_uid
+from ...dicom.identity import claimed_uids
+from ...errors import ArchiveStorageError, InvalidRequestError, PacsError
 from .multipart import TooLargeError, idle_limited, parse_related, related_boundary
 
 __all__ = ["Stow"]

@@ -13,13 +13,13 @@ import os
 import tempfile
 from pathlib import Path
 
-PACKAGE = ("pacscore", "services", "grpc_api")
+PACKAGE = ("pacscore", "services", "grpc")
 OUTPUTS = ("pacscore_pb2.py", "pacscore_pb2.pyi", "pacscore_pb2_grpc.py")
 
 
 def generate(source_root: Path, out_root: Path) -> list[Path]:
-    """Compile ``<source_root>/pacscore/services/grpc_api/pacscore.proto`` into
-    ``<out_root>/pacscore/services/grpc_api/``; return the files written."""
+    """Compile ``<source_root>/pacscore/services/grpc/pacscore.proto`` into
+    ``<out_root>/pacscore/services/grpc/``; return the files written."""
     import grpc_tools
     from grpc_tools import protoc
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from ..dicom.syntaxes import syntax
-from ..index import InstanceRecord
-from .dicomweb_media import parse_accept
+from ...dicom.syntaxes import syntax
+from ...index import InstanceRecord
+from .media import parse_accept
 
 __all__ = ["accepts_json", "healthz", "kept_as_stored", "outcome", "path_uids", "refusal",
            "warning_left_out", "warning_text"]

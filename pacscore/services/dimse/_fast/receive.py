@@ -46,8 +46,8 @@ from typing import Any, BinaryIO
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 
-from . import dimse_wire
-from .dimse_scope import SPOOL_PREFIX
+from . import wire as dimse_wire
+from .scope import SPOOL_PREFIX
 
 __all__ = ["PATCHES", "StoreAnswer", "StoreRequest", "closed", "enable", "not_idle",
            "store_response"]

@@ -31,31 +31,31 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..archive import Archive
-from ..dicom.syntaxes import EXPLICIT_LE
-from ..errors import (
+from ...archive import Archive
+from ...dicom.syntaxes import EXPLICIT_LE
+from ...errors import (
     InvalidRequestError,
     NotFoundError,
     PacsError,
     RenderError,
     UnsupportedTransferSyntaxError,
 )
-from ..index import InstanceRecord
-from ..metadata import SeriesMetadata
-from ..render import Rendering, RenderOptions, display_order, render_frame
-from .access import EXCEPTION_HANDLERS, HTTP_STATUS, HttpAccess, check_routes, public
+from ...index import InstanceRecord
+from ...metadata import SeriesMetadata
+from ...render import Rendering, RenderOptions, display_order, render_frame
+from ..auth.access import EXCEPTION_HANDLERS, HTTP_STATUS, HttpAccess, check_routes, public
+from ..auth.security import AuditLog
+from ..auth.tokens import TokenStore
+from .answers import healthz, kept_as_stored, warning_left_out, warning_text
 from .bulkdata import BulkData
-from .dicomweb_answers import healthz, kept_as_stored, warning_left_out, warning_text
-from .dicomweb_media import (
+from .media import (
     frame_choices,
     render_options,
     rendered_media,
     wado_render_options,
 )
 from .multipart import encode_related, stream_related
-from .security import AuditLog
 from .stow import Stow
-from .tokens import TokenStore
 
 __all__ = ["HTTP_STATUS", "create_app"]
 

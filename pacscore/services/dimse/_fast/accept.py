@@ -29,7 +29,7 @@ from typing import Any
 from pynetdicom import AE, evt
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from .security import canonical_address
+from ...auth.security import canonical_address
 
 __all__ = ["AcceptLimits", "start"]
 

@@ -16,8 +16,8 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import PacsError
-from ..private import make_private_dir
+from ...errors import PacsError
+from ...private import make_private_dir
 
 __all__ = ["SCOPES", "TokenStore", "granted"]
 

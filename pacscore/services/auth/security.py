@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import PacsError
-from ..private import make_private_dir
+from ...errors import PacsError
+from ...private import make_private_dir
 
 __all__ = ["AUDIT_EVENTS", "RIGHTS", "AeEntry", "AeRegistry", "AuditLog", "canonical_address",
            "outcome_of"]

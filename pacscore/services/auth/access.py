@@ -34,7 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Host, Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import (
+from ...errors import (
     ArchiveStorageError,
     ConflictError,
     InvalidDicomError,
@@ -43,8 +43,8 @@ from ..errors import (
     PacsError,
     UnsupportedTransferSyntaxError,
 )
-from .dicomweb_answers import outcome, path_uids, refusal
-from .multipart import BodyTimeoutError, MultipartError, TooLargeError
+from ..dicomweb.answers import outcome, path_uids, refusal
+from ..dicomweb.multipart import BodyTimeoutError, MultipartError, TooLargeError
 from .security import AuditLog
 from .tokens import SCOPES, TokenStore, granted
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..dicom.syntaxes import EXPLICIT_LE
-from ..errors import InvalidRequestError, UnsupportedTransferSyntaxError
-from ..render import RENDERED_MEDIA, RenderOptions, Window
+from ...dicom.syntaxes import EXPLICIT_LE
+from ...errors import InvalidRequestError, UnsupportedTransferSyntaxError
+from ...render import RENDERED_MEDIA, RenderOptions, Window
 
 __all__ = ["FRAME_MEDIA", "MEDIA_OF", "SERVED_BY", "FrameChoice", "MediaRange",
            "frame_choices", "parse_accept", "render_options", "rendered_media",

@@ -10,7 +10,7 @@ sub-operations) that was most of the server's time.  Here:
   the data set in PDVs of at most the peer's maximum PDU length, one PDV per PDU;
 * the PDUs of one message are written with one ``sendall`` while holding the
   socket's send lock (:func:`send_lock`), which pynetdicom's own sends also take
-  (:func:`pacscore.services.dimse_transport.install`), so a message pynetdicom sends
+  (:func:`pacscore.services.dimse._fast.transport.install`), so a message pynetdicom sends
   meanwhile (a pending C-GET response, a release) never lands inside ours;
 * the file meta group pynetdicom writes before each data set it receives into a file
   is encoded here too (:func:`file_meta`, the same bytes as pydicom's writer).

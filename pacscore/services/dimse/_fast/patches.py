@@ -32,7 +32,9 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket
 
-from . import dimse_receive, dimse_scope, dimse_transport
+from . import receive as dimse_receive
+from . import scope as dimse_scope
+from . import transport as dimse_transport
 
 __all__ = ["PATCHED", "USED", "install", "installed", "missing", "uninstall"]
 

@@ -75,9 +75,9 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
 
-from ..errors import UnsafeFolderError
-from .dimse_scope import SPOOL_PREFIX, spool_file
-from .dimse_wire import file_meta, send_lock
+from ....errors import UnsafeFolderError
+from .scope import SPOOL_PREFIX, spool_file
+from .wire import file_meta, send_lock
 
 __all__ = ["PATCHES", "SPOOL_PREFIX", "clear_spool", "nodelay", "private_folder", "readable"]
 

@@ -39,10 +39,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from ..archive import Archive
-from ..dicom.header import validate_uid
-from ..dicom.identity import claimed_uids
-from ..errors import (
+from ...archive import Archive
+from ...dicom.header import validate_uid
+from ...dicom.identity import claimed_uids
+from ...errors import (
     ArchiveStorageError,
     ConflictError,
     IdentityMismatchError,
@@ -51,14 +51,18 @@ from ..errors import (
     NotFoundError,
     PacsError,
 )
-from ..index.base import LEVEL_ATTRIBUTES
-from . import dimse_accept, dimse_find, dimse_patches, dimse_receive, dimse_scope
-from .dimse_receive import StoreAnswer, StoreRequest
-from .dimse_retrieve import NOT_AUTHORIZED, UNABLE, RetrieveHandlers, status_set
-from .dimse_send import send_responses_directly
-from .dimse_transport import clear_spool, nodelay, private_folder
-from .dimse_wire import ERROR_COMMENT_LENGTH, error_comment
-from .security import AeRegistry, AuditLog, outcome_of
+from ...index.base import LEVEL_ATTRIBUTES
+from ..auth.security import AeRegistry, AuditLog, outcome_of
+from ._fast import accept as dimse_accept
+from ._fast import find as dimse_find
+from ._fast import patches as dimse_patches
+from ._fast import receive as dimse_receive
+from ._fast import scope as dimse_scope
+from ._fast.receive import StoreAnswer, StoreRequest
+from ._fast.send import send_responses_directly
+from ._fast.transport import clear_spool, nodelay, private_folder
+from ._fast.wire import ERROR_COMMENT_LENGTH, error_comment
+from .retrieve import NOT_AUTHORIZED, UNABLE, RetrieveHandlers, status_set
 
 __all__ = ["STATUS", "DimseServer"]
 

@@ -24,12 +24,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..archive import Archive
-from ..dicom.syntaxes import EXPLICIT_LE
-from ..dicom.values import parse_path
-from ..errors import NotFoundError, UnsupportedTransferSyntaxError
-from ..index import InstanceRecord
-from .dicomweb_media import MEDIA_OF, parse_accept
+from ...archive import Archive
+from ...dicom.syntaxes import EXPLICIT_LE
+from ...dicom.values import parse_path
+from ...errors import NotFoundError, UnsupportedTransferSyntaxError
+from ...index import InstanceRecord
+from .media import MEDIA_OF, parse_accept
 from .multipart import encode_related
 
 __all__ = ["BulkData"]

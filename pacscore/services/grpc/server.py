@@ -35,9 +35,9 @@ from grpc_reflection.v1alpha import reflection
 
 from ...archive import Archive
 from ...errors import PacsError
-from ..access import ERROR_STATUS, bearer_token, grpc_status_name, identify
-from ..security import AuditLog
-from ..tokens import TokenStore
+from ..auth.access import ERROR_STATUS, bearer_token, grpc_status_name, identify
+from ..auth.security import AuditLog
+from ..auth.tokens import TokenStore
 from .generated import load
 
 __all__ = ["GRPC_STATUS", "start_grpc"]

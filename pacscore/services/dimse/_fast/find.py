@@ -26,8 +26,8 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
-from ..dicom.syntaxes import EXPLICIT_LE, IMPLICIT_LE
-from .dimse_wire import command_set, element, send_message
+from ....dicom.syntaxes import EXPLICIT_LE, IMPLICIT_LE
+from .wire import command_set, element, send_message
 
 __all__ = ["IdentifierEncoder", "find_response_command", "send_response", "supported"]
 

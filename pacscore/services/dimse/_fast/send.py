@@ -28,7 +28,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
-from . import dimse_wire
+from . import wire as dimse_wire
 
 __all__ = ["NotSendable", "OutgoingObject", "SubOperations", "data_set_offset",
            "response_command", "send_from_memory", "send_responses_directly", "store_request",
