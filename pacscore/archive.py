@@ -35,9 +35,6 @@ import numpy.typing as npt
 
 from .commit import Committer, GroupCommit
 from .config import ArchiveConfig
-from .dicom.part10 import HeaderParts, _file_meta
-from .dicom.scan import PIXEL_DATA, scan
-from .dicom.syntaxes import EXPLICIT_LE
 from .errors import (
     ArchiveBusyError,
     ArchiveStorageError,
@@ -503,16 +500,7 @@ class Archive:
         metadata services read without touching pixels.  A deflated object (PS3.5 A.5)
         cannot be cut: its data set comes inflated, under a File Meta that names Explicit
         VR Little Endian (what the inflated bytes are)."""
-        rec = self._record(sop_instance_uid)
-        if rec.kind == StoreKind.FRAMES:
-            return HeaderParts.unpack(self.index.header(sop_instance_uid)).prefix
-        data = self.store_.read_blob(rec.location)
-        scanned = scan(data, self.config.limits, sop_instance_uid)
-        pixel = scanned.pixel
-        if scanned.inflated:
-            body = scanned.body if pixel is None else scanned.body[: pixel.element_start]
-            return _file_meta(rec.sop_class_uid, sop_instance_uid, EXPLICIT_LE) + body
-        return data if pixel is None else data[: pixel.element_start]
+        return self._reader.header(self._record(sop_instance_uid))
 
     def attributes(self, sop_instance_uid: str, keywords: Iterable[str]
                    ) -> dict[str, dict[str, Any]]:
@@ -555,12 +543,7 @@ class Archive:
         """Tag of the instance's pixel data element: (7FE0,0010), or (7FE0,0008) and
         (7FE0,0009) for float and double pixel data; ``None`` when it has none (an
         encapsulated document, a waveform, a report)."""
-        rec = self._record(sop_instance_uid)
-        if rec.kind == StoreKind.FRAMES:
-            return PIXEL_DATA
-        pixel = scan(self.store_.read_blob(rec.location), self.config.limits,
-                     sop_instance_uid).pixel
-        return None if pixel is None else pixel.tag
+        return self._reader.pixel_tag(self._record(sop_instance_uid))
 
     def frame_count(self, sop_instance_uid: str) -> int:
         """Number of frames of the instance's pixel data (0 without pixel data)."""

@@ -29,7 +29,8 @@ from .dicom.frames import frame_crc32, native_bytes, native_frames
 from .dicom.header import read_header
 from .dicom.layout import PixelLayout
 from .dicom.part10 import HeaderParts, build_part10, uncompressed_part10
-from .dicom.scan import ScannedObject, scan
+from .dicom.part10 import _file_meta as file_meta
+from .dicom.scan import PIXEL_DATA, ScannedObject, scan
 from .dicom.syntaxes import EXPLICIT_LE, syntax
 from .errors import (
     ArchiveCorruptError,
@@ -140,6 +141,27 @@ class Reader:
         scanned = scan(data, self.limits, rec.sop_instance_uid)
         header = read_header(scanned, self.limits, rec.sop_instance_uid, rec.sha256)
         return Kept(data, scanned, header.layout, header.layout_problem)
+
+    def header(self, rec: InstanceRecord) -> bytes:
+        """:meth:`pacscore.Archive.header` of the instance ``rec`` describes."""
+        sop = rec.sop_instance_uid
+        if rec.kind == StoreKind.FRAMES:
+            return HeaderParts.unpack(self.index.header(sop)).prefix
+        data = self.store.read_blob(rec.location)
+        scanned = scan(data, self.limits, sop)
+        pixel = scanned.pixel
+        if scanned.inflated:
+            body = scanned.body if pixel is None else scanned.body[: pixel.element_start]
+            return file_meta(rec.sop_class_uid, sop, EXPLICIT_LE) + body
+        return data if pixel is None else data[: pixel.element_start]
+
+    def pixel_tag(self, rec: InstanceRecord) -> int | None:
+        """:meth:`pacscore.Archive.pixel_tag` of the instance ``rec`` describes."""
+        if rec.kind == StoreKind.FRAMES:
+            return PIXEL_DATA
+        pixel = scan(self.store.read_blob(rec.location), self.limits,
+                     rec.sop_instance_uid).pixel
+        return None if pixel is None else pixel.tag
 
     def decoded(self, rec: InstanceRecord, indices: Sequence[int] | None = None,
                 kept: Kept | None = None) -> tuple[list[npt.NDArray[Any]], PixelLayout]:
