@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from .dicom.compare import difference
 from .errors import ConflictError, InvalidDicomError, PacsError
-from .index import Index, InstanceRecord
+from .index import Index, InstanceRecord, PutOutcome
 from .ingest.outcomes import Prepared, Rejected, StoreResult, result
 from .kinds import PutStatus, StoreStatus
 from .retrieve import Reader
@@ -171,10 +171,22 @@ class Committer:
         if stored:
             self._notify(stored)
 
-    def _commit_locked(self, batch: Sequence[Prepared]) -> Committed:  # noqa: C901
+    def _commit_locked(self, batch: Sequence[Prepared]) -> Committed:
+        decided, fresh = self._sort(batch)
+        self.store.discard([batch[i].record.location for i in decided])
+        puts, owned = self._index_and_publish(fresh)
+        by_id = {id(p): o for p, o in zip(fresh, puts, strict=True)}
+        return [decided[i] if i in decided else _answer(p, by_id.get(id(p)))
+                for i, p in enumerate(batch)], owned
+
+    def _sort(self, batch: Sequence[Prepared]
+              ) -> tuple[dict[int, StoreResult | Rejected], list[Prepared]]:
+        """The batch's duplicates and conflicts (with what is stored, or with an earlier
+        instance of the same UID in the batch), decided now by position; the rest,
+        fresh, to index."""
         seen: dict[str, Prepared] = {}
         fresh: list[Prepared] = []
-        outcomes: dict[int, StoreResult | Rejected] = {}
+        decided: dict[int, StoreResult | Rejected] = {}
         for i, p in enumerate(batch):
             rec = p.record
             stored = self.index.get(rec.sop_instance_uid)
@@ -184,11 +196,17 @@ class Committer:
                 seen[rec.sop_instance_uid] = p
                 fresh.append(p)
             elif (why := self._difference(p, existing, earlier)) is None:
-                outcomes[i] = result(existing, StoreStatus.DUPLICATE, p.source)
+                decided[i] = result(existing, StoreStatus.DUPLICATE, p.source)
             else:
-                outcomes[i] = Rejected(p.source, self._conflict(rec, existing, why),
-                                       ConflictError)
-        self.store.discard([batch[i].record.location for i in outcomes])
+                decided[i] = Rejected(p.source, self._conflict(rec, existing, why),
+                                      ConflictError)
+        return decided, fresh
+
+    def _index_and_publish(self, fresh: Sequence[Prepared]
+                           ) -> tuple[list[PutOutcome], list[str]]:
+        """Make the staged data durable, put the records in one index transaction (the
+        point of truth), publish the locations the index took; the index's answers and
+        the published locations."""
         locs = [p.record.location for p in fresh]
         try:
             if not all(p.durable for p in fresh):
@@ -206,24 +224,7 @@ class Committer:
         except PacsError:  # committed and readable in staging; the next start moves it
             log.exception("publishing committed locations failed; they stay staged")
             owned = []
-        by_id = {id(p): o for p, o in zip(fresh, puts, strict=True)}
-        out: list[StoreResult | Rejected] = []
-        for i, p in enumerate(batch):
-            if i in outcomes:
-                out.append(outcomes[i])
-                continue
-            put = by_id.get(id(p))
-            if put is None or put.status == PutStatus.STORED:
-                out.append(result(p.record, StoreStatus.STORED, p.source))
-            elif put.status == PutStatus.DUPLICATE and put.existing is not None:
-                out.append(result(put.existing, StoreStatus.DUPLICATE, p.source))
-            elif put.existing is not None:
-                out.append(Rejected(p.source, self._conflict(
-                    p.record, put.existing, "its content differs"), ConflictError))
-            else:  # refused (contradicts the hierarchy) or invalid (a value it cannot take)
-                out.append(Rejected(p.source, put.reason, InvalidDicomError
-                                    if put.status == PutStatus.INVALID else ConflictError))
-        return out, owned
+        return puts, owned
 
     @staticmethod
     def _conflict(new: InstanceRecord, old: InstanceRecord, why: str) -> str:
@@ -248,3 +249,17 @@ class Committer:
                 old, old_staged.header if old_staged is not None else None))
         except PacsError as exc:  # a damaged stored copy: never silently a duplicate
             return f"the two cannot be compared ({exc.reason})"
+
+
+def _answer(p: Prepared, put: PutOutcome | None) -> StoreResult | Rejected:
+    """What the client of a fresh instance is told, from the index's answer."""
+    if put is None or put.status == PutStatus.STORED:
+        return result(p.record, StoreStatus.STORED, p.source)
+    if put.status == PutStatus.DUPLICATE and put.existing is not None:
+        return result(put.existing, StoreStatus.DUPLICATE, p.source)
+    if put.existing is not None:
+        return Rejected(p.source, Committer._conflict(
+            p.record, put.existing, "its content differs"), ConflictError)
+    # refused (contradicts the hierarchy) or invalid (a value it cannot take)
+    return Rejected(p.source, put.reason, InvalidDicomError
+                    if put.status == PutStatus.INVALID else ConflictError)
