@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,7 @@ class Stow:
         sop_class, sop = claimed_uids(path)
         return uid(sop), uid(sop_class)
 
-    async def __call__(self, request: Request) -> Response:  # noqa: C901
+    async def __call__(self, request: Request) -> Response:
         length = request.headers.get("content-length") or "0"
         if not length.strip().isdigit():
             raise InvalidRequestError(f"Content-Length {length!r} is not a byte count")
@@ -91,38 +91,14 @@ class Stow:
                                     boundary, self.max_body, self.tmp_dir)
         study_filter = request.path_params.get("study")
         stored: list[StoreResult] = []
-        failed: list[tuple[str | None, str | None, int, str]] = []  # (sop, class, code, why)
+        failed: list[_Failure] = []
         try:
             for part in parts:
-                ctype = part.headers.get("content-type", "application/dicom").split(";")[0]
-                if ctype.strip().lower() != "application/dicom":
-                    failed.append((None, None, _FAILURE_REASON["cannot understand"],
-                                   f"unsupported part type {ctype}: send application/dicom"))
-                    continue
-                if study_filter:  # checked before anything is stored
-                    header = await run_in_threadpool(self._identify, part.path)
-                    if header is not None and header.study_uid != study_filter:
-                        failed.append((
-                            header.sop_instance_uid, header.sop_class_uid,
-                            _FAILURE_REASON["study mismatch"],
-                            f"instance {header.sop_instance_uid} is in study "
-                            f"{header.study_uid}, not in {study_filter} that the URL names: "
-                            f"not stored; send it to /studies/{header.study_uid} or "
-                            f"/studies"))
-                        continue
-                try:
-                    result = await run_in_threadpool(self.archive.store, part.path,
-                                                     source="STOW-RS part",
-                                                     strict_identity=True)
-                except PacsError as exc:
-                    code = _FAILURE_REASON["out of resources" if isinstance(
-                        exc, ArchiveStorageError) else "cannot understand"]
-                    # Named when it names itself (PS3.18 Table I.2-1 wants the UIDs
-                    # of a failed instance; the audit trail too).
-                    uid, cls = await run_in_threadpool(self._claimed, part.path)
-                    failed.append((uid, cls, code, exc.reason))
-                    continue
-                stored.append(result)
+                outcome = await self._part(part.headers, part.path, study_filter)
+                if isinstance(outcome, StoreResult):
+                    stored.append(outcome)
+                else:
+                    failed.append(outcome)
         finally:
             for part in parts:
                 part.path.unlink(missing_ok=True)
@@ -132,22 +108,60 @@ class Stow:
         request.state.audit_detail = f": {len(stored)} stored, {len(failed)} failed" + "".join(
             f"; {uid or 'unreadable part'} failed 0x{code:04X} {why[:200]}"
             for uid, _, code, why in failed[:20])
-        body: dict[str, Any] = {}
-        if stored:  # PS3.18 Table I.2-1 (Referenced SOP Sequence)
-            body["00081199"] = {"vr": "SQ", "Value": [{
-                "00081150": {"vr": "UI", "Value": [r.sop_class_uid]},
-                "00081155": {"vr": "UI", "Value": [r.sop_instance_uid]},
-                "00081190": {"vr": "UR", "Value": [
-                    f"{self.base(request)}/studies/{r.study_uid}/series/{r.series_uid}"
-                    f"/instances/{r.sop_instance_uid}"]},
-            } for r in stored]}
-        if failed:  # PS3.18 Table I.2-1 (Failed SOP Sequence)
-            body["00081198"] = {"vr": "SQ", "Value": [{
-                **({"00081150": {"vr": "UI", "Value": [cls]}} if cls else {}),
-                **({"00081155": {"vr": "UI", "Value": [uid]}} if uid else {}),
-                "00081197": {"vr": "US", "Value": [code]},
-                "00090010": {"vr": "LO", "Value": ["PACSCORE"]},
-                "00091001": {"vr": "LT", "Value": [reason]},
-            } for uid, cls, code, reason in failed]}
+        body = _answer(stored, failed, self.base(request))
         status = 200 if not failed else 202 if stored else 409
         return Response(json.dumps(body), status, media_type=_DICOM_JSON)
+
+    async def _part(self, headers: Mapping[str, str], path: Path, study_filter: str | None
+                    ) -> StoreResult | _Failure:
+        """Store one part, or say why not (sop, class, failure reason code, why)."""
+        ctype = headers.get("content-type", "application/dicom").split(";")[0]
+        if ctype.strip().lower() != "application/dicom":
+            return (None, None, _FAILURE_REASON["cannot understand"],
+                    f"unsupported part type {ctype}: send application/dicom")
+        if study_filter:  # checked before anything is stored
+            header = await run_in_threadpool(self._identify, path)
+            if header is not None and header.study_uid != study_filter:
+                return (header.sop_instance_uid, header.sop_class_uid,
+                        _FAILURE_REASON["study mismatch"],
+                        f"instance {header.sop_instance_uid} is in study "
+                        f"{header.study_uid}, not in {study_filter} that the URL names: "
+                        f"not stored; send it to /studies/{header.study_uid} or /studies")
+        try:
+            return await run_in_threadpool(self.archive.store, path, source="STOW-RS part",
+                                           strict_identity=True)
+        except PacsError as exc:
+            code = _FAILURE_REASON["out of resources" if isinstance(
+                exc, ArchiveStorageError) else "cannot understand"]
+            # Named when it names itself (PS3.18 Table I.2-1 wants the UIDs of a failed
+            # instance; the audit trail too).
+            uid, cls = await run_in_threadpool(self._claimed, path)
+            return (uid, cls, code, exc.reason)
+
+
+_Failure = tuple[str | None, str | None, int, str]
+"""A part not stored: (SOP Instance UID, SOP Class UID, failure reason code, why)."""
+
+
+def _answer(stored: Sequence[StoreResult], failed: Sequence[_Failure], base: str
+            ) -> dict[str, Any]:
+    """The STOW-RS response body (PS3.18 Table I.2-1): Referenced and Failed SOP
+    Sequences, the reason of each failure in a private element."""
+    body: dict[str, Any] = {}
+    if stored:
+        body["00081199"] = {"vr": "SQ", "Value": [{
+            "00081150": {"vr": "UI", "Value": [r.sop_class_uid]},
+            "00081155": {"vr": "UI", "Value": [r.sop_instance_uid]},
+            "00081190": {"vr": "UR", "Value": [
+                f"{base}/studies/{r.study_uid}/series/{r.series_uid}"
+                f"/instances/{r.sop_instance_uid}"]},
+        } for r in stored]}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": [{
+            **({"00081150": {"vr": "UI", "Value": [cls]}} if cls else {}),
+            **({"00081155": {"vr": "UI", "Value": [uid]}} if uid else {}),
+            "00081197": {"vr": "US", "Value": [code]},
+            "00090010": {"vr": "LO", "Value": ["PACSCORE"]},
+            "00091001": {"vr": "LT", "Value": [reason]},
+        } for uid, cls, code, reason in failed]}
+    return body
