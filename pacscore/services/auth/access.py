@@ -252,7 +252,7 @@ class HttpAccess:
     def requires(self, scope: str) -> Callable[[Endpoint], Endpoint]:
         """Declare that ``endpoint`` needs a token with ``scope``: without a valid token
         401 (``WWW-Authenticate: Bearer``), with too little scope 403, each with its
-        reason (:func:`.dicomweb_answers.refusal`) and audited; an admitted request is
+        reason (:func:`..dicomweb.answers.refusal`) and audited; an admitted request is
         marked ``request.state.holder`` for the audit of its outcome."""
         if scope not in SCOPES:
             raise AccessUndeclaredError(f"unknown scope {scope!r}",
@@ -318,7 +318,7 @@ _AUDIT_BY_METHOD = {"GET": ("accessed", "R"), "HEAD": ("accessed", "R"),
 class AuditTrail:
     """ASGI middleware between authentication and routing: every request its endpoint
     admitted (:meth:`HttpAccess.requires`) is audited with the status its client was
-    told (:func:`.dicomweb_answers.outcome`), the UIDs it named (or those the endpoint
+    told (:func:`..dicomweb.answers.outcome`), the UIDs it named (or those the endpoint
     lists in ``request.state.audit_objects``, STOW-RS) and ``audit_detail``.  An
     admitted request that fails with an error outside the :mod:`pacscore.errors` tree
     (a bug, a library's bare ValueError) is answered 500 with the error's class only,

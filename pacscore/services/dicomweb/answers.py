@@ -1,7 +1,7 @@
 """How the DICOMweb front end answers beyond the payload (PS3.18 8.4, 8.5, 8.7.3.4):
 the audit outcome of a status, ``Warning`` headers, refusals (401/403) that say why,
 the unauthenticated health probe, and which instances may leave the default transfer
-syntax.  Pure functions over tables, used by :mod:`.dicomweb`."""
+syntax.  Pure functions over tables, used by :mod:`.app`."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Handlers translate requests into :class:`~pacscore.Archive` calls (in a thread pool);
 their errors become HTTP statuses through the exception handlers and the table of
-:mod:`.access` (:data:`HTTP_STATUS`).  Every route declares the scope its method needs
+:mod:`..auth.access` (:data:`HTTP_STATUS`).  Every route declares the scope its method needs
 (:meth:`.access.HttpAccess.requires`; a route without one is refused when the app is
 built or started): 401 without a valid token, 403 with too little scope, the reason in
 a ``Warning`` header and a JSON body; every access is audited with the UIDs it names.
@@ -338,7 +338,7 @@ class _Api:
         """An instance asked for without a transfer syntax (WADO-RS, WADO-URI): in
         Explicit VR Little Endian, the default of PS3.18 8.7.3.4 (9.4.2.4 for
         WADO-URI), unless it may stay in its stored syntax
-        (:func:`.dicomweb_answers.kept_as_stored`).  One that this archive cannot
+        (:func:`.answers.kept_as_stored`).  One that this archive cannot
         convert (a data set without pixel data in another syntax, pixel data it cannot
         decode) goes out as stored rather than not at all, logged: every instance asked
         for is answered."""

@@ -2,7 +2,7 @@
 syntax a frame request names, and which rendered media type a request names (PS3.18
 8.7.4; the images are made by :mod:`pacscore.render`).
 
-Pure functions over tables: the handlers in :mod:`.dicomweb` call these and the
+Pure functions over tables: the handlers in :mod:`.app` call these and the
 :class:`~pacscore.Archive`, nothing else.
 """
 

@@ -60,7 +60,7 @@ class RetrieveHandlers:
     registry: AeRegistry
     ae: AE
     fast: bool
-    """pacscore's fast paths are installed (:mod:`.dimse_patches`): sub-operations
+    """pacscore's fast paths are installed (:mod:`._fast.patches`): sub-operations
     are sent from memory as stored, else pynetdicom encodes a pydicom data set."""
 
     def _peer(self, event: Any) -> tuple[str, str]:
@@ -98,7 +98,7 @@ class RetrieveHandlers:
 
     def _dataset(self, sop: str, assoc: Any) -> Dataset:
         """The instance in the best syntax the peer accepted on ``assoc`` (stored:
-        passthrough), sent as it is from memory (:mod:`.dimse_send`); without the fast
+        passthrough), sent as it is from memory (:mod:`._fast.send`); without the fast
         paths, as a pydicom data set for pynetdicom to encode."""
         rec = self.archive.record(sop)
         accepted = self._negotiated_on(assoc, rec.sop_class_uid)

@@ -4,11 +4,11 @@ It only translates requests into :class:`~pacscore.Archive` calls, checks the AE
 allow-list, writes the audit trail (one line per request, its outcome that of the
 status the peer was told) and maps errors to statuses and Error Comments through one
 table each (PS3.4 Annex B and C, PS3.7 C).  Incoming C-STORE data sets are written to
-a file in the spool folder as they arrive (:mod:`.dimse_receive`; pynetdicom's
+a file in the spool folder as they arrive (:mod:`._fast.receive`; pynetdicom's
 ``STORE_RECV_CHUNKED_DATASET`` for the requests left to it) and handed to the archive
 as that open file (never by name).  Connections and association slots are counted by
-:mod:`.dimse_accept`; C-GET, C-MOVE and Storage Commitment are in
-:mod:`.dimse_retrieve`.  Without the fast paths (:mod:`.dimse_patches`: a pynetdicom
+:mod:`._fast.accept`; C-GET, C-MOVE and Storage Commitment are in
+:mod:`.retrieve`.  Without the fast paths (:mod:`._fast.patches`: a pynetdicom
 whose internals changed) the same handlers run on pynetdicom's own code.
 """
 
@@ -200,7 +200,7 @@ class DimseServer(RetrieveHandlers):
     """A pynetdicom SCP bound to one archive.
 
     ``patched`` and ``used`` are the pynetdicom names the fast paths need
-    (:mod:`.dimse_patches`); when one is missing the server runs on pynetdicom's own
+    (:mod:`._fast.patches`); when one is missing the server runs on pynetdicom's own
     code (``fast`` False).
     """
 
@@ -387,7 +387,7 @@ class DimseServer(RetrieveHandlers):
         return 0x0000 if self._allowed(event, "echo") else NOT_AUTHORIZED
 
     def _store(self, event: Any) -> int | Dataset:
-        """EVT_C_STORE: requests pynetdicom received (see :mod:`.dimse_receive`)."""
+        """EVT_C_STORE: requests pynetdicom received (see :mod:`._fast.receive`)."""
         path = Path(event.dataset_path)
         request = event.request
         uids = str(request.AffectedSOPClassUID or ""), str(request.AffectedSOPInstanceUID or "")
@@ -403,7 +403,7 @@ class DimseServer(RetrieveHandlers):
 
     def _store_request(self, assoc: Any, request: StoreRequest,
                        spooled: BinaryIO | None) -> StoreAnswer:
-        """The fast path's handler (:data:`.dimse_receive.StoreHandler`)."""
+        """The fast path's handler (:data:`._fast.receive.StoreHandler`)."""
         if spooled is None or request.refusal is not None:
             return self._refuse(assoc, request.refusal or StoreAnswer(_OUT_OF_RESOURCES),
                                 request.sop_instance_uid)

@@ -11,7 +11,7 @@ elements, and every pending response of one request has the same command set, so
 * each identifier is encoded directly (PS3.5 7.1.2 explicit, 7.1.3 implicit VR Little
   Endian), values padded to even length (PS3.5 6.2), and ``ISO_IR 192`` (UTF-8) named
   in Specific Character Set when a value is not ASCII;
-* each response is written to the socket by :mod:`.dimse_wire` (P-DATA-TF PDUs of at
+* each response is written to the socket by :mod:`.wire` (P-DATA-TF PDUs of at
   most the peer's maximum length, one message per PDU).
 
 pynetdicom still sends the final (success or cancel) response, so the exchange is

@@ -1,8 +1,8 @@
 """The pynetdicom internals pacscore's DIMSE fast paths replace or rely on, checked
 before any of them is touched.
 
-The fast paths (:mod:`.dimse_transport`, :mod:`.dimse_receive`, :mod:`.dimse_send`,
-:mod:`.dimse_find`, :mod:`.dimse_accept`) replace pynetdicom methods and use private
+The fast paths (:mod:`.transport`, :mod:`.receive`, :mod:`.send`,
+:mod:`.find`, :mod:`.accept`) replace pynetdicom methods and use private
 attributes of its objects: names that a pynetdicom release may rename without notice.
 ``pyproject.toml`` pins the tested minor versions; on top of that :func:`install`
 checks every name listed here (:data:`PATCHED`: what is replaced, with the parameters
@@ -10,7 +10,7 @@ the original must have; :data:`USED`: attributes read on live objects), and when
 is missing or changed it logs a warning and leaves pynetdicom as it is: the server
 then runs on pynetdicom's own code, slower, with pynetdicom's association counting
 and its ``select``-based socket checks (:class:`~.dimse.DimseServer` ``fast`` is
-False).  Each replacement is installed scoped (:mod:`.dimse_scope`): it acts on the
+False).  Each replacement is installed scoped (:mod:`.scope`): it acts on the
 associations of a pacscore server's AE, and any other pynetdicom association in the
 process (a client or server of the program that embeds pacscore) runs pynetdicom's own
 code.  ``tests/test_dimse_patches.py`` asserts that every name exists in the installed

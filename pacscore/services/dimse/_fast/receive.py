@@ -10,13 +10,13 @@ association the server accepted (:func:`enable`), the reader installed here
 
 * a P-DATA-TF PDU whose first PDV is a complete command set of a C-STORE-RQ with a
   data set, on an accepted presentation context, opens a file in the spool with the
-  preamble and file meta group pynetdicom would write (:func:`.dimse_wire.file_meta`)
+  preamble and file meta group pynetdicom would write (:func:`.wire.file_meta`)
   (the association's previous spool file, rewritten: see :data:`_REUSED_UP_TO`);
 * its data set fragments are written to that file as they arrive, from the receive
   buffer (one copy);
 * the last fragment closes the file; the handler stores it (in the association's
   reader thread: the peer waits for the response anyway), given the open file, never
-  its name, and the C-STORE-RSP is written with :mod:`.dimse_wire`, with an Error
+  its name, and the C-STORE-RSP is written with :mod:`.wire`, with an Error
   Comment and Offending Element when it is a refusal (:class:`StoreAnswer`);
 * a request whose Affected SOP Class or Instance UID is not a UID is answered 0xC000
   naming it, its data set read and dropped: the association goes on.
@@ -86,7 +86,7 @@ class StoreAnswer:
 
     status: int
     comment: str = ""
-    """Why, in at most 64 characters (:func:`.dimse_wire.error_comment`)."""
+    """Why, in at most 64 characters (:func:`.wire.error_comment`)."""
     offending: tuple[int, ...] = ()
     """Tags of the elements at fault."""
 
@@ -466,7 +466,7 @@ PATCHES: tuple[tuple[Any, str, Any], ...] = (
     (DULServiceProvider, "_read_pdu_data", _read_pdu_data),
 )
 """P-DATA-TF PDUs read through the fast path on associations :func:`enable`\\ d
-(installed by :func:`.dimse_patches.install`)."""
+(installed by :func:`.patches.install`)."""
 
 
 def enable(assoc: Any, handler: StoreHandler, spool: Path, max_pdu: int) -> None:

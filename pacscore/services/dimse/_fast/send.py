@@ -6,7 +6,7 @@ thread's queue: ~2 ms of the server's GIL per CT-size sub-operation.  Here the h
 yields an :class:`OutgoingObject` holding the Part-10 bytes the archive built (already
 in the transfer syntax the peer accepted), and the association's ``send_c_store`` is
 wrapped (:func:`send_from_memory`) so that such an object goes out as a C-STORE-RQ
-written by :mod:`.dimse_wire`: the command set encoded directly, the data set sent as
+written by :mod:`.wire`: the command set encoded directly, the data set sent as
 it is.  The C-STORE-RSP still arrives through pynetdicom (its DIMSE queue), and
 pynetdicom keeps counting the sub-operations.
 
@@ -154,7 +154,7 @@ def _once(assoc: Any, mark: str) -> bool:
 
 def send_responses_directly(assoc: Any) -> None:
     """Make ``assoc`` write the responses :func:`response_command` encodes with
-    :mod:`.dimse_wire`."""
+    :mod:`.wire`."""
     if not _once(assoc, "_pacscore_responses"):
         return
     dimse = assoc.dimse
@@ -290,7 +290,7 @@ def track(assoc: Any, tally: SubOperations) -> None:
 
 
 def send_from_memory(assoc: Any) -> None:
-    """Make ``assoc`` send every :class:`OutgoingObject` with :mod:`.dimse_wire`."""
+    """Make ``assoc`` send every :class:`OutgoingObject` with :mod:`.wire`."""
     if not _once(assoc, "_pacscore_store"):
         return
     original = assoc.send_c_store

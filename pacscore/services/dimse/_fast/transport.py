@@ -17,7 +17,7 @@
   holds decrypted bytes (``pending``), which ``select`` cannot see.
 * pynetdicom sends with ``socket.send`` in a loop that copies the rest of the buffer
   after every partial send, and pacscore writes some messages itself
-  (:mod:`.dimse_wire`); ``install`` makes every send one ``sendall`` under a lock per
+  (:mod:`.wire`); ``install`` makes every send one ``sendall`` under a lock per
   socket (:func:`send_lock`), so writers never interleave.
 * pynetdicom's association thread sleeps 1 ms between looks at its DIMSE message
   queue: a thousand GIL hand-overs a second per association, idle or not, and up to a
@@ -34,10 +34,10 @@
   paused: only the sender waits for responses.
 * every C-STORE data set received into a file starts with a file meta group that
   pynetdicom builds as a pydicom dataset and writes with pydicom (~0.2 ms a data
-  set); ``install`` writes the same bytes with :func:`.dimse_wire.file_meta`.
+  set); ``install`` writes the same bytes with :func:`.wire.file_meta`.
 * pynetdicom receives each C-STORE data set into a file in the system's temp folder;
   a claimed AE's associations receive into its spool instead
-  (:func:`.dimse_scope.spool_file`; see :func:`pacscore.services.serve.default_spool`).
+  (:func:`.scope.spool_file`; see :func:`pacscore.services.serve.default_spool`).
 * Nagle's algorithm can hold the tail of a data set sent in several segments until
   the peer's delayed ACK (40 ms over loopback); ``nodelay`` switches it off on every
   association's socket, ours as acceptor and as requestor.
@@ -46,9 +46,9 @@
   files (idle HTTP connections), every new association was taken for closed.
   ``ready`` and the DUL's idle wait ask ``poll``, which has no such bound.
 
-Every replacement is listed in :data:`PATCHES`; :mod:`.dimse_patches` checks that each
+Every replacement is listed in :data:`PATCHES`; :mod:`.patches` checks that each
 name still exists in the installed pynetdicom before installing any, and installs each
-scoped (:mod:`.dimse_scope`): only the associations of a pacscore server's AE take the
+scoped (:mod:`.scope`): only the associations of a pacscore server's AE take the
 fast paths, any other pynetdicom association in the process runs pynetdicom's code.
 """
 
@@ -331,7 +331,7 @@ PATCHES: tuple[tuple[Any, str, Any], ...] = (
 """``(owner, attribute, replacement)``: the PDU reads and sends, the socket's readiness,
 the idle waits of the DUL and association reactors, the association thread's look at
 its DIMSE queue, and the file meta writing and the
-spool file of received data sets (installed by :func:`.dimse_patches.install`)."""
+spool file of received data sets (installed by :func:`.patches.install`)."""
 
 
 def private_folder(folder: Path) -> None:
