@@ -18,7 +18,7 @@ from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
 from pydicom.uid import generate_uid
 
 from ..errors import InvalidDicomError, InvalidRequestError
-from .matching import SPS, text_of
+from .matching import SPS, element, text_of
 
 __all__ = ["SPS_KEYWORDS", "SUMMARY", "item_from_pairs", "read_item", "summary"]
 
@@ -96,6 +96,6 @@ def summary(ds: Dataset) -> dict[str, str]:
     first = seq.value[0] if seq is not None and seq.VR == "SQ" and len(seq.value) else Dataset()
     out = {}
     for column, in_sps, keyword in SUMMARY:
-        elem = (first if in_sps else ds).data_element(keyword)
+        elem = element(first if in_sps else ds, keyword)
         out[column] = text_of(elem.value) if elem is not None else ""
     return out

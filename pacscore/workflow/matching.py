@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -35,7 +35,8 @@ from pydicom.sequence import Sequence
 
 from ..errors import InvalidRequestError
 
-__all__ = ["IndexedKey", "SPS", "answer", "check_identifier", "index_plan", "text_of"]
+__all__ = ["IndexedKey", "SPS", "answer", "check_identifier", "element", "index_plan",
+           "text_of"]
 
 SPS = 0x00400100
 """Scheduled Procedure Step Sequence (0040,0100)."""
@@ -61,6 +62,12 @@ def text_of(value: object) -> str:
     if isinstance(value, MultiValue | list | tuple):
         return "\\".join(str(v) for v in value)
     return str(value)
+
+
+def element(ds: Dataset, keyword: str) -> DataElement | None:
+    """The element ``keyword`` of ``ds`` (pydicom's ``get(keyword)`` gives the value)."""
+    tag = tag_for_keyword(keyword)
+    return None if tag is None else ds.get(tag)
 
 
 def _vr_allowed(tag: int, vr: str) -> str | None:

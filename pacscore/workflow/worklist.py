@@ -35,7 +35,7 @@ from pydicom.filewriter import write_dataset
 from ..errors import ArchiveStorageError, InvalidRequestError, NotFoundError
 from ..kinds import StepStatus
 from ..private import make_private_dir
-from .matching import SPS, IndexedKey, answer, check_identifier, index_plan, text_of
+from .matching import SPS, IndexedKey, answer, check_identifier, element, index_plan, text_of
 
 __all__ = ["IDENTIFIERS", "INDEXED", "LISTED", "WorkflowEvent", "Worklist", "WorklistItem"]
 
@@ -117,7 +117,7 @@ def _values(ds: Dataset, sps_level: bool, keyword: str) -> set[str]:
     where = list(ds.get(SPS).value) if sps_level and SPS in ds else [] if sps_level else [ds]
     found: set[str] = set()
     for d in where:
-        elem = d.data_element(keyword)
+        elem = element(d, keyword)
         if elem is None or elem.value is None:
             continue
         text = text_of(elem.value)
