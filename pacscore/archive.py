@@ -52,6 +52,7 @@ from .store import FrameStore, StoreSpec
 if TYPE_CHECKING:
     from .dicom.header import InstanceHeader
     from .ingest.workers import PrepareWorkers
+    from .workflow import Worklist
 
 __all__ = ["Archive", "StoreResult", "VerifyReport"]
 
@@ -196,6 +197,8 @@ class Archive:
         self.writable = self._writer_fd is not None
         """False when another process writes this archive: reads only, no recovery."""
         self._closed = False
+        self._worklist: Worklist | None = None
+        self._readonly = readonly
         try:
             self.recovered = self._recover() if self.writable else 0
         except BaseException:
@@ -237,6 +240,8 @@ class Archive:
             self._workers = None
         self._group.close()
         self.index.close()
+        if self._worklist is not None:
+            self._worklist.close()
         if self._writer_fd is not None:
             os.close(self._writer_fd)  # releases the writer lock
             self._writer_fd = None
@@ -606,6 +611,16 @@ class Archive:
             if problem:
                 report.failed.append((rec.sop_instance_uid, problem))
         return report
+
+    @property
+    def worklist(self) -> Worklist:
+        """The scheduled procedure steps (``workflow.lmdb``, :mod:`pacscore.workflow`);
+        writable by any process that may write the folder, beside the archive's writer."""
+        if self._worklist is None:
+            from .workflow import Worklist
+
+            self._worklist = Worklist(self.root, sync=self.config.fsync, readonly=self._readonly)
+        return self._worklist
 
     def stats(self) -> dict[str, Any]:
         """Totals: instances, compressed_instances, bytes_in, bytes_stored, per syntax."""

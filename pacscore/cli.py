@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .cli_worklist import add_parser as add_worklist_parser
 from .config import DEFAULT_BUDGET, ArchiveConfig
 from .errors import PacsError
 from .jobs.walk import count_files
@@ -386,7 +387,8 @@ def _parser() -> argparse.ArgumentParser:
     ae_add.add_argument("name")
     ae_add.add_argument("--host", required=True)
     ae_add.add_argument("--port", type=int, help="its listening port (C-MOVE destinations)")
-    ae_add.add_argument("--rights", help="comma-separated: echo,store,find,get,move (default all)")
+    ae_add.add_argument("--rights", help="comma-separated: echo,store,find,get,move,worklist "
+                        "(default all)")
     ae_rm = ae_sub.add_parser("remove", help="unregister a peer")
     ae_rm.add_argument("name")
     ae_ls = ae_sub.add_parser("list", help="registered peers")
@@ -394,6 +396,8 @@ def _parser() -> argparse.ArgumentParser:
     for sp in (ae_add, ae_rm, ae_ls):
         archive_arg(sp)
     ae.set_defaults(func=_cmd_ae)
+
+    add_worklist_parser(sub, archive_arg)
 
     for name, func, text in (("verify", _cmd_verify, "decode every frame against its checksum"),
                              ("stats", _cmd_stats, "totals per transfer syntax")):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["CODECS", "CODEC_NAMES", "FileStatus", "Level", "PutStatus", "StoreKind", "StoreStatus"]
+__all__ = ["CODECS", "CODEC_NAMES", "FileStatus", "Level", "PutStatus", "StepStatus", "StoreKind",
+           "StoreStatus"]
 
 CODECS: dict[str, tuple[str, str]] = {
     # name: (module of pacscore.codecs, transfer syntax UID)
@@ -81,3 +82,21 @@ class FileStatus(StrEnum):
     """Not DICOM; copied."""
     UNFINISHED = "unfinished"
     """No output: it could not be read or written (not journalled)."""
+
+
+class StepStatus(StrEnum):
+    """Where a scheduled procedure step of the worklist stands (:mod:`pacscore.workflow`).
+
+    Which of them a Modality Worklist query lists is the table
+    :data:`pacscore.workflow.worklist.LISTED`."""
+
+    SCHEDULED = "scheduled"
+    """Ordered, not started: listed to the modalities."""
+    IN_PROGRESS = "in_progress"
+    """A modality started it (MPPS N-CREATE IN PROGRESS)."""
+    COMPLETED = "completed"
+    """Done (MPPS COMPLETED)."""
+    DISCONTINUED = "discontinued"
+    """Started and stopped before the end (MPPS DISCONTINUED)."""
+    CANCELLED = "cancelled"
+    """Withdrawn before it started (``pacscore worklist cancel``, an order cancel)."""

@@ -148,6 +148,7 @@ _LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
     # the PDU length field is 32 bits (PS3.8 9.3.1)
     "max_pdu": (lambda n: 0 <= n < 2**32, "0 (unlimited) or a length up to 4294967295"),
     "max_associations": (lambda n: n > 0, "above 0"),
+    "worklist_max_answers": (lambda n: n >= 0, "0 (unlimited) or a count of answers"),
     "max_http_connections": (lambda n: n > 0, "above 0"),
     "max_connections_per_host": (lambda n: n > 0, "above 0"),
     "association_request_timeout": (lambda n: 0 < n < math.inf, "above 0 and finite (seconds)"),
@@ -233,6 +234,9 @@ class ServeConfig:
     """PEM private key of ``tls_cert``."""
     tls_ca: str | None = None
     """PEM CA bundle: requires client certificates (mutual TLS) for DIMSE and gRPC."""
+    worklist_max_answers: int = 5000
+    """Modality Worklist C-FIND: a query matching more steps than this is refused
+    (0xA700 with an Error Comment asking to narrow it; 0 = no limit)."""
     public_url: str | None = None
     """The URL clients reach the HTTP service at (``https://pacs.example.org``, or
     with a path prefix, behind a reverse proxy): the URLs in DICOMweb answers
@@ -318,7 +322,9 @@ def serve(archive_dir: Path, config: ServeConfig) -> None:
                             association_request_timeout=config.association_request_timeout,
                             idle_timeout=config.idle_timeout,
                             spool=Path(config.spool) if config.spool
-                            else default_spool(archive.root))
+                            else default_spool(archive.root),
+                            worklist_max_answers=config.worklist_max_answers)
+        archive.worklist.on_change(lambda event: dimse.audit.workflow(event, interface="serve"))
         cleanup.callback(dimse.stop)  # the spool goes with it
         dimse.start(host, config.dimse_port, ssl_context=config.server_ssl())
         app = create_app(archive, cors_origins=list(config.cors) or None,

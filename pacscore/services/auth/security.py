@@ -20,16 +20,19 @@ import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import PacsError
 from ...private import make_private_dir
 
+if TYPE_CHECKING:
+    from ...workflow.worklist import WorkflowEvent
+
 __all__ = ["AUDIT_EVENTS", "RIGHTS", "AeEntry", "AeRegistry", "AuditLog", "canonical_address",
            "outcome_of"]
 
-RIGHTS: tuple[str, ...] = ("echo", "store", "find", "get", "move")
-"""What a DIMSE peer may be allowed to do."""
+RIGHTS: tuple[str, ...] = ("echo", "store", "find", "get", "move", "worklist")
+"""What a DIMSE peer may be allowed to do (``worklist``: Modality Worklist C-FIND)."""
 
 # PS3.15 A.5.1 / PS3.16 CID 400: audit event IDs (code value, meaning).
 AUDIT_EVENTS: dict[str, tuple[str, str]] = {
@@ -37,6 +40,7 @@ AUDIT_EVENTS: dict[str, tuple[str, str]] = {
     "accessed": ("110103", "DICOM Instances Accessed"),
     "transferred": ("110104", "DICOM Instances Transferred"),
     "deleted": ("110105", "DICOM Study Deleted"),
+    "procedure": ("110111", "Procedure Record"),  # worklist items added, cancelled
     "query": ("110112", "Query"),
     "security": ("110113", "Security Alert"),
     "authentication": ("110114", "User Authentication"),
@@ -238,3 +242,11 @@ class AuditLog:
             fd = self._descriptor()
             while data:
                 data = data[os.write(fd, data):]
+
+    def workflow(self, event: WorkflowEvent, *, interface: str, host: str = "") -> None:
+        """Record a worklist change (Procedure Record, PS3.15 A.5.3.11): the item's key,
+        status and Accession Number, no patient data."""
+        self.record("procedure", action=event.action, outcome="success", user=event.by,
+                    host=host, interface=interface, objects=[event.key],
+                    detail=f"worklist item {event.key} {event.status}"
+                           + (f", accession {event.accession}" if event.accession else ""))

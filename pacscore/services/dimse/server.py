@@ -29,6 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    ModalityWorklistInformationFind,
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
@@ -63,6 +64,7 @@ from ._fast.send import send_responses_directly
 from ._fast.transport import clear_spool, nodelay, private_folder
 from ._fast.wire import ERROR_COMMENT_LENGTH, error_comment
 from .retrieve import NOT_AUTHORIZED, UNABLE, RetrieveHandlers, status_set
+from .worklist import MODALITY_WORKLIST_FIND, WorklistHandlers
 
 __all__ = ["STATUS", "DimseServer"]
 
@@ -196,7 +198,7 @@ class _HandshakeInItsThread:
                                         do_handshake_on_connect=False)
 
 
-class DimseServer(RetrieveHandlers):
+class DimseServer(RetrieveHandlers, WorklistHandlers):
     """A pynetdicom SCP bound to one archive.
 
     ``patched`` and ``used`` are the pynetdicom names the fast paths need
@@ -208,6 +210,7 @@ class DimseServer(RetrieveHandlers):
                  max_pdu: int = 0, max_associations: int = 16,
                  max_connections_per_host: int = 8, association_request_timeout: float = 5.0,
                  idle_timeout: float = 60, spool: Path | None = None,
+                 worklist_max_answers: int = 5000,
                  patched: Sequence[tuple[str, tuple[str, ...] | None]] = dimse_patches.PATCHED,
                  used: Sequence[str] = dimse_patches.USED):
         self.archive = archive
@@ -221,6 +224,7 @@ class DimseServer(RetrieveHandlers):
         self.registry = AeRegistry(archive.root)
         self.audit = AuditLog(archive.root)
         self.ae_title = ae_title
+        self.worklist_max_answers = worklist_max_answers
         _config.STORE_RECV_CHUNKED_DATASET = True
         _config.UNRESTRICTED_STORAGE_SERVICE = True
         # Earlier builds sent sub-operations from temp files here; remove any left.
@@ -254,6 +258,7 @@ class DimseServer(RetrieveHandlers):
                       StudyRootQueryRetrieveInformationModelGet,
                       StudyRootQueryRetrieveInformationModelMove):
             ae.add_supported_context(model)
+        ae.add_supported_context(ModalityWorklistInformationFind)  # PS3.4 K.6 (.worklist)
         # Storage Commitment Push Model (PS3.4 J): we are the SCP; the report may go
         # back on the same association or, once it is closed, on a new one.
         ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
@@ -272,7 +277,7 @@ class DimseServer(RetrieveHandlers):
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._refresh_allow_list), (evt.EVT_CONN_OPEN, nodelay),
             (evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store),
-            (evt.EVT_C_FIND, self._find), (evt.EVT_C_GET, self._get),
+            (evt.EVT_C_FIND, self._c_find), (evt.EVT_C_GET, self._get),
             (evt.EVT_C_MOVE, self._move), (evt.EVT_REJECTED, self._rejected),
             (evt.EVT_N_ACTION, self._commitment),
         ]
@@ -459,6 +464,11 @@ class DimseServer(RetrieveHandlers):
         comment = next((c for cls in type(exc).__mro__ if cls in _COMMENTS
                         for c in [_COMMENTS[cls]]), None)
         return StoreAnswer(status, comment or exc.reason), exc.reason
+
+    def _c_find(self, event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+        """EVT_C_FIND: the handler of the request's information model."""
+        by_model = {MODALITY_WORKLIST_FIND: self._worklist_find}
+        return by_model.get(str(event.request.AffectedSOPClassUID), self._find)(event)
 
     def _find(self, event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         name, host = self._peer(event)

@@ -1,0 +1,80 @@
+"""``pacscore worklist list|add|cancel``: the Modality Worklist of sites without a RIS.
+
+Every change is recorded in the audit trail (Procedure Record, PS3.15 A.5.3.11) as
+made by ``cli:<user>``.  Works while ``pacscore serve`` runs (the worklist is its own
+LMDB environment, see :mod:`pacscore.workflow.worklist`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+from pathlib import Path
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+               archive_arg: object) -> None:
+    """The ``worklist`` command and its three subcommands."""
+    wl = sub.add_parser("worklist", help="scheduled procedure steps the modalities query "
+                                         "(Modality Worklist)")
+    wl_sub = wl.add_subparsers(dest="worklist_command", required=True)
+    add = wl_sub.add_parser("add", help="schedule steps: DICOM worklist files (e.g. made by "
+                                        "dump2dcm from DCMTK's wklist*.dump), or one step "
+                                        "from KEYWORD=VALUE pairs")
+    add.add_argument("items", nargs="+", metavar="FILE|KEYWORD=VALUE",
+                     help="files, or pairs such as PatientName=DOE^JANE PatientID=123 "
+                          "AccessionNumber=A1 Modality=CT ScheduledStationAETitle=CT1 "
+                          "ScheduledProcedureStepStartDate=20250101")
+    ls = wl_sub.add_parser("list", help="the steps (scheduled and in progress; --all: every one)")
+    ls.add_argument("--all", action="store_true", help="also cancelled and completed steps")
+    ls.add_argument("--json", action="store_true")
+    cancel = wl_sub.add_parser("cancel", help="cancel steps by key, Accession Number or "
+                                              "Scheduled Procedure Step ID")
+    cancel.add_argument("which", nargs="+")
+    for sp in (add, ls, cancel):
+        archive_arg(sp)  # type: ignore[operator]
+    wl.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one ``worklist`` subcommand; the exit code."""
+    from .archive import Archive
+    from .errors import NotFoundError
+    from .services.auth.security import AuditLog
+    from .workflow import LISTED, StepStatus, item_from_pairs, read_item
+    from .workflow.items import summary
+
+    with Archive(args.archive) as archive:
+        worklist = archive.worklist
+        audit = AuditLog(Path(args.archive))
+        worklist.on_change(lambda event: audit.workflow(event, interface="cli"))
+        by = f"cli:{getpass.getuser()}"
+        if args.worklist_command == "add":
+            pairs = all("=" in i and not Path(i).exists() for i in args.items)
+            items = [item_from_pairs(args.items)] if pairs else [read_item(p) for p in args.items]
+            for item in items:
+                print(worklist.add(item, by=by))
+            return 0
+        if args.worklist_command == "cancel":
+            missing = 0
+            for which in args.which:
+                try:
+                    for key in worklist.cancel(which, by=by):
+                        print(f"{key} cancelled")
+                except NotFoundError as exc:
+                    print(f"pacscore: {exc}")
+                    missing += 1
+            return 1 if missing else 0
+        statuses = frozenset(StepStatus) if args.all else LISTED
+        rows = [{"key": i.key, "status": str(i.status), **summary(i.dataset)}
+                for i in worklist.items(statuses=statuses)]
+        if args.json:
+            print(json.dumps({"items": rows}))
+        for r in [] if args.json else rows:
+            print(f"{r['key']} {r['status']:<11} {r['accession']:<16} {r['station']:<16} "
+                  f"{r['modality']:<4} {r['date']} {r['time']:<6} {r['patient_id']:<16} "
+                  f"{r['patient_name']}")
+    return 0

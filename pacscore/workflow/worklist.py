@@ -1,0 +1,397 @@
+"""The worklist: scheduled procedure steps kept with the archive, in LMDB.
+
+Its own LMDB environment, ``<archive>/workflow.lmdb``, beside the archive's index: the
+instance index stays the archive writer's, while worklist items may be added by another
+process at any time (``pacscore worklist add`` while ``pacscore serve`` runs: LMDB
+serialises writers between processes; every change is one transaction, durable at
+commit).  Named databases::
+
+    item    key -> the item's data set (Explicit VR Little Endian, no File Meta)
+    state   key -> JSON: status, identifiers, times
+    match   (dupsort) field NUL value -> key, for listed items only (the query index)
+    ident   (dupsort) field NUL value -> key, every item (cancel and look-ups by id)
+    meta    b"next" -> the next key (decimal); b"format" -> layout version
+
+Keys are 12-digit decimal counters, so they sort in the order items were added.  Index
+values are cut at :data:`_INDEXED_BYTES` (every lookup is confirmed by the matcher).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import lmdb
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+
+from ..errors import ArchiveStorageError, InvalidRequestError, NotFoundError
+from ..kinds import StepStatus
+from ..private import make_private_dir
+from .matching import SPS, IndexedKey, answer, check_identifier, element, index_plan, text_of
+
+__all__ = ["IDENTIFIERS", "INDEXED", "LISTED", "WorkflowEvent", "Worklist", "WorklistItem"]
+
+LISTED: frozenset[StepStatus] = frozenset({StepStatus.SCHEDULED, StepStatus.IN_PROGRESS})
+"""Statuses a Modality Worklist query lists (a step a modality started stays listed, so
+the same or another modality can pick it up again after a failure)."""
+
+# Index field -> (where its values are: top level or each SPS item, keyword); the
+# matching index (``match``) of listed items.  Fields are one character in keys.
+INDEXED: dict[str, tuple[bool, str, bytes]] = {
+    "station": (True, "ScheduledStationAETitle", b"a"),
+    "modality": (True, "Modality", b"m"),
+    "date": (True, "ScheduledProcedureStepStartDate", b"d"),
+    "sps_id": (True, "ScheduledProcedureStepID", b"s"),
+    "patient_id": (False, "PatientID", b"p"),
+    "patient_name": (False, "PatientName", b"n"),
+    "accession": (False, "AccessionNumber", b"c"),
+}
+IDENTIFIERS: dict[str, tuple[bool, str, bytes]] = {
+    "accession": (False, "AccessionNumber", b"c"),
+    "sps_id": (True, "ScheduledProcedureStepID", b"s"),
+    "patient_id": (False, "PatientID", b"p"),
+    "study_uid": (False, "StudyInstanceUID", b"u"),
+    "requested_procedure_id": (False, "RequestedProcedureID", b"r"),
+}
+"""Order and patient identity: looked up by :meth:`Worklist.lookup` (every item)."""
+
+_DATABASES = (b"item", b"state", b"match", b"ident", b"meta")
+_DUPSORT = frozenset({b"match", b"ident"})
+_FORMAT = b"1"
+_INDEXED_BYTES = 200
+_KEY_DIGITS = 12
+
+
+@dataclass(frozen=True, slots=True)
+class WorklistItem:
+    """One scheduled procedure step."""
+
+    key: str
+    """Its key in the worklist (12 digits, in the order items were added)."""
+    status: StepStatus
+    """Where it stands."""
+    dataset: Dataset
+    """Its attributes (a Modality Worklist item, PS3.4 K.6.1.2.2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowEvent:
+    """A change of the worklist, for the audit trail (see :meth:`Worklist.on_change`)."""
+
+    action: str
+    """``C`` created, ``U`` status changed (PS3.15 A.5.1 EventActionCode)."""
+    key: str
+    """The item."""
+    status: StepStatus
+    """Its status after the change."""
+    accession: str
+    """Its Accession Number (no patient data goes to the audit trail)."""
+    by: str
+    """Who asked (``cli``, ``DIMSE AE@host``, ...)."""
+
+
+def encode_dataset(ds: Dataset) -> bytes:
+    """``ds`` in Explicit VR Little Endian, without File Meta."""
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def decode_dataset(data: bytes) -> Dataset:
+    """The inverse of :func:`encode_dataset`."""
+    return read_dataset(BytesIO(data), is_implicit_VR=False, is_little_endian=True)
+
+
+def _values(ds: Dataset, sps_level: bool, keyword: str) -> set[str]:
+    """The values of ``keyword`` in ``ds`` (or each of its SPS items), each value of a
+    multi-valued attribute apart; person names upper-cased (matched so)."""
+    where = list(ds.get(SPS).value) if sps_level and SPS in ds else [] if sps_level else [ds]
+    found: set[str] = set()
+    for d in where:
+        elem = element(d, keyword)
+        if elem is None or elem.value is None:
+            continue
+        text = text_of(elem.value)
+        parts = text.split("\\") if elem.VR != "PN" else [text]
+        found.update(p.strip().upper() if elem.VR == "PN" else p.strip() for p in parts)
+    found.discard("")
+    return found
+
+
+def _entries(ds: Dataset, table: dict[str, tuple[bool, str, bytes]]) -> set[bytes]:
+    return {char + b"\0" + v.encode("utf-8", "surrogateescape")[:_INDEXED_BYTES]
+            for sps_level, keyword, char in table.values()
+            for v in _values(ds, sps_level, keyword)}
+
+
+def _check_item(ds: Dataset) -> None:
+    """Refuse what cannot be a worklist item: keys of a wrong VR, no SPS."""
+    check_identifier(ds)
+    sps = ds.get(SPS)
+    if sps is None or sps.VR != "SQ" or len(sps.value) == 0:
+        raise InvalidRequestError(
+            "a worklist item needs a Scheduled Procedure Step Sequence (0040,0100) with "
+            "an item", hint="give at least Modality, Scheduled Station AE Title and the "
+                            "Scheduled Procedure Step Start Date in it (PS3.4 K.6.1.2.2)")
+
+
+class Worklist:
+    """The scheduled procedure steps of one archive (``<root>/workflow.lmdb``)."""
+
+    def __init__(self, root: Path, *, sync: bool = True, readonly: bool = False,
+                 map_size: int = 1 << 30):
+        self.path = root / "workflow.lmdb"
+        try:
+            if not readonly:
+                make_private_dir(self.path)
+            self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=len(_DATABASES),
+                                 subdir=True, sync=sync, metasync=sync, readonly=readonly,
+                                 max_readers=512, mode=0o700)
+            self.dbs = {n: self.env.open_db(n, dupsort=n in _DUPSORT, create=not readonly)
+                        for n in _DATABASES}
+        except lmdb.Error as exc:
+            raise ArchiveStorageError(f"cannot open the worklist at {self.path}: {exc}",
+                                      hint="check the archive folder's permissions and "
+                                           "free space") from exc
+        self._listeners: list[Callable[[WorkflowEvent], None]] = []
+        if not readonly:
+            self._write(lambda txn: txn.put(b"format", _FORMAT, db=self.dbs[b"meta"],
+                                            overwrite=False))
+
+    def close(self) -> None:
+        """Close the environment (idempotent)."""
+        self.env.close()
+
+    # -- plumbing ----------------------------------------------------------------
+    def _write(self, fn: Callable[[lmdb.Transaction], Any]) -> Any:
+        """Run ``fn`` in one write transaction (the map grows when full)."""
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    return fn(txn)
+            except lmdb.MapFullError:
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+            except lmdb.Error as exc:
+                raise ArchiveStorageError(
+                    f"worklist write failed: {exc}; nothing was changed",
+                    hint="free space on the archive's disk, then retry") from exc
+
+    def _value(self, txn: lmdb.Transaction, key: bytes, db: bytes) -> bytes:
+        """A value that the transaction's other records say exists."""
+        raw = txn.get(key, db=self.dbs[db])
+        if raw is None:
+            raise ArchiveStorageError(f"worklist {self.path}: item {key.decode()} has no "
+                                      f"{db.decode()} record", hint="report it: the worklist "
+                                      "is inconsistent (Worklist.check lists the problems)")
+        return bytes(raw)
+
+    def on_change(self, listener: Callable[[WorkflowEvent], None]) -> None:
+        """Call ``listener`` after every committed change (the audit trail)."""
+        self._listeners.append(listener)
+
+    def _notify(self, events: Iterable[WorkflowEvent]) -> None:
+        for event in events:
+            for listener in self._listeners:
+                listener(event)
+
+    # -- writes ------------------------------------------------------------------
+    def add(self, item: Dataset, *, status: StepStatus = StepStatus.SCHEDULED,
+            by: str = "api") -> str:
+        """Add one scheduled procedure step; its key.  The item is checked (keys of
+        their dictionary VR, an SPS item) and written in one transaction with its
+        index entries: after a crash it is there whole or not at all."""
+        _check_item(item)
+        data = encode_dataset(item)
+        ds = decode_dataset(data)  # index what will be read back
+        state = {"status": str(status), "created": time.time(),
+                 **{k: sorted(_values(ds, lvl, kw)) for k, (lvl, kw, _) in IDENTIFIERS.items()}}
+
+        def put(txn: lmdb.Transaction) -> str:
+            meta = self.dbs[b"meta"]
+            number = int(bytes(txn.get(b"next", b"1", db=meta)))
+            txn.put(b"next", str(number + 1).encode(), db=meta)
+            key = f"{number:0{_KEY_DIGITS}d}"
+            txn.put(key.encode(), data, db=self.dbs[b"item"])
+            txn.put(key.encode(), json.dumps(state).encode(), db=self.dbs[b"state"])
+            self._index(txn, key, ds, b"ident", IDENTIFIERS, add=True)
+            if status in LISTED:
+                self._index(txn, key, ds, b"match", INDEXED, add=True)
+            return key
+
+        key: str = self._write(put)
+        accession = text_of(ds.AccessionNumber) if "AccessionNumber" in ds else ""
+        self._notify([WorkflowEvent("C", key, status, accession, by)])
+        return key
+
+    def _index(self, txn: lmdb.Transaction, key: str, ds: Dataset, db: bytes,
+               table: dict[str, tuple[bool, str, bytes]], *, add: bool) -> None:
+        for entry in _entries(ds, table):
+            if add:
+                txn.put(entry, key.encode(), db=self.dbs[db], dupdata=True)
+            else:
+                txn.delete(entry, key.encode(), db=self.dbs[db])
+
+    def set_status(self, keys: Iterable[str], status: StepStatus, *, by: str = "api"
+                   ) -> list[str]:
+        """Give the items ``keys`` the status ``status`` (one transaction); the keys
+        whose status changed.  NotFoundError naming an unknown key (nothing changed)."""
+        wanted = list(dict.fromkeys(keys))
+
+        def change(txn: lmdb.Transaction) -> list[tuple[str, str]]:
+            changed = []
+            for key in wanted:
+                raw = txn.get(key.encode(), db=self.dbs[b"state"])
+                if raw is None:
+                    raise NotFoundError(f"no worklist item {key!r}",
+                                        hint="list them with `pacscore worklist list`")
+                state = json.loads(bytes(raw))
+                old = StepStatus(state["status"])
+                if old == status:
+                    continue
+                ds = decode_dataset(self._value(txn, key.encode(), b"item"))
+                if (old in LISTED) != (status in LISTED):
+                    self._index(txn, key, ds, b"match", INDEXED, add=status in LISTED)
+                state.update(status=str(status), updated=time.time())
+                txn.put(key.encode(), json.dumps(state).encode(), db=self.dbs[b"state"])
+                changed.append((key, (state.get("accession") or [""])[0]))
+            return changed
+
+        done: list[tuple[str, str]] = self._write(change)
+        self._notify(WorkflowEvent("U", key, status, acc, by) for key, acc in done)
+        return [key for key, _ in done]
+
+    def cancel(self, which: str, *, by: str = "api") -> list[str]:
+        """Cancel the items ``which`` names: a key, an Accession Number or a Scheduled
+        Procedure Step ID (every listed item it names); the keys cancelled."""
+        keys = [k for k in self.lookup(which) if self.status(k) in LISTED]
+        if not keys:
+            raise NotFoundError(f"no scheduled worklist item has the key, Accession Number "
+                                f"or SPS ID {which!r}",
+                                hint="list them with `pacscore worklist list`")
+        return self.set_status(keys, StepStatus.CANCELLED, by=by)
+
+    # -- reads -------------------------------------------------------------------
+    def lookup(self, which: str) -> list[str]:
+        """Keys of the items whose key, Accession Number or SPS ID is ``which``."""
+        with self.env.begin() as txn:
+            if which.isdigit() and len(which) == _KEY_DIGITS \
+                    and txn.get(which.encode(), db=self.dbs[b"state"]) is not None:
+                return [which]
+            found: list[str] = []
+            cur = txn.cursor(db=self.dbs[b"ident"])
+            for char in (b"c", b"s"):
+                if cur.set_key(char + b"\0" + which.encode()[:_INDEXED_BYTES]):
+                    found.extend(bytes(v).decode() for v in cur.iternext_dup())
+            return sorted(set(found))
+
+    def status(self, key: str) -> StepStatus:
+        """The status of item ``key`` (NotFoundError if none)."""
+        with self.env.begin() as txn:
+            raw = txn.get(key.encode(), db=self.dbs[b"state"])
+        if raw is None:
+            raise NotFoundError(f"no worklist item {key!r}")
+        return StepStatus(json.loads(bytes(raw))["status"])
+
+    def get(self, key: str) -> WorklistItem:
+        """One item (NotFoundError if none)."""
+        with self.env.begin() as txn:
+            raw = txn.get(key.encode(), db=self.dbs[b"state"])
+            data = txn.get(key.encode(), db=self.dbs[b"item"])
+            if raw is None or data is None:
+                raise NotFoundError(f"no worklist item {key!r}",
+                                    hint="list them with `pacscore worklist list`")
+            return WorklistItem(key, StepStatus(json.loads(bytes(raw))["status"]),
+                                decode_dataset(bytes(data)))
+
+    def _candidates(self, txn: lmdb.Transaction, plan: list[IndexedKey]) -> list[bytes] | None:
+        """Keys every indexed key of ``plan`` admits (sorted), or None without one."""
+        found: set[bytes] | None = None
+        cur = txn.cursor(db=self.dbs[b"match"])
+        for k in plan:
+            char = INDEXED[k.field][2] + b"\0"
+            low = char + k.low.encode("utf-8", "surrogateescape")[:_INDEXED_BYTES]
+            keys: set[bytes] = set()
+            if k.high is None and not k.prefix:
+                if cur.set_key(low):
+                    keys.update(bytes(v) for v in cur.iternext_dup())
+            else:
+                high = None if k.high is None else char + k.high.encode()[:_INDEXED_BYTES]
+                ok = cur.set_range(low)
+                while ok:
+                    entry = bytes(cur.key())
+                    if not entry.startswith(char) or (k.prefix and not entry.startswith(low)) \
+                            or (high is not None and k.high and entry[: len(high)] > high):
+                        break
+                    keys.add(bytes(cur.value()))
+                    ok = cur.next()
+            found = keys if found is None else found & keys
+            if not found:
+                return []
+        return None if found is None else sorted(found)
+
+    def find(self, query: Dataset, *, statuses: frozenset[StepStatus] = LISTED
+             ) -> Iterator[tuple[WorklistItem, Dataset]]:
+        """Items matching the Modality Worklist identifier ``query`` (PS3.4 K.6.1.2),
+        each with its response identifier; in the order they were added.
+        InvalidRequestError for an identifier that cannot be matched."""
+        check_identifier(query)
+        plan = list(index_plan(query)) if statuses <= LISTED else []
+        with self.env.begin() as txn:
+            keys = self._candidates(txn, plan)
+            if keys is None:
+                keys = [bytes(k) for k in txn.cursor(db=self.dbs[b"state"]).iternext(values=False)]
+            rows = []
+            for k in keys:
+                state = json.loads(self._value(txn, k, b"state"))
+                status = StepStatus(state["status"])
+                if status in statuses:
+                    rows.append((k.decode(), status, self._value(txn, k, b"item")))
+        for key, status, data in rows:
+            ds = decode_dataset(data)
+            response = answer(query, ds)
+            if response is not None:
+                if "SpecificCharacterSet" in ds:  # PS3.4 C.4.1.1.3.2: the answer's encoding
+                    response.SpecificCharacterSet = ds.SpecificCharacterSet
+                yield WorklistItem(key, status, ds), response
+
+    def items(self, query: Dataset | None = None, *,
+              statuses: frozenset[StepStatus] = frozenset(StepStatus)) -> Iterator[WorklistItem]:
+        """Items of ``statuses`` (default: all) matching ``query`` (default: every one)."""
+        for item, _ in self.find(query if query is not None else Dataset(), statuses=statuses):
+            yield item
+
+    def check(self) -> list[str]:
+        """Consistency problems (none expected, even after a crash): an item without
+        its data set or the reverse, index entries naming a missing or unlisted item,
+        a listed item missing from the index."""
+        problems: list[str] = []
+        with self.env.begin() as txn:
+            states = {bytes(k): json.loads(bytes(v))
+                      for k, v in txn.cursor(db=self.dbs[b"state"])}
+            datas = {bytes(k): bytes(v) for k, v in txn.cursor(db=self.dbs[b"item"])}
+            if set(states) != set(datas):
+                problems.append(f"state without data set or the reverse: "
+                                f"{sorted(set(states) ^ set(datas))[:5]}")
+            match = {(bytes(k), bytes(v)) for k, v in txn.cursor(db=self.dbs[b"match"])}
+            expected = {(e, k) for k, s in states.items() if StepStatus(s["status"]) in LISTED
+                        and k in datas for e in _entries(decode_dataset(datas[k]), INDEXED)}
+            if match != expected:
+                problems.append(f"matching index differs: {len(match - expected)} extra, "
+                                f"{len(expected - match)} missing")
+            nxt = int(bytes(txn.get(b"next", b"1", db=self.dbs[b"meta"])))
+            if states and int(max(states)) >= nxt:
+                problems.append("key counter behind the keys")
+        return problems
+
+    def __len__(self) -> int:
+        with self.env.begin() as txn:
+            return int(txn.stat(self.dbs[b"state"])["entries"])
