@@ -44,6 +44,7 @@ from .errors import (
     PacsError,
 )
 from .index import LEVELS, InstanceRecord, LmdbIndex, StoreKind
+from .index.readonly import open_readonly
 from .ingest.outcomes import Failed, Prepared, Rejected, Skipped, StoreResult
 from .private import make_private_dir
 from .retrieve import Reader, crc_problem
@@ -96,43 +97,6 @@ def require_archive(root: Path) -> None:
                  "Python)")
 
 
-def _open_index_readonly(root: Path, config: ArchiveConfig) -> tuple[LmdbIndex, int | None]:
-    """The index opened read-only, and the descriptor of a shared lock on
-    ``archive.lock`` (or None).  A reader that may write LMDB's ``lock.mdb`` registers
-    in its reader table and runs beside a writer.  One that may not (a read-only mount,
-    another user's archive) opens without LMDB's lock: it cannot tell a writer which
-    pages it reads, so it holds a shared ``flock`` on ``archive.lock`` instead, which
-    keeps a writer from starting meanwhile and fails while one runs."""
-    path = root / "index.lmdb"
-    lock_file = path / "lock.mdb"
-    if os.access(lock_file if lock_file.exists() else path, os.W_OK):
-        return LmdbIndex(path, map_size=config.lmdb_map_size, readonly=True), None
-    fd = None
-    try:
-        fd = os.open(root / "archive.lock", os.O_RDONLY)
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except FileNotFoundError:
-        fd = None  # an archive no writer ever locked: none runs
-    except BlockingIOError:
-        os.close(fd)  # type: ignore[arg-type]
-        raise ArchiveBusyError(
-            f"{root} is being written by another process, and this user cannot write "
-            f"{lock_file} to read beside it safely",
-            hint="read it when the writer has stopped, or as a user who may write "
-                 "index.lmdb/lock.mdb") from None
-    except OSError as exc:
-        if fd is not None:
-            os.close(fd)
-        raise ArchiveStorageError(f"cannot open {root / 'archive.lock'}: {exc}") from exc
-    try:
-        return LmdbIndex(path, map_size=config.lmdb_map_size, readonly=True,
-                         lock=False), fd
-    except BaseException:
-        if fd is not None:
-            os.close(fd)
-        raise
-
-
 def _descriptor(stream: BinaryIO) -> int | None:
     """The descriptor of ``stream`` when it is an open regular file, else None."""
     try:
@@ -174,7 +138,7 @@ class Archive:
             self.store_spec = store or StoreSpec.of("zarr", root=str(self.frames_root),
                                                     fsync=False, create=False)
             self.store_: FrameStore = self.store_spec.open()
-            self.index, self._shared_fd = _open_index_readonly(self.root, self.config)
+            self.index, self._shared_fd = open_readonly(self.root, self.config.lmdb_map_size)
         else:
             try:
                 make_private_dir(self.frames_root)  # and the root: 0700
