@@ -13,6 +13,7 @@ __all__ = [
     "ArchiveCorruptError",
     "ArchiveStorageError",
     "ConflictError",
+    "HL7MessageError",
     "IdentityMismatchError",
     "InvalidDicomError",
     "InvalidRequestError",
@@ -95,6 +96,25 @@ class InvalidRequestError(PacsError, ValueError):
     """
 
     hint = "fix the request as the message says; nothing was changed"
+
+
+class HL7MessageError(InvalidRequestError):
+    """An HL7 v2 message the archive refuses (the MLLP door answers it with an ACK
+    whose ERR segment carries :attr:`code` and :attr:`location`).
+
+    ``code`` is from HL7 Table 0357 (100 segment sequence error, 101 required field
+    missing, 102 data type error, 103 table value not found, 200 unsupported message
+    type, 201 unsupported event code, 202 unsupported processing id, 203 unsupported
+    version id, 204 unknown key identifier, 205 duplicate key identifier, 207
+    application internal error); ``location`` names the segment and field
+    (``PID-3``, ``MSH-12``)."""
+
+    hint = "fix the message as the ERR segment says and send it again"
+
+    def __init__(self, message: str, *, code: int, location: str = "",
+                 hint: str | None = None):
+        self.code, self.location = code, location
+        super().__init__(message, hint=hint)
 
 
 class UnsupportedTransferSyntaxError(PacsError, ValueError):

@@ -11,6 +11,8 @@ commit).  Named databases::
     match   (dupsort) field NUL value -> key, for listed items only (the query index)
     ident   (dupsort) field NUL value -> key, every item (cancel and look-ups by id)
     meta    b"next" -> the next key (decimal); b"format" -> layout version
+    patient Patient ID -> JSON demographics (HL7 ADT; ``merged_into`` after an A40)
+    message sender NUL facility NUL message control ID -> the ACK sent (HL7 dedup)
 
 Keys are 12-digit decimal counters, so they sort in the order items were added.  Index
 values are cut at :data:`_INDEXED_BYTES` (every lookup is confirmed by the matcher).
@@ -18,13 +20,14 @@ values are cut at :data:`_INDEXED_BYTES` (every lookup is confirmed by the match
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lmdb
 from pydicom.dataset import Dataset
@@ -37,7 +40,8 @@ from ..kinds import StepStatus
 from ..private import make_private_dir
 from .matching import SPS, IndexedKey, answer, check_identifier, element, index_plan, text_of
 
-__all__ = ["IDENTIFIERS", "INDEXED", "LISTED", "WorkflowEvent", "Worklist", "WorklistItem"]
+__all__ = ["IDENTIFIERS", "INDEXED", "LISTED", "Changes", "WorkflowEvent", "Worklist",
+           "WorklistItem"]
 
 LISTED: frozenset[StepStatus] = frozenset({StepStatus.SCHEDULED, StepStatus.IN_PROGRESS})
 """Statuses a Modality Worklist query lists (a step a modality started stays listed, so
@@ -63,10 +67,12 @@ IDENTIFIERS: dict[str, tuple[bool, str, bytes]] = {
 }
 """Order and patient identity: looked up by :meth:`Worklist.lookup` (every item)."""
 
-_DATABASES = (b"item", b"state", b"match", b"ident", b"meta")
+_DATABASES = (b"item", b"state", b"match", b"ident", b"meta", b"patient", b"message")
 _DUPSORT = frozenset({b"match", b"ident"})
 _FORMAT = b"1"
 _INDEXED_BYTES = 200
+_KEY_BYTES = 500  # LMDB keys are at most 511 bytes
+T = TypeVar("T")
 _KEY_DIGITS = 12
 
 
@@ -87,7 +93,8 @@ class WorkflowEvent:
     """A change of the worklist, for the audit trail (see :meth:`Worklist.on_change`)."""
 
     action: str
-    """``C`` created, ``U`` status changed (PS3.15 A.5.1 EventActionCode)."""
+    """``C`` created, ``U`` changed: status or attributes (PS3.15 A.5.1
+    EventActionCode)."""
     key: str
     """The item."""
     status: StepStatus
@@ -204,33 +211,26 @@ class Worklist:
                 listener(event)
 
     # -- writes ------------------------------------------------------------------
+    def change(self, fn: Callable[[Changes], T], *, by: str = "api") -> T:
+        """Run ``fn`` with the :class:`Changes` of one write transaction: everything it
+        does is committed together (or nothing, when it raises); the listeners hear of
+        the changes after the commit."""
+        events: list[WorkflowEvent] = []
+
+        def run(txn: lmdb.Transaction) -> T:
+            events.clear()  # a map-full retry runs it again
+            return fn(Changes(self, txn, by, events))
+
+        result: T = self._write(run)
+        self._notify(events)
+        return result
+
     def add(self, item: Dataset, *, status: StepStatus = StepStatus.SCHEDULED,
             by: str = "api") -> str:
         """Add one scheduled procedure step; its key.  The item is checked (keys of
         their dictionary VR, an SPS item) and written in one transaction with its
         index entries: after a crash it is there whole or not at all."""
-        _check_item(item)
-        data = encode_dataset(item)
-        ds = decode_dataset(data)  # index what will be read back
-        state = {"status": str(status), "created": time.time(),
-                 **{k: sorted(_values(ds, lvl, kw)) for k, (lvl, kw, _) in IDENTIFIERS.items()}}
-
-        def put(txn: lmdb.Transaction) -> str:
-            meta = self.dbs[b"meta"]
-            number = int(bytes(txn.get(b"next", b"1", db=meta)))
-            txn.put(b"next", str(number + 1).encode(), db=meta)
-            key = f"{number:0{_KEY_DIGITS}d}"
-            txn.put(key.encode(), data, db=self.dbs[b"item"])
-            txn.put(key.encode(), json.dumps(state).encode(), db=self.dbs[b"state"])
-            self._index(txn, key, ds, b"ident", IDENTIFIERS, add=True)
-            if status in LISTED:
-                self._index(txn, key, ds, b"match", INDEXED, add=True)
-            return key
-
-        key: str = self._write(put)
-        accession = text_of(ds.AccessionNumber) if "AccessionNumber" in ds else ""
-        self._notify([WorkflowEvent("C", key, status, accession, by)])
-        return key
+        return self.change(lambda c: c.add(item, status=status), by=by)
 
     def _index(self, txn: lmdb.Transaction, key: str, ds: Dataset, db: bytes,
                table: dict[str, tuple[bool, str, bytes]], *, add: bool) -> None:
@@ -245,29 +245,7 @@ class Worklist:
         """Give the items ``keys`` the status ``status`` (one transaction); the keys
         whose status changed.  NotFoundError naming an unknown key (nothing changed)."""
         wanted = list(dict.fromkeys(keys))
-
-        def change(txn: lmdb.Transaction) -> list[tuple[str, str]]:
-            changed = []
-            for key in wanted:
-                raw = txn.get(key.encode(), db=self.dbs[b"state"])
-                if raw is None:
-                    raise NotFoundError(f"no worklist item {key!r}",
-                                        hint="list them with `pacscore worklist list`")
-                state = json.loads(bytes(raw))
-                old = StepStatus(state["status"])
-                if old == status:
-                    continue
-                ds = decode_dataset(self._value(txn, key.encode(), b"item"))
-                if (old in LISTED) != (status in LISTED):
-                    self._index(txn, key, ds, b"match", INDEXED, add=status in LISTED)
-                state.update(status=str(status), updated=time.time())
-                txn.put(key.encode(), json.dumps(state).encode(), db=self.dbs[b"state"])
-                changed.append((key, (state.get("accession") or [""])[0]))
-            return changed
-
-        done: list[tuple[str, str]] = self._write(change)
-        self._notify(WorkflowEvent("U", key, status, acc, by) for key, acc in done)
-        return [key for key, _ in done]
+        return self.change(lambda c: [k for k in wanted if c.set_status(k, status)], by=by)
 
     def cancel(self, which: str, *, by: str = "api") -> list[str]:
         """Cancel the items ``which`` names: a key, an Accession Number or a Scheduled
@@ -395,3 +373,127 @@ class Worklist:
     def __len__(self) -> int:
         with self.env.begin() as txn:
             return int(txn.stat(self.dbs[b"state"])["entries"])
+
+
+class Changes:
+    """The writes of one transaction (:meth:`Worklist.change`): steps, patients and
+    the HL7 messages already answered, committed together."""
+
+    def __init__(self, worklist: Worklist, txn: lmdb.Transaction, by: str,
+                 events: list[WorkflowEvent]):
+        self.worklist, self.txn, self.by, self.events = worklist, txn, by, events
+        self.dbs = worklist.dbs
+
+    def add(self, item: Dataset, *, status: StepStatus = StepStatus.SCHEDULED) -> str:
+        """Add one step (see :meth:`Worklist.add`); its key."""
+        _check_item(item)
+        data = encode_dataset(item)
+        ds = decode_dataset(data)  # index what will be read back
+        state = {"status": str(status), "created": time.time(), **_identifiers(ds)}
+        txn, meta = self.txn, self.dbs[b"meta"]
+        number = int(bytes(txn.get(b"next", b"1", db=meta)))
+        txn.put(b"next", str(number + 1).encode(), db=meta)
+        key = f"{number:0{_KEY_DIGITS}d}"
+        txn.put(key.encode(), data, db=self.dbs[b"item"])
+        txn.put(key.encode(), json.dumps(state).encode(), db=self.dbs[b"state"])
+        self.worklist._index(txn, key, ds, b"ident", IDENTIFIERS, add=True)
+        if status in LISTED:
+            self.worklist._index(txn, key, ds, b"match", INDEXED, add=True)
+        self.events.append(WorkflowEvent("C", key, status, _accession(ds), self.by))
+        return key
+
+    def _state(self, key: str) -> dict[str, Any]:
+        raw = self.txn.get(key.encode(), db=self.dbs[b"state"])
+        if raw is None:
+            raise NotFoundError(f"no worklist item {key!r}",
+                                hint="list them with `pacscore worklist list`")
+        state: dict[str, Any] = json.loads(bytes(raw))
+        return state
+
+    def get(self, key: str) -> WorklistItem:
+        """One item as this transaction sees it."""
+        state = self._state(key)
+        data = self.worklist._value(self.txn, key.encode(), b"item")
+        return WorklistItem(key, StepStatus(state["status"]), decode_dataset(data))
+
+    def set_status(self, key: str, status: StepStatus) -> bool:
+        """Give item ``key`` the status ``status``; False when it had it already."""
+        state = self._state(key)
+        old = StepStatus(state["status"])
+        if old == status:
+            return False
+        ds = decode_dataset(self.worklist._value(self.txn, key.encode(), b"item"))
+        if (old in LISTED) != (status in LISTED):
+            self.worklist._index(self.txn, key, ds, b"match", INDEXED, add=status in LISTED)
+        state.update(status=str(status), updated=time.time())
+        self.txn.put(key.encode(), json.dumps(state).encode(), db=self.dbs[b"state"])
+        self.events.append(WorkflowEvent("U", key, status, _accession(ds), self.by))
+        return True
+
+    def replace(self, key: str, item: Dataset) -> None:
+        """Replace the attributes of item ``key`` (an order change, a patient update),
+        its index entries with them; its status stays."""
+        _check_item(item)
+        state = self._state(key)
+        status = StepStatus(state["status"])
+        old = decode_dataset(self.worklist._value(self.txn, key.encode(), b"item"))
+        data = encode_dataset(item)
+        ds = decode_dataset(data)
+        index = self.worklist._index
+        index(self.txn, key, old, b"ident", IDENTIFIERS, add=False)
+        index(self.txn, key, ds, b"ident", IDENTIFIERS, add=True)
+        if status in LISTED:
+            index(self.txn, key, old, b"match", INDEXED, add=False)
+            index(self.txn, key, ds, b"match", INDEXED, add=True)
+        state.update(_identifiers(ds), updated=time.time())
+        self.txn.put(key.encode(), data, db=self.dbs[b"item"])
+        self.txn.put(key.encode(), json.dumps(state).encode(), db=self.dbs[b"state"])
+        self.events.append(WorkflowEvent("U", key, status, _accession(ds), self.by))
+
+    def lookup(self, field: str, value: str) -> list[str]:
+        """Keys of every item whose identifier ``field`` (of :data:`IDENTIFIERS`) is
+        ``value``, in the order they were added."""
+        char = IDENTIFIERS[field][2]
+        cur = self.txn.cursor(db=self.dbs[b"ident"])
+        entry = char + b"\0" + value.encode("utf-8", "surrogateescape")[:_INDEXED_BYTES]
+        found = [bytes(v).decode() for v in cur.iternext_dup()] if cur.set_key(entry) else []
+        return sorted(k for k in set(found) if value in self._state(k).get(field, []))
+
+    def status(self, key: str) -> StepStatus:
+        """The status of item ``key`` in this transaction."""
+        return StepStatus(self._state(key)["status"])
+
+    # -- patients (HL7 ADT) and answered messages (HL7 dedup) --------------------
+    def patient(self, patient_id: str) -> dict[str, Any] | None:
+        """The demographics kept for ``patient_id``, or None."""
+        raw = self.txn.get(_key(patient_id), db=self.dbs[b"patient"])
+        return None if raw is None else dict(json.loads(bytes(raw)))
+
+    def put_patient(self, patient_id: str, record: dict[str, Any]) -> None:
+        """Keep ``record`` as the demographics of ``patient_id``."""
+        self.txn.put(_key(patient_id), json.dumps(record).encode(), db=self.dbs[b"patient"])
+
+    def answered(self, message_id: str) -> bytes | None:
+        """The answer given to message ``message_id`` when it was committed, or None."""
+        raw = self.txn.get(_key(message_id), db=self.dbs[b"message"])
+        return None if raw is None else bytes(raw)
+
+    def remember(self, message_id: str, answer: bytes) -> None:
+        """Record the answer to message ``message_id`` with the changes it made."""
+        self.txn.put(_key(message_id), answer, db=self.dbs[b"message"])
+
+
+def _key(text: str) -> bytes:
+    """An LMDB key for ``text`` (cut to :data:`_KEY_BYTES`; long ones end in a hash)."""
+    raw = text.encode("utf-8", "surrogateescape")
+    if len(raw) <= _KEY_BYTES:
+        return raw
+    return raw[: _KEY_BYTES - 32] + hashlib.sha256(raw).hexdigest()[:32].encode()
+
+
+def _identifiers(ds: Dataset) -> dict[str, list[str]]:
+    return {k: sorted(_values(ds, lvl, kw)) for k, (lvl, kw, _) in IDENTIFIERS.items()}
+
+
+def _accession(ds: Dataset) -> str:
+    return text_of(ds.AccessionNumber) if "AccessionNumber" in ds else ""
