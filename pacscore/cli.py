@@ -175,7 +175,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in (
         "host", "dimse_port", "http_port", "grpc_port", "ae_title", "cors", "max_body",
         "max_pdu", "max_associations", "idle_timeout", "spool", "tls_cert", "tls_key",
-        "tls_ca", "public_url", "max_http_connections")}
+        "tls_ca", "public_url", "max_http_connections", "hl7_port", "hl7_max_message")}
     serve(Path(args.archive), ServeConfig.load(args.config, overrides))
     return EXIT_OK
 
@@ -366,6 +366,10 @@ def _parser() -> argparse.ArgumentParser:
                      "reverse proxy); DICOMweb answers' URLs start with it")
     srv.add_argument("--max-http-connections", type=int,
                      help="open HTTP connections (default 256); more are answered 503")
+    srv.add_argument("--hl7-port", type=int, help="HL7 v2 over MLLP (default off; senders "
+                     "allowed with `pacscore hl7 allow HOST`)")
+    srv.add_argument("--hl7-max-message", type=int, help="largest HL7 message in bytes "
+                     "(default 64 MiB)")
     srv.set_defaults(func=_cmd_serve)
 
     tok = sub.add_parser("token", help="bearer tokens for DICOMweb and gRPC")

@@ -1,4 +1,5 @@
-"""``pacscore worklist list|add|cancel``: the Modality Worklist of sites without a RIS.
+"""``pacscore worklist list|add|cancel``: the Modality Worklist of sites without a RIS;
+``pacscore hl7 allow|deny|list``: the hosts a RIS may send HL7 (MLLP) from.
 
 Every change is recorded in the audit trail (Procedure Record, PS3.15 A.5.3.11) as
 made by ``cli:<user>``.  Works while ``pacscore serve`` runs (the worklist is its own
@@ -12,7 +13,7 @@ import getpass
 import json
 from pathlib import Path
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "run", "run_hl7"]
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -37,6 +38,33 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     for sp in (add, ls, cancel):
         archive_arg(sp)  # type: ignore[operator]
     wl.set_defaults(func=run)
+
+    hl7 = sub.add_parser("hl7", help="the hosts HL7 senders (RIS/HIS) may connect from "
+                                     "(MLLP: serve --hl7-port)")
+    hl7_sub = hl7.add_subparsers(dest="hl7_command", required=True)
+    allow = hl7_sub.add_parser("allow", help="allow a host (address or name)")
+    deny = hl7_sub.add_parser("deny", help="remove a host")
+    for sp in (allow, deny):
+        sp.add_argument("host")
+    hosts = hl7_sub.add_parser("list", help="the allowed hosts")
+    for sp in (allow, deny, hosts):
+        archive_arg(sp)  # type: ignore[operator]
+    hl7.set_defaults(func=run_hl7)
+
+
+def run_hl7(args: argparse.Namespace) -> int:
+    """Run one ``hl7`` subcommand; the exit code."""
+    from .services.auth.security import SenderList
+
+    senders = SenderList(Path(args.archive))
+    if args.hl7_command == "allow":
+        senders.allow(args.host)
+    elif args.hl7_command == "deny" and not senders.deny(args.host):
+        print(f"pacscore: {args.host!r} was not allowed")
+        return 1
+    for host in senders.list() if args.hl7_command == "list" else []:
+        print(host)
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

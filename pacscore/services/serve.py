@@ -37,6 +37,9 @@ from .grpc.server import start_grpc
 __all__ = ["ServeConfig", "default_spool", "first_start_hint", "serve", "spool_folders"]
 
 _SHM = Path("/dev/shm")
+KILL_AFTER_COMMIT = "PACSCORE_TEST_HL7_KILL_AFTER_COMMIT"
+"""Test hook: ``1`` makes the HL7 door SIGKILL the server after a message's commit,
+before its ACK (the crash test of tests/test_hl7.py)."""
 _SHM_FREE = 8 * 1024**3  # room for a few of the largest objects at once
 
 
@@ -130,6 +133,7 @@ def _as_strings(value: object) -> tuple[str, ...]:
 _SETTING_TYPES: dict[object, tuple[str, str, Callable[[object], object]]] = {
     str: ("a string", '"text"', _as_str),
     str | None: ("a string", '"/path/to/file"', _as_str),
+    int | None: ("an integer", "2575", _as_int),
     int: ("an integer", "16", _as_int),
     float: ("a number", "60.0", _as_float),
     tuple[str, ...]: ("a list of strings", '["https://viewer.example"]', _as_strings),
@@ -143,7 +147,8 @@ _TOML_KINDS: dict[type, str] = {
 _PORT = (lambda n: 1 <= n <= 65535, "a port number from 1 to 65535")
 # Setting -> (the test its number must pass, what it must be).
 _LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
-    "dimse_port": _PORT, "http_port": _PORT, "grpc_port": _PORT,
+    "dimse_port": _PORT, "http_port": _PORT, "grpc_port": _PORT, "hl7_port": _PORT,
+    "hl7_max_message": (lambda n: n > 0, "above 0 (bytes)"),
     "max_body": (lambda n: n > 0, "above 0 (bytes)"),
     # the PDU length field is 32 bits (PS3.8 9.3.1)
     "max_pdu": (lambda n: 0 <= n < 2**32, "0 (unlimited) or a length up to 4294967295"),
@@ -237,6 +242,12 @@ class ServeConfig:
     worklist_max_answers: int = 5000
     """Modality Worklist C-FIND: a query matching more steps than this is refused
     (0xA700 with an Error Comment asking to narrow it; 0 = no limit)."""
+    hl7_port: int | None = None
+    """HL7 v2 over MLLP (off by default; senders are allowed by source address with
+    ``pacscore hl7 allow HOST``)."""
+    hl7_max_message: int = 64 * 1024**2
+    """Largest HL7 message in bytes (a larger one is answered AR and its connection
+    closed)."""
     public_url: str | None = None
     """The URL clients reach the HTTP service at (``https://pacs.example.org``, or
     with a path prefix, behind a reverse proxy): the URLs in DICOMweb answers
@@ -348,10 +359,19 @@ def serve(archive_dir: Path, config: ServeConfig) -> None:
                          idle_timeout=config.idle_timeout,
                          tls=(config.tls_cert, config.tls_key, config.tls_ca)
                          if config.tls_cert and config.tls_key else None)
+        hl7 = ""
+        if config.hl7_port is not None:
+            from .hl7 import MllpServer, MllpSettings  # only when asked for
+            mllp = MllpServer(archive, dimse.audit, MllpSettings(
+                max_message=config.hl7_max_message, idle_timeout=config.idle_timeout,
+                kill_after_commit=os.environ.get(KILL_AFTER_COMMIT) == "1"))
+            mllp.start(host, config.hl7_port)
+            cleanup.callback(mllp.stop)
+            hl7 = f", HL7 (MLLP) on {host}:{config.hl7_port}"
         registered = len(dimse.registry.list())
         print(f"pacscore: listening: DIMSE {ae_title} on {host}:{config.dimse_port} "
               f"({registered} registered AE(s)), DICOMweb on {scheme}://{host}:{http_port}"
-              f"/dicom-web, gRPC on {host}:{config.grpc_port}"
+              f"/dicom-web, gRPC on {host}:{config.grpc_port}{hl7}"
               f"{' (TLS)' if config.tls_cert else ''}", flush=True)
         dimse.audit.record("application", action="E", outcome="success", user=ae_title,
                            host=host, interface="serve", detail="started")

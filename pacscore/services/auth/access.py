@@ -50,7 +50,8 @@ from .tokens import SCOPES, TokenStore, granted
 
 __all__ = ["ERROR_STATUS", "EXCEPTION_HANDLERS", "HTTP_STATUS",
            "AccessUndeclaredError", "AuditTrail", "DoorStatus", "HttpAccess", "TokenHolder",
-           "bearer_token", "check_routes", "declared", "grpc_status_name", "http_status",
+           "bearer_token", "check_routes", "declared", "grpc_status_name", "hl7_error_code",
+           "http_status",
            "identify", "public"]
 
 log = logging.getLogger(__name__)
@@ -65,15 +66,17 @@ class DoorStatus:
     """HTTP status (PS3.18 8.6 for WADO/QIDO, 10.5.3 for STOW)."""
     grpc: str
     """Name of the ``grpc.StatusCode`` (this module does not import grpc)."""
+    hl7: int = 207
+    """HL7 Table 0357 error code in the ERR of an MLLP ACK (207: internal error)."""
 
 
 ERROR_STATUS: dict[type[Exception], DoorStatus] = {
-    NotFoundError: DoorStatus(404, "NOT_FOUND"),
+    NotFoundError: DoorStatus(404, "NOT_FOUND", 204),
     UnsupportedTransferSyntaxError: DoorStatus(406, "FAILED_PRECONDITION"),
-    ConflictError: DoorStatus(409, "ALREADY_EXISTS"),
-    InvalidDicomError: DoorStatus(400, "INVALID_ARGUMENT"),
+    ConflictError: DoorStatus(409, "ALREADY_EXISTS", 205),
+    InvalidDicomError: DoorStatus(400, "INVALID_ARGUMENT", 102),
     ArchiveStorageError: DoorStatus(507, "RESOURCE_EXHAUSTED"),
-    InvalidRequestError: DoorStatus(400, "INVALID_ARGUMENT"),
+    InvalidRequestError: DoorStatus(400, "INVALID_ARGUMENT", 102),
     # Request bodies (HTTP only; a gRPC stream's limits are its own statuses).
     MultipartError: DoorStatus(400, "INVALID_ARGUMENT"),
     TooLargeError: DoorStatus(413, "RESOURCE_EXHAUSTED"),
@@ -96,6 +99,12 @@ def http_status(exc: BaseException) -> int:
     """The HTTP status of ``exc``: 500 for anything outside the table."""
     found = _status(exc)
     return 500 if found is None else found.http
+
+
+def hl7_error_code(exc: BaseException) -> int:
+    """The HL7 Table 0357 code of ``exc``: 207 (internal error) outside the table."""
+    found = _status(exc)
+    return 207 if found is None else found.hl7
 
 
 def grpc_status_name(exc: BaseException) -> str:

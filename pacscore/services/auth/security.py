@@ -2,6 +2,8 @@
 
 * :class:`AeRegistry`: DIMSE peers (calling AE title + host allow-list, per-AE rights,
   and the port of C-MOVE destinations), kept in ``<archive>/security/ae.json``.
+* :class:`SenderList`: the source addresses HL7 (MLLP) peers may connect from, in
+  ``<archive>/security/hl7.json`` (MLLP has no credentials of its own).
 * :class:`AuditLog`: append-only JSON lines in ``<archive>/audit/audit.jsonl`` with the
   DICOM audit event types of PS3.15 A.5 (DCM codes).  No pixel data and no patient
   names: UIDs, AE titles, hosts and outcomes only.
@@ -28,8 +30,8 @@ from ...private import make_private_dir
 if TYPE_CHECKING:
     from ...workflow.worklist import WorkflowEvent
 
-__all__ = ["AUDIT_EVENTS", "RIGHTS", "AeEntry", "AeRegistry", "AuditLog", "canonical_address",
-           "outcome_of"]
+__all__ = ["AUDIT_EVENTS", "RIGHTS", "AeEntry", "AeRegistry", "AuditLog", "SenderList",
+           "canonical_address", "outcome_of"]
 
 RIGHTS: tuple[str, ...] = ("echo", "store", "find", "get", "move", "worklist")
 """What a DIMSE peer may be allowed to do (``worklist``: Modality Worklist C-FIND)."""
@@ -148,6 +150,49 @@ class AeRegistry:
         entry = self._load().get(name.strip())
         return entry is not None and right in entry.rights \
             and (_ip(host) or host) in _addresses(entry.host)
+
+
+class SenderList:
+    """The hosts HL7 senders may connect from (none by default: every MLLP connection
+    is refused until ``pacscore hl7 allow HOST``); read on every connection."""
+
+    def __init__(self, archive_dir: Path):
+        self.path = archive_dir / "security" / "hl7.json"
+
+    def list(self) -> list[str]:
+        """The allowed hosts (names or addresses, as given)."""
+        try:
+            return list(json.loads(self.path.read_bytes()))
+        except FileNotFoundError:
+            return []
+
+    def _save(self, hosts: list[str]) -> None:
+        make_private_dir(self.path.parent)
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(sorted(set(hosts)), f, indent=2)
+        os.replace(tmp, self.path)
+
+    def allow(self, host: str) -> None:
+        """Allow ``host`` (an address, or a name that resolves here)."""
+        if not _addresses(host):
+            raise PacsError(f"host {host!r} is neither an IP address nor a name that "
+                            "resolves here", hint="give the address the sender connects from")
+        self._save([*self.list(), host])
+
+    def deny(self, host: str) -> bool:
+        """Remove ``host``; False if it was not allowed."""
+        hosts = self.list()
+        if host not in hosts:
+            return False
+        self._save([h for h in hosts if h != host])
+        return True
+
+    def allows(self, address: str) -> bool:
+        """A connection from ``address`` may send messages."""
+        ip = _ip(address) or address
+        return any(ip in _addresses(host) for host in self.list())
 
 
 def canonical_address(address: str) -> str:
