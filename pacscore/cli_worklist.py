@@ -62,7 +62,7 @@ def run_hl7(args: argparse.Namespace) -> int:
     elif args.hl7_command == "deny" and not senders.deny(args.host):
         print(f"pacscore: {args.host!r} was not allowed")
         return 1
-    for host in senders.list() if args.hl7_command == "list" else []:
+    for host in senders.hosts() if args.hl7_command == "list" else []:
         print(host)
     return 0
 

@@ -159,7 +159,7 @@ class SenderList:
     def __init__(self, archive_dir: Path):
         self.path = archive_dir / "security" / "hl7.json"
 
-    def list(self) -> list[str]:
+    def hosts(self) -> list[str]:
         """The allowed hosts (names or addresses, as given)."""
         try:
             return list(json.loads(self.path.read_bytes()))
@@ -179,11 +179,11 @@ class SenderList:
         if not _addresses(host):
             raise PacsError(f"host {host!r} is neither an IP address nor a name that "
                             "resolves here", hint="give the address the sender connects from")
-        self._save([*self.list(), host])
+        self._save([*self.hosts(), host])
 
     def deny(self, host: str) -> bool:
         """Remove ``host``; False if it was not allowed."""
-        hosts = self.list()
+        hosts = self.hosts()
         if host not in hosts:
             return False
         self._save([h for h in hosts if h != host])
@@ -192,7 +192,7 @@ class SenderList:
     def allows(self, address: str) -> bool:
         """A connection from ``address`` may send messages."""
         ip = _ip(address) or address
-        return any(ip in _addresses(host) for host in self.list())
+        return any(ip in _addresses(host) for host in self.hosts())
 
 
 def canonical_address(address: str) -> str:

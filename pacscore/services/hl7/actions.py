@@ -36,7 +36,6 @@ from pydicom.uid import generate_uid
 from ...errors import ConflictError, HL7MessageError, NotFoundError
 from ...kinds import StepStatus
 from ...workflow import LISTED
-from ...workflow.matching import SPS
 from ...workflow.worklist import Changes
 from .messages import Incoming, field
 

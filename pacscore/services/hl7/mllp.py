@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from ...archive import Archive
 from ...errors import HL7MessageError, PacsError
 from ...workflow.worklist import Changes
-from ..auth.access import hl7_error_code
 from ..auth.security import AuditLog, SenderList
 from .actions import handle
 from .messages import Incoming, ack, parse, refusal
@@ -82,7 +81,7 @@ class MllpServer:
             try:
                 self._server = loop.run_until_complete(
                     asyncio.start_server(self._connection, host, port, limit=_CHUNK))
-            except BaseException as exc:  # reported to start()
+            except BaseException as exc:  # noqa: BLE001 - re-raised by start()
                 failure.append(exc)
                 ready.set()
                 loop.close()
@@ -132,7 +131,7 @@ class MllpServer:
                 await self._messages(reader, writer, host)
             finally:
                 self._open -= 1
-        except (ConnectionError, asyncio.TimeoutError, asyncio.CancelledError):
+        except (TimeoutError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
             writer.close()
@@ -200,7 +199,7 @@ class MllpServer:
         """Apply one message and return its ACK (committed first when accepted)."""
         try:
             return self._process(raw, host)
-        except Exception as exc:  # a bug: the connection goes on, the sender resends
+        except Exception as exc:
             log.exception("HL7 message failed")
             return refusal(raw, _as_hl7(exc))
 
@@ -223,7 +222,7 @@ class MllpServer:
 
         try:
             answer, again = self.archive.worklist.change(apply, by=by)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure is an AE/AR, not a lost ACK
             error = _as_hl7(exc)
             self._audit(host, incoming.sender, self._name(incoming), error)
             return ack(incoming, error)
@@ -250,6 +249,8 @@ def _as_hl7(exc: Exception) -> HL7MessageError:
     if isinstance(exc, HL7MessageError):
         return exc
     if isinstance(exc, PacsError):
+        # imported here: auth.access imports the DICOMweb package, which imports it
+        from ..auth.access import hl7_error_code
         return HL7MessageError(exc.reason, code=hl7_error_code(exc), hint=exc.hint)
     log.exception("HL7 message failed")
     return HL7MessageError(f"internal error ({type(exc).__name__}), logged", code=207)
