@@ -111,10 +111,10 @@ class HL7MessageError(InvalidRequestError):
 
     hint = "fix the message as the ERR segment says and send it again"
 
-    def __init__(self, message: str, *, code: int, location: str = "",
-                 hint: str | None = None):
+    def __init__(self, message: str, *, code: int = 207, location: str = "",
+                 source: str | None = None, hint: str | None = None):
         self.code, self.location = code, location
-        super().__init__(message, hint=hint)
+        super().__init__(message, source=source, hint=hint)
 
 
 class UnsupportedTransferSyntaxError(PacsError, ValueError):
