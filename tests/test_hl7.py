@@ -22,7 +22,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
 
 from pacscore.services.auth.security import AeRegistry, SenderList
-from pacscore.testing import free_port
+from pacscore.testing import serve_process
 from pacscore.workflow import Worklist
 
 SB, EB = b"\x0b", b"\x1c\r"
@@ -81,33 +81,11 @@ def err(ack: bytes) -> str:
 @contextlib.contextmanager
 def server(archive: Path, env: dict[str, str] | None = None, *extra: str
            ) -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
-    ports = {"dimse": free_port(), "http": free_port(), "grpc": free_port(),
-             "hl7": free_port()}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pacscore.cli", "serve", "--archive", str(archive),
-         "--dimse-port", str(ports["dimse"]), "--http-port", str(ports["http"]),
-         "--grpc-port", str(ports["grpc"]), "--hl7-port", str(ports["hl7"]), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, **(env or {})})
-    assert proc.stdout is not None
-    try:
-        seen = []
-        for line in proc.stdout:
-            seen.append(line)
-            if "listening" in line:
-                break
-        else:
-            raise AssertionError("serve did not start:\n" + "".join(seen))
-        assert "HL7 (MLLP)" in seen[-1]
+    output: list[str] = []
+    with serve_process(archive, *extra, doors=("dimse", "http", "grpc", "hl7"), env=env,
+                       output=output) as (proc, ports):
+        assert "HL7 (MLLP)" in output[-1]
         yield proc, ports
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=30) == 0, "unclean shutdown"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
 
 
 def prepared(root: Path) -> Path:

@@ -1,6 +1,7 @@
 """Test helpers and contract suites for pacscore and its back ends (like zarr.testing).
 
-``serving`` starts ``pacscore serve`` on fresh loopback ports and always stops it
+``serving`` (``serve_process``: with the process, chosen doors, environment) starts
+``pacscore serve`` on fresh loopback ports and always stops it
 (SIGTERM and a check of the clean exit, then kill if needed); ``cli`` runs the command.
 
 The contract suites a new back end subclasses to prove it keeps the contract:
@@ -15,15 +16,16 @@ assertion rewriting (``pytest.register_assert_rewrite("pacscore.testing")`` in a
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["cli", "free_port", "serving"]
+__all__ = ["cli", "free_port", "serve_process", "serving"]
 
 
 def free_port() -> int:
@@ -40,16 +42,19 @@ def cli(*args: str) -> str:
 
 
 @contextmanager
-def serving(archive: Path, *extra: str,
-            output: list[str] | None = None) -> Iterator[dict[str, int]]:
-    """Run the services on fresh ports; yield the ports; check the clean shutdown.
-    ``output`` receives the lines the server printed until it listened."""
-    ports = {"dimse": free_port(), "http": free_port(), "grpc": free_port()}
+def serve_process(archive: Path, *extra: str, doors: Sequence[str] = ("dimse", "http", "grpc"),
+                  env: Mapping[str, str] | None = None, output: list[str] | None = None
+                  ) -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
+    """Run ``pacscore serve`` with each of ``doors`` on a fresh port (``--<door>-port``);
+    yield the process and the ports; check the clean shutdown on SIGTERM (unless the
+    caller ended the process itself).  ``output`` receives the lines the server printed
+    until it listened; ``env`` is added to the environment."""
+    ports = {door: free_port() for door in doors}
+    flags = [arg for door, port in ports.items() for arg in (f"--{door}-port", str(port))]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pacscore.cli", "serve", "--archive", str(archive),
-         "--dimse-port", str(ports["dimse"]), "--http-port", str(ports["http"]),
-         "--grpc-port", str(ports["grpc"]), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [sys.executable, "-m", "pacscore.cli", "serve", "--archive", str(archive), *flags,
+         *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, **(env or {})})
     assert proc.stdout is not None
     try:
         seen = []
@@ -61,11 +66,21 @@ def serving(archive: Path, *extra: str,
             raise AssertionError("pacscore serve did not start:\n" + "".join(seen))
         if output is not None:
             output.extend(seen)
-        yield ports
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, "unclean shutdown"
+        yield proc, ports
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0, "unclean shutdown"
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         proc.stdout.close()
+
+
+@contextmanager
+def serving(archive: Path, *extra: str,
+            output: list[str] | None = None) -> Iterator[dict[str, int]]:
+    """Run the services on fresh ports; yield the ports; check the clean shutdown.
+    ``output`` receives the lines the server printed until it listened."""
+    with serve_process(archive, *extra, output=output) as (_, ports):
+        yield ports

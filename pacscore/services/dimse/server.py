@@ -49,6 +49,7 @@ from ...errors import (
     IdentityMismatchError,
     InvalidDicomError,
     InvalidRequestError,
+    LimitExceededError,
     NotFoundError,
     PacsError,
 )
@@ -82,6 +83,10 @@ STATUS: dict[tuple[str, type[Exception]], int] = {
     ("find", InvalidRequestError): 0xA900,
     ("get", InvalidRequestError): 0xA900,
     ("move", InvalidRequestError): 0xA900,
+    # Modality Worklist (PS3.4 K.4.1.1.4, Table K.4-1): a key of another VR or a value
+    # its VR cannot hold; more matches than the server answers (worklist_max_answers).
+    ("worklist", InvalidRequestError): 0xA900,
+    ("worklist", LimitExceededError): 0xA700,
     ("get", NotFoundError): 0xC000,
     ("move", NotFoundError): 0xC000,
 }
