@@ -1,5 +1,6 @@
 """``pacscore worklist list|add|cancel``: the Modality Worklist of sites without a RIS;
-``pacscore hl7 allow|deny|list``: the hosts a RIS may send HL7 (MLLP) from.
+``pacscore hl7 allow|deny|list``: the hosts a RIS may send HL7 (MLLP) from;
+``pacscore hl7 outbox|resend``: the reports waiting for their receiver (ORU^R01 out).
 
 Every change is recorded in the audit trail (Procedure Record, PS3.15 A.5.3.11) as
 made by ``cli:<user>``.  Works while ``pacscore serve`` runs (the worklist is its own
@@ -47,7 +48,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     for sp in (allow, deny):
         sp.add_argument("host")
     hosts = hl7_sub.add_parser("list", help="the allowed hosts")
-    for sp in (allow, deny, hosts):
+    outbox = hl7_sub.add_parser("outbox", help="reports waiting for their receiver "
+                                               "(serve --hl7-report-to), refused ones too")
+    outbox.add_argument("--json", action="store_true")
+    resend = hl7_sub.add_parser("resend", help="send refused reports again (by key)")
+    resend.add_argument("keys", nargs="+")
+    for sp in (allow, deny, hosts, outbox, resend):
         archive_arg(sp)  # type: ignore[operator]
     hl7.set_defaults(func=run_hl7)
 
@@ -56,6 +62,8 @@ def run_hl7(args: argparse.Namespace) -> int:
     """Run one ``hl7`` subcommand; the exit code."""
     from .services.auth.security import SenderList
 
+    if args.hl7_command in ("outbox", "resend"):
+        return _run_outbox(args)
     senders = SenderList(Path(args.archive))
     if args.hl7_command == "allow":
         senders.allow(args.host)
@@ -64,6 +72,34 @@ def run_hl7(args: argparse.Namespace) -> int:
         return 1
     for host in senders.hosts() if args.hl7_command == "list" else []:
         print(host)
+    return 0
+
+
+def _run_outbox(args: argparse.Namespace) -> int:
+    from .errors import NotFoundError
+    from .services.hl7.outbox import Outbox
+
+    outbox = Outbox(Path(args.archive))
+    try:
+        if args.hl7_command == "resend":
+            missing = 0
+            for key in args.keys:
+                try:
+                    print(f"{outbox.resend(key).key} queued")
+                except NotFoundError as exc:
+                    print(f"pacscore: {exc}")
+                    missing += 1
+            return 1 if missing else 0
+        rows = [{"key": e.key, "state": str(e.state), "sop_instance_uid": e.sop_instance_uid,
+                 "destination": e.destination, "control_id": e.control_id,
+                 "attempts": e.attempts, "error": e.error} for e in outbox.entries()]
+    finally:
+        outbox.close()
+    if args.json:
+        print(json.dumps({"reports": rows}))
+    for r in [] if args.json else rows:
+        print(f"{r['key']} {r['state']:<8} {r['control_id']:<22} {r['destination']} "
+              f"attempts {r['attempts']} {r['sop_instance_uid']} {r['error']}".rstrip())
     return 0
 
 

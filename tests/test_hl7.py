@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,14 +60,23 @@ def frame(text: str | bytes, encoding: str = "utf-8") -> bytes:
     return SB + data + EB
 
 
+_LEFT: weakref.WeakKeyDictionary[socket.socket, bytes] = weakref.WeakKeyDictionary()
+"""Bytes read past the last ACK, per socket."""
+
+
 def read_ack(sock: socket.socket) -> bytes:
-    buf = b""
-    while not buf.endswith(EB):
+    """The next ACK on ``sock``; bytes read past it (the next ACKs, when the server's
+    writes arrive together) are kept for the next call."""
+    buf = _LEFT.pop(sock, b"")
+    while EB not in buf:
         chunk = sock.recv(65536)
         if not chunk:
             raise ConnectionError(f"closed after {buf!r}")
         buf += chunk
-    return buf[1:-2]
+    end = buf.index(EB) + len(EB)
+    if buf[end:]:
+        _LEFT[sock] = buf[end:]
+    return buf[1:end - 2]
 
 
 def msa(ack: bytes) -> tuple[str, str]:

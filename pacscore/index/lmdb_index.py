@@ -14,6 +14,7 @@ import lmdb
 
 from ..errors import ArchiveStorageError, InvalidRequestError, NotFoundError
 from ..kinds import PutStatus
+from ..lmdb_env import write
 from .base import LEVELS, Index, PutOutcome
 from .keys import (
     ATTR_INDEXED,
@@ -91,31 +92,12 @@ class LmdbIndex(LmdbQueries, Index):
 
     # -- plumbing ----------------------------------------------------------------
     def _write(self, fn: Callable[[lmdb.Transaction], Any]) -> Any:
-        """Run ``fn`` in a write transaction, growing the map when it is full."""
-        while True:
-            try:
-                with self.env.begin(write=True) as txn:
-                    return fn(txn)
-            except lmdb.MapFullError:
-                self.env.set_mapsize(self.env.info()["map_size"] * 2)
-            except lmdb.BadValsizeError:  # a key or value LMDB refuses: not the disk's fault
-                raise
-            except lmdb.Error as exc:  # at put or commit: ENOSPC, EIO, a read-only disk...
-                raise ArchiveStorageError(
-                    f"index write failed ({self._write_cause()}: {exc}); the transaction "
-                    f"was rolled back",
-                    hint="free space on the archive's disk or fix it, then retry (a bulk "
-                         "import: run it again with --resume); acknowledged data is safe"
-                ) from exc
-
-    def _write_cause(self) -> str:
-        """What a failed write most likely met: LMDB reports a short write on a full
-        disk as EIO, so look at the free space (a few pages of a batch need MBs)."""
-        try:
-            st = os.statvfs(self.path)
-        except OSError:
-            return "cannot write"
-        return "disk full" if st.f_bavail * st.f_frsize < (16 << 20) else "cannot write"
+        """Run ``fn`` in a write transaction, growing the map when it is full (a key or
+        value LMDB refuses is not the disk's fault: raised as it is)."""
+        return write(self.env, self.path, fn, what="index write",
+                     passthrough=(lmdb.BadValsizeError,),
+                     hint="free space on the archive's disk or fix it, then retry (a bulk "
+                          "import: run it again with --resume); acknowledged data is safe")
 
     def _put_json(self, txn: lmdb.Transaction, db: bytes, key: str, value: Any) -> None:
         txn.put(encode(key), json.dumps(value, separators=(",", ":")).encode(),

@@ -28,6 +28,7 @@ import uvicorn
 from ..archive import Archive
 from ..config import ArchiveConfig
 from ..errors import ArchiveBusyError
+from .auth.security import AuditLog
 from .auth.tokens import TokenStore
 from .dicomweb.app import create_app
 from .dicomweb.http_limits import guarded_h11
@@ -149,6 +150,7 @@ _PORT = (lambda n: 1 <= n <= 65535, "a port number from 1 to 65535")
 _LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
     "dimse_port": _PORT, "http_port": _PORT, "grpc_port": _PORT, "hl7_port": _PORT,
     "hl7_max_message": (lambda n: n > 0, "above 0 (bytes)"),
+    "hl7_report_retry": (lambda n: 0 < n < math.inf, "above 0 and finite (seconds)"),
     "max_body": (lambda n: n > 0, "above 0 (bytes)"),
     # the PDU length field is 32 bits (PS3.8 9.3.1)
     "max_pdu": (lambda n: 0 <= n < 2**32, "0 (unlimited) or a length up to 4294967295"),
@@ -248,6 +250,13 @@ class ServeConfig:
     hl7_max_message: int = 64 * 1024**2
     """Largest HL7 message in bytes (a larger one is answered AR and its connection
     closed)."""
+    hl7_report_to: str | None = None
+    """``HOST:PORT`` of the RIS/EMR that receives reports: every DICOM SR report stored
+    is sent there as an ORU^R01 over MLLP, through a persistent outbox (off by
+    default; ``pacscore hl7 outbox`` lists what waits)."""
+    hl7_report_retry: float = 2.0
+    """Seconds before the first retry of a report not delivered (then doubling, up to
+    five minutes)."""
     public_url: str | None = None
     """The URL clients reach the HTTP service at (``https://pacs.example.org``, or
     with a path prefix, behind a reverse proxy): the URLs in DICOMweb answers
@@ -277,6 +286,9 @@ class ServeConfig:
             raise ValueError("TLS needs both tls_cert and tls_key")
         if config.public_url is not None:
             _check_public_url(config.public_url)
+        if config.hl7_report_to is not None:
+            from .hl7.reports import parse_destination  # only when asked for
+            parse_destination(config.hl7_report_to)
         return config
 
     def server_ssl(self) -> ssl.SSLContext | None:
@@ -290,6 +302,29 @@ class ServeConfig:
             ctx.load_verify_locations(self.tls_ca)
             ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx
+
+
+def _start_hl7(archive: Archive, audit: AuditLog, config: ServeConfig,
+               cleanup: contextlib.ExitStack) -> str:
+    """Start the HL7 doors asked for (MLLP in, reports out); what the start line says
+    of them."""
+    said = ""
+    if config.hl7_port is not None:
+        from .hl7 import MllpServer, MllpSettings  # only when asked for
+        mllp = MllpServer(archive, audit, MllpSettings(
+            max_message=config.hl7_max_message, idle_timeout=config.idle_timeout,
+            kill_after_commit=os.environ.get(KILL_AFTER_COMMIT) == "1"))
+        mllp.start(config.host, config.hl7_port)
+        cleanup.callback(mllp.stop)
+        said += f", HL7 (MLLP) on {config.host}:{config.hl7_port}"
+    if config.hl7_report_to is not None:
+        from .hl7.reports import ReportSender  # only when asked for
+        sender = ReportSender(archive, config.hl7_report_to, audit=audit,
+                              retry=config.hl7_report_retry)
+        sender.start()
+        cleanup.callback(sender.stop)
+        said += f", reports (ORU^R01) to {config.hl7_report_to}"
+    return said
 
 
 def first_start_hint(admin_file: Path, archive_root: Path, url: str) -> str:
@@ -359,15 +394,7 @@ def serve(archive_dir: Path, config: ServeConfig) -> None:
                          idle_timeout=config.idle_timeout,
                          tls=(config.tls_cert, config.tls_key, config.tls_ca)
                          if config.tls_cert and config.tls_key else None)
-        hl7 = ""
-        if config.hl7_port is not None:
-            from .hl7 import MllpServer, MllpSettings  # only when asked for
-            mllp = MllpServer(archive, dimse.audit, MllpSettings(
-                max_message=config.hl7_max_message, idle_timeout=config.idle_timeout,
-                kill_after_commit=os.environ.get(KILL_AFTER_COMMIT) == "1"))
-            mllp.start(host, config.hl7_port)
-            cleanup.callback(mllp.stop)
-            hl7 = f", HL7 (MLLP) on {host}:{config.hl7_port}"
+        hl7 = _start_hl7(archive, dimse.audit, config, cleanup)
         registered = len(dimse.registry.list())
         print(f"pacscore: listening: DIMSE {ae_title} on {host}:{config.dimse_port} "
               f"({registered} registered AE(s)), DICOMweb on {scheme}://{host}:{http_port}"

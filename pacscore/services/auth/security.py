@@ -42,6 +42,7 @@ AUDIT_EVENTS: dict[str, tuple[str, str]] = {
     "accessed": ("110103", "DICOM Instances Accessed"),
     "transferred": ("110104", "DICOM Instances Transferred"),
     "deleted": ("110105", "DICOM Study Deleted"),
+    "export": ("110106", "Export"),  # reports sent out (HL7 ORU^R01)
     "procedure": ("110111", "Procedure Record"),  # worklist items added, cancelled
     "query": ("110112", "Query"),
     "security": ("110113", "Security Alert"),
