@@ -37,7 +37,7 @@ from pydicom.filewriter import write_dataset
 
 from ..errors import ArchiveStorageError, InvalidRequestError, NotFoundError
 from ..kinds import StepStatus
-from ..private import make_private_dir
+from ..lmdb_env import open_env, write
 from .matching import SPS, IndexedKey, answer, check_identifier, element, index_plan, text_of
 
 __all__ = ["IDENTIFIERS", "INDEXED", "LISTED", "Changes", "WorkflowEvent", "Worklist",
@@ -157,18 +157,9 @@ class Worklist:
     def __init__(self, root: Path, *, sync: bool = True, readonly: bool = False,
                  map_size: int = 1 << 30):
         self.path = root / "workflow.lmdb"
-        try:
-            if not readonly:
-                make_private_dir(self.path)
-            self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=len(_DATABASES),
-                                 subdir=True, sync=sync, metasync=sync, readonly=readonly,
-                                 max_readers=512, mode=0o700)
-            self.dbs = {n: self.env.open_db(n, dupsort=n in _DUPSORT, create=not readonly)
-                        for n in _DATABASES}
-        except lmdb.Error as exc:
-            raise ArchiveStorageError(f"cannot open the worklist at {self.path}: {exc}",
-                                      hint="check the archive folder's permissions and "
-                                           "free space") from exc
+        self.env, self.dbs = open_env(self.path, _DATABASES, what="worklist",
+                                      dupsort=_DUPSORT, sync=sync, readonly=readonly,
+                                      map_size=map_size)
         self._listeners: list[Callable[[WorkflowEvent], None]] = []
         if not readonly:
             self._write(lambda txn: txn.put(b"format", _FORMAT, db=self.dbs[b"meta"],
@@ -179,18 +170,10 @@ class Worklist:
         self.env.close()
 
     # -- plumbing ----------------------------------------------------------------
-    def _write(self, fn: Callable[[lmdb.Transaction], Any]) -> Any:
+    def _write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
         """Run ``fn`` in one write transaction (the map grows when full)."""
-        while True:
-            try:
-                with self.env.begin(write=True) as txn:
-                    return fn(txn)
-            except lmdb.MapFullError:
-                self.env.set_mapsize(self.env.info()["map_size"] * 2)
-            except lmdb.Error as exc:
-                raise ArchiveStorageError(
-                    f"worklist write failed: {exc}; nothing was changed",
-                    hint="free space on the archive's disk, then retry") from exc
+        return write(self.env, self.path, fn, what="worklist write",
+                     hint="free space on the archive's disk, then retry")
 
     def _value(self, txn: lmdb.Transaction, key: bytes, db: bytes) -> bytes:
         """A value that the transaction's other records say exists."""
