@@ -267,3 +267,23 @@ def test_scp_needs_the_worklist_right(server: tuple[DimseServer, int]) -> None:
         assert status == 0x0124
     finally:
         assoc.release()
+
+
+def test_old_message_answers_are_forgotten_recent_ones_kept(worklist: Worklist,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """The HL7 dedup table does not grow without end: answers older than the cut are
+    dropped (also those recorded before answers had a time), newer ones still answer a
+    resend."""
+    clock = [1_000_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    worklist.change(lambda c: [c.remember(f"RIS^H\0old{i}", b"MSH|old") for i in range(25)])
+    worklist.change(lambda c: c.txn.put(b"legacy", b"MSH|legacy", db=c.dbs[b"message"]))
+    clock[0] += 40 * 86400
+    worklist.change(lambda c: c.remember("RIS^H\0new", b"MSH|new"))
+    assert worklist.change(lambda c: c.answered("RIS^H\0old3")) == b"MSH|old"
+    assert worklist.change(lambda c: c.answered("legacy")) == b"MSH|legacy"
+    assert worklist.forget_messages(clock[0] - 30 * 86400, batch=7) == 26
+    assert worklist.change(lambda c: (c.answered("RIS^H\0old3"), c.answered("legacy"),
+                                      c.answered("RIS^H\0new"))) == (None, None, b"MSH|new")
+    assert worklist.forget_messages(clock[0] - 30 * 86400) == 0

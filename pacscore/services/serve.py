@@ -151,6 +151,7 @@ _LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
     "dimse_port": _PORT, "http_port": _PORT, "grpc_port": _PORT, "hl7_port": _PORT,
     "hl7_max_message": (lambda n: n > 0, "above 0 (bytes)"),
     "hl7_report_retry": (lambda n: 0 < n < math.inf, "above 0 and finite (seconds)"),
+    "hl7_answers_days": (lambda n: 0 < n < math.inf, "above 0 and finite (days)"),
     "max_body": (lambda n: n > 0, "above 0 (bytes)"),
     # the PDU length field is 32 bits (PS3.8 9.3.1)
     "max_pdu": (lambda n: 0 <= n < 2**32, "0 (unlimited) or a length up to 4294967295"),
@@ -250,6 +251,9 @@ class ServeConfig:
     hl7_max_message: int = 64 * 1024**2
     """Largest HL7 message in bytes (a larger one is answered AR and its connection
     closed)."""
+    hl7_answers_days: float = 30.0
+    """Days the answer of each HL7 message is kept, so that a resend gets it again
+    instead of being applied twice (older ones are dropped at start and daily)."""
     hl7_report_to: str | None = None
     """``HOST:PORT`` of the RIS/EMR that receives reports: every DICOM SR report stored
     is sent there as an ORU^R01 over MLLP, through a persistent outbox (off by
@@ -313,7 +317,8 @@ def _start_hl7(archive: Archive, audit: AuditLog, config: ServeConfig,
         from .hl7 import MllpServer, MllpSettings  # only when asked for
         mllp = MllpServer(archive, audit, MllpSettings(
             max_message=config.hl7_max_message, idle_timeout=config.idle_timeout,
-            kill_after_commit=os.environ.get(KILL_AFTER_COMMIT) == "1"))
+            kill_after_commit=os.environ.get(KILL_AFTER_COMMIT) == "1",
+            answers_kept=config.hl7_answers_days * 86400))
         mllp.start(config.host, config.hl7_port)
         cleanup.callback(mllp.stop)
         said += f", HL7 (MLLP) on {config.host}:{config.hl7_port}"

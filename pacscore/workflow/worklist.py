@@ -241,6 +241,34 @@ class Worklist:
         return self.set_status(keys, StepStatus.CANCELLED, by=by)
 
     # -- reads -------------------------------------------------------------------
+    def forget_messages(self, before: float, *, batch: int = 10_000) -> int:
+        """Drop the answers recorded for messages committed before ``before`` (seconds
+        since the epoch), a transaction per ``batch``; how many.  A sender resends
+        within minutes, never weeks later: the table must not grow without end."""
+        dropped, resume = 0, b""
+
+        def run(txn: lmdb.Transaction) -> tuple[int, bytes | None]:
+            cur, gone, seen = txn.cursor(db=self.dbs[b"message"]), 0, 0
+            ok = cur.set_range(resume) if resume else cur.first()
+            while ok:
+                if seen == batch:
+                    return gone, bytes(cur.key())  # go on from here, in a new transaction
+                seen += 1
+                if _answer_of(bytes(cur.value()))[0] < before:
+                    cur.delete()  # moves to the next record; past the last: an empty key
+                    ok = bool(cur.key())
+                    gone += 1
+                else:
+                    ok = cur.next()
+            return gone, None
+
+        while True:
+            gone, after = self._write(run)
+            dropped += gone
+            if after is None:
+                return dropped
+            resume = after
+
     def lookup(self, which: str) -> list[str]:
         """Keys of the items whose key, Accession Number or SPS ID is ``which``."""
         with self.env.begin() as txn:
@@ -459,11 +487,21 @@ class Changes:
     def answered(self, message_id: str) -> bytes | None:
         """The answer given to message ``message_id`` when it was committed, or None."""
         raw = self.txn.get(_key(message_id), db=self.dbs[b"message"])
-        return None if raw is None else bytes(raw)
+        return None if raw is None else _answer_of(bytes(raw))[1]
 
     def remember(self, message_id: str, answer: bytes) -> None:
-        """Record the answer to message ``message_id`` with the changes it made."""
-        self.txn.put(_key(message_id), answer, db=self.dbs[b"message"])
+        """Record the answer to message ``message_id`` with the changes it made (and
+        when, for :meth:`Worklist.forget_messages`)."""
+        stamp = b"T%010d\n" % int(time.time())
+        self.txn.put(_key(message_id), stamp + answer, db=self.dbs[b"message"])
+
+
+def _answer_of(raw: bytes) -> tuple[int, bytes]:
+    """(when, answer) of a ``message`` record; records of before the time stamp (an
+    answer starts with ``MSH``) are of time 0."""
+    if raw[:1] == b"T" and raw[11:12] == b"\n":
+        return int(raw[1:11]), raw[12:]
+    return 0, raw
 
 
 def _key(text: str) -> bytes:

@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -54,6 +55,9 @@ class MllpSettings:
     """Concurrent MLLP connections (more are closed at once)."""
     kill_after_commit: bool = False
     """Test hook: SIGKILL the server after a message's commit, before its ACK."""
+    answers_kept: float = 30 * 86400.0
+    """Seconds the answer of each message is kept for resends (older ones are dropped
+    at start and daily: a sender resends within minutes)."""
 
 
 class MllpServer:
@@ -87,6 +91,7 @@ class MllpServer:
                 loop.close()
                 return
             ready.set()
+            loop.call_soon(self._forget_old_answers)
             loop.run_forever()
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
@@ -111,6 +116,23 @@ class MllpServer:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._pool.shutdown(wait=True)
+
+    def _forget_old_answers(self) -> None:
+        """Drop answers older than :attr:`MllpSettings.answers_kept` (in the commit
+        thread, between messages), then again in a day."""
+        def forget() -> None:
+            try:
+                dropped = self.archive.worklist.forget_messages(
+                    time.time() - self.settings.answers_kept)
+            except PacsError as exc:
+                log.warning("HL7: old message answers not dropped: %s", exc)
+                return
+            if dropped:
+                log.info("HL7: dropped the answers of %d messages older than %.0f days",
+                         dropped, self.settings.answers_kept / 86400)
+        self._pool.submit(forget)
+        if self._loop is not None:
+            self._loop.call_later(86400.0, self._forget_old_answers)
 
     # -- connections --------------------------------------------------------------
     async def _connection(self, reader: asyncio.StreamReader,
