@@ -25,7 +25,7 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ...archive import Archive
@@ -33,6 +33,7 @@ from ...errors import HL7MessageError, PacsError
 from ...workflow.worklist import Changes
 from ..auth.security import AuditLog, SenderList
 from .actions import handle
+from .committer import GroupCommitter
 from .messages import Incoming, ack, parse, refusal
 
 __all__ = ["MllpServer", "MllpSettings"]
@@ -67,7 +68,7 @@ class MllpServer:
                  settings: MllpSettings = MllpSettings()):
         self.archive, self.audit, self.settings = archive, audit, settings
         self.senders = SenderList(archive.root)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="hl7-commit")
+        self._committer = GroupCommitter(self.process_batch)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
         self._thread: threading.Thread | None = None
@@ -115,7 +116,7 @@ class MllpServer:
             asyncio.run_coroutine_threadsafe(close(), loop)
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self._pool.shutdown(wait=True)
+        self._committer.stop()
 
     def _forget_old_answers(self) -> None:
         """Drop answers older than :attr:`MllpSettings.answers_kept` (in the commit
@@ -130,7 +131,7 @@ class MllpServer:
             if dropped:
                 log.info("HL7: dropped the answers of %d messages older than %.0f days",
                          dropped, self.settings.answers_kept / 86400)
-        self._pool.submit(forget)
+        self._committer.call(forget)
         if self._loop is not None:
             self._loop.call_later(86400.0, self._forget_old_answers)
 
@@ -162,7 +163,6 @@ class MllpServer:
 
     async def _messages(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                         host: str) -> None:
-        loop = asyncio.get_running_loop()
         buf = bytearray()
         searched = 0
         limit = self.settings.max_message + len(START) + len(END)
@@ -195,8 +195,8 @@ class MllpServer:
                 if frame[:start].strip():
                     log.info("MLLP peer %s: %d bytes before a start block dropped",
                              host, start)
-                answer = await loop.run_in_executor(self._pool, self.process,
-                                                    frame[start + 1:], host)
+                answer = await asyncio.wrap_future(
+                    self._committer.submit(frame[start + 1:], host))
             writer.write(START + answer + END)
             await writer.drain()
 
@@ -216,42 +216,45 @@ class MllpServer:
                 return
             tail = chunk[-1:]
 
-    # -- one message --------------------------------------------------------------
+    # -- messages -----------------------------------------------------------------
     def process(self, raw: bytes, host: str) -> bytes:
         """Apply one message and return its ACK (committed first when accepted)."""
-        try:
-            return self._process(raw, host)
-        except Exception as exc:
-            log.exception("HL7 message failed")
-            return refusal(raw, _as_hl7(exc))
+        return self.process_batch([(raw, host)])[0]
 
-    def _process(self, raw: bytes, host: str) -> bytes:
+    def process_batch(self, items: Sequence[tuple[bytes, str]]) -> list[bytes]:
+        """Apply messages in one worklist transaction (each in its own nested one:
+        a refused message changes nothing, the others are committed); the ACK of each,
+        sent only after the commit.  Never raises: a failure is every message's AE."""
+        answers: list[bytes | None] = [None] * len(items)
+        parsed: list[tuple[int, Incoming, str]] = []
+        for i, (raw, host) in enumerate(items):
+            try:
+                parsed.append((i, parse(raw), host))
+            except HL7MessageError as exc:
+                self._audit(host, "", "?", exc)
+                answers[i] = refusal(raw, exc)
+            except Exception as exc:
+                log.exception("HL7 message failed")
+                answers[i] = refusal(raw, _as_hl7(exc))
+        work = [(_applier(incoming), f"HL7 {incoming.sender}@{host}")
+                for _, incoming, host in parsed]
         try:
-            incoming = parse(raw)
-        except HL7MessageError as exc:
-            self._audit(host, "", "?", exc)
-            return refusal(raw, exc)
-        by = f"HL7 {incoming.sender}@{host}"
-
-        def apply(changes: Changes) -> tuple[bytes, bool]:
-            answered = changes.answered(incoming.dedup_key)
-            if answered is not None:
-                return answered, True
-            handle(changes, incoming)
-            answer = ack(incoming)
-            changes.remember(incoming.dedup_key, answer)
-            return answer, False
-
-        try:
-            answer, again = self.archive.worklist.change(apply, by=by)
-        except Exception as exc:  # noqa: BLE001 - every failure is an AE/AR, not a lost ACK
-            error = _as_hl7(exc)
-            self._audit(host, incoming.sender, self._name(incoming), error)
-            return ack(incoming, error)
-        if self.settings.kill_after_commit and not again:
-            os.kill(os.getpid(), signal.SIGKILL)
-        self._audit(host, incoming.sender, self._name(incoming), None, again)
-        return answer
+            results: list[tuple[bytes, bool] | Exception] = \
+                list(self.archive.worklist.change_many(work)) if work else []
+        except Exception as exc:  # noqa: BLE001 - the commit failed: every message's AE
+            results = [exc] * len(work)
+        for (i, incoming, host), result in zip(parsed, results, strict=True):
+            if isinstance(result, Exception):
+                error = _as_hl7(result)
+                self._audit(host, incoming.sender, self._name(incoming), error)
+                answers[i] = ack(incoming, error)
+                continue
+            answer, again = result
+            if self.settings.kill_after_commit and not again:
+                os.kill(os.getpid(), signal.SIGKILL)
+            self._audit(host, incoming.sender, self._name(incoming), None, again)
+            answers[i] = answer
+        return [a if a is not None else b"" for a in answers]
 
     @staticmethod
     def _name(incoming: Incoming) -> str:
@@ -263,6 +266,20 @@ class MllpServer:
                                      if error is None else f"{error.code} {error.reason}")
         self.audit.record("procedure", action="E", user=sender, host=host, interface="hl7",
                           outcome="success" if error is None else "minor", detail=detail)
+
+
+def _applier(incoming: Incoming) -> Callable[[Changes], tuple[bytes, bool]]:
+    """What one message does to the worklist: its ACK and whether it was answered
+    before (a resend: nothing changes, the first answer is given again)."""
+    def apply(changes: Changes) -> tuple[bytes, bool]:
+        answered = changes.answered(incoming.dedup_key)
+        if answered is not None:
+            return answered, True
+        handle(changes, incoming)
+        answer = ack(incoming)
+        changes.remember(incoming.dedup_key, answer)
+        return answer, False
+    return apply
 
 
 def _as_hl7(exc: Exception) -> HL7MessageError:
