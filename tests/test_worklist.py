@@ -13,6 +13,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
@@ -287,3 +288,22 @@ def test_old_message_answers_are_forgotten_recent_ones_kept(worklist: Worklist,
     assert worklist.change(lambda c: (c.answered("RIS^H\0old3"), c.answered("legacy"),
                                       c.answered("RIS^H\0new"))) == (None, None, b"MSH|new")
     assert worklist.forget_messages(clock[0] - 30 * 86400) == 0
+
+
+def test_a_group_commit_keeps_each_change_whole(worklist: Worklist) -> None:
+    """change_many: one transaction for all, each change nested: the one that fails
+    leaves nothing (not even what it wrote before failing), the others are kept."""
+    before = len(worklist)
+
+    def good(acc: str) -> Any:
+        return lambda c: c.add(step("P9", "GROUP^ONE", acc, "CT1", "CT", "20250105", "080000"))
+
+    def bad(c: Any) -> None:
+        c.add(step("P9", "GROUP^ONE", "G-HALF", "CT1", "CT", "20250105", "080000"))
+        raise InvalidRequestError("refused halfway")
+
+    results = worklist.change_many([(good("G-1"), "t"), (bad, "t"), (good("G-2"), "t")])
+    assert isinstance(results[1], InvalidRequestError)
+    assert len(worklist) == before + 2
+    assert worklist.lookup("G-HALF") == [] and len(worklist.lookup("G-1")) == 1
+    assert worklist.check() == []
