@@ -5,6 +5,7 @@ read with fhirpy's sync client (a FHIR client we did not write)."""
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +18,11 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhirpy import SyncFHIRClient
 from fhirpy.base.exceptions import AuthorizationError, OperationOutcome, ResourceNotFound
 from pydicom.uid import generate_uid
+from starlette.routing import Mount
 
 from pacscore import Archive
+from pacscore.services.auth.access import check_routes, declared
+from pacscore.services.fhir import create_fhir_app
 from pacscore.services.fhir.ids import PatientKey
 from pacscore.testing import cli, serving
 from pacscore.workflow.items import item_from_pairs
@@ -66,6 +70,7 @@ def _long_id_copy(path: Path, to: Path) -> Path:
 
 class Fhir:
     def __init__(self, archive: Path, http: int, files: list[Path]):
+        self.archive = archive
         self.root = f"http://127.0.0.1:{http}"
         self.url = self.root + "/fhir"
         self.admin = (archive / "security" / "admin-token").read_text().strip()
@@ -325,3 +330,27 @@ def test_same_tokens_as_dicomweb(fhir: Fhir) -> None:
     # Every scope includes read (services/auth/tokens.py), so no token gets a 403 here;
     # a read token is enough.
     assert fhir.client(fhir.read_token).resources("ImagingStudy").limit(1).fetch()
+
+
+def test_reads_and_searches_are_audited_as_fhir(fhir: Fhir) -> None:
+    uid = next(iter(fhir.studies(PatientID="PGBM-001")))
+    log = fhir.archive / "audit" / "audit.jsonl"
+    before = len(log.read_text().splitlines())  # (the other tests of the module ran)
+    assert fhir.get(f"/ImagingStudy/{uid}").status_code == 200
+    assert fhir.get("/ImagingStudy", params={"_id": uid}).json()["total"] == 1
+    assert requests.get(f"{fhir.url}/ImagingStudy/{uid}", timeout=30).status_code == 401
+    events = [json.loads(line) for line in log.read_text().splitlines()[before:]]
+    mine = [e for e in events if e["interface"] == "fhir" and uid in e.get("objects", [])]
+    assert [(e["action"], e["event_id"]["code"]) for e in mine] == [
+        ("R", "110103"), ("E", "110112")]  # DICOM Instances Accessed, Query
+    refused = [e for e in events if e["interface"] == "fhir"
+               and e["event_id"]["code"] == "110114"]  # User Authentication
+    assert any(uid in e.get("detail", "") for e in refused)
+
+
+def test_every_route_declares_the_read_scope(tmp_path: Path) -> None:
+    with Archive(tmp_path / "archive") as archive:
+        app = create_fhir_app(archive)
+        assert {declared(route.endpoint) for route in app.routes  # type: ignore[attr-defined]
+                } == {"read"}
+        check_routes([Mount("/fhir", app=app)])  # what serve's app checks when it starts

@@ -26,16 +26,13 @@ from starlette.responses import Response
 from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
-# The DICOMweb package first: auth.access imports it, and it imports auth.access.
-from ..dicomweb.media import parse_accept
-
-# isort: split
 from ... import __version__
 from ...archive import Archive
 from ...errors import NotFoundError, PacsError, UnsupportedTransferSyntaxError
 from ..auth.access import HttpAccess, http_status
 from ..auth.security import AuditLog
 from ..auth.tokens import TokenStore
+from ..dicomweb.media import parse_accept
 from . import resources as r
 from .ids import DICOMWEB_ENDPOINT, PatientKey, is_fhir_id, is_uid
 from .search import PARAMS, Criteria, Search, parse_search
@@ -84,6 +81,7 @@ def _answered(endpoint: Endpoint) -> Endpoint:
     its class only (traceback logged)."""
     @functools.wraps(endpoint)
     async def answered(request: Request) -> Response:
+        request.state.audit_interface = "fhir"  # (the app's AuditTrail records it)
         try:
             _check_format(request)
             return await endpoint(request)
