@@ -182,10 +182,19 @@ def test_search_by_patient_date_modality_accession(fhir: Fhir) -> None:
     assert _ids(studies.search(modality="CR,MR").fetch_all()) == \
         fhir.studies(Modality="MR") | fhir.studies(Modality="CR")
     assert studies.search(modality="http://other.example|CT").fetch_all() == []
+    # A parameter given twice: both must hold (AND), commas are alternatives (OR).
+    assert _ids(studies.search(modality=["CT,MR", "MR"]).fetch_all()) == \
+        fhir.studies(Modality="MR")
+    other = PatientKey("PGBM-001").fhir_id
+    assert _ids(studies.search(patient=key, subject=key).fetch_all()) == \
+        fhir.studies(PatientID="99000")
+    assert studies.search(patient=key, subject=other).fetch_all() == []
     assert _ids(studies.search(identifier="03086212").fetch_all()) == \
         fhir.studies(AccessionNumber="03086212")
     uid = next(iter(fhir.studies(PatientID="PGBM-001")))
     assert _ids(studies.search(identifier=f"urn:dicom:uid|urn:oid:{uid}").fetch_all()) == {uid}
+    assert _ids(studies.search(_id=uid, identifier=f"urn:oid:{uid}").fetch_all()) == {uid}
+    assert studies.search(_id=uid, identifier="03086212").fetch_all() == []
     # Dates: the period of the value, prefixes as FHIR says, AND of two values.
     dated = {ds.StudyInstanceUID: str(ds.get("StudyDate", "")) for ds in fhir.data}
 
@@ -234,6 +243,8 @@ def test_patient_read_and_search(fhir: Fhir) -> None:
         PatientKey(str(ds.PatientID)).fhir_id for ds in fhir.data
         if "0" < str(ds.get("PatientBirthDate", "")) < "1953"}
     assert _ids(patients.search(name="navega").fetch_all()) == {p["id"]}
+    assert _ids(patients.search(name=["navega", "bra"]).fetch_all()) == {p["id"]}
+    assert patients.search(name=["navega", "jan"]).fetch_all() == []
     # Objects without a Patient ID have no Patient; each patient is there once.
     with_id = {str(ds.PatientID) for ds in fhir.data if ds.get("PatientID")}
     assert len(patients.fetch_all()) == len(with_id)

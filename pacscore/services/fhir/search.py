@@ -64,11 +64,14 @@ class Criteria:
     resolve: Callable[[str], PatientKey | None] = lambda _: None
     """The patient of a hashed Patient id (set by the app)."""
 
-    def key(self, keyword: str, value: str) -> None:
-        if keyword in self.keys and self.keys[keyword] != value:  # AND of two values
-            previous = self.keys[keyword]
-            self.tests.append(lambda m: str(m.get(keyword) or "") == previous)
-        self.keys[keyword] = value
+    def key(self, keyword: str, value: str, test: Callable[[Match], bool] | None) -> None:
+        """Match ``keyword`` with ``value``; when another parameter took that key
+        already (``patient`` and ``subject``, ``_id`` and ``identifier``: an AND), the
+        answers must pass ``test`` instead (None: the caller's own test covers it)."""
+        if keyword not in self.keys:
+            self.keys[keyword] = value
+        elif test is not None:
+            self.tests.append(test)
 
 
 # -- value parsers -----------------------------------------------------------------
@@ -134,6 +137,10 @@ def _da(day: datetime.date | None) -> str:
     return f"{day:%Y%m%d}" if day else ""
 
 
+def _in_range(value: str, low: str, high: str) -> bool:
+    return bool(value) and (not low or value >= low) and (not high or value <= high)
+
+
 def _date_key(keyword: str) -> Callable[[Criteria, str, list[str]], None]:
     def apply(c: Criteria, name: str, values: list[str]) -> None:
         low: datetime.date | None = None
@@ -147,7 +154,8 @@ def _date_key(keyword: str) -> Callable[[Criteria, str, list[str]], None]:
             high = hi if high is None or (hi is not None and hi < high) else high
         if low is not None and high is not None and low > high:
             c.nothing = True
-        c.key(keyword, f"{_da(low)}-{_da(high)}")
+        c.key(keyword, f"{_da(low)}-{_da(high)}", lambda m: _in_range(
+            str(m.get(keyword) or ""), _da(low), _da(high)))
     return apply
 
 
@@ -173,7 +181,7 @@ def _patients(c: Criteria, name: str, values: list[str]) -> None:
             c.nothing = True
         elif len(keys) == 1:
             (key,) = keys
-            c.key("PatientID", key.patient_id)
+            c.key("PatientID", key.patient_id, None)  # the test below
         allowed = {(k.patient_id, k.issuer) for k in keys}
         c.tests.append(lambda m, allowed=allowed: (  # type: ignore[misc]
             str(m.get("PatientID") or ""), str(m.get("IssuerOfPatientID") or "")) in allowed)
@@ -184,7 +192,8 @@ def _study_ids(c: Criteria, name: str, values: list[str]) -> None:
         uids = [v for v in _options(name, value) if is_uid(v)]
         if not uids:
             c.nothing = True
-        c.key("StudyInstanceUID", "\\".join(uids))
+        c.key("StudyInstanceUID", "\\".join(uids),
+              lambda m, u=frozenset(uids): m.get("StudyInstanceUID") in u)  # type: ignore[misc]
 
 
 def _study_identifiers(c: Criteria, name: str, values: list[str]) -> None:
@@ -202,9 +211,12 @@ def _study_identifiers(c: Criteria, name: str, values: list[str]) -> None:
         if not uids and not accessions:
             c.nothing = True
         elif not accessions:
-            c.key("StudyInstanceUID", "\\".join(sorted(uids)))
+            c.key("StudyInstanceUID", "\\".join(sorted(uids)),
+                  lambda m, u=uids: m.get("StudyInstanceUID") in u)  # type: ignore[misc]
         elif not uids and len(accessions) == 1:
-            c.key("AccessionNumber", next(iter(accessions)))
+            (accession,) = accessions
+            c.key("AccessionNumber", accession,
+                  lambda m, a=accession: str(m.get("AccessionNumber") or "") == a)  # type: ignore[misc]
         else:
             c.tests.append(lambda m, u=uids, a=accessions: (  # type: ignore[misc]
                 m.get("StudyInstanceUID") in u or str(m.get("AccessionNumber") or "") in a))
@@ -216,7 +228,9 @@ def _modalities(c: Criteria, name: str, values: list[str]) -> None:
                  if system in (None, "", _DCM)]
         if not codes:
             c.nothing = True
-        c.key("ModalitiesInStudy", "\\".join(codes))
+        c.key("ModalitiesInStudy", "\\".join(codes),  # multi-valued: any of them
+              lambda m, w=frozenset(codes): bool(  # type: ignore[misc]
+                  w & set(str(m.get("ModalitiesInStudy") or "").split("\\"))))
 
 
 def _patient_identifiers(c: Criteria, name: str, values: list[str]) -> None:
@@ -225,7 +239,7 @@ def _patient_identifiers(c: Criteria, name: str, values: list[str]) -> None:
     for value in values:
         wanted = [_token(o) for o in _options(name, value)]
         if len({code for _, code in wanted}) == 1:
-            c.key("PatientID", wanted[0][1])
+            c.key("PatientID", wanted[0][1], None)  # the test below
         c.tests.append(lambda m, w=wanted: any(  # type: ignore[misc]
             str(m.get("PatientID") or "") == code
             and (system is None or str(m.get("IssuerOfPatientID") or "") == system)
@@ -238,7 +252,14 @@ def _names(c: Criteria, name: str, values: list[str]) -> None:
             raise InvalidRequestError(f"{name}: alternatives (commas) of names are not "
                                       f"supported", hint="search once per name")
         c.fuzzy = True
-        c.key("PatientName", value)
+        c.key("PatientName", value, lambda m, v=value: _name_starts(  # type: ignore[misc]
+            str(m.get("PatientName") or ""), v))
+
+
+def _name_starts(name: str, value: str) -> bool:
+    """Every word of ``value`` starts a word of ``name`` (case-insensitive)."""
+    words = re.split(r"[\s^=,]+", name.upper())
+    return all(any(w.startswith(v) for w in words) for v in value.upper().split() if v)
 
 
 def _genders(c: Criteria, name: str, values: list[str]) -> None:
