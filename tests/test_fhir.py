@@ -120,6 +120,9 @@ def fhir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fhir]:
             "Modality=MR", "ScheduledStationAETitle=MR1",
             "ScheduledProcedureStepStartDate=20260106"]))
         a.worklist.cancel(second)
+        a.worklist.add(item_from_pairs([  # a patient without images yet
+            "PatientID=NEW-1", "PatientName=NEW^PATIENT", "AccessionNumber=ACC-3",
+            "Modality=CR", "ScheduledStationAETitle=CR1"]))
     with serving(archive) as ports:
         yield Fhir(archive, ports["http"], [*files, long_id])
 
@@ -280,17 +283,22 @@ def test_patient_ids_are_reversible() -> None:
 def test_service_requests_from_the_worklist(fhir: Fhir) -> None:
     requests_ = fhir.client().resources("ServiceRequest")
     everything = requests_.fetch_all()
-    assert len(everything) == 2
+    assert len(everything) == 3
     for res in everything:
         valid(res.serialize())
     active = requests_.search(status="active").fetch_all()
-    assert len(active) == 1
-    body = active[0].serialize()
+    assert len(active) == 2
+    body = next(r for r in active if r["identifier"][0]["value"] == "ACC-1").serialize()
     assert body["identifier"][0]["value"] == "ACC-1" and body["intent"] == "order"
     assert body["code"]["text"] == "CT chest"
     assert body["occurrenceDateTime"] == "2026-01-05"
     assert body["subject"]["reference"] == f"Patient/{PatientKey('99000').fhir_id}"
     assert body["performerType"]["coding"] == [{"system": DCM, "code": "CT"}]
+    # No Patient resource yet (no image): the subject names the patient, refers to none.
+    (new,) = requests_.search(identifier="ACC-3").fetch_all()
+    assert "reference" not in new["subject"]
+    assert new["subject"]["identifier"]["value"] == "NEW-1"
+    assert new["subject"]["display"] == "NEW PATIENT"
     cancelled = requests_.search(identifier="ACC-2").fetch_all()
     assert [r["status"] for r in cancelled] == ["revoked"]
     read = fhir.client().reference("ServiceRequest", body["id"]).to_resource()

@@ -29,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 from ... import __version__
 from ...archive import Archive
 from ...errors import NotFoundError, PacsError, UnsupportedTransferSyntaxError
+from ...workflow.worklist import WorklistItem
 from ..auth.access import HttpAccess, http_status
 from ..auth.security import AuditLog
 from ..auth.tokens import TokenStore
@@ -171,11 +172,26 @@ class _Fhir:
             for s in series}
         return r.imaging_study(r.ImagingStudyParts(match, series, instances))
 
+    def _service_request(self, item: WorklistItem, known: dict[str, bool]) -> Json:
+        """The item's ServiceRequest; its subject refers to ``Patient/<id>`` only when
+        the archive has that patient (one scheduled before any image arrived is named
+        by identifier and display: no reference that would answer 404)."""
+        resource = r.service_request(item.key, item.status, item.dataset)
+        subject = resource["subject"]
+        if "reference" in subject:
+            ref = subject["reference"]
+            if ref not in known:
+                known[ref] = self._resolve(ref.partition("/")[2]) is not None
+            if not known[ref]:
+                del subject["reference"]
+        return resource
+
     def _items(self) -> list[tuple[Json, Json]]:
         """Every worklist item as (its searchable columns, its ServiceRequest)."""
-        rows = []
+        rows: list[tuple[Json, Json]] = []
+        known: dict[str, bool] = {}
         for item in self.archive.worklist.items():
-            resource = r.service_request(item.key, item.status, item.dataset)
+            resource = self._service_request(item, known)
             subject = resource["subject"].get("identifier", {})
             rows.append(({"key": item.key, "status": resource["status"],
                           "accession": next((i["value"] for i in resource.get("identifier", [])),
@@ -203,7 +219,7 @@ class _Fhir:
                 item = self.archive.worklist.get(fhir_id)
             except NotFoundError:
                 raise NotFoundError(f"no ServiceRequest {fhir_id!r}") from None
-            return r.service_request(item.key, item.status, item.dataset)
+            return self._service_request(item, {})
         if fhir_id != DICOMWEB_ENDPOINT:
             raise NotFoundError(f"no Endpoint {fhir_id!r}", hint=f"it is {DICOMWEB_ENDPOINT}")
         return r.endpoint(self.origin(request) + "/dicom-web")
