@@ -62,6 +62,7 @@ def _long_id_copy(path: Path, to: Path) -> Path:
     readable form (each '_' takes 3 characters there) and who has an issuer."""
     ds = pydicom.dcmread(path)
     ds.PatientID, ds.IssuerOfPatientID = LONG_ID, ISSUER
+    ds.AccessionNumber = "LONG-ACC"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.save_as(to)
@@ -112,7 +113,7 @@ def fhir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fhir]:
         for path in [*files, long_id]:
             a.store(path)
         a.worklist.add(item_from_pairs([
-            "PatientID=99000", "PatientName=JANCT000", "AccessionNumber=ACC-1",
+            "PatientID=99000", "PatientName=JANCT000", "AccessionNumber=03086212",
             "Modality=CT", "ScheduledStationAETitle=CT1", "RequestedProcedureDescription=CT chest",
             "ScheduledProcedureStepStartDate=20260105"]))
         second = a.worklist.add(item_from_pairs([
@@ -288,8 +289,8 @@ def test_service_requests_from_the_worklist(fhir: Fhir) -> None:
         valid(res.serialize())
     active = requests_.search(status="active").fetch_all()
     assert len(active) == 2
-    body = next(r for r in active if r["identifier"][0]["value"] == "ACC-1").serialize()
-    assert body["identifier"][0]["value"] == "ACC-1" and body["intent"] == "order"
+    body = next(r for r in active if r["identifier"][0]["value"] == "03086212").serialize()
+    assert body["intent"] == "order"
     assert body["code"]["text"] == "CT chest"
     assert body["occurrenceDateTime"] == "2026-01-05"
     assert body["subject"]["reference"] == f"Patient/{PatientKey('99000').fhir_id}"
@@ -303,6 +304,12 @@ def test_service_requests_from_the_worklist(fhir: Fhir) -> None:
     assert [r["status"] for r in cancelled] == ["revoked"]
     read = fhir.client().reference("ServiceRequest", body["id"]).to_resource()
     assert read["id"] == body["id"]
+    # The study of that accession is based on it; the others on nothing.
+    (study,) = fhir.client().resources("ImagingStudy").search(identifier="03086212").fetch_all()
+    assert valid(study.serialize())["basedOn"] == [
+        {"reference": f"ServiceRequest/{body['id']}"}]
+    other = fhir.client().resources("ImagingStudy").search(identifier="1218096").fetch_all()
+    assert [s.serialize().get("basedOn") for s in other] == [None]
     assert requests_.search(patient=f"Patient/{PatientKey('99000').fhir_id}").fetch_all()
 
 

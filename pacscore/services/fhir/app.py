@@ -29,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 from ... import __version__
 from ...archive import Archive
 from ...errors import NotFoundError, PacsError, UnsupportedTransferSyntaxError
+from ...workflow.items import summary
 from ...workflow.worklist import WorklistItem
 from ..auth.access import HttpAccess, http_status
 from ..auth.security import AuditLog
@@ -170,7 +171,20 @@ class _Fhir:
         instances = {s["SeriesInstanceUID"]: self.archive.find(
             "instance", StudyInstanceUID=uid, SeriesInstanceUID=s["SeriesInstanceUID"])
             for s in series}
-        return r.imaging_study(r.ImagingStudyParts(match, series, instances))
+        study = r.imaging_study(r.ImagingStudyParts(match, series, instances))
+        orders = self._orders(str(match.get("AccessionNumber") or ""))
+        if orders:
+            study["basedOn"] = [{"reference": f"ServiceRequest/{key}"} for key in orders]
+        return study
+
+    def _orders(self, accession: str) -> list[str]:
+        """Keys of the worklist items of this Accession Number (the ServiceRequests an
+        ImagingStudy is based on; R4 ImagingStudy.basedOn)."""
+        if not accession:
+            return []
+        worklist = self.archive.worklist
+        return [key for key in worklist.lookup(accession)
+                if summary(worklist.get(key).dataset)["accession"] == accession]
 
     def _service_request(self, item: WorklistItem, known: dict[str, bool]) -> Json:
         """The item's ServiceRequest; its subject refers to ``Patient/<id>`` only when

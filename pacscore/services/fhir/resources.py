@@ -177,7 +177,8 @@ def _instance(match: Mapping[str, Any]) -> Json:
 
 def imaging_study(parts: ImagingStudyParts) -> Json:
     """R4 ImagingStudy: identifiers (Study Instance UID as ``urn:dicom:uid`` /
-    ``urn:oid:``, Accession Number typed ACSN), modalities (DCM), subject, started,
+    ``urn:oid:``, Accession Number typed ACSN), modalities (DCM), subject, started
+    (``basedOn``, the orders of its accession, is the app's: it reads the worklist),
     referrer, the DICOMweb endpoint, counts, description, and every series with its
     instances (R4 ImagingStudy.series, .series.instance)."""
     study = parts.study
