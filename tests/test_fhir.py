@@ -380,3 +380,26 @@ def test_every_route_declares_the_read_scope(tmp_path: Path) -> None:
         assert {declared(route.endpoint) for route in app.routes  # type: ignore[attr-defined]
                 } == {"read"}
         check_routes([Mount("/fhir", app=app)])  # what serve's app checks when it starts
+
+
+def test_urls_start_with_the_public_url(tmp_path: Path) -> None:
+    """Behind a reverse proxy (``--public-url``), the Endpoint's address and every
+    link and fullUrl of a Bundle are the proxy's."""
+    from tests.conftest import corpus_root
+
+    corpus = corpus_root()
+    if corpus is None:
+        pytest.skip("shared corpus not found: set PACSCORE_CORPUS to ../shared/corpus")
+    archive = tmp_path / "archive"
+    with Archive(archive) as a:
+        a.store(corpus / "mr_series/single/Philips_MR_j2k.dcm")
+    public = "https://pacs.example.org/pacs"
+    with serving(archive, "--public-url", public) as ports:
+        token = (archive / "security" / "admin-token").read_text().strip()
+        url = f"http://127.0.0.1:{ports['http']}/fhir"
+        auth = {"Authorization": f"Bearer {token}"}
+        endpoint = requests.get(f"{url}/Endpoint/dicomweb", headers=auth, timeout=30).json()
+        bundle = valid(requests.get(f"{url}/ImagingStudy", headers=auth, timeout=30).json())
+    assert endpoint["address"] == f"{public}/dicom-web"
+    assert bundle["link"][0]["url"].startswith(f"{public}/fhir/ImagingStudy?")
+    assert bundle["entry"][0]["fullUrl"].startswith(f"{public}/fhir/ImagingStudy/")
