@@ -10,6 +10,9 @@ round by round, alternately:
 * QIDO-RS ``/studies?PatientID=<id>``: the same search at study level only;
 * the QIDO-RS requests that give the same content as the Bundle: studies, then each
   study's series, then each series' instances.
+
+And one study of one 500-instance series (the issue's series size) read as
+``ImagingStudy/<uid>`` next to QIDO-RS of its series and their instances.
 """
 
 from __future__ import annotations
@@ -121,3 +124,46 @@ def test_imaging_study_search_vs_qido(benchmark: Any, corpus: Path, smoke: bool,
                     subject="pacscore FHIR", baseline="QIDO-RS /studies?PatientID",
                     ratio=p50["studies"] / p50["fhir"], key="ratio_studies",
                     note="QIDO answers the study level only")
+
+
+def test_imaging_study_read_500_vs_qido(benchmark: Any, corpus: Path, smoke: bool,
+                                        tmp_path: Path) -> None:
+    n = 20 if smoke else 500
+    src = sorted((corpus / "ct_series/tcia_lung_pet_ct_dx_chest_30sl").glob("*.dcm"))
+    files = tmp_path / "files"
+    files.mkdir()
+    paths = _clone(src, files, 1, 1, n)
+    archive = tmp_path / "archive"
+    with Archive(archive) as a:
+        assert len(list(a.store_many(paths))) == n
+    study = pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID
+    with serving(archive) as ports:
+        token = (archive / "security" / "admin-token").read_text().strip()
+        http = requests.Session()
+        http.headers["Authorization"] = f"Bearer {token}"
+        root = f"http://127.0.0.1:{ports['http']}"
+
+        def fhir() -> int:
+            return int(http.get(f"{root}/fhir/ImagingStudy/{study}", timeout=60
+                                ).json()["numberOfInstances"])
+
+        def qido() -> int:
+            base = f"{root}/dicom-web/studies/{study}"
+            return sum(len(http.get(f"{base}/series/{se['0020000E']['Value'][0]}/instances",
+                                    timeout=60).json())
+                       for se in http.get(f"{base}/series", timeout=60).json())
+
+        assert fhir() == qido() == n
+        rounds = 3 if smoke else ROUNDS
+        times: dict[str, list[float]] = {"fhir": [], "qido": []}
+        for _ in range(rounds):
+            times["qido"] += _ms(qido, 1)
+            times["fhir"] += _ms(fhir, 1)
+        benchmark.pedantic(fhir, rounds=rounds, iterations=1)
+    p50 = {k: benchlib.median(v) for k, v in times.items()}
+    note = f"1 series of {n} instances; p50 FHIR {p50['fhir']:.1f} ms, QIDO {p50['qido']:.1f} ms"
+    print(note)
+    benchlib.report(benchmark, f"FHIR ImagingStudy read, {n} instances",
+                    subject="pacscore FHIR", baseline="QIDO-RS series + instances",
+                    ratio=p50["qido"] / p50["fhir"], target=">= 1 (not slower)", note=note,
+                    fhir_ms=p50["fhir"], qido_ms=p50["qido"])
