@@ -5,6 +5,7 @@ read with fhirpy's sync client (a FHIR client we did not write)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import warnings
 from collections.abc import Iterator
@@ -18,15 +19,21 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhirpy import SyncFHIRClient
 from fhirpy.base.exceptions import AuthorizationError, OperationOutcome, ResourceNotFound
 from pydicom.uid import generate_uid
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Mount
 
 from pacscore import Archive
 from pacscore.services.auth.access import check_routes, declared
+from pacscore.services.dicomweb.answers import refusal
 from pacscore.services.fhir import create_fhir_app
-from pacscore.services.fhir.ids import PatientKey
+from pacscore.services.fhir.app import _outcome_refusals
+from pacscore.services.fhir.ids import PatientKey, study_id
 from pacscore.testing import cli, serving
 from pacscore.workflow.items import item_from_pairs
 
+# pydicom warns whenever the odd study's UID (see _odd_uid_copy) is read.
+pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 # Studies of the corpus with what tells them apart (patient, date, modality, accession).
 STUDIES = {
@@ -69,6 +76,20 @@ def _long_id_copy(path: Path, to: Path) -> Path:
     return to
 
 
+ODD_UID = "1.2.826.0.1.3680043.9_odd.1"
+
+
+def _odd_uid_copy(path: Path, to: Path) -> Path:
+    """A copy of ``path`` as a study whose UID the archive tolerates beyond the grammar
+    (a '_'), which no FHIR id may hold."""
+    ds = pydicom.dcmread(path)
+    ds.PatientID, ds.PatientName, ds.AccessionNumber = "ODD-UID", "ODD^UID", "ODD-ACC"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = ODD_UID, generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(to)
+    return to
+
+
 class Fhir:
     def __init__(self, archive: Path, http: int, files: list[Path]):
         self.archive = archive
@@ -88,8 +109,8 @@ class Fhir:
         return requests.get(self.url + path, headers=headers, timeout=30, **kw)
 
     def studies(self, **match: str) -> set[str]:
-        """Study Instance UIDs of the loaded files whose attributes are ``match``."""
-        return {ds.StudyInstanceUID for ds in self.data
+        """ImagingStudy ids of the loaded files whose attributes are ``match``."""
+        return {study_id(ds.StudyInstanceUID) for ds in self.data
                 if all(str(ds.get(k, "")) == v for k, v in match.items())}
 
 
@@ -108,9 +129,11 @@ def fhir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fhir]:
         pytest.skip("shared corpus not found: set PACSCORE_CORPUS to ../shared/corpus")
     archive = tmp_path_factory.mktemp("fhir") / "archive"
     files = _files(corpus)
-    long_id = _long_id_copy(files[0], archive.parent / "long.dcm")
+    copies = [_long_id_copy(files[0], archive.parent / "long.dcm"),
+              _odd_uid_copy(corpus / "mr_series/single/Philips_MR_j2k.dcm",
+                            archive.parent / "odd.dcm")]
     with Archive(archive) as a:
-        for path in [*files, long_id]:
+        for path in [*files, *copies]:
             a.store(path)
         a.worklist.add(item_from_pairs([
             "PatientID=99000", "PatientName=JANCT000", "AccessionNumber=03086212",
@@ -125,7 +148,7 @@ def fhir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fhir]:
             "PatientID=NEW-1", "PatientName=NEW^PATIENT", "AccessionNumber=ACC-3",
             "Modality=CR", "ScheduledStationAETitle=CR1"]))
     with serving(archive) as ports:
-        yield Fhir(archive, ports["http"], [*files, long_id])
+        yield Fhir(archive, ports["http"], [*files, *copies])
 
 
 def test_metadata_lists_what_is_supported(fhir: Fhir) -> None:
@@ -200,7 +223,7 @@ def test_search_by_patient_date_modality_accession(fhir: Fhir) -> None:
     assert _ids(studies.search(_id=uid, identifier=f"urn:oid:{uid}").fetch_all()) == {uid}
     assert studies.search(_id=uid, identifier="03086212").fetch_all() == []
     # Dates: the period of the value, prefixes as FHIR says, AND of two values.
-    dated = {ds.StudyInstanceUID: str(ds.get("StudyDate", "")) for ds in fhir.data}
+    dated = {study_id(ds.StudyInstanceUID): str(ds.get("StudyDate", "")) for ds in fhir.data}
 
     def between(low: str, high: str) -> set[str]:
         return {u for u, d in dated.items() if d and low <= d <= high}
@@ -269,6 +292,18 @@ def test_patient_with_an_id_too_long_to_be_readable(fhir: Fhir) -> None:
     found = fhir.client().resources("Patient").search(identifier=f"{ISSUER}|{LONG_ID}")
     assert [p["id"] for p in found.fetch_all()] == [key.fhir_id]
     assert fhir.client().resources("Patient").search(identifier=f"|{LONG_ID}").fetch_all() == []
+
+
+def test_study_with_a_uid_no_fhir_id_can_hold(fhir: Fhir) -> None:
+    hashed = study_id(ODD_UID)
+    assert hashed.startswith("..") and hashed != ODD_UID
+    client = fhir.client()
+    body = valid(client.reference("ImagingStudy", hashed).to_resource().serialize())
+    assert body["identifier"][0]["value"] == f"urn:oid:{ODD_UID}"
+    studies = client.resources("ImagingStudy")
+    assert _ids(studies.search(_id=hashed).fetch_all()) == {hashed}
+    assert _ids(studies.search(identifier=f"urn:oid:{ODD_UID}").fetch_all()) == {hashed}
+    assert _ids(studies.search(identifier="ODD-ACC").fetch_all()) == {hashed}
 
 
 def test_patient_ids_are_reversible() -> None:
@@ -403,3 +438,19 @@ def test_urls_start_with_the_public_url(tmp_path: Path) -> None:
     assert endpoint["address"] == f"{public}/dicom-web"
     assert bundle["link"][0]["url"].startswith(f"{public}/fhir/ImagingStudy?")
     assert bundle["entry"][0]["fullUrl"].startswith(f"{public}/fhir/ImagingStudy/")
+
+
+def test_a_403_refusal_becomes_an_outcome() -> None:
+    """No scope lacks read (services/auth/tokens.py), so no served request gets a 403
+    here: the conversion is checked on the refusal the access check would send."""
+    async def refuse(request: Request) -> Response:
+        return refusal(request, 403, "this token lacks the scope needed", "why not")
+
+    scope = {"type": "http", "method": "GET", "path": "/fhir/Patient", "query_string": b"",
+             "headers": [(b"accept", b"application/fhir+json")]}
+    response = asyncio.run(_outcome_refusals(refuse)(Request(scope)))
+    assert response.status_code == 403
+    assert response.headers["content-type"].startswith("application/fhir+json")
+    body = valid(json.loads(bytes(response.body)))
+    assert body["issue"][0]["code"] == "forbidden"
+    assert "why not" in body["issue"][0]["diagnostics"]

@@ -36,7 +36,7 @@ from ..auth.security import AuditLog
 from ..auth.tokens import TokenStore
 from ..dicomweb.media import parse_accept
 from . import resources as r
-from .ids import DICOMWEB_ENDPOINT, PatientKey, is_fhir_id, is_uid
+from .ids import DICOMWEB_ENDPOINT, PatientKey, is_fhir_id, is_hashed, study_id, study_uid
 from .search import PARAMS, Criteria, Search, parse_search
 
 __all__ = ["FHIR_JSON", "create_fhir_app"]
@@ -50,7 +50,6 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 # _format / Accept values answered in JSON (R4 http.html#mime-type); XML is not made.
 _JSON_FORMATS = frozenset({"json", "application/json", "application/fhir+json",
                            "*/*", "application/*"})
-_XML_FORMATS = frozenset({"xml", "text/xml", "application/xml", "application/fhir+xml"})
 
 
 def _answer(body: Json, status: int = 200, request: Request | None = None,
@@ -159,6 +158,14 @@ class _Fhir:
                                 hint="search Patient?identifier=<Patient ID>")
         return matches[0]
 
+    def _study_uid(self, fhir_id: str) -> str | None:
+        """The Study Instance UID of an ImagingStudy id; a hashed one (a UID no FHIR id
+        can hold) by comparing the digests of every study's UID."""
+        if not is_hashed(fhir_id):
+            return study_uid(fhir_id)
+        return next((m["StudyInstanceUID"] for m in self.archive.find("study")
+                     if study_id(m["StudyInstanceUID"]) == fhir_id), None)
+
     def _resolve(self, fhir_id: str) -> PatientKey | None:
         try:
             return r.patient_key(self._patient_of(fhir_id))
@@ -219,12 +226,12 @@ class _Fhir:
         if not is_fhir_id(fhir_id):
             raise NotFoundError(f"{fhir_id!r} is not a FHIR id")
         if kind == "ImagingStudy":
-            found = self.archive.find("study", StudyInstanceUID=fhir_id) \
-                if is_uid(fhir_id) else []
+            uid = self._study_uid(fhir_id)
+            found = self.archive.find("study", StudyInstanceUID=uid) if uid else []
             if not found:
                 raise NotFoundError(f"no ImagingStudy {fhir_id!r}",
                                     hint="its id is the Study Instance UID")
-            request.state.audit_objects = [fhir_id]
+            request.state.audit_objects = [uid]
             return self._study(found[0])
         if kind == "Patient":
             return r.patient(self._patient_of(fhir_id))
@@ -276,7 +283,8 @@ class _Fhir:
         prefer = request.headers.get("prefer", "").replace(" ", "").lower()
         search = await run_in_threadpool(
             parse_search, kind, list(request.query_params.multi_items()),
-            strict="handling=lenient" not in prefer, resolve=self._resolve)
+            strict="handling=lenient" not in prefer, resolve=self._resolve,
+            resolve_study=self._study_uid)
         total, found = await run_in_threadpool(self.search_resources, kind, search, request)
         return _answer(self.bundle(request, kind, search, total, found), 200, request)
 

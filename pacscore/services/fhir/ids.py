@@ -3,7 +3,9 @@
 
 * ImagingStudy: the Study Instance UID itself.  A UID is digits and dots, at most 64
   characters (PS3.5 9.1), so it is a FHIR id as it is: nothing to encode, and an EMR
-  that holds the UID can build the URL.
+  that holds the UID can build the URL.  The archive also keeps UIDs it tolerates
+  beyond the grammar (letters, ``-``, ``_``: :func:`pacscore.dicom.header.validate_uid`);
+  one with a ``_``, which no FHIR id may hold, gets the hashed form below.
 * Patient: Patient ID and Issuer of Patient ID (the index's identity of a patient).
   Letters, digits and ``-`` stay; any other byte of their UTF-8 becomes ``.XX`` (two
   upper-case hex digits); ``..`` joins the issuer when there is one
@@ -24,10 +26,10 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-__all__ = ["DICOMWEB_ENDPOINT", "PatientKey", "is_fhir_id", "is_uid"]
+__all__ = ["DICOMWEB_ENDPOINT", "PatientKey", "is_fhir_id", "is_hashed", "study_id",
+           "study_uid"]
 
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
-_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 _PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
 _ESCAPED = re.compile(r"([A-Za-z0-9\-]|\.[0-9A-F]{2})*")
 _HASHED = _ISSUER = ".."
@@ -40,9 +42,24 @@ def is_fhir_id(text: str) -> bool:
     return _ID.fullmatch(text) is not None
 
 
-def is_uid(text: str) -> bool:
-    """``text`` is a DICOM UID (PS3.5 9.1): a valid ImagingStudy id."""
-    return len(text) <= 64 and _UID.fullmatch(text) is not None
+def is_hashed(fhir_id: str) -> bool:
+    """``fhir_id`` is the hashed form (of a patient or a study)."""
+    return fhir_id.startswith(_HASHED) and is_fhir_id(fhir_id)
+
+
+def _digest(text: str) -> str:
+    return _HASHED + hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+def study_id(uid: str) -> str:
+    """The ImagingStudy id of a Study Instance UID."""
+    return uid if is_fhir_id(uid) and not uid.startswith(".") else _digest(uid)
+
+
+def study_uid(fhir_id: str) -> str | None:
+    """The Study Instance UID an ImagingStudy id is; None for a hashed id (resolved by
+    comparing digests) or an id no study can have."""
+    return None if not is_fhir_id(fhir_id) or fhir_id.startswith(".") else fhir_id
 
 
 def _escape(text: str) -> str:
@@ -76,8 +93,7 @@ class PatientKey:
     @property
     def digest(self) -> str:
         """The hashed form of the id (used when the readable one is too long)."""
-        raw = f"{self.patient_id}\x1f{self.issuer}".encode("utf-8", "surrogateescape")
-        return _HASHED + hashlib.sha256(raw).hexdigest()[:40]
+        return _digest(f"{self.patient_id}\x1f{self.issuer}")
 
     @property
     def fhir_id(self) -> str | None:
@@ -104,4 +120,4 @@ class PatientKey:
     @staticmethod
     def hashed(fhir_id: str) -> bool:
         """``fhir_id`` is the hashed form."""
-        return fhir_id.startswith(_HASHED) and is_fhir_id(fhir_id)
+        return is_hashed(fhir_id)

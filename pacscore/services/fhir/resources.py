@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from ...kinds import StepStatus
 from ...workflow.items import summary
 from ...workflow.matching import SPS, text_of
-from .ids import DICOMWEB_ENDPOINT, PatientKey
+from .ids import DICOMWEB_ENDPOINT, PatientKey, study_id
 
 __all__ = ["DCM", "ImagingStudyParts", "endpoint", "fhir_date", "imaging_study",
            "operation_outcome", "patient", "patient_key", "service_request", "subject"]
@@ -192,7 +192,7 @@ def imaging_study(parts: ImagingStudyParts) -> Json:
               for s in sorted(parts.series, key=lambda s: (_count(s.get("SeriesNumber")) or 0,
                                                             str(s["SeriesInstanceUID"])))]
     modalities = sorted({s["modality"]["code"] for s in series})
-    out: Json = {"resourceType": "ImagingStudy", "id": uid, "identifier": identifiers,
+    out: Json = {"resourceType": "ImagingStudy", "id": study_id(uid), "identifier": identifiers,
                  "status": "available"}
     if modalities:
         out["modality"] = [_modality(m) for m in modalities]

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import InvalidRequestError
-from .ids import PatientKey, is_uid
+from .ids import PatientKey, is_hashed, study_uid
 
 __all__ = ["DEFAULT_COUNT", "MAX_COUNT", "PARAMS", "Criteria", "SearchParam", "parse_search"]
 
@@ -63,6 +63,8 @@ class Criteria:
     """No answer can match (e.g. a token of another system)."""
     resolve: Callable[[str], PatientKey | None] = lambda _: None
     """The patient of a hashed Patient id (set by the app)."""
+    resolve_study: Callable[[str], str | None] = lambda _: None
+    """The Study Instance UID of a hashed ImagingStudy id (set by the app)."""
 
     def key(self, keyword: str, value: str, test: Callable[[Match], bool] | None) -> None:
         """Match ``keyword`` with ``value``; when another parameter took that key
@@ -189,7 +191,8 @@ def _patients(c: Criteria, name: str, values: list[str]) -> None:
 
 def _study_ids(c: Criteria, name: str, values: list[str]) -> None:
     for value in values:
-        uids = [v for v in _options(name, value) if is_uid(v)]
+        uids = [u for v in _options(name, value)
+                if (u := c.resolve_study(v) if is_hashed(v) else study_uid(v))]
         if not uids:
             c.nothing = True
         c.key("StudyInstanceUID", "\\".join(uids),
@@ -359,7 +362,8 @@ def _whole(name: str, value: str) -> int:
 
 
 def parse_search(kind: str, items: list[tuple[str, str]], *, strict: bool,
-                 resolve: Callable[[str], PatientKey | None]) -> Search:
+                 resolve: Callable[[str], PatientKey | None],
+                 resolve_study: Callable[[str], str | None]) -> Search:
     """The criteria of a search of ``kind`` from its query ``items``.
 
     Raises
@@ -368,7 +372,7 @@ def parse_search(kind: str, items: list[tuple[str, str]], *, strict: bool,
         A malformed value; with ``strict``, an unknown parameter or modifier.
     """
     table = PARAMS[kind]
-    criteria = Criteria(resolve=resolve)
+    criteria = Criteria(resolve=resolve, resolve_study=resolve_study)
     count, offset = DEFAULT_COUNT, 0
     grouped: dict[str, list[str]] = {}
     used: list[tuple[str, str]] = []
