@@ -339,6 +339,8 @@ def test_service_requests_from_the_worklist(fhir: Fhir) -> None:
     assert [r["status"] for r in cancelled] == ["revoked"]
     read = fhir.client().reference("ServiceRequest", body["id"]).to_resource()
     assert read["id"] == body["id"]
+    assert [r["id"] for r in requests_.search(_id=body["id"]).fetch_all()] == [body["id"]]
+    assert requests_.search(_id=body["id"], identifier="ACC-2").fetch_all() == []
     # The study of that accession is based on it; the others on nothing.
     (study,) = fhir.client().resources("ImagingStudy").search(identifier="03086212").fetch_all()
     assert valid(study.serialize())["basedOn"] == [

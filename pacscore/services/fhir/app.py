@@ -16,7 +16,7 @@ import datetime
 import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -207,20 +207,14 @@ class _Fhir:
                 del subject["reference"]
         return resource
 
-    def _items(self) -> list[tuple[Json, Json]]:
-        """Every worklist item as (its searchable columns, its ServiceRequest)."""
-        rows: list[tuple[Json, Json]] = []
-        known: dict[str, bool] = {}
-        for item in self.archive.worklist.items():
-            resource = self._service_request(item, known)
-            subject = resource["subject"].get("identifier", {})
-            rows.append(({"key": item.key, "status": resource["status"],
-                          "accession": next((i["value"] for i in resource.get("identifier", [])),
-                                            ""),
-                          "patient_id": subject.get("value", ""),
-                          "issuer": subject.get("assigner", {}).get("display", "")},
-                         resource))
-        return rows
+    def _candidates(self, keys: dict[str, str]) -> Iterable[WorklistItem]:
+        """The worklist items a ServiceRequest search may match: those of one key or
+        Accession Number through the worklist's identity index, else every one."""
+        worklist = self.archive.worklist
+        for hint in ("ItemKey", "AccessionNumber"):
+            if hint in keys:  # key, accession or SPS ID: the tests narrow it down
+                return [worklist.get(key) for key in worklist.lookup(keys[hint])]
+        return worklist.items()
 
     def read_resource(self, kind: str, fhir_id: str, request: Request) -> Json:
         if not is_fhir_id(fhir_id):
@@ -263,8 +257,12 @@ class _Fhir:
             request.state.audit_objects = [m["StudyInstanceUID"] for m in chosen]
             return len(matches), [self._study(m) for m in chosen]
         if kind == "ServiceRequest":
-            rows = [res for cols, res in self._items() if all(t(cols) for t in c.tests)]
-            return len(rows), rows[page]
+            items = [item for item in self._candidates(c.keys)
+                     if all(t(cols) for cols in [r.ItemColumns(item.key, item.status,
+                                                               item.dataset)]
+                            for t in c.tests)]
+            known: dict[str, bool] = {}
+            return len(items), [self._service_request(i, known) for i in items[page]]
         cols = {"id": DICOMWEB_ENDPOINT}
         found = [r.endpoint(self.origin(request) + "/dicom-web")] \
             if all(t(cols) for t in c.tests) else []

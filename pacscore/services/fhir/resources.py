@@ -10,17 +10,17 @@ requires, so ``started`` is the Study Date (day precision).
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from pydicom.dataset import Dataset
 
 from ...kinds import StepStatus
 from ...workflow.items import summary
-from ...workflow.matching import SPS, text_of
+from ...workflow.matching import SPS, element, text_of
 from .ids import DICOMWEB_ENDPOINT, PatientKey, study_id
 
-__all__ = ["DCM", "ImagingStudyParts", "endpoint", "fhir_date", "imaging_study",
+__all__ = ["DCM", "ImagingStudyParts", "ItemColumns", "endpoint", "fhir_date", "imaging_study",
            "operation_outcome", "patient", "patient_key", "service_request", "subject"]
 
 Json = dict[str, Any]
@@ -254,6 +254,37 @@ def _code(ds: Dataset, description: str) -> Json | None:
     if description:
         out["text"] = description
     return out or None
+
+
+class ItemColumns(Mapping[str, str]):
+    """What a ServiceRequest search tests of a worklist item (``key``, ``status``,
+    ``accession``, ``patient_id``, ``issuer``), each read from the data set when first
+    asked for: converting values is most of what a search over every item costs."""
+
+    __slots__ = ("_cache", "_ds", "_key", "_status")
+    _KEYWORDS: Mapping[str, str] = {"accession": "AccessionNumber", "patient_id": "PatientID",
+                                    "issuer": "IssuerOfPatientID"}
+
+    def __init__(self, key: str, status: StepStatus, ds: Dataset):
+        self._key, self._status, self._ds = key, status, ds
+        self._cache: dict[str, str] = {}
+
+    def __getitem__(self, column: str) -> str:
+        if column not in self._cache:
+            if column == "key":
+                self._cache[column] = self._key
+            elif column == "status":
+                self._cache[column] = REQUEST_STATUS[self._status]
+            else:
+                found = element(self._ds, self._KEYWORDS[column])
+                self._cache[column] = text_of(found.value) if found is not None else ""
+        return self._cache[column]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("key", "status", *self._KEYWORDS))
+
+    def __len__(self) -> int:
+        return 2 + len(self._KEYWORDS)
 
 
 def service_request(key: str, status: StepStatus, ds: Dataset) -> Json:

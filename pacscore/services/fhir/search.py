@@ -276,12 +276,16 @@ def _genders(c: Criteria, name: str, values: list[str]) -> None:
 
 
 # Worklist items (ServiceRequest) are tested on the summary of each item.
-def _items(column: str, transform: Callable[[str], str] = str
+def _items(column: str, hint: str | None = None
            ) -> Callable[[Criteria, str, list[str]], None]:
+    """A test of ``column``; with ``hint``, one value also becomes that key, which the
+    app looks up in the worklist's identity index instead of reading every item."""
     def apply(c: Criteria, name: str, values: list[str]) -> None:
         for value in values:
-            allowed = {transform(code) for system, code in map(_token, _options(name, value))
+            allowed = {code for system, code in map(_token, _options(name, value))
                        if system in (None, "")}
+            if hint and len(allowed) == 1:
+                c.key(hint, next(iter(allowed)), None)  # the test below
             c.tests.append(lambda m, a=allowed: str(m.get(column) or "") in a)  # type: ignore[misc]
     return apply
 
@@ -331,8 +335,9 @@ PARAMS: dict[str, dict[str, SearchParam]] = {
                               _genders),
     },
     "ServiceRequest": {
-        "_id": SearchParam("token", "the worklist item's key", _items("key")),
-        "identifier": SearchParam("token", "the Accession Number", _items("accession")),
+        "_id": SearchParam("token", "the worklist item's key", _items("key", "ItemKey")),
+        "identifier": SearchParam("token", "the Accession Number",
+                                  _items("accession", "AccessionNumber")),
         "patient": SearchParam("reference", "Patient/<id>", _item_patients),
         "subject": SearchParam("reference", "Patient/<id>", _item_patients),
         "status": SearchParam("token", "active, completed, revoked", _items("status")),
