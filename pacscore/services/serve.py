@@ -33,6 +33,7 @@ from .auth.tokens import TokenStore
 from .dicomweb.app import create_app
 from .dicomweb.http_limits import guarded_h11
 from .dimse.server import DimseServer
+from .fhir import create_fhir_app
 from .grpc.server import start_grpc
 
 __all__ = ["ServeConfig", "default_spool", "first_start_hint", "serve", "spool_folders"]
@@ -381,6 +382,7 @@ def serve(archive_dir: Path, config: ServeConfig) -> None:
         app = create_app(archive, cors_origins=list(config.cors) or None,
                          max_body=config.max_body, idle_timeout=config.idle_timeout,
                          public_url=config.public_url)
+        app.mount("/fhir", create_fhir_app(archive, public_url=config.public_url))
         # Connections are bounded in number, request heads in time (10 s, or the idle
         # timeout if shorter) and size (h11's 16 KiB), bodies in pauses (http_limits).
         protocol = guarded_h11(max_connections=config.max_http_connections,
@@ -403,7 +405,7 @@ def serve(archive_dir: Path, config: ServeConfig) -> None:
         registered = len(dimse.registry.list())
         print(f"pacscore: listening: DIMSE {ae_title} on {host}:{config.dimse_port} "
               f"({registered} registered AE(s)), DICOMweb on {scheme}://{host}:{http_port}"
-              f"/dicom-web, gRPC on {host}:{config.grpc_port}{hl7}"
+              f"/dicom-web (FHIR R4 at /fhir), gRPC on {host}:{config.grpc_port}{hl7}"
               f"{' (TLS)' if config.tls_cert else ''}", flush=True)
         dimse.audit.record("application", action="E", outcome="success", user=ae_title,
                            host=host, interface="serve", detail="started")

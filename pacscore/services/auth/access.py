@@ -328,7 +328,8 @@ class AuditTrail:
     """ASGI middleware between authentication and routing: every request its endpoint
     admitted (:meth:`HttpAccess.requires`) is audited with the status its client was
     told (:func:`..dicomweb.answers.outcome`), the UIDs it named (or those the endpoint
-    lists in ``request.state.audit_objects``, STOW-RS) and ``audit_detail``.  An
+    lists in ``request.state.audit_objects``, STOW-RS) and ``audit_detail``, under the
+    interface ``audit_interface`` names (a door mounted in the app, FHIR) or its own.  An
     admitted request that fails with an error outside the :mod:`pacscore.errors` tree
     (a bug, a library's bare ValueError) is answered 500 with the error's class only,
     its traceback logged: the client did nothing wrong.
@@ -373,6 +374,7 @@ class AuditTrail:
         detail = state.get("audit_error", "") + state.get("audit_detail", "")
         self.audit.record(
             kind, action=code, outcome=outcome(status), user=holder.name,
-            host=request.client.host if request.client else "?", interface=self.interface,
+            host=request.client.host if request.client else "?",
+            interface=state.get("audit_interface") or self.interface,  # a mounted door's
             objects=state.get("audit_objects") or path_uids(request),
             detail=f"{request.method} {request.url.path} -> {status}{detail}")
