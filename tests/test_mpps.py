@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ from pacscore.workflow import PerformedSteps, Worklist, item_from_pairs
 
 FINDSCU = Path("/usr/bin/findscu")
 MPPS = ModalityPerformedProcedureStep
+DCMJS_DIMSE = Path(os.environ.get("PACSCORE_DCMJS_DIMSE", "/tmp/mppsnode/node_modules"))
 
 
 def order(acc: str, sps_id: str, station: str = "CT1") -> Dataset:
@@ -314,3 +316,62 @@ def test_a_final_step_refuses_updates_through_the_api(tmp_path: Path) -> None:
             performed.update(step.uid, completion())
     finally:
         wl.close()
+
+
+NODE_MPPS = """
+// N-CREATE, N-SET COMPLETED, then a late N-SET of one MPPS through dcmjs-dimse
+const { Client, Dataset, requests: { NCreateRequest, NSetRequest },
+        constants: { SopClass } } = require("dcmjs-dimse");
+const [port, uid, studyUid, accession, spsId, seriesUid] = process.argv.slice(1);
+const mpps = SopClass.ModalityPerformedProcedureStep;
+const create = new NCreateRequest(mpps, uid);
+create.setDataset(new Dataset({
+  ScheduledStepAttributesSequence: [{
+    StudyInstanceUID: studyUid, AccessionNumber: accession, ScheduledProcedureStepID: spsId,
+    RequestedProcedureID: "", ReferencedStudySequence: [] }],
+  PatientName: "DOE^JANE", PatientID: "P-" + accession, PatientBirthDate: "", PatientSex: "",
+  PerformedProcedureStepID: "PPS-JS", PerformedStationAETitle: "CT1",
+  PerformedProcedureStepStartDate: "20250101", PerformedProcedureStepStartTime: "101500",
+  PerformedProcedureStepStatus: "IN PROGRESS", Modality: "CT",
+  PerformedProcedureStepDescription: "", PerformedSeriesSequence: [] }));
+const set = new NSetRequest(mpps, uid);
+set.setDataset(new Dataset({
+  PerformedProcedureStepStatus: "COMPLETED", PerformedProcedureStepEndDate: "20250101",
+  PerformedProcedureStepEndTime: "103000",
+  PerformedSeriesSequence: [{ SeriesInstanceUID: seriesUid, ProtocolName: "CHEST",
+                              RetrieveAETitle: "PACSCORE" }] }));
+const late = new NSetRequest(mpps, uid);
+late.setDataset(new Dataset({ PerformedProcedureStepStatus: "DISCONTINUED" }));
+const out = {};
+const client = new Client();
+for (const [name, request] of [["create", create], ["set", set], ["late", late]]) {
+  request.on("response", (r) => { out[name] = r.getStatus(); });
+  client.addRequest(request);
+}
+client.on("networkError", (e) => { console.log("network error " + e); process.exit(2); });
+client.on("associationRejected", (r) => { console.log("rejected"); process.exit(3); });
+client.on("closed", () => { console.log(JSON.stringify(out)); process.exit(0); });
+client.send("127.0.0.1", Number(port), "JSMODALITY", "PACSCORE");
+setTimeout(() => { console.log("timeout"); process.exit(1); }, 30000);
+"""
+
+
+@pytest.mark.skipif(not shutil.which("node") or not (DCMJS_DIMSE / "dcmjs-dimse").is_dir(),
+                    reason="node or dcmjs-dimse not installed (npm install dcmjs-dimse in "
+                           "/tmp/mppsnode or set PACSCORE_DCMJS_DIMSE to its node_modules)")
+def test_dcmjs_dimse_an_independent_scu_creates_and_completes_a_step(
+        server: tuple[DimseServer, int, dict[str, str]]) -> None:
+    srv, port, keys = server
+    AeRegistry(srv.archive.root).add("JSMODALITY", "127.0.0.1", rights=("mpps",))
+    worklist = srv.archive.worklist
+    study = str(worklist.get(keys["A2"]).dataset.StudyInstanceUID)
+    uid = generate_uid()
+    out = subprocess.run(["node", "-e", NODE_MPPS, str(port), uid, study, "A2", "S-A2",
+                          generate_uid()], capture_output=True, text=True, timeout=60,
+                         check=False, env={**os.environ, "NODE_PATH": str(DCMJS_DIMSE)})
+    assert out.stdout.strip().splitlines()[-1:] == [
+        json.dumps({"create": 0, "set": 0, "late": 0x0110}, separators=(",", ":"))], out
+    assert worklist.status(keys["A2"]) == StepStatus.COMPLETED
+    step = PerformedSteps(worklist).get(uid)
+    assert step.status == "COMPLETED" and step.steps == (keys["A2"],)
+    assert str(step.dataset.PerformedSeriesSequence[0].ProtocolName) == "CHEST"
