@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -289,6 +292,51 @@ def test_mpps_needs_its_right(server: tuple[DimseServer, int, dict[str, str]]) -
     finally:
         assoc.release()
     assert srv.archive.worklist.status(keys["A1"]) == StepStatus.SCHEDULED
+
+
+CRASH = """
+import sys
+from pathlib import Path
+from tests.test_mpps import completion, creation, order
+from pacscore.workflow import PerformedSteps, Worklist
+wl = Worklist(Path(sys.argv[1]))
+performed = PerformedSteps(wl)
+run, n = sys.argv[2], 0
+while True:
+    acc = f"K{run}-{n}"
+    key = wl.add(order(acc, f"S{acc}"))
+    step, _ = performed.create(None, creation(str(wl.get(key).dataset.StudyInstanceUID),
+                                              acc, f"S{acc}"))
+    performed.update(step.uid, completion())
+    n += 1
+    if n == 10:
+        print("ready", flush=True)
+"""
+
+
+def test_create_and_set_are_whole_or_absent_after_kill_9(tmp_path: Path) -> None:
+    """A kill at any point leaves each step and the scheduled step it drives agreeing:
+    a COMPLETED performed step's scheduled step is completed, an IN PROGRESS one's
+    started (they are one transaction)."""
+    root = Path(__file__).resolve().parent.parent
+    for run, delay in enumerate((0.0, 0.05, 0.2)):
+        with subprocess.Popen([sys.executable, "-c", CRASH, str(tmp_path), str(run)], cwd=root,
+                              stdout=subprocess.PIPE, text=True) as proc:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            time.sleep(delay)
+            os.kill(proc.pid, signal.SIGKILL)
+        wl = Worklist(tmp_path)
+        try:
+            performed = PerformedSteps(wl)
+            assert wl.check() == [] and performed.check() == []
+            expected = {"IN PROGRESS": StepStatus.IN_PROGRESS,
+                        "COMPLETED": StepStatus.COMPLETED}
+            states = list(performed.states())
+            assert len(states) >= 10
+            for _, status, keys in states:
+                assert [wl.status(k) for k in keys] == [expected[status]]
+        finally:
+            wl.close()
 
 
 def test_set_status_rewrites_the_items_sps_status(tmp_path: Path) -> None:

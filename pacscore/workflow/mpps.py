@@ -313,6 +313,29 @@ class PerformedSteps:
         for uid, state in rows:
             yield uid, state["status"], tuple(state["steps"])
 
+    def check(self) -> list[str]:
+        """Consistency problems (none expected, even after a crash): a step without its
+        data set or the reverse, a data set whose status is not the recorded one, a
+        scheduled step it drives that does not exist."""
+        problems: list[str] = []
+        with self.worklist.env.begin() as txn:
+            states = {bytes(k): json.loads(bytes(v))
+                      for k, v in txn.cursor(db=self.dbs[b"mpps_state"])}
+            datas = {bytes(k): bytes(v) for k, v in txn.cursor(db=self.dbs[b"mpps"])}
+            items = self.dbs[b"state"]
+            if set(states) != set(datas):
+                problems.append(f"performed step without data set or the reverse: "
+                                f"{sorted(set(states) ^ set(datas))[:5]}")
+            for uid, state in states.items():
+                if uid in datas and _status_of(decode_dataset(datas[uid])) != state["status"]:
+                    problems.append(f"performed step {uid.decode()}: data set and state "
+                                    f"disagree on the status")
+                missing = [k for k in state["steps"] if txn.get(k.encode(), db=items) is None]
+                if missing:
+                    problems.append(f"performed step {uid.decode()} drives missing items "
+                                    f"{missing}")
+        return problems
+
     def __len__(self) -> int:
         with self.worklist.env.begin() as txn:
             return int(txn.stat(self.dbs[b"mpps_state"])["entries"])
