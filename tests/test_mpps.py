@@ -258,6 +258,13 @@ def test_refusals_are_clear_statuses_on_a_live_association_and_keep_nothing(
         status, _ = assoc.send_n_set(other, MPPS, uid)
         assert status.Status == 0x0106 and "Modality" in status.ErrorComment
         assert status.AttributeIdentifierList == 0x00080060
+        # a status PS3.3 C.4.14 does not define; no attribute list at all
+        odd = Dataset()
+        odd.PerformedProcedureStepStatus = "FINISHED"
+        status, _ = assoc.send_n_set(odd, MPPS, uid)
+        assert status.Status == 0x0106 and "FINISHED" in status.ErrorComment
+        status, _ = assoc.send_n_create(None, MPPS, generate_uid())
+        assert status.Status == 0x0120
         # COMPLETED without its final-state attributes
         status, _ = assoc.send_n_set(completion(series=False), MPPS, uid)
         assert status.Status == 0x0121 and "PerformedSeriesSequence" in status.ErrorComment
@@ -280,7 +287,7 @@ def test_refusals_are_clear_statuses_on_a_live_association_and_keep_nothing(
     assert worklist.status(keys["A1"]) == StepStatus.SCHEDULED  # untouched
     assert worklist.check() == []
     failures = [e for e in audit(srv) if e["event_id"]["code"] == "110111" and e["outcome"]]
-    assert len(failures) == 10 and all("MPPS N-" in e["detail"] for e in failures)
+    assert len(failures) == 12 and all("MPPS N-" in e["detail"] for e in failures)
 
 
 def test_mpps_needs_its_right(server: tuple[DimseServer, int, dict[str, str]]) -> None:

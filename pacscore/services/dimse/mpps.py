@@ -14,13 +14,14 @@ final step, Error ID A710 (PS3.4 Table F.7.2-2); the association goes on.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from pydicom.dataset import Dataset
 
 from ...archive import Archive
 from ...errors import PacsError, ProcedureStepError, ProcedureStepFinalError
-from ...workflow.mpps import PerformedSteps
+from ...workflow.mpps import PerformedStep, PerformedSteps
 from ..auth.security import AuditLog, outcome_of
 from ._fast.wire import error_comment
 from .retrieve import NOT_AUTHORIZED
@@ -52,11 +53,7 @@ class ProcedureStepHandlers:
         raise NotImplementedError
 
     def _performed(self) -> PerformedSteps:
-        steps: PerformedSteps | None = getattr(self, "_performed_steps", None)
-        if steps is None or steps.worklist is not self.archive.worklist:
-            steps = PerformedSteps(self.archive.worklist)
-            self._performed_steps = steps
-        return steps
+        return PerformedSteps(self.archive.worklist)  # a view: nothing to keep
 
     def _n_create(self, event: Any) -> tuple[int | Dataset, Dataset | None]:
         """EVT_N_CREATE: a new performed procedure step, IN PROGRESS."""
@@ -72,7 +69,8 @@ class ProcedureStepHandlers:
                           lambda by: self._performed().update(uid, event.modification_list,
                                                               by=by))
 
-    def _mpps(self, op: str, event: Any, uid: str | None, run: Any
+    def _mpps(self, op: str, event: Any, uid: str | None,
+              run: Callable[[str], tuple[PerformedStep, list[str]]]
               ) -> tuple[int | Dataset, Dataset | None]:
         name, host = self._peer(event)
         if not self._allowed(event, "mpps"):
