@@ -109,13 +109,12 @@ def _orders(worklist: Worklist) -> tuple[dict[str, StudyState], dict[str, str]]:
     Instance UID of each Accession Number."""
     orders: dict[str, StudyState] = {}
     by_accession: dict[str, str] = {}
-    for item in worklist.items():
-        ds = item.dataset
-        uid = text_of(ds.get("StudyInstanceUID", "")).strip() or f"item:{item.key}"
-        acc = text_of(ds.get("AccessionNumber", "")).strip()
-        state = orders.setdefault(uid, StudyState(
-            uid, acc, text_of(ds.get("PatientID", "")).strip(), StudyStatus.SCHEDULED))
-        state.steps[item.key] = str(item.status)
+    for key, status, ids in worklist.identities():
+        uid = (ids["study_uid"] or [f"item:{key}"])[0]
+        acc = ids["accession"][0] if ids["accession"] else ""
+        patient = ids["patient_id"][0] if ids["patient_id"] else ""
+        state = orders.setdefault(uid, StudyState(uid, acc, patient, StudyStatus.SCHEDULED))
+        state.steps[key] = str(status)
         if acc:
             by_accession.setdefault(acc, uid)
     return orders, by_accession

@@ -384,6 +384,16 @@ class Worklist:
         for item, _ in self.find(query if query is not None else Dataset(), statuses=statuses):
             yield item
 
+    def identities(self) -> Iterator[tuple[str, StepStatus, dict[str, list[str]]]]:
+        """(key, status, :data:`IDENTIFIERS` values) of every item in the order they
+        were added, from the state records alone (no data set is decoded)."""
+        with self.env.begin() as txn:
+            rows = [(bytes(k).decode(), json.loads(bytes(v)))
+                    for k, v in txn.cursor(db=self.dbs[b"state"])]
+        for key, state in rows:
+            yield key, StepStatus(state["status"]), {f: list(state.get(f, []))
+                                                     for f in IDENTIFIERS}
+
     def check(self) -> list[str]:
         """Consistency problems (none expected, even after a crash): an item without
         its data set or the reverse, index entries naming a missing or unlisted item,
