@@ -10,6 +10,7 @@ import io
 import json
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,17 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
 
 from pacscore import Archive
 from pacscore.config import ArchiveConfig
 from pacscore.kinds import StepStatus, StudyStatus
+from pacscore.services.auth.security import AeRegistry
 from pacscore.services.auth.tokens import TokenStore
 from pacscore.services.dicomweb.app import create_app
-from pacscore.workflow import PerformedSteps, item_from_pairs
+from pacscore.testing import serve_process
+from pacscore.workflow import PerformedSteps, Worklist, item_from_pairs
 from pacscore.workflow.studies import study_states
 
 from .test_auth_middleware import _ask
@@ -148,3 +153,45 @@ def test_dicomweb_workflow_endpoint_answers_by_status_with_a_read_token(
     assert {s["accession"]: s["status"] for s in every} == {
         k: str(v) for k, v in EXPECTED.items()}
     assert [(s["accession"], s["study_uid"]) for s in done] == [("ACC5", studies["O5"])]
+
+
+def test_served_mpps_then_the_workflow_endpoint_of_the_same_server(tmp_path: Path) -> None:
+    """``pacscore serve`` as deployed: MPPS on its DIMSE door, the study status on its
+    HTTP door, both audited (the MPPS requests and the step changes they made)."""
+    root = tmp_path / "archive"
+    root.mkdir()
+    wl = Worklist(root)
+    try:
+        study = generate_uid()
+        wl.add(item_from_pairs(["AccessionNumber=ACC1", "PatientID=P1", "Modality=CT",
+                                "ScheduledStationAETitle=CT1", "ScheduledProcedureStepID=S1",
+                                f"StudyInstanceUID={study}"]))
+    finally:
+        wl.close()
+    AeRegistry(root).add("MODALITY", "127.0.0.1", rights=("mpps",))
+    token = TokenStore(root).create("read")
+    with serve_process(root, doors=("dimse", "http")) as (_, ports):
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(ModalityPerformedProcedureStep)
+        assoc = ae.associate("127.0.0.1", ports["dimse"], ae_title="PACSCORE")
+        assert assoc.is_established
+        try:
+            uid = generate_uid()
+            mpps = ModalityPerformedProcedureStep
+            assert assoc.send_n_create(creation(study, "ACC1", "S1"), mpps, uid)[0].Status == 0
+            assert assoc.send_n_set(completion(), mpps, uid)[0].Status == 0
+        finally:
+            assoc.release()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{ports['http']}/workflow/studies?status=completed",
+            headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            (state,) = json.loads(answer.read())["studies"]
+    assert (state["accession"], state["study_uid"], state["performed"]) == ("ACC1", study, [uid])
+    audit = [json.loads(line) for line in
+             (root / "audit" / "audit.jsonl").read_text().splitlines()]
+    procedure = [(e["interface"], e["action"]) for e in audit
+                 if e["event_id"]["code"] == "110111"]
+    # the MPPS requests (dimse) and the step's two changes (serve's worklist listener)
+    assert procedure.count(("dimse", "C")) == 1 and procedure.count(("dimse", "U")) == 1
+    assert procedure.count(("serve", "U")) == 2
