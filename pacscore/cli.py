@@ -394,8 +394,8 @@ def _parser() -> argparse.ArgumentParser:
     ae_add.add_argument("name")
     ae_add.add_argument("--host", required=True)
     ae_add.add_argument("--port", type=int, help="its listening port (C-MOVE destinations)")
-    ae_add.add_argument("--rights", help="comma-separated: echo,store,find,get,move,worklist "
-                        "(default all)")
+    ae_add.add_argument("--rights", help="comma-separated: echo,store,find,get,move,worklist,"
+                        "mpps (default all)")
     ae_rm = ae_sub.add_parser("remove", help="unregister a peer")
     ae_rm.add_argument("name")
     ae_ls = ae_sub.add_parser("list", help="registered peers")

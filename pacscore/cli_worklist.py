@@ -1,4 +1,6 @@
 """``pacscore worklist list|add|cancel``: the Modality Worklist of sites without a RIS;
+``pacscore worklist studies|unreconciled``: the status of ordered studies and the stored
+studies that match no order (:mod:`pacscore.workflow.studies`);
 ``pacscore hl7 allow|deny|list``: the hosts a RIS may send HL7 (MLLP) from;
 ``pacscore hl7 outbox|resend``: the reports waiting for their receiver (ORU^R01 out).
 
@@ -13,13 +15,14 @@ import argparse
 import getpass
 import json
 from pathlib import Path
+from typing import Any
 
 __all__ = ["add_parser", "run", "run_hl7"]
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                archive_arg: object) -> None:
-    """The ``worklist`` command and its three subcommands."""
+    """The ``worklist`` command and its subcommands."""
     wl = sub.add_parser("worklist", help="scheduled procedure steps the modalities query "
                                          "(Modality Worklist)")
     wl_sub = wl.add_subparsers(dest="worklist_command", required=True)
@@ -36,7 +39,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     cancel = wl_sub.add_parser("cancel", help="cancel steps by key, Accession Number or "
                                               "Scheduled Procedure Step ID")
     cancel.add_argument("which", nargs="+")
-    for sp in (add, ls, cancel):
+    studies = wl_sub.add_parser("studies", help="ordered studies and their status (scheduled, "
+                                                "arrived, in_progress, completed, reported, "
+                                                "...), then stored studies no order matches")
+    studies.add_argument("--status", help="only studies of this status (e.g. arrived, "
+                                          "unreconciled)")
+    unrec = wl_sub.add_parser("unreconciled", help="stored studies that match no order "
+                                                   "(Study Instance UID, Accession Number)")
+    for sp in (studies, unrec):
+        sp.add_argument("--json", action="store_true")
+    for sp in (add, ls, cancel, studies, unrec):
         archive_arg(sp)  # type: ignore[operator]
     wl.set_defaults(func=run)
 
@@ -110,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     from .services.auth.security import AuditLog
     from .workflow import LISTED, StepStatus, item_from_pairs, read_item
     from .workflow.items import summary
+    from .workflow.studies import study_states
 
     with Archive(args.archive) as archive:
         worklist = archive.worklist
@@ -132,13 +145,32 @@ def run(args: argparse.Namespace) -> int:
                     print(f"pacscore: {exc}")
                     missing += 1
             return 1 if missing else 0
+        if args.worklist_command in ("studies", "unreconciled"):
+            return _studies(args, archive)
         statuses = frozenset(StepStatus) if args.all else LISTED
-        rows = [{"key": i.key, "status": str(i.status), **summary(i.dataset)}
-                for i in worklist.items(statuses=statuses)]
+        study_of = {key: str(s.status) for s in study_states(worklist, archive.query)
+                    for key in s.steps}
+        rows = [{"key": i.key, "status": str(i.status), "study_status": study_of.get(i.key, ""),
+                 **summary(i.dataset)} for i in worklist.items(statuses=statuses)]
         if args.json:
             print(json.dumps({"items": rows}))
         for r in [] if args.json else rows:
-            print(f"{r['key']} {r['status']:<11} {r['accession']:<16} {r['station']:<16} "
-                  f"{r['modality']:<4} {r['date']} {r['time']:<6} {r['patient_id']:<16} "
-                  f"{r['patient_name']}")
+            print(f"{r['key']} {r['status']:<11} {r['study_status']:<11} {r['accession']:<16} "
+                  f"{r['station']:<16} {r['modality']:<4} {r['date']} {r['time']:<6} "
+                  f"{r['patient_id']:<16} {r['patient_name']}")
+    return 0
+
+
+def _studies(args: argparse.Namespace, archive: Any) -> int:
+    """``worklist studies [--status S]`` and ``worklist unreconciled``."""
+    from .workflow.studies import parse_status, study_states
+
+    text = "unreconciled" if args.worklist_command == "unreconciled" else args.status
+    states = study_states(archive.worklist, archive.query,
+                          status=parse_status(text) if text else None)
+    if args.json:
+        print(json.dumps({"studies": [s.as_json() for s in states]}))
+    for s in [] if args.json else states:
+        print(f"{s.status:<12} {s.accession:<16} {s.patient_id:<16} {s.instances:>6} "
+              f"{s.study_uid}")
     return 0

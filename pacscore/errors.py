@@ -13,15 +13,21 @@ __all__ = [
     "ArchiveCorruptError",
     "ArchiveStorageError",
     "ConflictError",
+    "DuplicateInstanceError",
     "HL7MessageError",
     "IdentityMismatchError",
+    "InvalidAttributeValueError",
     "InvalidDicomError",
     "InvalidRequestError",
     "InvalidUIDError",
     "LimitExceededError",
+    "MissingAttributeError",
+    "MissingAttributeValueError",
     "NoSuchFrameError",
     "NotFoundError",
     "PacsError",
+    "ProcedureStepError",
+    "ProcedureStepFinalError",
     "RenderError",
     "TruncatedFileError",
     "UndecodablePixelDataError",
@@ -115,6 +121,52 @@ class HL7MessageError(InvalidRequestError):
                  source: str | None = None, hint: str | None = None):
         self.code, self.location = code, location
         super().__init__(message, source=source, hint=hint)
+
+
+class ProcedureStepError(InvalidRequestError):
+    """A Modality Performed Procedure Step request the workflow refuses (PS3.4 F.7.2);
+    the DIMSE door answers each subclass with its own N-CREATE/N-SET status.
+    :attr:`tags` name the attributes at fault (the response's Attribute Identifier
+    List)."""
+
+    hint = "fix the attributes the message names and send the request again"
+
+    def __init__(self, message: str, *, tags: tuple[int, ...] = (),
+                 source: str | None = None, hint: str | None = None):
+        self.tags = tags
+        super().__init__(message, source=source, hint=hint)
+
+
+class MissingAttributeError(ProcedureStepError):
+    """An attribute the request must hold (Type 1 or 2 of PS3.4 Table F.7.2-1) is
+    absent."""
+
+    hint = "send the attributes PS3.4 Table F.7.2-1 requires for this request"
+
+
+class MissingAttributeValueError(MissingAttributeError):
+    """A Type 1 attribute is present without a value (at N-CREATE, or in the final
+    state COMPLETED/DISCONTINUED)."""
+
+    hint = "give the attributes the message names a value"
+
+
+class InvalidAttributeValueError(ProcedureStepError):
+    """A value the procedure step cannot take (a status other than IN PROGRESS at
+    N-CREATE, an unknown status, a change to an attribute N-SET may not change)."""
+
+
+class DuplicateInstanceError(ProcedureStepError):
+    """A Performed Procedure Step with this SOP Instance UID exists already."""
+
+    hint = "create the step with a new SOP Instance UID, or N-SET the existing one"
+
+
+class ProcedureStepFinalError(ProcedureStepError):
+    """The Performed Procedure Step is COMPLETED or DISCONTINUED: it may no longer be
+    updated (PS3.4 F.7.2.2.2)."""
+
+    hint = "create a new Performed Procedure Step for further work"
 
 
 class UnsupportedTransferSyntaxError(PacsError, ValueError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 __all__ = ["CODECS", "CODEC_NAMES", "FileStatus", "Level", "PutStatus", "StepStatus", "StoreKind",
-           "StoreStatus"]
+           "StoreStatus", "StudyStatus"]
 
 CODECS: dict[str, tuple[str, str]] = {
     # name: (module of pacscore.codecs, transfer syntax UID)
@@ -100,3 +100,27 @@ class StepStatus(StrEnum):
     """Started and stopped before the end (MPPS DISCONTINUED)."""
     CANCELLED = "cancelled"
     """Withdrawn before it started (``pacscore worklist cancel``, an order cancel)."""
+
+
+class StudyStatus(StrEnum):
+    """Where an ordered study stands (:mod:`pacscore.workflow.studies`), derived from
+    its worklist items, the performed procedure steps that drove them, and what the
+    archive holds for it."""
+
+    SCHEDULED = "scheduled"
+    """Ordered; nothing performed, no image stored."""
+    ARRIVED = "arrived"
+    """Images are stored for it, no procedure step reported started."""
+    IN_PROGRESS = "in_progress"
+    """A step is started (MPPS IN PROGRESS), or some are done and others not."""
+    COMPLETED = "completed"
+    """Every step done (MPPS COMPLETED; discontinued ones aside)."""
+    REPORTED = "reported"
+    """A structured report (Modality SR) is stored for it."""
+    DISCONTINUED = "discontinued"
+    """Every step stopped before the end, nothing stored."""
+    CANCELLED = "cancelled"
+    """Every step cancelled, nothing stored."""
+    UNRECONCILED = "unreconciled"
+    """A study in the archive that matches no order (Study Instance UID, Accession
+    Number)."""

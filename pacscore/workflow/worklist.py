@@ -13,6 +13,9 @@ commit).  Named databases::
     meta    b"next" -> the next key (decimal); b"format" -> layout version
     patient Patient ID -> JSON demographics (HL7 ADT; ``merged_into`` after an A40)
     message sender NUL facility NUL message control ID -> the ACK sent (HL7 dedup)
+    mpps    Performed Procedure Step SOP Instance UID -> its data set (MPPS,
+            :mod:`pacscore.workflow.mpps`)
+    mpps_state  the same UID -> JSON: status, the steps it drives, times
 
 Keys are 12-digit decimal counters, so they sort in the order items were added.  Index
 values are cut at :data:`_INDEXED_BYTES` (every lookup is confirmed by the matcher).
@@ -40,12 +43,23 @@ from ..kinds import StepStatus
 from ..lmdb_env import open_env, write
 from .matching import SPS, IndexedKey, answer, check_identifier, element, index_plan, text_of
 
-__all__ = ["IDENTIFIERS", "INDEXED", "LISTED", "Changes", "WorkflowEvent", "Worklist",
-           "WorklistItem"]
+__all__ = ["IDENTIFIERS", "INDEXED", "LISTED", "SPS_STATUS", "Changes", "WorkflowEvent",
+           "Worklist", "WorklistItem"]
 
 LISTED: frozenset[StepStatus] = frozenset({StepStatus.SCHEDULED, StepStatus.IN_PROGRESS})
 """Statuses a Modality Worklist query lists (a step a modality started stays listed, so
 the same or another modality can pick it up again after a failure)."""
+
+SPS_STATUS: dict[StepStatus, str] = {
+    # Scheduled Procedure Step Status (0040,0020), PS3.3 C.4.10 defined terms: what the
+    # item's data set says (and a worklist C-FIND answers) for each status.
+    StepStatus.SCHEDULED: "SCHEDULED",
+    StepStatus.IN_PROGRESS: "STARTED",
+    StepStatus.COMPLETED: "COMPLETED",
+    StepStatus.DISCONTINUED: "DISCONTINUED",
+    StepStatus.CANCELLED: "CANCELED",
+}
+_SPS_STATUS_TAG = 0x00400020
 
 # Index field -> (where its values are: top level or each SPS item, keyword); the
 # matching index (``match``) of listed items.  Fields are one character in keys.
@@ -67,7 +81,8 @@ IDENTIFIERS: dict[str, tuple[bool, str, bytes]] = {
 }
 """Order and patient identity: looked up by :meth:`Worklist.lookup` (every item)."""
 
-_DATABASES = (b"item", b"state", b"match", b"ident", b"meta", b"patient", b"message")
+_DATABASES = (b"item", b"state", b"match", b"ident", b"meta", b"patient", b"message",
+              b"mpps", b"mpps_state")
 _DUPSORT = frozenset({b"match", b"ident"})
 _FORMAT = b"1"
 _INDEXED_BYTES = 200
@@ -138,6 +153,23 @@ def _entries(ds: Dataset, table: dict[str, tuple[bool, str, bytes]]) -> set[byte
     return {char + b"\0" + v.encode("utf-8", "surrogateescape")[:_INDEXED_BYTES]
             for sps_level, keyword, char in table.values()
             for v in _values(ds, sps_level, keyword)}
+
+
+def _with_status(ds: Dataset, status: StepStatus) -> Dataset:
+    """``ds`` with Scheduled Procedure Step Status (0040,0020) set to what ``status``
+    is called in every SPS item (so a worklist C-FIND answers where the step stands)."""
+    for sps in ds.get(SPS).value if SPS in ds and ds[SPS].VR == "SQ" else []:
+        sps.add_new(_SPS_STATUS_TAG, "CS", SPS_STATUS[status])
+    return ds
+
+
+def _asks_status(query: Dataset) -> bool:
+    """The identifier names a Scheduled Procedure Step Status to match (not only a
+    return key): then every step is a candidate, not only the listed ones."""
+    seq = query.get(SPS)
+    items = seq.value if seq is not None and seq.VR == "SQ" else []
+    return any(text_of(i[_SPS_STATUS_TAG].value).strip("*? ")
+               for i in items if _SPS_STATUS_TAG in i)
 
 
 def _check_item(ds: Dataset) -> None:
@@ -362,9 +394,14 @@ class Worklist:
     def find(self, query: Dataset, *, statuses: frozenset[StepStatus] = LISTED
              ) -> Iterator[tuple[WorklistItem, Dataset]]:
         """Items matching the Modality Worklist identifier ``query`` (PS3.4 K.6.1.2),
-        each with its response identifier; in the order they were added.
-        InvalidRequestError for an identifier that cannot be matched."""
+        each with its response identifier; in the order they were added.  Scheduled and
+        started steps (:data:`LISTED`) unless the identifier matches on Scheduled
+        Procedure Step Status (``COMPLETED`` lists the steps done: the item's data set
+        says where it stands, :data:`SPS_STATUS`).  InvalidRequestError for an
+        identifier that cannot be matched."""
         check_identifier(query)
+        if statuses == LISTED and _asks_status(query):
+            statuses = frozenset(StepStatus)  # e.g. COMPLETED: see the steps done
         plan = list(index_plan(query)) if statuses <= LISTED else []
         with self.env.begin() as txn:
             keys = self._candidates(txn, plan)
@@ -389,6 +426,16 @@ class Worklist:
         """Items of ``statuses`` (default: all) matching ``query`` (default: every one)."""
         for item, _ in self.find(query if query is not None else Dataset(), statuses=statuses):
             yield item
+
+    def identities(self) -> Iterator[tuple[str, StepStatus, dict[str, list[str]]]]:
+        """(key, status, :data:`IDENTIFIERS` values) of every item in the order they
+        were added, from the state records alone (no data set is decoded)."""
+        with self.env.begin() as txn:
+            rows = [(bytes(k).decode(), json.loads(bytes(v)))
+                    for k, v in txn.cursor(db=self.dbs[b"state"])]
+        for key, state in rows:
+            yield key, StepStatus(state["status"]), {f: list(state.get(f, []))
+                                                     for f in IDENTIFIERS}
 
     def check(self) -> list[str]:
         """Consistency problems (none expected, even after a crash): an item without
@@ -470,6 +517,8 @@ class Changes:
             self.worklist._index(self.txn, key, ds, b"match", INDEXED, add=status in LISTED)
         state.update(status=str(status), updated=time.time())
         self.txn.put(key.encode(), json.dumps(state).encode(), db=self.dbs[b"state"])
+        self.txn.put(key.encode(), encode_dataset(_with_status(ds, status)),
+                     db=self.dbs[b"item"])
         self.events.append(WorkflowEvent("U", key, status, _accession(ds), self.by))
         return True
 
@@ -482,6 +531,8 @@ class Changes:
         old = decode_dataset(self.worklist._value(self.txn, key.encode(), b"item"))
         data = encode_dataset(item)
         ds = decode_dataset(data)
+        if status != StepStatus.SCHEDULED:  # the new attributes, the status it has
+            data = encode_dataset(_with_status(ds, status))
         index = self.worklist._index
         index(self.txn, key, old, b"ident", IDENTIFIERS, add=False)
         index(self.txn, key, ds, b"ident", IDENTIFIERS, add=True)

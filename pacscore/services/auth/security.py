@@ -33,8 +33,9 @@ if TYPE_CHECKING:
 __all__ = ["AUDIT_EVENTS", "RIGHTS", "AeEntry", "AeRegistry", "AuditLog", "SenderList",
            "canonical_address", "outcome_of"]
 
-RIGHTS: tuple[str, ...] = ("echo", "store", "find", "get", "move", "worklist")
-"""What a DIMSE peer may be allowed to do (``worklist``: Modality Worklist C-FIND)."""
+RIGHTS: tuple[str, ...] = ("echo", "store", "find", "get", "move", "worklist", "mpps")
+"""What a DIMSE peer may be allowed to do (``worklist``: Modality Worklist C-FIND;
+``mpps``: Modality Performed Procedure Step N-CREATE/N-SET)."""
 
 # PS3.15 A.5.1 / PS3.16 CID 400: audit event IDs (code value, meaning).
 AUDIT_EVENTS: dict[str, tuple[str, str]] = {
@@ -43,7 +44,7 @@ AUDIT_EVENTS: dict[str, tuple[str, str]] = {
     "transferred": ("110104", "DICOM Instances Transferred"),
     "deleted": ("110105", "DICOM Study Deleted"),
     "export": ("110106", "Export"),  # reports sent out (HL7 ORU^R01)
-    "procedure": ("110111", "Procedure Record"),  # worklist items added, cancelled
+    "procedure": ("110111", "Procedure Record"),  # worklist items added, cancelled; MPPS
     "query": ("110112", "Query"),
     "security": ("110113", "Security Alert"),
     "authentication": ("110114", "User Authentication"),

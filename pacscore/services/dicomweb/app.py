@@ -56,6 +56,7 @@ from .media import (
 )
 from .multipart import encode_related, stream_related
 from .stow import Stow
+from .workflow import WorkflowStudies
 
 __all__ = ["HTTP_STATUS", "create_app"]
 
@@ -590,6 +591,7 @@ def create_app(archive: Archive, *, cors_origins: list[str] | None = None,
         Route(s + se + i + "/frames/{frame:int}/rendered", read(api.rendered),
               methods=["GET"]),
         Route("/wado", read(api.wado_uri), methods=["GET"]),
+        Route("/workflow/studies", read(WorkflowStudies(archive)), methods=["GET"]),
         Route("/healthz", public(healthz), methods=["GET"]),  # no token (see healthz)
     ]
     check_routes(routes)

@@ -1,4 +1,5 @@
-"""DIMSE front end (pynetdicom): C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE.
+"""DIMSE front end (pynetdicom): C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE, and MPPS
+N-CREATE/N-SET (:mod:`.mpps`).
 
 It only translates requests into :class:`~pacscore.Archive` calls, checks the AE
 allow-list, writes the audit trail (one line per request, its outcome that of the
@@ -29,6 +30,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    ModalityPerformedProcedureStep,
     ModalityWorklistInformationFind,
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -46,12 +48,18 @@ from ...dicom.identity import claimed_uids
 from ...errors import (
     ArchiveStorageError,
     ConflictError,
+    DuplicateInstanceError,
     IdentityMismatchError,
+    InvalidAttributeValueError,
     InvalidDicomError,
     InvalidRequestError,
+    InvalidUIDError,
     LimitExceededError,
+    MissingAttributeError,
+    MissingAttributeValueError,
     NotFoundError,
     PacsError,
+    ProcedureStepError,
 )
 from ...index.base import LEVEL_ATTRIBUTES
 from ..auth.security import AeRegistry, AuditLog, outcome_of
@@ -64,6 +72,7 @@ from ._fast.receive import StoreAnswer, StoreRequest
 from ._fast.send import send_responses_directly
 from ._fast.transport import clear_spool, nodelay, private_folder
 from ._fast.wire import ERROR_COMMENT_LENGTH, error_comment
+from .mpps import ProcedureStepHandlers
 from .retrieve import NOT_AUTHORIZED, UNABLE, RetrieveHandlers, status_set
 from .worklist import MODALITY_WORKLIST_FIND, WorklistHandlers
 
@@ -89,6 +98,17 @@ STATUS: dict[tuple[str, type[Exception]], int] = {
     ("worklist", LimitExceededError): 0xA700,
     ("get", NotFoundError): 0xC000,
     ("move", NotFoundError): 0xC000,
+    # Modality Performed Procedure Step N-CREATE/N-SET (PS3.4 F.7.2, PS3.7 10.1.3-5 and
+    # C): the nearest class counts; anything else 0x0110 Processing failure (.mpps).
+    ("mpps", ProcedureStepError): 0x0110,  # incl. a final step: Error ID A710
+    ("mpps", MissingAttributeError): 0x0120,
+    ("mpps", MissingAttributeValueError): 0x0121,
+    ("mpps", InvalidAttributeValueError): 0x0106,
+    ("mpps", DuplicateInstanceError): 0x0111,
+    ("mpps", NotFoundError): 0x0112,  # No such SOP Instance
+    ("mpps", InvalidUIDError): 0x0117,  # Invalid object instance
+    ("mpps", InvalidRequestError): 0x0106,  # an attribute of the wrong VR
+    ("mpps", ArchiveStorageError): 0x0213,  # Resource limitation
 }
 # Error Comment (0000,0902) of a refused C-STORE by error class (PS3.7 C.4.2): a fixed
 # text where the reason would name the server's files, else the reason itself.
@@ -203,7 +223,7 @@ class _HandshakeInItsThread:
                                         do_handshake_on_connect=False)
 
 
-class DimseServer(RetrieveHandlers, WorklistHandlers):
+class DimseServer(RetrieveHandlers, WorklistHandlers, ProcedureStepHandlers):
     """A pynetdicom SCP bound to one archive.
 
     ``patched`` and ``used`` are the pynetdicom names the fast paths need
@@ -264,6 +284,7 @@ class DimseServer(RetrieveHandlers, WorklistHandlers):
                       StudyRootQueryRetrieveInformationModelMove):
             ae.add_supported_context(model)
         ae.add_supported_context(ModalityWorklistInformationFind)  # PS3.4 K.6 (.worklist)
+        ae.add_supported_context(ModalityPerformedProcedureStep)  # PS3.4 F.7 (.mpps)
         # Storage Commitment Push Model (PS3.4 J): we are the SCP; the report may go
         # back on the same association or, once it is closed, on a new one.
         ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
@@ -285,6 +306,7 @@ class DimseServer(RetrieveHandlers, WorklistHandlers):
             (evt.EVT_C_FIND, self._c_find), (evt.EVT_C_GET, self._get),
             (evt.EVT_C_MOVE, self._move), (evt.EVT_REJECTED, self._rejected),
             (evt.EVT_N_ACTION, self._commitment),
+            (evt.EVT_N_CREATE, self._n_create), (evt.EVT_N_SET, self._n_set),
         ]
         tls: Any = None if ssl_context is None else _HandshakeInItsThread(ssl_context)
         if not self.fast:
@@ -360,6 +382,14 @@ class DimseServer(RetrieveHandlers, WorklistHandlers):
             return _status(op, exc), exc.reason
         log.exception("C-%s failed", op.upper())
         return UNABLE, f"internal error ({type(exc).__name__}), logged"
+
+    def _mpps_status(self, exc: Exception) -> int:
+        """The N-CREATE/N-SET status of ``exc`` (:data:`STATUS` rows ``mpps``)."""
+        for cls in type(exc).__mro__:
+            code = STATUS.get(("mpps", cls))  # type: ignore[arg-type]
+            if code is not None:
+                return code
+        return 0x0110
 
     @staticmethod
     def _query(event: Any) -> tuple[str, dict[str, str], list[str]]:
