@@ -66,3 +66,9 @@ def corpus() -> Path:
 def archive(tmp_path: Path) -> Iterator[Archive]:
     with Archive(tmp_path / "archive", ArchiveConfig()) as a:
         yield a
+
+
+from pacscore.testing.s3 import seaweedfs_server  # noqa: E402
+
+seaweedfs = seaweedfs_server()
+"""A SeaweedFS S3 server for the session (skips when the weed binary is absent)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import UnknownStoreError
 from .base import FrameStore
@@ -23,6 +24,7 @@ Setting = str | int | float | bool | None
 
 STORE_KINDS: dict[str, str] = {
     "zarr": "pacscore.store.zarr_store:ZarrFrameStore",
+    "s3": "pacscore.store.object_store:ObjectFrameStore",
 }
 """Frame store kinds: name -> implementation (``module:Class``, a FrameStore whose
 constructor takes the spec's settings as keyword arguments)."""
@@ -45,6 +47,39 @@ class StoreSpec:
             raise UnknownStoreError(f"unknown frame store kind {kind!r} (known: "
                                     f"{', '.join(sorted(STORE_KINDS))})")
         return cls(implementation, tuple(sorted(settings.items())))
+
+    @classmethod
+    def from_url(cls, url: str) -> StoreSpec:
+        """The spec of ``s3://bucket/prefix?endpoint=http://host:port&region=r`` (what
+        ``--store`` takes); ``allow_http`` follows the endpoint's scheme unless given,
+        ``timeout`` and ``retries`` may be given too.  Credentials never go in the
+        URL: the store reads the standard AWS environment variables."""
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise UnknownStoreError(f"{url!r} is no store URL (s3://bucket/prefix?...)")
+        if "@" in parts.netloc:
+            raise UnknownStoreError("credentials do not belong in a store URL: set "
+                                    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        query = dict(parse_qsl(parts.query, strict_parsing=False))
+        unknown = set(query) - {"endpoint", "region", "allow_http", "timeout", "retries"}
+        if unknown:
+            raise UnknownStoreError(f"unknown store URL parameter(s) {sorted(unknown)}; "
+                                    f"known: endpoint, region, allow_http, timeout, retries")
+        endpoint = query.get("endpoint", "")
+        settings: dict[str, Setting] = {"bucket": parts.netloc,
+                                        "prefix": parts.path.strip("/")}
+        if endpoint:
+            settings["endpoint"] = endpoint.rstrip("/")
+        if query.get("region"):
+            settings["region"] = query["region"]
+        allow = query.get("allow_http")
+        if allow is not None or endpoint.startswith("http://"):
+            settings["allow_http"] = (allow or "true").lower() in ("1", "true", "yes")
+        if "timeout" in query:
+            settings["timeout"] = float(query["timeout"])
+        if "retries" in query:
+            settings["retries"] = int(query["retries"])
+        return cls.of("s3", **settings)
 
     def open(self) -> FrameStore:
         """A new store object of this spec (in the calling process)."""
