@@ -17,11 +17,14 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
 
 from ..dicom.layout import PixelLayout
 from ..errors import ArchiveStorageError
 
-__all__ = ["FrameStore", "validate_location"]
+__all__ = ["Collectable", "FrameStore", "StoredLocation", "validate_location"]
 
 _LOCATION = re.compile(r"^[0-9a-f]{32}$")
 
@@ -95,3 +98,35 @@ class FrameStore(ABC):
     @abstractmethod
     def clean_staging(self) -> int:
         """Remove everything staged (crash leftovers); return how many entries."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLocation:
+    """What a store holds of one location (for garbage collection)."""
+
+    location: str
+    """The location id."""
+    keys: tuple[str, ...]
+    """Its objects' keys in the store (a staging marker included)."""
+    newest: datetime
+    """Last-modified time (UTC) of its newest object."""
+    size: int
+    """Bytes of all its objects."""
+    staged: bool
+    """It is still staged (not published)."""
+
+
+@runtime_checkable
+class Collectable(Protocol):
+    """A store that can hold objects no committed record names outside a staging area
+    that start-up cleans (an object store, where several writers may share a bucket and
+    a crash can fall between a PUT and the index commit): ``pacscore gc`` lists and
+    removes them (:mod:`pacscore.gc`)."""
+
+    def inventory(self) -> Iterator[StoredLocation]:
+        """Every location with objects in the store, staged or published."""
+        ...
+
+    def remove_objects(self, keys: Sequence[str]) -> None:
+        """Delete these objects (missing ones are ignored)."""
+        ...

@@ -39,8 +39,7 @@ import json
 import os
 import threading
 from collections.abc import Awaitable, Coroutine, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import obstore
@@ -50,14 +49,14 @@ from obstore.store import S3Store
 
 from ..dicom.layout import PixelLayout
 from ..errors import ArchiveStorageError, NotFoundError, ObjectStorageError
-from .base import FrameStore, validate_location
+from .base import FrameStore, StoredLocation, validate_location
 from .zarr_store import array_metadata
 
 if TYPE_CHECKING:
     from obstore import ObjectMeta
     from obstore.store import ClientConfig, RetryConfig, S3Config
 
-__all__ = ["ObjectFrameStore", "StoredLocation"]
+__all__ = ["ObjectFrameStore"]
 
 T = TypeVar("T")
 
@@ -92,22 +91,6 @@ _LOOP = _Loop()
 
 async def _gather(calls: Sequence[Awaitable[T]]) -> list[T]:
     return list(await asyncio.gather(*calls))
-
-
-@dataclass(frozen=True, slots=True)
-class StoredLocation:
-    """What the bucket holds of one location (for garbage collection)."""
-
-    location: str
-    """The location id."""
-    keys: tuple[str, ...]
-    """Its objects' keys (relative to the store's prefix), the marker included."""
-    newest: datetime
-    """Last-modified time of its newest object."""
-    size: int
-    """Bytes of all its objects."""
-    staged: bool
-    """It has a staging marker."""
 
 
 class ObjectFrameStore(FrameStore):
@@ -356,7 +339,7 @@ class ObjectFrameStore(FrameStore):
             if loc not in staged:
                 yield loc
 
-    # -- garbage collection (pacscore.gc) ----------------------------------------
+    # -- garbage collection (pacscore.gc; the Collectable protocol) ---------------
     def inventory(self) -> Iterator[StoredLocation]:
         """Every location with objects in the bucket, staged or published, with the
         age of its newest object (keys that are no location: ignored)."""

@@ -11,13 +11,22 @@ it, which need not have imported the archive.
 from __future__ import annotations
 
 import importlib
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from ..errors import UnknownStoreError
+from ..errors import ArchiveStorageError, UnknownStoreError
 from .base import FrameStore
 
-__all__ = ["STORE_KINDS", "Setting", "StoreSpec"]
+__all__ = ["STORE_FILE", "STORE_KINDS", "Setting", "StoreSpec", "remembered_spec"]
+
+STORE_FILE = "store.json"
+"""The file in an archive's root naming a frame store kept elsewhere (S3)."""
+REMEMBERED = ("s3",)
+"""Kinds whose data lives outside the archive's root: their spec is kept in
+:data:`STORE_FILE`, so every later command opens the same store."""
 
 Setting = str | int | float | bool | None
 """A store setting: plain values only, so a spec pickles small and compares equal."""
@@ -93,3 +102,38 @@ class StoreSpec:
             raise UnknownStoreError(f"{self.implementation!r} is not a FrameStore")
         store: FrameStore = implementation(**dict(self.settings))
         return store
+
+
+def remembered_spec(root: Path, given: StoreSpec | None, *, save: bool) -> StoreSpec | None:
+    """The frame store of the archive at ``root``: the one its :data:`STORE_FILE` names,
+    else ``given`` (kept there, when ``save`` and of a :data:`REMEMBERED` kind), else None
+    (the default store).
+
+    Raises
+    ------
+    ArchiveStorageError
+        ``given`` names another store than the archive's, or the file is unreadable.
+    """
+    path = root / STORE_FILE
+    try:
+        saved = json.loads(path.read_text()) if path.is_file() else None
+        if saved is not None:
+            spec = StoreSpec(saved["implementation"],
+                             tuple((k, v) for k, v in sorted(saved["settings"].items())))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ArchiveStorageError(f"cannot read {path}: {exc}",
+                                  hint="restore it from a backup or fix its JSON") from exc
+    if saved is not None:
+        if given is not None and given != spec:
+            raise ArchiveStorageError(
+                f"{root} keeps its frames in {dict(spec.settings)}, not in "
+                f"{dict(given.settings)}",
+                hint=f"leave --store out, or edit {path} if the store has moved")
+        return spec
+    kinds = {STORE_KINDS[k] for k in REMEMBERED}
+    if save and given is not None and given.implementation in kinds:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"implementation": given.implementation,
+                                   "settings": dict(given.settings)}, indent=1))
+        os.replace(tmp, path)
+    return given
