@@ -75,3 +75,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if out:
         Path(out).write_text("\n".join(benchlib.table(benchlib.ROWS)) + "\n")
         tr.write_line(f"(table written to {out})")
+
+
+from pacscore.testing.s3 import seaweedfs_server  # noqa: E402
+
+seaweedfs = seaweedfs_server()
+"""A SeaweedFS S3 server for the session (skips when the weed binary is absent)."""
