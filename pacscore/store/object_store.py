@@ -29,7 +29,8 @@ S3 has no rename, so the contract's steps map to:
   ``pacscore gc`` after a grace period (:mod:`pacscore.gc`).
 
 Errors: every request is retried by obstore (5xx, SlowDown, connection errors, read
-timeouts; exponential backoff with jitter, ``retries`` times within ``timeout``);
+timeouts; exponential backoff with jitter, ``retries`` times), a PUT that timed out
+by :meth:`ObjectFrameStore._put` (same bytes found under the key: it had landed);
 what still fails is an :class:`~pacscore.errors.ObjectStorageError` naming the
 request.  Credentials come from the standard AWS environment variables
 (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``).
@@ -141,6 +142,7 @@ class ObjectFrameStore(FrameStore):
         if not bucket or "/" in bucket:
             raise ArchiveStorageError(f"invalid bucket name {bucket!r}")
         self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.retries = retries
         self.endpoint = endpoint
         config: dict[str, Any] = {}
         if endpoint:
@@ -193,8 +195,24 @@ class ObjectFrameStore(FrameStore):
 
     # -- requests ----------------------------------------------------------------
     async def _put(self, key: str, data: bytes) -> str:
-        await obstore.put_async(self.store, key, data, mode="create", use_multipart=False)
-        return key
+        """PUT with conditional create.  obstore retries 5xx and connection errors but
+        not a PUT that timed out (it may have landed): that is retried here, and an
+        object found under the key then is ours when it holds the same bytes (keys are
+        fresh location ids of this process: nothing else writes them)."""
+        for attempt in range(self.retries + 1):
+            try:
+                await obstore.put_async(self.store, key, data, mode="create",
+                                        use_multipart=False)
+                return key
+            except _EXISTS:
+                if attempt and await self._read_async(key) == data:
+                    return key  # an earlier attempt landed after all
+                raise
+            except _FAILED as exc:
+                if attempt == self.retries or not _timed_out(exc):
+                    raise
+                await asyncio.sleep(min(0.1 * 2 ** attempt, 5.0))
+        raise AssertionError("unreachable")
 
     def _create(self, items: Sequence[tuple[str, bytes]], what: str) -> None:
         """PUT every item with conditional create, concurrently; all or nothing: after a
@@ -391,6 +409,12 @@ class ObjectFrameStore(FrameStore):
         markers = [k for k in keys if k.startswith("staging/")]
         self._delete([k for k in keys if not k.startswith("staging/")], "collecting garbage")
         self._delete(markers, "collecting garbage")
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """A request that got no answer in time (obstore names the cause in its message)."""
+    text = str(exc)
+    return isinstance(exc, TimeoutError) or "TimedOut" in text or "timed out" in text
 
 
 def _is_location(name: str) -> bool:

@@ -10,6 +10,9 @@ the reason, only when the ``weed`` binary is absent.
 SeaweedFS started without an identities file accepts any credentials; the
 fixture sets the standard AWS variables (``AWS_ACCESS_KEY_ID`` ...) to test values when
 they are unset, as the store reads them from there.
+
+:class:`FaultProxy` sits on loopback in front of it and fails chosen requests (500,
+503 SlowDown, answers too late) for the fault tests.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any
 
 from . import free_port
 
-__all__ = ["SeaweedS3", "seaweedfs", "seaweedfs_server", "weed_binary"]
+__all__ = ["Fault", "FaultProxy", "SeaweedS3", "seaweedfs", "seaweedfs_server", "weed_binary"]
 
 TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "pacscore-test",
                     "AWS_SECRET_ACCESS_KEY": "pacscore-test-secret",
@@ -169,3 +172,131 @@ def seaweedfs_server() -> Any:
             yield server
 
     return fixture
+
+
+@dataclass(slots=True)
+class Fault:
+    """Answer matching requests with a failure instead of forwarding them."""
+
+    method: str
+    """HTTP method it applies to (``PUT``, ``GET``, ...)."""
+    key_part: str
+    """A substring of the request path it applies to (``""``: every path)."""
+    status: int = 503
+    """Status answered (0: no answer before ``delay``, then the request is forwarded
+    late, as a server that stored what its client gave up on)."""
+    times: int = 1_000_000
+    """How many matching requests fail (then they pass)."""
+    delay: float = 0.0
+    """Seconds to wait before answering or forwarding."""
+
+
+_BODIES = {
+    500: ("InternalError", "We encountered an internal error. Please try again."),
+    503: ("SlowDown", "Please reduce your request rate."),
+}
+
+
+class FaultProxy:
+    """A loopback HTTP proxy in front of an S3 endpoint that fails chosen requests
+    (5xx with S3's error body, SlowDown, answers too late); every request it saw is in
+    :attr:`seen` as ``(method, path, status)``.  Use as a context manager."""
+
+    def __init__(self, upstream: str):
+        import http.client
+        import http.server
+        import threading
+        from urllib.parse import urlsplit
+
+        self.faults: list[Fault] = []
+        self.seen: list[tuple[str, str, int]] = []
+        self._lock = threading.Lock()
+        target = urlsplit(upstream)
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                fault = proxy._match(self.command, self.path)
+                if fault is not None and fault.delay:
+                    time.sleep(fault.delay)
+                if fault is not None and fault.status:
+                    code, text = _BODIES.get(fault.status, ("InternalError", "injected"))
+                    data = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}'
+                            f'</Code><Message>{text}</Message></Error>').encode()
+                    proxy._record(self.command, self.path, fault.status)
+                    self.send_response(fault.status)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
+                conn = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port,
+                                                  timeout=60)
+                try:
+                    headers = {k: v for k, v in self.headers.items()
+                               if k.lower() not in ("connection", "keep-alive")}
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    answer = conn.getresponse()
+                    data = answer.read()
+                    proxy._record(self.command, self.path, answer.status)
+                    self.send_response(answer.status)
+                    for k, v in answer.getheaders():
+                        if k.lower() not in ("connection", "keep-alive", "content-length",
+                                             "transfer-encoding"):
+                            self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(data)
+                finally:
+                    conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any  # noqa: N815
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def _match(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self.faults:
+                if fault.times > 0 and fault.method == method and fault.key_part in path:
+                    fault.times -= 1
+                    return fault
+        return None
+
+    def _record(self, method: str, path: str, status: int) -> None:
+        with self._lock:
+            self.seen.append((method, path, status))
+
+    def fail(self, method: str, key_part: str = "", **how: Any) -> Fault:
+        """Add a :class:`Fault` (keyword arguments: its fields); return it."""
+        fault = Fault(method, key_part, **how)
+        with self._lock:
+            self.faults.append(fault)
+        return fault
+
+    def heal(self) -> None:
+        """Remove every fault."""
+        with self._lock:
+            self.faults.clear()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> FaultProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
