@@ -166,3 +166,48 @@ def test_the_same_instance_stored_twice_at_once(archive: Archive, ct: list[Path]
     (only,) = _store(archive).inventory()
     assert only.location == archive.record(results[0].sop_instance_uid).location  # type: ignore[union-attr]
     assert not only.staged
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_acknowledged_instance_is_uploaded_when_acknowledged(
+        archive: Archive, proxy: FaultProxy, ct: list[Path], workers: int) -> None:
+    """Staging runs in the background (the next file is encoded meanwhile); the commit
+    waits for the PUTs: in this process (flush) or in the worker process before it
+    hands the instance over (handoff).  Every frame PUT answers 0.4 s late here, so a
+    commit that did not wait would name frames not there yet."""
+    proxy.fail("PUT", "/c.0.0", status=0, delay=0.4)
+    store = _store(archive)
+    for outcome in archive.store_many([str(p) for p in ct], workers=workers):
+        assert isinstance(outcome, StoreResult) and outcome.status == "stored", outcome
+        loc = archive.record(outcome.sop_instance_uid).location
+        assert store._has(store.array_key(loc) + "c.0.0.0")  # there, at once
+        assert not store._has(store.marker_key(loc))  # published
+    assert len(_tries(proxy, "PUT", "/c.0.0")) == len(ct)
+
+
+def test_a_background_put_that_fails_shows_at_flush_and_leaves_nothing(
+        archive: Archive, proxy: FaultProxy) -> None:
+    from pacscore.testing.store import HTJ2K, MONO, frames_of, new_loc
+
+    store = _store(archive)
+    proxy.fail("PUT", "/c.1.0", status=500)
+    loc = new_loc()
+    store.stage_frames(loc, MONO, HTJ2K, frames_of(3, 5))  # returns before the answers
+    with pytest.raises(ObjectStorageError, match="staging frames failed"):
+        store.flush([loc])
+    store.discard([loc])
+    proxy.heal()
+    assert list(store.inventory()) == []
+
+
+def test_a_worker_whose_upload_fails_reports_the_file_failed(
+        archive: Archive, proxy: FaultProxy, ct: list[Path]) -> None:
+    from pacscore.ingest.outcomes import Failed
+
+    proxy.fail("PUT", "/c.0.0", status=500)
+    (outcome, *rest) = list(archive.store_many([str(ct[0])], workers=1))
+    assert isinstance(outcome, Failed) and "staging frames failed" in outcome.reason
+    assert rest == []
+    _nothing_stored(archive)
+    proxy.heal()
+    assert list(_store(archive).inventory()) == []

@@ -57,6 +57,13 @@ class FrameStore(ABC):
     def flush(self, locs: Sequence[str]) -> None:
         """Make a batch of staged locations durable at once (bulk imports)."""
 
+    def handoff(self, loc: str) -> None:  # noqa: B027 - optional, nothing to do by default
+        """Called in a worker process before it hands the staged ``loc`` to the process
+        that commits it (which then calls :meth:`flush`): a store that writes in the
+        background (the S3 store) finishes the writes of ``loc`` here, raising what
+        staging would have raised; one that writes before ``stage_*`` returns has
+        nothing to do."""
+
     @abstractmethod
     def publish(self, locs: Sequence[str]) -> None:
         """Move durable staged locations into place (all of them, or raise); fast, as

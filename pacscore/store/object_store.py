@@ -39,11 +39,12 @@ request.  Credentials come from the standard AWS environment variables
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
 import threading
-from collections.abc import Awaitable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Coroutine, Iterable, Iterator, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -80,15 +81,22 @@ class _Loop:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pid = 0
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        self.pending: dict[tuple[str, str, str], concurrent.futures.Future[None]] = {}
+        """Background staging of this process: (bucket, prefix, location) -> its PUTs."""
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         with self._lock:
             if self._loop is None or self._pid != os.getpid():
                 self._loop = asyncio.new_event_loop()
                 self._pid = os.getpid()
+                self.pending = {}
                 threading.Thread(target=self._loop.run_forever, name="pacscore-s3",
                                  daemon=True).start()
             loop = self._loop
-        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+        return asyncio.run_coroutine_threadsafe(coro, loop)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.submit(coro).result()
 
 
 _LOOP = _Loop()
@@ -135,14 +143,20 @@ class ObjectFrameStore(FrameStore):
     retries
         Retries of a failed request (5xx, SlowDown, connection errors, timeouts),
         with exponential backoff from 0.1 s.
+    background
+        Stage in the background: ``stage_*`` return once the PUTs are sent, and
+        ``make_durable``/``flush``/``handoff`` (and any read of the location) wait for
+        their answers, so a bulk import encodes the next file while the last one
+        uploads.  Nothing is committed before its PUTs have answered.
     """
 
     def __init__(self, bucket: str, prefix: str = "", endpoint: str = "", region: str = "",
-                 allow_http: bool = False, timeout: float = 30.0, retries: int = 5):
+                 allow_http: bool = False, timeout: float = 30.0, retries: int = 5,
+                 background: bool = True):
         if not bucket or "/" in bucket:
             raise ArchiveStorageError(f"invalid bucket name {bucket!r}")
         self.bucket, self.prefix = bucket, prefix.strip("/")
-        self.retries = retries
+        self.retries, self.background = retries, background
         self.endpoint = endpoint
         config: dict[str, Any] = {}
         if endpoint:
@@ -214,17 +228,17 @@ class ObjectFrameStore(FrameStore):
                 await asyncio.sleep(min(0.1 * 2 ** attempt, 5.0))
         raise AssertionError("unreachable")
 
-    def _create(self, items: Sequence[tuple[str, bytes]], what: str) -> None:
+    async def _create_async(self, items: Sequence[tuple[str, bytes]], what: str) -> None:
         """PUT every item with conditional create, concurrently; all or nothing: after a
         failure the objects this call created are deleted again (what existed before
         was never overwritten, so it is no one's to delete here)."""
-        results = _LOOP.run(_settled([self._put(k, d) for k, d in items]))
+        results = await _settled([self._put(k, d) for k, d in items])
         failed = [r for r in results if isinstance(r, BaseException)]
         if not failed:
             return
         created = [r for r in results if isinstance(r, str)]
-        with contextlib.suppress(ArchiveStorageError):  # else gc collects them
-            self._delete(created, what)
+        with contextlib.suppress(*_FAILED):  # else gc collects them
+            await obstore.delete_async(self.store, created)
         exc = next((f for f in failed if isinstance(f, _EXISTS)), failed[0])
         if isinstance(exc, _EXISTS):
             raise ArchiveStorageError(f"{what}: an object of that location exists already "
@@ -232,6 +246,35 @@ class ObjectFrameStore(FrameStore):
         if isinstance(exc, _FAILED):
             raise self._error(exc, what) from exc
         raise exc
+
+    def _create(self, items: Sequence[tuple[str, bytes]], what: str) -> None:
+        _LOOP.run(self._create_async(items, what))
+
+    def _stage(self, loc: str, items: Sequence[tuple[str, bytes]], what: str) -> None:
+        """Create a location's objects: in the background (:meth:`_wait` collects the
+        result) or now."""
+        if self.background:
+            _LOOP.pending[self._id(loc)] = _LOOP.submit(self._create_async(items, what))
+        else:
+            self._create(items, what)
+
+    def _id(self, loc: str) -> tuple[str, str, str]:
+        return self.bucket, self.prefix, loc
+
+    def _wait(self, locs: Iterable[str] | None = None, *, check: bool = True) -> None:
+        """Wait for the background staging of ``locs`` (None: of every location of this
+        store) started in this process; raise its error unless ``check`` is false."""
+        if locs is None:
+            ids = [i for i in list(_LOOP.pending) if i[:2] == (self.bucket, self.prefix)]
+        else:
+            ids = [self._id(loc) for loc in locs]
+        error: BaseException | None = None
+        for i in ids:
+            future = _LOOP.pending.pop(i, None)
+            if future is not None and (exc := future.exception()) is not None:
+                error = error or exc
+        if error is not None and check:
+            raise error
 
     def _keys(self, prefix: str) -> list[ObjectMeta]:
         try:
@@ -285,25 +328,28 @@ class ObjectFrameStore(FrameStore):
         meta = json.dumps(array_metadata(layout, transfer_syntax)).encode()
         items = [(base + "zarr.json", meta),
                  *((base + self._chunk(i, ndim), bytes(f)) for i, f in enumerate(frames))]
-        self._create([(self.marker_key(loc), b"frames"), *items], "staging frames")
+        self._stage(loc, [(self.marker_key(loc), b"frames"), *items], "staging frames")
         return sum(len(d) for _, d in items)
 
     def stage_blob(self, loc: str, data: bytes) -> int:
-        self._create([(self.marker_key(loc), b"blob"), (self.blob_key(loc), bytes(data))],
-                      "staging an object")
+        self._stage(loc, [(self.marker_key(loc), b"blob"), (self.blob_key(loc), bytes(data))],
+                    "staging an object")
         return len(data)
 
     def make_durable(self, loc: str) -> None:
-        validate_location(loc)  # an acknowledged PUT is durable
+        self._wait([validate_location(loc)])  # an acknowledged PUT is durable
 
     def flush(self, locs: Sequence[str]) -> None:
-        for loc in locs:
-            validate_location(loc)
+        self._wait([validate_location(loc) for loc in locs])
+
+    def handoff(self, loc: str) -> None:
+        self._wait([validate_location(loc)])
 
     def publish(self, locs: Sequence[str]) -> None:
         markers = [self.marker_key(loc) for loc in locs]
         if not markers:
             return
+        self._wait(locs)
         staged = self._staged_set()
         missing = [loc for loc in locs if loc not in staged]
         if missing:
@@ -324,6 +370,7 @@ class ObjectFrameStore(FrameStore):
         self._delete([self.marker_key(loc) for loc in locs], what)
 
     def discard(self, locs: Sequence[str]) -> None:
+        self._wait([validate_location(loc) for loc in locs], check=False)
         staged = [loc for loc in locs if self._has(self.marker_key(loc))]
         self._remove(staged, "discarding staged frames")
 
@@ -332,13 +379,16 @@ class ObjectFrameStore(FrameStore):
             validate_location(loc)
         if not locs:
             return
+        self._wait(locs, check=False)
         staged = self._staged_set()
         self._remove([loc for loc in locs if loc not in staged], "deleting frames")
 
     def staged(self) -> list[str]:
+        self._wait(check=False)
         return [loc for loc in self._staged_set() if _is_location(loc)]
 
     def clean_staging(self) -> int:
+        self._wait(check=False)
         entries = self._staged_set()
         locs = [e for e in entries if _is_location(e)]
         self._remove(locs, "cleaning the staging area")
@@ -349,6 +399,7 @@ class ObjectFrameStore(FrameStore):
     # -- reads -------------------------------------------------------------------
     def read_frames(self, loc: str, indices: Sequence[int], ndim: int) -> list[bytes]:
         base = self.array_key(loc)
+        self._wait([loc])
         keys = [base + self._chunk(i, ndim) for i in indices]
         try:
             if len(keys) == 1:
@@ -363,15 +414,18 @@ class ObjectFrameStore(FrameStore):
         return [d for d in found if d is not None]
 
     def read_blob(self, loc: str) -> bytes:
+        self._wait([validate_location(loc)])
         data = self._read(self.blob_key(loc))
         if data is None:
             raise NotFoundError(f"object at location {loc} is missing")
         return data
 
     def exists(self, loc: str) -> bool:
+        self._wait([validate_location(loc)], check=False)
         return self._has(self.array_key(loc) + "zarr.json") or self._has(self.blob_key(loc))
 
     def locations(self) -> Iterator[str]:
+        self._wait(check=False)
         staged = self._staged_set()
         for meta in self._keys("arrays/"):
             path: str = meta["path"]
@@ -388,6 +442,7 @@ class ObjectFrameStore(FrameStore):
     def inventory(self) -> Iterator[StoredLocation]:
         """Every location with objects in the bucket, staged or published, with the
         age of its newest object (keys that are no location: ignored)."""
+        self._wait(check=False)
         found: dict[str, list[ObjectMeta]] = {}
         staged: set[str] = set()
         for top in ("arrays/", "blobs/", "staging/"):
