@@ -49,7 +49,7 @@ from .ingest.outcomes import Failed, Prepared, Rejected, Skipped, StoreResult
 from .private import make_private_dir
 from .retrieve import Reader, crc_problem
 from .store import FrameStore, StoreSpec
-from .store.spec import remembered_spec
+from .store.spec import claim_store, remembered_spec
 
 if TYPE_CHECKING:
     from .dicom.header import InstanceHeader
@@ -140,6 +140,7 @@ class Archive:
             self.store_spec = store or StoreSpec.of("zarr", root=str(self.frames_root),
                                                     fsync=False, create=False)
             self.store_: FrameStore = self.store_spec.open()
+            claim_store(self.root, self.store_, create=False)
             self.index, self._shared_fd = open_readonly(self.root, self.config.lmdb_map_size)
         else:
             try:
@@ -151,6 +152,7 @@ class Archive:
             self.store_spec = store or StoreSpec.of("zarr", root=str(self.frames_root),
                                                     fsync=self.config.fsync)
             self.store_ = self.store_spec.open()
+            claim_store(self.root, self.store_, create=True)  # one archive per S3 prefix
             self.index = LmdbIndex(self.root / "index.lmdb",
                                    map_size=self.config.lmdb_map_size, sync=self.config.fsync)
         self._reader = Reader(self.store_, self.index, self.config.limits)

@@ -19,6 +19,7 @@ import pydicom
 import pytest
 
 from pacscore import Archive, ArchiveConfig
+from pacscore.errors import ArchiveStorageError, ObjectStorageError
 from pacscore.store import StoreSpec
 from pacscore.store.object_store import ObjectFrameStore
 from pacscore.store.spec import STORE_FILE
@@ -151,3 +152,43 @@ def test_gc_on_a_local_archive_says_there_is_nothing_to_collect(tmp_path: Path,
                            str(tmp_path / "a")], capture_output=True, text=True, check=False)
     assert done.returncode == 2
     assert "nothing to collect" in done.stderr and "object storage" in done.stderr
+
+
+def test_two_archives_cannot_share_a_prefix(tmp_path: Path, files: list[Path], url: str,
+                                            seaweedfs: SeaweedS3) -> None:
+    """Each would take the other's objects for orphans (start-up cleaning, gc): the
+    prefix is claimed by the first archive, the second is refused, naming it."""
+    with Archive(tmp_path / "one", ArchiveConfig(fsync=False),
+                 store=StoreSpec.from_url(url)) as one:
+        sop = one.store(files[0]).sop_instance_uid
+    with pytest.raises(ArchiveStorageError, match="belongs to another archive"):
+        Archive(tmp_path / "two", ArchiveConfig(fsync=False), store=StoreSpec.from_url(url))
+    assert not (tmp_path / "two" / STORE_FILE).exists()  # not created: another prefix
+    with Archive(tmp_path / "two", ArchiveConfig(fsync=False),
+                 store=StoreSpec.from_url(seaweedfs.url(f"archive/{uuid.uuid4().hex}"))
+                 ) as two:
+        assert two.store(files[1]).status == "stored"
+    with Archive(tmp_path / "one", ArchiveConfig(fsync=False)) as one:
+        assert one.get(sop, "original") == files[0].read_bytes()
+
+
+def test_a_commit_whose_publish_failed_is_finished_at_the_next_start(
+        tmp_path: Path, files: list[Path], url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash between the index commit and the marker deletion: the instance is
+    committed and readable (reads go to the final keys); the next writer publishes it."""
+    root = tmp_path / "archive"
+    with Archive(root, ArchiveConfig(fsync=False), store=StoreSpec.from_url(url)) as archive:
+        def crash(self: ObjectFrameStore, locs: object) -> None:
+            raise ObjectStorageError("injected: the process died here")
+
+        monkeypatch.setattr(ObjectFrameStore, "publish", crash)
+        sop = archive.store(files[0]).sop_instance_uid
+        monkeypatch.undo()
+        store = archive.store_
+        assert isinstance(store, ObjectFrameStore)
+        assert store.staged() == [archive.record(sop).location]
+        assert archive.get(sop, "original") == files[0].read_bytes()
+    with Archive(root, ArchiveConfig(fsync=False)) as archive:
+        assert archive.recovered >= 1
+        assert archive.store_.staged() == []
+        assert archive.get(sop, "original") == files[0].read_bytes()

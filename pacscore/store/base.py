@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 from ..dicom.layout import PixelLayout
 from ..errors import ArchiveStorageError
 
-__all__ = ["Collectable", "FrameStore", "StoredLocation", "validate_location"]
+__all__ = ["Claimable", "Collectable", "FrameStore", "StoredLocation", "validate_location"]
 
 _LOCATION = re.compile(r"^[0-9a-f]{32}$")
 
@@ -136,4 +136,15 @@ class Collectable(Protocol):
 
     def remove_objects(self, keys: Sequence[str]) -> None:
         """Delete these objects (missing ones are ignored)."""
+        ...
+
+
+@runtime_checkable
+class Claimable(Protocol):
+    """A store that several archives could point at (a bucket prefix): it records which
+    archive it belongs to (:func:`pacscore.store.spec.claim_store`)."""
+
+    def claim(self, archive_id: str, *, create: bool) -> None:
+        """Record ``archive_id`` as the owner when none is (``create``); raise
+        :class:`~pacscore.errors.ArchiveStorageError` when another archive owns it."""
         ...

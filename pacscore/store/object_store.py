@@ -438,6 +438,30 @@ class ObjectFrameStore(FrameStore):
             if loc not in staged:
                 yield loc
 
+    # -- ownership (the Claimable protocol) --------------------------------------
+    OWNER_KEY = "pacscore-archive.json"
+    """Names the archive this prefix belongs to (outside arrays/, blobs/, staging/)."""
+
+    def claim(self, archive_id: str, *, create: bool) -> None:
+        data = self._read(self.OWNER_KEY)
+        if data is None and create:
+            with contextlib.suppress(ArchiveStorageError):  # lost a race: read it again
+                self._create([(self.OWNER_KEY, json.dumps({"archive_id": archive_id})
+                               .encode())], "claiming the prefix")
+            data = self._read(self.OWNER_KEY)
+        if data is None:
+            return  # a reader of an archive older than the claim
+        try:
+            owner = json.loads(data).get("archive_id")
+        except (ValueError, AttributeError):
+            owner = None
+        if owner != archive_id:
+            raise ArchiveStorageError(
+                f"s3://{self.bucket}/{self.prefix} belongs to another archive (id "
+                f"{owner!r}, not {archive_id!r})",
+                hint="give every archive its own bucket prefix: two archives on one "
+                     "prefix would each remove the other's objects as orphans")
+
     # -- garbage collection (pacscore.gc; the Collectable protocol) ---------------
     def inventory(self) -> Iterator[StoredLocation]:
         """Every location with objects in the bucket, staged or published, with the

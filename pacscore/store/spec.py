@@ -13,14 +13,16 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import ArchiveStorageError, UnknownStoreError
-from .base import FrameStore
+from .base import Claimable, FrameStore
 
-__all__ = ["STORE_FILE", "STORE_KINDS", "Setting", "StoreSpec", "remembered_spec"]
+__all__ = ["STORE_FILE", "STORE_KINDS", "Setting", "StoreSpec", "claim_store",
+           "remembered_spec"]
 
 STORE_FILE = "store.json"
 """The file in an archive's root naming a frame store kept elsewhere (S3)."""
@@ -134,6 +136,30 @@ def remembered_spec(root: Path, given: StoreSpec | None, *, save: bool) -> Store
     if save and given is not None and given.implementation in kinds:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"implementation": given.implementation,
-                                   "settings": dict(given.settings)}, indent=1))
+                                   "settings": dict(given.settings),
+                                   "archive_id": uuid.uuid4().hex}, indent=1))
         os.replace(tmp, path)
     return given
+
+
+def claim_store(root: Path, store: FrameStore, *, create: bool) -> None:
+    """Make sure ``store`` (when :class:`~pacscore.store.base.Claimable`: a bucket
+    prefix) belongs to the archive at ``root`` and no other: its ``archive_id`` from
+    :data:`STORE_FILE` is written there on first use (``create``) and checked on every
+    open.  Two archives on one prefix would each take the other's objects for orphans
+    (start-up cleaning, ``pacscore gc``)."""
+    if not isinstance(store, Claimable):
+        return
+    path = root / STORE_FILE
+    try:
+        archive_id = json.loads(path.read_text()).get("archive_id") if path.is_file() else None
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ArchiveStorageError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(archive_id, str):
+        return
+    try:
+        store.claim(archive_id, create=create)
+    except ArchiveStorageError:
+        if create and not (root / "index.lmdb").exists():  # being created: it is not
+            path.unlink(missing_ok=True)
+        raise
