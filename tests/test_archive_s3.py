@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -192,3 +193,49 @@ def test_a_commit_whose_publish_failed_is_finished_at_the_next_start(
         assert archive.recovered >= 1
         assert archive.store_.staged() == []
         assert archive.get(sop, "original") == files[0].read_bytes()
+
+
+def test_pacscore_serve_on_an_s3_archive(tmp_path: Path, files: list[Path], url: str,
+                                         corpus: Path) -> None:
+    """The server opens the store the archive remembers; STOW-RS and DCMTK's storescu
+    store through its worker processes (background PUTs, waited for before the
+    answer); WADO-RS answers the frames from S3."""
+    import requests
+
+    from pacscore.testing import serving
+
+    root = tmp_path / "archive"
+    cli("import", str(files[0]), "--archive", str(root), "--store", url, "--workers", "0")
+    cli("ae", "add", "MODALITY", "--host", "127.0.0.1", "--archive", str(root))
+    with serving(root) as ports:
+        token = (root / "security" / "admin-token").read_text().strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        body = (b"--b\r\nContent-Type: application/dicom\r\n\r\n" + files[1].read_bytes()
+                + b"\r\n--b--\r\n")
+        got = requests.post(f"http://127.0.0.1:{ports['http']}/dicom-web/studies",
+                            data=body, timeout=60, headers={**auth, "Content-Type":
+                            'multipart/related; type="application/dicom"; boundary=b'})
+        assert got.status_code == 200, got.text
+        if Path("/usr/bin/storescu").exists():
+            sent = subprocess.run(["/usr/bin/storescu", "-aet", "MODALITY", "-aec",
+                                   "PACSCORE", "127.0.0.1", str(ports["dimse"]),
+                                   str(files[6])], capture_output=True, text=True,
+                                  check=False, env={**os.environ, "TCP_NODELAY": "1"})
+            assert sent.returncode == 0, sent.stderr
+        ds = pydicom.dcmread(files[1], stop_before_pixels=True)
+        frame = requests.get(
+            f"http://127.0.0.1:{ports['http']}/dicom-web/studies/{ds.StudyInstanceUID}/"
+            f"series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/frames/1",
+            headers={**auth, "Accept": "multipart/related; type=application/octet-stream; "
+                                       "transfer-syntax=*"}, timeout=60)
+        assert frame.status_code == 200
+    with Archive(root, ArchiveConfig(fsync=False)) as archive:
+        assert isinstance(archive.store_, ObjectFrameStore)
+        for f in files[:2]:  # imported, STOW-RS: the files as sent
+            assert archive.get(_sop(f), "original") == f.read_bytes()
+        if Path("/usr/bin/storescu").exists():  # C-STORE: the data set as sent
+            np.testing.assert_array_equal(archive.pixels(_sop(files[6]), 7),
+                                          _pixels(files[6].read_bytes())[7])
+        (codestream,) = archive.frames(str(ds.SOPInstanceUID), [0])
+        assert codestream in frame.content  # the stored frame, from the bucket
+        assert archive.store_.staged() == []
