@@ -111,7 +111,8 @@ def seaweedfs(bucket: str = "pacscore", *, timeout: float = 60.0) -> Iterator[Se
             *(f"-{name}={port}" for name, port in ports.items())]
     log = open(directory / "weed.log", "wb")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=directory,
-                            start_new_session=True)
+                            start_new_session=True,  # its gRPC sockets: in the directory
+                            env={**os.environ, "TMPDIR": str(directory)})
     endpoint = f"http://127.0.0.1:{ports['s3.port']}"
     try:
         deadline = time.monotonic() + timeout
