@@ -105,7 +105,8 @@ def test_store_urls_parse_to_specs() -> None:
     assert StoreSpec.from_url("s3://b?region=eu-west-1&retries=2") == StoreSpec.of(
         "s3", bucket="b", prefix="", region="eu-west-1", retries=2)
     assert json.dumps(dict(spec.settings))  # plain values only
-    for bad in ("s3:///p", "http://b/p", "s3://key:secret@b/p", "s3://b/p?token=x"):
+    for bad in ("s3:///p", "http://b/p", "s3://key:secret@b/p", "s3://b/p?token=x",
+                "s3://b/p?timeout=soon", "s3://b/p?retries=1.5"):
         with pytest.raises(UnknownStoreError):
             StoreSpec.from_url(bad)
 

@@ -86,10 +86,14 @@ class StoreSpec:
         allow = query.get("allow_http")
         if allow is not None or endpoint.startswith("http://"):
             settings["allow_http"] = (allow or "true").lower() in ("1", "true", "yes")
-        if "timeout" in query:
-            settings["timeout"] = float(query["timeout"])
-        if "retries" in query:
-            settings["retries"] = int(query["retries"])
+        try:
+            if "timeout" in query:
+                settings["timeout"] = float(query["timeout"])
+            if "retries" in query:
+                settings["retries"] = int(query["retries"])
+        except ValueError as exc:
+            raise UnknownStoreError(f"{url!r}: timeout takes seconds, retries a count "
+                                    f"({exc})") from exc
         return cls.of("s3", **settings)
 
     def open(self) -> FrameStore:
