@@ -17,7 +17,7 @@ import pytest
 
 from pacscore import Archive, ArchiveConfig
 from pacscore.archive import StoreResult
-from pacscore.errors import ArchiveStorageError, ObjectStorageError
+from pacscore.errors import ArchiveStorageError, NotFoundError, ObjectStorageError
 from pacscore.gc import collect_garbage
 from pacscore.store import StoreSpec
 from pacscore.store.object_store import ObjectFrameStore
@@ -211,3 +211,23 @@ def test_a_worker_whose_upload_fails_reports_the_file_failed(
     _nothing_stored(archive)
     proxy.heal()
     assert list(_store(archive).inventory()) == []
+
+
+def test_a_failed_background_put_keeps_failing_until_discarded(
+        archive: Archive, proxy: FaultProxy) -> None:
+    """A read that comes first finds nothing (the PUTs that succeeded were deleted
+    again) and does not hide the failure from the commit's flush."""
+    from pacscore.testing.store import HTJ2K, MONO, frames_of, new_loc
+
+    store = _store(archive)
+    proxy.fail("PUT", "/c.0.0", status=500)
+    loc = new_loc()
+    store.stage_frames(loc, MONO, HTJ2K, frames_of(2, 6))
+    with pytest.raises(NotFoundError):
+        store.read_frames(loc, [1], 3)
+    with pytest.raises(ObjectStorageError):
+        store.flush([loc])
+    with pytest.raises(ObjectStorageError):
+        store.make_durable(loc)
+    store.discard([loc])
+    store.flush([loc])  # forgotten now

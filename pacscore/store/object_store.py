@@ -261,19 +261,33 @@ class ObjectFrameStore(FrameStore):
     def _id(self, loc: str) -> tuple[str, str, str]:
         return self.bucket, self.prefix, loc
 
+    def _settle(self, locs: Iterable[str] | None = None) -> None:
+        """Wait until the background staging of ``locs`` (None: of every location of
+        this store) in this process has ended, well or not (reads: what is there)."""
+        ids = ([i for i in list(_LOOP.pending) if i[:2] == (self.bucket, self.prefix)]
+               if locs is None else [self._id(loc) for loc in locs])
+        futures = [f for i in ids if (f := _LOOP.pending.get(i)) is not None]
+        concurrent.futures.wait(futures)
+
     def _wait(self, locs: Iterable[str] | None = None, *, check: bool = True) -> None:
         """Wait for the background staging of ``locs`` (None: of every location of this
-        store) started in this process; raise its error unless ``check`` is false."""
+        store) started in this process; raise its error unless ``check`` is false
+        (then the location is forgotten: ``discard`` and cleaning)."""
         if locs is None:
             ids = [i for i in list(_LOOP.pending) if i[:2] == (self.bucket, self.prefix)]
         else:
             ids = [self._id(loc) for loc in locs]
         error: BaseException | None = None
         for i in ids:
-            future = _LOOP.pending.pop(i, None)
-            if future is not None and (exc := future.exception()) is not None:
+            future = _LOOP.pending.get(i)
+            if future is None:
+                continue
+            exc = future.exception()  # (waits)
+            if exc is None or not check:
+                _LOOP.pending.pop(i, None)
+            else:  # kept: every later wait (the commit's flush) raises it too
                 error = error or exc
-        if error is not None and check:
+        if error is not None:
             raise error
 
     def _keys(self, prefix: str) -> list[ObjectMeta]:
@@ -379,12 +393,12 @@ class ObjectFrameStore(FrameStore):
             validate_location(loc)
         if not locs:
             return
-        self._wait(locs, check=False)
+        self._settle(locs)
         staged = self._staged_set()
         self._remove([loc for loc in locs if loc not in staged], "deleting frames")
 
     def staged(self) -> list[str]:
-        self._wait(check=False)
+        self._settle()
         return [loc for loc in self._staged_set() if _is_location(loc)]
 
     def clean_staging(self) -> int:
@@ -399,7 +413,7 @@ class ObjectFrameStore(FrameStore):
     # -- reads -------------------------------------------------------------------
     def read_frames(self, loc: str, indices: Sequence[int], ndim: int) -> list[bytes]:
         base = self.array_key(loc)
-        self._wait([loc])
+        self._settle([loc])
         keys = [base + self._chunk(i, ndim) for i in indices]
         try:
             if len(keys) == 1:
@@ -414,18 +428,18 @@ class ObjectFrameStore(FrameStore):
         return [d for d in found if d is not None]
 
     def read_blob(self, loc: str) -> bytes:
-        self._wait([validate_location(loc)])
+        self._settle([validate_location(loc)])
         data = self._read(self.blob_key(loc))
         if data is None:
             raise NotFoundError(f"object at location {loc} is missing")
         return data
 
     def exists(self, loc: str) -> bool:
-        self._wait([validate_location(loc)], check=False)
+        self._settle([validate_location(loc)])
         return self._has(self.array_key(loc) + "zarr.json") or self._has(self.blob_key(loc))
 
     def locations(self) -> Iterator[str]:
-        self._wait(check=False)
+        self._settle()
         staged = self._staged_set()
         for meta in self._keys("arrays/"):
             path: str = meta["path"]
@@ -466,7 +480,7 @@ class ObjectFrameStore(FrameStore):
     def inventory(self) -> Iterator[StoredLocation]:
         """Every location with objects in the bucket, staged or published, with the
         age of its newest object (keys that are no location: ignored)."""
-        self._wait(check=False)
+        self._settle()
         found: dict[str, list[ObjectMeta]] = {}
         staged: set[str] = set()
         for top in ("arrays/", "blobs/", "staging/"):
