@@ -75,3 +75,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if out:
         Path(out).write_text("\n".join(benchlib.table(benchlib.ROWS)) + "\n")
         tr.write_line(f"(table written to {out})")
+
+
+from pacscore.testing.s3 import seaweedfs_server, use_test_credentials  # noqa: E402
+
+use_test_credentials()  # now: worker processes (a forkserver) copy the environment early
+seaweedfs = seaweedfs_server()
+"""A SeaweedFS S3 server for the session (skips when the weed binary is absent)."""

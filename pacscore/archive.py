@@ -49,6 +49,7 @@ from .ingest.outcomes import Failed, Prepared, Rejected, Skipped, StoreResult
 from .private import make_private_dir
 from .retrieve import Reader, crc_problem
 from .store import FrameStore, StoreSpec
+from .store.spec import claim_store, remembered_spec
 
 if TYPE_CHECKING:
     from .dicom.header import InstanceHeader
@@ -135,9 +136,11 @@ class Archive:
         self._shared_fd: int | None = None
         if readonly:  # creates nothing: works on a read-only mount, refuses a typo
             require_archive(self.root)
+            store = remembered_spec(self.root, store, save=False)
             self.store_spec = store or StoreSpec.of("zarr", root=str(self.frames_root),
                                                     fsync=False, create=False)
             self.store_: FrameStore = self.store_spec.open()
+            claim_store(self.root, self.store_, create=False)
             self.index, self._shared_fd = open_readonly(self.root, self.config.lmdb_map_size)
         else:
             try:
@@ -145,9 +148,11 @@ class Archive:
             except OSError as exc:
                 raise ArchiveStorageError(f"cannot create archive directory {self.root}: "
                                           f"{exc}") from exc
+            store = remembered_spec(self.root, store, save=True)  # (S3: in store.json)
             self.store_spec = store or StoreSpec.of("zarr", root=str(self.frames_root),
                                                     fsync=self.config.fsync)
             self.store_ = self.store_spec.open()
+            claim_store(self.root, self.store_, create=True)  # one archive per S3 prefix
             self.index = LmdbIndex(self.root / "index.lmdb",
                                    map_size=self.config.lmdb_map_size, sync=self.config.fsync)
         self._reader = Reader(self.store_, self.index, self.config.limits)

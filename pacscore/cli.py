@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .cli_gc import add_parser as add_gc_parser
 from .cli_worklist import add_parser as add_worklist_parser
 from .config import DEFAULT_BUDGET, ArchiveConfig
 from .errors import PacsError
@@ -67,11 +68,13 @@ def _config(args: argparse.Namespace) -> ArchiveConfig:
 def _cmd_import(args: argparse.Namespace) -> int:
     from .archive import Archive
     from .jobs.importing import run_import
+    from .store import StoreSpec
 
     n_files, total = count_files(args.paths)
     progress = _Progress(n_files, total, enabled=not args.json and sys.stderr.isatty())
     started = time.monotonic()
-    with Archive(args.archive, _config(args)) as archive:
+    store = StoreSpec.from_url(args.store) if args.store else None
+    with Archive(args.archive, _config(args), store=store) as archive:
         report = run_import(archive, args.paths, workers=args.workers,
                             dask_address=args.dask, resume=args.resume,
                             progress=progress.advance)
@@ -299,6 +302,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="skip files an earlier (interrupted) import of this archive finished")
     imp.add_argument("--dask", metavar="ADDRESS", help="run on a Dask distributed scheduler")
     imp.add_argument("--json", action="store_true")
+    imp.add_argument("--store", metavar="URL", help="keep the frames in object storage: "
+                     "s3://BUCKET/PREFIX?endpoint=URL (kept in the archive for later "
+                     "commands; credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
     imp.set_defaults(func=_cmd_import)
 
     comp = sub.add_parser("compress", help="recompress a tree into lossless DICOM files")
@@ -405,6 +411,7 @@ def _parser() -> argparse.ArgumentParser:
     ae.set_defaults(func=_cmd_ae)
 
     add_worklist_parser(sub, archive_arg)
+    add_gc_parser(sub, archive_arg)
 
     for name, func, text in (("verify", _cmd_verify, "decode every frame against its checksum"),
                              ("stats", _cmd_stats, "totals per transfer syntax")):

@@ -25,6 +25,7 @@ __all__ = [
     "MissingAttributeValueError",
     "NoSuchFrameError",
     "NotFoundError",
+    "ObjectStorageError",
     "PacsError",
     "ProcedureStepError",
     "ProcedureStepFinalError",
@@ -212,6 +213,14 @@ class ArchiveStorageError(PacsError, OSError):
     """The archive directory cannot be written (disk full, missing, read-only)."""
 
     hint = "free space or fix the archive directory, then retry; acknowledged data is safe"
+
+
+class ObjectStorageError(ArchiveStorageError):
+    """The object store (S3) did not answer, or refused a request, after its retries."""
+
+    hint = ("check that the S3 endpoint answers and that the bucket and the credentials "
+            "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) are right, then send or run it "
+            "again: nothing of a failed store was acknowledged")
 
 
 class UnsafeFolderError(PacsError, PermissionError):

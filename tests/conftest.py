@@ -66,3 +66,10 @@ def corpus() -> Path:
 def archive(tmp_path: Path) -> Iterator[Archive]:
     with Archive(tmp_path / "archive", ArchiveConfig()) as a:
         yield a
+
+
+from pacscore.testing.s3 import seaweedfs_server, use_test_credentials  # noqa: E402
+
+use_test_credentials()  # now: worker processes (a forkserver) copy the environment early
+seaweedfs = seaweedfs_server()
+"""A SeaweedFS S3 server for the session (skips when the weed binary is absent)."""

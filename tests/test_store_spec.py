@@ -54,8 +54,8 @@ def test_an_archive_opens_its_store_from_its_spec(tmp_path: Path) -> None:
 
 
 def test_an_unknown_store_is_refused_with_the_known_kinds() -> None:
-    with pytest.raises(UnknownStoreError, match=r"'s3'.*zarr"):
-        StoreSpec.of("s3", bucket="b")
+    with pytest.raises(UnknownStoreError, match=r"'nosuchkind'.*s3, zarr"):
+        StoreSpec.of("nosuchkind", bucket="b")
     with pytest.raises(LookupError, match="not a FrameStore"):
         StoreSpec("pathlib:Path", (("root", "x"),)).open()
     with pytest.raises(UnknownStoreError, match="cannot load"):

@@ -10,6 +10,7 @@ process boundary.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Generator, Iterable
@@ -124,11 +125,13 @@ class _StoreTask:
     """A picklable task: the settings and the spec of the store; the store itself is
     opened on first use in the process that runs the task, then kept there."""
 
-    __slots__ = ("_store", "config", "spec")
+    __slots__ = ("_store", "config", "remote", "spec")
 
     def __init__(self, config: ArchiveConfig, spec: StoreSpec):
         self.config, self.spec = config, spec
         self._store: FrameStore | None = None
+        self.remote = False
+        """Unpickled in another process than the one that commits its outcomes."""
 
     def __getstate__(self) -> tuple[ArchiveConfig, StoreSpec]:
         return self.config, self.spec
@@ -136,6 +139,7 @@ class _StoreTask:
     def __setstate__(self, state: tuple[ArchiveConfig, StoreSpec]) -> None:
         self.config, self.spec = state
         self._store = None
+        self.remote = True
 
     @property
     def store(self) -> FrameStore:
@@ -151,7 +155,15 @@ class PrepareTask(_StoreTask):
     __slots__ = ()
 
     def __call__(self, path: str) -> Outcome:
-        return prepare_path(path, self.config, self.store)
+        outcome = prepare_path(path, self.config, self.store)
+        if self.remote and isinstance(outcome, Prepared):  # its writes end here
+            try:
+                self.store.handoff(outcome.record.location)
+            except ArchiveStorageError as exc:
+                with contextlib.suppress(ArchiveStorageError):  # else: gc, next start
+                    self.store.discard([outcome.record.location])
+                return Failed(path, str(exc), type(exc))
+        return outcome
 
 
 class SingleStoreTask(_StoreTask):

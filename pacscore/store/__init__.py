@@ -1,7 +1,8 @@
 """Frame storage: the contract, its Zarr implementation, and the spec workers get."""
 
-from .base import FrameStore, validate_location
+from .base import Collectable, FrameStore, StoredLocation, validate_location
 from .spec import STORE_KINDS, StoreSpec
 from .zarr_store import ZarrFrameStore
 
-__all__ = ["STORE_KINDS", "FrameStore", "StoreSpec", "ZarrFrameStore", "validate_location"]
+__all__ = ["STORE_KINDS", "Collectable", "FrameStore", "StoreSpec", "StoredLocation",
+           "ZarrFrameStore", "validate_location"]

@@ -17,11 +17,14 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
 
 from ..dicom.layout import PixelLayout
 from ..errors import ArchiveStorageError
 
-__all__ = ["FrameStore", "validate_location"]
+__all__ = ["Claimable", "Collectable", "FrameStore", "StoredLocation", "validate_location"]
 
 _LOCATION = re.compile(r"^[0-9a-f]{32}$")
 
@@ -53,6 +56,13 @@ class FrameStore(ABC):
     @abstractmethod
     def flush(self, locs: Sequence[str]) -> None:
         """Make a batch of staged locations durable at once (bulk imports)."""
+
+    def handoff(self, loc: str) -> None:  # noqa: B027 - optional, nothing to do by default
+        """Called in a worker process before it hands the staged ``loc`` to the process
+        that commits it (which then calls :meth:`flush`): a store that writes in the
+        background (the S3 store) finishes the writes of ``loc`` here, raising what
+        staging would have raised; one that writes before ``stage_*`` returns has
+        nothing to do."""
 
     @abstractmethod
     def publish(self, locs: Sequence[str]) -> None:
@@ -95,3 +105,46 @@ class FrameStore(ABC):
     @abstractmethod
     def clean_staging(self) -> int:
         """Remove everything staged (crash leftovers); return how many entries."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLocation:
+    """What a store holds of one location (for garbage collection)."""
+
+    location: str
+    """The location id."""
+    keys: tuple[str, ...]
+    """Its objects' keys in the store (a staging marker included)."""
+    newest: datetime
+    """Last-modified time (UTC) of its newest object."""
+    size: int
+    """Bytes of all its objects."""
+    staged: bool
+    """It is still staged (not published)."""
+
+
+@runtime_checkable
+class Collectable(Protocol):
+    """A store that can hold objects no committed record names outside a staging area
+    that start-up cleans (an object store, where several writers may share a bucket and
+    a crash can fall between a PUT and the index commit): ``pacscore gc`` lists and
+    removes them (:mod:`pacscore.gc`)."""
+
+    def inventory(self) -> Iterator[StoredLocation]:
+        """Every location with objects in the store, staged or published."""
+        ...
+
+    def remove_objects(self, keys: Sequence[str]) -> None:
+        """Delete these objects (missing ones are ignored)."""
+        ...
+
+
+@runtime_checkable
+class Claimable(Protocol):
+    """A store that several archives could point at (a bucket prefix): it records which
+    archive it belongs to (:func:`pacscore.store.spec.claim_store`)."""
+
+    def claim(self, archive_id: str, *, create: bool) -> None:
+        """Record ``archive_id`` as the owner when none is (``create``); raise
+        :class:`~pacscore.errors.ArchiveStorageError` when another archive owns it."""
+        ...

@@ -11,18 +11,31 @@ it, which need not have imported the archive.
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
-from ..errors import UnknownStoreError
-from .base import FrameStore
+from ..errors import ArchiveStorageError, UnknownStoreError
+from .base import Claimable, FrameStore
 
-__all__ = ["STORE_KINDS", "Setting", "StoreSpec"]
+__all__ = ["STORE_FILE", "STORE_KINDS", "Setting", "StoreSpec", "claim_store",
+           "remembered_spec"]
+
+STORE_FILE = "store.json"
+"""The file in an archive's root naming a frame store kept elsewhere (S3)."""
+REMEMBERED = ("s3",)
+"""Kinds whose data lives outside the archive's root: their spec is kept in
+:data:`STORE_FILE`, so every later command opens the same store."""
 
 Setting = str | int | float | bool | None
 """A store setting: plain values only, so a spec pickles small and compares equal."""
 
 STORE_KINDS: dict[str, str] = {
     "zarr": "pacscore.store.zarr_store:ZarrFrameStore",
+    "s3": "pacscore.store.object_store:ObjectFrameStore",
 }
 """Frame store kinds: name -> implementation (``module:Class``, a FrameStore whose
 constructor takes the spec's settings as keyword arguments)."""
@@ -46,6 +59,43 @@ class StoreSpec:
                                     f"{', '.join(sorted(STORE_KINDS))})")
         return cls(implementation, tuple(sorted(settings.items())))
 
+    @classmethod
+    def from_url(cls, url: str) -> StoreSpec:
+        """The spec of ``s3://bucket/prefix?endpoint=http://host:port&region=r`` (what
+        ``--store`` takes); ``allow_http`` follows the endpoint's scheme unless given,
+        ``timeout`` and ``retries`` may be given too.  Credentials never go in the
+        URL: the store reads the standard AWS environment variables."""
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise UnknownStoreError(f"{url!r} is no store URL (s3://bucket/prefix?...)")
+        if "@" in parts.netloc:
+            raise UnknownStoreError("credentials do not belong in a store URL: set "
+                                    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        query = dict(parse_qsl(parts.query, strict_parsing=False))
+        unknown = set(query) - {"endpoint", "region", "allow_http", "timeout", "retries"}
+        if unknown:
+            raise UnknownStoreError(f"unknown store URL parameter(s) {sorted(unknown)}; "
+                                    f"known: endpoint, region, allow_http, timeout, retries")
+        endpoint = query.get("endpoint", "")
+        settings: dict[str, Setting] = {"bucket": parts.netloc,
+                                        "prefix": parts.path.strip("/")}
+        if endpoint:
+            settings["endpoint"] = endpoint.rstrip("/")
+        if query.get("region"):
+            settings["region"] = query["region"]
+        allow = query.get("allow_http")
+        if allow is not None or endpoint.startswith("http://"):
+            settings["allow_http"] = (allow or "true").lower() in ("1", "true", "yes")
+        try:
+            if "timeout" in query:
+                settings["timeout"] = float(query["timeout"])
+            if "retries" in query:
+                settings["retries"] = int(query["retries"])
+        except ValueError as exc:
+            raise UnknownStoreError(f"{url!r}: timeout takes seconds, retries a count "
+                                    f"({exc})") from exc
+        return cls.of("s3", **settings)
+
     def open(self) -> FrameStore:
         """A new store object of this spec (in the calling process)."""
         module, _, name = self.implementation.partition(":")
@@ -58,3 +108,62 @@ class StoreSpec:
             raise UnknownStoreError(f"{self.implementation!r} is not a FrameStore")
         store: FrameStore = implementation(**dict(self.settings))
         return store
+
+
+def remembered_spec(root: Path, given: StoreSpec | None, *, save: bool) -> StoreSpec | None:
+    """The frame store of the archive at ``root``: the one its :data:`STORE_FILE` names,
+    else ``given`` (kept there, when ``save`` and of a :data:`REMEMBERED` kind), else None
+    (the default store).
+
+    Raises
+    ------
+    ArchiveStorageError
+        ``given`` names another store than the archive's, or the file is unreadable.
+    """
+    path = root / STORE_FILE
+    try:
+        saved = json.loads(path.read_text()) if path.is_file() else None
+        if saved is not None:
+            spec = StoreSpec(saved["implementation"],
+                             tuple((k, v) for k, v in sorted(saved["settings"].items())))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ArchiveStorageError(f"cannot read {path}: {exc}",
+                                  hint="restore it from a backup or fix its JSON") from exc
+    if saved is not None:
+        if given is not None and given != spec:
+            raise ArchiveStorageError(
+                f"{root} keeps its frames in {dict(spec.settings)}, not in "
+                f"{dict(given.settings)}",
+                hint=f"leave --store out, or edit {path} if the store has moved")
+        return spec
+    kinds = {STORE_KINDS[k] for k in REMEMBERED}
+    if save and given is not None and given.implementation in kinds:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"implementation": given.implementation,
+                                   "settings": dict(given.settings),
+                                   "archive_id": uuid.uuid4().hex}, indent=1))
+        os.replace(tmp, path)
+    return given
+
+
+def claim_store(root: Path, store: FrameStore, *, create: bool) -> None:
+    """Make sure ``store`` (when :class:`~pacscore.store.base.Claimable`: a bucket
+    prefix) belongs to the archive at ``root`` and no other: its ``archive_id`` from
+    :data:`STORE_FILE` is written there on first use (``create``) and checked on every
+    open.  Two archives on one prefix would each take the other's objects for orphans
+    (start-up cleaning, ``pacscore gc``)."""
+    if not isinstance(store, Claimable):
+        return
+    path = root / STORE_FILE
+    try:
+        archive_id = json.loads(path.read_text()).get("archive_id") if path.is_file() else None
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ArchiveStorageError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(archive_id, str):
+        return
+    try:
+        store.claim(archive_id, create=create)
+    except ArchiveStorageError:
+        if create and not (root / "index.lmdb").exists():  # being created: it is not
+            path.unlink(missing_ok=True)
+        raise
