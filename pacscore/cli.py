@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .cli_viewer import add_parser as add_viewer_parser
 from .cli_worklist import add_parser as add_worklist_parser
 from .config import DEFAULT_BUDGET, ArchiveConfig
 from .errors import PacsError
@@ -402,6 +403,7 @@ def _parser() -> argparse.ArgumentParser:
     ae.set_defaults(func=_cmd_ae)
 
     add_worklist_parser(sub, archive_arg)
+    add_viewer_parser(sub, archive_arg)  # viewer, user (issue 20)
 
     for name, func, text in (("verify", _cmd_verify, "decode every frame against its checksum"),
                              ("stats", _cmd_stats, "totals per transfer syntax")):

@@ -33,6 +33,9 @@ from .dicomweb.app import create_app
 from .dicomweb.http_limits import guarded_h11
 from .dimse.server import DimseServer
 from .grpc.server import start_grpc
+from .viewer.install import AUTO_INSTALL_ENV
+from .viewer.routes import ViewerSettings
+from .viewer.static import ViewerBuild
 
 __all__ = ["ServeConfig", "default_spool", "first_start_hint", "serve", "spool_folders"]
 
@@ -306,6 +309,15 @@ def first_start_hint(admin_file: Path, archive_root: Path, url: str) -> str:
             f"--archive {archive}")
 
 
+def _viewer(tls: bool) -> ViewerSettings:
+    """The viewer door's settings; a missing OHIF build starts installing in the
+    background (the server listens meanwhile; /viewer answers 503 until it is ready)."""
+    settings = ViewerSettings(build=ViewerBuild(), tls=tls)
+    if os.environ.get(AUTO_INSTALL_ENV, "1") != "0":
+        settings.build.install_in_background()
+    return settings
+
+
 def serve(archive_dir: Path, config: ServeConfig) -> None:
     """Run until SIGTERM/SIGINT; acknowledged data is committed before any answer, so
     stopping never loses it."""
@@ -338,9 +350,10 @@ def serve(archive_dir: Path, config: ServeConfig) -> None:
         archive.worklist.on_change(lambda event: dimse.audit.workflow(event, interface="serve"))
         cleanup.callback(dimse.stop)  # the spool goes with it
         dimse.start(host, config.dimse_port, ssl_context=config.server_ssl())
+        viewer = _viewer(tls=bool(config.tls_cert))
         app = create_app(archive, cors_origins=list(config.cors) or None,
                          max_body=config.max_body, idle_timeout=config.idle_timeout,
-                         public_url=config.public_url)
+                         public_url=config.public_url, viewer=viewer)
         # Connections are bounded in number, request heads in time (10 s, or the idle
         # timeout if shorter) and size (h11's 16 KiB), bodies in pauses (http_limits).
         protocol = guarded_h11(max_connections=config.max_http_connections,
@@ -373,6 +386,10 @@ def serve(archive_dir: Path, config: ServeConfig) -> None:
               f"({registered} registered AE(s)), DICOMweb on {scheme}://{host}:{http_port}"
               f"/dicom-web, gRPC on {host}:{config.grpc_port}{hl7}"
               f"{' (TLS)' if config.tls_cert else ''}", flush=True)
+        print(f"pacscore: viewer at {scheme}://{host}:{http_port}/viewer/ "
+              f"({viewer.build.dist or viewer.build.unavailable()}); users: "
+              f"pacscore user add NAME --archive {shlex.quote(str(archive.root))}",
+              flush=True)
         dimse.audit.record("application", action="E", outcome="success", user=ae_title,
                            host=host, interface="serve", detail="started")
         # Everything alive now (pydicom's data dictionary, numba, protobuf descriptors:
