@@ -36,6 +36,7 @@ def _tarball(path: Path, extra: list[tarfile.TarInfo] | None = None) -> str:
              "package/dist/index.html": INDEX,
              "package/dist/app.bundle.0123456789abcdef.js": BUNDLE,
              "package/dist/assets/logo.svg": b"<svg/>",
+             "package/dist/app.bundle.css": b"@font-face{src:url(/a1.woff2)}a{b:url(//x/y)}",
              "package/dist/ort/ort-wasm.wasm": b"x" * 100,
              "package/dist/dicom-microscopy-viewer/dmv.js": b"y"}
     with tarfile.open(path, "w:gz") as tar:
@@ -69,7 +70,10 @@ def test_install_keeps_only_the_static_app_rebased(tmp_path: Path) -> None:
     dist = install(root, tarball=tgz, integrity=integrity)
     assert dist == build_dir(root) / "dist" == installed(root)
     found = sorted(str(p.relative_to(dist)) for p in dist.rglob("*") if p.is_file())
-    assert found == ["app.bundle.0123456789abcdef.js", "assets/logo.svg", "index.html"]
+    assert found == ["app.bundle.0123456789abcdef.js", "app.bundle.css", "assets/logo.svg",
+                     "index.html"]
+    assert (dist / "app.bundle.css").read_bytes() == \
+        b"@font-face{src:url(/viewer/a1.woff2)}a{b:url(//x/y)}"
     assert not any(p.is_symlink() for p in dist.rglob("*"))
     assert not list(tmp_path.rglob("escaped.txt"))
     html = (dist / "index.html").read_text()

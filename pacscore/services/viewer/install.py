@@ -12,7 +12,8 @@ concurrent install never leaves a half-written viewer that ``serve`` would use.
 
 OHIF's prebuilt files expect to live at ``/``; pacscore serves them at ``/viewer/``, so
 the unpacked copy is rewritten once (:data:`PUBLIC_PATH`): the page's own links and
-``window.PUBLIC_URL``, and each webpack runtime's ``__webpack_require__.p``.
+``window.PUBLIC_URL``, the style sheets' ``url(/...)`` and each webpack runtime's
+``__webpack_require__.p``.
 """
 
 from __future__ import annotations
@@ -141,6 +142,9 @@ def _rebase(dist: Path, public_path: str = PUBLIC_PATH) -> None:
     html = html.replace('window.PUBLIC_URL="/"', f'window.PUBLIC_URL="{public_path}"')
     html = re.sub(r'(href|src)="/(?!/)', rf'\1="{public_path}', html)
     index.write_text(html, encoding="utf-8")
+    for sheet in dist.glob("*.css"):  # fonts: url(/a34f9d1faa5f3315.woff2)
+        css = sheet.read_text(encoding="utf-8")
+        sheet.write_text(re.sub(r"url\(/(?!/)", f"url({public_path}", css), encoding="utf-8")
     new_root = f'__webpack_require__.p = "{public_path}"'.encode()
     for script in dist.glob("*.js"):
         data = script.read_bytes()
