@@ -12,7 +12,6 @@ a ``Warning`` header and a JSON body; every access is audited with the UIDs it n
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import shutil
@@ -49,7 +48,7 @@ from ..auth.security import AuditLog
 from ..auth.tokens import TokenStore
 from .answers import healthz, kept_as_stored, warning_left_out, warning_text
 from .bulkdata import BulkData
-from .compression import JsonGzip
+from .compression import REVALIDATE, JsonGzip, metadata_etag
 from .media import (
     frame_choices,
     render_options,
@@ -65,9 +64,6 @@ if TYPE_CHECKING:
 __all__ = ["HTTP_STATUS", "create_app"]
 
 _DICOM_JSON = "application/dicom+json"
-# Metadata may be cached by the browser but must be revalidated (ETag) on every use:
-# it changes when instances arrive; private: only this user's cache, it is patient data.
-_REVALIDATE = "private, no-cache"
 _LEVEL_UID = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID",
               "instance": "SOPInstanceUID"}
 # A transcoded WADO-RS answer is produced before its status line (200, or 206 when
@@ -369,8 +365,8 @@ class _Api:
     async def metadata(self, request: Request) -> Response:
         p = request.path_params
         sops = await run_in_threadpool(self._scope_uids, request)  # 404: nothing matches
-        etag = await run_in_threadpool(self._metadata_etag, request)
-        cache = {"ETag": etag, "Cache-Control": _REVALIDATE} if etag else {}
+        etag = await run_in_threadpool(metadata_etag, self.archive, p, self.base(request))
+        cache = {"ETag": etag, "Cache-Control": REVALIDATE} if etag else {}
         if etag and etag in request.headers.get("if-none-match", ""):
             return Response(status_code=304, headers=cache)  # RFC 9110 13.1.2
         if "sop" in p:
@@ -388,18 +384,6 @@ class _Api:
             f"for their VR: " + " | ".join(problems))} if problems else None
         return Response(self.meta.render(body, self.base(request)), 200,
                         media_type=_DICOM_JSON, headers={**cache, **(headers or {})})
-
-    def _metadata_etag(self, request: Request) -> str | None:
-        """A weak validator of a study's or series' metadata: its change stamp
-        (:meth:`Archive.changed`, grows with every store or delete under it) and the
-        base URL its BulkDataURIs start with; None for one instance."""
-        p = request.path_params
-        level = "series" if "series" in p else "study"
-        if "sop" in p:
-            return None
-        stamp = self.archive.changed(level, p[level])
-        base = hashlib.sha256(self.base(request).encode()).hexdigest()[:12]
-        return None if stamp is None else f'W/"{level}-{stamp}-{base}"'
 
     async def frames(self, request: Request) -> Response:
         sop = request.path_params["sop"]
