@@ -173,7 +173,16 @@ def test_csrf_is_needed_for_state_changes_by_cookie(site: str, archive: Archive)
     refused = s.delete(target, timeout=30)
     assert refused.status_code == 403 and "CSRF" in refused.headers["warning"]
     wrong = s.delete(target, headers={"X-CSRF-Token": "forged"}, timeout=30)
-    assert wrong.status_code == 403
+    assert wrong.status_code == 403 and "CSRF" in wrong.headers["warning"]
+    host = urlsplit(site).netloc
+    for origin in ("https://evil.example", f"http://{host}.evil.example", "null"):
+        other = s.delete(target, headers={"Origin": origin, "X-CSRF-Token": "forged"},
+                         timeout=30)
+        assert other.status_code == 403 and "CSRF" in other.headers["warning"], origin
+    # From the viewer's own page (Origin: this host) the CSRF check passes: here the
+    # scope then refuses (alice reads only), as it would a token's.
+    own = s.delete(target, headers={"Origin": f"http://{host}"}, timeout=30)
+    assert own.status_code == 403 and "needs the 'delete' scope" in own.headers["warning"]
     stow = s.post(f"{site}/dicom-web/studies", data=b"--x--",
                   headers={"Content-Type": "multipart/related; type=application/dicom; "
                                            "boundary=x"}, timeout=30)

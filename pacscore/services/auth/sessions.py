@@ -9,10 +9,11 @@ tampered cookie is no session.
 
 The cookie is ``HttpOnly`` (scripts cannot read it), ``SameSite=Strict`` (no other
 site's page sends it) and ``Secure`` when the server speaks TLS.  Requests that change
-state and authenticate by cookie must also carry the session's CSRF token in the
-``X-CSRF-Token`` header or a ``csrf`` form field (synchronizer token, checked by
-:meth:`..access.HttpAccess.requires`): SameSite alone does not cover old browsers
-nor same-site subdomains.
+state and authenticate by cookie must also come from this server's pages: an
+``Origin`` header naming this host, or (a browser that sends none) the session's CSRF
+token in the ``X-CSRF-Token`` header or a ``csrf`` form field (synchronizer token);
+checked by :meth:`..access.HttpAccess.requires`.  SameSite alone does not cover old
+browsers nor same-site subdomains.
 """
 
 from __future__ import annotations
