@@ -77,3 +77,25 @@ def test_without_npm_serve_starts_and_says_what_to_do(tmp_path: Path) -> None:
         assert r.status_code == 503
         assert "npm is not installed" in r.text and "pacscore viewer install" in r.text
         assert s.get(f"{base}/dicom-web/studies", timeout=30).json() == []
+
+
+def test_first_start_makes_an_admin_user_without_printing_its_password(
+        tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    lines: list[str] = []
+    with serve_process(root, output=lines) as (_, ports):
+        base = f"http://127.0.0.1:{ports['http']}"
+        secret = root / "security" / "admin-password"
+        password = secret.read_text().strip()
+        assert secret.stat().st_mode & 0o777 == 0o600
+        said = "".join(lines)
+        assert str(secret.absolute()) in said and password not in said
+        assert "/viewer/" in said and "pacscore viewer install" in said
+        s = requests.Session()
+        r = s.post(f"{base}/login", data={"username": "admin", "password": password},
+                   allow_redirects=False, timeout=30)
+        assert r.status_code == 303 and s.get(f"{base}/dicom-web/studies",
+                                              timeout=30).status_code == 200
+    again: list[str] = []
+    with serve_process(root, output=again):
+        assert "admin-password" not in "".join(again)

@@ -29,6 +29,7 @@ from ..archive import Archive
 from ..config import ArchiveConfig
 from ..errors import ArchiveBusyError
 from .auth.tokens import TokenStore
+from .auth.users import UserStore
 from .dicomweb.app import create_app
 from .dicomweb.http_limits import guarded_h11
 from .dimse.server import DimseServer
@@ -351,6 +352,7 @@ def serve(archive_dir: Path, config: ServeConfig) -> None:
         cleanup.callback(dimse.stop)  # the spool goes with it
         dimse.start(host, config.dimse_port, ssl_context=config.server_ssl())
         viewer = _viewer(tls=bool(config.tls_cert))
+        first_user = UserStore(archive.root).ensure_admin()
         app = create_app(archive, cors_origins=list(config.cors) or None,
                          max_body=config.max_body, idle_timeout=config.idle_timeout,
                          public_url=config.public_url, viewer=viewer)
@@ -381,15 +383,18 @@ def serve(archive_dir: Path, config: ServeConfig) -> None:
             mllp.start(host, config.hl7_port)
             cleanup.callback(mllp.stop)
             hl7 = f", HL7 (MLLP) on {host}:{config.hl7_port}"
+        print(f"pacscore: viewer at {scheme}://{host}:{http_port}/viewer/ "
+              f"({viewer.build.dist or viewer.build.unavailable()}); "
+              + (f"log in as admin with the password in "
+                 f"{shlex.quote(str(first_user.absolute()))} (0600, not printed); "
+                 if first_user else "")
+              + f"users: pacscore user add NAME --archive "
+                f"{shlex.quote(str(archive.root.absolute()))}", flush=True)
         registered = len(dimse.registry.list())
         print(f"pacscore: listening: DIMSE {ae_title} on {host}:{config.dimse_port} "
               f"({registered} registered AE(s)), DICOMweb on {scheme}://{host}:{http_port}"
               f"/dicom-web, gRPC on {host}:{config.grpc_port}{hl7}"
               f"{' (TLS)' if config.tls_cert else ''}", flush=True)
-        print(f"pacscore: viewer at {scheme}://{host}:{http_port}/viewer/ "
-              f"({viewer.build.dist or viewer.build.unavailable()}); users: "
-              f"pacscore user add NAME --archive {shlex.quote(str(archive.root))}",
-              flush=True)
         dimse.audit.record("application", action="E", outcome="success", user=ae_title,
                            host=host, interface="serve", detail="started")
         # Everything alive now (pydicom's data dictionary, numba, protobuf descriptors:

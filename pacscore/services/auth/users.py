@@ -127,6 +127,22 @@ class UserStore:
                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             self._save(users)
 
+    def ensure_admin(self) -> Path | None:
+        """At a first start (no user yet): add ``admin`` with a random password, write
+        it to ``security/admin-password`` (0600) and return that path; None when users
+        exist.  The password is never printed (service logs keep stdout)."""
+        if self._load():
+            return None
+        password = secrets.token_urlsafe(15)
+        self.add("admin", password, "admin")
+        target = self.path.parent / "admin-password"
+        tmp = target.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(password + "\n")
+        os.replace(tmp, target)
+        return target
+
     def remove(self, name: str) -> bool:
         """Remove user ``name``; False if unknown."""
         with self._lock:
