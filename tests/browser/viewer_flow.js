@@ -80,6 +80,8 @@ async function saveCanvas(page, file) {
     }, null, { timeout: 60000, polling: 50 });
     result.firstImageMs = Date.now() - started;
     await page.waitForTimeout(1500);  // let progressive loading and overlays settle
+    const skipTour = page.getByText('Skip all');  // OHIF's first-visit tour, if shown
+    if (await skipTour.count()) await skipTour.first().click().catch(() => {});
     result.drawn = await canvasDrawn(page);
     await saveCanvas(page, path.join(out, 'slice-first.png'));
     await page.screenshot({ path: path.join(out, 'viewer.png') });
