@@ -86,8 +86,9 @@ def test_log_in_find_the_ct_and_see_its_slices(tmp_path: Path, corpus: Path,
     assert seen["loginUrl"] == "/login"  # the viewer asked for a login first
     assert seen["studyListShowsPatient"] and seen["searchFinds"]
     assert seen["failedRequests"] == [] and seen["consoleErrors"] == []
-    print(f"first image {seen['firstImageMs']} ms after opening the viewer URL "
-          f"(logged in, assets cached by the study list)")
+    print(f"first image {seen['firstImageMs']} ms after opening the viewer URL (logged "
+          f"in, assets cached by the study list); cold (empty cache) "
+          f"{seen['coldFirstImageMs']} ms")
     slices = sorted((corpus / CT).glob("*.dcm"))
     for shot, expected in (("slice-first.png", slices[0]), ("slice-scrolled.png", slices[-1])):
         png = (out / shot).read_bytes()

@@ -9,16 +9,18 @@ const { chromium } = require(process.env.PACSCORE_PLAYWRIGHT || 'playwright-core
 const [base, user, password, study, patientName, out] = process.argv.slice(2);
 const executablePath = process.env.PACSCORE_CHROMIUM || '/usr/bin/chromium';
 
-async function canvasDrawn(page) {
+function drawnInPage() {
   // The viewport's 2D canvas holds a picture (not one flat colour) once an image is drawn.
-  return page.evaluate(() => {
-    const c = document.querySelector('canvas.cornerstone-canvas');
-    if (!c || !c.width || !c.height) return false;
-    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-    let min = 255, max = 0;
-    for (let i = 0; i < d.length; i += 4 * 97) { min = Math.min(min, d[i]); max = Math.max(max, d[i]); }
-    return max - min > 40;
-  });
+  const c = document.querySelector('canvas.cornerstone-canvas');
+  if (!c || !c.width || !c.height) return false;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let min = 255, max = 0;
+  for (let i = 0; i < d.length; i += 4 * 97) { min = Math.min(min, d[i]); max = Math.max(max, d[i]); }
+  return max - min > 40;
+}
+
+async function canvasDrawn(page) {
+  return page.evaluate(drawnInPage);
 }
 
 async function saveCanvas(page, file) {
@@ -70,14 +72,7 @@ async function saveCanvas(page, file) {
     const started = Date.now();
     await page.goto(`${base}/viewer/viewer?StudyInstanceUIDs=${study}`);
     await page.waitForSelector('canvas.cornerstone-canvas', { timeout: 60000 });
-    await page.waitForFunction(() => {
-      const c = document.querySelector('canvas.cornerstone-canvas');
-      if (!c || !c.width) return false;
-      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-      let min = 255, max = 0;
-      for (let i = 0; i < d.length; i += 4 * 97) { min = Math.min(min, d[i]); max = Math.max(max, d[i]); }
-      return max - min > 40;
-    }, null, { timeout: 60000, polling: 50 });
+    await page.waitForFunction(drawnInPage, null, { timeout: 60000, polling: 50 });
     result.firstImageMs = Date.now() - started;
     await page.waitForTimeout(1500);  // let progressive loading and overlays settle
     const skipTour = page.getByText('Skip all');  // OHIF's first-visit tour, if shown
@@ -100,6 +95,16 @@ async function saveCanvas(page, file) {
       return { width: c.width, height: c.height, cssWidth: r.width, cssHeight: r.height };
     });
     result.steps.push('image');
+    // 5. Cold: a new browser context (empty cache) with the same session opens the
+    //    viewer URL directly: OHIF's assets, configuration, QIDO, metadata, frames.
+    const cold = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    await cold.addCookies(await context.cookies());
+    const coldPage = await cold.newPage();
+    const coldStart = Date.now();
+    await coldPage.goto(`${base}/viewer/viewer?StudyInstanceUIDs=${study}`);
+    await coldPage.waitForFunction(drawnInPage, null, { timeout: 60000, polling: 50 });
+    result.coldFirstImageMs = Date.now() - coldStart;
+    await cold.close();
   } catch (e) {
     result.error = String(e && e.stack || e);
     if (result.page) await result.page.screenshot({ path: path.join(out, 'error.png') }).catch(() => {});
