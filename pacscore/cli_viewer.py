@@ -85,7 +85,9 @@ def run_user(args: argparse.Namespace) -> int:
     who = f"cli:{getpass.getuser()}"
     if args.user_command == "add":
         users.add(args.name, _password(args.password_stdin), args.scope)
-        detail = f"user {args.name} added or replaced (scope {args.scope})"
+        ended = SessionStore(root).end_user(args.name)  # replaced: new scope, password
+        detail = (f"user {args.name} added or replaced (scope {args.scope}"
+                  f"{f', {ended} session(s) ended' if ended else ''})")
     elif args.user_command == "remove":
         if not users.remove(args.name):
             print(f"pacscore: no user {args.name!r}", file=sys.stderr)

@@ -281,8 +281,16 @@ def test_user_cli(tmp_path: Path) -> None:
     short = subprocess.run([*run, "add", "dave", "--password-stdin", "--archive", str(root)],
                            input="short\n", text=True, capture_output=True, check=False)
     assert short.returncode == 2 and "8 to 1024 bytes" in short.stderr
+    from pacscore.services.auth.sessions import SessionStore
+    cookie, _ = SessionStore(root).create("carol", "write")
+    subprocess.run([*run, "add", "carol", "--scope", "read", "--password-stdin",
+                    "--archive", str(root)], input="another passphrase\n", text=True,
+                   check=True, capture_output=True)
+    assert SessionStore(root).get(cookie) is None  # replaced: her sessions ended
+    cookie, _ = SessionStore(root).create("carol", "read")
     subprocess.run([*run, "remove", "carol", "--archive", str(root)], check=True,
                    capture_output=True)
+    assert SessionStore(root).get(cookie) is None
     assert UserStore(root).list() == {}
 
 
@@ -298,8 +306,43 @@ def test_with_the_viewer_only_login_and_healthz_are_open(archive: Archive,
     open_routes = set()
     for (method, path), (status, headers, _) in zip(asks, answers, strict=True):
         if status == 303:
-            assert headers["location"].startswith("/login?next="), path
+            assert headers["location"].startswith("/login"), path
         elif status != 401:
             open_routes.add((method, path))
     assert open_routes == {("GET", "/healthz"), ("HEAD", "/healthz"), ("GET", "/login"),
                            ("HEAD", "/login"), ("POST", "/login")}
+
+
+def test_a_login_flood_waits_outside_the_thread_pool_and_is_capped(
+        site: str, archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Password hashes run two at a time; the other logins wait in the event loop (not
+    in the thread pool every DICOMweb request needs), up to 32 in progress; more are
+    answered 503."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pacscore.services.auth.users import LoginResult
+
+    release, running = threading.Event(), []
+
+    def slow_login(self: UserStore, name: str, password: str,
+                   now: float | None = None) -> LoginResult:
+        running.append(name)
+        release.wait(30)
+        return LoginResult(None, None)
+
+    monkeypatch.setattr(UserStore, "login", slow_login)
+    token = TokenStore(archive.root).create("read")
+    with ThreadPoolExecutor(40) as pool:
+        logins = [pool.submit(_login, site, f"user{i}", "pw") for i in range(40)]
+        deadline = time.monotonic() + 20
+        while sum(f.done() for f in logins) < 8:  # 40 - 2 hashing - 30 waiting
+            assert time.monotonic() < deadline, "no login refused"
+            time.sleep(0.05)
+        assert len(running) == 2  # the semaphore holds the others
+        qido = requests.get(f"{site}/dicom-web/studies", timeout=10,
+                            headers={"Authorization": f"Bearer {token}"})
+        assert qido.status_code == 200  # the thread pool is free for DICOMweb
+        release.set()
+        statuses = sorted(f.result()[1].status_code for f in logins)
+    assert statuses == [401] * 32 + [503] * 8

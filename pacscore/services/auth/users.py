@@ -6,7 +6,8 @@ hashed with scrypt (RFC 7914) from the standard library (``hashlib.scrypt``, Ope
 implementation): a memory-hard KDF with no new dependency to keep up to date; the
 parameters are OWASP's (N=2^17, r=8, p=1: 128 MiB, ~0.6 s here) and are stored with
 each hash, so raising them later keeps old hashes valid.  At most two hashes run at
-once (:data:`_KDF_SLOTS`): a flood of logins cannot take the server's memory.
+once in a process (:data:`_KDF_SLOTS`; the login page also queues in its event loop
+and refuses a flood): logins cannot take the server's memory.
 
 After :attr:`UserStore.max_failures` wrong passwords in a row a name is locked for
 :attr:`UserStore.lockout_seconds` (also a name nobody has: the answer never tells

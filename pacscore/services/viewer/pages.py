@@ -18,6 +18,7 @@ Authentication), with the client's address and never the password.
 
 from __future__ import annotations
 
+import asyncio
 import html
 from collections.abc import Callable
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
@@ -38,6 +39,7 @@ __all__ = ["IID_PATH", "LOGIN_PATH", "Pages", "safe_next"]
 LOGIN_PATH = "/login"
 IID_PATH = "/IHEInvokeImageDisplay"
 _MAX_BODY = 4096
+_MAX_LOGINS = 32  # logins in progress (hashing or waiting for it); more: 503
 _FORM = "application/x-www-form-urlencoded"
 _WRONG = "wrong user name or password"
 _HEADERS = {"Cache-Control": "no-store", "X-Frame-Options": "DENY",
@@ -73,6 +75,8 @@ class Pages:
                  audit: AuditLog, secure_cookie: Callable[[Request], bool]):
         self.archive, self.users, self.sessions, self.audit = archive, users, sessions, audit
         self.secure_cookie = secure_cookie
+        self._kdf = asyncio.Semaphore(2)
+        self._waiting = 0
 
     # -- login ------------------------------------------------------------------------
     def _form(self, nxt: str, error: str = "", status: int = 200) -> HTMLResponse:
@@ -151,7 +155,17 @@ class Pages:
                         "name and password (400)")
             return self._form(nxt, "enter a user name and a password", 400)
         shown = name if name.isprintable() else repr(name)
-        result = await run_in_threadpool(self.users.login, name, password)
+        if self._waiting >= _MAX_LOGINS:  # a flood: refuse, do not queue without end
+            self._audit(request, shown, "minor", "login refused: too many at once (503)")
+            return _page("<p class=error>too many logins at once: try again</p>", 503)
+        self._waiting += 1
+        try:
+            # Two hashes at a time (128 MiB each); the others wait here, in the event
+            # loop, not in the thread pool that every DICOMweb request needs.
+            async with self._kdf:
+                result = await run_in_threadpool(self.users.login, name, password)
+        finally:
+            self._waiting -= 1
         if result.locked:
             minutes = max(1, round(result.locked / 60))
             if result.locked_now:

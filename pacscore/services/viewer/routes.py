@@ -68,6 +68,9 @@ def viewer_routes(archive: Archive, access: HttpAccess, settings: ViewerSettings
     async def files(request: Request) -> Response:
         return viewer_files(build, request, request.path_params["path"], config_js)
 
+    async def to_login_page(request: Request) -> Response:  # logged out already
+        return RedirectResponse(LOGIN_PATH, 303)
+
     async def to_slash(request: Request) -> Response:
         return RedirectResponse(PUBLIC_PATH, 308)
 
@@ -77,7 +80,7 @@ def viewer_routes(archive: Archive, access: HttpAccess, settings: ViewerSettings
         Route(PUBLIC_PATH + "{path:path}", page(files), methods=["GET"]),
         Route(LOGIN_PATH, public(_function(pages.login_page)), methods=["GET"]),
         Route(LOGIN_PATH, public(_function(pages.login)), methods=["POST"]),
-        Route("/logout", access.requires("read", unauthenticated=pages.to_login)(
+        Route("/logout", access.requires("read", unauthenticated=to_login_page)(
             pages.logout), methods=["POST"]),
         Route(IID_PATH, access.requires("read", unauthenticated=pages.to_login)(
             pages.invoke_image_display), methods=["GET"]),
