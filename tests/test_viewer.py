@@ -144,7 +144,8 @@ def test_lockout_after_repeated_failures(site: str, archive: Archive) -> None:
     assert _login(site)[1].status_code == 303
 
 
-def test_tampered_expired_and_logged_out_cookies_are_refused(site: str) -> None:
+def test_tampered_expired_and_logged_out_cookies_are_refused(site: str,
+                                                             archive: Archive) -> None:
     s, _ = _login(site)
     value = s.cookies[COOKIE]
     tampered = value[:-1] + ("A" if value[-1] != "A" else "B")
@@ -152,6 +153,13 @@ def test_tampered_expired_and_logged_out_cookies_are_refused(site: str) -> None:
         r = requests.get(f"{site}/dicom-web/studies", cookies={COOKIE: bad}, timeout=30)
         assert r.status_code == 401, bad
         assert "session cookie is unknown" in r.headers["warning"]
+    page = requests.get(f"{site}/viewer/", cookies={COOKIE: tampered},
+                        allow_redirects=False, timeout=30)
+    assert page.status_code == 303 and page.headers["location"].startswith("/login")
+    refused = [e for e in _audit(archive) if e["user"] == "invalid session"]
+    assert len(refused) == 5 and all("session cookie is unknown" in e["detail"]
+                                     for e in refused)
+    assert all(value.split(".")[1] not in json.dumps(e) for e in _audit(archive))
     assert s.get(f"{site}/dicom-web/studies", timeout=30).status_code == 200
     # Logout needs the CSRF token (a form field on the login page)
     assert s.post(f"{site}/logout", allow_redirects=False, timeout=30).status_code == 403

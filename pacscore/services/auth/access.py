@@ -310,7 +310,9 @@ class HttpAccess:
                 holder = request.user  # AssertionError without the middleware: a 500
                 if not isinstance(holder, TokenHolder) or not holder.is_authenticated:
                     why = holder.why if isinstance(holder, TokenHolder) else NO_TOKEN
-                    if unauthenticated is not None:
+                    if unauthenticated is not None:  # a page: to the login
+                        if isinstance(holder, TokenHolder) and holder.sent:
+                            self._refused(request, why)  # a bad cookie or token: audited
                         return await unauthenticated(request)
                     self._refused(request, why)
                     return refusal(request, 401, "a valid bearer token is required", why,

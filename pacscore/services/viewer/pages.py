@@ -92,7 +92,7 @@ class Pages:
         holder = request.user
         nxt = safe_next(request.query_params.get("next"))
         if isinstance(holder, TokenHolder) and holder.session is not None:
-            user = holder.name.split(" ")[1]
+            user = holder.session.user
             return _page(
                 f"<form method=post action=/logout><h1>pacscore</h1><p>Logged in as "
                 f"{html.escape(user)}.</p><a href=\"{html.escape(nxt)}\" "
