@@ -83,7 +83,8 @@ def test_first_start_makes_an_admin_user_without_printing_its_password(
         tmp_path: Path) -> None:
     root = tmp_path / "archive"
     lines: list[str] = []
-    with serve_process(root, output=lines) as (_, ports):
+    env = {CACHE_ENV: str(tmp_path / "no-viewer")}  # the build missing, not fetched
+    with serve_process(root, output=lines, env=env) as (_, ports):
         base = f"http://127.0.0.1:{ports['http']}"
         secret = root / "security" / "admin-password"
         password = secret.read_text().strip()
@@ -97,5 +98,5 @@ def test_first_start_makes_an_admin_user_without_printing_its_password(
         assert r.status_code == 303 and s.get(f"{base}/dicom-web/studies",
                                               timeout=30).status_code == 200
     again: list[str] = []
-    with serve_process(root, output=again):
+    with serve_process(root, output=again, env=env):
         assert "admin-password" not in "".join(again)
