@@ -354,3 +354,13 @@ def test_a_login_flood_waits_outside_the_thread_pool_and_is_capped(
         release.set()
         statuses = sorted(f.result()[1].status_code for f in logins)
     assert statuses == [401] * 32 + [503] * 8
+
+
+def test_the_cookie_is_secure_when_the_server_speaks_tls(archive: Archive,
+                                                         fake_build: ViewerBuild) -> None:
+    UserStore(archive.root, kdf=FAST_KDF).add("alice", PASSWORD, "read")
+    with served(create_app(archive, viewer=ViewerSettings(build=fake_build, tls=True))) \
+            as base:
+        _, r = _login(base)
+    assert r.status_code == 303
+    assert "; secure" in r.headers["set-cookie"].lower()
