@@ -15,6 +15,10 @@ pytest.register_assert_rewrite("pacscore.testing")
 
 from pacscore import Archive, ArchiveConfig  # noqa: E402
 
+# A server started by a test does not fetch the viewer (50 MB from npm) unless the test
+# asks for it (tests/test_viewer*.py install it once per session into a cache folder).
+os.environ.setdefault("PACSCORE_VIEWER_AUTO_INSTALL", "0")
+
 
 def corpus_root() -> Path | None:
     """The shared corpus, or None when it is not on this machine."""

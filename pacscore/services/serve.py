@@ -30,11 +30,15 @@ from ..config import ArchiveConfig
 from ..errors import ArchiveBusyError
 from .auth.security import AuditLog
 from .auth.tokens import TokenStore
+from .auth.users import UserStore
 from .dicomweb.app import create_app
 from .dicomweb.http_limits import guarded_h11
 from .dimse.server import DimseServer
 from .fhir import create_fhir_app
 from .grpc.server import start_grpc
+from .viewer.install import AUTO_INSTALL_ENV
+from .viewer.routes import ViewerSettings
+from .viewer.static import ViewerBuild
 
 __all__ = ["ServeConfig", "default_spool", "first_start_hint", "serve", "spool_folders"]
 
@@ -347,6 +351,15 @@ def first_start_hint(admin_file: Path, archive_root: Path, url: str) -> str:
             f"--archive {archive}")
 
 
+def _viewer(tls: bool) -> ViewerSettings:
+    """The viewer door's settings; a missing OHIF build starts installing in the
+    background (the server listens meanwhile; /viewer answers 503 until it is ready)."""
+    settings = ViewerSettings(build=ViewerBuild(), tls=tls)
+    if os.environ.get(AUTO_INSTALL_ENV, "1") != "0":
+        settings.build.install_in_background()
+    return settings
+
+
 def serve(archive_dir: Path, config: ServeConfig) -> None:
     """Run until SIGTERM/SIGINT; acknowledged data is committed before any answer, so
     stopping never loses it."""
@@ -379,9 +392,11 @@ def serve(archive_dir: Path, config: ServeConfig) -> None:
         archive.worklist.on_change(lambda event: dimse.audit.workflow(event, interface="serve"))
         cleanup.callback(dimse.stop)  # the spool goes with it
         dimse.start(host, config.dimse_port, ssl_context=config.server_ssl())
+        viewer = _viewer(tls=bool(config.tls_cert))
+        first_user = UserStore(archive.root).ensure_admin()
         app = create_app(archive, cors_origins=list(config.cors) or None,
                          max_body=config.max_body, idle_timeout=config.idle_timeout,
-                         public_url=config.public_url)
+                         public_url=config.public_url, viewer=viewer)
         app.mount("/fhir", create_fhir_app(archive, public_url=config.public_url))
         # Connections are bounded in number, request heads in time (10 s, or the idle
         # timeout if shorter) and size (h11's 16 KiB), bodies in pauses (http_limits).
@@ -402,6 +417,13 @@ def serve(archive_dir: Path, config: ServeConfig) -> None:
                          tls=(config.tls_cert, config.tls_key, config.tls_ca)
                          if config.tls_cert and config.tls_key else None)
         hl7 = _start_hl7(archive, dimse.audit, config, cleanup)
+        print(f"pacscore: viewer at {scheme}://{host}:{http_port}/viewer/ "
+              f"({viewer.build.dist or viewer.build.unavailable()}); "
+              + (f"log in as admin with the password in "
+                 f"{shlex.quote(str(first_user.absolute()))} (0600, not printed); "
+                 if first_user else "")
+              + f"users: pacscore user add NAME --archive "
+                f"{shlex.quote(str(archive.root.absolute()))}", flush=True)
         registered = len(dimse.registry.list())
         print(f"pacscore: listening: DIMSE {ae_title} on {host}:{config.dimse_port} "
               f"({registered} registered AE(s)), DICOMweb on {scheme}://{host}:{http_port}"

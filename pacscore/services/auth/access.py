@@ -11,7 +11,9 @@
   INTERNAL, logged with its traceback by the door.
 * For a starlette app (DICOMweb), :class:`HttpAccess`: starlette's
   ``AuthenticationMiddleware`` with a backend that identifies the token of every
-  request, and a required scope declared per endpoint (:meth:`HttpAccess.requires`,
+  request (or, without one, its viewer session cookie, :mod:`.sessions`; a request
+  that changes state by cookie must carry the session's CSRF token), and a required
+  scope declared per endpoint (:meth:`HttpAccess.requires`,
   like starlette's ``requires`` but answering 401/403 with the reason and auditing the
   refusal).  Access is denied by default: :func:`check_routes` refuses an app with an
   endpoint that declares neither a scope nor :func:`public`, when it is built and
@@ -21,10 +23,12 @@
 from __future__ import annotations
 
 import functools
+import hmac
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from starlette.authentication import AuthCredentials, AuthenticationBackend, BaseUser
 from starlette.middleware import Middleware
@@ -46,13 +50,14 @@ from ...errors import (
 from ..dicomweb.answers import outcome, path_uids, refusal
 from ..dicomweb.multipart import BodyTimeoutError, MultipartError, TooLargeError
 from .security import AuditLog
+from .sessions import COOKIE, CSRF_HEADER, Session, SessionStore
 from .tokens import SCOPES, TokenStore, granted
 
 __all__ = ["ERROR_STATUS", "EXCEPTION_HANDLERS", "HTTP_STATUS",
            "AccessUndeclaredError", "AuditTrail", "DoorStatus", "HttpAccess", "TokenHolder",
            "bearer_token", "check_routes", "declared", "grpc_status_name", "hl7_error_code",
            "http_status",
-           "identify", "public"]
+           "identify", "identify_session", "public"]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +122,7 @@ def grpc_status_name(exc: BaseException) -> str:
 NO_TOKEN = ("no bearer token: send 'Authorization: Bearer <token>' (the archive's "
             "administrator makes one: pacscore token create --archive ARCHIVE --scope read)")
 UNKNOWN_TOKEN = "the bearer token is unknown or revoked"
+INVALID_SESSION = "invalid session"
 
 
 def bearer_token(header: object) -> str:
@@ -128,12 +134,15 @@ def bearer_token(header: object) -> str:
 
 class TokenHolder(BaseUser):
     """Who sent a request: the scope of its token (None: no valid token) and its name
-    for the audit trail (``token <id> (name)``, ``anonymous``, ``invalid token``)."""
+    for the audit trail (``token <id> (name)``, ``user <name> (session <id>)``,
+    ``anonymous``, ``invalid token``); ``session`` when a viewer session cookie (not a
+    bearer token) authenticated it."""
 
-    __slots__ = ("name", "scope", "sent")
+    __slots__ = ("name", "scope", "sent", "session")
 
-    def __init__(self, scope: str | None, name: str, sent: bool):
-        self.scope, self.name, self.sent = scope, name, sent
+    def __init__(self, scope: str | None, name: str, sent: bool,
+                 session: Session | None = None):
+        self.scope, self.name, self.sent, self.session = scope, name, sent, session
 
     @property
     def is_authenticated(self) -> bool:
@@ -154,6 +163,8 @@ class TokenHolder(BaseUser):
     @property
     def why(self) -> str:
         """Why it is not authenticated."""
+        if self.name == INVALID_SESSION:
+            return "the session cookie is unknown, ended or expired: log in again (/login)"
         return UNKNOWN_TOKEN if self.sent else NO_TOKEN
 
 
@@ -165,17 +176,33 @@ def identify(tokens: TokenStore, token: str) -> TokenHolder:
     return TokenHolder(scope, name, sent=True)
 
 
-class _TokenBackend(AuthenticationBackend):
-    """Identifies the bearer token of every request.  It never refuses: whether a
-    request needs a token is the endpoint's declaration (``/healthz`` answers with a
-    revoked token too, as probes may send any), so a missing or unknown token gives a
-    holder without scopes and the endpoint answers 401."""
+def identify_session(sessions: SessionStore, cookie: str) -> TokenHolder:
+    """The holder of a viewer session cookie value (unknown, tampered, ended or
+    expired: a holder without scope)."""
+    session = sessions.get(cookie)
+    if session is None:
+        return TokenHolder(None, INVALID_SESSION, sent=True)
+    return TokenHolder(session.scope, f"user {session.user} (session {session.id})",
+                       sent=True, session=session)
 
-    def __init__(self, tokens: TokenStore):
-        self.tokens = tokens
+
+class _TokenBackend(AuthenticationBackend):
+    """Identifies the bearer token of every request, or without one its session
+    cookie.  It never refuses: whether a request needs a token is the endpoint's
+    declaration (``/healthz`` answers with a revoked token too, as probes may send
+    any), so a missing or unknown token gives a holder without scopes and the endpoint
+    answers 401."""
+
+    def __init__(self, tokens: TokenStore, sessions: SessionStore | None = None):
+        self.tokens, self.sessions = tokens, sessions
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser]:
-        holder = identify(self.tokens, bearer_token(conn.headers.get("authorization")))
+        token = bearer_token(conn.headers.get("authorization"))
+        cookie = conn.cookies.get(COOKIE, "") if self.sessions is not None else ""
+        if not token and cookie and self.sessions is not None:
+            holder = identify_session(self.sessions, cookie)
+        else:
+            holder = identify(self.tokens, token)
         held = [s for s in SCOPES if holder.grants(s)]
         return AuthCredentials(held), holder
 
@@ -247,22 +274,32 @@ class HttpAccess:
         Where refusals are recorded (PS3.15 A.5.3.11 User Authentication).
     interface
         The door's name in the audit trail.
+    sessions
+        Viewer sessions whose cookie is accepted beside bearer tokens (None: tokens only).
     """
 
-    def __init__(self, tokens: TokenStore, audit: AuditLog, interface: str = "dicomweb"):
+    def __init__(self, tokens: TokenStore, audit: AuditLog, interface: str = "dicomweb",
+                 sessions: SessionStore | None = None):
         self.tokens, self.audit, self.interface = tokens, audit, interface
+        self.sessions = sessions
 
     def middleware(self) -> list[Middleware]:
         """Starlette's ``AuthenticationMiddleware`` over the token backend, then the
         audit of admitted requests (:class:`AuditTrail`)."""
-        return [Middleware(AuthenticationMiddleware, backend=_TokenBackend(self.tokens)),
+        backend = _TokenBackend(self.tokens, self.sessions)
+        return [Middleware(AuthenticationMiddleware, backend=backend),
                 Middleware(AuditTrail, audit=self.audit, interface=self.interface)]
 
-    def requires(self, scope: str) -> Callable[[Endpoint], Endpoint]:
+    def requires(self, scope: str, *, unauthenticated: Endpoint | None = None,
+                 audited: bool = True) -> Callable[[Endpoint], Endpoint]:
         """Declare that ``endpoint`` needs a token with ``scope``: without a valid token
         401 (``WWW-Authenticate: Bearer``), with too little scope 403, each with its
         reason (:func:`..dicomweb.answers.refusal`) and audited; an admitted request is
-        marked ``request.state.holder`` for the audit of its outcome."""
+        marked ``request.state.holder`` for the audit of its outcome (unless not
+        ``audited``: the viewer's static files).  A request authenticated by session
+        cookie that changes state (not GET/HEAD/OPTIONS) without the session's CSRF
+        token is refused 403.  ``unauthenticated`` answers instead of the 401 (the
+        viewer's pages: a redirect to the login page)."""
         if scope not in SCOPES:
             raise AccessUndeclaredError(f"unknown scope {scope!r}",
                                         hint=f"use one of {', '.join(SCOPES)}")
@@ -273,15 +310,26 @@ class HttpAccess:
                 holder = request.user  # AssertionError without the middleware: a 500
                 if not isinstance(holder, TokenHolder) or not holder.is_authenticated:
                     why = holder.why if isinstance(holder, TokenHolder) else NO_TOKEN
+                    if unauthenticated is not None:  # a page: to the login
+                        if isinstance(holder, TokenHolder) and holder.sent:
+                            self._refused(request, why)  # a bad cookie or token: audited
+                        return await unauthenticated(request)
                     self._refused(request, why)
                     return refusal(request, 401, "a valid bearer token is required", why,
                                    {"WWW-Authenticate": 'Bearer realm="pacscore"'})
+                if holder.session is not None and request.method not in _SAFE \
+                        and not await _csrf_ok(request, holder.session):
+                    why = (f"{request.method} by session cookie from another origin, or "
+                           f"without Origin and the session's CSRF token (X-CSRF-Token)")
+                    self._refused(request, why)
+                    return refusal(request, 403, "CSRF token missing or wrong", why)
                 if scope not in request.auth.scopes:
                     why = (f"{request.method} needs the {scope!r} scope; this token has "
                            f"{holder.scope!r}")
                     self._refused(request, why)
                     return refusal(request, 403, "this token lacks the scope needed", why)
-                request.state.holder = holder
+                if audited:
+                    request.state.holder = holder
                 return await endpoint(request)
 
             setattr(checked, _ACCESS, scope)
@@ -296,6 +344,31 @@ class HttpAccess:
                           interface=self.interface, objects=path_uids(request),
                           detail=f"{request.method} {request.url.path}: {why}")
 
+
+
+_SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+_FORM = "application/x-www-form-urlencoded"
+_MAX_FORM = 4096
+
+
+async def _csrf_ok(request: Request, session: Session) -> bool:
+    """The request comes from this server's own pages: its ``Origin`` header names this
+    host (browsers send it with every POST/DELETE, same-origin ones included; OWASP's
+    "verifying origin with standard headers": what lets OHIF store measurements by
+    STOW-RS), or it carries ``session``'s CSRF token in the ``X-CSRF-Token`` header or as
+    the ``csrf`` field of a small urlencoded form (an HTML form cannot set headers; the
+    body is read only when it is a form of at most 4 KiB).  Another origin is refused
+    whatever it sends."""
+    origin = request.headers.get("origin")
+    if origin is not None:
+        return urlsplit(origin).netloc == request.headers.get("host", "")
+    sent = request.headers.get(CSRF_HEADER, "")
+    if not sent and request.headers.get("content-type", "").startswith(_FORM):
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) <= _MAX_FORM:
+            body = await request.body()
+            sent = parse_qs(body.decode("latin-1")).get("csrf", [""])[0]
+    return bool(sent) and hmac.compare_digest(sent.encode(), session.csrf.encode())
 
 
 # -- the outcome of an admitted HTTP request ----------------------------------------

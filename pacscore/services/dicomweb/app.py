@@ -20,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from starlette.applications import Starlette
@@ -29,7 +29,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from ...archive import Archive
 from ...dicom.syntaxes import EXPLICIT_LE
@@ -48,6 +48,7 @@ from ..auth.security import AuditLog
 from ..auth.tokens import TokenStore
 from .answers import healthz, kept_as_stored, warning_left_out, warning_text
 from .bulkdata import BulkData
+from .compression import REVALIDATE, JsonGzip, metadata_etag
 from .media import (
     frame_choices,
     render_options,
@@ -57,6 +58,9 @@ from .media import (
 from .multipart import encode_related, stream_related
 from .stow import Stow
 from .workflow import WorkflowStudies
+
+if TYPE_CHECKING:
+    from ..viewer.routes import ViewerSettings
 
 __all__ = ["HTTP_STATUS", "create_app"]
 
@@ -362,6 +366,10 @@ class _Api:
     async def metadata(self, request: Request) -> Response:
         p = request.path_params
         sops = await run_in_threadpool(self._scope_uids, request)  # 404: nothing matches
+        etag = await run_in_threadpool(metadata_etag, self.archive, p, self.base(request))
+        cache = {"ETag": etag, "Cache-Control": REVALIDATE} if etag else {}
+        if etag and etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=cache)  # RFC 9110 13.1.2
         if "sop" in p:
             body = await run_in_threadpool(
                 lambda: json.dumps([self.meta.instance(p["sop"])]).encode())
@@ -376,7 +384,7 @@ class _Api:
             f"{len(problems)} of {len(sops)} instances have values that are not valid "
             f"for their VR: " + " | ".join(problems))} if problems else None
         return Response(self.meta.render(body, self.base(request)), 200,
-                        media_type=_DICOM_JSON, headers=headers)
+                        media_type=_DICOM_JSON, headers={**cache, **(headers or {})})
 
     async def frames(self, request: Request) -> Response:
         sop = request.path_params["sop"]
@@ -549,22 +557,29 @@ def _read_spool(spool: IO[bytes]) -> Iterator[bytes]:
 
 def create_app(archive: Archive, *, cors_origins: list[str] | None = None,
                max_body: int = 4 * 1024**3, idle_timeout: float = 60.0,
-               public_url: str | None = None) -> Starlette:
+               public_url: str | None = None, viewer: ViewerSettings | None = None
+               ) -> Starlette:
     """The DICOMweb ASGI app over ``archive`` (routes under ``/dicom-web`` and ``/wado``,
     and ``/healthz``); a request body that pauses longer than ``idle_timeout`` seconds is
     answered 408.  URLs in answers start with ``public_url`` when given (the address
     clients reach this server at, e.g. behind a reverse proxy), else with the request's
     own scheme, host and port.  Request bodies and transcoded answers wait in a folder
-    of :attr:`Archive.tmp_dir`, which the archive empties when it is opened again."""
+    of :attr:`Archive.tmp_dir`, which the archive empties when it is opened again.
+    ``viewer``: also serve the OHIF viewer, its login (session cookies accepted beside
+    bearer tokens) and IHE Invoke Image Display (:mod:`..viewer`)."""
     tmp_dir = Path(tempfile.mkdtemp(prefix="http-", dir=archive.tmp_dir))
     api = _Api(archive, tmp_dir, public_url)
-    access = HttpAccess(TokenStore(archive.root), AuditLog(archive.root))
+    sessions = None
+    if viewer is not None:
+        from ..auth.sessions import SessionStore
+        sessions = SessionStore(archive.root, viewer.session_seconds)
+    access = HttpAccess(TokenStore(archive.root), AuditLog(archive.root), sessions=sessions)
     # Each endpoint declares the scope its method needs (GET read, POST write, DELETE
     # delete); one that declares none is refused by check_routes (when built, started).
     read, write, delete = (access.requires(scope) for scope in ("read", "write", "delete"))
     stow = Stow(archive, max_body, tmp_dir, idle_timeout, api.base)
     s, se, i = "/dicom-web/studies/{study}", "/series/{series}", "/instances/{sop}"
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/dicom-web/studies", read(api.qido), methods=["GET"]),
         Route("/dicom-web/studies", write(stow), methods=["POST"]),
         Route("/dicom-web/series", read(api.qido), methods=["GET"]),
@@ -594,6 +609,9 @@ def create_app(archive: Archive, *, cors_origins: list[str] | None = None,
         Route("/workflow/studies", read(WorkflowStudies(archive)), methods=["GET"]),
         Route("/healthz", public(healthz), methods=["GET"]),  # no token (see healthz)
     ]
+    if viewer is not None:
+        from ..viewer.routes import viewer_routes
+        routes += viewer_routes(archive, access, viewer)
     check_routes(routes)
     # CORS outermost: a preflight (OPTIONS) is answered before any token is looked at.
     middleware = [Middleware(CORSMiddleware, allow_origins=cors_origins,
@@ -610,5 +628,6 @@ def create_app(archive: Archive, *, cors_origins: list[str] | None = None,
             api.meta.close()
             shutil.rmtree(tmp_dir, ignore_errors=True)
 
+    middleware.append(Middleware(JsonGzip))  # QIDO-RS and metadata (compression.py)
     return Starlette(routes=routes, middleware=middleware + access.middleware(),
                      exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

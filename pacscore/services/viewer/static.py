@@ -1,0 +1,205 @@
+"""``/viewer``: the OHIF build's files, its ``app-config.js``, and single-page routing.
+
+The build lives outside the repository (:mod:`.install`); :class:`ViewerBuild` knows
+where it is or why it is not there yet (being installed in the background on a first
+start, npm missing, a failed install), and :func:`viewer_files` answers 503 saying so
+until it is ready.  A path that names a file of the build is that file (hashed bundle
+names are cached for a year, ``immutable``); any other path without a file extension is
+a route of the single-page app and gets ``index.html``; a path that leaves the build
+(``..``, a symbolic link out) is refused 404 without touching the file system outside.
+Every answer carries the cross-origin isolation headers OHIF's volume rendering needs
+(``SharedArrayBuffer``: COOP ``same-origin``, COEP ``require-corp``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from pathlib import Path, PurePosixPath
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, PlainTextResponse, Response
+
+from .install import PUBLIC_PATH, ViewerInstallError, install, installed
+
+__all__ = ["ISOLATION", "ViewerBuild", "app_config", "viewer_files"]
+
+log = logging.getLogger(__name__)
+
+ISOLATION = {"Cross-Origin-Opener-Policy": "same-origin",
+             "Cross-Origin-Embedder-Policy": "require-corp",
+             "Cross-Origin-Resource-Policy": "same-origin"}
+"""Headers of every /viewer answer (cross-origin isolation, for MPR/3D)."""
+_HASHED = re.compile(r"(^|[./])[0-9a-f]{16,}[.]")  # 2493.bundle.c4af70e46357151f.js
+_IMMUTABLE = "public, max-age=31536000, immutable"
+_REVALIDATE = "no-cache"
+
+
+class ViewerBuild:
+    """Where the viewer's build is, or why it is not (yet) there.
+
+    Parameters
+    ----------
+    root
+        The cache folder of builds (default :func:`.install.cache_dir`).
+    """
+
+    def __init__(self, root: Path | None = None):
+        self.root = root
+        self._lock = threading.Lock()
+        self.dist: Path | None = installed(root)
+        self.problem: str | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def installing(self) -> bool:
+        """An install runs in the background."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def install_in_background(self) -> bool:
+        """Start installing unless the build is there or an install runs; True if
+        one was started."""
+        with self._lock:
+            if self.dist is not None or self.installing:
+                return False
+            self.problem = None
+            self._thread = threading.Thread(target=self._install, name="viewer-install",
+                                            daemon=True)
+            self._thread.start()
+            return True
+
+    def _install(self) -> None:
+        try:
+            dist = install(self.root)
+        except ViewerInstallError as exc:
+            self.problem = str(exc)
+            log.warning("viewer not installed: %s", exc)
+            print(f"pacscore: viewer not installed: {exc}", flush=True)
+            return
+        except Exception as exc:  # a bug or an OS error: said, and the door stays up
+            self.problem = f"installing the viewer failed: {type(exc).__name__}: {exc}"
+            log.exception("installing the viewer failed")
+            return
+        self.dist = dist
+        print(f"pacscore: viewer ready at {PUBLIC_PATH} ({dist})", flush=True)
+
+    def wait(self, timeout: float | None = None) -> Path | None:
+        """Wait for a background install; the build's folder or None."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return self.dist
+
+    def current(self) -> Path | None:
+        """The build's folder now (one installed meanwhile by ``pacscore viewer
+        install`` is found without a restart)."""
+        if self.dist is None and not self.installing:
+            self.dist = installed(self.root)
+        return self.dist
+
+    def unavailable(self) -> str:
+        """Why the viewer cannot be served now."""
+        if self.installing:
+            return ("the viewer (OHIF) is being installed on this first start (about "
+                    "50 MB from the npm registry): reload in a minute")
+        if self.problem:
+            return (f"{self.problem}; fix that, run `pacscore viewer install` and reload "
+                    f"(no restart needed)")
+        return ("the viewer (OHIF) is not installed: run `pacscore viewer install` and "
+                "reload (no restart needed)")
+
+
+def app_config(dicomweb_path: str) -> str:
+    """OHIF's ``window.config`` for this server: its DICOMweb root on the page's own
+    origin (so the session cookie goes along), what its QIDO-RS supports, thumbnails
+    from ``/thumbnail``, frames as stored (``transfer-syntax=*``)."""
+    root = json.dumps(dicomweb_path)
+    wado_uri = json.dumps(dicomweb_path.rsplit("/", 1)[0] + "/wado")
+    return f"""/* Written by pacscore: OHIF Viewer configuration for this server. */
+window.config = {{
+  routerBasename: {json.dumps(PUBLIC_PATH.rstrip('/'))},
+  extensions: [],
+  modes: [],
+  showStudyList: true,
+  investigationalUseDialog: {{ option: 'never' }},
+  maxNumberOfWebWorkers: 3,
+  showWarningMessageForCrossOrigin: false,
+  showCPUFallbackMessage: true,
+  showLoadingIndicator: true,
+  strictZSpacingForVolumeViewport: true,
+  maxNumRequests: {{ interaction: 100, thumbnail: 5, prefetch: 25 }},
+  defaultDataSourceName: 'pacscore',
+  dataSources: [
+    {{
+      namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',
+      sourceName: 'pacscore',
+      configuration: {{
+        friendlyName: 'pacscore',
+        name: 'pacscore',
+        wadoUriRoot: window.location.origin + {wado_uri},
+        qidoRoot: window.location.origin + {root},
+        wadoRoot: window.location.origin + {root},
+        qidoSupportsIncludeField: true,
+        supportsReject: false,
+        supportsStow: true,
+        dicomUploadEnabled: false,
+        imageRendering: 'wadors',
+        thumbnailRendering: 'thumbnail',
+        thumbnailRequestStrategy: 'fetch',
+        enableStudyLazyLoad: true,
+        supportsFuzzyMatching: true,
+        supportsWildcard: true,
+        staticWado: false,
+        acceptHeader: ['multipart/related; type=application/octet-stream; transfer-syntax=*'],
+        bulkDataURI: {{ enabled: true }},
+        omitQuotationForMultipartRequest: true,
+      }},
+    }},
+  ],
+}};
+"""
+
+
+def _resolve(dist: Path, path: str) -> Path | None:
+    """The file ``path`` names inside ``dist``, or None (missing, or it would leave)."""
+    parts = PurePosixPath(path).parts
+    if any(p in ("..", ".") or "\\" in p or "\x00" in p for p in parts) or \
+            (parts and parts[0] == "/"):
+        raise _TraversalError(path)
+    target = dist.joinpath(*parts) if parts else dist
+    try:
+        real = target.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    if not real.is_relative_to(dist.resolve()):
+        raise _TraversalError(path)
+    return real if real.is_file() else None
+
+
+class _TraversalError(Exception):
+    """A path that would leave the build."""
+
+
+def viewer_files(build: ViewerBuild, request: Request, path: str,
+                 config_js: str) -> Response:
+    """The answer to ``/viewer/<path>`` (see the module's docstring)."""
+    if path == "app-config.js":
+        return Response(config_js, 200, media_type="text/javascript",
+                        headers={**ISOLATION, "Cache-Control": _REVALIDATE})
+    dist = build.current()
+    if dist is None:
+        return PlainTextResponse(build.unavailable(), 503,
+                                 headers={**ISOLATION, "Retry-After": "30"})
+    try:
+        found = _resolve(dist, path)
+    except _TraversalError:
+        return PlainTextResponse("not found", 404, headers=ISOLATION)
+    if found is None:
+        last = PurePosixPath(path).name
+        if "." in last:  # a missing asset, not a page of the app
+            return PlainTextResponse("not found", 404, headers=ISOLATION)
+        found = dist / "index.html"
+    cache = _IMMUTABLE if _HASHED.search(found.name) else _REVALIDATE
+    return FileResponse(found, headers={**ISOLATION, "Cache-Control": cache})
