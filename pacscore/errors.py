@@ -15,6 +15,7 @@ __all__ = [
     "ConflictError",
     "HL7MessageError",
     "IdentityMismatchError",
+    "IndexUnavailableError",
     "InvalidDicomError",
     "InvalidRequestError",
     "InvalidUIDError",
@@ -160,6 +161,14 @@ class ArchiveStorageError(PacsError, OSError):
     """The archive directory cannot be written (disk full, missing, read-only)."""
 
     hint = "free space or fix the archive directory, then retry; acknowledged data is safe"
+
+
+class IndexUnavailableError(ArchiveStorageError, ConnectionError):
+    """The index's database server cannot be reached (down, refusing, or not answering
+    within the timeout)."""
+
+    hint = ("check that the PostgreSQL server named by the index DSN is running and "
+            "reachable from this host (pg_isready), then retry; acknowledged data is safe")
 
 
 class UnsafeFolderError(PacsError, PermissionError):
