@@ -27,6 +27,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -62,6 +63,9 @@ class PostgresServer:
     """Its port (0: not started here)."""
     log: Path | None = field(default=None)
     """Its log file."""
+    watchdog: subprocess.Popen[bytes] | None = None
+    """A process that stops the server and removes its directory when this one dies
+    without doing it (killed: no fixture finaliser runs)."""
 
     def dsn_of(self, database: str) -> str:
         """The connection string of ``database`` on this server."""
@@ -101,6 +105,10 @@ class PostgresServer:
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
+        if self.watchdog is not None:
+            self.watchdog.stdin.close()  # type: ignore[union-attr]
+            self.watchdog.wait(timeout)
+            self.watchdog = None
 
     def __enter__(self) -> PostgresServer:
         return self
@@ -148,6 +156,9 @@ def start_postgres(*, settings: dict[str, str] | None = None, timeout: float = 6
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=directory, start_new_session=True, user=uid, group=gid,
                 extra_groups=groups)
+        server.watchdog = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(server.process.pid), str(directory)],
+            stdin=subprocess.PIPE, start_new_session=True)
         server.port = port
         server.dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
         _wait_ready(server, timeout)
@@ -155,6 +166,24 @@ def start_postgres(*, settings: dict[str, str] | None = None, timeout: float = 6
         server.stop()
         raise
     return server
+
+
+# Reads its stdin until the test process closes it (or dies); then, if the server still
+# runs, a fast shutdown (SIGKILL after 20 s) and its directory removed.
+_WATCHDOG = """
+import os, shutil, signal, sys, time
+sys.stdin.buffer.read()
+pid, directory = int(sys.argv[1]), sys.argv[2]
+try:
+    os.kill(pid, signal.SIGINT)
+    for _ in range(200):
+        time.sleep(0.1)
+        os.kill(pid, 0)
+    os.killpg(pid, signal.SIGKILL)
+except ProcessLookupError:
+    pass
+shutil.rmtree(directory, ignore_errors=True)
+"""
 
 
 def _wait_ready(server: PostgresServer, timeout: float) -> None:

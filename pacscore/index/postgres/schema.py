@@ -1,9 +1,9 @@
 """The PostgreSQL index's tables, as versioned migrations.
 
-:data:`MIGRATIONS` is a table of (version, SQL) applied in order, each missing one in
-the same transaction as the ``schema_version`` row that records it, under a
-transaction-level advisory lock (two processes opening a new database at once do not
-both create it).  A database of a newer version than this pacscore knows is refused.
+:data:`MIGRATIONS` is a table of (version, SQL) applied in order, the missing ones in
+one transaction with the ``schema_version`` rows that record them, under an advisory
+lock (two processes opening a new database at once do not both create it).  A
+database of a newer version than this pacscore knows is refused.
 
 Everything lives in the schema :data:`SCHEMA` (``pacscore``), so that the index can
 share a database with other applications.  Text columns that are compared or sorted
@@ -139,35 +139,46 @@ def migrate(conn: psycopg.Connection[tuple[Any, ...]], *, where: str,
             migrations: tuple[tuple[int, str], ...] = MIGRATIONS,
             readonly: bool = False) -> list[int]:
     """Bring the schema to the last of ``migrations`` in one transaction; the versions
-    applied.  ``where`` names the database in messages."""
+    applied.  ``conn`` is in autocommit mode; ``where`` names the database in messages.
+
+    The migration transaction begins only once the session's advisory lock is held, so
+    that it sees what a process that held the lock before it committed."""
     latest = migrations[-1][0]
-    with conn.transaction():
-        version = schema_version(conn)
-        if version is not None and version > latest:
-            raise ArchiveStorageError(
-                f"the PostgreSQL index at {where} has schema version {version}; this "
-                f"pacscore knows versions up to {latest}",
-                hint="upgrade pacscore to open this index")
-        if version == latest:
-            return []
-        if readonly:
-            raise ArchiveStorageError(
-                f"the PostgreSQL index at {where} has schema version {version or 0}, "
-                f"older than {latest}",
-                hint="open it once for writing (pacscore serve or import): the schema is "
-                     "then upgraded in place")
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
-        version = schema_version(conn)  # another process may have just done it
-        if version is None:
-            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-            conn.execute(f"CREATE TABLE {SCHEMA}.schema_version (version integer PRIMARY "
-                         "KEY, applied timestamptz NOT NULL DEFAULT now())")
-            version = 0
-        applied = []
-        conn.execute(f"SET LOCAL search_path TO {SCHEMA}")
-        for number, sql in migrations:
-            if number > version:
-                conn.execute(sql.encode())  # several statements: no parameters
-                conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
-                applied.append(number)
-        return applied
+    version = schema_version(conn)
+    if version is not None and version > latest:
+        raise ArchiveStorageError(
+            f"the PostgreSQL index at {where} has schema version {version}; this "
+            f"pacscore knows versions up to {latest}",
+            hint="upgrade pacscore to open this index")
+    if version == latest:
+        return []
+    if readonly:
+        raise ArchiveStorageError(
+            f"the PostgreSQL index at {where} has schema version {version or 0}, "
+            f"older than {latest}",
+            hint="open it once for writing (pacscore serve or import): the schema is "
+                 "then upgraded in place")
+    conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK,))
+    try:
+        with conn.transaction():
+            return _apply(conn, migrations)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK,))
+
+
+def _apply(conn: psycopg.Connection[tuple[Any, ...]],
+           migrations: tuple[tuple[int, str], ...]) -> list[int]:
+    version = schema_version(conn)  # another process may have just done it
+    if version is None:
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        conn.execute(f"CREATE TABLE {SCHEMA}.schema_version (version integer PRIMARY "
+                     "KEY, applied timestamptz NOT NULL DEFAULT now())")
+        version = 0
+    applied = []
+    conn.execute(f"SET LOCAL search_path TO {SCHEMA}")
+    for number, sql in migrations:
+        if number > version:
+            conn.execute(sql.encode())  # several statements: no parameters
+            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
+            applied.append(number)
+    return applied
