@@ -26,6 +26,7 @@ __all__ = [
     "RenderError",
     "TruncatedFileError",
     "UndecodablePixelDataError",
+    "UnknownIndexError",
     "UnknownStoreError",
     "UnsafeFolderError",
     "UnsupportedTransferSyntaxError",
@@ -206,6 +207,14 @@ class UnknownStoreError(PacsError, LookupError):
 
     hint = ("use one of the kinds in pacscore.store.spec.STORE_KINDS, or register the "
             "implementation there as 'module:Class'")
+
+
+class UnknownIndexError(PacsError, LookupError):
+    """An index spec names no known :class:`~pacscore.index.Index`, or its package is
+    not installed."""
+
+    hint = ("use one of the kinds in pacscore.index.spec.INDEX_KINDS (a PostgreSQL index: "
+            "postgresql://user@host:5432/database)")
 
 
 class RenderError(PacsError, RuntimeError):

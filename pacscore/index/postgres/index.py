@@ -249,6 +249,15 @@ class PgIndex(PgQueries, Index):
         except psycopg.OperationalError as exc:
             raise IndexUnavailableError(
                 f"the PostgreSQL index at {self.where} failed: {exc}") from exc
+        except pg_errors.ReadOnlySqlTransaction as exc:
+            raise ArchiveStorageError(
+                f"the PostgreSQL index at {self.where} is open read-only",
+                hint="open the archive for writing (not readonly=True), as a role that "
+                     "may write the database") from exc
+        except psycopg.Error as exc:
+            raise ArchiveStorageError(
+                f"the PostgreSQL index at {self.where} failed: {type(exc).__name__}: {exc}",
+                hint="check the server's log; the transaction was rolled back") from exc
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         for attempt in (1, 2):
