@@ -4,6 +4,7 @@ migrations, a server that goes away."""
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import random
 import time
@@ -19,7 +20,7 @@ import psycopg
 from pacscore.errors import ArchiveStorageError, IndexUnavailableError
 from pacscore.index import LEVELS, InstanceRecord
 from pacscore.index.postgres import MIGRATIONS, PgIndex
-from pacscore.index.postgres.index import _lock_id
+from pacscore.index.postgres.put import lock_id
 from pacscore.testing.index import HTJ2K, IndexTests, header_of, make, put, uids
 from pacscore.testing.postgres import postgres_dsn, postgres_server, start_postgres  # noqa: F401
 
@@ -33,6 +34,26 @@ class TestPostgresIndex(IndexTests):
         finally:
             index.close()
 
+
+
+def test_a_record_the_database_refuses_fails_alone(postgres_dsn: str) -> None:  # noqa: F811
+    """A batch is inserted set-based; when that fails (here a location that another
+    instance of the batch already names: unique in PostgreSQL), the batch is run again a
+    row at a time and only the failing record is refused (``invalid``)."""
+    index = PgIndex(postgres_dsn)
+    try:
+        recs = [make(f"1.40.{i}", study="4.40", series="4.40.1") for i in range(4)]
+        clash = dataclasses.replace(recs[2], location=recs[1].location)
+        outcomes = index.put([(r, header_of(r)) for r in (recs[0], recs[1], clash, recs[3])])
+        assert [o.status for o in outcomes] == ["stored", "stored", "invalid", "stored"]
+        assert "UniqueViolation" in outcomes[2].reason and "1.40.2" in outcomes[2].reason
+        assert index.location_owner(recs[1].location) == "1.40.1"
+        assert index.get("1.40.2") is None
+        assert index.stats()["instances"] == 3
+        [series] = index.find("series", {})
+        assert series["NumberOfSeriesRelatedInstances"] == 3
+    finally:
+        index.close()
 
 # -- several processes writing one index ------------------------------------------------
 _PROCESSES = 4
@@ -265,7 +286,7 @@ def test_a_statement_that_waits_too_long_times_out(postgres_dsn: str) -> None:  
     try:
         rec = make("1.32.1", study="4.32", series="4.32.1", patient="P32")
         with psycopg.connect(postgres_dsn) as other:  # holds the lock of the study
-            other.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id("S4.32"),))
+            other.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id("S4.32"),))
             started = time.monotonic()
             with pytest.raises(ArchiveStorageError, match="timed out"):
                 put(index, rec)
