@@ -23,7 +23,7 @@ from ..matching import Constraint, parse_constraint, view_matches
 from ..records import InstanceRecord
 from .schema import INDEXED_CHARS
 
-__all__ = ["COLUMNS", "PgQueries", "like_pattern", "pg_text", "successor"]
+__all__ = ["COLUMNS", "FindPlan", "PgQueries", "like_pattern", "pg_text", "plan_find", "successor"]
 
 Row = tuple[Any, ...]
 
@@ -251,32 +251,52 @@ class PgQueries:
     # -- matching -------------------------------------------------------------------
     def find(self, level: str, query: Mapping[str, str], *, limit: int | None = None,
              offset: int = 0, fuzzy: bool = False) -> list[dict[str, Any]]:
-        if level not in LEVELS:
-            raise ValueError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
-        if level == "study" and "Modality" in query:  # C-FIND: ModalitiesInStudy
-            query = {("ModalitiesInStudy" if k == "Modality" else k): v
-                     for k, v in query.items()}
-        active = [c for k, v in query.items()
-                  if (c := parse_constraint(k, v, fuzzy=fuzzy)).kind != "universal"]
-        where = _where(level, active)
-        if level == "patient":
-            sql = _PATIENT.format(where=where.sql())
-        else:
-            sql = f"{_FROM[level]} {where.sql()} ORDER BY {_KEY[level]}"
-        params = list(where.params)
-        if where.exact:  # the database pages
-            sql += " LIMIT %s OFFSET %s"
-            params += [limit, offset]  # LIMIT NULL: all
+        plan = plan_find(level, query, limit=limit, offset=offset, fuzzy=fuzzy)
         out = []
-        for row in self._read(sql, params):
+        for row in self._read(plan.sql, plan.params):
             view = next((v for v in _views(level, row)
-                         if all(view_matches(c, v) for c in active)), None)
+                         if all(view_matches(c, v) for c in plan.active)), None)
             if view is not None:
                 out.append(view)
-        if where.exact:
+        if plan.exact:
             return out
         end = None if limit is None else offset + limit
         return out[offset:end]
+
+
+@dataclass(frozen=True, slots=True)
+class FindPlan:
+    """The statement of a :meth:`PgQueries.find`."""
+
+    sql: str
+    """The SELECT."""
+    params: list[Any]
+    """Its parameters."""
+    active: list[Constraint]
+    """The constraints every row is tested against."""
+    exact: bool
+    """The statement selects exactly the matches, and pages them."""
+
+
+def plan_find(level: str, query: Mapping[str, str], *, limit: int | None = None,
+              offset: int = 0, fuzzy: bool = False) -> FindPlan:
+    """The statement that finds the matches of ``query`` at ``level``."""
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
+    if level == "study" and "Modality" in query:  # C-FIND: ModalitiesInStudy
+        query = {("ModalitiesInStudy" if k == "Modality" else k): v for k, v in query.items()}
+    active = [c for k, v in query.items()
+              if (c := parse_constraint(k, v, fuzzy=fuzzy)).kind != "universal"]
+    where = _where(level, active)
+    if level == "patient":
+        sql = _PATIENT.format(where=where.sql())
+    else:
+        sql = f"{_FROM[level]} {where.sql()} ORDER BY {_KEY[level]}"
+    params = list(where.params)
+    if where.exact:  # the database pages
+        sql += " LIMIT %s OFFSET %s"
+        params += [limit, offset]  # LIMIT NULL: all
+    return FindPlan(sql, params, active, where.exact)
 
 
 def _where(level: str, active: list[Constraint]) -> _Where:
