@@ -10,7 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
 
 pytest.importorskip("psycopg")
 
@@ -19,6 +22,7 @@ from pacscore.errors import ArchiveStorageError, IndexUnavailableError, UnknownI
 from pacscore.index import LEVELS
 from pacscore.index.postgres import PgIndex
 from pacscore.index.spec import INDEX_KINDS, IndexSpec
+from pacscore.testing import serving
 from pacscore.testing.postgres import postgres_dsn, postgres_server  # noqa: F401
 
 from .conftest import corpus_files
@@ -116,3 +120,38 @@ def test_index_specs() -> None:
     with pytest.raises(IndexUnavailableError, match=r"127\.0\.0\.1:1/db"):
         Archive("/nonexistent-never-created", index="postgresql://u:pw@127.0.0.1:1/db?"
                 "connect_timeout=1").close()
+
+
+def test_serve_with_a_postgresql_index(tmp_path: Path, postgres_dsn: str,  # noqa: F811
+                                       corpus: Path) -> None:
+    """``pacscore serve --index postgresql://...``: what STOW-RS stores is indexed in
+    PostgreSQL (no LMDB index in the archive folder) and QIDO-RS and WADO-RS answer from
+    it; ``index = "..."`` in the TOML configuration does the same."""
+    files = sorted((corpus / "ct_series/tcia_lung_pet_ct_dx_chest_30sl").glob("*.dcm"))[:3]
+    archive = tmp_path / "archive"
+    with serving(archive, "--index", postgres_dsn) as ports:
+        client = _client(archive, ports["http"])
+        client.store_instances([pydicom.dcmread(p) for p in files])
+        [study] = client.search_for_studies()
+        uid = study["0020000D"]["Value"][0]
+        assert study["00201208"]["Value"] == [3]  # NumberOfStudyRelatedInstances
+        assert len(client.retrieve_study(uid)) == 3
+    assert not (archive / "index.lmdb").exists()
+    index = PgIndex(postgres_dsn)
+    try:
+        assert index.stats()["instances"] == 3
+        assert index.find("study", {})[0]["StudyInstanceUID"] == uid
+    finally:
+        index.close()
+    config = tmp_path / "pacscore.toml"
+    config.write_text(f"index = {json.dumps(postgres_dsn)}\n")
+    with serving(archive, "--config", str(config)) as ports:
+        [again] = _client(archive, ports["http"]).search_for_studies()
+        assert again["0020000D"]["Value"] == [uid]
+
+
+def _client(archive: Path, port: int) -> DICOMwebClient:
+    session = requests.Session()
+    token = (archive / "security" / "admin-token").read_text().strip()
+    session.headers["Authorization"] = f"Bearer {token}"
+    return DICOMwebClient(f"http://127.0.0.1:{port}/dicom-web", session=session)

@@ -264,6 +264,8 @@ class PgIndex(PgQueries, Index):
         return self._write(lambda conn: self._delete_all(conn, sops))
 
     def _delete_all(self, conn: Conn, sops: list[str]) -> list[InstanceRecord]:
+        """Delete set-based: the instance rows, then each series, study and patient's
+        counts once (those left empty go), under the locks of what the records name."""
         keys: set[str] = set()
         for (raw,) in conn.execute("SELECT record FROM instance WHERE sop_uid = ANY(%s)",
                                    (sops,)).fetchall():
@@ -271,55 +273,76 @@ class PgIndex(PgQueries, Index):
         if not keys:
             return []
         stamp = self._lock(conn, keys)
-        totals = Totals()
-        out = [rec for sop in sops if (rec := self._delete_one(conn, sop, stamp, totals, keys))]
-        totals.write(conn)
-        return out
-
-    @staticmethod
-    def _delete_one(conn: Conn, sop: str, stamp: int, totals: Totals, locked: set[str]
-                    ) -> InstanceRecord | None:
-        found = conn.execute("DELETE FROM instance WHERE sop_uid = %s RETURNING record",
-                             (sop,)).fetchone()
-        if found is None:
-            return None
-        rec = InstanceRecord.from_json(found[0].encode())
-        if not record_keys(rec) <= locked:
+        gone = {sop: InstanceRecord.from_json(raw.encode()) for sop, raw in conn.execute(
+            "DELETE FROM instance WHERE sop_uid = ANY(%s) RETURNING sop_uid, record",
+            (sops,)).fetchall()}
+        if any(not record_keys(rec) <= keys for rec in gone.values()):
             raise RetryError  # put again under another study since it was read
-        size = (rec.bytes_in, rec.bytes_stored)
-        conn.execute("INSERT INTO pending (location) VALUES (%s) ON CONFLICT DO NOTHING",
-                     (pg_text(rec.location),))
-        study, series = pg_text(rec.study_uid), pg_text(rec.series_uid)
-        left = conn.execute(
-            "UPDATE series SET instances = instances - 1, bytes_in = bytes_in - %s, "
-            "bytes_stored = bytes_stored - %s, changed = greatest(changed, %s) "
-            "WHERE series_uid = %s RETURNING instances", (*size, stamp, series)).fetchone()
-        gone = left is not None and left[0] <= 0
-        if gone:
-            conn.execute("DELETE FROM series WHERE series_uid = %s", (series,))
-        left = conn.execute(
-            "UPDATE study SET instances = instances - 1, bytes_in = bytes_in - %s, "
-            "bytes_stored = bytes_stored - %s, series = series - %s, "
-            "changed = greatest(changed, %s), modalities = ARRAY(SELECT DISTINCT m_modality "
-            "FROM series WHERE study_uid = %s AND m_modality <> '' ORDER BY 1) "
-            "WHERE study_uid = %s RETURNING instances, pkey",
-            (*size, int(gone), stamp, study, study)).fetchone()
-        gone = left is not None and left[0] <= 0
-        if left is not None:
-            if gone:
-                conn.execute("DELETE FROM study WHERE study_uid = %s", (study,))
-            left = conn.execute(
-                "UPDATE patient SET instances = instances - 1, bytes_in = bytes_in - %s, "
-                "bytes_stored = bytes_stored - %s, studies = studies - %s, "
-                "changed = greatest(changed, %s) WHERE pkey = %s RETURNING instances, pkey",
-                (*size, int(gone), stamp, left[1])).fetchone()
-            if left is not None and left[0] <= 0:
-                conn.execute("DELETE FROM patient WHERE pkey = %s", (left[1],))
-        totals.add(rec, -1)
-        return rec
+        if not gone:
+            return []
+        conn.execute("INSERT INTO pending (location) SELECT unnest(%b::text[]) ON CONFLICT DO "
+                     "NOTHING", ([pg_text(r.location) for r in gone.values()],))
+        totals = Totals()
+        series: dict[str, list[int]] = {}
+        for rec in gone.values():
+            totals.add(rec, -1)
+            _minus(series, pg_text(rec.series_uid), rec)
+        studies: dict[str, list[int]] = {}
+        for rec in gone.values():
+            _minus(studies, pg_text(rec.study_uid), rec)
+        for _, left, study in _subtract(conn, "series", series, stamp):
+            studies[study][3] += left <= 0  # a series gone
+        patients: dict[str, list[int]] = {}
+        for uid, left, pkey in _subtract(
+                conn, "study", studies, stamp, extra=", series = s.series - t.c, modalities = "
+                "ARRAY(SELECT DISTINCT m_modality FROM series AS e WHERE e.study_uid = "
+                "s.study_uid AND m_modality <> '' ORDER BY 1)"):
+            delta = patients.setdefault(pkey, [0, 0, 0, 0])
+            for i in range(3):
+                delta[i] += studies[uid][i]
+            delta[3] += left <= 0  # a study gone
+        _subtract(conn, "patient", patients, stamp, extra=", studies = s.studies - t.c")
+        totals.write(conn)
+        return [gone[s] for s in sops if s in gone]
 
     def close(self) -> None:
         self.pool.close()
+
+
+_LEVEL_KEYS = {"series": ("series_uid", "study_uid"), "study": ("study_uid", "pkey"),
+               "patient": ("pkey", "pkey")}
+"""Key and parent columns of the level tables."""
+
+
+def _minus(deltas: dict[str, list[int]], key: str, rec: InstanceRecord) -> None:
+    """Count ``rec`` in the deltas (instances, bytes in, bytes stored, children) of ``key``."""
+    delta = deltas.setdefault(key, [0, 0, 0, 0])
+    delta[0] += 1
+    delta[1] += rec.bytes_in
+    delta[2] += rec.bytes_stored
+
+
+def _subtract(conn: Conn, table: str, deltas: dict[str, list[int]], stamp: int,
+              extra: str = "") -> list[Row]:
+    """Take ``deltas`` off the rows of ``table`` (``extra``: more assignments, ``t.c``
+    being the children gone), delete the rows left without instances; (key, instances
+    left, parent) of every row changed."""
+    if not deltas:
+        return []
+    key, parent = _LEVEL_KEYS[table]
+    items = sorted(deltas.items())
+    rows = conn.execute(
+        f"UPDATE {table} AS s SET instances = s.instances - t.n, bytes_in = s.bytes_in - "
+        f"t.bi, bytes_stored = s.bytes_stored - t.bs, changed = greatest(s.changed, %s)"
+        f"{extra} FROM unnest(%b::text[], %b::bigint[], %b::bigint[], %b::bigint[], "
+        f"%b::int[]) AS t(u, n, bi, bs, c) WHERE s.{key} = t.u RETURNING s.{key}, "
+        f"s.instances, s.{parent}",
+        (stamp, [k for k, _ in items], *([d[i] for _, d in items] for i in range(4)))
+    ).fetchall()
+    empty = [r[0] for r in rows if r[1] <= 0]
+    if empty:
+        conn.execute(f"DELETE FROM {table} WHERE {key} = ANY(%b::text[])", (empty,))
+    return rows
 
 
 def _invalid(sop: str, error: BaseException) -> PutOutcome:
