@@ -192,9 +192,10 @@ class Batch:
 
     @classmethod
     def read(cls, conn: Conn, rows: list[PgRow]) -> Batch:
-        sops = [pg_text(r.rec.sop_instance_uid) for r in rows]
-        studies = [pg_text(r.rec.study_uid) for r in rows]
-        series = [pg_text(r.rec.series_uid) for r in rows]
+        # each once: a list of 1,000 copies of one series UID is planned as a scan
+        sops = sorted({pg_text(r.rec.sop_instance_uid) for r in rows})
+        studies = sorted({pg_text(r.rec.study_uid) for r in rows})
+        series = sorted({pg_text(r.rec.series_uid) for r in rows})
         stored = {s: InstanceRecord.from_json(raw.encode()) for s, raw in conn.execute(
             "SELECT sop_uid, record FROM instance WHERE sop_uid = ANY(%s)", (sops,))}
         found = conn.execute("SELECT study_uid, pkey, modalities FROM study WHERE study_uid = "
