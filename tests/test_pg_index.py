@@ -7,8 +7,11 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import random
+import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -52,6 +55,35 @@ def test_a_record_the_database_refuses_fails_alone(postgres_dsn: str) -> None:  
         assert index.stats()["instances"] == 3
         [series] = index.find("series", {})
         assert series["NumberOfSeriesRelatedInstances"] == 3
+    finally:
+        index.close()
+
+
+def test_a_deadlock_rolls_back_and_runs_the_transaction_again(postgres_dsn: str  # noqa: F811
+                                                                ) -> None:
+    """Two writers taking row locks in opposite orders: PostgreSQL aborts one with a
+    deadlock; the index runs its transaction again and both complete."""
+    index = PgIndex(postgres_dsn)
+    barrier, attempts = threading.Barrier(2), Counter[str]()
+
+    def writer(first: str, second: str) -> Callable[[Any], str]:
+        def fn(conn: Any) -> str:
+            attempts[first] += 1
+            conn.execute("INSERT INTO pending (location) VALUES (%s) ON CONFLICT DO NOTHING",
+                         (first,))
+            if attempts[first] == 1:
+                barrier.wait(10)  # both hold their first row now
+            conn.execute("INSERT INTO pending (location) VALUES (%s) ON CONFLICT DO NOTHING",
+                         (second,))
+            return first
+        return fn
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            done = [pool.submit(index._write, writer(a, b)) for a, b in (("a", "b"), ("b", "a"))]
+            assert sorted(f.result(timeout=60) for f in done) == ["a", "b"]
+        assert sorted(attempts.values()) == [1, 2]  # one was aborted and ran again
+        assert index.pending() == ["a", "b"]
     finally:
         index.close()
 
@@ -106,7 +138,8 @@ def _hierarchy(i: int) -> dict[str, str]:
 
 
 def _assert_consistent(index: PgIndex) -> dict[str, InstanceRecord]:
-    """Every total and count of ``index`` equals the sum of its parts; the records."""
+    """Every total and count of ``index`` equals the sum of its parts, and no patient,
+    study or series is listed without instances; the records."""
     records = {r.sop_instance_uid: r for r in index.records()}
     stats = index.stats()
     assert stats["instances"] == len(records)
@@ -115,35 +148,36 @@ def _assert_consistent(index: PgIndex) -> dict[str, InstanceRecord]:
     assert stats["transfer_syntaxes"] == {HTJ2K: len(records)}
     for rec in records.values():
         assert index.location_owner(rec.location) == rec.sop_instance_uid
-    series = index.find("series", {})
-    assert len(series) == 12
-    for s in series:
-        uid = s["SeriesInstanceUID"]
+    series = {s["SeriesInstanceUID"]: s for s in index.find("series", {})}
+    assert set(series) == {r.series_uid for r in records.values()}
+    for uid, s in series.items():
         assert s["NumberOfSeriesRelatedInstances"] == len(index.instances("series", uid)) \
             == sum(r.series_uid == uid for r in records.values())
-    studies = index.find("study", {})
-    assert len(studies) == 6
-    for st in studies:
-        mine = [s for s in series if s["StudyInstanceUID"] == st["StudyInstanceUID"]]
-        assert st["NumberOfStudyRelatedSeries"] == len(mine) == 2
+    studies = {s["StudyInstanceUID"]: s for s in index.find("study", {})}
+    assert set(studies) == {r.study_uid for r in records.values()}
+    for uid, st in studies.items():
+        mine = [s for s in series.values() if s["StudyInstanceUID"] == uid]
+        assert st["NumberOfStudyRelatedSeries"] == len(mine)
         assert st["NumberOfStudyRelatedInstances"] == sum(
             s["NumberOfSeriesRelatedInstances"] for s in mine)
-        assert st["ModalitiesInStudy"] == "CT\\MR"
+        assert st["ModalitiesInStudy"] == "\\".join(sorted({s["Modality"] for s in mine}))
     patients = index.find("patient", {})
-    assert sorted(p["PatientID"] for p in patients) == ["P0", "P1", "P2"]
+    assert sorted(p["PatientID"] for p in patients) == sorted(
+        {r.attributes["PatientID"] for r in records.values()})
     for p in patients:
-        assert p["NumberOfPatientRelatedStudies"] == 2
+        mine = [st for st in studies.values() if st["PatientID"] == p["PatientID"]]
+        assert p["NumberOfPatientRelatedStudies"] == len(mine)
         assert p["NumberOfPatientRelatedInstances"] == sum(
-            st["NumberOfStudyRelatedInstances"] for st in studies
-            if st["PatientID"] == p["PatientID"])
+            st["NumberOfStudyRelatedInstances"] for st in mine)
     return records
 
 
 def test_concurrent_writers_in_several_processes(postgres_dsn: str) -> None:  # noqa: F811
     """Four processes put the same 120 instances (each its own copy: other location,
-    same content) in their own orders, 10 instances each under another content, and 30
-    of their own, into the same series: each instance is stored once, the others are
-    duplicates or conflicts, and every counter equals the sum of its parts; then four
+    same content) in their own orders, 10 instances each under another content, 30 of
+    their own into the same series, and 10 the same under a study of their own: each
+    instance is stored once, the others are duplicates or conflicts, no study is left
+    without instances, and every counter equals the sum of its parts; then four
     processes delete everything, overlapping: each instance is deleted once."""
     PgIndex(postgres_dsn).close()  # the schema, before the writers race to create it
     plans, own = [], {}
@@ -154,15 +188,19 @@ def test_concurrent_writers_in_several_processes(postgres_dsn: str) -> None:  # 
         own[proc] = {r.sop_instance_uid for r in mine}
         recs += mine
         random.Random(proc).shuffle(recs)
-        plans.append([recs[i:i + 8] for i in range(0, len(recs), 8)])
+        # first, at once: the same 10 instances, each process under a study of its own
+        # (other locks: the instance rows' key decides, the loser runs again)
+        elsewhere = [make(f"1.23.{i}", content="same", study=f"5.{proc}",
+                          series=f"5.{proc}.1", patient=f"Q{proc}") for i in range(10)]
+        plans.append([elsewhere] + [recs[i:i + 8] for i in range(0, len(recs), 8)])
     outcomes = _run(_writer, [(postgres_dsn, plan) for plan in plans])
     by_sop: dict[str, list[str]] = {}
     for done in outcomes:
         for sop, status in done:
             by_sop.setdefault(sop, []).append(status)
-    assert len(by_sop) == 120 + 10 + 30 * _PROCESSES
+    assert len(by_sop) == 120 + 10 + 10 + 30 * _PROCESSES
     for sop, statuses in by_sop.items():
-        if sop.startswith("1.20."):
+        if sop.startswith(("1.20.", "1.23.")):
             assert sorted(statuses) == ["duplicate"] * 3 + ["stored"], sop
         elif sop.startswith("1.21."):
             assert sorted(statuses) == ["conflict"] * 3 + ["stored"], sop
