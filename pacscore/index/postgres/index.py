@@ -4,9 +4,10 @@ for many processes (front ends on several hosts) writing one index.
 Writers are kept apart by the database, not by a file lock:
 
 * uniqueness by keys: an instance's SOP Instance UID is the primary key of ``instance``
-  and its location is unique; a put inserts the instance row first (``INSERT ... ON
+  and its location is unique; a put inserts the instance rows first (``INSERT ... ON
   CONFLICT DO NOTHING``), so of two processes putting one instance at once exactly one
-  stores it and the other finds it there (``duplicate`` or ``conflict``, by SHA-256);
+  stores it; the other's insert skips it, and its transaction is run again, finding it
+  there (``duplicate`` or ``conflict``, by SHA-256; :mod:`.put`);
 * the hierarchy and its counters by transactions: each put or delete first takes
   transaction-level advisory locks on the Patient IDs, studies and series it touches,
   in one sorted order (so two writers never wait on each other in a cycle), then reads
