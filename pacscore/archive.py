@@ -43,8 +43,9 @@ from .errors import (
     NotFoundError,
     PacsError,
 )
-from .index import LEVELS, InstanceRecord, LmdbIndex, StoreKind
+from .index import LEVELS, Index, InstanceRecord, LmdbIndex, StoreKind
 from .index.readonly import open_readonly
+from .index.spec import IndexSpec
 from .ingest.outcomes import Failed, Prepared, Rejected, Skipped, StoreResult
 from .private import make_private_dir
 from .retrieve import Reader, crc_problem
@@ -85,10 +86,12 @@ def _writer_lock(root: Path) -> int | None:
     return fd
 
 
-def require_archive(root: Path) -> None:
-    """Raise unless ``root`` holds an archive (``index.lmdb/data.mdb``): a reader never
-    creates one, so a mistyped path is an error rather than an empty archive."""
-    if not (root / "index.lmdb" / "data.mdb").is_file():
+def require_archive(root: Path, *, own_index: bool = True) -> None:
+    """Raise unless ``root`` holds an archive (``index.lmdb/data.mdb``; with an index
+    elsewhere, ``own_index=False``: the folder): a reader never creates one, so a
+    mistyped path is an error rather than an empty archive."""
+    found = (root / "index.lmdb" / "data.mdb").is_file() if own_index else root.is_dir()
+    if not found:
         what = "does not exist" if not root.exists() else "is not a pacscore archive " \
             "(it has no index.lmdb/data.mdb)"
         raise ArchiveStorageError(
@@ -123,10 +126,16 @@ class Archive:
     store
         The frame store (default: Zarr arrays under ``root/frames``): this process and
         the worker processes open it from this spec (:mod:`pacscore.store.spec`).
+    index
+        The index (default: LMDB in ``root/index.lmdb``): an
+        :class:`~pacscore.index.spec.IndexSpec` or a URL such as
+        ``postgresql://user@host/db`` (:mod:`pacscore.index.spec`).  The frames, the
+        writer lock and the temp folder stay in ``root`` whichever index it is.
     """
 
     def __init__(self, root: str | os.PathLike[str], config: ArchiveConfig | None = None,
-                 *, readonly: bool = False, store: StoreSpec | None = None):
+                 *, readonly: bool = False, store: StoreSpec | None = None,
+                 index: IndexSpec | str | None = None):
         self.root = Path(root)
         self.config = config or ArchiveConfig()
         self.frames_root = self.root / "frames"
@@ -134,14 +143,21 @@ class Archive:
         """Temp files of the front ends (request bodies, objects being received): private
         to the writer (0700), emptied when the writer opens the archive."""
         self._shared_fd: int | None = None
+        self.index_spec = IndexSpec.parse(index) if isinstance(index, str) else index
+        """The index, when it is not the archive's own LMDB index."""
+        self.index: Index
         if readonly:  # creates nothing: works on a read-only mount, refuses a typo
-            require_archive(self.root)
+            require_archive(self.root, own_index=self.index_spec is None)
             store = remembered_spec(self.root, store, save=False)
             self.store_spec = store or StoreSpec.of("zarr", root=str(self.frames_root),
                                                     fsync=False, create=False)
             self.store_: FrameStore = self.store_spec.open()
             claim_store(self.root, self.store_, create=False)
-            self.index, self._shared_fd = open_readonly(self.root, self.config.lmdb_map_size)
+            if self.index_spec is None:
+                self.index, self._shared_fd = open_readonly(self.root,
+                                                            self.config.lmdb_map_size)
+            else:
+                self.index = self.index_spec.open(readonly=True)
         else:
             try:
                 make_private_dir(self.frames_root)  # and the root: 0700
@@ -153,8 +169,9 @@ class Archive:
                                                     fsync=self.config.fsync)
             self.store_ = self.store_spec.open()
             claim_store(self.root, self.store_, create=True)  # one archive per S3 prefix
-            self.index = LmdbIndex(self.root / "index.lmdb",
-                                   map_size=self.config.lmdb_map_size, sync=self.config.fsync)
+            self.index = LmdbIndex(self.root / "index.lmdb", map_size=self.config.lmdb_map_size,
+                                   sync=self.config.fsync) if self.index_spec is None \
+                else self.index_spec.open()
         self._reader = Reader(self.store_, self.index, self.config.limits)
         self._committer = Committer(self.index, self.store_, self._reader, self._notify)
         self._group = GroupCommit(self._committer.commit_batch, self._committer.finish,

@@ -180,7 +180,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "host", "dimse_port", "http_port", "grpc_port", "ae_title", "cors", "max_body",
         "max_pdu", "max_associations", "idle_timeout", "spool", "tls_cert", "tls_key",
         "tls_ca", "public_url", "max_http_connections", "hl7_port", "hl7_max_message",
-        "hl7_report_to")}
+        "hl7_report_to", "index")}
     serve(Path(args.archive), ServeConfig.load(args.config, overrides))
     return EXIT_OK
 
@@ -380,6 +380,9 @@ def _parser() -> argparse.ArgumentParser:
                      "(default 64 MiB)")
     srv.add_argument("--hl7-report-to", metavar="HOST:PORT", help="send every DICOM SR "
                      "report stored as an ORU^R01 to this HL7 receiver (MLLP)")
+    srv.add_argument("--index", metavar="URL", help="the index in PostgreSQL "
+                     "(postgresql://user@host:5432/database; needs pacscore[postgresql]) "
+                     "instead of the archive's own LMDB; the frames stay in --archive")
     srv.set_defaults(func=_cmd_serve)
 
     tok = sub.add_parser("token", help="bearer tokens for DICOMweb and gRPC")

@@ -17,6 +17,7 @@ __all__ = [
     "HL7MessageError",
     "IdentityMismatchError",
     "InvalidAttributeValueError",
+    "IndexUnavailableError",
     "InvalidDicomError",
     "InvalidRequestError",
     "InvalidUIDError",
@@ -32,6 +33,7 @@ __all__ = [
     "RenderError",
     "TruncatedFileError",
     "UndecodablePixelDataError",
+    "UnknownIndexError",
     "UnknownStoreError",
     "UnsafeFolderError",
     "UnsupportedTransferSyntaxError",
@@ -223,6 +225,14 @@ class ObjectStorageError(ArchiveStorageError):
             "again: nothing of a failed store was acknowledged")
 
 
+class IndexUnavailableError(ArchiveStorageError, ConnectionError):
+    """The index's database server cannot be reached (down, refusing, or not answering
+    within the timeout)."""
+
+    hint = ("check that the PostgreSQL server named by the index DSN is running and "
+            "reachable from this host (pg_isready), then retry; acknowledged data is safe")
+
+
 class UnsafeFolderError(PacsError, PermissionError):
     """A folder pacscore would keep received data in belongs to another user, or other
     users may write to it (they could read, add or swap what is received)."""
@@ -258,6 +268,14 @@ class UnknownStoreError(PacsError, LookupError):
 
     hint = ("use one of the kinds in pacscore.store.spec.STORE_KINDS, or register the "
             "implementation there as 'module:Class'")
+
+
+class UnknownIndexError(PacsError, LookupError):
+    """An index spec names no known :class:`~pacscore.index.Index`, or its package is
+    not installed."""
+
+    hint = ("use one of the kinds in pacscore.index.spec.INDEX_KINDS (a PostgreSQL index: "
+            "postgresql://user@host:5432/database)")
 
 
 class RenderError(PacsError, RuntimeError):

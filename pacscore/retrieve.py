@@ -38,7 +38,7 @@ from .errors import (
     UndecodablePixelDataError,
     UnsupportedTransferSyntaxError,
 )
-from .index import InstanceRecord, LmdbIndex, StoreKind
+from .index import Index, InstanceRecord, StoreKind
 from .store import FrameStore
 
 __all__ = ["PLANS", "Kept", "Plan", "Reader", "check_frames", "crc_problem"]
@@ -132,7 +132,7 @@ class Reader:
         Input limits (a kept object is scanned again when it is read).
     """
 
-    def __init__(self, store: FrameStore, index: LmdbIndex, limits: Limits):
+    def __init__(self, store: FrameStore, index: Index, limits: Limits):
         self.store, self.index, self.limits = store, index, limits
 
     def kept(self, rec: InstanceRecord) -> Kept:

@@ -11,9 +11,9 @@ import lmdb
 
 from .base import LEVEL_ATTRIBUTES, LEVELS
 from .keys import ATTR_INDEXED, attr_bound, attr_key, attr_prefix, child_key, encode
-from .matching import Constraint, normalise, parse_constraint
+from .matching import Constraint, parse_constraint, view_matches
 
-__all__ = ["LEVEL_DB", "LmdbQueries", "level_attrs", "node_attrs"]
+__all__ = ["LEVEL_DB", "LmdbQueries", "instance_view", "level_attrs", "node_attrs"]
 
 _OWN_UID = {"patient": "PatientID", "study": "StudyInstanceUID",
             "series": "SeriesInstanceUID", "instance": "SOPInstanceUID"}
@@ -37,11 +37,14 @@ def level_attrs(level: str, attributes: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _matches(c: Constraint, attrs: Mapping[str, Any]) -> bool:
-    value = attrs.get(c.keyword)
-    if c.keyword == "ModalitiesInStudy":  # multi-valued: any value matches
-        return any(c.test(v) for v in str(value or "").split("\\"))
-    return c.test(normalise(c.keyword, value))
+def instance_view(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The attributes an instance matches as and is listed with, from its record's
+    JSON form (:meth:`InstanceRecord.to_json`)."""
+    view = level_attrs("instance", record["attributes"])
+    view["AvailableTransferSyntaxUID"] = record["stored_syntax"]  # (0008,3002)
+    layout = record.get("layout") or {}
+    view.update((kw, layout[name]) for kw, name in _LAYOUT_VIEW.items() if name in layout)
+    return view
 
 
 def node_attrs(level: str, node: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -92,7 +95,7 @@ class LmdbQueries:
                 seen.add(uid)
                 # a patient matches when the values of one of its studies do
                 match = next((view for view in self._level_views(txn, level, uid)
-                              if all(_matches(c, view) for c in active)), None)
+                              if all(view_matches(c, view) for c in active)), None)
                 if match is not None:
                     out.append(match)
         end = None if limit is None else offset + limit
@@ -105,13 +108,8 @@ class LmdbQueries:
             raw = txn.get(encode(uid), db=self.dbs[b"inst"])
             if raw is None:
                 return []
-            record = json.loads(bytes(raw))  # a few fields needed: no InstanceRecord
-            view = level_attrs("instance", record["attributes"])
-            view["AvailableTransferSyntaxUID"] = record["stored_syntax"]  # (0008,3002)
-            layout = record.get("layout") or {}
-            view.update((kw, layout[name]) for kw, name in _LAYOUT_VIEW.items()
-                        if name in layout)
-            return [view]
+            # a few fields needed: no InstanceRecord
+            return [instance_view(json.loads(bytes(raw)))]
         node = self._json(txn, LEVEL_DB[level], uid)
         if node is None:
             return []

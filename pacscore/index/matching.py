@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 __all__ = ["Constraint", "LIST_KEYS", "PN_KEYS", "RANGE_KEYS", "UID_KEYS", "normalise",
-           "parse_constraint"]
+           "parse_constraint", "view_matches"]
 
 UID_KEYS = frozenset({"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"})
 RANGE_KEYS = frozenset({"StudyDate", "StudyTime", "PatientBirthDate", "SeriesDate"})
@@ -115,3 +115,11 @@ def parse_constraint(keyword: str, raw: str, *, fuzzy: bool = False) -> Constrai
         rx = _wildcard(value)
         return Constraint(keyword, "wildcard", (value,), lambda v: rx.match(v) is not None)
     return Constraint(keyword, "single", (value,), lambda v: v == value)
+
+
+def view_matches(c: Constraint, view: Mapping[str, Any]) -> bool:
+    """``view`` (a record's attributes by keyword) satisfies ``c``."""
+    value = view.get(c.keyword)
+    if c.keyword == "ModalitiesInStudy":  # multi-valued: any value matches
+        return any(c.test(v) for v in str(value or "").split("\\"))
+    return c.test(normalise(c.keyword, value))

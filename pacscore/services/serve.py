@@ -266,6 +266,11 @@ class ServeConfig:
     hl7_report_retry: float = 2.0
     """Seconds before the first retry of a report not delivered (then doubling, up to
     five minutes)."""
+    index: str | None = None
+    """The index, when it is not the archive's own LMDB index: a PostgreSQL URL
+    (``postgresql://user@host:5432/database``; the frames stay in the archive folder).
+    Several servers may share one PostgreSQL index only with one frame store they all
+    reach."""
     public_url: str | None = None
     """The URL clients reach the HTTP service at (``https://pacs.example.org``, or
     with a path prefix, behind a reverse proxy): the URLs in DICOMweb answers
@@ -369,7 +374,8 @@ def serve(archive_dir: Path, config: ServeConfig) -> None:
         signal.signal(sig, lambda *_: stop.set())
     workers = os.cpu_count() or 1
     _raise_open_files_limit()
-    with Archive(archive_dir, ArchiveConfig(prepare_workers=workers)) as archive, \
+    with Archive(archive_dir, ArchiveConfig(prepare_workers=workers),
+                 index=config.index) as archive, \
             contextlib.ExitStack() as cleanup:  # also when a start fails
         if not archive.writable:
             raise ArchiveBusyError(f"{archive_dir} is already served or written by another "

@@ -1,8 +1,8 @@
 """The Index contract as a test suite other implementations inherit.
 
-Like ``zarr.testing.store.StoreTests``: an index implementation (the coming PostgreSQL
-index, or a third party's) proves the contract by subclassing :class:`IndexTests` and
-overriding :meth:`~IndexTests.index_factory`::
+Like ``zarr.testing.store.StoreTests``: an index implementation (LmdbIndex, PgIndex in
+``tests/test_pg_index.py``, or a third party's) proves the contract by subclassing
+:class:`IndexTests` and overriding :meth:`~IndexTests.index_factory`::
 
     from pacscore.testing.index import IndexTests
 

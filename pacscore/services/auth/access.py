@@ -41,6 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ...errors import (
     ArchiveStorageError,
     ConflictError,
+    IndexUnavailableError,
     InvalidDicomError,
     InvalidRequestError,
     NotFoundError,
@@ -81,6 +82,7 @@ ERROR_STATUS: dict[type[Exception], DoorStatus] = {
     ConflictError: DoorStatus(409, "ALREADY_EXISTS", 205),
     InvalidDicomError: DoorStatus(400, "INVALID_ARGUMENT", 102),
     ArchiveStorageError: DoorStatus(507, "RESOURCE_EXHAUSTED"),
+    IndexUnavailableError: DoorStatus(503, "UNAVAILABLE"),
     InvalidRequestError: DoorStatus(400, "INVALID_ARGUMENT", 102),
     # Request bodies (HTTP only; a gRPC stream's limits are its own statuses).
     MultipartError: DoorStatus(400, "INVALID_ARGUMENT"),

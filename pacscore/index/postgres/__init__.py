@@ -1,0 +1,10 @@
+"""The Index on PostgreSQL (the ``postgresql`` extra: ``pip install pacscore[postgresql]``).
+
+``schema`` holds the tables as versioned migrations, ``index`` the writes (``PgIndex``),
+``query`` the reads and the translation of matching into SQL.
+"""
+
+from .index import PgIndex, describe
+from .schema import LATEST, MIGRATIONS, SCHEMA
+
+__all__ = ["LATEST", "MIGRATIONS", "SCHEMA", "PgIndex", "describe"]
