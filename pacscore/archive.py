@@ -46,6 +46,7 @@ from .errors import (
 from .index import LEVELS, InstanceRecord, LmdbIndex, StoreKind
 from .index.readonly import open_readonly
 from .ingest.outcomes import Failed, Prepared, Rejected, Skipped, StoreResult
+from .overlay import PatientOverlay
 from .private import make_private_dir
 from .retrieve import Reader, crc_problem
 from .store import FrameStore, StoreSpec
@@ -163,6 +164,9 @@ class Archive:
         self._closed = False
         self._worklist: Worklist | None = None
         self._readonly = readonly
+        self.patients = PatientOverlay(self.root, lambda: self.worklist, self.index.find,
+                                       self.config.limits)
+        """Patient corrections and merges, applied on what is served (:mod:`.overlay`)."""
         try:
             self.recovered = self._recover() if self.writable else 0
         except BaseException:
@@ -408,13 +412,14 @@ class Archive:
         return rec
 
     def get(self, sop_instance_uid: str, transfer_syntax: str = "original") -> bytes:
-        """The instance as a Part-10 object.
+        """The instance as a Part-10 object; but for ``original``, with the patient
+        corrections in force (:mod:`.overlay`).
 
         Parameters
         ----------
         transfer_syntax
             ``original`` (as received: byte-identical for uncompressed input and for
-            anything kept as received), ``stored`` (a read, no transcode), or a
+            anything kept as received; no correction), ``stored``, or a
             Transfer Syntax UID to transcode to.  Every object converts among the
             uncompressed syntaxes (Implicit VR Little Endian, Explicit VR Little and
             Big Endian, Deflated): objects without pixel data and native ones as
@@ -426,7 +431,9 @@ class Archive:
             The instance cannot be made in that syntax (pixel data that does not
             decode: :class:`~pacscore.errors.UndecodablePixelDataError`).
         """
-        return self._reader.get(self._record(sop_instance_uid), transfer_syntax)
+        rec = self._record(sop_instance_uid)
+        data = self._reader.get(rec, transfer_syntax)
+        return data if transfer_syntax == "original" else self.patients.patch(data, rec)
 
     def frames(self, sop_instance_uid: str, indices: Sequence[int] | None = None,
                transfer_syntax: str = "stored", *, record: InstanceRecord | None = None
@@ -462,14 +469,16 @@ class Archive:
         if level not in LEVELS:
             raise InvalidRequestError(f"unknown level {level!r}; use one of "
                                       f"{', '.join(LEVELS)}")
-        return self.index.find(level, keys, limit=limit, offset=offset, fuzzy=fuzzy)
+        return self.patients.query(level, keys, limit=limit, offset=offset, fuzzy=fuzzy)
 
     def header(self, sop_instance_uid: str) -> bytes:
-        """The Part-10 object up to (not including) its pixel data, as received: what
-        metadata services read without touching pixels.  A deflated object (PS3.5 A.5)
+        """The Part-10 object up to (not including) its pixel data, as received but for
+        the patient corrections in force: what metadata services read without touching
+        pixels.  A deflated object (PS3.5 A.5)
         cannot be cut: its data set comes inflated, under a File Meta that names Explicit
         VR Little Endian (what the inflated bytes are)."""
-        return self._reader.header(self._record(sop_instance_uid))
+        rec = self._record(sop_instance_uid)
+        return self.patients.patch(self._reader.header(rec), rec)
 
     def attributes(self, sop_instance_uid: str, keywords: Iterable[str]
                    ) -> dict[str, dict[str, Any]]:

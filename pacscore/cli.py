@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .cli_patient import add_parser as add_patient_parser
 from .cli_worklist import add_parser as add_worklist_parser
 from .config import DEFAULT_BUDGET, ArchiveConfig
 from .errors import PacsError
@@ -405,6 +406,7 @@ def _parser() -> argparse.ArgumentParser:
     ae.set_defaults(func=_cmd_ae)
 
     add_worklist_parser(sub, archive_arg)
+    add_patient_parser(sub, archive_arg)
 
     for name, func, text in (("verify", _cmd_verify, "decode every frame against its checksum"),
                              ("stats", _cmd_stats, "totals per transfer syntax")):
