@@ -80,7 +80,7 @@ def test_a08_a40_served_by_every_door_and_undone(tmp_path: Path, corpus: Path) -
         cli("export", sop, "--out", str(out), "--transfer-syntax", ts, "--archive", str(root))
         return (out / f"{sop}.dcm").read_bytes()
 
-    with serve_process(root, doors=("dimse", "http", "hl7")) as (_, ports):
+    with serve_process(root, doors=("dimse", "http", "grpc", "hl7")) as (_, ports):
         session = requests.Session()
         token = (root / "security" / "admin-token").read_text().strip()
         session.headers["Authorization"] = f"Bearer {token}"

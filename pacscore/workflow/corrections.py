@@ -40,8 +40,8 @@ if TYPE_CHECKING:
     from .worklist import Changes
 
 __all__ = ["CORRECTED", "CORRECTION_DATABASES", "Correction", "CorrectionTable",
-           "PatientEvent", "Served", "correct", "entries", "load_table", "merge", "stamp",
-           "undo"]
+           "PatientEvent", "Served", "correct", "entries", "load_table", "merge", "servable",
+           "stamp", "undo"]
 
 CORRECTED: tuple[str, ...] = ("PatientName", "PatientBirthDate", "PatientSex")
 """Attributes a correction may give a patient (ADT A08 PID-5, PID-7, PID-8)."""
@@ -136,6 +136,12 @@ class CorrectionTable:
 
 
 EMPTY = CorrectionTable(0, {}, {})
+
+
+def servable(keyword: str, value: str) -> bool:
+    """Whether ``value`` can be served as ``keyword`` (of :data:`CORRECTED`)."""
+    check = _CHECK.get(keyword)
+    return check is not None and check[0].match(value) is not None
 
 
 # -- reading --------------------------------------------------------------------

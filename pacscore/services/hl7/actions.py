@@ -306,8 +306,11 @@ def _merge(changes: Changes, incoming: Incoming) -> None:
 
 
 def _corrected(ds: Dataset) -> dict[str, str]:
-    """The PID values the corrections overlay serves (:mod:`pacscore.workflow.corrections`)."""
-    return {k: str(ds[k].value) for k in corrections.CORRECTED if k in ds}
+    """The PID values the corrections overlay serves (:mod:`pacscore.workflow.corrections`);
+    one a DICOM object cannot carry (a name with a backslash) is left out, not refused:
+    the worklist takes the message as before."""
+    values = {k: str(ds[k].value) for k in corrections.CORRECTED if k in ds}
+    return {k: v for k, v in values.items() if corrections.servable(k, v)}
 
 
 HANDLERS: dict[tuple[str, str], Callable[[Changes, Incoming], None]] = {
