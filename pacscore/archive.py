@@ -165,8 +165,7 @@ class Archive:
         self._worklist: Worklist | None = None
         self._readonly = readonly
         self.patients = PatientOverlay(self.root, lambda: self.worklist, self.index.find,
-                                       self.config.limits)
-        """Patient corrections and merges, applied on what is served (:mod:`.overlay`)."""
+                                       self.config.limits)  # corrections (:mod:`.overlay`)
         try:
             self.recovered = self._recover() if self.writable else 0
         except BaseException:
@@ -419,7 +418,7 @@ class Archive:
         ----------
         transfer_syntax
             ``original`` (as received: byte-identical for uncompressed input and for
-            anything kept as received; no correction), ``stored``, or a
+            anything kept as received; no correction), ``stored`` (no transcode), or a
             Transfer Syntax UID to transcode to.  Every object converts among the
             uncompressed syntaxes (Implicit VR Little Endian, Explicit VR Little and
             Big Endian, Deflated): objects without pixel data and native ones as
@@ -474,9 +473,8 @@ class Archive:
     def header(self, sop_instance_uid: str) -> bytes:
         """The Part-10 object up to (not including) its pixel data, as received but for
         the patient corrections in force: what metadata services read without touching
-        pixels.  A deflated object (PS3.5 A.5)
-        cannot be cut: its data set comes inflated, under a File Meta that names Explicit
-        VR Little Endian (what the inflated bytes are)."""
+        pixels.  A deflated object (PS3.5 A.5) cannot be cut: its data set comes inflated,
+        under a File Meta that names Explicit VR Little Endian (the inflated bytes)."""
         rec = self._record(sop_instance_uid)
         return self.patients.patch(self._reader.header(rec), rec)
 

@@ -123,8 +123,9 @@ class PatientOverlay:
         rows = find(level, keys, fuzzy=fuzzy)
         if patient:
             rows = [m for m in rows if str(m.get("PatientID") or "") not in table.served]
-            for pid, s in table.served.items():
-                rows.extend(self._rows_of(find, level, keys, patient, pid, s, fuzzy))
+            for pid in _candidates(table, patient.get("PatientID")):
+                rows.extend(self._rows_of(find, level, keys, patient, pid,
+                                          table.served[pid], fuzzy))
         answer = [self.served(m, table) for m in rows]
         if level == "patient":
             answer = _fold(answer)
@@ -199,6 +200,15 @@ class PatientOverlay:
             raise NotFoundError(f"patient {patient_id!r} has no correction or merge to undo",
                                 hint="list them with `pacscore patient corrections`")
         return self._worklist().change(lambda c: corrections.undo(c, patient_id), by=by)
+
+
+def _candidates(table: CorrectionTable, by_id: Constraint | None) -> list[str]:
+    """The corrected Patient IDs a query may find: with a single Patient ID, those
+    served as it and itself (a look-up, not a pass over every correction)."""
+    if by_id is None or by_id.kind != "single":
+        return list(table.served)
+    wanted = by_id.values[0]
+    return [p for p in {*table.aliases.get(wanted, ()), wanted} if p in table.served]
 
 
 def _fold(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
