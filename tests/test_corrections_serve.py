@@ -22,6 +22,7 @@ from dicomweb_client.api import DICOMwebClient
 
 from pacscore import Archive, ArchiveConfig
 from pacscore.services.auth.security import AeRegistry
+from pacscore.services.fhir.ids import PatientKey
 from pacscore.testing import cli, serve_process
 from tests.test_hl7 import mllp_send, msa, msh, prepared
 
@@ -106,6 +107,10 @@ def test_a08_a40_served_by_every_door_and_undone(tmp_path: Path, corpus: Path) -
         meta = web.retrieve_series_metadata(study, series)
         assert {value(m, "00100010") for m in meta} == {"ROE^JANE"}
         assert {value(m, "00100030") for m in meta} == {"19800102"}
+        fhir = f"http://127.0.0.1:{ports['http']}/fhir"
+        patient = session.get(f"{fhir}/Patient/{PatientKey('99000').fhir_id}", timeout=30)
+        assert (patient.json()["name"][0]["family"], patient.json()["gender"]) == \
+            ("ROE", "female")
         (row,) = patients_found(ports["dimse"], PatientName="ROE*")
         assert (row["0010,0020"], row["0010,0010"], row["0010,0040"]) == ("99000",
                                                                          "ROE^JANE", "F")
@@ -133,6 +138,10 @@ def test_a08_a40_served_by_every_door_and_undone(tmp_path: Path, corpus: Path) -
         assert served() == ("Lung_Dx-A0002", "Lung_Dx-A0002", "F")
         (row,) = patients_found(ports["dimse"], PatientID="Lung_Dx-A0002")
         assert row["0020,1200"] == "2"
+        lung = f"Patient/{PatientKey('Lung_Dx-A0002').fhir_id}"
+        bundle = session.get(f"{fhir}/ImagingStudy", params={"patient": lung},
+                             timeout=30).json()
+        assert [e["resource"]["subject"]["reference"] for e in bundle["entry"]] == [lung] * 2
         assert sha(exported("original")) == sha(original)
         converted = _write(tmp_path, exported("1.2.840.10008.1.2.1"))
         assert pydicom.dcmread(converted).PatientID == "Lung_Dx-A0002"
