@@ -217,3 +217,33 @@ def test_cli_correct_list_undo_and_original_export(tmp_path: Path, corpus: Path)
     patient = [e for e in audit if e["event_id"]["meaning"] == "Patient Record"]
     assert [e["action"] for e in patient] == ["U", "D"]
     assert "ROE" not in json.dumps(patient) and "JANCT" not in json.dumps(patient)
+
+
+def test_worklist_serves_corrections_and_merges(stored: tuple[Archive, dict[str, list[Path]]]
+                                                ) -> None:
+    """A site without a RIS corrects from the CLI: the Modality Worklist shows it."""
+    from pydicom.dataset import Dataset
+
+    from pacscore.workflow import item_from_pairs
+
+    archive, _ = stored
+    archive.worklist.add(item_from_pairs([
+        "PatientID=99000", "PatientName=JANCT000", "AccessionNumber=A1", "Modality=CT",
+        "ScheduledStationAETitle=CT1", "ScheduledProcedureStepStartDate=20250101"]))
+
+    def listed(**keys: str) -> list[tuple[str, str]]:
+        q = Dataset()
+        q.PatientID = q.PatientName = ""
+        for k, v in keys.items():
+            setattr(q, k, v)
+        return [(str(r.PatientID), str(r.PatientName)) for _, r in archive.worklist.find(q)]
+
+    archive.patients.correct("99000", {"PatientName": "MÜLLER^JANE"})
+    assert listed(PatientName="MÜLLER*") == [("99000", "MÜLLER^JANE")]
+    assert listed(PatientName="JANCT000") == []
+    archive.patients.merge("99000", "PGBM-001")
+    assert listed(PatientID="PGBM-001") == [("PGBM-001", "PGBM-001")]  # the survivor's
+    archive.patients.undo("99000")
+    archive.patients.undo("99000")
+    assert listed(PatientName="JANCT000") == [("99000", "JANCT000")]
+    assert listed(PatientID="PGBM-001") == []

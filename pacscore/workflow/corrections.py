@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import lmdb
+from pydicom.dataset import Dataset
 
 from ..errors import ConflictError, InvalidRequestError, NotFoundError
 
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CORRECTED", "CORRECTION_DATABASES", "Correction", "CorrectionTable",
            "PatientEvent", "Served", "correct", "entries", "load_table", "merge", "servable",
-           "stamp", "undo"]
+           "served_item", "stamp", "undo"]
 
 CORRECTED: tuple[str, ...] = ("PatientName", "PatientBirthDate", "PatientSex")
 """Attributes a correction may give a patient (ADT A08 PID-5, PID-7, PID-8)."""
@@ -142,6 +143,21 @@ def servable(keyword: str, value: str) -> bool:
     """Whether ``value`` can be served as ``keyword`` (of :data:`CORRECTED`)."""
     check = _CHECK.get(keyword)
     return check is not None and check[0].match(value) is not None
+
+
+def served_item(ds: Dataset, table: CorrectionTable) -> Dataset:
+    """A worklist item as the Modality Worklist serves it: the Patient ID it is merged
+    into and the corrected demographics of its patient (the item as kept otherwise).
+    A value beyond ASCII makes it UTF-8 (the values are decoded text here)."""
+    served = table.served.get(str(ds.get("PatientID", "") or "")) if table else None
+    if served is None:
+        return ds
+    ds.PatientID = served.patient_id
+    for keyword, value in served.values.items():
+        setattr(ds, keyword, value)
+    if not all(v.isascii() for v in served.values.values()):
+        ds.SpecificCharacterSet = "ISO_IR 192"
+    return ds
 
 
 # -- reading --------------------------------------------------------------------

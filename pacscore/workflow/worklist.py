@@ -372,6 +372,9 @@ class Worklist:
         InvalidRequestError for an identifier that cannot be matched."""
         check_identifier(query)
         plan = list(index_plan(query)) if statuses <= LISTED else []
+        table = self.corrections()
+        if table:  # patient keys match the served values (.corrections): not the index's
+            plan = [k for k in plan if k.field not in ("patient_id", "patient_name")]
         with self.env.begin() as txn:
             keys = self._candidates(txn, plan)
             if keys is None:
@@ -383,7 +386,7 @@ class Worklist:
                 if status in statuses:
                     rows.append((k.decode(), status, self._value(txn, k, b"item")))
         for key, status, data in rows:
-            ds = decode_dataset(data)
+            ds = corrections.served_item(decode_dataset(data), table)
             response = answer(query, ds)
             if response is not None:
                 if "SpecificCharacterSet" in ds:  # PS3.4 C.4.1.1.3.2: the answer's encoding
