@@ -411,8 +411,7 @@ class Archive:
         return rec
 
     def get(self, sop_instance_uid: str, transfer_syntax: str = "original") -> bytes:
-        """The instance as a Part-10 object; but for ``original``, with the patient
-        corrections in force (:mod:`.overlay`).
+        """The instance as a Part-10 object (all but ``original``: patients corrected).
 
         Parameters
         ----------
@@ -587,10 +586,12 @@ class Archive:
     def worklist(self) -> Worklist:
         """The scheduled procedure steps (``workflow.lmdb``, :mod:`pacscore.workflow`);
         writable by any process that may write the folder, beside the archive's writer."""
-        if self._worklist is None:
-            from .workflow import Worklist
+        with self._lock:  # opened once: never two environments of one path in a process
+            if self._worklist is None:
+                from .workflow import Worklist
 
-            self._worklist = Worklist(self.root, sync=self.config.fsync, readonly=self._readonly)
+                self._worklist = Worklist(self.root, sync=self.config.fsync,
+                                          readonly=self._readonly)
         return self._worklist
 
     def stats(self) -> dict[str, Any]:
