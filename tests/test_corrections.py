@@ -247,3 +247,29 @@ def test_worklist_serves_corrections_and_merges(stored: tuple[Archive, dict[str,
     archive.patients.undo("99000")
     assert listed(PatientName="JANCT000") == [("99000", "JANCT000")]
     assert listed(PatientID="PGBM-001") == []
+
+
+def test_patch_declares_utf8_over_the_default_repertoire_and_drops_stale_group_length(
+        ) -> None:
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from pacscore.config import Limits
+    from pacscore.dicom.patch import patch_attributes
+
+    ds = pydicom.Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 6"
+    ds.add_new(0x00100000, "UL", 18)  # a group length the new name makes wrong
+    ds.PatientName, ds.PatientID = "DOE^J", "1"
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", "1.2.3"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = \
+        ds.SOPClassUID, ds.SOPInstanceUID
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    patched = read(patch_attributes(buf.getvalue(), {"PatientName": "DØE^JÖRG",
+                                                     "PatientSex": "F"}, Limits()))
+    assert (patched.SpecificCharacterSet, str(patched.PatientName), patched.PatientSex,
+            patched.PatientID) == ("ISO_IR 192", "DØE^JÖRG", "F", "1")
+    assert 0x00100000 not in patched

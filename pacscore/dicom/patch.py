@@ -46,7 +46,8 @@ def _encode(value: str, terms: list[str], source: str) -> tuple[bytes, bool]:
     """``value`` in the character set ``terms``; and whether UTF-8 must be declared."""
     if value.isascii():
         return value.encode("ascii"), False
-    if not any(terms):  # the default repertoire: declare UTF-8 (a superset of it)
+    if not any(t not in ("", "ISO_IR 6") for t in terms):  # the default repertoire:
+        # declare UTF-8 (a superset of it)
         return value.encode("utf-8"), True
     for codec in convert_encodings(terms):
         try:
@@ -86,8 +87,7 @@ def patch_attributes(data: bytes, values: Mapping[str, str], limits: Limits,
     pos = start
     while pos < cut:
         if cut - pos < 8 and not any(body[pos:cut]):
-            out.append(bytes(body[pos:cut]))  # trailing padding (tolerated at ingest)
-            break
+            break  # trailing padding (tolerated at ingest), kept after what is added
         tag, vr, length, at = walker.header(pos, cut)
         # an explicit UN of undefined length holds implicit VR LE items (PS3.5 6.2.2)
         skip = _implicit_walker(body) if vr == "UN" and not encoding.implicit_vr else walker
@@ -102,6 +102,7 @@ def patch_attributes(data: bytes, values: Mapping[str, str], limits: Limits,
             out.append(bytes(body[pos:after]))
         pos = after
     out.extend(walker.element(t, *new) for t, new in pending)
+    out.append(bytes(body[pos:cut]))
     dataset = b"".join(out) + bytes(body[cut:])
     if scanned.inflated:
         deflater = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
