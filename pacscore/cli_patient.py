@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
             for e in [] if args.json else log:
                 after = e["after"] or {}
                 what = ", ".join(f"{k}={v}" for k, v in sorted(after.items()))
-                state = f" (undone by {e['undone_by']})" if e["undone_by"] else ""
+                state = f" (undone by {e['undone_by']})" if e["undone_by"] else \
+                    f" (undoes {e['undoes']})" if e["undoes"] else ""
                 print(f"{e['number']:>6} {time.strftime('%Y-%m-%d %H:%M', time.gmtime(e['at']))}"
                       f" {e['action']:<7} {e['patient_id']:<16} {what or '-'}{state} "
                       f"by {e['by']}")

@@ -187,7 +187,7 @@ class PatientOverlay:
                     raise NotFoundError(
                         f"the {what} patient {pid!r} is neither in the archive nor in the "
                         f"patient registry", hint="check the Patient ID with `pacscore "
-                        "find patient PatientID=...`; nothing was changed")
+                        "find --level patient PatientID=...`; nothing was changed")
             row = stored[surviving][0] if stored[surviving] else c.patient(surviving) or {}
             values = {k: str(row[k]) for k in CORRECTED if row.get(k) is not None}
             return corrections.merge(c, prior, surviving, values)
