@@ -47,6 +47,7 @@ from .index import LEVELS, Index, InstanceRecord, LmdbIndex, StoreKind
 from .index.readonly import open_readonly
 from .index.spec import IndexSpec
 from .ingest.outcomes import Failed, Prepared, Rejected, Skipped, StoreResult
+from .overlay import PatientOverlay
 from .private import make_private_dir
 from .retrieve import Reader, crc_problem
 from .store import FrameStore, StoreSpec
@@ -185,6 +186,8 @@ class Archive:
         self._closed = False
         self._worklist: Worklist | None = None
         self._readonly = readonly
+        self.patients = PatientOverlay(self.root, lambda: self.worklist, self.index.find,
+                                       self.config.limits)  # corrections (:mod:`.overlay`)
         try:
             self.recovered = self._recover() if self.writable else 0
         except BaseException:
@@ -430,13 +433,13 @@ class Archive:
         return rec
 
     def get(self, sop_instance_uid: str, transfer_syntax: str = "original") -> bytes:
-        """The instance as a Part-10 object.
+        """The instance as a Part-10 object (all but ``original``: patients corrected).
 
         Parameters
         ----------
         transfer_syntax
             ``original`` (as received: byte-identical for uncompressed input and for
-            anything kept as received), ``stored`` (a read, no transcode), or a
+            anything kept as received; no correction), ``stored`` (no transcode), or a
             Transfer Syntax UID to transcode to.  Every object converts among the
             uncompressed syntaxes (Implicit VR Little Endian, Explicit VR Little and
             Big Endian, Deflated): objects without pixel data and native ones as
@@ -448,7 +451,9 @@ class Archive:
             The instance cannot be made in that syntax (pixel data that does not
             decode: :class:`~pacscore.errors.UndecodablePixelDataError`).
         """
-        return self._reader.get(self._record(sop_instance_uid), transfer_syntax)
+        rec = self._record(sop_instance_uid)
+        data = self._reader.get(rec, transfer_syntax)
+        return data if transfer_syntax == "original" else self.patients.patch(data, rec)
 
     def frames(self, sop_instance_uid: str, indices: Sequence[int] | None = None,
                transfer_syntax: str = "stored", *, record: InstanceRecord | None = None
@@ -484,14 +489,15 @@ class Archive:
         if level not in LEVELS:
             raise InvalidRequestError(f"unknown level {level!r}; use one of "
                                       f"{', '.join(LEVELS)}")
-        return self.index.find(level, keys, limit=limit, offset=offset, fuzzy=fuzzy)
+        return self.patients.query(level, keys, limit=limit, offset=offset, fuzzy=fuzzy)
 
     def header(self, sop_instance_uid: str) -> bytes:
-        """The Part-10 object up to (not including) its pixel data, as received: what
-        metadata services read without touching pixels.  A deflated object (PS3.5 A.5)
-        cannot be cut: its data set comes inflated, under a File Meta that names Explicit
-        VR Little Endian (what the inflated bytes are)."""
-        return self._reader.header(self._record(sop_instance_uid))
+        """The Part-10 object up to (not including) its pixel data, as received but for
+        the patient corrections in force: what metadata services read without touching
+        pixels.  A deflated object (PS3.5 A.5) cannot be cut: its data set comes inflated,
+        under a File Meta that names Explicit VR Little Endian (the inflated bytes)."""
+        rec = self._record(sop_instance_uid)
+        return self.patients.patch(self._reader.header(rec), rec)
 
     def attributes(self, sop_instance_uid: str, keywords: Iterable[str]
                    ) -> dict[str, dict[str, Any]]:
@@ -602,10 +608,12 @@ class Archive:
     def worklist(self) -> Worklist:
         """The scheduled procedure steps (``workflow.lmdb``, :mod:`pacscore.workflow`);
         writable by any process that may write the folder, beside the archive's writer."""
-        if self._worklist is None:
-            from .workflow import Worklist
+        with self._lock:  # opened once: never two environments of one path in a process
+            if self._worklist is None:
+                from .workflow import Worklist
 
-            self._worklist = Worklist(self.root, sync=self.config.fsync, readonly=self._readonly)
+                self._worklist = Worklist(self.root, sync=self.config.fsync,
+                                          readonly=self._readonly)
         return self._worklist
 
     def stats(self) -> dict[str, Any]:

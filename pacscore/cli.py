@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .cli_gc import add_parser as add_gc_parser
+from .cli_patient import add_parser as add_patient_parser
 from .cli_viewer import add_parser as add_viewer_parser
 from .cli_worklist import add_parser as add_worklist_parser
 from .config import DEFAULT_BUDGET, ArchiveConfig
@@ -417,6 +418,7 @@ def _parser() -> argparse.ArgumentParser:
     add_worklist_parser(sub, archive_arg)
     add_gc_parser(sub, archive_arg)
     add_viewer_parser(sub, archive_arg)  # viewer, user (issue 20)
+    add_patient_parser(sub, archive_arg)
 
     for name, func, text in (("verify", _cmd_verify, "decode every frame against its checksum"),
                              ("stats", _cmd_stats, "totals per transfer syntax")):

@@ -22,18 +22,26 @@ _DISK_FULL_BYTES = 16 << 20
 
 
 def open_env(path: Path, names: Sequence[bytes], *, what: str, dupsort: Collection[bytes] = (),
-             sync: bool = True, readonly: bool = False, map_size: int = 1 << 30
-             ) -> tuple[lmdb.Environment, dict[bytes, Any]]:
+             sync: bool = True, readonly: bool = False, map_size: int = 1 << 30,
+             optional: Collection[bytes] = ()) -> tuple[lmdb.Environment, dict[bytes, Any]]:
     """Open (creating it unless ``readonly``, private to this user) the environment at
-    ``path`` and its named databases; ArchiveStorageError naming ``what`` otherwise."""
+    ``path`` and its named databases; ArchiveStorageError naming ``what`` otherwise.
+    ``optional`` databases that a read-only open does not find (written by a version of
+    before them) are left out of the mapping."""
     try:
         if not readonly:
             make_private_dir(path)
         env = lmdb.open(str(path), map_size=map_size, max_dbs=len(names), subdir=True,
                         sync=sync, metasync=sync, readonly=readonly, max_readers=512,
                         mode=0o700)
-        return env, {n: env.open_db(n, dupsort=n in dupsort, create=not readonly)
-                     for n in names}
+        dbs: dict[bytes, Any] = {}
+        for n in names:
+            try:
+                dbs[n] = env.open_db(n, dupsort=n in dupsort, create=not readonly)
+            except lmdb.NotFoundError:
+                if not (readonly and n in optional):
+                    raise
+        return env, dbs
     except lmdb.Error as exc:
         raise ArchiveStorageError(f"cannot open the {what} at {path}: {exc}",
                                   hint="check the archive folder's permissions and free "

@@ -6,8 +6,9 @@ every instance's header (about 1 ms each), far over the time a viewer waits for 
 500-instance series.  So the JSON of a series is built once, in the background, when
 the series has been quiet for ``quiet`` seconds after its last stored instance, and
 kept (least recently used out beyond a byte budget) with the series' change stamp
-(:meth:`Archive.changed`): a later store or delete under the series changes the stamp
-and the next request rebuilds it, from the instances already converted.  The request's
+(:meth:`Archive.changed`) and the patient correction stamp (:mod:`.overlay`): a later
+store or delete under the series, or a correction, changes the stamp and the next
+request rebuilds it, from the instances already converted.  The request's
 base URL is not known in advance: bulk data URIs are kept with a placeholder that is
 replaced, JSON-escaped, when answering.
 
@@ -177,29 +178,32 @@ class SeriesMetadata:
 
     def series(self, series_uid: str) -> bytes:
         """The series' JSON array (placeholder base), from the cache when current."""
-        stamp = self.archive.changed("series", series_uid)
-        if stamp is None:
+        changed = self.archive.changed("series", series_uid)
+        if changed is None:
             return b"[]"
+        stamp = (changed, self.archive.patients.stamp())  # a correction changes it too
         with self._lock:
             hit = self._series.get(series_uid, stamp)
         if hit is not None:
             return hit
         sops = self.archive.instances("series", series_uid)
         body = b"[" + b",".join(self._instance_json(s) for s in sops) + b"]"
-        if self.archive.changed("series", series_uid) == stamp:  # unchanged meanwhile
+        if (self.archive.changed("series", series_uid),  # unchanged meanwhile
+                self.archive.patients.stamp()) == stamp:
             with self._lock:
                 self._series.put(series_uid, stamp, body)
         return body
 
     def _instance_json(self, sop: str) -> bytes:
         rec = self.archive.record(sop)
+        stamp = (rec.location, self.archive.patients.stamp())
         with self._lock:
-            hit = self._instances.get(sop, rec.location)
+            hit = self._instances.get(sop, stamp)
         if hit is not None:
             return hit
         body = json.dumps(self.instance(sop, rec), separators=(",", ":")).encode()
         with self._lock:
-            self._instances.put(sop, rec.location, body)
+            self._instances.put(sop, stamp, body)
         return body
 
     def study(self, study_uid: str) -> bytes:

@@ -16,6 +16,7 @@ commit).  Named databases::
     mpps    Performed Procedure Step SOP Instance UID -> its data set (MPPS,
             :mod:`pacscore.workflow.mpps`)
     mpps_state  the same UID -> JSON: status, the steps it drives, times
+    correction, correction_log   the patient corrections overlay (:mod:`.corrections`)
 
 Keys are 12-digit decimal counters, so they sort in the order items were added.  Index
 values are cut at :data:`_INDEXED_BYTES` (every lookup is confirmed by the matcher).
@@ -41,6 +42,8 @@ from pydicom.filewriter import write_dataset
 from ..errors import ArchiveStorageError, InvalidRequestError, NotFoundError
 from ..kinds import StepStatus
 from ..lmdb_env import open_env, write
+from . import corrections
+from .corrections import CORRECTION_DATABASES, Correction, CorrectionTable, PatientEvent
 from .matching import SPS, IndexedKey, answer, check_identifier, element, index_plan, text_of
 
 __all__ = ["IDENTIFIERS", "INDEXED", "LISTED", "SPS_STATUS", "Changes", "WorkflowEvent",
@@ -82,7 +85,7 @@ IDENTIFIERS: dict[str, tuple[bool, str, bytes]] = {
 """Order and patient identity: looked up by :meth:`Worklist.lookup` (every item)."""
 
 _DATABASES = (b"item", b"state", b"match", b"ident", b"meta", b"patient", b"message",
-              b"mpps", b"mpps_state")
+              b"mpps", b"mpps_state", *CORRECTION_DATABASES)
 _DUPSORT = frozenset({b"match", b"ident"})
 _FORMAT = b"1"
 _INDEXED_BYTES = 200
@@ -191,8 +194,9 @@ class Worklist:
         self.path = root / "workflow.lmdb"
         self.env, self.dbs = open_env(self.path, _DATABASES, what="worklist",
                                       dupsort=_DUPSORT, sync=sync, readonly=readonly,
-                                      map_size=map_size)
-        self._listeners: list[Callable[[WorkflowEvent], None]] = []
+                                      map_size=map_size, optional=CORRECTION_DATABASES)
+        self._listeners: list[Callable[[WorkflowEvent | PatientEvent], None]] = []
+        self._table = corrections.EMPTY
         if not readonly:
             self._write(lambda txn: txn.put(b"format", _FORMAT, db=self.dbs[b"meta"],
                                             overwrite=False))
@@ -216,11 +220,12 @@ class Worklist:
                                       "is inconsistent (Worklist.check lists the problems)")
         return bytes(raw)
 
-    def on_change(self, listener: Callable[[WorkflowEvent], None]) -> None:
-        """Call ``listener`` after every committed change (the audit trail)."""
+    def on_change(self, listener: Callable[[WorkflowEvent | PatientEvent], None]) -> None:
+        """Call ``listener`` after every committed change (the audit trail): steps
+        (:class:`WorkflowEvent`) and patient corrections (:class:`PatientEvent`)."""
         self._listeners.append(listener)
 
-    def _notify(self, events: Iterable[WorkflowEvent]) -> None:
+    def _notify(self, events: Iterable[WorkflowEvent | PatientEvent]) -> None:
         for event in events:
             for listener in self._listeners:
                 listener(event)
@@ -230,7 +235,7 @@ class Worklist:
         """Run ``fn`` with the :class:`Changes` of one write transaction: everything it
         does is committed together (or nothing, when it raises); the listeners hear of
         the changes after the commit."""
-        events: list[WorkflowEvent] = []
+        events: list[WorkflowEvent | PatientEvent] = []
 
         def run(txn: lmdb.Transaction) -> T:
             events.clear()  # a map-full retry runs it again
@@ -247,13 +252,13 @@ class Worklist:
         lot).  A ``fn`` that raises leaves nothing behind and its exception is its
         result; the others are committed.  The listeners hear of the changes after the
         commit."""
-        events: list[WorkflowEvent] = []
+        events: list[WorkflowEvent | PatientEvent] = []
 
         def run(txn: lmdb.Transaction) -> list[T | Exception]:
             events.clear()  # a map-full retry runs it again
             results: list[T | Exception] = []
             for fn, by in work:
-                mine: list[WorkflowEvent] = []
+                mine: list[WorkflowEvent | PatientEvent] = []
                 child = self.env.begin(write=True, parent=txn)
                 try:
                     results.append(fn(Changes(self, child, by, mine)))
@@ -403,6 +408,9 @@ class Worklist:
         if statuses == LISTED and _asks_status(query):
             statuses = frozenset(StepStatus)  # e.g. COMPLETED: see the steps done
         plan = list(index_plan(query)) if statuses <= LISTED else []
+        table = self.corrections()
+        if table:  # patient keys match the served values (.corrections): not the index's
+            plan = [k for k in plan if k.field not in ("patient_id", "patient_name")]
         with self.env.begin() as txn:
             keys = self._candidates(txn, plan)
             if keys is None:
@@ -414,7 +422,7 @@ class Worklist:
                 if status in statuses:
                     rows.append((k.decode(), status, self._value(txn, k, b"item")))
         for key, status, data in rows:
-            ds = decode_dataset(data)
+            ds = corrections.served_item(decode_dataset(data), table)
             response = answer(query, ds)
             if response is not None:
                 if "SpecificCharacterSet" in ds:  # PS3.4 C.4.1.1.3.2: the answer's encoding
@@ -460,6 +468,19 @@ class Worklist:
                 problems.append("key counter behind the keys")
         return problems
 
+    def corrections(self) -> CorrectionTable:
+        """The patient corrections in force (:mod:`.corrections`), read again only
+        when the correction stamp moved (one LMDB read per call otherwise)."""
+        with self.env.begin() as txn:
+            if corrections.stamp(txn, self.dbs) != self._table.stamp:
+                self._table = corrections.load_table(txn, self.dbs)
+        return self._table
+
+    def correction_log(self) -> list[Correction]:
+        """Every correction, merge and undo, oldest first."""
+        with self.env.begin() as txn:
+            return list(corrections.entries(txn, self.dbs))
+
     def __len__(self) -> int:
         with self.env.begin() as txn:
             return int(txn.stat(self.dbs[b"state"])["entries"])
@@ -470,7 +491,7 @@ class Changes:
     the HL7 messages already answered, committed together."""
 
     def __init__(self, worklist: Worklist, txn: lmdb.Transaction, by: str,
-                 events: list[WorkflowEvent]):
+                 events: list[WorkflowEvent | PatientEvent]):
         self.worklist, self.txn, self.by, self.events = worklist, txn, by, events
         self.dbs = worklist.dbs
 

@@ -28,6 +28,7 @@ from ...errors import PacsError
 from ...private import make_private_dir
 
 if TYPE_CHECKING:
+    from ...workflow.corrections import PatientEvent
     from ...workflow.worklist import WorkflowEvent
 
 __all__ = ["AUDIT_EVENTS", "RIGHTS", "AeEntry", "AeRegistry", "AuditLog", "SenderList",
@@ -45,6 +46,7 @@ AUDIT_EVENTS: dict[str, tuple[str, str]] = {
     "deleted": ("110105", "DICOM Study Deleted"),
     "export": ("110106", "Export"),  # reports sent out (HL7 ORU^R01)
     "procedure": ("110111", "Procedure Record"),  # worklist items added, cancelled; MPPS
+    "patient": ("110110", "Patient Record"),  # patient corrections, merges, undos
     "query": ("110112", "Query"),
     "security": ("110113", "Security Alert"),
     "authentication": ("110114", "User Authentication"),
@@ -290,9 +292,18 @@ class AuditLog:
             while data:
                 data = data[os.write(fd, data):]
 
-    def workflow(self, event: WorkflowEvent, *, interface: str, host: str = "") -> None:
+    def workflow(self, event: WorkflowEvent | PatientEvent, *, interface: str,
+                 host: str = "") -> None:
         """Record a worklist change (Procedure Record, PS3.15 A.5.3.11): the item's key,
-        status and Accession Number, no patient data."""
+        status and Accession Number; or a patient correction, merge or undo (Patient
+        Record, A.5.3.12): its number in the correction log.  No patient data."""
+        from ...workflow.corrections import PatientEvent as Patient
+
+        if isinstance(event, Patient):
+            self.record("patient", action=event.action, outcome="success", user=event.by,
+                        host=host, interface=interface, objects=[f"correction {event.number}"],
+                        detail=f"patient correction {event.number}: {event.what}")
+            return
         self.record("procedure", action=event.action, outcome="success", user=event.by,
                     host=host, interface=interface, objects=[event.key],
                     detail=f"worklist item {event.key} {event.status}"

@@ -103,7 +103,9 @@ class RetrieveHandlers:
         rec = self.archive.record(sop)
         accepted = self._negotiated_on(assoc, rec.sop_class_uid)
         choice, ts = next(((c, t) for c, t in (
-            ("stored", rec.stored_syntax), ("original", rec.original_syntax),
+            # the original syntax by its UID: the object as received but for the
+            # patient corrections in force (``original`` would be without them)
+            ("stored", rec.stored_syntax), (rec.original_syntax, rec.original_syntax),
             (EXPLICIT_LE, EXPLICIT_LE), (IMPLICIT_LE, IMPLICIT_LE))
             if t in accepted or not accepted), (accepted[0], accepted[0]))
         part10 = self.archive.get(sop, choice)

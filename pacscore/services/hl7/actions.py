@@ -20,6 +20,11 @@ where the standard or the issue leaves a choice:
   listed steps; A40 moves every step of the prior patient (MRG-1) to the surviving one
   (PID-3), marks the prior record merged, and refuses a merge into itself (AE, 205)
   and one where either patient is unknown (AE, 204).
+* A08 and A40 also record a patient correction (name, birth date, sex of the PID) and
+  a merge in the corrections overlay (:mod:`pacscore.workflow.corrections`), in the
+  same transaction: the archive serves the images of the patient so from then on,
+  the stored objects unchanged.  A01/A04 (registration) do not: they describe a
+  patient the images do not know yet.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from pydicom.uid import generate_uid
 
 from ...errors import ConflictError, HL7MessageError, NotFoundError
 from ...kinds import StepStatus
-from ...workflow import LISTED
+from ...workflow import LISTED, corrections
 from ...workflow.worklist import Changes
 from .messages import Incoming, field
 
@@ -265,6 +270,8 @@ def _patient(changes: Changes, incoming: Incoming) -> None:
         raise HL7MessageError("PID-3 (Patient ID) is missing", code=101, location="PID-3")
     _register(changes, ds, replace=True)
     _apply(changes, str(ds.PatientID), _demographics(ds), LISTED)
+    if incoming.event == "A08":  # what the archive serves of the patient's images
+        corrections.correct(changes, str(ds.PatientID), _corrected(ds))
 
 
 def _known(changes: Changes, patient_id: str) -> bool:
@@ -295,6 +302,15 @@ def _merge(changes: Changes, incoming: Incoming) -> None:
     _apply(changes, prior, record, frozenset(StepStatus))
     changes.put_patient(surviving, record)
     changes.put_patient(prior, {"merged_into": surviving})
+    corrections.merge(changes, prior, surviving, _corrected(ds))
+
+
+def _corrected(ds: Dataset) -> dict[str, str]:
+    """The PID values the corrections overlay serves (:mod:`pacscore.workflow.corrections`);
+    one a DICOM object cannot carry (a name with a backslash) is left out, not refused:
+    the worklist takes the message as before."""
+    values = {k: str(ds[k].value) for k in corrections.CORRECTED if k in ds}
+    return {k: v for k, v in values.items() if corrections.servable(k, v)}
 
 
 HANDLERS: dict[tuple[str, str], Callable[[Changes, Incoming], None]] = {

@@ -159,7 +159,8 @@ class ReportSender:
         if entry.message:
             return entry.message
         try:
-            report = read_report(self.archive.get(entry.sop_instance_uid),
+            # as served: the patient corrections in force (PID of a merged patient)
+            report = read_report(self.archive.get(entry.sop_instance_uid, "stored"),
                                  entry.sop_instance_uid)
         except PacsError as exc:  # deleted meanwhile, or not a readable report
             raise _RefusedError(f"cannot build the report: {exc.reason}") from exc
