@@ -1,5 +1,6 @@
 """``pacscore viewer install|status``: the pinned OHIF build served at ``/viewer``;
-``pacscore user add|remove|list``: who may log in to it.
+``pacscore user add|remove|list``: who may log in to it; ``pacscore share
+STUDY_UID|list|revoke``: links that open one study for a limited time.
 
 Users' changes apply to a running server at once (the file is re-read); removing a user
 also ends their sessions.  Passwords are read without echo from the terminal, or from
@@ -45,6 +46,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     for sp in (add, rm, ls):
         archive_arg(sp)  # type: ignore[operator]
     user.set_defaults(func=run_user)
+
+    share = sub.add_parser(
+        "share", help="a link that opens one study in the viewer for a limited time: "
+                      "share STUDY_UID --expires 24h [--read-only]; share list; "
+                      "share revoke ID")
+    share.add_argument("words", nargs="+", metavar="STUDY_UID | list | revoke ID")
+    share.add_argument("--expires", default="24h",
+                       help="how long the link works: 30m, 24h, 7d (default 24h, at most 90d)")
+    share.add_argument("--read-only", action="store_true",
+                       help="view only (else measurements may be saved into this study)")
+    share.add_argument("--name", default="", help="who it is for (in the audit trail)")
+    share.add_argument("--url", default="http://127.0.0.1:8042",
+                       help="the address the recipient reaches the server at (its "
+                            "--public-url; default http://127.0.0.1:8042)")
+    archive_arg(share)  # type: ignore[operator]
+    share.set_defaults(func=run_share)
 
 
 def run_viewer(args: argparse.Namespace) -> int:
@@ -100,4 +117,64 @@ def run_user(args: argparse.Namespace) -> int:
     AuditLog(root).record("security", action="U", outcome="success", user=who,
                           host="localhost", interface="cli", detail=detail)
     print(f"pacscore: {detail}")
+    return 0
+
+
+def run_share(args: argparse.Namespace) -> int:
+    """Run ``share STUDY_UID``, ``share list`` or ``share revoke ID``; the exit code."""
+    import time
+
+    from .archive import Archive
+    from .services.auth.security import AuditLog
+    from .services.auth.sessions import SessionStore
+    from .services.auth.tokens import TokenStore
+    from .services.viewer.share import parse_duration, share_link, share_study
+
+    root = Path(args.archive)
+    tokens = TokenStore(root)
+    who = f"cli:{getpass.getuser()}"
+    first, rest = args.words[0], args.words[1:]
+    if first == "list" and not rest:
+        now = time.time()
+        shares = {k: {**v, "state": "revoked" if "revoked" in v else
+                      "expired" if v.get("expires", now + 1) <= now else "active",
+                      "expires": time.strftime("%Y-%m-%dT%H:%M:%S%z",
+                                               time.localtime(v["expires"]))}
+                  for k, v in tokens.list().items() if "study" in v}
+        print(json.dumps(shares, indent=2))
+        return 0
+    if first == "revoke" and len(rest) == 1:
+        entry = tokens.list().get(rest[0])
+        if entry is None or "study" not in entry or not tokens.revoke(rest[0]):
+            print(f"pacscore: no active share {rest[0]!r} (see pacscore share list)",
+                  file=sys.stderr)
+            return 1
+        ended = SessionStore(root).end_share(rest[0])
+        detail = f"share {rest[0]} of study {entry['study']} revoked ({ended} session(s) ended)"
+        objects = [entry["study"]]
+    elif rest:
+        print("pacscore: use `share STUDY_UID`, `share list` or `share revoke ID`",
+              file=sys.stderr)
+        return 2
+    else:
+        seconds = parse_duration(args.expires)
+        with Archive(root, readonly=True) as archive:
+            if not archive.instances("study", first):
+                print(f"pacscore: no study {first!r} in {root} (pacscore find --level "
+                      f"study lists them)", file=sys.stderr)
+                return 1
+        token = share_study(tokens, first, seconds, read_only=args.read_only,
+                            name=args.name)
+        token_id = token.split("_")[1]
+        detail = (f"share {token_id} of study {first} created ("
+                  f"{'read' if args.read_only else 'read and save measurements'}, "
+                  f"for {args.expires})")
+        objects = [first]
+        print(share_link(args.url, token))
+        print(f"pacscore: {detail}; revoke with: pacscore share revoke {token_id}",
+              file=sys.stderr)
+    AuditLog(root).record("security", action="U", outcome="success", user=who,
+                          host="localhost", interface="cli", objects=objects, detail=detail)
+    if first == "revoke":
+        print(f"pacscore: {detail}")
     return 0

@@ -30,7 +30,7 @@ from pacscore.services.dicomweb.app import create_app
 
 UIDS = {"study": "1.2.826.0.1.3680043.8.498.1", "series": "1.2.826.0.1.3680043.8.498.2",
         "sop": "1.2.826.0.1.3680043.8.498.3", "frames": "1", "frame": "1",
-        "path": "7FE00010"}
+        "path": "7FE00010", "token": "pcs_000000000000_unknown"}
 """A syntactically valid value for each path parameter a route may have."""
 SCOPE_OF = {"GET": "read", "HEAD": "read", "POST": "write", "DELETE": "delete"}
 OTHER_SCOPE = {"write": "read", "delete": "write"}

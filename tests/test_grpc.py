@@ -110,6 +110,15 @@ def test_refusals(server: tuple[int, Path], corpus: Path) -> None:
         list_services="")]), metadata=reader.meta)
     names = {s.name for a in answers for s in a.list_services_response.service}
     assert "pacscore.v1.Archive" in names
+    # A share link's token (one study, issue 20.3) opens its study in the viewer only.
+    from pacscore.services.auth.tokens import TokenStore
+    from pacscore.services.viewer.share import share_study
+
+    shared = Client(port, share_study(TokenStore(archive), "1.2.3", 3600, read_only=False))
+    with pytest.raises(grpc.RpcError) as info:
+        shared.stub.Stats(pb.StatsRequest(), metadata=shared.meta)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "share link" in (info.value.details() or "")
     writer = Client(port, admin(archive))
     with pytest.raises(grpc.RpcError) as info:
         writer.store((corpus / "malformed/MR_truncated.dcm").read_bytes())

@@ -317,8 +317,11 @@ def test_with_the_viewer_only_login_and_healthz_are_open(archive: Archive,
             assert headers["location"].startswith("/login"), path
         elif status != 401:
             open_routes.add((method, path))
+    share = "/share/pcs_000000000000_unknown"  # checks its token itself: 404 here
     assert open_routes == {("GET", "/healthz"), ("HEAD", "/healthz"), ("GET", "/login"),
-                           ("HEAD", "/login"), ("POST", "/login")}
+                           ("HEAD", "/login"), ("POST", "/login"), ("GET", share),
+                           ("HEAD", share)}
+    assert answers[asks.index(("GET", share))][0] == 404
 
 
 def test_a_login_flood_waits_outside_the_thread_pool_and_is_capped(

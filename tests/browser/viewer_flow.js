@@ -1,12 +1,15 @@
 // Drives the OHIF viewer served by pacscore in a real Chromium (playwright-core, the
 // system's /usr/bin/chromium: no browser download).  Started by tests/test_viewer_browser.py:
-//   node viewer_flow.js BASE_URL USER PASSWORD STUDY_UID PATIENT_NAME OUT_DIR
-// Prints one JSON line: what it saw and how long it took; screenshots go to OUT_DIR.
+//   node viewer_flow.js BASE_URL USER PASSWORD STUDY_UID PATIENT_NAME OUT_DIR [EXTRAS_JSON]
+// EXTRAS_JSON: {"share": LINK, "other": STUDY_UID, "us": STUDY_UID, "mg": STUDY_UID}
+// (issue 20.3 and 20.6 checks).  Prints one JSON line: what it saw and how long it took;
+// screenshots go to OUT_DIR.
 'use strict';
 const path = require('path');
 const { chromium } = require(process.env.PACSCORE_PLAYWRIGHT || 'playwright-core');
 
-const [base, user, password, study, patientName, out] = process.argv.slice(2);
+const [base, user, password, study, patientName, out, extrasArg] = process.argv.slice(2);
+const extras = JSON.parse(extrasArg || '{}');
 const executablePath = process.env.PACSCORE_CHROMIUM || '/usr/bin/chromium';
 
 function drawnInPage() {
@@ -21,6 +24,30 @@ function drawnInPage() {
 
 async function canvasDrawn(page) {
   return page.evaluate(drawnInPage);
+}
+
+function viewportState() {
+  // What cornerstone (window.cornerstone, set by OHIF) holds for the first viewport.
+  const cs = window.cornerstone;
+  if (!cs || !cs.getEnabledElements) return null;
+  const el = cs.getEnabledElements()[0];
+  if (!el || !el.viewport) return null;
+  const vp = el.viewport;
+  const props = vp.getProperties ? vp.getProperties() : {};
+  const data = vp.getImageData ? vp.getImageData() : null;
+  return { voi: props.voiRange || null,
+           index: vp.getCurrentImageIdIndex ? vp.getCurrentImageIdIndex() : null,
+           count: vp.getImageIds ? vp.getImageIds().length : null,
+           dimensions: data && data.dimensions ? Array.from(data.dimensions) : null };
+}
+
+async function openStudy(page, uid) {
+  await page.goto(`${base}/viewer/viewer?StudyInstanceUIDs=${uid}`);
+  await page.waitForSelector('canvas.cornerstone-canvas', { timeout: 60000 });
+  await page.waitForFunction(drawnInPage, null, { timeout: 60000, polling: 50 });
+  await page.waitForTimeout(1500);
+  const box = await (await page.$('canvas.cornerstone-canvas')).boundingBox();
+  await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
 }
 
 async function saveCanvas(page, file) {
@@ -45,7 +72,7 @@ async function saveCanvas(page, file) {
     result.failedRequests = failed;
     result.consoleErrors = consoleErrors;
     page.on('response', r => { if (r.status() >= 400) failed.push(`${r.status()} ${r.url()}`); });
-    page.on('console', m => { if (m.type() === 'error') consoleErrors.push(m.text().slice(0, 300)); });
+    page.on('console', m => { if (m.type() === 'error') consoleErrors.push(m.text().slice(0, 1200)); });
     page.on('pageerror', e => consoleErrors.push(String(e).slice(0, 300)));
     result.page = page;
     // 1. The viewer asks for a login first.
@@ -95,6 +122,29 @@ async function saveCanvas(page, file) {
       return { width: c.width, height: c.height, cssWidth: r.width, cssHeight: r.height };
     });
     result.steps.push('image');
+    // 20.6: a window preset (OHIF's hotkey 2: lung) changes the VOI of the same slice.
+    result.beforePreset = await page.evaluate(viewportState);
+    await page.keyboard.press('2');
+    await page.waitForTimeout(1000);
+    result.afterPreset = await page.evaluate(viewportState);
+    await saveCanvas(page, path.join(out, 'preset-lung.png'));
+    result.steps.push('preset');
+    if (extras.us) {  // multi-frame colour US: frames by the wheel, then cine
+      await openStudy(page, extras.us);
+      result.usFirst = await page.evaluate(viewportState);
+      await saveCanvas(page, path.join(out, 'us-first.png'));
+      for (let i = 0; i < 5; i += 1) { await page.mouse.wheel(0, 120); await page.waitForTimeout(300); }
+      await page.waitForTimeout(800);
+      result.usScrolled = await page.evaluate(viewportState);
+      await saveCanvas(page, path.join(out, 'us-scrolled.png'));
+      result.steps.push('us');
+    }
+    if (extras.mg) {  // a mammogram: the full matrix, not a reduced resolution
+      await openStudy(page, extras.mg);
+      result.mg = await page.evaluate(viewportState);
+      await saveCanvas(page, path.join(out, 'mg.png'));
+      result.steps.push('mg');
+    }
     // 5. Cold: a new browser context (empty cache) with the same session opens the
     //    viewer URL directly: OHIF's assets, configuration, QIDO, metadata, frames.
     const cold = await browser.newContext({ viewport: { width: 1280, height: 900 } });
@@ -105,6 +155,22 @@ async function saveCanvas(page, file) {
     await coldPage.waitForFunction(drawnInPage, null, { timeout: 60000, polling: 50 });
     result.coldFirstImageMs = Date.now() - coldStart;
     await cold.close();
+    if (extras.share) {  // 20.3: a share link opens its study with no login, only it
+      const shared = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+      const sp = await shared.newPage();
+      const statuses = [];
+      sp.on('response', r => { if (r.url().includes('/dicom-web/')) statuses.push(r.status()); });
+      await sp.goto(extras.share);
+      await sp.waitForFunction(drawnInPage, null, { timeout: 60000, polling: 50 });
+      result.shareOpened = new URL(sp.url()).pathname + new URL(sp.url()).search;
+      result.shareStatuses = [...new Set(statuses)].sort();
+      result.shareOther = await sp.evaluate(async (uid) => {
+        const r = await fetch(`/dicom-web/studies/${uid}/metadata`);
+        const q = await fetch('/dicom-web/studies');
+        return { metadata: r.status, studies: (await q.json()).map(s => s['0020000D'].Value[0]) };
+      }, extras.other);
+      await shared.close();
+    }
   } catch (e) {
     result.error = String(e && e.stack || e);
     if (result.page) await result.page.screenshot({ path: path.join(out, 'error.png') }).catch(() => {});

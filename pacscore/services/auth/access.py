@@ -18,6 +18,13 @@
   refusal).  Access is denied by default: :func:`check_routes` refuses an app with an
   endpoint that declares neither a scope nor :func:`public`, when it is built and
   again when it starts.
+* A share link's token (or the session it opened) is bound to one study
+  (:attr:`TokenHolder.study`).  Each endpoint declares how it keeps to it
+  (``requires(..., one_study=)``; a path naming another study is refused 403 in
+  every case): :data:`STUDY_IN_PATH` (the default: a path naming no study is
+  refused), :data:`STUDY_FILTERED` (the endpoint answers about that study only:
+  QIDO-RS, WADO-URI, STOW-RS; :func:`bound_study`) or
+  :data:`NO_STUDY_DATA` (the viewer's own files): denied by default here too.
 """
 
 from __future__ import annotations
@@ -56,8 +63,9 @@ from .tokens import SCOPES, TokenStore, granted
 
 __all__ = ["ERROR_STATUS", "EXCEPTION_HANDLERS", "HTTP_STATUS",
            "AccessUndeclaredError", "AuditTrail", "DoorStatus", "HttpAccess", "TokenHolder",
-           "bearer_token", "check_routes", "declared", "grpc_status_name", "hl7_error_code",
-           "http_status",
+           "NO_STUDY_DATA", "STUDY_FILTERED", "STUDY_IN_PATH",
+           "bearer_token", "bound_study", "check_routes", "declared", "grpc_status_name",
+           "hl7_error_code", "http_status",
            "identify", "identify_session", "public"]
 
 log = logging.getLogger(__name__)
@@ -140,11 +148,13 @@ class TokenHolder(BaseUser):
     ``anonymous``, ``invalid token``); ``session`` when a viewer session cookie (not a
     bearer token) authenticated it."""
 
-    __slots__ = ("name", "scope", "sent", "session")
+    __slots__ = ("name", "problem", "scope", "sent", "session", "study")
 
     def __init__(self, scope: str | None, name: str, sent: bool,
-                 session: Session | None = None):
+                 session: Session | None = None, study: str | None = None,
+                 problem: str | None = None):
         self.scope, self.name, self.sent, self.session = scope, name, sent, session
+        self.study, self.problem = study, problem
 
     @property
     def is_authenticated(self) -> bool:
@@ -165,6 +175,8 @@ class TokenHolder(BaseUser):
     @property
     def why(self) -> str:
         """Why it is not authenticated."""
+        if self.problem:
+            return self.problem
         if self.name == INVALID_SESSION:
             return "the session cookie is unknown, ended or expired: log in again (/login)"
         return UNKNOWN_TOKEN if self.sent else NO_TOKEN
@@ -174,18 +186,34 @@ def identify(tokens: TokenStore, token: str) -> TokenHolder:
     """The holder of ``token`` (``''``: none sent), with one store lookup."""
     if not token:
         return TokenHolder(None, "anonymous", sent=False)
-    scope, name = tokens.identify(token)
-    return TokenHolder(scope, name, sent=True)
+    grant = tokens.check(token)
+    return TokenHolder(grant.scope, grant.name, sent=True, study=grant.study,
+                       problem=grant.problem)
 
 
-def identify_session(sessions: SessionStore, cookie: str) -> TokenHolder:
+def identify_session(sessions: SessionStore, cookie: str,
+                     tokens: TokenStore | None = None) -> TokenHolder:
     """The holder of a viewer session cookie value (unknown, tampered, ended or
-    expired: a holder without scope)."""
+    expired: a holder without scope).  A session a share link opened lasts while the
+    share does (``tokens``: revoked or expired, the session is refused at once)."""
     session = sessions.get(cookie)
     if session is None:
         return TokenHolder(None, INVALID_SESSION, sent=True)
-    return TokenHolder(session.scope, f"user {session.user} (session {session.id})",
-                       sent=True, session=session)
+    name = f"{session.user} (session {session.id})" if session.share else \
+        f"user {session.user} (session {session.id})"
+    if session.share is not None:
+        grant = tokens.check_id(session.share) if tokens is not None else None
+        if grant is None or grant.scope is None:
+            return TokenHolder(None, name, sent=True, study=session.study,
+                               problem=grant.problem if grant else INVALID_SESSION)
+    return TokenHolder(session.scope, name, sent=True, session=session,
+                       study=session.study)
+
+
+def bound_study(request: Request) -> str | None:
+    """The one study the sender of ``request`` may see (a share link), or None."""
+    holder = request.scope.get("user")
+    return holder.study if isinstance(holder, TokenHolder) else None
 
 
 class _TokenBackend(AuthenticationBackend):
@@ -202,7 +230,7 @@ class _TokenBackend(AuthenticationBackend):
         token = bearer_token(conn.headers.get("authorization"))
         cookie = conn.cookies.get(COOKIE, "") if self.sessions is not None else ""
         if not token and cookie and self.sessions is not None:
-            holder = identify_session(self.sessions, cookie)
+            holder = identify_session(self.sessions, cookie, self.tokens)
         else:
             holder = identify(self.tokens, token)
         held = [s for s in SCOPES if holder.grants(s)]
@@ -214,6 +242,13 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 _ACCESS = "__pacscore_access__"
 PUBLIC = "public"
 """The declaration of an endpoint that answers without a token."""
+STUDY_IN_PATH = "path"
+"""A study-bound holder may use the endpoint on the study its path names only."""
+STUDY_FILTERED = "filtered"
+"""The endpoint answers a study-bound holder about that study only (:func:`bound_study`)."""
+NO_STUDY_DATA = "none"
+"""The endpoint tells nothing of any study (the viewer's files, logout)."""
+_ONE_STUDY = (STUDY_IN_PATH, STUDY_FILTERED, NO_STUDY_DATA)
 
 
 class AccessUndeclaredError(PacsError, TypeError):
@@ -293,7 +328,8 @@ class HttpAccess:
                 Middleware(AuditTrail, audit=self.audit, interface=self.interface)]
 
     def requires(self, scope: str, *, unauthenticated: Endpoint | None = None,
-                 audited: bool = True) -> Callable[[Endpoint], Endpoint]:
+                 audited: bool = True, one_study: str = STUDY_IN_PATH
+                 ) -> Callable[[Endpoint], Endpoint]:
         """Declare that ``endpoint`` needs a token with ``scope``: without a valid token
         401 (``WWW-Authenticate: Bearer``), with too little scope 403, each with its
         reason (:func:`..dicomweb.answers.refusal`) and audited; an admitted request is
@@ -301,10 +337,15 @@ class HttpAccess:
         ``audited``: the viewer's static files).  A request authenticated by session
         cookie that changes state (not GET/HEAD/OPTIONS) without the session's CSRF
         token is refused 403.  ``unauthenticated`` answers instead of the 401 (the
-        viewer's pages: a redirect to the login page)."""
+        viewer's pages: a redirect to the login page).  ``one_study``: how the endpoint
+        keeps a share link's holder to its study (:data:`STUDY_IN_PATH`: refused 403
+        unless the path names that study)."""
         if scope not in SCOPES:
             raise AccessUndeclaredError(f"unknown scope {scope!r}",
                                         hint=f"use one of {', '.join(SCOPES)}")
+        if one_study not in _ONE_STUDY:
+            raise AccessUndeclaredError(f"unknown one_study {one_study!r}",
+                                        hint=f"use one of {', '.join(_ONE_STUDY)}")
 
         def declare(endpoint: Endpoint) -> Endpoint:
             @functools.wraps(endpoint, updated=())  # Stow, BulkData: objects
@@ -319,17 +360,9 @@ class HttpAccess:
                     self._refused(request, why)
                     return refusal(request, 401, "a valid bearer token is required", why,
                                    {"WWW-Authenticate": 'Bearer realm="pacscore"'})
-                if holder.session is not None and request.method not in _SAFE \
-                        and not await _csrf_ok(request, holder.session):
-                    why = (f"{request.method} by session cookie from another origin, or "
-                           f"without Origin and the session's CSRF token (X-CSRF-Token)")
-                    self._refused(request, why)
-                    return refusal(request, 403, "CSRF token missing or wrong", why)
-                if scope not in request.auth.scopes:
-                    why = (f"{request.method} needs the {scope!r} scope; this token has "
-                           f"{holder.scope!r}")
-                    self._refused(request, why)
-                    return refusal(request, 403, "this token lacks the scope needed", why)
+                refused = await self._forbidden(request, holder, scope, one_study)
+                if refused is not None:
+                    return refused
                 if audited:
                     request.state.holder = holder
                 return await endpoint(request)
@@ -338,6 +371,28 @@ class HttpAccess:
             return checked
 
         return declare
+
+    async def _forbidden(self, request: Request, holder: TokenHolder, scope: str,
+                         one_study: str) -> Response | None:
+        """The 403 of an authenticated request that may not do this (CSRF, scope,
+        outside a share link's study), audited; None when it may."""
+        if holder.session is not None and request.method not in _SAFE \
+                and not await _csrf_ok(request, holder.session):
+            why = (f"{request.method} by session cookie from another origin, or "
+                   f"without Origin and the session's CSRF token (X-CSRF-Token)")
+            title = "CSRF token missing or wrong"
+        elif scope not in request.auth.scopes:
+            why = f"{request.method} needs the {scope!r} scope; this token has {holder.scope!r}"
+            title = "this token lacks the scope needed"
+        elif holder.study is not None and _outside(request.path_params.get("study"),
+                                                   holder.study, one_study):
+            why = (f"this share link opens study {holder.study} only; {request.url.path} "
+                   f"is not in it")
+            title = "outside the shared study"
+        else:
+            return None
+        self._refused(request, why)
+        return refusal(request, 403, title, why)
 
     def _refused(self, request: Request, why: str) -> None:
         host = request.client.host if request.client else "?"
@@ -351,6 +406,12 @@ class HttpAccess:
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 _FORM = "application/x-www-form-urlencoded"
 _MAX_FORM = 4096
+
+
+def _outside(named: str | None, shared: str, one_study: str) -> bool:
+    """A share link's request strays from its study: its path names another, or names
+    none on an endpoint that keeps to the study only by its path."""
+    return named != shared if named is not None else one_study == STUDY_IN_PATH
 
 
 async def _csrf_ok(request: Request, session: Session) -> bool:

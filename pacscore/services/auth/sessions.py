@@ -58,6 +58,10 @@ class Session:
     """Its CSRF token."""
     expires: float
     """Unix time it ends."""
+    study: str | None = None
+    """The one study it may see (opened by a share link), or None: every study."""
+    share: str | None = None
+    """The id of the share link that opened it (it lasts while the share does)."""
 
 
 class SessionStore:
@@ -88,15 +92,21 @@ class SessionStore:
             json.dump(sessions, f)
         os.replace(tmp, self.path)
 
-    def create(self, user: str, scope: str) -> tuple[str, Session]:
-        """A new session of ``user``: the cookie value (shown only now) and the session."""
+    def create(self, user: str, scope: str, *, study: str | None = None,
+               share: str | None = None, ends: float | None = None) -> tuple[str, Session]:
+        """A new session of ``user``: the cookie value (shown only now) and the session.
+        A share link's session sees ``study`` only and ends with the share (``ends``)
+        if that comes before its lifetime."""
         sid, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+        expires = time.time() + self.lifetime
         session = Session(sid, user, scope, secrets.token_urlsafe(24),
-                          time.time() + self.lifetime)
+                          expires if ends is None else min(expires, ends), study, share)
         with self._lock:
             sessions = dict(self._load())
             sessions[sid] = {"user": user, "scope": scope, "sha256": _digest(secret),
                              "csrf": session.csrf, "expires": session.expires}
+            if study is not None:
+                sessions[sid].update(study=study, share=share)
             self._save(sessions)
         return f"{sid}.{secret}", session
 
@@ -110,7 +120,8 @@ class SessionStore:
             return None
         if entry["expires"] <= time.time():
             return None
-        return Session(sid, entry["user"], entry["scope"], entry["csrf"], entry["expires"])
+        return Session(sid, entry["user"], entry["scope"], entry["csrf"], entry["expires"],
+                       entry.get("study"), entry.get("share"))
 
     def end(self, sid: str) -> bool:
         """End session ``sid`` (logout); False if it was not there."""
@@ -120,6 +131,14 @@ class SessionStore:
                 return False
             self._save(sessions)
         return True
+
+    def end_share(self, share: str) -> int:
+        """End every session a share link opened (revoked); how many ended."""
+        with self._lock:
+            sessions = dict(self._load())
+            kept = {k: v for k, v in sessions.items() if v.get("share") != share}
+            self._save(kept)
+        return len(sessions) - len(kept)
 
     def end_user(self, user: str) -> int:
         """End every session of ``user`` (removed); how many ended."""

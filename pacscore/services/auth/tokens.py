@@ -3,6 +3,12 @@
 Tokens look like ``pcs_<id>_<secret>``; only a SHA-256 of the secret is kept, in
 ``<archive>/security/tokens.json``.  Scopes: ``read``, ``write``, ``delete``,
 ``admin``; ``admin`` grants everything, ``write`` and ``delete`` include ``read``.
+
+A token may also be bound to one study and end at a time (a share link, issue 20.3:
+``pacscore share``): its scope then covers that study only (the HTTP door confines
+every route to it, :meth:`..access.HttpAccess.requires`; gRPC refuses it), and after
+``expires`` it is refused.  A revoked share stays listed, marked ``revoked``, so that
+its link says why it no longer opens.
 """
 
 from __future__ import annotations
@@ -14,12 +20,14 @@ import os
 import secrets
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ...errors import PacsError
 from ...private import make_private_dir
 
-__all__ = ["SCOPES", "TokenStore", "granted"]
+__all__ = ["SCOPES", "Grant", "TokenStore", "granted"]
 
 SCOPES: tuple[str, ...] = ("read", "write", "delete", "admin")
 _GRANTS = {"read": {"read"}, "write": {"read", "write"}, "delete": {"read", "delete"},
@@ -35,6 +43,25 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a token sent with a request may do, with one lookup."""
+
+    scope: str | None
+    """Its scope; None when it is not valid (unknown, wrong secret, expired, revoked)."""
+    name: str
+    """Who it is, for the audit trail (``token <id> (name)``, ``share <id> (name)``,
+    ``invalid token``); never the secret."""
+    study: str | None = None
+    """The one study it opens (a share link), or None: every study."""
+    problem: str | None = None
+    """Why it is not valid, when the holder may be told (it knew the secret)."""
+    id: str | None = None
+    """The token's id (None: no such token)."""
+    expires: float | None = None
+    """The Unix time it ends, if it does."""
+
+
 class TokenStore:
     """Tokens of one archive (re-read when the file changes, so revocations apply)."""
 
@@ -42,18 +69,18 @@ class TokenStore:
         self.path = archive_dir / "security" / "tokens.json"
         self.admin_file = archive_dir / "security" / "admin-token"
         self._lock = threading.Lock()
-        self._cache: tuple[float, dict[str, dict[str, str]]] = (-1.0, {})
+        self._cache: tuple[float, dict[str, dict[str, Any]]] = (-1.0, {})
 
-    def _load(self) -> dict[str, dict[str, str]]:
+    def _load(self) -> dict[str, dict[str, Any]]:
         try:
-            mtime = self.path.stat().st_mtime
+            mtime = self.path.stat().st_mtime_ns / 1e9
         except FileNotFoundError:
             return {}
         if mtime != self._cache[0]:
             self._cache = (mtime, json.loads(self.path.read_text(encoding="utf-8")))
         return self._cache[1]
 
-    def _save(self, tokens: dict[str, dict[str, str]]) -> None:
+    def _save(self, tokens: dict[str, dict[str, Any]]) -> None:
         make_private_dir(self.path.parent)
         tmp = self.path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -61,34 +88,49 @@ class TokenStore:
             json.dump(tokens, f, indent=2)
         os.replace(tmp, self.path)
 
-    def create(self, scope: str, name: str = "") -> str:
-        """A new token with ``scope``; the secret is shown only now."""
+    def create(self, scope: str, name: str = "", *, study: str | None = None,
+               expires: float | None = None) -> str:
+        """A new token with ``scope``; the secret is shown only now.  ``study``: it
+        opens that study only; ``expires``: the Unix time it ends (a share link)."""
         if scope not in SCOPES:
             raise PacsError(f"unknown scope {scope!r}", hint=f"use one of {', '.join(SCOPES)}")
         token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(24)
+        entry: dict[str, Any] = {"scope": scope, "name": name, "sha256": _digest(secret),
+                                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if study is not None:
+            entry["study"] = study
+        if expires is not None:
+            entry["expires"] = expires
         with self._lock:
             tokens = dict(self._load())
-            tokens[token_id] = {"scope": scope, "name": name, "sha256": _digest(secret),
-                                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            tokens[token_id] = entry
             self._save(tokens)
         return f"pcs_{token_id}_{secret}"
 
     def revoke(self, token_or_id: str) -> bool:
-        """Revoke by token or by id; False if unknown."""
+        """Revoke by token or by id; False if unknown (or a share revoked already).
+        A share stays listed, marked revoked (its link then says so); a token is
+        removed."""
         token_id = token_or_id.split("_")[1] if token_or_id.startswith("pcs_") else token_or_id
         with self._lock:
             tokens = dict(self._load())
-            if tokens.pop(token_id, None) is None:
+            entry = tokens.get(token_id)
+            if entry is None or "revoked" in entry:
                 return False
+            if "study" in entry:
+                tokens[token_id] = {**entry, "revoked": time.time()}
+            else:
+                del tokens[token_id]
             self._save(tokens)
         return True
 
-    def list(self) -> dict[str, dict[str, str]]:
-        """Token ids with scope, name and creation time (no secrets)."""
+    def list(self) -> dict[str, dict[str, Any]]:
+        """Token ids with scope, name and creation time (no secrets); shares with their
+        study, end and revocation."""
         return {k: {kk: vv for kk, vv in v.items() if kk != "sha256"}
                 for k, v in self._load().items()}
 
-    def _entry(self, token: str) -> tuple[str, dict[str, str]] | None:
+    def _entry(self, token: str) -> tuple[str, dict[str, Any]] | None:
         """The id and entry of a valid token, or None."""
         parts = token.split("_", 2)
         if len(parts) != 3 or parts[0] != "pcs":
@@ -100,8 +142,7 @@ class TokenStore:
 
     def scope(self, token: str) -> str | None:
         """The scope of a valid token, or None."""
-        found = self._entry(token)
-        return None if found is None else found[1]["scope"]
+        return self.check(token).scope
 
     def user(self, token: str) -> str:
         """Who a token is, for the audit trail: ``token <id>`` and its name if it has
@@ -111,12 +152,37 @@ class TokenStore:
     def identify(self, token: str) -> tuple[str | None, str]:
         """The scope of ``token`` (None unless valid) and who it is (:meth:`user`),
         with one lookup."""
+        grant = self.check(token)
+        return grant.scope, grant.name
+
+    def check(self, token: str) -> Grant:
+        """What ``token`` may do (:class:`Grant`), with one lookup."""
         found = self._entry(token)
         if found is None:
-            return None, "invalid token"
-        token_id, entry = found
-        name = f"token {token_id}" + (f" ({entry['name']})" if entry.get("name") else "")
-        return entry["scope"], name
+            return Grant(None, "invalid token")
+        return self._grant(*found)
+
+    def check_id(self, token_id: str) -> Grant:
+        """What the token ``token_id`` may do now (a session opened by a share link
+        lasts while its share does)."""
+        entry = self._load().get(token_id)
+        if entry is None:
+            return Grant(None, "invalid token", problem="this link is unknown")
+        return self._grant(token_id, entry)
+
+    @staticmethod
+    def _grant(token_id: str, entry: dict[str, Any]) -> Grant:
+        study = entry.get("study")
+        kind = "share" if study is not None else "token"
+        name = f"{kind} {token_id}" + (f" ({entry['name']})" if entry.get("name") else "")
+        expires = entry.get("expires")
+        if "revoked" in entry:
+            return Grant(None, name, study, "this link was revoked", token_id, expires)
+        if expires is not None and expires <= time.time():
+            ended = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(expires))
+            return Grant(None, name, study, f"this link expired on {ended}", token_id,
+                         expires)
+        return Grant(entry["scope"], name, study, None, token_id, expires)
 
     @staticmethod
     def grants(scope: str | None, needed: str) -> bool:

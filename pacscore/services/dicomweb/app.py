@@ -18,11 +18,9 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -43,7 +41,15 @@ from ...errors import (
 from ...index import InstanceRecord
 from ...metadata import SeriesMetadata
 from ...render import Rendering, RenderOptions, display_order, render_frame
-from ..auth.access import EXCEPTION_HANDLERS, HTTP_STATUS, HttpAccess, check_routes, public
+from ..auth.access import (
+    EXCEPTION_HANDLERS,
+    HTTP_STATUS,
+    STUDY_FILTERED,
+    HttpAccess,
+    bound_study,
+    check_routes,
+    public,
+)
 from ..auth.security import AuditLog
 from ..auth.tokens import TokenStore
 from .answers import healthz, kept_as_stored, warning_left_out, warning_text
@@ -56,6 +62,7 @@ from .media import (
     wado_render_options,
 )
 from .multipart import encode_related, stream_related
+from .qido import DICOM_JSON, Qido
 from .stow import Stow
 from .workflow import WorkflowStudies
 
@@ -64,80 +71,11 @@ if TYPE_CHECKING:
 
 __all__ = ["HTTP_STATUS", "create_app"]
 
-_DICOM_JSON = "application/dicom+json"
-_LEVEL_UID = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID",
-              "instance": "SOPInstanceUID"}
 # A transcoded WADO-RS answer is produced before its status line (200, or 206 when
 # instances are left out, PS3.18 10.4.3): in memory up to this size, then in a file.
 _SPOOL_IN_MEMORY = 32 * 1024**2
 _SPOOL_READ = 1 << 21
 log = logging.getLogger(__name__)
-
-
-def _count(key: str, value: str) -> int:
-    """A QIDO-RS ``limit`` or ``offset`` (PS3.18 8.3.4.4): a non-negative integer."""
-    if not value.strip().isdigit():
-        raise InvalidRequestError(f"{key}={value!r}: write a whole number, 0 or more")
-    return int(value)
-
-
-def _is_tag(text: str) -> bool:
-    return len(text) == 8 and all(c in "0123456789abcdefABCDEF" for c in text)
-
-
-def _keyword(name: str, what: str) -> str:
-    """The keyword a query parameter names (a keyword, or a tag as 8 hex digits)."""
-    name = name.strip()
-    if name == "all" and what == "includefield":
-        return name
-    keyword = keyword_for_tag(int(name, 16)) if _is_tag(name) else name
-    if not keyword or tag_for_keyword(keyword) is None:
-        raise InvalidRequestError(f"{what} {name!r} is not a DICOM attribute: use a "
-                                  f"keyword (PatientAge) or a tag as 8 hex digits "
-                                  f"(00101010)")
-    return keyword
-
-
-@dataclass(frozen=True, slots=True)
-class _Encoded:
-    """A value read from a stored header, already in DICOM JSON (PS3.18 F.2)."""
-
-    entry: dict[str, Any]
-    """``{"vr": ..., "Value": [...]}``."""
-
-
-def _json_attr(keyword: str, value: Any) -> tuple[str, dict[str, Any]] | None:
-    tag = tag_for_keyword(keyword)
-    if tag is None:
-        return None
-    if isinstance(value, _Encoded):
-        return f"{tag:08X}", value.entry
-    vr = dictionary_VR(tag).split(" ")[0]
-    entry: dict[str, Any] = {"vr": vr}
-    if value not in (None, ""):
-        values = str(value).split("\\") if isinstance(value, str) else [value]
-        if vr == "PN":
-            entry["Value"] = [{"Alphabetic": v} for v in values]
-        elif vr in ("IS", "US", "UL", "SS", "SL"):
-            entry["Value"] = [int(v) for v in values]
-        else:
-            entry["Value"] = values
-    return f"{tag:08X}", entry
-
-
-def _match_json(match: dict[str, Any], base: str, level: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for kw, value in match.items():
-        attr = _json_attr(kw, value)
-        if attr:
-            out[attr[0]] = attr[1]
-    url = f"{base}/studies/{match.get('StudyInstanceUID')}"
-    if level in ("series", "instance"):
-        url += f"/series/{match.get('SeriesInstanceUID')}"
-    if level == "instance":
-        url += f"/instances/{match.get('SOPInstanceUID')}"
-    out["00081190"] = {"vr": "UR", "Value": [url]}
-    return dict(sorted(out.items()))
 
 
 def _asked_syntax(request: Request) -> str | None:
@@ -204,58 +142,6 @@ class _Api:
                 server[1] != {"http": 80, "https": 443}.get(url.scheme):
             url = url.replace(port=int(server[1]))
         return str(url).rstrip("/") + "/dicom-web"
-
-    # -- QIDO-RS ----------------------------------------------------------------
-    async def qido(self, request: Request) -> Response:
-        request.state.audit_event = ("query", "E")  # PS3.15 A.5.3.7
-        path = request.url.path
-        level = ("instance" if path.endswith("/instances") else
-                 "series" if path.endswith("/series") else "study")
-        keys: dict[str, str] = {}
-        limit, offset, include, fuzzy = None, 0, set[str](), False
-        for key, value in request.query_params.multi_items():
-            if key in ("limit", "offset"):
-                number = _count(key, value)
-                limit, offset = (number, offset) if key == "limit" else (limit, number)
-            elif key == "includefield":
-                include.update(_keyword(v, "includefield") for v in value.split(",")
-                               if v.strip())
-            elif key == "fuzzymatching":
-                fuzzy = value.strip().lower() == "true"
-            else:
-                keyword = _keyword(key, "query key") if _is_tag(key) else key
-                tag = tag_for_keyword(keyword)
-                uids = tag is not None and dictionary_VR(tag) == "UI"
-                # A UID list may be separated by commas as well (PS3.18 8.3.4.1).
-                keys[keyword] = value.replace(",", "\\") if uids else value
-        for name in ("study", "series"):
-            if name in request.path_params:
-                keys[_LEVEL_UID[name]] = request.path_params[name]
-        matches = await run_in_threadpool(self.archive.query, level, keys, limit=limit,
-                                          offset=offset, fuzzy=fuzzy)
-        extra = include - {"all"}
-        if extra:
-            await run_in_threadpool(self._complete, matches, level, extra)
-        base = self.base(request)
-        return Response(json.dumps([_match_json(m, base, level) for m in matches]),
-                        200, media_type=_DICOM_JSON)
-
-    def _complete(self, matches: list[dict[str, Any]], level: str, wanted: set[str]) -> None:
-        """Add to each result the ``includefield`` attributes the index does not keep,
-        from the stored header of the instance (of the first instance of the series or
-        study), when it has them.  ``includefield=all`` is what the index keeps (at the
-        instance level with Rows, Columns, Bits Allocated and Number of Frames of
-        images, PS3.18 Table 10.6.3-5): every result already has it."""
-        for match in matches:
-            missing = {kw for kw in wanted if match.get(kw) is None}
-            if not missing:
-                continue
-            uid = match[_LEVEL_UID[level]]
-            sops = self.archive.instances(level, uid)
-            if not sops:
-                continue
-            for kw, value in self.archive.attributes(sops[0], missing).items():
-                match[kw] = _Encoded(value)
 
     # -- WADO-RS ----------------------------------------------------------------
     def _scope_uids(self, request: Request) -> list[str]:
@@ -384,7 +270,7 @@ class _Api:
             f"{len(problems)} of {len(sops)} instances have values that are not valid "
             f"for their VR: " + " | ".join(problems))} if problems else None
         return Response(self.meta.render(body, self.base(request)), 200,
-                        media_type=_DICOM_JSON, headers={**cache, **(headers or {})})
+                        media_type=DICOM_JSON, headers={**cache, **(headers or {})})
 
     async def frames(self, request: Request) -> Response:
         sop = request.path_params["sop"]
@@ -525,6 +411,9 @@ class _Api:
                                       "seriesUID and objectUID")
         sop = q["objectUID"]
         rec = await run_in_threadpool(self.archive.record, sop)
+        shared = bound_study(request)
+        if shared is not None and rec.study_uid != shared:  # a share link: its study only
+            raise NotFoundError(f"instance {sop} is not in the shared study")
         for param, have in (("studyUID", rec.study_uid), ("seriesUID", rec.series_uid)):
             if param in q and q[param] != have:
                 raise NotFoundError(f"instance {sop} is not in {param} {q[param]}")
@@ -577,25 +466,29 @@ def create_app(archive: Archive, *, cors_origins: list[str] | None = None,
     # Each endpoint declares the scope its method needs (GET read, POST write, DELETE
     # delete); one that declares none is refused by check_routes (when built, started).
     read, write, delete = (access.requires(scope) for scope in ("read", "write", "delete"))
+    # A share link (one study): these answer about its study only, or store into it.
+    query = access.requires("read", one_study=STUDY_FILTERED)(Qido(archive, api.base))
+    find_instance = access.requires("read", one_study=STUDY_FILTERED)(api.wado_uri)
     stow = Stow(archive, max_body, tmp_dir, idle_timeout, api.base)
+    store = access.requires("write", one_study=STUDY_FILTERED)(stow)
     s, se, i = "/dicom-web/studies/{study}", "/series/{series}", "/instances/{sop}"
     routes: list[BaseRoute] = [
-        Route("/dicom-web/studies", read(api.qido), methods=["GET"]),
-        Route("/dicom-web/studies", write(stow), methods=["POST"]),
-        Route("/dicom-web/series", read(api.qido), methods=["GET"]),
-        Route("/dicom-web/instances", read(api.qido), methods=["GET"]),
+        Route("/dicom-web/studies", query, methods=["GET"]),
+        Route("/dicom-web/studies", store, methods=["POST"]),
+        Route("/dicom-web/series", query, methods=["GET"]),
+        Route("/dicom-web/instances", query, methods=["GET"]),
         Route(s, read(api.retrieve), methods=["GET"]),
         Route(s, write(stow), methods=["POST"]),
         Route(s, delete(api.delete), methods=["DELETE"]),
         Route(s + "/metadata", read(api.metadata), methods=["GET"]),
         Route(s + "/rendered", read(api.rendered_many), methods=["GET"]),
-        Route(s + "/series", read(api.qido), methods=["GET"]),
-        Route(s + "/instances", read(api.qido), methods=["GET"]),
+        Route(s + "/series", query, methods=["GET"]),
+        Route(s + "/instances", query, methods=["GET"]),
         Route(s + se, read(api.retrieve), methods=["GET"]),
         Route(s + se, delete(api.delete), methods=["DELETE"]),
         Route(s + se + "/metadata", read(api.metadata), methods=["GET"]),
         Route(s + se + "/rendered", read(api.rendered_many), methods=["GET"]),
-        Route(s + se + "/instances", read(api.qido), methods=["GET"]),
+        Route(s + se + "/instances", query, methods=["GET"]),
         Route(s + se + i, read(api.retrieve), methods=["GET"]),
         Route(s + se + i, delete(api.delete), methods=["DELETE"]),
         Route(s + se + i + "/metadata", read(api.metadata), methods=["GET"]),
@@ -605,7 +498,7 @@ def create_app(archive: Archive, *, cors_origins: list[str] | None = None,
         Route(s + se + i + "/thumbnail", read(api.rendered), methods=["GET"]),
         Route(s + se + i + "/frames/{frame:int}/rendered", read(api.rendered),
               methods=["GET"]),
-        Route("/wado", read(api.wado_uri), methods=["GET"]),
+        Route("/wado", find_instance, methods=["GET"]),
         Route("/workflow/studies", read(WorkflowStudies(archive)), methods=["GET"]),
         Route("/healthz", public(healthz), methods=["GET"]),  # no token (see healthz)
     ]

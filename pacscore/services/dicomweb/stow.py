@@ -19,6 +19,7 @@ from ...archive import Archive, StoreResult
 from ...dicom.header import InstanceHeader, validate_uid
 from ...dicom.identity import claimed_uids
 from ...errors import ArchiveStorageError, InvalidRequestError, PacsError
+from ..auth.access import bound_study
 from .multipart import TooLargeError, idle_limited, parse_related, related_boundary
 
 __all__ = ["Stow"]
@@ -89,7 +90,8 @@ class Stow:
         boundary = related_boundary(request.headers.get("content-type", ""))
         parts = await parse_related(idle_limited(request.stream(), self.idle_timeout),
                                     boundary, self.max_body, self.tmp_dir)
-        study_filter = request.path_params.get("study")
+        # A share link stores into its study only (the path, if any, names it).
+        study_filter = request.path_params.get("study") or bound_study(request)
         stored: list[StoreResult] = []
         failed: list[_Failure] = []
         try:

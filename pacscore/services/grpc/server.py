@@ -112,6 +112,9 @@ class _Auth(grpc.ServerInterceptor):  # type: ignore[misc]
         needed = _SCOPE.get(method, "read")
         if not holder.is_authenticated:
             code, text = grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required"
+        elif holder.study is not None:  # a share link: one study, in the viewer
+            code, text = (grpc.StatusCode.PERMISSION_DENIED,
+                          "a share link's token opens its study in the viewer only")
         elif not holder.grants(needed):
             code, text = grpc.StatusCode.PERMISSION_DENIED, f"token lacks the {needed!r} scope"
         else:

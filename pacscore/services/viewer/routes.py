@@ -8,7 +8,11 @@ path                           method  access
 ``/login``                     POST    public: checks the password (rate: lock-out)
 ``/logout``                    POST    ``read`` and, by cookie, the CSRF token
 ``/IHEInvokeImageDisplay``     GET     ``read``; else to the login page, then back
+``/share/{token}``             GET     public: checks the share token itself (:mod:`.share`)
 =============================  ======  =====================================================
+
+A share link's session (one study) may fetch the viewer's files and log out; the IID
+launch and every route of another door are refused to it (:mod:`..auth.access`).
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ...archive import Archive
-from ..auth.access import Endpoint, HttpAccess, public
+from ..auth.access import NO_STUDY_DATA, Endpoint, HttpAccess, public
 from ..auth.users import UserStore
 from .install import PUBLIC_PATH
 from .pages import IID_PATH, LOGIN_PATH, Pages
+from .share import SHARE_PATH, ShareLinks
 from .static import ViewerBuild, app_config, viewer_files
 
 __all__ = ["ViewerSettings", "viewer_routes"]
@@ -74,15 +79,19 @@ def viewer_routes(archive: Archive, access: HttpAccess, settings: ViewerSettings
     async def to_slash(request: Request) -> Response:
         return RedirectResponse(PUBLIC_PATH, 308)
 
-    page = access.requires("read", unauthenticated=pages.to_login, audited=False)
+    page = access.requires("read", unauthenticated=pages.to_login, audited=False,
+                           one_study=NO_STUDY_DATA)
+    shares = ShareLinks(access.tokens, access.sessions, access.audit, settings.tls)
     return [
         Route(PUBLIC_PATH.rstrip("/"), page(to_slash), methods=["GET"]),
         Route(PUBLIC_PATH + "{path:path}", page(files), methods=["GET"]),
         Route(LOGIN_PATH, public(_function(pages.login_page)), methods=["GET"]),
         Route(LOGIN_PATH, public(_function(pages.login)), methods=["POST"]),
-        Route("/logout", access.requires("read", unauthenticated=to_login_page)(
-            pages.logout), methods=["POST"]),
+        Route("/logout", access.requires("read", unauthenticated=to_login_page,
+                                         one_study=NO_STUDY_DATA)(pages.logout),
+              methods=["POST"]),
         Route(IID_PATH, access.requires("read", unauthenticated=pages.to_login)(
             pages.invoke_image_display), methods=["GET"]),
+        Route(SHARE_PATH + "/{token}", public(_function(shares.__call__)), methods=["GET"]),
     ]
 
