@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pacscore.kinds import StepStatus
+from pacscore.testing import cli
 from pacscore.workflow import Worklist
 
 from .test_hl7 import adt, err, mllp_send, msa, msh, orm, prepared, server, worklist
@@ -161,3 +162,15 @@ def test_each_message_and_each_step_it_changes_is_audited(running: Running,
                      ("U", f"worklist item {key} scheduled, accession B105"),
                      ("U", f"worklist item {key} cancelled, accession B105")]
     assert "SECRET" not in json.dumps(audit)
+
+
+def test_allowing_and_denying_a_sender_is_audited(tmp_path: Path) -> None:
+    root = str(tmp_path / "archive")
+    cli("hl7", "allow", "10.0.0.5", "--archive", root)
+    cli("hl7", "deny", "10.0.0.5", "--archive", root)
+    audit = [json.loads(line) for line in
+             (tmp_path / "archive" / "audit" / "audit.jsonl").read_text().splitlines()]
+    assert [(e["event_id"]["code"], e["interface"], e["detail"]) for e in audit] == [
+        ("110113", "cli", "HL7 sender 10.0.0.5 allowed"),
+        ("110113", "cli", "HL7 sender 10.0.0.5 denied")]
+    assert all(e["user"].startswith("cli:") for e in audit)

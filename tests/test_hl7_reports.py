@@ -168,6 +168,13 @@ def test_a_refused_report_is_kept_listed_and_resent_on_request(
         s._wake.set()
         wait_for(lambda: not s.outbox.entries())
     assert len(receiver.messages) == 3
+    # issue 16.7: the refusal, the operator's resend and the delivery are audited
+    audit = [json.loads(line) for line in (root / "audit" / "audit.jsonl").read_text()
+             .splitlines()]
+    export = [(e["interface"], e["outcome"], e["detail"].split(": ", 1)[1]) for e in audit
+              if e["event_id"]["meaning"] == "Export"]
+    assert export[0][:2] == ("hl7", 8) and export[0][2].startswith("refused")
+    assert export[1:] == [("cli", 0, "queued again by hand"), ("hl7", 0, "acknowledged AA")]
 
 
 def test_reports_stored_before_the_first_start_are_not_sent_but_missed_ones_are(
