@@ -5,7 +5,8 @@ studies that match no order (:mod:`pacscore.workflow.studies`);
 ``pacscore hl7 outbox|resend``: the reports waiting for their receiver (ORU^R01 out).
 
 Every change is recorded in the audit trail (Procedure Record, PS3.15 A.5.3.11) as
-made by ``cli:<user>``.  Works while ``pacscore serve`` runs (the worklist is its own
+made by ``cli:<user>``; so are a report queued again (Export) and a sender allowed or
+denied (Security Alert).  Works while ``pacscore serve`` runs (the worklist is its own
 LMDB environment, see :mod:`pacscore.workflow.worklist`).
 """
 
@@ -15,7 +16,10 @@ import argparse
 import getpass
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .services.auth.security import AuditLog
 
 __all__ = ["add_parser", "run", "run_hl7"]
 
@@ -82,9 +86,20 @@ def run_hl7(args: argparse.Namespace) -> int:
     elif args.hl7_command == "deny" and not senders.deny(args.host):
         print(f"pacscore: {args.host!r} was not allowed")
         return 1
+    if args.hl7_command in ("allow", "deny"):
+        _audit(args).record("security", action="U", outcome="success",
+                            user=f"cli:{getpass.getuser()}", host="", interface="cli",
+                            detail=f"HL7 sender {args.host} "
+                                   f"{'allowed' if args.hl7_command == 'allow' else 'denied'}")
     for host in senders.hosts() if args.hl7_command == "list" else []:
         print(host)
     return 0
+
+
+def _audit(args: argparse.Namespace) -> AuditLog:
+    from .services.auth.security import AuditLog
+
+    return AuditLog(Path(args.archive))
 
 
 def _run_outbox(args: argparse.Namespace) -> int:
@@ -97,7 +112,14 @@ def _run_outbox(args: argparse.Namespace) -> int:
             missing = 0
             for key in args.keys:
                 try:
-                    print(f"{outbox.resend(key).key} queued")
+                    entry = outbox.resend(key)
+                    _audit(args).record(
+                        "export", action="U", outcome="success",
+                        user=f"cli:{getpass.getuser()}", host=entry.destination,
+                        interface="cli", objects=[entry.sop_instance_uid],
+                        detail=f"ORU^R01 {entry.control_id} to {entry.destination}: "
+                               f"queued again by hand")
+                    print(f"{entry.key} queued")
                 except NotFoundError as exc:
                     print(f"pacscore: {exc}")
                     missing += 1

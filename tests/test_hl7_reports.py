@@ -168,6 +168,13 @@ def test_a_refused_report_is_kept_listed_and_resent_on_request(
         s._wake.set()
         wait_for(lambda: not s.outbox.entries())
     assert len(receiver.messages) == 3
+    # issue 16.7: the refusal, the operator's resend and the delivery are audited
+    audit = [json.loads(line) for line in (root / "audit" / "audit.jsonl").read_text()
+             .splitlines()]
+    export = [(e["interface"], e["outcome"], e["detail"].split(": ", 1)[1]) for e in audit
+              if e["event_id"]["meaning"] == "Export"]
+    assert export[0][:2] == ("hl7", 8) and export[0][2].startswith("refused")
+    assert export[1:] == [("cli", 0, "queued again by hand"), ("hl7", 0, "acknowledged AA")]
 
 
 def test_reports_stored_before_the_first_start_are_not_sent_but_missed_ones_are(
@@ -207,3 +214,30 @@ def test_a_bad_receiver_address_is_refused_at_start(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode != 0
     assert "HL7 report receiver 'nohostport' is not HOST:PORT" in done.stderr
+
+
+def test_an_enhanced_sr_is_sent_too(tmp_path: Path, corpus: Path) -> None:
+    """Issue 16.5 names Basic, Enhanced and Comprehensive Text SR; the corpus has no
+    Enhanced SR, so a Basic Text SR's content under the Enhanced SR class stands in."""
+    import io
+    import warnings
+
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(corpus / SR_BASIC)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.22"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    out = io.BytesIO()
+    with warnings.catch_warnings():  # the file's Implementation Class UID ends in '.'
+        warnings.simplefilter("ignore", UserWarning)
+        ds.save_as(out, enforce_file_format=True)
+    with Archive(tmp_path / "a") as archive, Receiver() as receiver, \
+            sender(archive, receiver.port) as s:
+        stored = archive.store(out.getvalue())
+        wait_for(lambda: receiver.messages and not s.outbox.entries())
+    (message,) = receiver.messages
+    assert "ORU^R01" in message and "Oddział: sdadasdas" in message
+    assert stored.sop_instance_uid in json.dumps(
+        [json.loads(line) for line in (tmp_path / "a" / "audit" / "audit.jsonl")
+         .read_text().splitlines()])

@@ -4,6 +4,7 @@ command line is checked against its setting's type and range before anything sta
 from __future__ import annotations
 
 import http.client
+import socket
 import subprocess
 import sys
 from dataclasses import fields
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 import pytest
+from pydicom.dataset import Dataset
 
 from pacscore.services.serve import _LIMITS, _SETTING_TYPES, ServeConfig
 from pacscore.testing import serving
@@ -121,3 +123,96 @@ def test_a_single_origin_in_the_file_is_allowed_and_no_other(tmp_path: Path) -> 
             conn.close()
     assert answers == {"https://viewer.example": (200, "https://viewer.example"),
                        "h": (400, None)}
+
+
+# Issue 16.7: the worklist and HL7 settings from the TOML file.
+WORKFLOW_TOML = ('hl7_port = 2575\nhl7_max_message = 4096\nhl7_answers_days = 7.5\n'
+                 'hl7_report_to = "ris.example.org:2576"\nhl7_report_retry = 0.5\n'
+                 'worklist_max_answers = 1\n')
+
+
+def test_worklist_and_hl7_settings_are_taken_from_the_file(tmp_path: Path) -> None:
+    config = _load(tmp_path, WORKFLOW_TOML)
+    assert (config.hl7_port, config.hl7_max_message, config.hl7_answers_days,
+            config.hl7_report_to, config.hl7_report_retry, config.worklist_max_answers) == \
+        (2575, 4096, 7.5, "ris.example.org:2576", 0.5, 1)
+    assert isinstance(config.hl7_answers_days, float)
+    defaults = _load(tmp_path, "")
+    assert (defaults.hl7_port, defaults.hl7_report_to, defaults.worklist_max_answers,
+            defaults.hl7_answers_days) == (None, None, 5000, 30.0)
+
+
+@pytest.mark.parametrize(("line", "said"), [
+    ("hl7_port = 0", ["hl7_port", "1 to 65535", "0"]),
+    ('hl7_port = "2575"', ["hl7_port", "an integer", "'2575'"]),
+    ("hl7_max_message = 0", ["hl7_max_message", "above 0", "0"]),
+    ("hl7_answers_days = 0", ["hl7_answers_days", "above 0", "0"]),
+    ("hl7_answers_days = inf", ["hl7_answers_days", "finite", "inf"]),
+    ("hl7_report_retry = -1.0", ["hl7_report_retry", "above 0", "-1.0"]),
+    ("hl7_report_to = 2576", ["hl7_report_to", "a string", "2576"]),
+    ("worklist_max_answers = -1", ["worklist_max_answers", "0 (unlimited)", "-1"]),
+    ("worklist_max_answers = 1.5", ["worklist_max_answers", "an integer", "1.5"]),
+])
+def test_wrong_worklist_and_hl7_values_are_refused(tmp_path: Path, line: str,
+                                                   said: list[str]) -> None:
+    with pytest.raises(ValueError) as info:
+        _load(tmp_path, line + "\n")
+    for words in said:
+        assert words in str(info.value), (words, str(info.value))
+
+
+def test_a_report_destination_without_a_port_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"ris\.example\.org"):
+        _load(tmp_path, 'hl7_report_to = "ris.example.org"\n')
+
+
+def test_serve_takes_the_worklist_and_hl7_settings_from_the_file(tmp_path: Path) -> None:
+    """The file's values reach the doors of a running server: the MLLP door on the
+    file's port with its message limit, the worklist C-FIND with its answer limit,
+    reports to the file's destination."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        ModalityWorklistInformationFind,
+    )
+
+    from pacscore.testing import free_port, serve_process
+
+    from .test_hl7 import frame, msa, orm, prepared, read_ack
+
+    root = prepared(tmp_path / "archive")
+    hl7_port, ris_port = free_port(), free_port()
+    config = tmp_path / "pacscore.toml"
+    config.write_text(WORKFLOW_TOML.replace("2575", str(hl7_port))
+                      .replace("ris.example.org:2576", f"127.0.0.1:{ris_port}"))
+    output: list[str] = []
+    with serve_process(root, "--config", str(config), doors=("dimse", "http", "grpc"),
+                       output=output) as (_, ports):
+        assert f"HL7 (MLLP) on 127.0.0.1:{hl7_port}" in output[-1]
+        assert f"reports (ORU^R01) to 127.0.0.1:{ris_port}" in output[-1]
+        with socket.create_connection(("127.0.0.1", hl7_port), timeout=30) as s:
+            for ctrl, acc in (("T-1", "T1"), ("T-2", "T2")):
+                s.sendall(frame(orm(ctrl, acc=acc)))
+                assert msa(read_ack(s)) == ("AA", ctrl)
+            s.sendall(frame(orm("T-3", acc="T3", extra="NTE|1||" + "x" * 5000)))
+            ack = read_ack(s)  # over hl7_max_message = 4096, read whole in one go
+            assert msa(ack) == ("AR", "T-3") and b"longer than 4096 bytes" in ack
+            assert s.recv(10) == b""  # and the connection closed, as for a longer one
+        query = Dataset()
+        query.AccessionNumber = "T*"
+        query.PatientID = ""
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(ModalityWorklistInformationFind)
+        assoc = ae.associate("127.0.0.1", ports["dimse"], ae_title="PACSCORE")
+        assert assoc.is_established
+        try:
+            answers = [(int(status.Status), str(status.get("ErrorComment", ""))) for status, _
+                       in assoc.send_c_find(query, ModalityWorklistInformationFind)]
+            query.AccessionNumber = "T1"
+            one = [int(status.Status) for status, _
+                   in assoc.send_c_find(query, ModalityWorklistInformationFind)]
+        finally:
+            assoc.release()
+    # two match, one is the most worklist_max_answers lets through: refused, narrowed
+    (refused,) = answers
+    assert refused[0] == 0xA700 and "more than 1 worklist items match" in refused[1]
+    assert one == [0xFF00, 0x0000]

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
@@ -27,7 +28,9 @@ from pacscore.kinds import StepStatus, StudyStatus
 from pacscore.services.auth.security import AeRegistry
 from pacscore.services.auth.tokens import TokenStore
 from pacscore.services.dicomweb.app import create_app
-from pacscore.testing import serve_process
+from pacscore.services.grpc.generated import load
+from pacscore.services.grpc.server import start_grpc
+from pacscore.testing import free_port, serve_process
 from pacscore.workflow import PerformedSteps, Worklist, item_from_pairs
 from pacscore.workflow.studies import study_states
 
@@ -153,6 +156,48 @@ def test_dicomweb_workflow_endpoint_answers_by_status_with_a_read_token(
     assert {s["accession"]: s["status"] for s in every} == {
         k: str(v) for k, v in EXPECTED.items()}
     assert [(s["accession"], s["study_uid"]) for s in done] == [("ACC5", studies["O5"])]
+
+
+def test_grpc_study_status_answers_by_status_with_a_read_token(
+        archive: tuple[Archive, dict[str, str]]) -> None:
+    """The same states through the gRPC door (``StudyStatus``), with the client
+    generated from pacscore.proto; audited as a query."""
+    arc, studies = archive
+    pb, svc = load()
+    read = (("authorization", f"Bearer {TokenStore(arc.root).create('read')}"),)
+    port = free_port()
+    server = start_grpc(arc, "127.0.0.1", port)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = svc.ArchiveStub(channel)
+            every = list(stub.StudyStatus(pb.StudyStatusRequest(), metadata=read))
+            done = list(stub.StudyStatus(pb.StudyStatusRequest(status="reported"),
+                                         metadata=read))
+            stray = list(stub.StudyStatus(pb.StudyStatusRequest(status="unreconciled"),
+                                          metadata=read))
+            with pytest.raises(grpc.RpcError) as bad:
+                list(stub.StudyStatus(pb.StudyStatusRequest(status="bogus"), metadata=read))
+            with pytest.raises(grpc.RpcError) as anonymous:
+                list(stub.StudyStatus(pb.StudyStatusRequest()))
+    finally:
+        server.stop(None)
+    assert {s.accession_number: s.status for s in every} == {
+        k: str(v) for k, v in EXPECTED.items()}
+    (five,) = done
+    assert (five.accession_number, five.study_instance_uid, five.instances) == \
+        ("ACC5", studies["O5"], 2)
+    assert len(five.performed) == 1 and set(five.steps.values()) == {"completed"}
+    assert [(s.study_instance_uid, list(s.stored)) for s in stray] == \
+        [(studies["stray"], [studies["stray"]])]
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "bogus" in (bad.value.details() or "")
+    assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    audit = [json.loads(line) for line in
+             (arc.root / "audit" / "audit.jsonl").read_text().splitlines()]
+    queries = [e["detail"] for e in audit if e["interface"] == "grpc"
+               and e["event_id"]["code"] == "110112"]
+    assert queries == ["study status all, 8 studies", "study status reported, 1 studies",
+                       "study status unreconciled, 1 studies"]
 
 
 def test_served_mpps_then_the_workflow_endpoint_of_the_same_server(tmp_path: Path) -> None:

@@ -307,3 +307,42 @@ def test_a_group_commit_keeps_each_change_whole(worklist: Worklist) -> None:
     assert len(worklist) == before + 2
     assert worklist.lookup("G-HALF") == [] and len(worklist.lookup("G-1")) == 1
     assert worklist.check() == []
+
+
+def test_index_read_from_the_item_is_the_index_of_what_is_read_back(tmp_path: Path) -> None:
+    """Changes.add indexes a plain item (ASCII text, UIDs, person names) from the item
+    itself instead of decoding its bytes again; the entries must be those of the bytes
+    read back, and anything else (non-ASCII text in a character set, a date object)
+    takes the decoding path."""
+    import datetime
+
+    from pydicom.uid import generate_uid
+    from pydicom.valuerep import DA
+
+    from pacscore.workflow.encoding import decode_dataset, encode_dataset, reads_back
+    from pacscore.workflow.worklist import IDENTIFIERS, INDEXED, _entries
+
+    plain = step("P7", "DOE^JANE", "X1", "CT1\\CT2", "CT", "20250101", "080000")
+    plain.StudyInstanceUID = generate_uid()
+    latin = step("P8", "MÜLLER^JÖRG", "X2", "CT1", "CT", "20250101", "080000")
+    latin.SpecificCharacterSet = "ISO_IR 100"
+    dated = step("P9", "ROE^RAY", "X3", "CT1", "CT", "20250101", "080000")
+    dated.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate = \
+        DA(datetime.date(2025, 1, 2))
+    tables = (IDENTIFIERS, INDEXED)
+    assert reads_back(plain, tables)
+    assert not reads_back(latin, tables) and not reads_back(dated, tables)
+    back = decode_dataset(encode_dataset(plain))
+    for table in (IDENTIFIERS, INDEXED):
+        assert _entries(plain, table) == _entries(back, table)
+    with Archive(tmp_path / "a", ArchiveConfig(fsync=False)) as archive:
+        wl = archive.worklist
+        for item in (plain, latin, dated):
+            wl.add(item)
+        assert wl.check() == []
+        assert [str(r.AccessionNumber) for _, r in wl.find(query(
+            ScheduledStationAETitle="CT2"))] == ["X1"]
+        assert [str(r.AccessionNumber) for _, r in wl.find(query(
+            ScheduledProcedureStepStartDate="20250102"))] == ["X3"]
+        assert next(ids["study_uid"] for _, _, ids in wl.identities()) == \
+            [str(plain.StudyInstanceUID)]

@@ -52,8 +52,9 @@ from ..errors import (
     ProcedureStepFinalError,
 )
 from ..kinds import StepStatus
+from .encoding import decode_dataset, encode_dataset
 from .matching import text_of
-from .worklist import Changes, Worklist, decode_dataset, encode_dataset
+from .worklist import Changes, Worklist
 
 __all__ = ["CREATE_TYPE1", "CREATE_TYPE2", "FINAL", "MPPS_SOP_CLASS", "SET_NOT_ALLOWED",
            "TRANSITIONS", "PerformedStep", "PerformedSteps"]

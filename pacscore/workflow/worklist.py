@@ -29,22 +29,20 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 from typing import Any, TypeVar
 
 import lmdb
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
 
 from ..errors import ArchiveStorageError, InvalidRequestError, NotFoundError
 from ..kinds import StepStatus
 from ..lmdb_env import open_env, write
 from . import corrections
 from .corrections import CORRECTION_DATABASES, Correction, CorrectionTable, PatientEvent
-from .matching import SPS, IndexedKey, answer, check_identifier, element, index_plan, text_of
+from .encoding import decode_dataset, encode_dataset, reads_back
+from .encoding import values as _values
+from .matching import SPS, IndexedKey, answer, check_identifier, index_plan, text_of
 
 __all__ = ["IDENTIFIERS", "INDEXED", "LISTED", "SPS_STATUS", "Changes", "WorkflowEvent",
            "Worklist", "WorklistItem"]
@@ -121,35 +119,6 @@ class WorkflowEvent:
     """Its Accession Number (no patient data goes to the audit trail)."""
     by: str
     """Who asked (``cli``, ``DIMSE AE@host``, ...)."""
-
-
-def encode_dataset(ds: Dataset) -> bytes:
-    """``ds`` in Explicit VR Little Endian, without File Meta."""
-    fp = DicomBytesIO()
-    fp.is_little_endian, fp.is_implicit_VR = True, False
-    write_dataset(fp, ds)
-    return fp.getvalue()
-
-
-def decode_dataset(data: bytes) -> Dataset:
-    """The inverse of :func:`encode_dataset`."""
-    return read_dataset(BytesIO(data), is_implicit_VR=False, is_little_endian=True)
-
-
-def _values(ds: Dataset, sps_level: bool, keyword: str) -> set[str]:
-    """The values of ``keyword`` in ``ds`` (or each of its SPS items), each value of a
-    multi-valued attribute apart; person names upper-cased (matched so)."""
-    where = list(ds.get(SPS).value) if sps_level and SPS in ds else [] if sps_level else [ds]
-    found: set[str] = set()
-    for d in where:
-        elem = element(d, keyword)
-        if elem is None or elem.value is None:
-            continue
-        text = text_of(elem.value)
-        parts = text.split("\\") if elem.VR != "PN" else [text]
-        found.update(p.strip().upper() if elem.VR == "PN" else p.strip() for p in parts)
-    found.discard("")
-    return found
 
 
 def _entries(ds: Dataset, table: dict[str, tuple[bool, str, bytes]]) -> set[bytes]:
@@ -499,7 +468,8 @@ class Changes:
         """Add one step (see :meth:`Worklist.add`); its key."""
         _check_item(item)
         data = encode_dataset(item)
-        ds = decode_dataset(data)  # index what will be read back
+        # index what will be read back (the item itself when that is the same text)
+        ds = item if reads_back(item, (IDENTIFIERS, INDEXED)) else decode_dataset(data)
         state = {"status": str(status), "created": time.time(), **_identifiers(ds)}
         txn, meta = self.txn, self.dbs[b"meta"]
         number = int(bytes(txn.get(b"next", b"1", db=meta)))
@@ -551,9 +521,11 @@ class Changes:
         status = StepStatus(state["status"])
         old = decode_dataset(self.worklist._value(self.txn, key.encode(), b"item"))
         data = encode_dataset(item)
-        ds = decode_dataset(data)
         if status != StepStatus.SCHEDULED:  # the new attributes, the status it has
+            ds = decode_dataset(data)
             data = encode_dataset(_with_status(ds, status))
+        else:
+            ds = item if reads_back(item, (IDENTIFIERS, INDEXED)) else decode_dataset(data)
         index = self.worklist._index
         index(self.txn, key, old, b"ident", IDENTIFIERS, add=False)
         index(self.txn, key, ds, b"ident", IDENTIFIERS, add=True)

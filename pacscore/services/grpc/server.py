@@ -35,6 +35,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ...archive import Archive
 from ...errors import PacsError
+from ...workflow.studies import parse_status, study_states
 from ..auth.access import ERROR_STATUS, bearer_token, grpc_status_name, identify
 from ..auth.security import AuditLog
 from ..auth.tokens import TokenStore
@@ -332,7 +333,20 @@ def _servicer(archive: Archive, audit: AuditLog, max_object: int, idle_timeout: 
             return pb.VerifyReply(checked=report.checked, failed=[
                 pb.VerifyFailure(sop_instance_uid=u, reason=r) for u, r in report.failed])
 
-    for name in ("Store", "Get", "GetFrames", "Find", "Delete", "Stats", "Verify"):
+        def StudyStatus(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            wanted = parse_status(request.status) if request.status else None
+            states = study_states(archive.worklist, archive.query, status=wanted)
+            record(context, "query", "E", detail=f"study status {request.status or 'all'}, "
+                                                 f"{len(states)} studies")
+            for s in states:
+                yield pb.StudyState(study_instance_uid=s.study_uid,
+                                    accession_number=s.accession, patient_id=s.patient_id,
+                                    status=str(s.status), steps=s.steps,
+                                    performed=s.performed, stored=s.stored,
+                                    instances=s.instances)
+
+    for name in ("Store", "Get", "GetFrames", "Find", "Delete", "Stats", "Verify",
+                 "StudyStatus"):
         setattr(Servicer, name, _guarded(getattr(Servicer, name)))
     return Servicer()
 

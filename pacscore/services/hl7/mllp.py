@@ -187,6 +187,12 @@ class MllpServer:
             del buf[: end + len(END)]
             searched = 0
             start = frame.rfind(START)
+            if start >= 0 and len(frame) - start - 1 > self.settings.max_message:
+                # over the limit but read whole (its end came in the same read): the
+                # same AR and close as for one still arriving
+                writer.write(self._too_large_answer(frame[start + 1:][:4096]))
+                await writer.drain()
+                return
             if start < 0:
                 answer = refusal(frame.strip(), HL7MessageError(
                     "MLLP start block (0x0B) missing before the message", code=100,
@@ -200,13 +206,17 @@ class MllpServer:
             writer.write(START + answer + END)
             await writer.drain()
 
+    def _too_large_answer(self, head: bytes) -> bytes:
+        """The AR of a message over the limit (``head``: its first bytes)."""
+        return START + refusal(head, HL7MessageError(
+            f"message longer than {self.settings.max_message} bytes", code=207,
+            location="MSH", hint="send it in smaller messages, or raise hl7_max_message "
+                                 "in the serve configuration")) + END
+
     async def _too_large(self, head: bytes, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter, buf: bytearray) -> None:
         """AR for a message over the limit; read and drop the rest of it, close."""
-        writer.write(START + refusal(head, HL7MessageError(
-            f"message longer than {self.settings.max_message} bytes", code=207,
-            location="MSH", hint="send it in smaller messages, or raise hl7_max_message "
-                                 "in the serve configuration")) + END)
+        writer.write(self._too_large_answer(head))
         await writer.drain()
         tail = bytes(buf[-1:])
         buf.clear()
