@@ -5,6 +5,7 @@ prefix still enforced, background tasks on one front end at a time."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from datetime import timedelta
@@ -105,3 +106,126 @@ def test_a_background_task_runs_on_one_front_end_at_a_time(
         assert ran == ["a", "b"]
     with Archive(tmp_path / "local", _CONFIG) as local, exclusive(local.index, "gc") as mine:
         assert mine  # one writer per folder: nothing to share
+
+
+def _children(pid: int) -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+
+
+def _storescu(port: int, path: Path) -> bool:
+    """Send one file with DCMTK's storescu; whether the archive acknowledged it."""
+    import subprocess
+
+    sent = subprocess.run(["/usr/bin/storescu", "-aet", "MODALITY", "-aec", "PACSCORE",
+                           "-to", "20", "127.0.0.1", str(port), str(path)],
+                          capture_output=True, text=True, check=False, timeout=60)
+    return sent.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/bin/storescu").exists(), reason="needs DCMTK storescu")
+def test_kill_9_of_one_of_two_front_ends_loses_nothing_acknowledged(  # noqa: C901
+        tmp_path: Path, corpus: Path, url: str, postgres_dsn: str) -> None:  # noqa: F811
+    """Two ``pacscore serve`` on one PostgreSQL + SeaweedFS; storescu sends a CT series
+    to one and an MR series to the other, one file per call, at once; the second is
+    killed (SIGKILL, its worker processes too) after 8 acknowledgements.  Every
+    instance either acknowledged is retrievable through the survivor (WADO-RS) and
+    from a third front end's Archive; verify is clean."""
+    import os
+    import shutil
+    import signal
+
+    import pydicom
+    import requests
+
+    from pacscore.services.serve import spool_folders
+    from pacscore.testing import cli, serve_process
+
+    roots = [tmp_path / "a", tmp_path / "b"]
+    for root in roots:  # each front end its own folder: its AE registry, tokens, audit
+        cli("ae", "add", "MODALITY", "--host", "127.0.0.1", "--archive", str(root))
+    series = [sorted((corpus / "ct_series/tcia_lung_pet_ct_dx_chest_30sl").glob("*.dcm")),
+              sorted((corpus / "mr_series/tcia_brain_t1post_24sl").glob("*.dcm"))]
+    acked: list[Path] = []
+    lock = threading.Lock()
+    extra = ("--index", postgres_dsn, "--store", url, "--gc-interval", "3600")
+    with serve_process(roots[0], *extra, doors=("dimse", "http")) as (_, a_ports), \
+            serve_process(roots[1], *extra, doors=("dimse", "http")) as (b_proc, b_ports):
+        killed = threading.Event()
+
+        def send(port: int, paths: list[Path], kill_after: int | None) -> None:
+            n = 0
+            for path in paths:
+                if _storescu(port, path):
+                    n += 1
+                    with lock:
+                        acked.append(path)
+                if kill_after is not None and n == kill_after and not killed.is_set():
+                    workers = _children(b_proc.pid)
+                    os.kill(b_proc.pid, signal.SIGKILL)
+                    for pid in workers:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
+                    killed.set()
+
+        threads = [threading.Thread(target=send, args=(a_ports["dimse"], series[0], None)),
+                   threading.Thread(target=send, args=(b_ports["dimse"], series[1], 8))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
+        assert killed.is_set() and b_proc.wait(10) == -signal.SIGKILL
+        for left in spool_folders(roots[1]):  # what the killed one left in /dev/shm
+            shutil.rmtree(left, ignore_errors=True)
+        from_b = [p for p in acked if p in series[1]]
+        assert len(from_b) == 8 and all(p in acked for p in series[0])
+        token = (roots[0] / "security" / "admin-token").read_text().strip()
+        for path in acked:  # through the survivor
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            got = requests.get(
+                f"http://127.0.0.1:{a_ports['http']}/dicom-web/studies/"
+                f"{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
+                f"{ds.SOPInstanceUID}", timeout=60,
+                headers={"Authorization": f"Bearer {token}",
+                         "Accept": 'multipart/related; type="application/dicom"'})
+            assert got.status_code == 200, (path, got.status_code)
+    with _front_end(tmp_path / "c", url, postgres_dsn) as c:
+        stats = c.stats()
+        assert stats["instances"] >= len(acked)  # unacknowledged ones may be stored too
+        for path in acked:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            assert c.record(str(ds.SOPInstanceUID)).sha256
+        report = c.verify()
+        assert report.failed == [] and report.checked == stats["instances"]
+
+
+def test_the_same_instances_through_two_front_ends_at_once(
+        tmp_path: Path, corpus: Path, url: str, postgres_dsn: str) -> None:  # noqa: F811
+    """Each of 12 instances stored through two front ends at the same moment: exactly
+    one stored and one duplicate each, one record, the other's objects discarded."""
+    paths = sorted((corpus / "ct_series/tcia_lung_pet_ct_dx_chest_30sl").glob("*.dcm"))[:12]
+    outcomes: dict[str, list[str]] = {}
+    with _front_end(tmp_path / "a", url, postgres_dsn) as a, \
+            _front_end(tmp_path / "b", url, postgres_dsn) as b:
+        for path in paths:
+            start = threading.Barrier(2)
+            got: list[str] = []
+
+            def store(fe: Archive, path: Path = path, start: threading.Barrier = start,
+                      got: list[str] = got) -> None:
+                start.wait()
+                got.append(str(fe.store(path).status))
+
+            threads = [threading.Thread(target=store, args=(fe,)) for fe in (a, b)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            outcomes[path.name] = sorted(got)
+        assert all(o == ["duplicate", "stored"] for o in outcomes.values()), outcomes
+        assert a.stats()["instances"] == len(paths)
+        assert a.store_.staged() == []
+        assert sorted(a.store_.locations()) == sorted(
+            r.location for r in a.index.records())  # no second copy left
