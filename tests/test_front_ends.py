@@ -61,6 +61,13 @@ def test_two_front_ends_write_one_archive_at_once(tmp_path: Path, files: list[Pa
             # once older than the grace period, they are a dead front end's: removed
             assert c._committer.recover(grace=timedelta(0)) == 1
             assert loc not in a.store_.staged() and not a.store_.exists(loc)
+            # a dead front end's committed location whose marker stayed: published
+            loc_a = a.record(stored_a.sop_instance_uid).location
+            a.store_._create([(a.store_.marker_key(loc_a), b"blob")], "test")  # type: ignore[attr-defined]
+            assert loc_a in c.store_.staged()
+            assert c._committer.recover(grace=timedelta(0)) == 1
+            assert c.store_.staged() == []
+            assert c.get(stored_a.sop_instance_uid) == files[0].read_bytes()
         report = a.verify()
         assert report.checked == 2 and report.failed == []
     # an archive of its own (local LMDB index) cannot take that prefix
@@ -229,3 +236,27 @@ def test_the_same_instances_through_two_front_ends_at_once(
         assert a.store_.staged() == []
         assert sorted(a.store_.locations()) == sorted(
             r.location for r in a.index.records())  # no second copy left
+
+
+def test_serve_collects_orphans_in_the_background(
+        tmp_path: Path, url: str, postgres_dsn: str,  # noqa: F811
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The server's gc thread (``gc_interval``, also a TOML setting) runs the
+    collection under the task lock, and stops with the server."""
+    import logging
+    import time
+
+    from pacscore.services.serve import ServeConfig, _start_gc
+
+    toml = tmp_path / "serve.toml"
+    toml.write_text(f'index = "{postgres_dsn}"\nstore = "{url}"\ngc_interval = 0.2\n')
+    config = ServeConfig.load(str(toml), {})
+    assert (config.index, config.store, config.gc_interval) == (postgres_dsn, url, 0.2)
+    caplog.set_level(logging.INFO, logger="pacscore.background")
+    with _front_end(tmp_path / "a", url, postgres_dsn) as a, contextlib.ExitStack() as stack:
+        _start_gc(a, config, stack)
+        deadline = time.monotonic() + 30
+        while not any("background gc ran" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.1)
+    assert "orphans removed" in caplog.text
