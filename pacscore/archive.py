@@ -50,7 +50,7 @@ from .ingest.outcomes import Failed, Prepared, Rejected, Skipped, StoreResult
 from .private import make_private_dir
 from .retrieve import Reader, crc_problem
 from .store import FrameStore, StoreSpec
-from .store.spec import claim_store, remembered_spec
+from .store.spec import claim_store, remembered_spec, shared_index
 
 if TYPE_CHECKING:
     from .dicom.header import InstanceHeader
@@ -219,14 +219,7 @@ class Archive:
         return self._committer.recover()
 
     def _shared_index(self) -> SharedIndex | None:
-        """The index, when this archive is shared by several front ends: an index
-        several processes write (:class:`~pacscore.index.SharedIndex`) and frames in
-        object storage (:class:`~pacscore.store.Collectable`); else None."""
-        from .store import Collectable
-
-        index = getattr(self, "index", None)
-        return index if isinstance(index, SharedIndex) and \
-            isinstance(self.store_, Collectable) else None
+        return shared_index(getattr(self, "index", None), self.store_)
 
     # Temp files of earlier versions, in the archive root (unacknowledged partial uploads).
     _LEGACY_TMP = ("stow-*", "grpc-*.dcm")

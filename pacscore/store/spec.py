@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import ArchiveStorageError, UnknownStoreError
-from .base import Claimable, FrameStore
+from .base import Claimable, Collectable, FrameStore
 
 if TYPE_CHECKING:
     from ..index.base import SharedIndex
 
-__all__ = ["STORE_FILE", "STORE_KINDS", "Setting", "StoreSpec", "claim_store",
+__all__ = ["STORE_FILE", "STORE_KINDS", "Setting", "StoreSpec", "claim_store", "shared_index",
            "remembered_spec"]
 
 STORE_FILE = "store.json"
@@ -148,6 +148,16 @@ def remembered_spec(root: Path, given: StoreSpec | None, *, save: bool) -> Store
                                    "archive_id": uuid.uuid4().hex}, indent=1))
         os.replace(tmp, path)
     return given
+
+
+def shared_index(index: object, store: FrameStore) -> SharedIndex | None:
+    """``index``, when an archive on it and ``store`` is shared by several front ends:
+    an index several processes write (:class:`~pacscore.index.SharedIndex`) and frames
+    in object storage (:class:`~pacscore.store.Collectable`); else None."""
+    from ..index.base import SharedIndex
+
+    return index if isinstance(index, SharedIndex) and isinstance(store, Collectable) \
+        else None
 
 
 def claim_store(root: Path, store: FrameStore, *, create: bool,
