@@ -70,10 +70,13 @@ def test_two_front_ends_write_one_archive_at_once(tmp_path: Path, files: list[Pa
             assert c.get(stored_a.sop_instance_uid) == files[0].read_bytes()
         report = a.verify()
         assert report.checked == 2 and report.failed == []
-    # an archive of its own (local LMDB index) cannot take that prefix
+    # an archive of its own (local LMDB index) cannot take that prefix, nor a front
+    # end's folder opened without the index (its empty index: everything an orphan)
     with pytest.raises(ArchiveStorageError, match="belongs to another archive"):
         Archive(tmp_path / "embedded", _CONFIG, store=StoreSpec.from_url(url))
-    # nor can one on another PostgreSQL database (another archive's index)
+    for folder in ("a", "b"):
+        with pytest.raises(ArchiveStorageError, match="belongs to another archive"):
+            Archive(tmp_path / folder, _CONFIG)
 
 
 def test_a_local_archive_keeps_its_writer_lock(tmp_path: Path, url: str,

@@ -169,8 +169,11 @@ def claim_store(root: Path, store: FrameStore, *, create: bool,
     (start-up cleaning, ``pacscore gc``).
 
     With a ``shared`` index (several front ends, each its own folder ``root``), the
-    archive is the index's: the id it records (the first front end's) claims the
-    prefix, so every front end of that index is admitted and any other archive is not."""
+    archive is the index's: the id it records (drawn by the first front end) claims the
+    prefix, so every front end of that index is admitted and any other archive is not.
+    That id is no front end folder's own, so a folder opened without the index (its
+    empty LMDB index would take every object for an orphan: ``pacscore gc --archive
+    FOLDER``) is refused."""
     if not isinstance(store, Claimable):
         return
     path = root / STORE_FILE
@@ -178,9 +181,8 @@ def claim_store(root: Path, store: FrameStore, *, create: bool,
         archive_id = json.loads(path.read_text()).get("archive_id") if path.is_file() else None
     except (OSError, ValueError, AttributeError) as exc:
         raise ArchiveStorageError(f"cannot read {path}: {exc}") from exc
-    if shared is not None:
-        archive_id = shared.archive_id(archive_id if create and isinstance(archive_id, str)
-                                       else None)
+    if shared is not None:  # a fresh id, never a folder's: see below
+        archive_id = shared.archive_id(uuid.uuid4().hex if create else None)
     if not isinstance(archive_id, str):
         return
     try:
