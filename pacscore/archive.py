@@ -43,7 +43,7 @@ from .errors import (
     NotFoundError,
     PacsError,
 )
-from .index import LEVELS, Index, InstanceRecord, LmdbIndex, StoreKind
+from .index import LEVELS, Index, InstanceRecord, LmdbIndex, SharedIndex, StoreKind
 from .index.readonly import open_readonly
 from .index.spec import IndexSpec
 from .ingest.outcomes import Failed, Prepared, Rejected, Skipped, StoreResult
@@ -51,7 +51,7 @@ from .overlay import PatientOverlay
 from .private import make_private_dir
 from .retrieve import Reader, crc_problem
 from .store import FrameStore, StoreSpec
-from .store.spec import claim_store, remembered_spec
+from .store.spec import claim_store, remembered_spec, shared_index
 
 if TYPE_CHECKING:
     from .dicom.header import InstanceHeader
@@ -153,12 +153,12 @@ class Archive:
             self.store_spec = store or StoreSpec.of("zarr", root=str(self.frames_root),
                                                     fsync=False, create=False)
             self.store_: FrameStore = self.store_spec.open()
-            claim_store(self.root, self.store_, create=False)
             if self.index_spec is None:
                 self.index, self._shared_fd = open_readonly(self.root,
                                                             self.config.lmdb_map_size)
             else:
                 self.index = self.index_spec.open(readonly=True)
+            claim_store(self.root, self.store_, create=False, shared=self._shared_index())
         else:
             try:
                 make_private_dir(self.frames_root)  # and the root: 0700
@@ -169,10 +169,19 @@ class Archive:
             self.store_spec = store or StoreSpec.of("zarr", root=str(self.frames_root),
                                                     fsync=self.config.fsync)
             self.store_ = self.store_spec.open()
-            claim_store(self.root, self.store_, create=True)  # one archive per S3 prefix
-            self.index = LmdbIndex(self.root / "index.lmdb", map_size=self.config.lmdb_map_size,
-                                   sync=self.config.fsync) if self.index_spec is None \
-                else self.index_spec.open()
+            if self.index_spec is None:  # one archive per S3 prefix (before it exists)
+                claim_store(self.root, self.store_, create=True)
+                self.index = LmdbIndex(self.root / "index.lmdb",
+                                       map_size=self.config.lmdb_map_size,
+                                       sync=self.config.fsync)
+            else:  # the index's archive (several front ends: one archive, see shared)
+                self.index = self.index_spec.open()
+                try:
+                    claim_store(self.root, self.store_, create=True,
+                                shared=self._shared_index())
+                except BaseException:
+                    self.index.close()
+                    raise
         self._reader = Reader(self.store_, self.index, self.config.limits)
         self._committer = Committer(self.index, self.store_, self._reader, self._notify)
         self._group = GroupCommit(self._committer.commit_batch, self._committer.finish,
@@ -183,6 +192,12 @@ class Archive:
         self._writer_fd = None if readonly else _writer_lock(self.root)
         self.writable = self._writer_fd is not None
         """False when another process writes this archive: reads only, no recovery."""
+        self.shared = self._shared_index() is not None
+        """Front end of an archive that other processes write at once (issue 17.3): the
+        index is shared (PostgreSQL) and the frames are in object storage.  The writer
+        lock then guards only this front end's own folder (temp files, spool, tokens,
+        audit); recovery at start touches only what is older than the grace period
+        (:meth:`.Committer.recover`), never another live front end's commit."""
         self._closed = False
         self._worklist: Worklist | None = None
         self._readonly = readonly
@@ -197,9 +212,17 @@ class Archive:
     # -- lifecycle ---------------------------------------------------------------
     def _recover(self) -> int:
         """Finish or undo what a crash interrupted (:meth:`.Committer.recover`) and
-        empty :attr:`tmp_dir`."""
+        empty :attr:`tmp_dir`; on a shared archive only what is older than the grace
+        period of :mod:`pacscore.gc` (another front end may be committing the rest)."""
         self._clean_tmp()
+        if self.shared:
+            from .gc import DEFAULT_GRACE
+
+            return self._committer.recover(grace=DEFAULT_GRACE)
         return self._committer.recover()
+
+    def _shared_index(self) -> SharedIndex | None:
+        return shared_index(getattr(self, "index", None), self.store_)
 
     # Temp files of earlier versions, in the archive root (unacknowledged partial uploads).
     _LEGACY_TMP = ("stow-*", "grpc-*.dcm")

@@ -181,7 +181,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "host", "dimse_port", "http_port", "grpc_port", "ae_title", "cors", "max_body",
         "max_pdu", "max_associations", "idle_timeout", "spool", "tls_cert", "tls_key",
         "tls_ca", "public_url", "max_http_connections", "hl7_port", "hl7_max_message",
-        "hl7_report_to", "index")}
+        "hl7_report_to", "index", "store", "gc_interval")}
     serve(Path(args.archive), ServeConfig.load(args.config, overrides))
     return EXIT_OK
 
@@ -384,6 +384,12 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--index", metavar="URL", help="the index in PostgreSQL "
                      "(postgresql://user@host:5432/database; needs pacscore[postgresql]) "
                      "instead of the archive's own LMDB; the frames stay in --archive")
+    srv.add_argument("--store", metavar="URL", help="the frames in object storage "
+                     "(s3://BUCKET/PREFIX?endpoint=URL); with --index, several servers "
+                     "(each its own --archive folder) serve one archive")
+    srv.add_argument("--gc-interval", type=float, metavar="SECONDS",
+                     help="seconds between background collections of object-store "
+                     "orphans (default 3600; one server of the archive runs each)")
     srv.set_defaults(func=_cmd_serve)
 
     tok = sub.add_parser("token", help="bearer tokens for DICOMweb and gRPC")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 
 from .dicom.compare import difference
 from .errors import ConflictError, InvalidDicomError, PacsError
@@ -22,7 +23,7 @@ from .index import Index, InstanceRecord, PutOutcome
 from .ingest.outcomes import Prepared, Rejected, StoreResult, result
 from .kinds import PutStatus, StoreStatus
 from .retrieve import Reader
-from .store import FrameStore
+from .store import Collectable, FrameStore
 
 __all__ = ["Committed", "Committer", "GroupCommit"]
 
@@ -136,10 +137,15 @@ class Committer:
         """Held from an index transaction to its renames: nothing is between the two
         while it is held (deletion takes it too)."""
 
-    def recover(self) -> int:
+    def recover(self, grace: timedelta | None = None) -> int:
         """Finish or undo what a crash interrupted: staged locations the index owns are
         moved into place, the other staged files removed, and so are the locations of
-        interrupted deletions (pending and unowned); return how many were touched."""
+        interrupted deletions (pending and unowned); return how many were touched.
+
+        ``grace``: the archive has other live writers (front ends sharing its index and
+        object store, issue 17.3), see :meth:`_recover_shared`."""
+        if grace is not None and isinstance(self.store, Collectable):
+            return self._recover_shared(grace)
         owned = [loc for loc in self.store.staged() if self.index.location_owner(loc)]
         self.store.publish(owned)
         self.store.sync_published(owned)
@@ -149,6 +155,33 @@ class Committer:
         self.store.delete(orphans)
         self.index.clear_pending(pending)
         return removed + len(orphans)
+
+    def _recover_shared(self, grace: timedelta) -> int:
+        """Recovery beside other live writers: only staged locations whose newest
+        object is older than ``grace`` are finished (owned: published) or undone (not
+        owned: removed, ownership asked again just before).  A live writer publishes
+        or discards its staging within one commit (seconds: the index's statement
+        timeout and the store's request timeouts bound it), so what is older belongs to
+        a writer that died; younger staging is left to its writer, or to the next
+        start or ``pacscore gc`` once it is old.  Interrupted deletions: unowned pending
+        locations are deleted and their marks cleared; their records are gone and
+        locations are never reused, so a live writer deleting the same ones meanwhile
+        only deletes what is already gone."""
+        now = datetime.now(UTC)
+        assert isinstance(self.store, Collectable)
+        old = [item for item in self.store.inventory()
+               if item.staged and now - item.newest >= grace]
+        owned = [item.location for item in old if self.index.location_owner(item.location)]
+        self.store.publish(owned)
+        touched = len(owned)
+        for item in old:
+            if item.location not in owned and self.index.location_owner(item.location) is None:
+                self.store.remove_objects(item.keys)
+                touched += 1
+        orphans = [loc for loc in self.index.pending() if self.index.location_owner(loc) is None]
+        self.store.delete(orphans)
+        self.index.clear_pending(orphans)
+        return touched + len(orphans)
 
     def commit(self, batch: Sequence[Prepared]) -> list[StoreResult | Rejected]:
         """Index and publish a batch; return outcomes in batch order (acknowledged)."""

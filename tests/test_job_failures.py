@@ -167,7 +167,20 @@ def test_an_interrupted_import_reports_every_file(tmp_path: Path, corpus: Path) 
     while not (journal.exists() and journal.read_bytes().count(b"\n") >= 64):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.005)
-    proc.send_signal(signal.SIGINT)
+    # The workers are paused while the Ctrl-C arrives, so that files are still left
+    # however slow this machine is to see the journal (the job finished first in a run
+    # on a loaded machine); then they go on and the job stops after the file at hand.
+    workers = [w for child in _children(proc.pid) for w in _children(child)]
+    assert workers and proc.poll() is None
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)  # the parent takes the signal while nothing finishes
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
     stdout, stderr = proc.communicate(timeout=600)
     out = json.loads(stdout)
     assert proc.returncode == 2, stderr

@@ -1,8 +1,8 @@
 """The index: contract, LMDB implementation, records and matching."""
 
-from .base import LEVEL_ATTRIBUTES, LEVELS, Index, PutOutcome
+from .base import LEVEL_ATTRIBUTES, LEVELS, Index, PutOutcome, SharedIndex
 from .lmdb_index import LmdbIndex
 from .records import InstanceRecord, StoreKind
 
 __all__ = ["LEVELS", "LEVEL_ATTRIBUTES", "Index", "InstanceRecord", "LmdbIndex", "PutOutcome",
-           "StoreKind"]
+           "SharedIndex", "StoreKind"]

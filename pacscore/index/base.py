@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from ..kinds import Level, PutStatus
 from .records import InstanceRecord
 
-__all__ = ["LEVELS", "LEVEL_ATTRIBUTES", "Index", "PutOutcome"]
+__all__ = ["LEVELS", "LEVEL_ATTRIBUTES", "Index", "PutOutcome", "SharedIndex"]
 
 LEVELS: tuple[Level, ...] = tuple(Level)
 """Query/retrieve levels (PS3.4 C.3)."""
@@ -122,3 +123,18 @@ class Index(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release the index."""
+
+
+@runtime_checkable
+class SharedIndex(Protocol):
+    """An index several processes on several hosts write at once (PostgreSQL): the
+    archive's front ends share it, so it also names the archive and runs each
+    background task on one front end at a time (issue 17.3)."""
+
+    def archive_id(self, proposed: str | None) -> str | None:
+        """The id of the archive this index belongs to: the recorded one, or
+        ``proposed`` (recorded now) when none is; None when none is and none proposed."""
+
+    def exclusive(self, task: str) -> AbstractContextManager[bool]:
+        """Hold the cluster-wide lock of ``task`` while the block runs and yield True,
+        or yield False at once when another process holds it (it is running the task)."""

@@ -28,6 +28,7 @@ import uvicorn
 from ..archive import Archive
 from ..config import ArchiveConfig
 from ..errors import ArchiveBusyError
+from ..store import Collectable, StoreSpec
 from .auth.security import AuditLog
 from .auth.tokens import TokenStore
 from .auth.users import UserStore
@@ -166,6 +167,7 @@ _LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
     "max_connections_per_host": (lambda n: n > 0, "above 0"),
     "association_request_timeout": (lambda n: 0 < n < math.inf, "above 0 and finite (seconds)"),
     "idle_timeout": (lambda n: 0 < n < math.inf, "above 0 and finite (seconds)"),
+    "gc_interval": (lambda n: 0 < n < math.inf, "above 0 and finite (seconds)"),
 }
 
 
@@ -268,9 +270,17 @@ class ServeConfig:
     five minutes)."""
     index: str | None = None
     """The index, when it is not the archive's own LMDB index: a PostgreSQL URL
-    (``postgresql://user@host:5432/database``; the frames stay in the archive folder).
-    Several servers may share one PostgreSQL index only with one frame store they all
-    reach."""
+    (``postgresql://user@host:5432/database``; the frames stay in the archive folder
+    unless ``store`` names an object store)."""
+    store: str | None = None
+    """The frames in object storage: ``s3://bucket/prefix?endpoint=URL`` (else where the
+    archive folder keeps them).  With ``index`` a PostgreSQL URL too, several servers,
+    each with its own archive folder (temp files, spool, tokens, users, audit), serve
+    one archive at once (docs/scale.md)."""
+    gc_interval: float = 3600.0
+    """Seconds between two background collections of object-store orphans (what
+    ``pacscore gc`` removes, after its one-hour grace period); with several servers,
+    one of them runs each collection (a PostgreSQL advisory lock)."""
     public_url: str | None = None
     """The URL clients reach the HTTP service at (``https://pacs.example.org``, or
     with a path prefix, behind a reverse proxy): the URLs in DICOMweb answers
@@ -342,6 +352,22 @@ def _start_hl7(archive: Archive, audit: AuditLog, config: ServeConfig,
     return said
 
 
+def _start_gc(archive: Archive, config: ServeConfig, cleanup: contextlib.ExitStack) -> None:
+    """Collect the object store's orphans every ``gc_interval`` seconds, on one server
+    of the archive at a time (:mod:`pacscore.background`); nothing for a local store."""
+    if not isinstance(archive.store_, Collectable):
+        return
+    from ..background import Periodic
+    from ..gc import DEFAULT_GRACE, collect_garbage
+
+    def collect() -> str:
+        report = collect_garbage(archive.index, archive.store_, grace=DEFAULT_GRACE)
+        return (f"{report.locations} locations, {len(report.removed)} orphans removed "
+                f"({report.bytes_removed} bytes)")
+
+    cleanup.callback(Periodic(archive.index, "gc", collect, config.gc_interval).start().stop)
+
+
 def first_start_hint(admin_file: Path, archive_root: Path, url: str) -> str:
     """What ``serve`` prints when it wrote an admin token: where it is and commands
     that work as printed (absolute, shell-quoted paths); never the secret, which would
@@ -374,12 +400,17 @@ def serve(archive_dir: Path, config: ServeConfig) -> None:
         signal.signal(sig, lambda *_: stop.set())
     workers = os.cpu_count() or 1
     _raise_open_files_limit()
-    with Archive(archive_dir, ArchiveConfig(prepare_workers=workers),
-                 index=config.index) as archive, \
+    with Archive(archive_dir, ArchiveConfig(prepare_workers=workers), index=config.index,
+                 store=StoreSpec.from_url(config.store) if config.store else None
+                 ) as archive, \
             contextlib.ExitStack() as cleanup:  # also when a start fails
         if not archive.writable:
-            raise ArchiveBusyError(f"{archive_dir} is already served or written by another "
-                                   f"process", hint="stop it first: one writer per archive")
+            raise ArchiveBusyError(
+                f"{archive_dir} is already served or written by another process",
+                hint="stop it first: one writer per archive folder (several servers of "
+                     "one archive: each its own folder, with --index postgresql://... "
+                     "and --store s3://...)")
+        _start_gc(archive, config, cleanup)
         archive.start_workers()
         admin_file = TokenStore(archive.root).ensure_admin()
         scheme = "https" if config.tls_cert else "http"

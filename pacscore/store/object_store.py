@@ -474,7 +474,8 @@ class ObjectFrameStore(FrameStore):
                 f"s3://{self.bucket}/{self.prefix} belongs to another archive (id "
                 f"{owner!r}, not {archive_id!r})",
                 hint="give every archive its own bucket prefix: two archives on one "
-                     "prefix would each remove the other's objects as orphans")
+                     "prefix would each remove the other's objects as orphans (several "
+                     "front ends of one archive: the same --index postgresql://...)")
 
     # -- garbage collection (pacscore.gc; the Collectable protocol) ---------------
     def inventory(self) -> Iterator[StoredLocation]:

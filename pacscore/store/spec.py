@@ -16,12 +16,16 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import ArchiveStorageError, UnknownStoreError
-from .base import Claimable, FrameStore
+from .base import Claimable, Collectable, FrameStore
 
-__all__ = ["STORE_FILE", "STORE_KINDS", "Setting", "StoreSpec", "claim_store",
+if TYPE_CHECKING:
+    from ..index.base import SharedIndex
+
+__all__ = ["STORE_FILE", "STORE_KINDS", "Setting", "StoreSpec", "claim_store", "shared_index",
            "remembered_spec"]
 
 STORE_FILE = "store.json"
@@ -146,12 +150,30 @@ def remembered_spec(root: Path, given: StoreSpec | None, *, save: bool) -> Store
     return given
 
 
-def claim_store(root: Path, store: FrameStore, *, create: bool) -> None:
+def shared_index(index: object, store: FrameStore) -> SharedIndex | None:
+    """``index``, when an archive on it and ``store`` is shared by several front ends:
+    an index several processes write (:class:`~pacscore.index.SharedIndex`) and frames
+    in object storage (:class:`~pacscore.store.Collectable`); else None."""
+    from ..index.base import SharedIndex
+
+    return index if isinstance(index, SharedIndex) and isinstance(store, Collectable) \
+        else None
+
+
+def claim_store(root: Path, store: FrameStore, *, create: bool,
+                shared: SharedIndex | None = None) -> None:
     """Make sure ``store`` (when :class:`~pacscore.store.base.Claimable`: a bucket
     prefix) belongs to the archive at ``root`` and no other: its ``archive_id`` from
     :data:`STORE_FILE` is written there on first use (``create``) and checked on every
     open.  Two archives on one prefix would each take the other's objects for orphans
-    (start-up cleaning, ``pacscore gc``)."""
+    (start-up cleaning, ``pacscore gc``).
+
+    With a ``shared`` index (several front ends, each its own folder ``root``), the
+    archive is the index's: the id it records (drawn by the first front end) claims the
+    prefix, so every front end of that index is admitted and any other archive is not.
+    That id is no front end folder's own, so a folder opened without the index (its
+    empty LMDB index would take every object for an orphan: ``pacscore gc --archive
+    FOLDER``) is refused."""
     if not isinstance(store, Claimable):
         return
     path = root / STORE_FILE
@@ -159,6 +181,8 @@ def claim_store(root: Path, store: FrameStore, *, create: bool) -> None:
         archive_id = json.loads(path.read_text()).get("archive_id") if path.is_file() else None
     except (OSError, ValueError, AttributeError) as exc:
         raise ArchiveStorageError(f"cannot read {path}: {exc}") from exc
+    if shared is not None:  # a fresh id, never a folder's: see below
+        archive_id = shared.archive_id(uuid.uuid4().hex if create else None)
     if not isinstance(archive_id, str):
         return
     try:

@@ -306,6 +306,32 @@ class PgIndex(PgQueries, Index):
         totals.write(conn)
         return [gone[s] for s in sops if s in gone]
 
+    # -- shared by several front ends (issue 17.3; the SharedIndex protocol) ---------
+    def archive_id(self, proposed: str | None) -> str | None:
+        """The archive id recorded in the index; ``proposed`` is recorded when none is
+        (the first front end to open it: concurrent first opens agree on one)."""
+        if proposed is not None:
+            self._write(lambda conn: conn.execute(
+                "INSERT INTO archive (archive_id) VALUES (%s) ON CONFLICT DO NOTHING",
+                (proposed,)))
+        rows = self._read("SELECT archive_id FROM archive")
+        return str(rows[0][0]) if rows else None
+
+    @contextmanager
+    def exclusive(self, task: str) -> Iterator[bool]:
+        """Session advisory lock ``T<task>`` (``pg_try_advisory_lock``: never waits),
+        held on one pooled connection while the block runs; the server releases it if
+        this process dies, so a crashed front end never blocks the task."""
+        key = lock_id("T" + task)
+        with self._connection() as conn:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+            mine = bool(row and row[0])
+            try:
+                yield mine
+            finally:
+                if mine and not conn.closed:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
     def close(self) -> None:
         self.pool.close()
 

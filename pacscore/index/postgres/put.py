@@ -65,7 +65,8 @@ def dumps(value: Any) -> str:
 
 
 def lock_id(key: str) -> int:
-    """The advisory lock number of a Patient ID (``P``), study (``S``) or series (``E``)."""
+    """The advisory lock number of a Patient ID (``P``), study (``S``), series (``E``)
+    or background task (``T``, :meth:`PgIndex.exclusive`)."""
     digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 

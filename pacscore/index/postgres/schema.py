@@ -115,9 +115,19 @@ CREATE INDEX instance_by_class ON instance (left(m_sop_class, {INDEXED_CHARS}));
 CREATE INDEX instance_by_patient_id ON instance (left(m_patient_id, {INDEXED_CHARS}));
 """
 
+_V3 = """
+-- The archive this index belongs to (one row): the id every front end claims the frame
+-- store's bucket prefix with (issue 17.3: several front ends, one archive).
+CREATE TABLE archive (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    archive_id text NOT NULL
+);
+"""
+
 MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
     (1, _V1),  # tables, keys and constraints
     (2, _V2),  # the indexes of the matching keys and of the hierarchy
+    (3, _V3),  # the archive's id, shared by its front ends
 )
 """Schema versions in order: (version, SQL).  Append, never edit a released one."""
 LATEST: Final = MIGRATIONS[-1][0]

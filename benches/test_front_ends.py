@@ -1,0 +1,134 @@
+"""Several front ends on one archive (issue 17.3): C-STORE ingest through ``pacscore
+serve`` processes, DCMTK storescu as the modality, in one run.
+
+1. **2 front ends / 1** on the scaled back end (PostgreSQL 15 + SeaweedFS, both on
+   loopback): the same two associations (two storescu processes, each a copy of the CT
+   series with fresh UIDs) go to one server, or one to each of two servers.
+2. **scaled / embedded** on one front end: the same two associations to one server
+   whose archive is PostgreSQL + S3, or local LMDB + Zarr (fsync on both sides: the
+   PostgreSQL fixture's default is ``fsync=on``, ``synchronous_commit=on``).
+
+The rounds interleave the three set-ups; the figure is the median of the rounds' wall
+times (storescu start included).  On 2 cores, PostgreSQL, SeaweedFS, the servers,
+their worker processes and storescu share the CPU: the point is the overhead, not a
+scale-out (the issue's goal: scaled >= 0.8 x embedded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import benchlib
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from pacscore.testing import cli, serve_process
+from pacscore.testing.s3 import SeaweedS3
+
+STORESCU = Path("/usr/bin/storescu")
+
+
+def _copy_series(paths: list[str], out: Path, tag: str) -> Path:
+    """The series with fresh Study/Series/SOP Instance UIDs (a new instance each)."""
+    out.mkdir(parents=True)
+    study, series = generate_uid(), generate_uid()
+    for i, path in enumerate(paths):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[str(ds.SOPInstanceUID), tag])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(out / f"{i:03}.dcm", enforce_file_format=True)
+    return out
+
+
+def _send(ports: list[int], dirs: list[Path]) -> float:
+    """One storescu association per folder, to the ports in turn, all at once; the
+    wall time (each must succeed)."""
+    codes: list[int] = []
+
+    def one(port: int, folder: Path) -> None:
+        codes.append(subprocess.run(
+            [str(STORESCU), "-aet", "MODALITY", "-aec", "PACSCORE", "+sd", "127.0.0.1",
+             str(port), str(folder)], capture_output=True, check=False).returncode)
+
+    threads = [threading.Thread(target=one, args=(ports[i % len(ports)], d))
+               for i, d in enumerate(dirs)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    assert codes == [0] * len(dirs), codes
+    return wall
+
+
+@pytest.fixture(scope="module")
+def dsn() -> Iterator[str]:
+    from pacscore.testing.postgres import start_postgres
+
+    try:
+        server = start_postgres()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    with server:
+        yield server.dsn_of(server.create_database())
+
+
+@pytest.mark.skipif(not STORESCU.exists(), reason="needs DCMTK storescu")
+def test_front_ends_ingest(benchmark: Any, corpus: Path, seaweedfs: SeaweedS3, dsn: str,
+                           tmp_path: Path, smoke: bool) -> None:
+    pytest.importorskip("psycopg")
+    paths = benchlib.series_files(corpus, benchlib.CT_SERIES)
+    if not paths or benchlib.missing(paths):
+        pytest.skip("corpus CT series missing")
+    rounds = 1 if smoke else 5
+    url = seaweedfs.url(f"bench-front/{uuid.uuid4().hex}")
+    roots = {name: tmp_path / name for name in ("embedded", "fe1", "fe2")}
+    for root in roots.values():
+        cli("ae", "add", "MODALITY", "--host", "127.0.0.1", "--archive", str(root))
+    scaled = ("--index", dsn, "--store", url)
+    walls: dict[str, list[float]] = {"embedded": [], "scaled1": [], "scaled2": []}
+    n = 0
+    with contextlib.ExitStack() as stack:
+        emb = stack.enter_context(serve_process(roots["embedded"], doors=("dimse",)))[1]
+        fe1 = stack.enter_context(serve_process(roots["fe1"], *scaled, doors=("dimse",)))[1]
+        fe2 = stack.enter_context(serve_process(roots["fe2"], *scaled, doors=("dimse",)))[1]
+        setups = {"embedded": [emb["dimse"]], "scaled1": [fe1["dimse"]],
+                  "scaled2": [fe1["dimse"], fe2["dimse"]]}
+        for r in range(rounds + 1):  # the first round warms the servers' workers up
+            for name, ports in setups.items():
+                dirs = [_copy_series(paths, tmp_path / f"c{(n := n + 1)}", f"{r}{name}{j}")
+                        for j in range(2)]
+                wall = _send(ports, dirs)
+                if r:
+                    walls[name].append(wall)
+
+        benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    files = 2 * len(paths)
+    rate = {k: files / benchlib.median(v) for k, v in walls.items()}
+    benchlib.report(
+        benchmark, "C-STORE ingest, scaled back end (PostgreSQL + S3): 2 front ends / 1",
+        subject=f"2 front ends {rate['scaled2']:.1f} inst/s",
+        baseline=f"1 front end {rate['scaled1']:.1f} inst/s", ratio=rate["scaled2"] /
+        rate["scaled1"], target="-", note=f"2 storescu associations x {len(paths)} CT "
+        f"files; median of {rounds} rounds; 2 cores shared by everything",
+        two_fe=rate["scaled2"], one_fe=rate["scaled1"])
+    benchlib.report(
+        benchmark, "C-STORE ingest, one front end: scaled (PostgreSQL + S3) / embedded",
+        subject=f"scaled {rate['scaled1']:.1f} inst/s",
+        baseline=f"embedded (LMDB + Zarr) {rate['embedded']:.1f} inst/s",
+        ratio=rate["scaled1"] / rate["embedded"], target=">= 0.8",
+        note="same associations, same run, fsync on both sides", key="scaled_ratio",
+        embedded=rate["embedded"])
