@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import fcntl
 import itertools
 import logging
 import os
 import shutil
-import stat
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy.typing as npt
 
+from .archive_folder import file_descriptor, require_archive, writer_lock
 from .commit import Committer, GroupCommit
 from .config import ArchiveConfig
 from .errors import (
@@ -71,44 +70,6 @@ class VerifyReport:
     """Instances checked."""
     failed: list[tuple[str, str]] = field(default_factory=list)
     """(SOP Instance UID, reason) of every instance that failed."""
-
-
-def _writer_lock(root: Path) -> int | None:
-    """Take the archive's writer lock (``flock`` on ``root/archive.lock``, released by
-    the kernel if the process dies); ``None`` when another process holds it.  Only the
-    writer recovers at open: a second process cleaning up the first one's staged or
-    pending frames mid-commit would lose acknowledged data."""
-    fd = os.open(root / "archive.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def require_archive(root: Path, *, own_index: bool = True) -> None:
-    """Raise unless ``root`` holds an archive (``index.lmdb/data.mdb``; with an index
-    elsewhere, ``own_index=False``: the folder): a reader never creates one, so a
-    mistyped path is an error rather than an empty archive."""
-    found = (root / "index.lmdb" / "data.mdb").is_file() if own_index else root.is_dir()
-    if not found:
-        what = "does not exist" if not root.exists() else "is not a pacscore archive " \
-            "(it has no index.lmdb/data.mdb)"
-        raise ArchiveStorageError(
-            f"{root} {what}",
-            hint="check the path; an archive is created by `pacscore import FILES "
-                 "--archive DIR` or `pacscore serve --archive DIR` (or Archive(DIR) in "
-                 "Python)")
-
-
-def _descriptor(stream: BinaryIO) -> int | None:
-    """The descriptor of ``stream`` when it is an open regular file, else None."""
-    try:
-        fd = stream.fileno()
-        return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
-    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
-        return None
 
 
 class Archive:
@@ -189,7 +150,7 @@ class Archive:
         self._lock = threading.Lock()
         self._workers: PrepareWorkers | None = None
         self._listeners: list[Callable[[Sequence[StoreResult]], None]] = []
-        self._writer_fd = None if readonly else _writer_lock(self.root)
+        self._writer_fd = None if readonly else writer_lock(self.root)
         self.writable = self._writer_fd is not None
         """False when another process writes this archive: reads only, no recovery."""
         self.shared = self._shared_index() is not None
@@ -311,7 +272,7 @@ class Archive:
                 data = Path(src).read_bytes()
             except OSError as exc:
                 raise ArchiveStorageError(f"cannot read {name}: {exc}") from exc
-        elif self.config.prepare_workers > 0 and (fd := _descriptor(src)) is not None:
+        elif self.config.prepare_workers > 0 and (fd := file_descriptor(src)) is not None:
             return self._store_in_pool(fd, source or "<stream>", src.tell(),
                                        strict_identity=strict_identity)
         else:
