@@ -167,17 +167,20 @@ def test_an_interrupted_import_reports_every_file(tmp_path: Path, corpus: Path) 
     while not (journal.exists() and journal.read_bytes().count(b"\n") >= 64):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.005)
-    # The workers are paused while the Ctrl-C arrives, so that files are still left
-    # however slow this machine is to see the journal (the job finished first in a run
-    # on a loaded machine); then they go on and the job stops after the file at hand.
+    # The import is paused (SIGSTOP: the parent at once, then its workers) while the
+    # Ctrl-C arrives, so that files are still left however fast the machine imports
+    # (352 small files take well under a second once started) or however slow this
+    # test is to see the journal; then it goes on and stops after the file at hand.
+    os.kill(proc.pid, signal.SIGSTOP)
     workers = [w for child in _children(proc.pid) for w in _children(child)]
-    assert workers and proc.poll() is None
-    for pid in workers:
-        os.kill(pid, signal.SIGSTOP)
     try:
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.5)  # the parent takes the signal while nothing finishes
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        proc.send_signal(signal.SIGINT)  # taken when the parent goes on
+        os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(0.5)  # the parent takes the signal while no file finishes
     finally:
+        os.kill(proc.pid, signal.SIGCONT)
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
