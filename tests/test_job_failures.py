@@ -162,7 +162,15 @@ def test_an_interrupted_import_reports_every_file(tmp_path: Path, corpus: Path) 
     journal = archive / ".import-journal.jsonl"
     args = [sys.executable, "-m", "pacscore.cli", "import", str(corpus / "mr_series"),
             "--archive", str(archive), "--workers", "2", "--json"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Started with Ctrl-C's default disposition, as from a terminal: a test run started
+    # in the background by a shell inherits SIGINT ignored, and so would the import (a
+    # handled signal is reset to the default by exec, an ignored one stays ignored).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 300
     while not (journal.exists() and journal.read_bytes().count(b"\n") >= 64):
         assert proc.poll() is None and time.monotonic() < deadline
