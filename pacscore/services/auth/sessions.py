@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-import os
 import secrets
 import threading
 import time
@@ -29,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...private import make_private_dir
+from .jsonfile import JsonFile
 
 __all__ = ["COOKIE", "CSRF_HEADER", "Session", "SessionStore"]
 
@@ -71,26 +69,15 @@ class SessionStore:
         self.path = archive_dir / "security" / "sessions.json"
         self.lifetime = lifetime
         self._lock = threading.Lock()
-        self._cache: tuple[float, dict[str, dict[str, Any]]] = (-1.0, {})
+        self._file = JsonFile(self.path, indent=None)
 
     def _load(self) -> dict[str, dict[str, Any]]:
-        try:
-            mtime = self.path.stat().st_mtime_ns / 1e9
-        except FileNotFoundError:
-            return {}
-        if mtime != self._cache[0]:
-            self._cache = (mtime, json.loads(self.path.read_text(encoding="utf-8")))
-        return self._cache[1]
+        return self._file.load()
 
     def _save(self, sessions: dict[str, dict[str, Any]]) -> None:
-        make_private_dir(self.path.parent)
         now = time.time()
         sessions = {k: v for k, v in sessions.items() if v["expires"] > now}
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(sessions, f)
-        os.replace(tmp, self.path)
+        self._file.save(sessions)
 
     def create(self, user: str, scope: str, *, study: str | None = None,
                share: str | None = None, ends: float | None = None) -> tuple[str, Session]:

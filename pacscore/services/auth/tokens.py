@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 import secrets
 import threading
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import PacsError
-from ...private import make_private_dir
+from .jsonfile import JsonFile
 
 __all__ = ["SCOPES", "Grant", "TokenStore", "granted"]
 
@@ -69,24 +68,13 @@ class TokenStore:
         self.path = archive_dir / "security" / "tokens.json"
         self.admin_file = archive_dir / "security" / "admin-token"
         self._lock = threading.Lock()
-        self._cache: tuple[float, dict[str, dict[str, Any]]] = (-1.0, {})
+        self._file = JsonFile(self.path, indent=2)
 
     def _load(self) -> dict[str, dict[str, Any]]:
-        try:
-            mtime = self.path.stat().st_mtime_ns / 1e9
-        except FileNotFoundError:
-            return {}
-        if mtime != self._cache[0]:
-            self._cache = (mtime, json.loads(self.path.read_text(encoding="utf-8")))
-        return self._cache[1]
+        return self._file.load()
 
     def _save(self, tokens: dict[str, dict[str, Any]]) -> None:
-        make_private_dir(self.path.parent)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(tokens, f, indent=2)
-        os.replace(tmp, self.path)
+        self._file.save(tokens)
 
     def create(self, scope: str, name: str = "", *, study: str | None = None,
                expires: float | None = None) -> str:

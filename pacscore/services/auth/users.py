@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 import re
 import secrets
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import InvalidRequestError
-from ...private import make_private_dir
+from .jsonfile import JsonFile
 from .tokens import SCOPES
 
 __all__ = ["LoginResult", "UserStore", "hash_password", "check_password"]
@@ -87,28 +86,17 @@ class UserStore:
         self.max_failures, self.lockout_seconds = max_failures, lockout_seconds
         self.kdf = kdf or _SCRYPT
         self._lock = threading.Lock()
-        self._cache: tuple[float, dict[str, dict[str, Any]]] = (-1.0, {})
+        self._file = JsonFile(self.path, indent=2)
         # name -> (consecutive failures, locked until): kept in memory, for names that
         # exist and names that do not alike (a restart forgives; the audit keeps all).
         self._failures: dict[str, tuple[int, float]] = {}
         self._dummy: dict[str, Any] | None = None  # hashed for unknown names (timing)
 
     def _load(self) -> dict[str, dict[str, Any]]:
-        try:
-            mtime = self.path.stat().st_mtime_ns / 1e9
-        except FileNotFoundError:
-            return {}
-        if mtime != self._cache[0]:
-            self._cache = (mtime, json.loads(self.path.read_text(encoding="utf-8")))
-        return self._cache[1]
+        return self._file.load()
 
     def _save(self, users: dict[str, dict[str, Any]]) -> None:
-        make_private_dir(self.path.parent)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(users, f, indent=2)
-        os.replace(tmp, self.path)
+        self._file.save(users)
 
     def add(self, name: str, password: str, scope: str = "read") -> None:
         """Add or replace user ``name``."""
