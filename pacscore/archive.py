@@ -335,7 +335,7 @@ class Archive:
         if first is None:  # nothing to store: nothing more to import or start (14.2)
             return
         source = itertools.chain((first,), source)
-        from .ingest.pool import run_pool  # the kernels and codecs, before workers fork
+        from .ingest.pool import run_pool  # (the pipeline itself: where the tasks run)
         open_: collections.Counter[str] = collections.Counter()  # taken, not yet answered
         cause: list[tuple[str, type[Exception]]] = []  # (reason, error class) of the stop
 

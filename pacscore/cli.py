@@ -68,11 +68,15 @@ def _config(args: argparse.Namespace) -> ArchiveConfig:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    n_files, total = count_files(args.paths)
+    if n_files and args.workers > 0 and not args.dask:  # the workers' server imports the
+        from .workers import forkserver_context  # pipeline (0.9 s) while this process
+
+        forkserver_context()  # imports the archive and opens it: on 2 cores, at once
     from .archive import Archive
     from .jobs.importing import run_import
     from .store import StoreSpec
 
-    n_files, total = count_files(args.paths)
     progress = _Progress(n_files, total, enabled=not args.json and sys.stderr.isatty())
     started = time.monotonic()
     store = StoreSpec.from_url(args.store) if args.store else None

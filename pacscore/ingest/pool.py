@@ -22,8 +22,7 @@ from ..errors import ArchiveStorageError, LimitExceededError, PacsError, WorkerE
 from ..store.base import FrameStore
 from ..store.spec import StoreSpec
 from ..workers import Handed, run_tasks
-from .outcomes import Failed, Rejected, Skipped
-from .prepare import Prepared, prepare
+from .outcomes import Failed, Prepared, Rejected, Skipped
 
 __all__ = ["Failed", "Outcome", "PrepareTask", "Rejected", "SingleStoreTask", "Skipped",
            "not_dicom_reason", "prepare_descriptor", "prepare_file", "prepare_path",
@@ -63,6 +62,8 @@ def _prepare_data(data: bytes, source: str, config: ArchiveConfig, store: FrameS
                   flush: bool, strict_identity: bool) -> Outcome:
     if not looks_like_dicom(data[:132]):
         return Skipped(source, len(data), not_dicom_reason(data[:132], len(data)))
+    from .prepare import prepare  # the kernels and codecs: preloaded where workers fork
+    # (the parent of a pooled import never needs them: 0.9 s of its start-up)
     try:
         return prepare(data, source, config, store, flush=flush,
                        strict_identity=strict_identity)
@@ -137,6 +138,8 @@ class _StoreTask:
         return self.config, self.spec
 
     def __setstate__(self, state: tuple[ArchiveConfig, StoreSpec]) -> None:
+        from . import prepare  # noqa: F401 - in the worker, before it says it is ready:
+        # one that cannot import the pipeline dies unready (a broken installation)
         self.config, self.spec = state
         self._store = None
         self.remote = True
