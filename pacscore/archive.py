@@ -17,20 +17,19 @@ locations *pending* in the index first, so a crash mid-delete leaves nothing beh
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import itertools
 import logging
 import os
 import shutil
 import threading
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy.typing as npt
 
+from . import bulk
 from .archive_folder import file_descriptor, require_archive, writer_lock
 from .commit import Committer, GroupCommit
 from .config import ArchiveConfig
@@ -45,7 +44,7 @@ from .errors import (
 from .index import LEVELS, Index, InstanceRecord, LmdbIndex, SharedIndex, StoreKind
 from .index.readonly import open_readonly
 from .index.spec import IndexSpec
-from .ingest.outcomes import Failed, Prepared, Rejected, Skipped, StoreResult
+from .ingest.outcomes import Failed, Rejected, Skipped, StoreResult
 from .overlay import PatientOverlay
 from .private import make_private_dir
 from .retrieve import Reader, crc_problem
@@ -313,7 +312,7 @@ class Archive:
             raise committed.exception(name)
         return committed
 
-    def store_many(self, paths: Iterable[str], *, workers: int | None = None,  # noqa: C901
+    def store_many(self, paths: Iterable[str], *, workers: int | None = None,
                    dask_address: str | None = None
                    ) -> Generator[StoreResult | Rejected | Skipped | Failed, None, None]:
         """Store many files with worker processes; yield exactly one outcome per path.
@@ -330,67 +329,8 @@ class Archive:
         """
         self._require_writer()
         n = os.cpu_count() or 1 if workers is None else workers
-        source = iter(paths)
-        first = next(source, None)
-        if first is None:  # nothing to store: nothing more to import or start (14.2)
-            return
-        source = itertools.chain((first,), source)
-        from .ingest.pool import run_pool  # (the pipeline itself: where the tasks run)
-        open_: collections.Counter[str] = collections.Counter()  # taken, not yet answered
-        cause: list[tuple[str, type[Exception]]] = []  # (reason, error class) of the stop
-
-        def feed() -> Iterator[str]:
-            while not cause and (path := next(source, None)) is not None:
-                open_[path] += 1
-                yield path
-
-        def answered(outcome: StoreResult | Rejected | Skipped | Failed
-                     ) -> StoreResult | Rejected | Skipped | Failed:
-            open_[outcome.source] -= 1
-            if not open_[outcome.source]:
-                del open_[outcome.source]
-            return outcome
-
-        batch: list[Prepared] = []
-        outcomes = run_pool(feed(), self.config, self.store_spec, n, dask_address)
-        try:
-            while not cause:
-                try:
-                    outcome = next(outcomes, None)
-                except Exception as exc:  # the workers as a whole: cannot start, cluster gone
-                    if not isinstance(exc, PacsError):
-                        log.exception("the worker processes failed")
-                    cause.append((str(exc) if isinstance(exc, PacsError) else
-                                  f"{type(exc).__name__}: {exc}", type(exc)))
-                    break
-                if isinstance(outcome, Prepared):
-                    batch.append(outcome)
-                if batch and (outcome is None or len(batch) >= self.config.commit_batch):
-                    committing, batch = batch, []
-                    try:
-                        committed = self._committer.commit(committing)
-                    except Exception as exc:  # disk full, I/O error: nothing of it is visible
-                        if not isinstance(exc, PacsError):
-                            log.exception("committing a batch failed")
-                        cause.append((str(exc), type(exc)))
-                        break  # its staged files: removed by the commit, or at the next start
-                    for o in committed:
-                        yield answered(o)
-                if isinstance(outcome, Failed) and outcome.storage:
-                    cause.append((outcome.reason, outcome.error))
-                if outcome is None:
-                    return
-                if not isinstance(outcome, Prepared):
-                    yield answered(outcome)
-        finally:
-            outcomes.close()  # stops the workers (those still busy are killed)
-        self.store_.discard([p.record.location for p in batch])  # never submitted
-        reason, error = cause[0]
-        for path in list(open_.elements()):
-            yield Failed(path, f"not stored: storing stopped at a failure: {reason}", error)
-        for path in source:
-            yield Failed(path, f"not attempted: storing stopped at a failure: {reason}",
-                         error)
+        return bulk.store_many(self._committer.commit, self.store_, self.config,
+                               self.store_spec, paths, n, dask_address)
 
     def on_change(self, listener: Callable[[Sequence[StoreResult]], None]) -> None:
         """Call ``listener`` with the instances of every committed batch (after they are
