@@ -158,13 +158,19 @@ class ZarrFrameStore(FrameStore):
 
     def publish(self, locs: Sequence[str]) -> None:
         try:
+            moves = []
             for loc in locs:
                 src = self.staging / validate_location(loc)
-                dest = self.array_path(loc) if src.is_dir() else self._blob_path(loc)
-                if not dest.parent.is_dir():
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    if self.fsync:  # a new <ab> folder: once per 256 locations at first
-                        fsync_path(dest.parent.parent)
+                moves.append((src, self.array_path(loc) if src.is_dir()
+                              else self._blob_path(loc)))
+            # New <ab> folders (in a young archive nearly every location makes one):
+            # made, then made durable with one fsync of arrays/ (blobs/) per batch.
+            new = {dest.parent for _, dest in moves if not dest.parent.is_dir()}
+            for folder in new:
+                folder.mkdir(parents=True, exist_ok=True)
+            for top in {folder.parent for folder in new} if self.fsync else ():
+                fsync_path(top)
+            for src, dest in moves:
                 if dest.exists():  # only after a crash left both names: keep both
                     self._set_aside(src)
                     continue
