@@ -202,8 +202,12 @@ def test_resume_after_kill_9(tmp_path: Path, corpus: Path) -> None:
 def test_auto_picks_per_series_and_is_never_worse(tmp_path: Path, tree: Path) -> None:
     sizes = {}
     for codec in ("htj2k", "jpegls", "auto"):
+        # --budget 0: every codec passes the speed test, so the smallest must win; with the
+        # default budget a loaded machine's timing noise may rule the smallest out (failed
+        # 1 run in 4 here with other test runs on both cores)
         code, report = cli("compress", str(tree / "ct"), str(tree / "us"), "--out",
-                           str(tmp_path / codec), "--codec", codec, "--workers", "0", "--json")
+                           str(tmp_path / codec), "--codec", codec, "--workers", "0",
+                           "--budget", "0", "--json")
         assert code == 0
         sizes[codec] = report["bytes_out"]
         if codec == "auto":
