@@ -215,6 +215,8 @@ class _Walker:
         Stops at ``end`` or after an Item Delimitation Item (undefined-length items).
         """
         body, header, elements = self.body, self.header, self.elements
+        element = tuple.__new__  # RawElement(...) runs NamedTuple's Python-level __new__:
+        # 4x the time of the tuple itself, and one is made for every element stored
         while pos < end:
             if top and end - pos < 8 and not any(body[pos:end]):
                 return end  # trailing padding bytes
@@ -242,7 +244,7 @@ class _Walker:
                 if top:
                     self.sequences.add(tag)
             elif top and length <= _MAX_CAPTURED_VALUE:
-                elements[tag] = RawElement(vr, value, length)
+                elements[tag] = element(RawElement, (vr, value, length))
             elif top:
                 self.oversized[tag] = length
             pos = value + length
