@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .cli_gc import add_parser as add_gc_parser
+from .cli_migrate import add_parser as add_migrate_parser
 from .cli_patient import add_parser as add_patient_parser
 from .cli_viewer import add_parser as add_viewer_parser
 from .cli_worklist import add_parser as add_worklist_parser
@@ -423,6 +424,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_worklist_parser(sub, archive_arg)
     add_gc_parser(sub, archive_arg)
+    add_migrate_parser(sub)
     add_viewer_parser(sub, archive_arg)  # viewer, user (issue 20)
     add_patient_parser(sub, archive_arg)
 
