@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 
 pytest.importorskip("psycopg")
-distributed = pytest.importorskip("distributed")
-
 from pacscore import Archive, ArchiveConfig
 from pacscore.cli import main
 from pacscore.store import StoreSpec
 from pacscore.testing.postgres import postgres_dsn, postgres_server  # noqa: F401
 from pacscore.testing.s3 import FaultProxy, SeaweedS3
+
+distributed = pytest.importorskip("distributed")
 
 
 @pytest.fixture()
