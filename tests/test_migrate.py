@@ -214,3 +214,39 @@ def test_resume_after_kill_9(tmp_path: Path, corpus: Path, seaweedfs: SeaweedS3,
         # (a location committed just before the kill may still carry its staging
         # marker: readable, and published by a start-up recovery after the grace period)
         assert {item.location for item in t.store_.inventory()} == owned
+
+
+def test_batches_are_bounded_by_bytes(tmp_path: Path, corpus: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import pacscore.jobs.migrate as job
+    from pacscore.commit import Committer
+
+    sops = _embedded(tmp_path / "a", _files(corpus, _MIX[:3]))
+    sizes: list[int] = []
+    commit = Committer.commit
+
+    def counted(self: Committer, batch: list) -> list:  # type: ignore[type-arg]
+        sizes.append(len(batch))
+        return commit(self, batch)
+
+    monkeypatch.setattr(Committer, "commit", counted)
+    monkeypatch.setattr(job, "BATCH_BYTES", 1)  # every instance is over it
+    report = job.migrate(Endpoint.parse([str(tmp_path / "a")]),
+                         Endpoint.parse([str(tmp_path / "b")]))
+    assert report.copied == len(sops) and sizes == [1, 1, 1]
+
+
+def test_endpoints_are_checked(tmp_path: Path, url: str) -> None:
+    from pacscore.errors import InvalidRequestError
+    from pacscore.jobs.migrate import migrate
+
+    with pytest.raises(InvalidRequestError, match="needs both its index and its store"):
+        Endpoint.parse([url])
+    with pytest.raises(InvalidRequestError, match="two folders"):
+        Endpoint.parse([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert Endpoint.parse(["host=db port=5432 dbname=pacs", url]).index is not None
+    (tmp_path / "a").mkdir()
+    with pytest.raises(InvalidRequestError, match="share a folder"):
+        migrate(Endpoint.parse([str(tmp_path / "a")]),
+                Endpoint.parse([str(tmp_path / "a") + "/."]))
+    assert not any((tmp_path / "a").iterdir())  # nothing was opened

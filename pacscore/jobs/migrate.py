@@ -40,7 +40,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -256,8 +256,14 @@ def migrate(source: Endpoint, target: Endpoint, *, config: ArchiveConfig | None 
         try:
             committer = Committer(dst.index, dst.store, dst.reader, lambda _: None)
             with ThreadPoolExecutor(max(threads, 1)) as pool:
+                loading: list[Future[_Item]] = []
                 for items in _batches(src, dst, max(batch, 1)):
-                    _copy_batch(items, src, dst, committer, pool, report)
+                    # the next batch is read while this one commits (S3 PUTs, the index)
+                    previous, loading = loading, [pool.submit(_load, src, it) for it in items]
+                    if previous:
+                        _copy_batch(previous, dst, committer, pool, report)
+                if loading:
+                    _copy_batch(loading, dst, committer, pool, report)
             _compare_series(src, dst, report)
         finally:
             dst.close()
@@ -267,15 +273,25 @@ def migrate(source: Endpoint, target: Endpoint, *, config: ArchiveConfig | None 
     return report
 
 
+BATCH_BYTES = 256 << 20
+"""Stored bytes a batch holds in memory at most (beyond its first instance): big
+multi-frame objects make small batches."""
+
+
 def _batches(src: _Side, dst: _Side, size: int) -> Iterator[list[_Item]]:
     items: list[_Item] = []
+    held = 0
     for rec in src.index.records():
         header = src.index.header(rec.sop_instance_uid) if rec.kind == StoreKind.FRAMES \
             else b""
+        if items and held + rec.bytes_stored > BATCH_BYTES:
+            yield items
+            items, held = [], 0
         items.append(_Item(rec, header, existing=dst.index.get(rec.sop_instance_uid)))
+        held += rec.bytes_stored
         if len(items) >= size:
             yield items
-            items = []
+            items, held = [], 0
     if items:
         yield items
 
@@ -322,10 +338,11 @@ def _load(src: _Side, item: _Item) -> _Item:
     return item
 
 
-def _copy_batch(items: list[_Item], src: _Side, dst: _Side, committer: Committer,
+def _copy_batch(loading: list[Future[_Item]], dst: _Side, committer: Committer,
                 pool: ThreadPoolExecutor, report: MigrateReport) -> None:
+    """Stage and commit a batch whose source data is being read, then verify it."""
+    items = [f.result() for f in loading]
     report.instances += len(items)
-    list(pool.map(lambda it: _load(src, it), items))
     fresh: list[Prepared] = []
     for item in items:
         if item.problem:
