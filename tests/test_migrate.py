@@ -95,9 +95,14 @@ def test_round_trip_embedded_scaled_embedded_is_byte_identical(
     assert code == 0 and back["copied"] == len(sops) and back["mismatches"] == []
     original = {s: hashlib.sha256(f.read_bytes()).hexdigest()
                 for s, f in zip(sops, files, strict=True)}
-    assert _originals([str(tmp_path / "a")], sops) == original
     assert _originals([postgres_dsn, url], sops) == original
-    assert _originals([str(tmp_path / "c")], sops) == original
+    for folder in ("a", "c"):  # `pacscore export --transfer-syntax original`
+        out = tmp_path / f"export-{folder}"
+        assert main(["export", *sops, "--archive", str(tmp_path / folder), "--out",
+                     str(out), "--transfer-syntax", "original"]) == 0
+        capsys.readouterr()
+        assert {s: hashlib.sha256((out / f"{s}.dcm").read_bytes()).hexdigest()
+                for s in sops} == original
     with Archive(tmp_path / "c", _CONFIG) as c:
         assert c.verify().failed == []
         assert c.stats()["instances"] == len(sops)

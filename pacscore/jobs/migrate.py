@@ -328,11 +328,13 @@ def _load(src: _Side, item: _Item) -> _Item:
     """Read and check the source's data of ``item`` (in a pool thread)."""
     try:
         item.data = _read(src, item.rec)
-        problem = _check(item.rec, item.data)
-    except PacsError as exc:
-        problem = exc.reason
+    except PacsError as exc:  # unreadable now (a missing object, S3 failing): a later
+        item.problem = f"cannot read the source, not copied: {exc.reason}"  # run retries
+        return item
     except Exception as exc:  # noqa: BLE001 - one instance's damage, reported
-        problem = f"{type(exc).__name__}: {exc}"
+        item.problem = f"cannot read the source, not copied: {type(exc).__name__}: {exc}"
+        return item
+    problem = _check(item.rec, item.data)
     if problem:
         item.problem = f"source damaged, not copied: {problem}"
     return item
