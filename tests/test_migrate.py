@@ -255,3 +255,28 @@ def test_endpoints_are_checked(tmp_path: Path, url: str) -> None:
         migrate(Endpoint.parse([str(tmp_path / "a")]),
                 Endpoint.parse([str(tmp_path / "a") + "/."]))
     assert not any((tmp_path / "a").iterdir())  # nothing was opened
+
+
+def test_parts_share_a_migration(tmp_path: Path, corpus: Path, url: str,
+                                 postgres_dsn: str,  # noqa: F811
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from pacscore.jobs.migrate import in_part
+
+    files = _files(corpus, _MIX)
+    sops = _embedded(tmp_path / "a", files)
+    mine = [sum(in_part(s, (i, 2)) for s in sops) for i in (1, 2)]
+    assert sum(mine) == len(sops) and all(mine)  # disjoint, and both hold some
+    copied = []
+    for i in (1, 2):
+        code, report = _migrate(capsys, "--from", str(tmp_path / "a"), "--to",
+                                postgres_dsn, url, "--part", f"{i}/2")
+        assert code == 0 and report["mismatches"] == [] and report["series"] == 0
+        copied.append(report["copied"])
+    assert copied == mine
+    code, whole = _migrate(capsys, "--from", str(tmp_path / "a"), "--to", postgres_dsn, url)
+    assert code == 0 and (whole["copied"], whole["present"]) == (0, len(sops))
+    assert whole["series"] > 0
+    with pytest.raises(SystemExit):
+        main(["migrate", "--from", str(tmp_path / "a"), "--to", str(tmp_path / "b"),
+              "--part", "3/2"])
+    assert not (tmp_path / "b").exists()

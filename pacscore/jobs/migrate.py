@@ -57,7 +57,7 @@ from ..ingest.outcomes import Prepared, Rejected
 from ..retrieve import Reader, crc_problem
 from ..store import FrameStore, StoreSpec
 
-__all__ = ["Endpoint", "MigrateReport", "migrate"]
+__all__ = ["Endpoint", "MigrateReport", "in_part", "migrate"]
 
 _IDENTITY = tuple(f.name for f in fields(InstanceRecord) if f.name != "location")
 """Record fields a copy must keep (the location is the target's own)."""
@@ -233,8 +233,14 @@ def _same(a: Endpoint, b: Endpoint) -> bool:
 
 
 def migrate(source: Endpoint, target: Endpoint, *, config: ArchiveConfig | None = None,
-            batch: int = 32, threads: int = 2) -> MigrateReport:
+            batch: int = 32, threads: int = 2, part: tuple[int, int] | None = None
+            ) -> MigrateReport:
     """Copy every instance of ``source`` into ``target`` and verify it (module docstring).
+
+    ``part``: ``(i, n)`` takes only the instances of part ``i`` of ``n`` (1-based; by a
+    hash of the SOP Instance UID), so that ``n`` processes, on as many hosts, share a
+    big migration into a target several processes may write (PostgreSQL + S3); the
+    series are then not compared (each spans the parts).
 
     Raises
     ------
@@ -247,6 +253,9 @@ def migrate(source: Endpoint, target: Endpoint, *, config: ArchiveConfig | None 
     if _same(source, target):
         raise InvalidRequestError("the source and the target share a folder, an index or "
                                   "a store", hint="migrate into another archive")
+    if part is not None and not 1 <= part[0] <= part[1]:
+        raise InvalidRequestError(f"no part {part[0]} of {part[1]}",
+                                  hint="give I/N with 1 <= I <= N")
     config = config or ArchiveConfig(prepare_workers=0)
     report = MigrateReport()
     started = time.monotonic()
@@ -257,14 +266,15 @@ def migrate(source: Endpoint, target: Endpoint, *, config: ArchiveConfig | None 
             committer = Committer(dst.index, dst.store, dst.reader, lambda _: None)
             with ThreadPoolExecutor(max(threads, 1)) as pool:
                 loading: list[Future[_Item]] = []
-                for items in _batches(src, dst, max(batch, 1)):
+                for items in _batches(src, dst, max(batch, 1), part):
                     # the next batch is read while this one commits (S3 PUTs, the index)
                     previous, loading = loading, [pool.submit(_load, src, it) for it in items]
                     if previous:
                         _copy_batch(previous, dst, committer, pool, report)
                 if loading:
                     _copy_batch(loading, dst, committer, pool, report)
-            _compare_series(src, dst, report)
+            if part is None:
+                _compare_series(src, dst, report)
         finally:
             dst.close()
     finally:
@@ -278,10 +288,21 @@ BATCH_BYTES = 256 << 20
 multi-frame objects make small batches."""
 
 
-def _batches(src: _Side, dst: _Side, size: int) -> Iterator[list[_Item]]:
+def in_part(sop_instance_uid: str, part: tuple[int, int] | None) -> bool:
+    """The instance belongs to ``part`` (``(i, n)``, 1-based; None: the whole)."""
+    if part is None:
+        return True
+    digest = hashlib.sha256(sop_instance_uid.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % part[1] == part[0] - 1
+
+
+def _batches(src: _Side, dst: _Side, size: int, part: tuple[int, int] | None = None
+             ) -> Iterator[list[_Item]]:
     items: list[_Item] = []
     held = 0
     for rec in src.index.records():
+        if not in_part(rec.sop_instance_uid, part):
+            continue
         header = src.index.header(rec.sop_instance_uid) if rec.kind == StoreKind.FRAMES \
             else b""
         if items and held + rec.bytes_stored > BATCH_BYTES:
