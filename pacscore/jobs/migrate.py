@@ -375,12 +375,14 @@ def _copy_batch(loading: list[Future[_Item]], dst: _Side, committer: Committer,
     outcomes = committer.commit(fresh) if fresh else []
     committed = {p.record.sop_instance_uid for p, o in zip(fresh, outcomes, strict=True)
                  if not isinstance(o, Rejected) and o.status == "stored"}
-    for p, o in zip(fresh, outcomes, strict=True):
-        if isinstance(o, Rejected):
-            report.mismatches.append((p.record.sop_instance_uid, f"not copied: {o.reason}"))
-    todo = [it for it in items if not it.problem and (
-        it.existing is not None or it.rec.sop_instance_uid in committed
-        or dst.index.get(it.rec.sop_instance_uid) is not None)]
+    refused = {p.record.sop_instance_uid: o.reason for p, o in zip(fresh, outcomes, strict=True)
+               if isinstance(o, Rejected)}
+    report.mismatches += [(sop, f"not copied: {why}") for sop, why in refused.items()]
+    # verified: what the target holds of the rest (a duplicate another writer stored
+    # since the presence check included)
+    todo = [it for it in items if not it.problem and it.rec.sop_instance_uid not in refused
+            and (it.existing is not None or it.rec.sop_instance_uid in committed
+                 or dst.index.get(it.rec.sop_instance_uid) is not None)]
     for item, problem in zip(todo, pool.map(lambda it: _verify(it, dst), todo), strict=True):
         sop = item.rec.sop_instance_uid
         if problem:
