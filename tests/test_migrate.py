@@ -266,11 +266,16 @@ def test_parts_share_a_migration(tmp_path: Path, corpus: Path, url: str,
     sops = _embedded(tmp_path / "a", files)
     mine = [sum(in_part(s, (i, 2)) for s in sops) for i in (1, 2)]
     assert sum(mine) == len(sops) and all(mine)  # disjoint, and both hold some
+    # two processes at once, each its part, into one PostgreSQL + S3 archive
+    runs = [subprocess.Popen([sys.executable, "-m", "pacscore.cli", "migrate", "--from",
+                              str(tmp_path / "a"), "--to", postgres_dsn, url, "--part",
+                              f"{i}/2", "--json"], stdout=subprocess.PIPE, text=True)
+            for i in (1, 2)]
     copied = []
-    for i in (1, 2):
-        code, report = _migrate(capsys, "--from", str(tmp_path / "a"), "--to",
-                                postgres_dsn, url, "--part", f"{i}/2")
-        assert code == 0 and report["mismatches"] == [] and report["series"] == 0
+    for run in runs:
+        out, _ = run.communicate(timeout=300)
+        report = json.loads(out.strip().splitlines()[-1])
+        assert run.returncode == 0 and report["mismatches"] == [] and report["series"] == 0
         copied.append(report["copied"])
     assert copied == mine
     code, whole = _migrate(capsys, "--from", str(tmp_path / "a"), "--to", postgres_dsn, url)
