@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .cli_gc import add_parser as add_gc_parser
+from .cli_migrate import add_parser as add_migrate_parser
 from .cli_patient import add_parser as add_patient_parser
 from .cli_viewer import add_parser as add_viewer_parser
 from .cli_worklist import add_parser as add_worklist_parser
@@ -80,7 +81,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     progress = _Progress(n_files, total, enabled=not args.json and sys.stderr.isatty())
     started = time.monotonic()
     store = StoreSpec.from_url(args.store) if args.store else None
-    with Archive(args.archive, _config(args), store=store) as archive:
+    with Archive(args.archive, _config(args), store=store, index=args.index) as archive:
         report = run_import(archive, args.paths, workers=args.workers,
                             dask_address=args.dask, resume=args.resume,
                             progress=progress.advance)
@@ -311,6 +312,8 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--store", metavar="URL", help="keep the frames in object storage: "
                      "s3://BUCKET/PREFIX?endpoint=URL (kept in the archive for later "
                      "commands; credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
+    imp.add_argument("--index", metavar="URL", help="the index in PostgreSQL "
+                     "(postgresql://USER@HOST:PORT/DB) instead of the folder's LMDB index")
     imp.set_defaults(func=_cmd_import)
 
     comp = sub.add_parser("compress", help="recompress a tree into lossless DICOM files")
@@ -427,6 +430,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_worklist_parser(sub, archive_arg)
     add_gc_parser(sub, archive_arg)
+    add_migrate_parser(sub)
     add_viewer_parser(sub, archive_arg)  # viewer, user (issue 20)
     add_patient_parser(sub, archive_arg)
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["ARCHIVE_WRITERS", "die_of_sigpipe", "export_instances", "stdout_gone"]
 
 ARCHIVE_WRITERS = frozenset({"import", "serve", "token", "ae", "worklist", "hl7", "patient",
-                             "user", "share"})
+                             "user", "share", "migrate"})
 """Commands that create files in an archive: they run with umask 077 (set before any
 thread or worker process starts), so what they write is private to the user."""
 
