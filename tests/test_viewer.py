@@ -107,7 +107,8 @@ def test_login_then_viewer_and_dicomweb_by_cookie(site: str, archive: Archive) -
     for needed in ("routerBasename: \"/viewer\"", "qidoSupportsIncludeField: true",
                    "supportsFuzzyMatching: true", "supportsWildcard: true",
                    "thumbnailRendering: 'thumbnail'", "transfer-syntax=*",
-                   "qidoRoot: window.location.origin + \"/dicom-web\""):
+                   "qidoRoot: window.location.origin + \"/dicom-web\"",
+                   "cornerstone3D#2844"):  # the VOI LUT Function work-around
         assert needed in config
     studies = s.get(f"{site}/dicom-web/studies", timeout=30)
     assert studies.status_code == 200

@@ -24,7 +24,7 @@ from starlette.responses import FileResponse, PlainTextResponse, Response
 
 from .install import PUBLIC_PATH, ViewerInstallError, install, installed
 
-__all__ = ["ISOLATION", "ViewerBuild", "app_config", "viewer_files"]
+__all__ = ["ISOLATION", "VOI_LUT_FUNCTION_SHIM", "ViewerBuild", "app_config", "viewer_files"]
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +111,49 @@ class ViewerBuild:
                 "reload (no restart needed)")
 
 
+VOI_LUT_FUNCTION_SHIM = """/* OHIF 3.13.2's image loader keeps the first character of VOI LUT
+   Function (0028,1056) ('S' of SIGMOID, 'L' of LINEAR) and then refuses to draw the image
+   ("Invalid VOI LUT function", IMAGE_LOAD_ERROR; cornerstonejs/cornerstone3D#2844): GE
+   and Hologic mammograms carry SIGMOID.  A metadata provider ahead of OHIF's hands the loader the
+   value under the other key it reads (voiLutFunction), whole.  Drop it when the pinned
+   build has the fix. */
+(function () {
+  var cs, busy = false, seen = new WeakSet();
+  function voiLut(type, imageId) {
+    if (type !== 'voiLutModule' || busy) return undefined;
+    busy = true;
+    try {
+      var m = cs.metaData.get(type, imageId);
+      if (!m || typeof m.voiLUTFunction !== 'string') return undefined;
+      return Object.assign({}, m, { voiLUTFunction: undefined,
+                                    voiLutFunction: m.voiLUTFunction.trim() });
+    } finally { busy = false; }
+  }
+  Object.defineProperty(window, 'cornerstone', {
+    configurable: true, enumerable: true,
+    get: function () { return cs; },
+    set: function (value) {
+      cs = value;
+      if (value && value.metaData && !seen.has(value)) {
+        seen.add(value);
+        value.metaData.addProvider(voiLut, 100000);
+      }
+    },
+  });
+})();
+"""
+"""Part of ``app-config.js``: works around the pinned OHIF build's VOI LUT Function bug."""
+
+
 def app_config(dicomweb_path: str) -> str:
     """OHIF's ``window.config`` for this server: its DICOMweb root on the page's own
     origin (so the session cookie goes along), what its QIDO-RS supports, thumbnails
-    from ``/thumbnail``, frames as stored (``transfer-syntax=*``)."""
+    from ``/thumbnail``, frames as stored (``transfer-syntax=*``); and
+    :data:`VOI_LUT_FUNCTION_SHIM`."""
     root = json.dumps(dicomweb_path)
     wado_uri = json.dumps(dicomweb_path.rsplit("/", 1)[0] + "/wado")
     return f"""/* Written by pacscore: OHIF Viewer configuration for this server. */
+{VOI_LUT_FUNCTION_SHIM}
 window.config = {{
   routerBasename: {json.dumps(PUBLIC_PATH.rstrip('/'))},
   extensions: [],
