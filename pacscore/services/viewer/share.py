@@ -27,6 +27,7 @@ from __future__ import annotations
 import html
 import re
 import time
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -38,7 +39,8 @@ from ..auth.sessions import COOKIE, SessionStore
 from ..auth.tokens import TokenStore
 from .install import PUBLIC_PATH
 
-__all__ = ["SHARE_PATH", "ShareLinks", "parse_duration", "share_link", "share_study"]
+__all__ = ["SHARE_PATH", "ShareLinks", "list_shares", "parse_duration", "revoke_share",
+           "share_link", "share_study"]
 
 SHARE_PATH = "/share"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -71,6 +73,26 @@ def share_study(tokens: TokenStore, study: str, seconds: float, *, read_only: bo
     """A new share token for ``study`` ending in ``seconds`` (shown only now)."""
     return tokens.create("read" if read_only else "write", name, study=study,
                          expires=time.time() + seconds)
+
+
+def list_shares(tokens: TokenStore, now: float | None = None) -> dict[str, dict[str, Any]]:
+    """The share tokens by id: name, study, ``expires`` (local time, ISO 8601) and
+    ``state`` (active, expired or revoked)."""
+    now = time.time() if now is None else now
+    return {k: {**v, "state": "revoked" if "revoked" in v else
+                "expired" if v.get("expires", now + 1) <= now else "active",
+                "expires": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(v["expires"]))}
+            for k, v in tokens.list().items() if "study" in v}
+
+
+def revoke_share(tokens: TokenStore, sessions: SessionStore,
+                 token_id: str) -> tuple[str, int] | None:
+    """Revoke share ``token_id`` and end the sessions it opened: (its study, sessions
+    ended), or None when there is no such active share."""
+    entry = tokens.list().get(token_id)
+    if entry is None or "study" not in entry or not tokens.revoke(token_id):
+        return None
+    return str(entry["study"]), sessions.end_share(token_id)
 
 
 def share_link(base_url: str, token: str) -> str:
