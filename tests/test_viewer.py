@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,6 +145,24 @@ def test_lockout_after_repeated_failures(site: str, archive: Archive) -> None:
     assert [(e["user"], e["outcome"]) for e in lock] == [("alice", 8), ("nobody", 8)]
     time.sleep(2.1)
     assert _login(site)[1].status_code == 303
+
+
+def test_lockout_counts_are_shared_by_processes_and_survive_a_restart(
+        site: str, archive: Archive) -> None:
+    # Two wrong passwords in another process (a `pacscore` command, a second server) ...
+    code = ("import sys; from pathlib import Path; "
+            "from pacscore.services.auth.users import UserStore; "
+            "s = UserStore(Path(sys.argv[1])); "
+            "print([s.login('alice', f'guess {i}').user for i in range(2)])")
+    done = subprocess.run([sys.executable, "-c", code, str(archive.root)], check=True,
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[None, None]"
+    # ... and the server's third locks the name (max_failures=3).
+    assert _login(site, password="guess 2")[1].status_code == 429
+    assert _login(site)[1].status_code == 429
+    restarted = UserStore(archive.root)  # a restart does not forgive
+    assert restarted.login("alice", PASSWORD).locked > 0
+    assert (archive.root / "security" / "lockouts.json").stat().st_mode & 0o777 == 0o600
 
 
 def test_tampered_expired_and_logged_out_cookies_are_refused(site: str,
