@@ -29,6 +29,7 @@ from ..auth.access import TokenHolder
 from ..auth.security import AuditLog
 from ..auth.sessions import SessionStore
 from ..auth.tokens import TokenStore
+from .install import PUBLIC_PATH
 from .share import list_shares, parse_duration, revoke_share, share_link, share_study
 
 __all__ = ["ADMIN_PATH", "AdminPage"]
@@ -47,12 +48,13 @@ _STYLE = ("body{font-family:sans-serif;background:#111;color:#eee;margin:2em}"
           ".error{color:#f88}input[readonly]{width:60em}")
 
 
-def _page(body: str, status: int = 200) -> HTMLResponse:
+def _page(body: str, status: int = 200, prefix: str = "") -> HTMLResponse:
     return HTMLResponse(
         "<!doctype html><html lang=en><head><meta charset=utf-8><title>pacscore admin"
         f"</title><style>{_STYLE}</style></head><body><h1>pacscore: share links</h1>"
-        f"{body}<p><a href={ADMIN_PATH}>Back</a> · <a href=/viewer/>Viewer</a></p>"
-        "</body></html>", status, headers=_HEADERS)
+        f"{body}<p><a href=\"{_e(prefix + ADMIN_PATH)}\">Back</a> · "
+        f"<a href=\"{_e(prefix + PUBLIC_PATH)}\">Viewer</a></p></body></html>", status,
+        headers=_HEADERS)
 
 
 def _e(value: object) -> str:
@@ -61,12 +63,14 @@ def _e(value: object) -> str:
 
 class AdminPage:
     """The endpoints of this module (see its docstring).  ``base_url`` gives the
-    address the links start with (``public_url``, else the request's own)."""
+    address the links start with (``public_url``, else the request's own); ``prefix``
+    the path of ``public_url`` (a proxy strips it), in the page's own links."""
 
     def __init__(self, archive: Archive, tokens: TokenStore, sessions: SessionStore,
-                 audit: AuditLog, base_url: Callable[[Request], str]):
+                 audit: AuditLog, base_url: Callable[[Request], str], prefix: str = ""):
         self.archive, self.tokens, self.sessions, self.audit = archive, tokens, sessions, audit
-        self.base_url = base_url
+        self.base_url, self.prefix = base_url, prefix
+        self.action = _e(prefix + ADMIN_PATH)
 
     def _audit(self, request: Request, detail: str, study: str) -> None:
         holder = request.user
@@ -86,7 +90,7 @@ class AdminPage:
             f"<tr><td>{_e(s.get('PatientName'))}</td><td>{_e(s.get('PatientID'))}</td>"
             f"<td>{_e(s.get('StudyDate'))}</td><td>{_e(s.get('StudyDescription'))}</td>"
             f"<td>{_e(s.get('ModalitiesInStudy'))}</td><td><form method=post "
-            f"action={ADMIN_PATH}/share>{hidden}<input type=hidden name=study "
+            f"action=\"{self.action}/share\">{hidden}<input type=hidden name=study "
             f"value=\"{_e(s['StudyInstanceUID'])}\"><select name=expires "
             f"aria-label=expires>{options.replace('<option>24h', '<option selected>24h')}"
             f"</select> <label><input type=checkbox name=read_only value=1 checked> "
@@ -96,7 +100,7 @@ class AdminPage:
         share_rows = "".join(
             f"<tr><td>{_e(k)}</td><td>{_e(v.get('name'))}</td><td>{_e(v['study'])}</td>"
             f"<td>{_e(v['expires'])}</td><td>{_e(v['state'])}</td><td>"
-            + (f"<form method=post action={ADMIN_PATH}/revoke>{hidden}<input type=hidden "
+            + (f"<form method=post action=\"{self.action}/revoke\">{hidden}<input type=hidden "
                f"name=id value=\"{_e(k)}\"><button type=submit>Revoke</button></form>"
                if v["state"] == "active" else "") + "</td></tr>"
             for k, v in shares.items())
@@ -104,17 +108,16 @@ class AdminPage:
             f"<h2>Studies (latest {_LATEST})</h2><table><tr><th>Patient</th><th>ID</th>"
             f"<th>Date</th><th>Description</th><th>Modalities</th><th></th></tr>{rows}"
             f"</table><h2>Share links</h2><table><tr><th>ID</th><th>For</th><th>Study</th>"
-            f"<th>Expires</th><th>State</th><th></th></tr>{share_rows}</table>")
+            f"<th>Expires</th><th>State</th><th></th></tr>{share_rows}</table>", prefix=self.prefix)
 
-    @staticmethod
-    async def _form(request: Request) -> dict[str, str] | Response:
+    async def _form(self, request: Request) -> dict[str, str] | Response:
         body = await request.body()
         if len(body) > _MAX_FORM:
-            return _page("<p class=error>form too large</p>", 413)
+            return _page("<p class=error>form too large</p>", 413, prefix=self.prefix)
         try:
             fields = parse_qs(body.decode("utf-8"), max_num_fields=16)
         except (UnicodeDecodeError, ValueError):
-            return _page("<p class=error>malformed form</p>", 400)
+            return _page("<p class=error>malformed form</p>", 400, prefix=self.prefix)
         return {k: v[0] for k, v in fields.items()}
 
     async def share(self, request: Request) -> Response:
@@ -125,9 +128,10 @@ class AdminPage:
         try:
             seconds = parse_duration(form.get("expires", ""))
         except InvalidRequestError as exc:
-            return _page(f"<p class=error>{_e(exc)}</p>", 400)
+            return _page(f"<p class=error>{_e(exc)}</p>", 400, prefix=self.prefix)
         if not study or not await run_in_threadpool(self.archive.instances, "study", study):
-            return _page(f"<p class=error>no study {_e(study)!s} in this archive</p>", 404)
+            return _page(f"<p class=error>no study {_e(study)!s} in this archive</p>", 404,
+                         prefix=self.prefix)
         read_only = form.get("read_only") == "1"
         name = form.get("name", "")[:64]
         token = await run_in_threadpool(share_study, self.tokens, study, seconds,
@@ -141,7 +145,8 @@ class AdminPage:
                      f"{', read-only' if read_only else ''} (shown only now: copy it):</p>"
                      f"<p><input readonly value=\"{_e(link)}\" aria-label='share link'></p>"
                      f"<p>Revoke it here (share {_e(token_id)}) or with "
-                     f"<code>pacscore share revoke {_e(token_id)}</code>.</p>")
+                     f"<code>pacscore share revoke {_e(token_id)}</code>.</p>",
+                     prefix=self.prefix)
 
     async def revoke(self, request: Request) -> Response:
         form = await self._form(request)
@@ -150,10 +155,11 @@ class AdminPage:
         token_id = form.get("id", "")
         revoked = await run_in_threadpool(revoke_share, self.tokens, self.sessions, token_id)
         if revoked is None:
-            return _page(f"<p class=error>no active share {_e(token_id)}</p>", 404)
+            return _page(f"<p class=error>no active share {_e(token_id)}</p>", 404,
+                         prefix=self.prefix)
         study, ended = revoked
         self._audit(request, f"share {token_id} of study {study} revoked ({ended} "
                     f"session(s) ended) from the admin page", study)
         return _page(f"<p>Share {_e(token_id)} revoked at "
                      f"{_e(time.strftime('%Y-%m-%d %H:%M:%S'))}; {ended} session(s) "
-                     f"ended.</p>")
+                     f"ended.</p>", prefix=self.prefix)

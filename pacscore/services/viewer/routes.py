@@ -20,6 +20,7 @@ launch and every route of another door are refused to it (:mod:`..auth.access`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -71,25 +72,27 @@ def viewer_routes(archive: Archive, access: HttpAccess, settings: ViewerSettings
     assert access.sessions is not None, "HttpAccess(sessions=...) reads the cookie"
     users = UserStore(archive.root, max_failures=settings.max_failures,
                       lockout_seconds=settings.lockout_seconds, kdf=settings.kdf)
+    prefix = urlsplit(public_url).path.rstrip("/") if public_url else ""
     pages = Pages(archive, users, access.sessions, access.audit,
-                  secure_cookie=lambda request: settings.tls or request.url.scheme == "https")
-    config_js = app_config(dicomweb_path)
+                  secure_cookie=lambda request: settings.tls or request.url.scheme == "https",
+                  prefix=prefix)
+    config_js = app_config(dicomweb_path, prefix)
     build = settings.build
 
     async def files(request: Request) -> Response:
-        return viewer_files(build, request, request.path_params["path"], config_js)
+        return viewer_files(build, request, request.path_params["path"], config_js, prefix)
 
     async def to_login_page(request: Request) -> Response:  # logged out already
-        return RedirectResponse(LOGIN_PATH, 303)
+        return RedirectResponse(prefix + LOGIN_PATH, 303)
 
     async def to_slash(request: Request) -> Response:
-        return RedirectResponse(PUBLIC_PATH, 308)
+        return RedirectResponse(prefix + PUBLIC_PATH, 308)
 
     page = access.requires("read", unauthenticated=pages.to_login, audited=False,
                            one_study=NO_STUDY_DATA)
-    shares = ShareLinks(access.tokens, access.sessions, access.audit, settings.tls)
+    shares = ShareLinks(access.tokens, access.sessions, access.audit, settings.tls, prefix)
     admin = AdminPage(archive, access.tokens, access.sessions, access.audit,
-                      lambda request: public_url or str(request.base_url))
+                      lambda request: public_url or str(request.base_url), prefix)
     admin_only = access.requires("admin", unauthenticated=pages.to_login,
                                  one_study=NO_STUDY_DATA)
     return [

@@ -112,9 +112,10 @@ class ShareLinks:
     """The endpoint of ``GET /share/{token}`` (see the module's docstring)."""
 
     def __init__(self, tokens: TokenStore, sessions: SessionStore, audit: AuditLog,
-                 secure_cookie: bool):
+                 secure_cookie: bool, prefix: str = ""):
         self.tokens, self.sessions, self.audit = tokens, sessions, audit
         self.secure_cookie = secure_cookie
+        self.prefix = prefix  # the path of public_url (a proxy strips it)
 
     def _audit(self, request: Request, user: str, outcome: str, detail: str,
                study: str | None) -> None:
@@ -138,7 +139,8 @@ class ShareLinks:
             share=grant.id, ends=grant.expires)
         self._audit(request, f"{grant.name} (session {session.id})", "success",
                     f"share link opened (scope {grant.scope})", grant.study)
-        target = html.escape(f"{PUBLIC_PATH}viewer?StudyInstanceUIDs={grant.study}")
+        target = html.escape(f"{self.prefix}{PUBLIC_PATH}viewer?StudyInstanceUIDs="
+                             f"{grant.study}")
         response = _page(f"<h1>pacscore</h1><p><a href=\"{target}\">Open the study</a></p>",
                          200, f"<meta http-equiv=refresh content=\"0;url={target}\">")
         response.set_cookie(COOKIE, cookie, max_age=max(1, int(session.expires - time.time())),
