@@ -29,6 +29,11 @@ mean absolute difference <= 8 grey levels; measured 0.99 and 4-5) of the plane t
 the camera's focal point in a numpy reformat of the volume against the planes 4, 8 and
 16 voxels away (0.94 and 10-13 at 4 voxels).
 
+The third (tests/browser/viewer_prefix.js) puts the viewer behind a proxy at a path
+(``--public-url .../pacs``, the proxy stripping ``/pacs``): the login, OHIF's files,
+its configuration and DICOMweb all go through ``/pacs`` (nothing asked outside it) and
+the CT is drawn.
+
 The OHIF build is installed once per session into ``$PACSCORE_VIEWER_CACHE`` (or a
 temporary folder); without npm, network, node, playwright-core or chromium the test
 skips and says which.
@@ -75,6 +80,7 @@ STUDY = "1.2.392.200103.20080913.113635.0.2009.6.22.21.43.10.22941.1"
 PASSWORD = "a long passphrase"
 FLOW = Path(__file__).parent / "browser" / "viewer_flow.js"
 VOLUME_FLOW = Path(__file__).parent / "browser" / "viewer_volume.js"
+PREFIX_FLOW = Path(__file__).parent / "browser" / "viewer_prefix.js"
 CHROMIUM = os.environ.get("PACSCORE_CHROMIUM", "/usr/bin/chromium")
 
 
@@ -276,6 +282,39 @@ def test_a_measurement_saved_as_sr_and_the_mpr_of_a_ct_volume(
         assert max(scores_mm, key=lambda o: scores_mm[o][0]) == 0, (plane, scores_mm)
         corr, mad = scores_mm[0]
         assert corr >= 0.98 and mad <= 8, (plane, scores_mm)
+
+
+@pytest.mark.slow
+def test_behind_a_proxy_at_a_path(tmp_path: Path, corpus: Path, playwright: str,
+                                  viewer_cache: Path) -> None:
+    # public_url .../pacs and a proxy that strips /pacs: the login, OHIF's files, its
+    # configuration and DICOMweb all go through /pacs, and the CT is drawn.
+    root = tmp_path / "archive"
+    slices = sorted((corpus / CT).glob("*.dcm"))
+    with Archive(root, ArchiveConfig()) as archive:
+        for f in slices:
+            archive.store(f)
+    UserStore(root).add("alice", PASSWORD, "read")
+    out = tmp_path / "shots"
+    out.mkdir()
+    # The proxy's port is chosen by the script; public_url only needs the right path
+    # for what the browser sees (app-config.js uses the page's own origin).
+    with serve_process(root, "--public-url", "http://127.0.0.1:9/pacs",
+                       doors=("dimse", "http", "grpc"),
+                       env={CACHE_ENV: str(viewer_cache)}) as (_, ports):
+        done = subprocess.run(
+            ["node", str(PREFIX_FLOW), str(ports["http"]), "alice", PASSWORD, STUDY, str(out)],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "PACSCORE_PLAYWRIGHT": playwright,
+                 "PACSCORE_CHROMIUM": CHROMIUM}, check=False)
+    lines = done.stdout.strip().splitlines()
+    assert lines, f"the browser script printed nothing: {done.stderr[-2000:]}"
+    seen = json.loads(lines[-1])
+    assert "error" not in seen, (seen["error"][:1500], seen["consoleErrors"], seen["misses"])
+    assert seen["loginUrl"] == "/pacs/login" and seen["afterLogin"] == "/pacs/viewer/", seen
+    assert seen["misses"] == [] and seen["failedRequests"] == [], seen
+    assert seen["consoleErrors"] == [], seen["consoleErrors"]
+    assert seen["drawn"] and seen["state"]["count"] == len(slices), seen["state"]
 
 
 def _numeric_values(item: object) -> list[str]:

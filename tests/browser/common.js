@@ -30,7 +30,8 @@ async function login(page, base, user, password) {
   const asked = new URL(page.url()).pathname;
   await page.fill('input[name=username]', user);
   await page.fill('input[name=password]', password);
-  await Promise.all([page.waitForURL(u => new URL(u).pathname.startsWith('/viewer/')),
+  const viewer = new URL(`${base}/viewer/`).pathname;  // under a proxy's path too
+  await Promise.all([page.waitForURL(u => new URL(u).pathname.startsWith(viewer)),
                      page.click('button[type=submit]')]);
   return asked;
 }
