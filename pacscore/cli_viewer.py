@@ -122,36 +122,34 @@ def run_user(args: argparse.Namespace) -> int:
 
 def run_share(args: argparse.Namespace) -> int:
     """Run ``share STUDY_UID``, ``share list`` or ``share revoke ID``; the exit code."""
-    import time
-
     from .archive import Archive
     from .services.auth.security import AuditLog
     from .services.auth.sessions import SessionStore
     from .services.auth.tokens import TokenStore
-    from .services.viewer.share import parse_duration, share_link, share_study
+    from .services.viewer.share import (
+        list_shares,
+        parse_duration,
+        revoke_share,
+        share_link,
+        share_study,
+    )
 
     root = Path(args.archive)
     tokens = TokenStore(root)
     who = f"cli:{getpass.getuser()}"
     first, rest = args.words[0], args.words[1:]
     if first == "list" and not rest:
-        now = time.time()
-        shares = {k: {**v, "state": "revoked" if "revoked" in v else
-                      "expired" if v.get("expires", now + 1) <= now else "active",
-                      "expires": time.strftime("%Y-%m-%dT%H:%M:%S%z",
-                                               time.localtime(v["expires"]))}
-                  for k, v in tokens.list().items() if "study" in v}
-        print(json.dumps(shares, indent=2))
+        print(json.dumps(list_shares(tokens), indent=2))
         return 0
     if first == "revoke" and len(rest) == 1:
-        entry = tokens.list().get(rest[0])
-        if entry is None or "study" not in entry or not tokens.revoke(rest[0]):
+        revoked = revoke_share(tokens, SessionStore(root), rest[0])
+        if revoked is None:
             print(f"pacscore: no active share {rest[0]!r} (see pacscore share list)",
                   file=sys.stderr)
             return 1
-        ended = SessionStore(root).end_share(rest[0])
-        detail = f"share {rest[0]} of study {entry['study']} revoked ({ended} session(s) ended)"
-        objects = [entry["study"]]
+        study, ended = revoked
+        detail = f"share {rest[0]} of study {study} revoked ({ended} session(s) ended)"
+        objects = [study]
     elif rest:
         print("pacscore: use `share STUDY_UID`, `share list` or `share revoke ID`",
               file=sys.stderr)

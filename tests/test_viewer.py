@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ from pacscore.services.auth.users import UserStore
 from pacscore.services.dicomweb.app import create_app
 from pacscore.services.viewer.install import install
 from pacscore.services.viewer.routes import ViewerSettings
+from pacscore.services.viewer.share import share_study
 from pacscore.services.viewer.static import ViewerBuild
 from tests.helpers.webapp import served
 from tests.test_viewer_install import _tarball
@@ -107,7 +110,8 @@ def test_login_then_viewer_and_dicomweb_by_cookie(site: str, archive: Archive) -
     for needed in ("routerBasename: \"/viewer\"", "qidoSupportsIncludeField: true",
                    "supportsFuzzyMatching: true", "supportsWildcard: true",
                    "thumbnailRendering: 'thumbnail'", "transfer-syntax=*",
-                   "qidoRoot: window.location.origin + \"/dicom-web\""):
+                   "qidoRoot: window.location.origin + \"/dicom-web\"",
+                   "cornerstone3D#2844"):  # the VOI LUT Function work-around
         assert needed in config
     studies = s.get(f"{site}/dicom-web/studies", timeout=30)
     assert studies.status_code == 200
@@ -142,6 +146,24 @@ def test_lockout_after_repeated_failures(site: str, archive: Archive) -> None:
     assert [(e["user"], e["outcome"]) for e in lock] == [("alice", 8), ("nobody", 8)]
     time.sleep(2.1)
     assert _login(site)[1].status_code == 303
+
+
+def test_lockout_counts_are_shared_by_processes_and_survive_a_restart(
+        site: str, archive: Archive) -> None:
+    # Two wrong passwords in another process (a `pacscore` command, a second server) ...
+    code = ("import sys; from pathlib import Path; "
+            "from pacscore.services.auth.users import UserStore; "
+            "s = UserStore(Path(sys.argv[1])); "
+            "print([s.login('alice', f'guess {i}').user for i in range(2)])")
+    done = subprocess.run([sys.executable, "-c", code, str(archive.root)], check=True,
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[None, None]"
+    # ... and the server's third locks the name (max_failures=3).
+    assert _login(site, password="guess 2")[1].status_code == 429
+    assert _login(site)[1].status_code == 429
+    restarted = UserStore(archive.root)  # a restart does not forgive
+    assert restarted.login("alice", PASSWORD).locked > 0
+    assert (archive.root / "security" / "lockouts.json").stat().st_mode & 0o777 == 0o600
 
 
 def test_tampered_expired_and_logged_out_cookies_are_refused(site: str,
@@ -367,3 +389,53 @@ def test_the_cookie_is_secure_when_the_server_speaks_tls(archive: Archive,
         _, r = _login(base)
     assert r.status_code == 303
     assert "; secure" in r.headers["set-cookie"].lower()
+
+
+def test_behind_a_proxy_at_a_path_every_link_keeps_the_prefix(
+        archive: Archive, corpus: Path, fake_build: ViewerBuild) -> None:
+    # public_url https://host/pacs, the proxy stripping /pacs: the browser must be sent
+    # to /pacs/... everywhere (the requests below come in without it, as proxied).
+    for f in sorted((corpus / CT).glob("*.dcm")):
+        archive.store(f)
+    UserStore(archive.root, kdf=FAST_KDF).add("alice", PASSWORD, "read")
+    app = create_app(archive, viewer=ViewerSettings(build=fake_build),
+                     public_url="https://pacs.example.org/pacs/")
+    with served(app) as site:
+        first = requests.get(f"{site}/viewer/", allow_redirects=False, timeout=30)
+        assert first.headers["location"] == "/pacs/login?next=%2Fpacs%2Fviewer%2F"
+        form = requests.get(f"{site}/login?next=/pacs/viewer/", timeout=30).text
+        assert 'action="/pacs/login"' in form
+        s, r = _login(site, nxt="")
+        assert r.headers["location"] == "/pacs/viewer/"  # the default goes under it too
+        config = s.get(f"{site}/viewer/app-config.js", timeout=30).text
+        assert 'routerBasename: "/pacs/viewer"' in config
+        assert 'qidoRoot: window.location.origin + "/pacs/dicom-web"' in config
+        assert 'wadoRoot: window.location.origin + "/pacs/dicom-web"' in config
+        index = s.get(f"{site}/viewer/", timeout=30).text
+        assert 'window.PUBLIC_URL="/pacs/viewer/"' in index
+        assert 'src="/pacs/viewer/app.bundle.0123456789abcdef.js"' in index
+        assert 'href="//elsewhere.example/x"' in index  # another host's link untouched
+        bundle = s.get(f"{site}/viewer/app.bundle.0123456789abcdef.js", timeout=30)
+        assert '__webpack_require__.p = "/pacs/viewer/"' in bundle.text
+        assert bundle.headers["content-type"].startswith(("text/javascript",
+                                                          "application/javascript"))
+        assert bundle.headers["cache-control"] == "public, max-age=31536000, immutable"
+        css = s.get(f"{site}/viewer/app.bundle.css", timeout=30).text
+        assert "url(/pacs/viewer/a1.woff2)" in css and "url(//x/y)" in css
+        iid = s.get(f"{site}/IHEInvokeImageDisplay?requestType=STUDY&studyUID={STUDY}",
+                    allow_redirects=False, timeout=30)
+        assert iid.headers["location"].startswith("/pacs/viewer/viewer?StudyInstanceUIDs=")
+        token = share_study(TokenStore(archive.root), STUDY, 60, read_only=True)
+        shared = requests.get(f"{site}/share/{token}", timeout=30).text
+        assert f'url=/pacs/viewer/viewer?StudyInstanceUIDs={STUDY}"' in shared
+        out = s.post(f"{site}/logout", headers={"X-CSRF-Token": _csrf_of(s, site)},
+                     allow_redirects=False, timeout=30)
+        assert out.headers["location"] == "/pacs/login"
+    # Without a prefix the build is served as installed.
+    assert 'src="/viewer/app.bundle' in (fake_build.current() / "index.html").read_text()
+
+
+def _csrf_of(s: requests.Session, site: str) -> str:
+    """The session's CSRF token, from the logged-in login page's log-out form."""
+    page = s.get(f"{site}/login", timeout=30).text
+    return page.split('name=csrf value="', 1)[1].split('"', 1)[0]

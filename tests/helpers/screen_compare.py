@@ -9,14 +9,17 @@ difference in grey levels."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import imagecodecs
 import numpy as np
 import numpy.typing as npt
 import pydicom
 
-__all__ = ["GRID", "coloured", "compare", "reference"]
+__all__ = ["GRID", "coloured", "compare", "compare_image", "reference", "reformat",
+           "sigmoid", "windowed"]
 
 GRID = 128
 
@@ -90,3 +93,63 @@ def compare(png: bytes, path: Path, window: tuple[float, float] | None = None,
     a, b = _grid(shown), _grid(ref)
     corr = float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
     return corr, float(np.abs(a - b).mean())
+
+
+def windowed(values: npt.NDArray[np.float64], centre: float,
+             width: float) -> npt.NDArray[np.float64]:
+    """Linear VOI window (PS3.3 C.11.2.1.2.1) to 0..255."""
+    return np.clip(((values - (centre - 0.5)) / (width - 1) + 0.5) * 255.0, 0.0, 255.0)
+
+
+def sigmoid(values: npt.NDArray[np.float64], centre: float,
+            width: float) -> npt.NDArray[np.float64]:
+    """The SIGMOID VOI LUT Function (PS3.3 C.11.2.1.3.1) to 0..255."""
+    return 255.0 / (1.0 + np.exp(-4.0 * (values - centre) / width))
+
+
+def compare_image(png: bytes, image: npt.NDArray[np.float64]) -> tuple[float, float]:
+    """(correlation, mean absolute difference) of a canvas screenshot and ``image``
+    (0..255, its rows and columns in the proportions of its physical size) fitted,
+    centred, into the canvas."""
+    shown = drawn_square(png, *image.shape)
+    a, b = _grid(shown), _grid(image)
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1]), float(np.abs(a - b).mean())
+
+
+Plane = Literal["sagittal", "coronal"]
+
+
+def reformat(slices: Sequence[Path], plane: Plane, at_mm: float,
+             window: tuple[float, float]) -> npt.NDArray[np.float64]:
+    """A sagittal or coronal plane through an axial series (orientation 1\\0\\0\\0\\1\\0,
+    evenly spaced), as a viewer shows it: the head up, the patient's right on the left
+    (coronal), anterior on the left (sagittal).  ``at_mm`` is the plane's patient x
+    (sagittal) or y (coronal); between two voxel planes it is interpolated linearly.
+    The slices are stacked superior first and resampled linearly along z so that the
+    rows are as many as the plane's height (slice count x spacing) holds pixels, the
+    columns one per voxel; windowed linearly with ``window`` (centre, width)."""
+    sets = sorted((pydicom.dcmread(p) for p in slices),
+                  key=lambda d: -float(d.ImagePositionPatient[2]))
+    first = sets[0]
+    assert [float(v) for v in first.ImageOrientationPatient] == [1, 0, 0, 0, 1, 0], \
+        "reformat() reads axial series only"
+    hu = np.stack([d.pixel_array * float(d.get("RescaleSlope", 1)) +
+                   float(d.get("RescaleIntercept", 0)) for d in sets]).astype(np.float64)
+    spacing_z = abs(float(sets[0].ImagePositionPatient[2]) -
+                    float(sets[1].ImagePositionPatient[2]))
+    row_mm, col_mm = (float(v) for v in first.PixelSpacing)
+    axis, origin, step = ((2, float(first.ImagePositionPatient[0]), col_mm)
+                          if plane == "sagittal" else
+                          (1, float(first.ImagePositionPatient[1]), row_mm))
+    where = (at_mm - origin) / step
+    low = int(np.floor(where))
+    frac = where - low
+    cut = np.take(hu, low, axis=axis) * (1 - frac) + \
+        np.take(hu, min(low + 1, hu.shape[axis] - 1), axis=axis) * frac
+    pixel_mm = col_mm if plane == "coronal" else row_mm
+    rows = round(len(sets) * spacing_z / pixel_mm)
+    at = np.clip((np.arange(rows) + 0.5) * len(sets) / rows - 0.5, 0, len(sets) - 1)
+    lo = np.floor(at).astype(int)
+    hi = np.minimum(lo + 1, len(sets) - 1)
+    f = (at - lo)[:, None]
+    return windowed(cut[lo] * (1 - f) + cut[hi] * f, *window)

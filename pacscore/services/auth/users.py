@@ -11,11 +11,15 @@ and refuses a flood): logins cannot take the server's memory.
 
 After :attr:`UserStore.max_failures` wrong passwords in a row a name is locked for
 :attr:`UserStore.lockout_seconds` (also a name nobody has: the answer never tells
-whether a name exists).
+whether a name exists).  The counts are kept in ``security/lockouts.json`` beside the
+sessions (0600, replaced atomically, counted under an advisory file lock): a restart
+does not forgive them, and every process serving the archive counts the same failures.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import os
@@ -23,11 +27,13 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ...errors import InvalidRequestError
+from ...private import make_private_dir
 from .jsonfile import JsonFile
 from .tokens import SCOPES
 
@@ -87,9 +93,9 @@ class UserStore:
         self.kdf = kdf or _SCRYPT
         self._lock = threading.Lock()
         self._file = JsonFile(self.path, indent=2)
-        # name -> (consecutive failures, locked until): kept in memory, for names that
-        # exist and names that do not alike (a restart forgives; the audit keeps all).
-        self._failures: dict[str, tuple[int, float]] = {}
+        # name -> {"failures": consecutive failures, "until": locked until (Unix time)},
+        # for names that exist and names that do not alike.
+        self._counts = JsonFile(self.path.parent / "lockouts.json", indent=None)
         self._dummy: dict[str, Any] | None = None  # hashed for unknown names (timing)
 
     def _load(self) -> dict[str, dict[str, Any]]:
@@ -151,13 +157,29 @@ class UserStore:
         entry = self._load().get(name)
         return None if entry is None else str(entry["scope"])
 
+    @contextlib.contextmanager
+    def _counting(self) -> Iterator[dict[str, dict[str, Any]]]:
+        """The lock-out counts to change in place, saved on leaving; one process' thread
+        at a time, and one process at a time (``flock`` on ``lockouts.lock``)."""
+        make_private_dir(self.path.parent)
+        with self._lock:
+            fd = os.open(self.path.parent / "lockouts.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                counts = dict(self._counts.load())
+                before = dict(counts)
+                yield counts
+                if counts != before:
+                    self._counts.save(counts)
+            finally:
+                os.close(fd)  # releases the flock
+
     def login(self, name: str, password: str, now: float | None = None) -> LoginResult:
         """Check ``name`` and ``password``; count failures, lock after too many.
         A locked name is refused without checking the password."""
-        now = time.monotonic() if now is None else now
+        now = time.time() if now is None else now
         key = name[:64]
-        with self._lock:
-            failures, until = self._failures.get(key, (0, 0.0))
+        until = float(self._counts.load().get(key, {}).get("until", 0.0))
         if until > now:
             return LoginResult(None, None, locked=until - now)
         entry = self._load().get(name)
@@ -166,16 +188,21 @@ class UserStore:
         record = entry["password"] if entry is not None else self._dummy
         assert record is not None
         ok = check_password(password, record) and entry is not None
-        with self._lock:
+        with self._counting() as counts:
             if ok:
-                self._failures.pop(key, None)
+                counts.pop(key, None)
                 assert entry is not None
                 return LoginResult(name, str(entry["scope"]))
-            failures += 1
+            count = counts.get(key, {})
+            until = float(count.get("until", 0.0))
+            if until > now:  # locked by another request meanwhile
+                return LoginResult(None, None, locked=until - now)
+            failures = int(count.get("failures", 0)) + 1
             if failures >= self.max_failures:
-                self._failures[key] = (0, now + self.lockout_seconds)
+                counts[key] = {"failures": 0, "until": now + self.lockout_seconds}
                 return LoginResult(None, None, locked=self.lockout_seconds, locked_now=True)
-            if len(self._failures) > _REMEMBERED:  # many made-up names: forget idle ones
-                self._failures = {k: v for k, v in self._failures.items() if v[1] > now}
-            self._failures[key] = (failures, 0.0)
+            if len(counts) > _REMEMBERED:  # many made-up names: forget idle ones
+                for idle in [k for k, v in counts.items() if v.get("until", 0.0) <= now]:
+                    del counts[idle]
+            counts[key] = {"failures": failures, "until": 0.0}
         return LoginResult(None, None)

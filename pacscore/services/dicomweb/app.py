@@ -504,7 +504,7 @@ def create_app(archive: Archive, *, cors_origins: list[str] | None = None,
     ]
     if viewer is not None:
         from ..viewer.routes import viewer_routes
-        routes += viewer_routes(archive, access, viewer)
+        routes += viewer_routes(archive, access, viewer, public_url=public_url)
     check_routes(routes)
     # CORS outermost: a preflight (OPTIONS) is answered before any token is looked at.
     middleware = [Middleware(CORSMiddleware, allow_origins=cors_origins,

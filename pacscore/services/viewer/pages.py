@@ -51,11 +51,12 @@ IID_REQUESTS = {"STUDY": ("studyUID", "StudyInstanceUID"),
                 "ACCESSION": ("accessionNumber", "AccessionNumber")}
 
 
-def safe_next(value: str | None) -> str:
-    """Where to go after logging in: a path on this server, else the viewer."""
+def safe_next(value: str | None, prefix: str = "") -> str:
+    """Where to go after logging in: a path on this server, else the viewer (at
+    ``prefix``, the path of ``public_url``)."""
     if not value or not value.startswith("/") or value.startswith("//") or \
             "\\" in value or any(ord(c) < 0x20 for c in value):
-        return PUBLIC_PATH
+        return prefix + PUBLIC_PATH
     return value
 
 
@@ -72,16 +73,19 @@ class Pages:
     """The endpoints of this module over one archive (see the module's docstring)."""
 
     def __init__(self, archive: Archive, users: UserStore, sessions: SessionStore,
-                 audit: AuditLog, secure_cookie: Callable[[Request], bool]):
+                 audit: AuditLog, secure_cookie: Callable[[Request], bool],
+                 prefix: str = ""):
         self.archive, self.users, self.sessions, self.audit = archive, users, sessions, audit
         self.secure_cookie = secure_cookie
+        self.prefix = prefix  # the path of public_url (a proxy strips it): in our links
         self._kdf = asyncio.Semaphore(2)
         self._waiting = 0
 
     # -- login ------------------------------------------------------------------------
     def _form(self, nxt: str, error: str = "", status: int = 200) -> HTMLResponse:
         message = f"<p class=error role=alert>{html.escape(error)}</p>" if error else ""
-        return _page(f"<form method=post action={LOGIN_PATH}><h1>pacscore</h1>{message}"
+        action = html.escape(self.prefix + LOGIN_PATH)
+        return _page(f"<form method=post action=\"{action}\"><h1>pacscore</h1>{message}"
                      f"<input name=username autocomplete=username placeholder='user name' "
                      f"required autofocus><input name=password type=password "
                      f"autocomplete=current-password placeholder=password required>"
@@ -90,11 +94,12 @@ class Pages:
 
     async def login_page(self, request: Request) -> Response:
         holder = request.user
-        nxt = safe_next(request.query_params.get("next"))
+        nxt = safe_next(request.query_params.get("next"), self.prefix)
         if isinstance(holder, TokenHolder) and holder.session is not None:
             user = holder.session.user
             return _page(
-                f"<form method=post action=/logout><h1>pacscore</h1><p>Logged in as "
+                f"<form method=post action=\"{html.escape(self.prefix)}/logout\"><h1>"
+                f"pacscore</h1><p>Logged in as "
                 f"{html.escape(user)}.</p><a href=\"{html.escape(nxt)}\" "
                 f"style=color:#8cf>Open the viewer</a><input type=hidden name=csrf "
                 f"value=\"{html.escape(holder.session.csrf)}\"><button type=submit>"
@@ -148,7 +153,7 @@ class Pages:
             return _page("<p class=error>malformed login form</p>", 400)
         name = fields.get("username", [""])[0]
         password = fields.get("password", [""])[0]
-        nxt = safe_next(fields.get("next", [""])[0])
+        nxt = safe_next(fields.get("next", [""])[0], self.prefix)
         if not name or not password or len(password.encode()) > MAX_PASSWORD or \
                 len(name) > 64:
             self._audit(request, "anonymous", "minor", "login form without a usable user "
@@ -194,15 +199,17 @@ class Pages:
         if holder.session is not None:
             await run_in_threadpool(self.sessions.end, holder.session.id)
             self._audit(request, holder.name, "success", "logged out")
-        response = RedirectResponse(LOGIN_PATH, 303, headers={"Cache-Control": "no-store"})
+        response = RedirectResponse(self.prefix + LOGIN_PATH, 303,
+                                    headers={"Cache-Control": "no-store"})
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict",
                                secure=self.secure_cookie(request))
         return response
 
     async def to_login(self, request: Request) -> Response:
         """A request without a valid session: to the login page, then back."""
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return RedirectResponse(f"{LOGIN_PATH}?{urlencode({'next': target})}", 303,
+        target = self.prefix + request.url.path + (
+            f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"{self.prefix}{LOGIN_PATH}?{urlencode({'next': target})}", 303,
                                 headers={"Cache-Control": "no-store"})
 
     # -- IHE Invoke Image Display ------------------------------------------------------
@@ -228,5 +235,5 @@ class Pages:
             return _page(f"<p class=error>no study matches {html.escape(param)}="
                          f"{html.escape(value)}</p>", 404)
         request.state.audit_objects = uids
-        return RedirectResponse(f"{PUBLIC_PATH}viewer?StudyInstanceUIDs="
+        return RedirectResponse(f"{self.prefix}{PUBLIC_PATH}viewer?StudyInstanceUIDs="
                                 f"{quote(','.join(uids), safe=',')}", 303)

@@ -9,6 +9,8 @@ path                           method  access
 ``/logout``                    POST    ``read`` and, by cookie, the CSRF token
 ``/IHEInvokeImageDisplay``     GET     ``read``; else to the login page, then back
 ``/share/{token}``             GET     public: checks the share token itself (:mod:`.share`)
+``/admin``                     GET     ``admin``; else to the login page (:mod:`.admin`)
+``/admin/share``, ``/revoke``  POST    ``admin`` and, by cookie, the CSRF token
 =============================  ======  =====================================================
 
 A share link's session (one study) may fetch the viewer's files and log out; the IID
@@ -18,6 +20,7 @@ launch and every route of another door are refused to it (:mod:`..auth.access`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -26,6 +29,7 @@ from starlette.routing import BaseRoute, Route
 from ...archive import Archive
 from ..auth.access import NO_STUDY_DATA, Endpoint, HttpAccess, public
 from ..auth.users import UserStore
+from .admin import ADMIN_PATH, AdminPage
 from .install import PUBLIC_PATH
 from .pages import IID_PATH, LOGIN_PATH, Pages
 from .share import SHARE_PATH, ShareLinks
@@ -60,28 +64,37 @@ def _function(method: Endpoint) -> Endpoint:
 
 
 def viewer_routes(archive: Archive, access: HttpAccess, settings: ViewerSettings,
-                  dicomweb_path: str = "/dicom-web") -> list[BaseRoute]:
-    """The viewer's routes over ``archive``; ``access`` must have the session store."""
+                  dicomweb_path: str = "/dicom-web",
+                  public_url: str | None = None) -> list[BaseRoute]:
+    """The viewer's routes over ``archive``; ``access`` must have the session store;
+    share links made on the admin page start with ``public_url`` (else the address
+    the page was asked at)."""
     assert access.sessions is not None, "HttpAccess(sessions=...) reads the cookie"
     users = UserStore(archive.root, max_failures=settings.max_failures,
                       lockout_seconds=settings.lockout_seconds, kdf=settings.kdf)
+    prefix = urlsplit(public_url).path.rstrip("/") if public_url else ""
     pages = Pages(archive, users, access.sessions, access.audit,
-                  secure_cookie=lambda request: settings.tls or request.url.scheme == "https")
-    config_js = app_config(dicomweb_path)
+                  secure_cookie=lambda request: settings.tls or request.url.scheme == "https",
+                  prefix=prefix)
+    config_js = app_config(dicomweb_path, prefix)
     build = settings.build
 
     async def files(request: Request) -> Response:
-        return viewer_files(build, request, request.path_params["path"], config_js)
+        return viewer_files(build, request, request.path_params["path"], config_js, prefix)
 
     async def to_login_page(request: Request) -> Response:  # logged out already
-        return RedirectResponse(LOGIN_PATH, 303)
+        return RedirectResponse(prefix + LOGIN_PATH, 303)
 
     async def to_slash(request: Request) -> Response:
-        return RedirectResponse(PUBLIC_PATH, 308)
+        return RedirectResponse(prefix + PUBLIC_PATH, 308)
 
     page = access.requires("read", unauthenticated=pages.to_login, audited=False,
                            one_study=NO_STUDY_DATA)
-    shares = ShareLinks(access.tokens, access.sessions, access.audit, settings.tls)
+    shares = ShareLinks(access.tokens, access.sessions, access.audit, settings.tls, prefix)
+    admin = AdminPage(archive, access.tokens, access.sessions, access.audit,
+                      lambda request: public_url or str(request.base_url), prefix)
+    admin_only = access.requires("admin", unauthenticated=pages.to_login,
+                                 one_study=NO_STUDY_DATA)
     return [
         Route(PUBLIC_PATH.rstrip("/"), page(to_slash), methods=["GET"]),
         Route(PUBLIC_PATH + "{path:path}", page(files), methods=["GET"]),
@@ -93,5 +106,8 @@ def viewer_routes(archive: Archive, access: HttpAccess, settings: ViewerSettings
         Route(IID_PATH, access.requires("read", unauthenticated=pages.to_login)(
             pages.invoke_image_display), methods=["GET"]),
         Route(SHARE_PATH + "/{token}", public(_function(shares.__call__)), methods=["GET"]),
+        Route(ADMIN_PATH, admin_only(admin.show), methods=["GET"]),
+        Route(ADMIN_PATH + "/share", admin_only(admin.share), methods=["POST"]),
+        Route(ADMIN_PATH + "/revoke", admin_only(admin.revoke), methods=["POST"]),
     ]
 

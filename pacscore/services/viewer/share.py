@@ -27,6 +27,7 @@ from __future__ import annotations
 import html
 import re
 import time
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -38,7 +39,8 @@ from ..auth.sessions import COOKIE, SessionStore
 from ..auth.tokens import TokenStore
 from .install import PUBLIC_PATH
 
-__all__ = ["SHARE_PATH", "ShareLinks", "parse_duration", "share_link", "share_study"]
+__all__ = ["SHARE_PATH", "ShareLinks", "list_shares", "parse_duration", "revoke_share",
+           "share_link", "share_study"]
 
 SHARE_PATH = "/share"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -73,6 +75,26 @@ def share_study(tokens: TokenStore, study: str, seconds: float, *, read_only: bo
                          expires=time.time() + seconds)
 
 
+def list_shares(tokens: TokenStore, now: float | None = None) -> dict[str, dict[str, Any]]:
+    """The share tokens by id: name, study, ``expires`` (local time, ISO 8601) and
+    ``state`` (active, expired or revoked)."""
+    now = time.time() if now is None else now
+    return {k: {**v, "state": "revoked" if "revoked" in v else
+                "expired" if v.get("expires", now + 1) <= now else "active",
+                "expires": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(v["expires"]))}
+            for k, v in tokens.list().items() if "study" in v}
+
+
+def revoke_share(tokens: TokenStore, sessions: SessionStore,
+                 token_id: str) -> tuple[str, int] | None:
+    """Revoke share ``token_id`` and end the sessions it opened: (its study, sessions
+    ended), or None when there is no such active share."""
+    entry = tokens.list().get(token_id)
+    if entry is None or "study" not in entry or not tokens.revoke(token_id):
+        return None
+    return str(entry["study"]), sessions.end_share(token_id)
+
+
 def share_link(base_url: str, token: str) -> str:
     """The link that opens a share token's study."""
     return f"{base_url.rstrip('/')}{SHARE_PATH}/{token}"
@@ -90,9 +112,10 @@ class ShareLinks:
     """The endpoint of ``GET /share/{token}`` (see the module's docstring)."""
 
     def __init__(self, tokens: TokenStore, sessions: SessionStore, audit: AuditLog,
-                 secure_cookie: bool):
+                 secure_cookie: bool, prefix: str = ""):
         self.tokens, self.sessions, self.audit = tokens, sessions, audit
         self.secure_cookie = secure_cookie
+        self.prefix = prefix  # the path of public_url (a proxy strips it)
 
     def _audit(self, request: Request, user: str, outcome: str, detail: str,
                study: str | None) -> None:
@@ -116,7 +139,8 @@ class ShareLinks:
             share=grant.id, ends=grant.expires)
         self._audit(request, f"{grant.name} (session {session.id})", "success",
                     f"share link opened (scope {grant.scope})", grant.study)
-        target = html.escape(f"{PUBLIC_PATH}viewer?StudyInstanceUIDs={grant.study}")
+        target = html.escape(f"{self.prefix}{PUBLIC_PATH}viewer?StudyInstanceUIDs="
+                             f"{grant.study}")
         response = _page(f"<h1>pacscore</h1><p><a href=\"{target}\">Open the study</a></p>",
                          200, f"<meta http-equiv=refresh content=\"0;url={target}\">")
         response.set_cookie(COOKIE, cookie, max_age=max(1, int(session.expires - time.time())),

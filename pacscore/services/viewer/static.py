@@ -9,12 +9,19 @@ a route of the single-page app and gets ``index.html``; a path that leaves the b
 (``..``, a symbolic link out) is refused 404 without touching the file system outside.
 Every answer carries the cross-origin isolation headers OHIF's volume rendering needs
 (``SharedArrayBuffer``: COOP ``same-origin``, COEP ``require-corp``).
+
+Behind a proxy at a path (``public_url`` ``https://host/pacs``, the proxy stripping
+``/pacs``), the build's own absolute paths (``/viewer/...`` in ``index.html``, the style
+sheets and each webpack runtime, as :mod:`.install` wrote them) are answered with that
+prefix (:func:`rebased`, kept in memory once read), and ``app-config.js`` names the
+DICOMweb root and the router's base under it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import mimetypes
 import re
 import threading
 from pathlib import Path, PurePosixPath
@@ -24,7 +31,7 @@ from starlette.responses import FileResponse, PlainTextResponse, Response
 
 from .install import PUBLIC_PATH, ViewerInstallError, install, installed
 
-__all__ = ["ISOLATION", "ViewerBuild", "app_config", "viewer_files"]
+__all__ = ["ISOLATION", "VOI_LUT_FUNCTION_SHIM", "ViewerBuild", "app_config", "viewer_files"]
 
 log = logging.getLogger(__name__)
 
@@ -111,15 +118,52 @@ class ViewerBuild:
                 "reload (no restart needed)")
 
 
-def app_config(dicomweb_path: str) -> str:
+VOI_LUT_FUNCTION_SHIM = """/* OHIF 3.13.2's image loader keeps the first character of VOI LUT
+   Function (0028,1056) ('S' of SIGMOID, 'L' of LINEAR) and then refuses to draw the image
+   ("Invalid VOI LUT function", IMAGE_LOAD_ERROR; cornerstonejs/cornerstone3D#2844): GE
+   and Hologic mammograms carry SIGMOID.  A metadata provider ahead of OHIF's hands the loader the
+   value under the other key it reads (voiLutFunction), whole.  Drop it when the pinned
+   build has the fix. */
+(function () {
+  var cs, busy = false, seen = new WeakSet();
+  function voiLut(type, imageId) {
+    if (type !== 'voiLutModule' || busy) return undefined;
+    busy = true;
+    try {
+      var m = cs.metaData.get(type, imageId);
+      if (!m || typeof m.voiLUTFunction !== 'string') return undefined;
+      return Object.assign({}, m, { voiLUTFunction: undefined,
+                                    voiLutFunction: m.voiLUTFunction.trim() });
+    } finally { busy = false; }
+  }
+  Object.defineProperty(window, 'cornerstone', {
+    configurable: true, enumerable: true,
+    get: function () { return cs; },
+    set: function (value) {
+      cs = value;
+      if (value && value.metaData && !seen.has(value)) {
+        seen.add(value);
+        value.metaData.addProvider(voiLut, 100000);
+      }
+    },
+  });
+})();
+"""
+"""Part of ``app-config.js``: works around the pinned OHIF build's VOI LUT Function bug."""
+
+
+def app_config(dicomweb_path: str, prefix: str = "") -> str:
     """OHIF's ``window.config`` for this server: its DICOMweb root on the page's own
     origin (so the session cookie goes along), what its QIDO-RS supports, thumbnails
-    from ``/thumbnail``, frames as stored (``transfer-syntax=*``)."""
-    root = json.dumps(dicomweb_path)
-    wado_uri = json.dumps(dicomweb_path.rsplit("/", 1)[0] + "/wado")
+    from ``/thumbnail``, frames as stored (``transfer-syntax=*``); and
+    :data:`VOI_LUT_FUNCTION_SHIM`.  ``prefix``: the path of ``public_url``, before
+    every path of this server in the browser."""
+    root = json.dumps(prefix + dicomweb_path)
+    wado_uri = json.dumps(prefix + dicomweb_path.rsplit("/", 1)[0] + "/wado")
     return f"""/* Written by pacscore: OHIF Viewer configuration for this server. */
+{VOI_LUT_FUNCTION_SHIM}
 window.config = {{
-  routerBasename: {json.dumps(PUBLIC_PATH.rstrip('/'))},
+  routerBasename: {json.dumps(prefix + PUBLIC_PATH.rstrip('/'))},
   extensions: [],
   modes: [],
   showStudyList: true,
@@ -182,9 +226,36 @@ class _TraversalError(Exception):
     """A path that would leave the build."""
 
 
+# How each kind of file of the build names its own paths ({} the public path).
+_PATHS_BY_SUFFIX = {".html": '="{}', ".css": "url({}", ".js": '__webpack_require__.p = "{}"'}
+_rebased_cache: dict[tuple[Path, str], tuple[int, bytes | None]] = {}
+_rebased_lock = threading.Lock()
+
+
+def rebased(found: Path, prefix: str) -> bytes | None:
+    """The content of build file ``found`` with its own absolute paths under ``prefix``,
+    or None when it names none (then served as it is)."""
+    template = _PATHS_BY_SUFFIX.get(found.suffix)
+    if template is None or not prefix:
+        return None
+    mtime = found.stat().st_mtime_ns
+    with _rebased_lock:
+        cached = _rebased_cache.get((found, prefix))
+    if cached is not None and cached[0] == mtime:
+        return cached[1]
+    data = found.read_bytes()
+    needle = template.format(PUBLIC_PATH).encode()
+    content = data.replace(needle, template.format(prefix + PUBLIC_PATH).encode()) \
+        if needle in data else None
+    with _rebased_lock:
+        _rebased_cache[(found, prefix)] = (mtime, content)
+    return content
+
+
 def viewer_files(build: ViewerBuild, request: Request, path: str,
-                 config_js: str) -> Response:
-    """The answer to ``/viewer/<path>`` (see the module's docstring)."""
+                 config_js: str, prefix: str = "") -> Response:
+    """The answer to ``/viewer/<path>`` (see the module's docstring; ``prefix``: the
+    path of ``public_url``)."""
     if path == "app-config.js":
         return Response(config_js, 200, media_type="text/javascript",
                         headers={**ISOLATION, "Cache-Control": _REVALIDATE})
@@ -202,4 +273,8 @@ def viewer_files(build: ViewerBuild, request: Request, path: str,
             return PlainTextResponse("not found", 404, headers=ISOLATION)
         found = dist / "index.html"
     cache = _IMMUTABLE if _HASHED.search(found.name) else _REVALIDATE
+    content = rebased(found, prefix)
+    if content is not None:
+        return Response(content, 200, media_type=mimetypes.guess_type(found.name)[0],
+                        headers={**ISOLATION, "Cache-Control": cache})
     return FileResponse(found, headers={**ISOLATION, "Cache-Control": cache})
