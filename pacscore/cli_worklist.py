@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     from .services.auth.security import AuditLog
     from .workflow import LISTED, StepStatus, item_from_pairs, read_item
     from .workflow.items import summary
-    from .workflow.studies import study_states
+    from .workflow.studies import requested_procedures, study_states
 
     with Archive(args.archive) as archive:
         worklist = archive.worklist
@@ -170,8 +170,9 @@ def run(args: argparse.Namespace) -> int:
         if args.worklist_command in ("studies", "unreconciled"):
             return _studies(args, archive)
         statuses = frozenset(StepStatus) if args.all else LISTED
-        study_of = {key: str(s.status) for s in study_states(worklist, archive.query)
-                    for key in s.steps}
+        study_of = {key: str(s.status) for s in study_states(
+            worklist, archive.query, requested=requested_procedures(archive))
+            for key in s.steps}
         rows = [{"key": i.key, "status": str(i.status), "study_status": study_of.get(i.key, ""),
                  **summary(i.dataset)} for i in worklist.items(statuses=statuses)]
         if args.json:
@@ -185,11 +186,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _studies(args: argparse.Namespace, archive: Any) -> int:
     """``worklist studies [--status S]`` and ``worklist unreconciled``."""
-    from .workflow.studies import parse_status, study_states
+    from .workflow.studies import parse_status, requested_procedures, study_states
 
     text = "unreconciled" if args.worklist_command == "unreconciled" else args.status
     states = study_states(archive.worklist, archive.query,
-                          status=parse_status(text) if text else None)
+                          status=parse_status(text) if text else None,
+                          requested=requested_procedures(archive))
     if args.json:
         print(json.dumps({"studies": [s.as_json() for s in states]}))
     for s in [] if args.json else states:

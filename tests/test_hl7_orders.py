@@ -6,6 +6,7 @@ field separators, and the audit records of each message and of the steps it chan
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,20 @@ from pacscore.kinds import StepStatus
 from pacscore.testing import cli
 from pacscore.workflow import Worklist
 
-from .test_hl7 import adt, err, mllp_send, msa, msh, orm, prepared, server, worklist
+from .test_hl7 import (
+    EB,
+    adt,
+    err,
+    frame,
+    mllp_send,
+    msa,
+    msh,
+    orm,
+    prepared,
+    read_ack,
+    server,
+    worklist,
+)
 
 Running = tuple[Path, dict[str, int], subprocess.Popen[str]]
 
@@ -174,3 +188,21 @@ def test_allowing_and_denying_a_sender_is_audited(tmp_path: Path) -> None:
         ("110113", "cli", "HL7 sender 10.0.0.5 allowed"),
         ("110113", "cli", "HL7 sender 10.0.0.5 denied")]
     assert all(e["user"].startswith("cli:") for e in audit)
+
+
+def test_pipelined_messages_are_answered_in_order(running: Running) -> None:
+    """A sender that does not wait for each ACK: the messages are committed together
+    and answered in the order sent, a refusal and a resend among them included."""
+    _, ports, _ = running
+    with socket.create_connection(("127.0.0.1", ports["hl7"]), timeout=30) as s:
+        s.sendall(frame(orm("P-1", acc="A800")) + orm("P-2", acc="A801").encode() + EB
+                  + frame(orm("P-3", acc="A802")) + frame(orm("P-1", acc="A800"))
+                  + frame(orm("P-4", control="XO", acc="A802", pid="P9")))
+        answers = [read_ack(s) for _ in range(5)]
+    assert [msa(a) for a in answers] == [("AA", "P-1"), ("AR", "P-2"), ("AA", "P-3"),
+                                         ("AA", "P-1"), ("AA", "P-4")]
+    assert answers[3] == answers[0]  # the resend: the first answer, nothing changed
+    steps = {str(ds.AccessionNumber): ds for ds in worklist(ports["dimse"],
+                                                            AccessionNumber="A80*")}
+    assert sorted(steps) == ["A800", "A802"]
+    assert str(steps["A802"].PatientID) == "P9"  # the change after its order, in order

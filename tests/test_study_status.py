@@ -32,7 +32,7 @@ from pacscore.services.grpc.generated import load
 from pacscore.services.grpc.server import start_grpc
 from pacscore.testing import free_port, serve_process
 from pacscore.workflow import PerformedSteps, Worklist, item_from_pairs
-from pacscore.workflow.studies import study_states
+from pacscore.workflow.studies import requested_procedures, study_states
 
 from .test_auth_middleware import _ask
 from .test_mpps import completion, creation
@@ -240,3 +240,49 @@ def test_served_mpps_then_the_workflow_endpoint_of_the_same_server(tmp_path: Pat
     # the MPPS requests (dimse) and the step's two changes (serve's worklist listener)
     assert procedure.count(("dimse", "C")) == 1 and procedure.count(("dimse", "U")) == 1
     assert procedure.count(("serve", "U")) == 2
+
+
+def _requested(path: Path, study: str, patient: str, *requested: str) -> bytes:
+    """``path`` as an instance of ``study`` without Accession Number, made for the
+    Requested Procedure IDs ``requested`` (Request Attributes Sequence)."""
+    ds = pydicom.dcmread(io.BytesIO(_object(path, study, "", patient)))
+    items = []
+    for rp in requested:
+        item = pydicom.Dataset()
+        item.RequestedProcedureID = rp
+        items.append(item)
+    ds.RequestAttributesSequence = items
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_images_are_linked_by_requested_procedure_id(tmp_path: Path, corpus: Path) -> None:
+    """Rule 4 of workflow/studies.py: a study with neither the order's Study Instance
+    UID nor its Accession Number is linked by the Requested Procedure ID of its series,
+    when one order of its patient has that ID; one two orders of the patient share, or
+    an order of another patient, links nothing."""
+    image = corpus / IMAGE
+    with Archive(tmp_path / "a", ArchiveConfig(fsync=False)) as arc:
+        for acc, patient, rp in (("R1", "P1", "RP1"), ("R2", "P2", "RPX"), ("R3", "P2", "RPX")):
+            arc.worklist.add(item_from_pairs([
+                f"AccessionNumber={acc}", f"PatientID={patient}", f"RequestedProcedureID={rp}",
+                "Modality=CT", "ScheduledStationAETitle=CT1"]))
+        linked, shared, other = generate_uid(), generate_uid(), generate_uid()
+        arc.store(_requested(image, linked, "P1", "RP1"))
+        arc.store(_requested(image, shared, "P2", "RPX"))
+        arc.store(_requested(image, other, "P9", "RP1"))
+        states = study_states(arc.worklist, arc.query, requested=requested_procedures(arc))
+        by_acc = {s.accession: s for s in states if s.accession}
+        assert by_acc["R1"].status == StudyStatus.ARRIVED and by_acc["R1"].stored == [linked]
+        assert by_acc["R2"].status == by_acc["R3"].status == StudyStatus.SCHEDULED
+        assert sorted(s.study_uid for s in states if s.status == StudyStatus.UNRECONCILED) \
+            == sorted([shared, other])
+        without = study_states(arc.worklist, arc.query)  # rule 4 only with its reader
+        assert {s.accession: s.status for s in without}["R1"] == StudyStatus.SCHEDULED
+    done = subprocess.run([sys.executable, "-m", "pacscore.cli", "worklist", "studies",
+                           "--status", "arrived", "--archive", str(tmp_path / "a"), "--json"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert [(s["accession"], s["stored"]) for s in json.loads(done.stdout)["studies"]] \
+        == [("R1", [linked])]

@@ -15,6 +15,7 @@ from pydicom.uid import UID
 from pydicom.valuerep import PersonName
 
 from .matching import SPS, element, text_of
+from .textitem import TextItem
 
 __all__ = ["decode_dataset", "encode_dataset", "reads_back", "values"]
 
@@ -35,9 +36,11 @@ def decode_dataset(data: bytes) -> Dataset:
     return read_dataset(BytesIO(data), is_implicit_VR=False, is_little_endian=True)
 
 
-def values(ds: Dataset, sps_level: bool, keyword: str) -> set[str]:
+def values(ds: Dataset | TextItem, sps_level: bool, keyword: str) -> set[str]:
     """The values of ``keyword`` in ``ds`` (or each of its SPS items), each value of a
     multi-valued attribute apart; person names upper-cased (matched so)."""
+    if isinstance(ds, TextItem):
+        return ds.values(sps_level, keyword)
     where = list(ds.get(SPS).value) if sps_level and SPS in ds else [] if sps_level else [ds]
     found: set[str] = set()
     for d in where:

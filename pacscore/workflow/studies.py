@@ -14,18 +14,27 @@ How a stored study is linked to an order (IHE SWF; the first that applies):
 2. its Study Instance UID is one a performed procedure step names in its Scheduled
    Step Attributes Sequence, and that step drives an order's items (the modality made
    its own Study Instance UID but reported the step);
-3. its Accession Number (not empty) is an order's.
+3. its Accession Number (not empty) is an order's;
+4. a Requested Procedure ID in the Request Attributes Sequence (0040,0275) of its series
+   (PS3.3 C.7.3.1) is the Requested Procedure ID of exactly one order, of the study's
+   patient when the study has a Patient ID (the modality sent neither the order's
+   Study Instance UID nor its Accession Number; an ID that two such orders share
+   links nothing).
 
-A stored study linked to no order is :attr:`StudyStatus.UNRECONCILED`.  Requested
-Procedure ID is not used for images: the archive's index does not keep it (it is in
-the Request Attributes Sequence of each instance); MPPS links by it (:mod:`.mpps`).
+Rule 4 needs the instances' headers (the index does not keep the sequence): it is
+read only for the studies rules 1-3 leave unlinked, one instance per series, when the
+caller gives :func:`requested_procedures` (every door does).  A stored study linked to
+no order is :attr:`StudyStatus.UNRECONCILED`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from io import BytesIO
+from typing import Any, Protocol
+
+from pydicom import dcmread
 
 from ..errors import InvalidRequestError
 from ..kinds import StepStatus, StudyStatus
@@ -33,10 +42,47 @@ from .matching import text_of
 from .mpps import PerformedSteps
 from .worklist import Worklist
 
-__all__ = ["StudyState", "Query", "parse_status", "study_states"]
+__all__ = ["Query", "Requested", "StudyState", "parse_status", "requested_procedures",
+           "study_states"]
 
 Query = Callable[[str, Mapping[str, str]], list[dict[str, Any]]]
 """``Archive.query``: (level, keys) -> matches."""
+
+Requested = Callable[[str], set[str]]
+"""Study Instance UID -> the Requested Procedure IDs its series were made for."""
+
+_REQUEST_ATTRIBUTES = 0x00400275  # Request Attributes Sequence
+_REQUESTED_PROCEDURE_ID = 0x00401001
+
+
+class _Headers(Protocol):
+    """What :func:`requested_procedures` reads (an :class:`~pacscore.Archive`)."""
+
+    def query(self, level: str, keys: Mapping[str, str]) -> list[dict[str, Any]]: ...
+
+    def instances(self, level: str, uid: str) -> list[str]: ...
+
+    def header(self, sop_instance_uid: str) -> bytes: ...
+
+
+def requested_procedures(archive: _Headers) -> Requested:
+    """Rule 4's reader: the Requested Procedure IDs of a stored study, from the Request
+    Attributes Sequence of the first instance of each of its series."""
+    def ids(study_uid: str) -> set[str]:
+        found: set[str] = set()
+        for series in archive.query("series", {"StudyInstanceUID": study_uid}):
+            sops = archive.instances("series", str(series.get("SeriesInstanceUID") or ""))
+            if not sops:
+                continue
+            ds = dcmread(BytesIO(archive.header(sops[0])), force=True,
+                         specific_tags=[_REQUEST_ATTRIBUTES])
+            seq = ds.get(_REQUEST_ATTRIBUTES)
+            for item in seq.value if seq is not None and seq.VR == "SQ" else []:
+                value = item.get(_REQUESTED_PROCEDURE_ID)
+                if value is not None and text_of(value.value).strip():
+                    found.add(text_of(value.value).strip())
+        return found
+    return ids
 
 _REPORT_MODALITY = "SR"  # Basic/Enhanced/Comprehensive Text SR series (PS3.3 C.17)
 
@@ -104,11 +150,13 @@ def _status(steps: Iterable[StepStatus], images: bool, report: bool) -> StudySta
     return from_steps
 
 
-def _orders(worklist: Worklist) -> tuple[dict[str, StudyState], dict[str, str]]:
-    """The ordered studies by Study Instance UID (their items grouped), and the Study
-    Instance UID of each Accession Number."""
+def _orders(worklist: Worklist) -> tuple[dict[str, StudyState], dict[str, str],
+                                        dict[str, set[str]]]:
+    """The ordered studies by Study Instance UID (their items grouped), the Study
+    Instance UID of each Accession Number, and those of each Requested Procedure ID."""
     orders: dict[str, StudyState] = {}
     by_accession: dict[str, str] = {}
+    by_requested: dict[str, set[str]] = {}
     for key, status, ids in worklist.identities():
         uid = (ids["study_uid"] or [f"item:{key}"])[0]
         acc = ids["accession"][0] if ids["accession"] else ""
@@ -117,7 +165,19 @@ def _orders(worklist: Worklist) -> tuple[dict[str, StudyState], dict[str, str]]:
         state.steps[key] = str(status)
         if acc:
             by_accession.setdefault(acc, uid)
-    return orders, by_accession
+        for rp in ids.get("requested_procedure_id", []):
+            by_requested.setdefault(rp, set()).add(uid)
+    return orders, by_accession, by_requested
+
+
+def _by_requested(requested: Requested | None, by_requested: dict[str, set[str]],
+                  orders: dict[str, StudyState], study_uid: str, patient: str) -> str | None:
+    """Rule 4: the one order a Requested Procedure ID of the study names, or None."""
+    if requested is None or not by_requested:
+        return None
+    owners = {uid for rp in requested(study_uid) for uid in by_requested.get(rp, ())
+              if not patient or orders[uid].patient_id in ("", patient)}
+    return owners.pop() if len(owners) == 1 else None
 
 
 def _performed(worklist: Worklist, orders: dict[str, StudyState]) -> dict[str, str]:
@@ -138,19 +198,22 @@ def _performed(worklist: Worklist, orders: dict[str, StudyState]) -> dict[str, s
     return by_performed
 
 
-def study_states(worklist: Worklist, query: Query, *,
-                 status: StudyStatus | None = None) -> list[StudyState]:
+def study_states(worklist: Worklist, query: Query, *, status: StudyStatus | None = None,
+                 requested: Requested | None = None) -> list[StudyState]:
     """Every ordered study, then every stored study no order matches (UNRECONCILED);
     only those of ``status`` when given.  Orders in the order they were added; stored
-    studies by Study Instance UID."""
-    orders, by_accession = _orders(worklist)
+    studies by Study Instance UID.  ``requested``: rule 4's reader
+    (:func:`requested_procedures`), without which rule 4 is not applied."""
+    orders, by_accession, by_requested = _orders(worklist)
     by_performed = _performed(worklist, orders)
     reports: set[str] = set()
     unreconciled: list[StudyState] = []
     for study in sorted(query("study", {}), key=lambda m: str(m.get("StudyInstanceUID"))):
         uid = str(study.get("StudyInstanceUID") or "")
         acc = text_of(study.get("AccessionNumber") or "").strip()
-        owner = uid if uid in orders else by_performed.get(uid) or by_accession.get(acc)
+        owner = uid if uid in orders else by_performed.get(uid) or by_accession.get(acc) \
+            or _by_requested(requested, by_requested, orders, uid,
+                             str(study.get("PatientID") or ""))
         count = int(study.get("NumberOfStudyRelatedInstances") or 0)
         modalities = text_of(study.get("ModalitiesInStudy") or "").split("\\")
         if owner is None:

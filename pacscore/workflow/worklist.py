@@ -43,6 +43,7 @@ from .corrections import CORRECTION_DATABASES, Correction, CorrectionTable, Pati
 from .encoding import decode_dataset, encode_dataset, reads_back
 from .encoding import values as _values
 from .matching import SPS, IndexedKey, answer, check_identifier, index_plan, text_of
+from .textitem import TextItem
 
 __all__ = ["IDENTIFIERS", "INDEXED", "LISTED", "SPS_STATUS", "Changes", "WorkflowEvent",
            "Worklist", "WorklistItem"]
@@ -121,7 +122,7 @@ class WorkflowEvent:
     """Who asked (``cli``, ``DIMSE AE@host``, ...)."""
 
 
-def _entries(ds: Dataset, table: dict[str, tuple[bool, str, bytes]]) -> set[bytes]:
+def _entries(ds: Dataset | TextItem, table: dict[str, tuple[bool, str, bytes]]) -> set[bytes]:
     return {char + b"\0" + v.encode("utf-8", "surrogateescape")[:_INDEXED_BYTES]
             for sps_level, keyword, char in table.values()
             for v in _values(ds, sps_level, keyword)}
@@ -253,7 +254,7 @@ class Worklist:
         index entries: after a crash it is there whole or not at all."""
         return self.change(lambda c: c.add(item, status=status), by=by)
 
-    def _index(self, txn: lmdb.Transaction, key: str, ds: Dataset, db: bytes,
+    def _index(self, txn: lmdb.Transaction, key: str, ds: Dataset | TextItem, db: bytes,
                table: dict[str, tuple[bool, str, bytes]], *, add: bool) -> None:
         for entry in _entries(ds, table):
             if add:
@@ -464,12 +465,20 @@ class Changes:
         self.worklist, self.txn, self.by, self.events = worklist, txn, by, events
         self.dbs = worklist.dbs
 
-    def add(self, item: Dataset, *, status: StepStatus = StepStatus.SCHEDULED) -> str:
-        """Add one step (see :meth:`Worklist.add`); its key."""
-        _check_item(item)
-        data = encode_dataset(item)
-        # index what will be read back (the item itself when that is the same text)
-        ds = item if reads_back(item, (IDENTIFIERS, INDEXED)) else decode_dataset(data)
+    def add(self, item: Dataset | TextItem, *, status: StepStatus = StepStatus.SCHEDULED
+            ) -> str:
+        """Add one step (see :meth:`Worklist.add`); its key.  A :class:`TextItem` of
+        values it can write directly (an HL7 order) is written and indexed without a
+        pydicom data set (its forms are what :func:`_check_item` allows)."""
+        ds: Dataset | TextItem
+        if isinstance(item, TextItem) and item.direct:
+            data, ds = item.encode(), item
+        else:
+            item = item.dataset() if isinstance(item, TextItem) else item
+            _check_item(item)
+            data = encode_dataset(item)
+            # index what will be read back (the item itself when that is the same text)
+            ds = item if reads_back(item, (IDENTIFIERS, INDEXED)) else decode_dataset(data)
         state = {"status": str(status), "created": time.time(), **_identifiers(ds)}
         txn, meta = self.txn, self.dbs[b"meta"]
         number = int(bytes(txn.get(b"next", b"1", db=meta)))
@@ -588,9 +597,11 @@ def _key(text: str) -> bytes:
     return raw[: _KEY_BYTES - 32] + hashlib.sha256(raw).hexdigest()[:32].encode()
 
 
-def _identifiers(ds: Dataset) -> dict[str, list[str]]:
+def _identifiers(ds: Dataset | TextItem) -> dict[str, list[str]]:
     return {k: sorted(_values(ds, lvl, kw)) for k, (lvl, kw, _) in IDENTIFIERS.items()}
 
 
-def _accession(ds: Dataset) -> str:
+def _accession(ds: Dataset | TextItem) -> str:
+    if isinstance(ds, TextItem):
+        return ds.get("AccessionNumber")
     return text_of(ds.AccessionNumber) if "AccessionNumber" in ds else ""

@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from ...archive import Archive
 from ...errors import InvalidRequestError
-from ...workflow.studies import parse_status, study_states
+from ...workflow.studies import parse_status, requested_procedures, study_states
 
 __all__ = ["WorkflowStudies"]
 
@@ -33,6 +33,7 @@ class WorkflowStudies:
         text = request.query_params.get("status")
         wanted = parse_status(text) if text else None
         states = await run_in_threadpool(study_states, self.archive.worklist,
-                                         self.archive.query, status=wanted)
+                                         self.archive.query, status=wanted,
+                                         requested=requested_procedures(self.archive))
         return Response(json.dumps({"studies": [s.as_json() for s in states]}), 200,
                         media_type="application/json")

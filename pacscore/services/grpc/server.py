@@ -35,7 +35,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ...archive import Archive
 from ...errors import PacsError
-from ...workflow.studies import parse_status, study_states
+from ...workflow.studies import parse_status, requested_procedures, study_states
 from ..auth.access import ERROR_STATUS, bearer_token, grpc_status_name, identify
 from ..auth.security import AuditLog
 from ..auth.tokens import TokenStore
@@ -335,7 +335,8 @@ def _servicer(archive: Archive, audit: AuditLog, max_object: int, idle_timeout: 
 
         def StudyStatus(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             wanted = parse_status(request.status) if request.status else None
-            states = study_states(archive.worklist, archive.query, status=wanted)
+            states = study_states(archive.worklist, archive.query, status=wanted,
+                                  requested=requested_procedures(archive))
             record(context, "query", "E", detail=f"study status {request.status or 'all'}, "
                                                  f"{len(states)} studies")
             for s in states:

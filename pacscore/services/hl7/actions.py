@@ -32,15 +32,17 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from functools import cache
 from typing import Any
 
 import hl7
-from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from ...errors import ConflictError, HL7MessageError, NotFoundError
 from ...kinds import StepStatus
 from ...workflow import LISTED, corrections
+from ...workflow.textitem import TextItem
 from ...workflow.worklist import Changes
 from .messages import Incoming, field
 
@@ -107,25 +109,38 @@ _CONVERT: dict[str, Callable[[str], str]] = {
 }
 
 
+@cache
+def _source(source: str) -> tuple[str, int, int, int]:
+    """``SEG-field[.component[.subcomponent]]`` -> (segment, field, component, sub)."""
+    m = _SOURCE.match(source)
+    if m is None:  # pragma: no cover - the table is checked by a test
+        raise ValueError(source)
+    return m.group(1), int(m.group(2)), int(m.group(3) or 1), int(m.group(4) or 1)
+
+
 @dataclass(slots=True)
 class _Group:
     """The segments an order group sees: its own, then the message's before it."""
 
     own: dict[str, hl7.Segment]
     common: dict[str, hl7.Segment]
+    seen: dict[tuple[str, str], str] = dataclass_field(default_factory=dict)
+    """(source, kind) -> value, read once per group (sources repeat in the table)."""
 
     def value(self, source: str, kind: str) -> str:
-        m = _SOURCE.match(source)
-        if m is None:  # pragma: no cover - the table is checked by a test
-            raise ValueError(source)
-        name = m.group(1)
+        known = self.seen.get((source, kind))
+        if known is not None:
+            return known
+        name, number, comp, sub = _source(source)
         segment = self.own.get(name) or self.common.get(name)
         if segment is None:
-            return ""
-        number, comp, sub = int(m.group(2)), int(m.group(3) or 1), int(m.group(4) or 1)
-        if kind == "pn":
-            return _pn(segment, number)
-        return _CONVERT[kind](field(segment, number, comp, sub))
+            value = ""
+        elif kind == "pn":
+            value = _pn(segment, number)
+        else:
+            value = _CONVERT[kind](field(segment, number, comp, sub))
+        self.seen[source, kind] = value
+        return value
 
 
 def _groups(message: hl7.Message) -> tuple[dict[str, hl7.Segment], list[_Group]]:
@@ -142,26 +157,27 @@ def _groups(message: hl7.Message) -> tuple[dict[str, hl7.Segment], list[_Group]]
 
 
 def _item(group: _Group, fields: tuple[tuple[str, bool, str, tuple[str, ...]], ...]
-          ) -> tuple[Dataset, Dataset]:
-    ds, sps = Dataset(), Dataset()
+          ) -> TextItem:
+    """The values ``fields`` take from ``group`` (the worklist writes them as a data set:
+    :class:`~pacscore.workflow.textitem.TextItem`)."""
+    top: dict[str, str] = {}
+    sps: dict[str, str] = {}
     for keyword, in_sps, kind, sources in fields:
-        value = next((v for v in (group.value(s, kind) for s in sources) if v), "")
-        if value:
-            setattr(sps if in_sps else ds, keyword, value)
-    return ds, sps
+        for source in sources:
+            value = group.value(source, kind)
+            if value:
+                (sps if in_sps else top)[keyword] = value
+                break
+    return TextItem(top, sps)
 
 
-def _order_item(group: _Group) -> Dataset:
-    ds, sps = _item(group, ORDER_FIELDS)
+def _order_item(group: _Group) -> TextItem:
+    item = _item(group, ORDER_FIELDS)
     for keyword, where in (("PatientID", "PID-3"), ("AccessionNumber", "OBR-18 or IPC-1")):
-        if keyword not in ds:
+        if keyword not in item:
             raise HL7MessageError(f"{where} ({keyword}) is missing", code=101,
                                   location=where.split(" ")[0])
-    sps.ScheduledProcedureStepStatus = "SCHEDULED"
-    ds.ScheduledProcedureStepSequence = [sps]
-    if not all(str(v.value).isascii() for v in ds.iterall() if v.VR in ("PN", "LO", "SH")):
-        ds.SpecificCharacterSet = "ISO_IR 192"
-    return ds
+    return TextItem(item.top, {**item.sps, "ScheduledProcedureStepStatus": "SCHEDULED"})
 
 
 def _listed(changes: Changes, accession: str) -> list[str]:
@@ -175,45 +191,47 @@ def _known_order(changes: Changes, accession: str) -> list[str]:
     return keys
 
 
-def _new(changes: Changes, ds: Dataset, group: _Group) -> None:
-    if _listed(changes, str(ds.AccessionNumber)):
-        raise ConflictError(f"order {ds.AccessionNumber} is scheduled already",
+def _new(changes: Changes, item: TextItem, group: _Group) -> None:
+    accession = item.get("AccessionNumber")
+    if _listed(changes, accession):
+        raise ConflictError(f"order {accession} is scheduled already",
                             hint="change it with order control XO")
-    if "StudyInstanceUID" not in ds:
-        ds.StudyInstanceUID = generate_uid()
-    _register(changes, ds, replace=False)
-    changes.add(ds)
+    if "StudyInstanceUID" not in item:
+        item = item.with_values(StudyInstanceUID=generate_uid())
+    _register(changes, item, replace=False)
+    changes.add(item)
 
 
-def _change(changes: Changes, ds: Dataset, group: _Group) -> None:
-    for key in _known_order(changes, str(ds.AccessionNumber)):
-        old = changes.get(key).dataset
+def _change(changes: Changes, item: TextItem, group: _Group) -> None:
+    for key in _known_order(changes, item.get("AccessionNumber")):
+        ds = item.dataset()
         if "StudyInstanceUID" not in ds:
-            ds.StudyInstanceUID = old.StudyInstanceUID
+            ds.StudyInstanceUID = changes.get(key).dataset.StudyInstanceUID
         changes.replace(key, ds)
 
 
-def _status_to(status: StepStatus) -> Callable[[Changes, Dataset, _Group], None]:
-    def apply(changes: Changes, ds: Dataset, group: _Group) -> None:
-        for key in _known_order(changes, str(ds.AccessionNumber)):
+def _status_to(status: StepStatus) -> Callable[[Changes, TextItem, _Group], None]:
+    def apply(changes: Changes, item: TextItem, group: _Group) -> None:
+        for key in _known_order(changes, item.get("AccessionNumber")):
             changes.set_status(key, status)
     return apply
 
 
-def _status_changed(changes: Changes, ds: Dataset, group: _Group) -> None:
+def _status_changed(changes: Changes, item: TextItem, group: _Group) -> None:
     code = group.value("ORC-5", "text").upper()
     status = ORDER_STATUS.get(code)
     if status is None:
         raise HL7MessageError(f"order status {code!r} (ORC-5) is not one of "
                               f"{', '.join(ORDER_STATUS)}", code=103, location="ORC-5")
-    keys = [k for k in changes.lookup("accession", str(ds.AccessionNumber))]
+    accession = item.get("AccessionNumber")
+    keys = changes.lookup("accession", accession)
     if not keys:
-        raise NotFoundError(f"no order has the Accession Number {ds.AccessionNumber!r}")
+        raise NotFoundError(f"no order has the Accession Number {accession!r}")
     for key in keys:
         changes.set_status(key, status)
 
 
-ORDER_CONTROL: dict[str, Callable[[Changes, Dataset, _Group], None]] = {
+ORDER_CONTROL: dict[str, Callable[[Changes, TextItem, _Group], None]] = {
     # ORC-1 (HL7 Table 0119) -> what it does
     "NW": _new, "XO": _change, "CA": _status_to(StepStatus.CANCELLED),
     "DC": _status_to(StepStatus.DISCONTINUED), "SC": _status_changed,
@@ -235,8 +253,8 @@ def _orders(changes: Changes, incoming: Incoming) -> None:
 
 
 # -- patients --------------------------------------------------------------------
-def _demographics(ds: Dataset) -> dict[str, Any]:
-    return {k: str(ds[k].value) for k in PATIENT_FIELDS if k in ds}
+def _demographics(item: TextItem) -> dict[str, Any]:
+    return {k: item.get(k) for k in PATIENT_FIELDS if k in item}
 
 
 def _apply(changes: Changes, patient_id: str, record: dict[str, Any],
@@ -257,21 +275,21 @@ def _apply(changes: Changes, patient_id: str, record: dict[str, Any],
         changes.replace(key, ds)
 
 
-def _register(changes: Changes, ds: Dataset, *, replace: bool) -> None:
-    patient_id = str(ds.PatientID)
+def _register(changes: Changes, item: TextItem, *, replace: bool) -> None:
+    patient_id = item.get("PatientID")
     if replace or changes.patient(patient_id) is None:
-        changes.put_patient(patient_id, _demographics(ds))
+        changes.put_patient(patient_id, _demographics(item))
 
 
 def _patient(changes: Changes, incoming: Incoming) -> None:
     common, _ = _groups(incoming.message)
-    ds, _ = _item(_Group({}, common), ORDER_FIELDS)
-    if "PatientID" not in ds:
+    item = _item(_Group({}, common), ORDER_FIELDS)
+    if "PatientID" not in item:
         raise HL7MessageError("PID-3 (Patient ID) is missing", code=101, location="PID-3")
-    _register(changes, ds, replace=True)
-    _apply(changes, str(ds.PatientID), _demographics(ds), LISTED)
+    _register(changes, item, replace=True)
+    _apply(changes, item.get("PatientID"), _demographics(item), LISTED)
     if incoming.event == "A08":  # what the archive serves of the patient's images
-        corrections.correct(changes, str(ds.PatientID), _corrected(ds))
+        corrections.correct(changes, item.get("PatientID"), _corrected(item))
 
 
 def _known(changes: Changes, patient_id: str) -> bool:
@@ -282,8 +300,8 @@ def _known(changes: Changes, patient_id: str) -> bool:
 
 def _merge(changes: Changes, incoming: Incoming) -> None:
     common, _ = _groups(incoming.message)
-    ds, _ = _item(_Group({}, common), ORDER_FIELDS)
-    surviving = str(ds.get("PatientID", ""))
+    item = _item(_Group({}, common), ORDER_FIELDS)
+    surviving = item.get("PatientID")
     mrg = common.get("MRG")
     prior = field(mrg, 1) if mrg is not None else ""
     for value, where in ((surviving, "PID-3"), (prior, "MRG-1")):
@@ -297,19 +315,19 @@ def _merge(changes: Changes, incoming: Incoming) -> None:
         if not _known(changes, value):
             raise HL7MessageError(f"patient {value!r} ({where}) is not known", code=204,
                                   location=where, hint="register it first (ADT A01/A04)")
-    record = changes.patient(surviving) or _demographics(ds)
+    record = changes.patient(surviving) or _demographics(item)
     record.setdefault("PatientID", surviving)
     _apply(changes, prior, record, frozenset(StepStatus))
     changes.put_patient(surviving, record)
     changes.put_patient(prior, {"merged_into": surviving})
-    corrections.merge(changes, prior, surviving, _corrected(ds))
+    corrections.merge(changes, prior, surviving, _corrected(item))
 
 
-def _corrected(ds: Dataset) -> dict[str, str]:
+def _corrected(item: TextItem) -> dict[str, str]:
     """The PID values the corrections overlay serves (:mod:`pacscore.workflow.corrections`);
     one a DICOM object cannot carry (a name with a backslash) is left out, not refused:
     the worklist takes the message as before."""
-    values = {k: str(ds[k].value) for k in corrections.CORRECTED if k in ds}
+    values = {k: item.get(k) for k in corrections.CORRECTED if k in item}
     return {k: v for k, v in values.items() if corrections.servable(k, v)}
 
 
