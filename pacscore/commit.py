@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from .dicom.compare import difference
-from .errors import ConflictError, InvalidDicomError, PacsError
+from .errors import ConflictError, IndexUnavailableError, InvalidDicomError, PacsError
 from .index import Index, InstanceRecord, PutOutcome
 from .ingest.outcomes import Prepared, Rejected, StoreResult, result
 from .kinds import PutStatus, StoreStatus
@@ -205,7 +205,11 @@ class Committer:
             self._notify(stored)
 
     def _commit_locked(self, batch: Sequence[Prepared]) -> Committed:
-        decided, fresh = self._sort(batch)
+        try:
+            decided, fresh = self._sort(batch)
+        except BaseException:  # the index could not be asked: nothing committed
+            self.store.discard([p.record.location for p in batch])
+            raise
         self.store.discard([batch[i].record.location for i in decided])
         puts, owned = self._index_and_publish(fresh)
         by_id = {id(p): o for p, o in zip(fresh, puts, strict=True)}
@@ -245,6 +249,8 @@ class Committer:
             if not all(p.durable for p in fresh):
                 self.store.flush(locs)
             puts = self.index.put([(p.record, p.header) for p in fresh])
+        except IndexUnavailableError as exc:  # the put may have committed: ask
+            puts = self._resolve(fresh, exc)
         except BaseException:  # nothing committed: no staged frame may stay behind
             self.store.discard(locs)
             raise
@@ -258,6 +264,35 @@ class Committer:
             log.exception("publishing committed locations failed; they stay staged")
             owned = []
         return puts, owned
+
+    def _resolve(self, fresh: Sequence[Prepared], error: IndexUnavailableError
+                 ) -> list[PutOutcome]:
+        """The index went away during a put: its transaction may have committed (the
+        connection lost after the COMMIT went out, the answer never came back).  Ask it
+        again which of the batch's locations it owns.  All of them: the batch is stored
+        (their outcomes are ``stored``).  Otherwise what it owns is published, what it
+        does not is discarded, and ``error`` raised: the sender is told to send again
+        (what was committed after all is then a duplicate, whole).  When the index
+        cannot say either, everything stays staged and ``error`` is raised: discarding
+        could delete the frames of a committed record.  The next start's recovery (or,
+        beside other front ends, one after the grace period) publishes what the index
+        names and removes the rest; in object storage a committed location is readable
+        meanwhile (reads go to the final keys)."""
+        locs = [p.record.location for p in fresh]
+        try:
+            owners = [self.index.location_owner(loc) for loc in locs]
+        except IndexUnavailableError:
+            log.warning("the index went away during a commit and cannot tell whether it "
+                        "took place: %d staged locations kept for recovery", len(locs))
+            raise error from None
+        mine = [o == p.record.sop_instance_uid for p, o in zip(fresh, owners, strict=True)]
+        if all(mine):
+            log.warning("the index went away during a commit that took place: %d "
+                        "instances stored", len(locs))
+            return [PutOutcome(p.record.sop_instance_uid, PutStatus.STORED) for p in fresh]
+        self.store.discard([loc for loc, m in zip(locs, mine, strict=True) if not m])
+        self.store.publish([loc for loc, m in zip(locs, mine, strict=True) if m])
+        raise error
 
     @staticmethod
     def _conflict(new: InstanceRecord, old: InstanceRecord, why: str) -> str:

@@ -112,6 +112,13 @@ def test_index_specs() -> None:
         "postgresql", dsn="host=h dbname=db password=pw")
     assert "pw" not in str(IndexSpec.parse("host=h dbname=db password=pw"))
     assert set(INDEX_KINDS) == {"lmdb", "postgresql"}
+    # pacscore's own settings in the URL (libpq refuses parameters it does not know)
+    assert IndexSpec.parse("postgresql://h/db?sslmode=disable&statement_timeout=2.5&"
+                           "timeout=4&pool_size=3") == IndexSpec.of(
+        "postgresql", dsn="postgresql://h/db?sslmode=disable", statement_timeout=2.5,
+        timeout=4.0, pool_size=3)
+    with pytest.raises(UnknownIndexError, match="statement_timeout='0'"):
+        IndexSpec.parse("postgresql://h/db?statement_timeout=0")
     with pytest.raises(UnknownIndexError, match="unknown index kind 'mongo'"):
         IndexSpec.of("mongo")
     with pytest.raises(UnknownIndexError, match="cannot tell") as unknown:

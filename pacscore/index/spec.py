@@ -34,6 +34,12 @@ _SCHEMES: dict[str, tuple[str, str]] = {
     "postgres://": ("postgresql", "dsn"),
 }
 """URL prefixes :meth:`IndexSpec.parse` knows: prefix -> (kind, setting the URL goes to)."""
+_URL_SETTINGS: dict[str, dict[str, type[float] | type[int]]] = {
+    "postgresql": {"timeout": float, "statement_timeout": float, "pool_size": int},
+}
+"""Query parameters of an index URL that are pacscore's settings, not the server's
+(``postgresql://host/db?statement_timeout=5``: libpq refuses parameters it does not
+know, so they are taken out of the URL): kind -> name -> type."""
 _KEYWORDS = re.compile(r"\s*(host|hostaddr|port|dbname|user|service)\s*=")
 """A libpq keyword/value connection string."""
 _EXTRAS = {"postgresql": "pip install 'pacscore[postgresql]'"}
@@ -60,10 +66,13 @@ class IndexSpec:
     def parse(cls, text: str) -> IndexSpec:
         """The spec of a URL: ``postgresql://[user[:password]@]host[:port]/database``
         (libpq's URL, query parameters included), or of a libpq keyword string
-        (``host=db port=5432 dbname=pacs``)."""
+        (``host=db port=5432 dbname=pacs``).  A URL's ``timeout``, ``statement_timeout``
+        (seconds) and ``pool_size`` parameters are the index's settings of those names
+        (:class:`~pacscore.index.postgres.PgIndex`)."""
         for prefix, (kind, setting) in _SCHEMES.items():
             if text.startswith(prefix):
-                return cls.of(kind, **{setting: text})
+                url, settings = _url_settings(kind, text)
+                return cls.of(kind, **{setting: url}, **settings)
         if _KEYWORDS.match(text):
             return cls.of("postgresql", dsn=text)
         raise UnknownIndexError(
@@ -90,6 +99,30 @@ class IndexSpec:
         """The spec without passwords (for messages and logs)."""
         shown = ", ".join(f"{k}={_redact(str(v))}" for k, v in self.settings)
         return f"{self.kind}({shown})"
+
+
+def _url_settings(kind: str, url: str) -> tuple[str, dict[str, Setting]]:
+    """``url`` without the query parameters that are pacscore's settings; those."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    known = _URL_SETTINGS.get(kind, {})
+    parts = urlsplit(url)
+    kept: list[tuple[str, str]] = []
+    settings: dict[str, Setting] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in known:
+            kept.append((name, value))
+            continue
+        try:
+            number = known[name](value)
+        except ValueError:
+            number = -1
+        if number <= 0:
+            raise UnknownIndexError(f"index URL parameter {name}={value!r} is not a "
+                                    f"positive number", hint=f"give {name} in "
+                                    f"{'seconds' if known[name] is float else 'connections'}")
+        settings[name] = number
+    return urlunsplit(parts._replace(query=urlencode(kept))), settings
 
 
 def _redact(text: str) -> str:

@@ -449,6 +449,8 @@ def serve(archive_dir: Path, config: ServeConfig) -> None:
         web.start()
         while not http.started and web.is_alive():
             stop.wait(0.05)
+        if not http.started:  # uvicorn logged why (a port taken): no server without it
+            raise OSError(f"the DICOMweb door did not start on {host}:{http_port}")
         rpc = start_grpc(archive, host, config.grpc_port, max_object=config.max_body,
                          idle_timeout=config.idle_timeout,
                          tls=(config.tls_cert, config.tls_key, config.tls_ca)

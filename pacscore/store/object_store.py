@@ -316,6 +316,13 @@ class ObjectFrameStore(FrameStore):
             raise self._error(exc, f"looking up {key}") from exc
         return True
 
+    async def _has_async(self, key: str) -> bool:
+        try:
+            await obstore.head_async(self.store, key)
+        except _MISSING:
+            return False
+        return True
+
     def _read(self, key: str) -> bytes | None:
         try:
             return bytes(obstore.get(self.store, key).bytes())
@@ -364,8 +371,13 @@ class ObjectFrameStore(FrameStore):
         if not markers:
             return
         self._wait(locs)
-        staged = self._staged_set()
-        missing = [loc for loc in locs if loc not in staged]
+        # the batch's own markers (concurrent HEADs), not a LIST of the whole staging
+        # area: that grows with every writer's stagings and leftovers
+        try:
+            present = _LOOP.run(_gather([self._has_async(m) for m in markers]))
+        except _FAILED as exc:
+            raise self._error(exc, "publishing (looking up staging markers)") from exc
+        missing = [loc for loc, there in zip(locs, present, strict=True) if not there]
         if missing:
             raise ArchiveStorageError(f"staged data vanished before publishing: "
                                       f"{', '.join(missing[:5])}")

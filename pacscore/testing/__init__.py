@@ -41,6 +41,10 @@ def cli(*args: str) -> str:
                           capture_output=True, text=True).stdout
 
 
+_ALWAYS_OPEN = ("dimse", "http", "grpc")
+"""Doors ``pacscore serve`` opens whatever it is told."""
+
+
 @contextmanager
 def serve_process(archive: Path, *extra: str, doors: Sequence[str] = ("dimse", "http", "grpc"),
                   env: Mapping[str, str] | None = None, output: list[str] | None = None
@@ -48,8 +52,10 @@ def serve_process(archive: Path, *extra: str, doors: Sequence[str] = ("dimse", "
     """Run ``pacscore serve`` with each of ``doors`` on a fresh port (``--<door>-port``);
     yield the process and the ports; check the clean shutdown on SIGTERM (unless the
     caller ended the process itself).  ``output`` receives the lines the server printed
-    until it listened; ``env`` is added to the environment."""
-    ports = {door: free_port() for door in doors}
+    until it listened; ``env`` is added to the environment.  The doors serve always
+    opens get a fresh port too, asked for or not (never the defaults: a second server
+    on the machine would find them taken)."""
+    ports = {door: free_port() for door in dict.fromkeys((*doors, *_ALWAYS_OPEN))}
     flags = [arg for door, port in ports.items() for arg in (f"--{door}-port", str(port))]
     proc = subprocess.Popen(
         [sys.executable, "-m", "pacscore.cli", "serve", "--archive", str(archive), *flags,

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +66,8 @@ class PostgresServer:
     watchdog: subprocess.Popen[bytes] | None = None
     """A process that stops the server and removes its directory when this one dies
     without doing it (killed: no fixture finaliser runs)."""
+    launch: Callable[[], subprocess.Popen[bytes]] | None = field(default=None, repr=False)
+    """Starts the postmaster on its data and port (:meth:`restart`)."""
 
     def dsn_of(self, database: str) -> str:
         """The connection string of ``database`` on this server."""
@@ -110,6 +112,21 @@ class PostgresServer:
             self.watchdog.wait(timeout)
             self.watchdog = None
 
+    def shut_down(self, timeout: float = 20.0) -> None:
+        """Stop the postmaster this module started (fast shutdown: open transactions
+        are rolled back, clients disconnected) and keep its data for :meth:`start_again`."""
+        if self.process is None:
+            raise RuntimeError("this server was not started here")
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(timeout)
+
+    def start_again(self, timeout: float = 60.0) -> None:
+        """Start the postmaster :meth:`shut_down` stopped, on the same port and data."""
+        if self.launch is None or self.process is None or self.process.poll() is None:
+            raise RuntimeError("shut_down() the server this module started first")
+        self.process = self.launch()
+        _wait_ready(self, timeout)
+
     def __enter__(self) -> PostgresServer:
         return self
 
@@ -147,15 +164,20 @@ def start_postgres(*, settings: dict[str, str] | None = None, timeout: float = 6
         options = {"listen_addresses": "127.0.0.1", "fsync": "off",
                    "synchronous_commit": "off", "full_page_writes": "off",
                    "max_connections": "200", **(settings or {})}
-        with open(log, "wb") as out:
-            if user is not None:
-                os.fchown(out.fileno(), user.pw_uid, user.pw_gid)
-            server.process = subprocess.Popen(
-                [str(postgres), "-D", str(data), "-p", str(port), "-k", str(directory),
-                 *(a for k, v in options.items() for a in ("-c", f"{k}={v}"))],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=directory, start_new_session=True, user=uid, group=gid,
-                extra_groups=groups)
+
+        def launch() -> subprocess.Popen[bytes]:
+            with open(log, "ab") as out:
+                if user is not None:
+                    os.fchown(out.fileno(), user.pw_uid, user.pw_gid)
+                return subprocess.Popen(
+                    [str(postgres), "-D", str(data), "-p", str(port), "-k", str(directory),
+                     *(a for k, v in options.items() for a in ("-c", f"{k}={v}"))],
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    cwd=directory, start_new_session=True, user=uid, group=gid,
+                    extra_groups=groups)
+
+        server.launch = launch
+        server.process = launch()
         server.watchdog = subprocess.Popen(
             [sys.executable, "-c", _WATCHDOG, str(server.process.pid), str(directory)],
             stdin=subprocess.PIPE, start_new_session=True)
@@ -169,11 +191,17 @@ def start_postgres(*, settings: dict[str, str] | None = None, timeout: float = 6
 
 
 # Reads its stdin until the test process closes it (or dies); then, if the server still
-# runs, a fast shutdown (SIGKILL after 20 s) and its directory removed.
+# runs, a fast shutdown (SIGKILL after 20 s) and its directory removed.  The postmaster
+# is the one postmaster.pid names (started again by start_again: another pid).
 _WATCHDOG = """
 import os, shutil, signal, sys, time
 sys.stdin.buffer.read()
 pid, directory = int(sys.argv[1]), sys.argv[2]
+try:
+    with open(os.path.join(directory, "data", "postmaster.pid")) as f:
+        pid = int(f.readline())
+except (OSError, ValueError):
+    pass
 try:
     os.kill(pid, signal.SIGINT)
     for _ in range(200):

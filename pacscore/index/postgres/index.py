@@ -18,10 +18,14 @@ Writers are kept apart by the database, not by a file lock:
 * a deadlock or serialisation failure rolls the whole transaction back and it is run
   again; anything else is an error from :mod:`pacscore.errors` with a hint (a server
   that cannot be reached within the connect timeout is
-  :class:`~pacscore.errors.IndexUnavailableError`; a statement has a timeout too).
+  :class:`~pacscore.errors.IndexUnavailableError`; a statement has a timeout too);
+* a server that goes silent (a network partition: no answer, no error) is given up on
+  after ``statement_timeout + timeout`` seconds per read or write transaction
+  (:mod:`.deadline`): IndexUnavailableError, never a client waiting forever.
 
 A write whose connection breaks mid-commit is not retried: it may have committed (the
-archive's recovery then publishes what the index names).
+archive's commit asks the index again which locations it owns,
+:meth:`pacscore.commit.Committer._resolve`; its recovery publishes what the index names).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from ...kinds import PutStatus
 from ..base import Index, PutOutcome
 from ..records import InstanceRecord
 from ..validate import record_problem
+from .deadline import Deadlines
 from .put import (
     Batch,
     BulkError,
@@ -66,6 +71,7 @@ T = TypeVar("T")
 
 _RETRY = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
 _ATTEMPTS = 10
+_DEADLINES = Deadlines()
 
 
 def describe(dsn: str) -> str:
@@ -93,7 +99,9 @@ class PgIndex(PgQueries, Index):
     timeout
         Seconds to wait for a connection (connecting, or a free one in the pool).
     statement_timeout
-        Seconds any statement may run (lock waits included).
+        Seconds any statement may run (lock waits included).  A read or a write
+        transaction whose server stays silent for ``statement_timeout + timeout``
+        seconds is given up (its connection cut): IndexUnavailableError.
     """
 
     def __init__(self, dsn: str, *, readonly: bool = False, pool_size: int = 8,
@@ -101,6 +109,8 @@ class PgIndex(PgQueries, Index):
                  migrations: tuple[tuple[int, str], ...] = MIGRATIONS):
         self.where = describe(dsn)
         self.timeout = timeout
+        self.deadline = statement_timeout + timeout
+        """Seconds a read or write transaction may go without its answer."""
         settings = [f"SET search_path TO {SCHEMA}",
                     f"SET statement_timeout = {int(statement_timeout * 1000)}"]
         if readonly:
@@ -112,6 +122,10 @@ class PgIndex(PgQueries, Index):
 
         self.pool: ConnectionPool[Conn] = ConnectionPool(
             dsn, min_size=1, max_size=pool_size, open=False, timeout=timeout,
+            # the pool's reconnection backs off exponentially until it gives up: after
+            # an outage of T s it could wait about T s more before trying again; giving
+            # up after `timeout` lets the next request try at once instead
+            reconnect_timeout=timeout,
             configure=configure, name=f"pacscore-index {self.where}",
             kwargs={"autocommit": True, "connect_timeout": max(1, round(timeout)),
                     "application_name": "pacscore"})
@@ -123,7 +137,7 @@ class PgIndex(PgQueries, Index):
                 f"cannot connect to the PostgreSQL index at {self.where} within "
                 f"{timeout:g} s") from exc
         try:
-            with self._connection() as conn:
+            with self._connection(deadline=False) as conn:  # an upgrade may take long
                 applied = migrate(conn, where=self.where, migrations=migrations,
                                   readonly=readonly)
         except BaseException:
@@ -135,11 +149,25 @@ class PgIndex(PgQueries, Index):
 
     # -- plumbing -------------------------------------------------------------------
     @contextmanager
-    def _connection(self) -> Iterator[Conn]:
-        """A pooled connection; the database's failures as pacscore errors."""
+    def _connection(self, *, deadline: bool = True) -> Iterator[Conn]:
+        """A pooled connection; the database's failures as pacscore errors.  With
+        ``deadline``, the block is given :attr:`deadline` seconds (then the connection
+        is cut: a server gone silent)."""
         try:
             with self.pool.connection() as conn:
-                yield conn
+                if not deadline:
+                    yield conn
+                    return
+                with _DEADLINES.watch(conn.pgconn.socket, self.deadline) as cut:
+                    try:
+                        yield conn
+                    except psycopg.OperationalError:
+                        if not cut[0]:
+                            raise
+                        # not retried (another connection may be as silent): from None
+                        raise IndexUnavailableError(
+                            f"the PostgreSQL index at {self.where} did not answer within "
+                            f"{self.deadline:g} s (the connection was given up)") from None
         except PoolTimeout as exc:
             raise IndexUnavailableError(
                 f"no connection to the PostgreSQL index at {self.where} within "
@@ -323,14 +351,16 @@ class PgIndex(PgQueries, Index):
         held on one pooled connection while the block runs; the server releases it if
         this process dies, so a crashed front end never blocks the task."""
         key = lock_id("T" + task)
-        with self._connection() as conn:
-            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        with self._connection(deadline=False) as conn:  # held while the task runs
+            with _DEADLINES.watch(conn.pgconn.socket, self.deadline):  # its statements:
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
             mine = bool(row and row[0])
             try:
                 yield mine
             finally:
                 if mine and not conn.closed:
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                    with _DEADLINES.watch(conn.pgconn.socket, self.deadline):
+                        conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
     def close(self) -> None:
         self.pool.close()

@@ -1,7 +1,8 @@
 """STOW-RS (PS3.18 10.5): a multipart/related body, spooled part by part to the
 archive's temp folder, each part stored through :meth:`Archive.store`; the answer is
-the Store Instances Response Module (PS3.18 Annex I) with 200, 202 or 409, and the
-request's audit line names every instance with its fate."""
+the Store Instances Response Module (PS3.18 Annex I) with 200, 202 or 409 (503 Busy
+when nothing was stored because the index could not be reached: the client should
+retry), and the request's audit line names every instance with its fate."""
 
 from __future__ import annotations
 
@@ -18,7 +19,12 @@ from starlette.responses import Response
 from ...archive import Archive, StoreResult
 from ...dicom.header import InstanceHeader, validate_uid
 from ...dicom.identity import claimed_uids
-from ...errors import ArchiveStorageError, InvalidRequestError, PacsError
+from ...errors import (
+    ArchiveStorageError,
+    IndexUnavailableError,
+    InvalidRequestError,
+    PacsError,
+)
 from ..auth.access import bound_study
 from .multipart import TooLargeError, idle_limited, parse_related, related_boundary
 
@@ -32,6 +38,8 @@ _DICOM_JSON = "application/dicom+json"
 # A9xx family, as Microsoft's DICOM service answers it.
 _FAILURE_REASON = {"out of resources": 0xA700, "study mismatch": 0xA901,
                    "cannot understand": 0xC000}
+_RETRY_AFTER = "10"
+"""Seconds a 503 asks the client to wait before sending again."""
 
 
 class Stow:
@@ -94,13 +102,21 @@ class Stow:
         study_filter = request.path_params.get("study") or bound_study(request)
         stored: list[StoreResult] = []
         failed: list[_Failure] = []
+        busy: list[str] = []  # reasons of failures because the index was unreachable
         try:
             for part in parts:
-                outcome = await self._part(part.headers, part.path, study_filter)
+                outcome: StoreResult | _Failure | _Busy
+                if busy:  # the index is unreachable: the other parts fail at once
+                    uid, cls = await run_in_threadpool(self._claimed, part.path)
+                    outcome = (uid, cls, _FAILURE_REASON["out of resources"], busy[0])
+                else:
+                    outcome = await self._part(part.headers, part.path, study_filter)
                 if isinstance(outcome, StoreResult):
                     stored.append(outcome)
                 else:
-                    failed.append(outcome)
+                    failed.append(outcome[:4])
+                    if len(outcome) > 4 or busy:
+                        busy.append(outcome[3])
         finally:
             for part in parts:
                 part.path.unlink(missing_ok=True)
@@ -112,10 +128,15 @@ class Stow:
             for uid, _, code, why in failed[:20])
         body = _answer(stored, failed, self.base(request))
         status = 200 if not failed else 202 if stored else 409
+        if failed and not stored and len(busy) == len(failed):
+            # PS3.18 10.5.3: 503 Busy, the service is unavailable; each instance's
+            # failure is still in the body
+            return Response(json.dumps(body), 503, media_type=_DICOM_JSON,
+                            headers={"Retry-After": _RETRY_AFTER})
         return Response(json.dumps(body), status, media_type=_DICOM_JSON)
 
     async def _part(self, headers: Mapping[str, str], path: Path, study_filter: str | None
-                    ) -> StoreResult | _Failure:
+                    ) -> StoreResult | _Failure | _Busy:
         """Store one part, or say why not (sop, class, failure reason code, why)."""
         ctype = headers.get("content-type", "application/dicom").split(";")[0]
         if ctype.strip().lower() != "application/dicom":
@@ -138,10 +159,15 @@ class Stow:
             # Named when it names itself (PS3.18 Table I.2-1 wants the UIDs of a failed
             # instance; the audit trail too).
             uid, cls = await run_in_threadpool(self._claimed, path)
+            if isinstance(exc, IndexUnavailableError):  # marked: all so, 503 Busy
+                return (uid, cls, code, exc.reason, "busy")
             return (uid, cls, code, exc.reason)
 
 
 _Failure = tuple[str | None, str | None, int, str]
+_Busy = tuple[str | None, str | None, int, str, str]
+"""A part not stored because the index could not be reached (a :data:`_Failure` and a
+mark)."""
 """A part not stored: (SOP Instance UID, SOP Class UID, failure reason code, why)."""
 
 

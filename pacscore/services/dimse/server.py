@@ -50,6 +50,7 @@ from ...errors import (
     ConflictError,
     DuplicateInstanceError,
     IdentityMismatchError,
+    IndexUnavailableError,
     InvalidAttributeValueError,
     InvalidDicomError,
     InvalidRequestError,
@@ -58,6 +59,7 @@ from ...errors import (
     MissingAttributeError,
     MissingAttributeValueError,
     NotFoundError,
+    ObjectStorageError,
     PacsError,
     ProcedureStepError,
 )
@@ -115,6 +117,8 @@ STATUS: dict[tuple[str, type[Exception]], int] = {
 _COMMENTS: dict[type[Exception], str | None] = {
     ConflictError: "SOP Instance UID already stored with other content",
     ArchiveStorageError: "archive out of resources: send it again later",
+    IndexUnavailableError: "archive index unreachable: send it again later",
+    ObjectStorageError: "archive object storage failed: send it again later",
     PacsError: None,  # the reason, cut to 64 characters
 }
 _OUT_OF_RESOURCES = 0xA700
@@ -481,6 +485,9 @@ class DimseServer(RetrieveHandlers, WorklistHandlers, ProcedureStepHandlers):
                                         strict_identity=True)
         except PacsError as exc:
             answer, detail = self._refusal(exc, spooled, announced)
+            if isinstance(exc, ArchiveStorageError):  # the operator's to fix: say what
+                log.warning("C-STORE from %s refused 0x%04X: %s", name, answer.status,
+                            exc.reason)
             self.audit.record("transferred", action="C", outcome=outcome_of(answer.status),
                               user=name, host=host, interface="dimse", failed=[announced[1]],
                               detail=f"C-STORE 0x{answer.status:04X}: {detail}")
