@@ -161,9 +161,14 @@ def ct(corpus: Path) -> list[Path]:
     return sorted((corpus / "ct_series/tcia_lung_pet_ct_dx_chest_30sl").glob("*.dcm"))
 
 
-def check_archive(root: Path, index: str, store: str, acked: set[Path]) -> None:
+def check_archive(root: Path, index: str, store: str, acked: set[Path], *,
+                  listing_complete: bool = True) -> None:
     """From a fresh front end: every acknowledged instance whole, every record whole
-    (verify), no object outside a record (nothing unacknowledged half-visible)."""
+    (verify), no object outside a record (nothing unacknowledged half-visible).
+    ``listing_complete=False``: the S3 server's LIST may omit locations whose objects it
+    serves (SeaweedFS after its disk was full, ~1 run in 4: the gc's dry run then saw 5
+    or 7 of 8 named locations, all 8 read whole by verify); only that nothing is
+    removable and nothing listed is unnamed is asserted then."""
     with Archive(root, ArchiveConfig(prepare_workers=0, fsync=False),
                  store=StoreSpec.from_url(store), index=index) as a:
         for path in acked:  # the data set as sent (storescu writes its own File Meta)
@@ -175,7 +180,8 @@ def check_archive(root: Path, index: str, store: str, acked: set[Path]) -> None:
         assert report.checked >= len(acked)
         named = {r.location for r in a.index.records()}
         orphans = collect_garbage(a.index, a.store_, grace=timedelta(0), dry_run=True)
-        assert orphans.removed == [] and orphans.owned == len(named)
+        assert orphans.removed == []
+        assert orphans.owned == len(named) if listing_complete else orphans.owned <= len(named)
         assert set(a.store_.locations()) <= named
 
 
@@ -351,4 +357,4 @@ def test_disk_full_on_the_s3_server(tmp_path: Path, small_disk: Path, ct: list[P
             # (SeaweedFS answers 500 without a body: "no space left" is in its own log only)
             assert any("refused 0xA700" in line and "object storage" in line
                        and "500 Internal Server Error" in line for line in fe.lines)
-        check_archive(tmp_path / "check", postgres_dsn, store, acked)
+        check_archive(tmp_path / "check", postgres_dsn, store, acked, listing_complete=False)
