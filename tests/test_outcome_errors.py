@@ -6,6 +6,7 @@ as a plain ``InvalidDicomError``."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import pickle
 from pathlib import Path
@@ -22,6 +23,7 @@ from pacscore.store import ZarrFrameStore
 
 PACS_ERRORS = sorted((c for _, c in inspect.getmembers(pacscore.errors, inspect.isclass)
                       if issubclass(c, PacsError)), key=lambda c: c.__name__)
+pipeline = importlib.import_module("pacscore.ingest.prepare")  # pool imports prepare() on use
 DICOM = b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\x04\x001.2\x00"  # passes the sniff
 
 
@@ -31,7 +33,7 @@ def test_every_pacs_error_round_trips_through_an_outcome(
     def failing(*args: object, **kwargs: object) -> None:
         raise cls("it went wrong")
 
-    monkeypatch.setattr(pool, "prepare", failing)
+    monkeypatch.setattr(pipeline, "prepare", failing)
     store = ZarrFrameStore(tmp_path / "frames", fsync=False)
     outcome = pool._prepare_data(DICOM, "in.dcm", ArchiveConfig(), store, False, False)
     assert isinstance(outcome, Failed if issubclass(cls, ArchiveStorageError) else Rejected)
@@ -48,7 +50,7 @@ def test_an_internal_error_is_kept_and_raised_as_invalid_dicom(
     def buggy(*args: object, **kwargs: object) -> None:
         raise KeyError("library bug")
 
-    monkeypatch.setattr(pool, "prepare", buggy)
+    monkeypatch.setattr(pipeline, "prepare", buggy)
     store = ZarrFrameStore(tmp_path / "frames", fsync=False)
     outcome = pool._prepare_data(DICOM, "in.dcm", ArchiveConfig(), store, False, False)
     assert isinstance(outcome, Rejected) and outcome.error is KeyError
