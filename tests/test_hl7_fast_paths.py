@@ -1,5 +1,5 @@
 """The HL7 door's fast paths give what the libraries give (issue 16's throughput
-goal): ``messages.field`` equals python-hl7's ``Segment.extract_field`` on every
+goal): the AA written directly equals python-hl7's ``create_ack``; ``messages.field`` equals python-hl7's ``Segment.extract_field`` on every
 position of varied messages, and an order's worklist item written directly
 (:class:`~pacscore.workflow.textitem.TextItem`) equals pydicom's encoding of the same
 data set, byte for byte, and is indexed the same; values it cannot write directly take
@@ -14,7 +14,7 @@ import hl7
 import pytest
 
 from pacscore.services.hl7 import actions
-from pacscore.services.hl7.messages import field, parse
+from pacscore.services.hl7.messages import ack, field, parse
 from pacscore.workflow import Worklist
 from pacscore.workflow.encoding import decode_dataset, encode_dataset, values
 from pacscore.workflow.textitem import TextItem
@@ -110,3 +110,32 @@ def test_a_direct_item_and_a_data_set_item_are_stored_alike() -> None:
             assert len(list(worklist.items())) == 2
         finally:
             worklist.close()
+
+
+_HEADERS = [
+    *MESSAGES,
+    # other separators, v2.7's truncation character, repetitions and components in
+    # the header fields, an empty MSH-5/6, an 8859/1 message, MSH-10 with an escape
+    "MSH#$*@%#RIS$A#HOSP#PACS$X#HOSP#20250101##ORM$O01$ORM_O01#C*1#P#2.5.1\r"
+    "PID#1##P1\r",
+    "MSH|^~\\&#|RIS~R2|HO^SP|PACS|HOSP|20250101||ORM^O01~ADT^A01|C\\F\\2|P|2.7"
+    "|||||8859/1\rPID|1||P1\r",
+    "MSH|^~\\&|RIS|HOSP|||20250101||ORM^O01^^X|C3|D|2.3\rPID|1||P1\r",
+]
+
+
+@pytest.mark.parametrize("text", _HEADERS)
+def test_the_direct_aa_is_python_hl7s_create_ack(text: str) -> None:
+    incoming = parse(text.encode("latin-1"))
+    assert incoming.header
+    ours = ack(incoming).decode(incoming.encoding)
+    theirs = str(incoming.message.create_ack("AA", application="PACSCORE"))
+    sep = text[3]
+    # MSH-7 (now) and MSH-10 (a new control ID) differ by design; the rest is equal
+    ours_fields, theirs_fields = (x.split("\r")[0].split(sep) for x in (ours, theirs))
+    for fields in (ours_fields, theirs_fields):
+        assert len(fields[6]) == 14 and len(fields[9]) == 20
+        fields[6] = fields[9] = ""
+    assert ours_fields == theirs_fields
+    assert ours.split("\r", 1)[1] == theirs.split("\r", 1)[1]
+    assert ours.endswith("\r") and ours.count("\r") == 2

@@ -17,7 +17,7 @@ import datetime
 from dataclasses import dataclass
 
 import hl7
-from hl7.util import unescape
+from hl7.util import generate_message_control_id, unescape
 
 from ...errors import HL7MessageError
 
@@ -79,6 +79,9 @@ class Incoming:
     """MSH-10."""
     sender: str
     """MSH-3 and MSH-4 (application, facility), what the control ID is unique within."""
+    header: str = ""
+    """The MSH segment as received (decoded, still escaped): the AA is written from it
+    without python-hl7's ``create_ack`` (:func:`ack`); empty for a stand-in."""
 
     @property
     def dedup_key(self) -> str:
@@ -176,7 +179,8 @@ def parse(raw: bytes) -> Incoming:
         raise HL7MessageError(f"processing ID {processing!r} (MSH-11) is not supported",
                               code=202, location="MSH-11", hint="send P, D or T")
     sender = f"{field(msh, 3)}^{field(msh, 4)}"
-    return Incoming(message, encoding, kind.upper(), event.upper(), control_id, sender)
+    return Incoming(message, encoding, kind.upper(), event.upper(), control_id, sender,
+                    text.split("\r", 1)[0])
 
 
 def _err(ack: hl7.Message, error: HL7MessageError) -> hl7.Segment:
@@ -207,12 +211,37 @@ _TABLE_0357 = {100: "Segment sequence error", 101: "Required field missing",
 def ack(incoming: Incoming, error: HL7MessageError | None = None) -> bytes:
     """The ACK of ``incoming``: AA, or AE/AR (by :data:`REJECT_CODES`) with an ERR
     segment naming the problem; encoded like the message."""
+    if error is None and incoming.header:
+        return _accept(incoming.header).encode(incoming.encoding, "replace")
     code = "AA" if error is None else "AR" if error.code in REJECT_CODES \
         or error.location.startswith("MSH") else "AE"
     answer = incoming.message.create_ack(code, application="PACSCORE")
     if error is not None:
         answer.append(_err(answer, error))
-    return (str(answer) + "\r").encode(incoming.encoding, "replace")
+    text = str(answer)  # python-hl7 ends the last segment with CR already
+    return (text if text.endswith("\r") else text + "\r").encode(incoming.encoding,
+                                                                  "replace")
+
+
+def _accept(header: str) -> str:
+    """The AA of the message whose MSH segment is ``header``, as python-hl7's
+    ``create_ack(application="PACSCORE")`` writes it (tests compare both), without
+    building its containers: the ACK of every accepted message, so the hot one.
+    MSH-3/4 and MSH-5/6 swapped, MSH-7 now (UTC), MSH-9 ``ACK^<event>^ACK``, MSH-10 a
+    new control ID, MSH-11/12 copied; MSA-1 AA, MSA-2 the message's control ID."""
+    sep, fields = header[3:4], header.split(header[3:4])
+    enc = fields[1] if len(fields) > 1 else "^~\\&"
+    comp, rep = enc[:1] or "^", enc[1:2] or "~"
+
+    def f(n: int) -> str:  # MSH-n as python-hl7 counts (MSH-1 is the separator)
+        return fields[n - 1] if n - 1 < len(fields) else ""
+
+    trigger = f(9).split(rep, 1)[0].split(comp)
+    head = [enc, "PACSCORE", f(6), f(3), f(4),
+            datetime.datetime.now(datetime.UTC).strftime("%Y%m%d%H%M%S"), "",
+            comp.join(("ACK", trigger[1] if len(trigger) > 1 else "", "ACK")),
+            generate_message_control_id(), f(11), f(12)]
+    return f"MSH{sep}{sep.join(head)}\rMSA{sep}AA{sep}{f(10)}\r"
 
 
 def refusal(raw: bytes, error: HL7MessageError) -> bytes:
