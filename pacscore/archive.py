@@ -43,7 +43,7 @@ from .errors import (
 )
 from .index import LEVELS, Index, InstanceRecord, LmdbIndex, SharedIndex, StoreKind
 from .index.readonly import open_readonly
-from .index.spec import IndexSpec
+from .index.spec import IndexSpec, remember_index, remembered_index
 from .ingest.outcomes import Failed, Rejected, Skipped, StoreResult
 from .overlay import PatientOverlay
 from .private import make_private_dir
@@ -104,8 +104,10 @@ class Archive:
         """Temp files of the front ends (request bodies, objects being received): private
         to the writer (0700), emptied when the writer opens the archive."""
         self._shared_fd: int | None = None
-        self.index_spec = IndexSpec.parse(index) if isinstance(index, str) else index
-        """The index, when it is not the archive's own LMDB index."""
+        self.index_spec = remembered_index(
+            self.root, IndexSpec.parse(index) if isinstance(index, str) else index)
+        """The index, when it is not the archive's own LMDB index (given, or the one
+        the folder remembers: :data:`~pacscore.index.spec.INDEX_FILE`)."""
         self.index: Index
         if readonly:  # creates nothing: works on a read-only mount, refuses a typo
             require_archive(self.root, own_index=self.index_spec is None)
@@ -139,6 +141,7 @@ class Archive:
                 try:
                     claim_store(self.root, self.store_, create=True,
                                 shared=self._shared_index())
+                    remember_index(self.root, self.index_spec)
                 except BaseException:
                     self.index.close()
                     raise

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .cli_gc import add_parser as add_gc_parser
@@ -24,6 +25,9 @@ from .config import DEFAULT_BUDGET, ArchiveConfig
 from .errors import PacsError
 from .jobs.walk import count_files
 from .kinds import CODEC_NAMES, Level
+
+if TYPE_CHECKING:
+    from .archive import Archive
 
 # The archive engine (numba kernels, zarr, pydicom, codecs) is imported by the commands
 # that use it, not here: --help and a mistyped option answer at once (issue 14.2).
@@ -99,13 +103,22 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
+def _reading(args: argparse.Namespace) -> Archive:
+    """The archive of a read command, read-only; its index and store as given, else as
+    its folder remembers them."""
     from .archive import Archive
+    from .store import StoreSpec
+
+    store = StoreSpec.from_url(args.store) if args.store else None
+    return Archive(args.archive, readonly=True, store=store, index=args.index)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
     from .cli_support import export_instances
 
     out = Path(args.out)
     failed = 0
-    with Archive(args.archive, readonly=True) as archive:
+    with _reading(args) as archive:
         sops = export_instances(archive, args.uids)
         out.mkdir(parents=True, exist_ok=True)
         for uid in sops:
@@ -239,10 +252,9 @@ def _parse_keys(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def _cmd_find(args: argparse.Namespace) -> int:
-    from .archive import Archive
 
     keys = _parse_keys(args.keys)
-    with Archive(args.archive, readonly=True) as archive:
+    with _reading(args) as archive:
         matches = archive.find(args.level, limit=args.limit, offset=args.offset, **keys)
     if args.json:
         print(json.dumps({"matches": matches}))
@@ -257,9 +269,8 @@ def _cmd_find(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .archive import Archive
 
-    with Archive(args.archive, readonly=True) as archive:
+    with _reading(args) as archive:
         report = archive.verify()
     failed = [{"sop_instance_uid": u, "reason": r} for u, r in report.failed]
     if args.json:
@@ -272,9 +283,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from .archive import Archive
 
-    with Archive(args.archive, readonly=True) as archive:
+    with _reading(args) as archive:
         stats = archive.stats()
     if args.json:
         print(json.dumps(stats))
@@ -296,6 +306,12 @@ def _parser() -> argparse.ArgumentParser:
 
     def archive_arg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--archive", required=True, help="archive directory")
+
+    def backend_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--index", metavar="URL", help="the archive's index in PostgreSQL "
+                        "(default: the one its folder remembers, else its LMDB index)")
+        sp.add_argument("--store", metavar="URL", help="the archive's frames in object "
+                        "storage (default: where its folder keeps them)")
 
     imp = sub.add_parser("import", help="store DICOM files and folders (recursively)")
     imp.add_argument("paths", nargs="+")
@@ -341,6 +357,7 @@ def _parser() -> argparse.ArgumentParser:
                          "is an instance's, or a series' or study's (all its instances)")
     exp.add_argument("uids", nargs="+")
     archive_arg(exp)
+    backend_args(exp)
     exp.add_argument("--out", required=True)
     exp.add_argument("--transfer-syntax", default="original",
                      help="original, stored, or a Transfer Syntax UID")
@@ -348,6 +365,7 @@ def _parser() -> argparse.ArgumentParser:
 
     find = sub.add_parser("find", help="query the index (DICOM matching)")
     archive_arg(find)
+    backend_args(find)
     find.add_argument("--level", choices=tuple(Level), required=True)
     find.add_argument("keys", nargs="*", metavar="KEY=VALUE")
     find.add_argument("--limit", type=int)
@@ -438,6 +456,7 @@ def _parser() -> argparse.ArgumentParser:
                              ("stats", _cmd_stats, "totals per transfer syntax")):
         sp = sub.add_parser(name, help=text)
         archive_arg(sp)
+        backend_args(sp)
         sp.add_argument("--json", action="store_true")
         sp.set_defaults(func=func)
     return p

@@ -18,6 +18,7 @@ pytest.importorskip("psycopg")
 from pacscore import Archive, ArchiveConfig
 from pacscore.background import Periodic, exclusive
 from pacscore.errors import ArchiveStorageError
+from pacscore.index.spec import IndexSpec
 from pacscore.store import StoreSpec
 from pacscore.testing.postgres import postgres_dsn, postgres_server  # noqa: F401
 from pacscore.testing.s3 import SeaweedS3
@@ -70,11 +71,17 @@ def test_two_front_ends_write_one_archive_at_once(tmp_path: Path, files: list[Pa
             assert c.get(stored_a.sop_instance_uid) == files[0].read_bytes()
         report = a.verify()
         assert report.checked == 2 and report.failed == []
-    # an archive of its own (local LMDB index) cannot take that prefix, nor a front
-    # end's folder opened without the index (its empty index: everything an orphan)
+    # an archive of its own (local LMDB index) cannot take that prefix; a front end's
+    # folder opened without the index opens the index it remembers (index.json), never
+    # an empty LMDB index of its own (to which every object would be an orphan)
     with pytest.raises(ArchiveStorageError, match="belongs to another archive"):
         Archive(tmp_path / "embedded", _CONFIG, store=StoreSpec.from_url(url))
     for folder in ("a", "b"):
+        with Archive(tmp_path / folder, _CONFIG) as again:
+            assert again.shared and again.index_spec == IndexSpec.parse(postgres_dsn)
+            assert again.verify().checked == 2
+        assert not (tmp_path / folder / "index.lmdb").exists()
+        (tmp_path / folder / "index.json").unlink()  # forgotten: refused as before
         with pytest.raises(ArchiveStorageError, match="belongs to another archive"):
             Archive(tmp_path / folder, _CONFIG)
 

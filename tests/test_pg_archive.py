@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from pacscore.errors import ArchiveStorageError, IndexUnavailableError, UnknownI
 from pacscore.index import LEVELS
 from pacscore.index.postgres import PgIndex
 from pacscore.index.spec import INDEX_KINDS, IndexSpec
-from pacscore.testing import serving
+from pacscore.testing import cli, serving
 from pacscore.testing.postgres import postgres_dsn, postgres_server  # noqa: F401
 
 from .conftest import corpus_files
@@ -100,6 +102,52 @@ def test_an_archive_reopened_read_only_on_its_postgresql_index(
             reader.index.mark_pending(["x" * 32])  # a read-only transaction
     with pytest.raises(ArchiveStorageError, match="does not exist"):
         Archive(tmp_path / "missing", config, index=postgres_dsn, readonly=True)
+
+
+def test_the_folder_remembers_its_index_for_every_later_command(
+        tmp_path: Path, postgres_dsn: str, postgres_server: Any) -> None:  # noqa: F811
+    """``pacscore import --index URL`` into a folder: ``find``, ``verify``, ``stats`` and
+    ``export`` on that folder (no --index) read the PostgreSQL index, not an empty LMDB
+    index of the folder's own; another database given for it is refused; a new folder
+    reads the same index with --index."""
+    if not _FILES:
+        pytest.skip("shared corpus not found")
+    root, files = tmp_path / "a", [str(f.path) for f in _FILES[:4]]
+    imported = json.loads(cli("import", *files, "--archive", str(root), "--index",
+                              postgres_dsn, "--workers", "0", "--json"))
+    assert imported["stored"] == len(files)
+    index_file = root / "index.json"
+    assert index_file.stat().st_mode & 0o777 == 0o600
+    assert not (root / "index.lmdb").exists()
+    found = json.loads(cli("find", "--archive", str(root), "--level", "instance", "--json"))
+    assert len(found["matches"]) == len(files)
+    verified = json.loads(cli("verify", "--archive", str(root), "--json"))
+    assert verified == {"checked": len(files), "failed": []}
+    assert json.loads(cli("stats", "--archive", str(root), "--json"))["instances"] == \
+        len(files)
+    uid = found["matches"][0]["SOPInstanceUID"]
+    cli("export", uid, "--archive", str(root), "--out", str(tmp_path / "out"))
+    assert (tmp_path / "out" / f"{uid}.dcm").is_file()
+    assert not (root / "index.lmdb").exists()  # no empty LMDB index was made
+    # another database named for this folder: refused, nothing opened
+    other = postgres_server.dsn_of(postgres_server.create_database())
+    refused = subprocess.run([sys.executable, "-m", "pacscore.cli", "find", "--archive",
+                              str(root), "--level", "study", "--index", other],
+                             capture_output=True, text=True, check=False)
+    assert refused.returncode != 0 and "index.json" in refused.stderr, refused.stderr
+    # the same database as a URL with time-outs is the same index
+    parts = dict(pair.split("=", 1) for pair in postgres_dsn.split())
+    url = (f"postgresql://{parts['user']}@{parts['host']}:{parts['port']}/"
+           f"{parts['dbname']}?statement_timeout=30")
+    again = json.loads(cli("find", "--archive", str(root), "--level", "instance", "--json",
+                           "--index", url))
+    assert len(again["matches"]) == len(files)
+    # a new front-end folder that names the index reads the same archive
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    seen = json.loads(cli("find", "--archive", str(fresh), "--level", "instance", "--json",
+                          "--index", postgres_dsn))
+    assert len(seen["matches"]) == len(files)
 
 
 def test_index_specs() -> None:

@@ -10,14 +10,18 @@ types (``postgresql://user@host/db``) into a spec.
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from ..errors import UnknownIndexError
+from ..errors import ArchiveStorageError, UnknownIndexError
 from .base import Index
 
-__all__ = ["INDEX_KINDS", "IndexSpec", "Setting"]
+__all__ = ["INDEX_FILE", "INDEX_KINDS", "IndexSpec", "Setting", "remember_index",
+           "remembered_index"]
 
 Setting = str | int | float | bool | None
 """An index setting: plain values only, so a spec pickles small and compares equal."""
@@ -43,6 +47,15 @@ know, so they are taken out of the URL): kind -> name -> type."""
 _KEYWORDS = re.compile(r"\s*(host|hostaddr|port|dbname|user|service)\s*=")
 """A libpq keyword/value connection string."""
 _EXTRAS = {"postgresql": "pip install 'pacscore[postgresql]'"}
+_IDENTITY: dict[str, str] = {"postgresql": "dsn"}
+"""The setting that says which index it is (the others say how to use it: time-outs,
+pool size): kind -> setting."""
+
+INDEX_FILE = "index.json"
+"""In an archive's folder whose index is elsewhere (PostgreSQL): which one, so every
+later command on the folder (``find``, ``verify``, ``export``, ``serve``, ...) opens
+that index and not an empty LMDB index of its own.  Private (0600: a URL may hold a
+password)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,3 +148,67 @@ def _redact(text: str) -> str:
     if "password=" in text:
         return re.sub(r"password=\S*", "password=***", text)
     return text
+
+
+def remembered_index(root: Path, given: IndexSpec | None) -> IndexSpec | None:
+    """The index of the archive at ``root``: ``given``, else the one its
+    :data:`INDEX_FILE` names, else None (its own LMDB index).
+
+    Raises
+    ------
+    ArchiveStorageError
+        ``given`` names another index than the one the folder remembers (other than in
+        its time-outs or pool size), or the file is unreadable.
+    """
+    path = root / INDEX_FILE
+    try:
+        saved = json.loads(path.read_text()) if path.is_file() else None
+        spec = None if saved is None else IndexSpec.of(
+            saved["kind"], **{k: v for k, v in saved["settings"].items()})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError,
+            UnknownIndexError) as exc:
+        raise ArchiveStorageError(f"cannot read {path}: {exc}",
+                                  hint="restore it from a backup or fix its JSON") from exc
+    if spec is None or given is None:
+        return given or spec
+    if _identity(given) != _identity(spec):
+        raise ArchiveStorageError(
+            f"{root} is the archive of index {spec}, not of {given}",
+            hint=f"leave --index out, or delete {path} if the index has moved to "
+                 "another server (the same database)")
+    return given
+
+
+def remember_index(root: Path, spec: IndexSpec) -> None:
+    """Keep ``spec`` in ``root``'s :data:`INDEX_FILE` (atomically, 0600), unless it holds
+    it already."""
+    path = root / INDEX_FILE
+    text = json.dumps({"kind": spec.kind, "settings": dict(spec.settings)}, indent=1)
+    try:
+        if path.is_file() and path.read_text() == text:
+            return
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ArchiveStorageError(f"cannot write {path}: {exc}",
+                                  hint="check the archive folder's permissions and free "
+                                       "space") from exc
+
+
+def _identity(spec: IndexSpec) -> tuple[str, object]:
+    """What says which index ``spec`` is: for PostgreSQL the server and database its
+    connection string names, in URL or keyword form alike (not password, options or
+    pacscore's time-outs)."""
+    value = dict(spec.settings).get(_IDENTITY.get(spec.kind, ""))
+    if spec.kind == "postgresql" and isinstance(value, str):
+        try:
+            from psycopg.conninfo import conninfo_to_dict
+            parts = conninfo_to_dict(value)
+        except Exception:  # noqa: BLE001 - not parsable: compared as written
+            return spec.kind, value
+        return spec.kind, tuple(str(parts.get(k) or "") for k in
+                                ("host", "hostaddr", "port", "dbname", "user", "service"))
+    return spec.kind, value
