@@ -320,7 +320,8 @@ def test_index_read_from_the_item_is_the_index_of_what_is_read_back(tmp_path: Pa
     from pydicom.valuerep import DA
 
     from pacscore.workflow.encoding import decode_dataset, encode_dataset, reads_back
-    from pacscore.workflow.worklist import IDENTIFIERS, INDEXED, _entries
+    from pacscore.workflow.steps import IDENTIFIERS, INDEXED
+    from pacscore.workflow.steps import entries as _entries
 
     plain = step("P7", "DOE^JANE", "X1", "CT1\\CT2", "CT", "20250101", "080000")
     plain.StudyInstanceUID = generate_uid()
