@@ -62,8 +62,8 @@ def query(top: dict[str, str] | None = None, **sps: str) -> Dataset:
 
 
 @pytest.fixture()
-def worklist(tmp_path: Path) -> Iterator[Worklist]:
-    with Archive(tmp_path / "a", ArchiveConfig(fsync=False)) as archive:
+def worklist(tmp_path: Path, workflow_index: str | None) -> Iterator[Worklist]:
+    with Archive(tmp_path / "a", ArchiveConfig(fsync=False), index=workflow_index) as archive:
         for s in STEPS:
             archive.worklist.add(s)
         yield archive.worklist
