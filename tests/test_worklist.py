@@ -147,7 +147,11 @@ CRASH = """
 import sys
 from pathlib import Path
 from pacscore.workflow import Worklist, item_from_pairs
-wl = Worklist(Path(sys.argv[1]))
+index = None
+if len(sys.argv) > 2:  # the worklist of a PostgreSQL index
+    from pacscore.index.postgres import PgIndex
+    index = PgIndex(sys.argv[2])
+wl = Worklist(Path(sys.argv[1]), index=index)
 n = 0
 while True:
     wl.add(item_from_pairs([f"AccessionNumber=K{n}", "Modality=CT", f"PatientID=P{n % 7}",
@@ -158,14 +162,23 @@ while True:
 """
 
 
-def test_add_is_whole_or_absent_after_kill_9(tmp_path: Path) -> None:
+def test_add_is_whole_or_absent_after_kill_9(tmp_path: Path,
+                                            workflow_index: str | None) -> None:
+    """Killed in the middle of adding items (LMDB: its write transaction; PostgreSQL: a
+    front end gone mid-transaction, rolled back by the server): every item is whole."""
+    index = None
+    if workflow_index is not None:
+        from pacscore.index.postgres import PgIndex
+
+        index = PgIndex(workflow_index)
     for delay in (0.0, 0.05, 0.2):
-        with subprocess.Popen([sys.executable, "-c", CRASH, str(tmp_path)],
+        with subprocess.Popen([sys.executable, "-c", CRASH, str(tmp_path),
+                               *([workflow_index] if workflow_index else [])],
                               stdout=subprocess.PIPE, text=True) as proc:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
             time.sleep(delay)
             os.kill(proc.pid, signal.SIGKILL)
-        wl = Worklist(tmp_path)
+        wl = Worklist(tmp_path, index=index)
         try:
             assert wl.check() == []
             n = len(wl)
@@ -174,6 +187,8 @@ def test_add_is_whole_or_absent_after_kill_9(tmp_path: Path) -> None:
             assert all(i.dataset.AccessionNumber.startswith("K") for i in wl.items())
         finally:
             wl.close()
+    if index is not None:
+        index.close()
 
 
 def pycli(*args: str) -> subprocess.CompletedProcess[str]:
