@@ -18,6 +18,7 @@ handles of :attr:`KvEnv.dbs` are passed as ``db=`` to every call, as in py-lmdb.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -26,7 +27,9 @@ import lmdb
 
 from .lmdb_env import open_env, write
 
-__all__ = ["STORE_FAILURES", "Cursor", "KvEnv", "LmdbKv", "Txn", "shared_env"]
+log = logging.getLogger(__name__)
+
+__all__ = ["STORE_FAILURES", "Cursor", "KvEnv", "LmdbKv", "Txn", "adopt", "shared_env"]
 
 T = TypeVar("T")
 
@@ -157,3 +160,46 @@ def shared_env(index: object, name: str, names: Sequence[bytes], *,
     from .index.postgres.kv import PgKv
 
     return PgKv(index, name, names, dupsort=frozenset(dupsort))  # type: ignore[arg-type,return-value]
+
+
+def adopt(shared: KvEnv, path: Path, *, what: str, dupsort: Collection[bytes] = (),
+          marker: tuple[bytes, bytes, bytes]) -> int:
+    """Open ``shared`` for its first user: when it has no ``marker`` (db, key, value)
+    yet, write it, with every record of the LMDB environment at ``path`` that this
+    folder kept before its index was shared (a worklist, an outbox of before), in one
+    transaction; how many records were copied.  When it has one and ``path`` holds
+    records, they are another history than the shared one: left in place, and a
+    warning names them (two histories are not merged: their keys would collide)."""
+    names = list(shared.dbs)
+    local = LmdbKv(path, names, what=what, dupsort=dupsort, readonly=True,
+                   optional=names) if (path / "data.mdb").exists() else None
+    db, key, value = marker
+    try:
+        def run(txn: Any) -> int:
+            if txn.get(key, db=shared.dbs[db]) is not None:
+                return -1
+            copied = 0
+            if local is not None:
+                with local.begin() as old:
+                    for name, handle in local.dbs.items():
+                        for k, v in old.cursor(db=handle):
+                            txn.put(bytes(k), bytes(v), db=shared.dbs[name], dupdata=True)
+                            copied += 1
+            txn.put(key, value, db=shared.dbs[db])
+            return copied
+        copied = shared.write(run)
+        if copied > 0:
+            log.warning("%s: the %d records of %s were copied to %s (kept there from now "
+                        "on; the folder's copy is no longer read)", what, copied, path,
+                        shared.where)
+        elif copied < 0 and local is not None:
+            with local.begin() as old:
+                left = sum(old.stat(h)["entries"] for h in local.dbs.values())
+            if left:
+                log.warning("%s: %s holds %d records of this folder from before its index "
+                            "was shared; they are not served (%s has its own)", what, path,
+                            left, shared.where)
+        return max(copied, 0)
+    finally:
+        if local is not None:
+            local.close()

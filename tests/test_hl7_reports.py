@@ -247,3 +247,25 @@ def test_an_enhanced_sr_is_sent_too(tmp_path: Path, corpus: Path) -> None:
     assert stored.sop_instance_uid in json.dumps(
         [json.loads(line) for line in (tmp_path / "a" / "audit" / "audit.jsonl")
          .read_text().splitlines()])
+
+
+def test_a_folders_outbox_of_before_is_kept_when_the_index_becomes_shared(
+        tmp_path: Path, postgres_dsn: str) -> None:
+    """Reports queued in ``outbox.lmdb`` before the archive's index was PostgreSQL are
+    still queued (and the ledger still knows what was sent) in the shared outbox."""
+    pytest.importorskip("psycopg")
+    from pacscore.index.postgres import PgIndex
+    from pacscore.services.hl7.outbox import Outbox
+
+    old = Outbox(tmp_path)
+    queued = old.enqueue(["1.2.3", "1.2.4"], "127.0.0.1:1")
+    old.sent(queued[0].key, "AA")
+    old.close()
+    index = PgIndex(postgres_dsn)
+    try:
+        shared = Outbox(tmp_path, index=index)
+        assert shared.shared and shared.entries() == [queued[1]]
+        assert shared.known("1.2.3")["what"] == "sent"  # type: ignore[index]
+        assert shared.enqueue(["1.2.3", "1.2.5"], "127.0.0.1:1")[0].key == "000000000003"
+    finally:
+        index.close()

@@ -362,3 +362,41 @@ def test_index_read_from_the_item_is_the_index_of_what_is_read_back(tmp_path: Pa
             ScheduledProcedureStepStartDate="20250102"))] == ["X3"]
         assert next(ids["study_uid"] for _, _, ids in wl.identities()) == \
             [str(plain.StudyInstanceUID)]
+
+
+def test_a_folders_worklist_of_before_is_copied_once_to_a_shared_index(
+        tmp_path: Path, postgres_dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    """An archive whose index becomes PostgreSQL keeps its worklist, performed steps and
+    HL7 answers: the first front end copies its folder's ``workflow.lmdb`` into the
+    database; a second folder's own history is not merged, and a warning says so."""
+    pytest.importorskip("psycopg")
+    from pacscore.index.postgres import PgIndex
+    from pacscore.workflow import PerformedSteps
+
+    from .test_mpps import creation
+
+    old = Worklist(tmp_path / "a")
+    keys = [old.add(s) for s in STEPS]
+    study = "1.2.3.4"
+    PerformedSteps(old).create("1.2.3.4.5", creation(study, "NONE", "NONE"))
+    old.change(lambda c: c.remember("RIS^H\0M1", b"MSH|ack"))
+    old.close()
+    other = Worklist(tmp_path / "b")
+    other.add(step("P8", "OTHER^ONE", "B1", "CT1", "CT", "20250101", "080000"))
+    other.close()
+    index = PgIndex(postgres_dsn)
+    try:
+        shared = Worklist(tmp_path / "a", index=index)
+        assert shared.shared and [i.key for i in shared.items()] == keys
+        assert accessions(shared, query()) == ["A1", "A2", "A3", "A4"]  # the index too
+        assert shared.check() == [] and PerformedSteps(shared).check() == []
+        assert PerformedSteps(shared).get("1.2.3.4.5").status == "IN PROGRESS"
+        assert shared.change(lambda c: c.answered("RIS^H\0M1")) == b"MSH|ack"
+        shared.close()
+        with caplog.at_level("WARNING"):
+            again = Worklist(tmp_path / "b", index=index)
+        assert "not served" in caplog.text and str(tmp_path / "b") in caplog.text
+        assert [i.key for i in again.items()] == keys  # nothing merged
+        again.close()
+    finally:
+        index.close()

@@ -38,7 +38,7 @@ from pydicom.dataset import Dataset
 
 from ..errors import ArchiveStorageError, NotFoundError
 from ..kinds import StepStatus
-from ..kv import STORE_FAILURES, KvEnv, LmdbKv, Txn, shared_env
+from ..kv import STORE_FAILURES, KvEnv, LmdbKv, Txn, adopt, shared_env
 from . import corrections
 from .corrections import CORRECTION_DATABASES, Correction, CorrectionTable, PatientEvent
 from .encoding import decode_dataset, encode_dataset, reads_back
@@ -96,7 +96,10 @@ class Worklist:
         self._table = corrections.EMPTY
         self._stamp_ttl = STAMP_TTL if self.shared else 0.0
         self._fresh_until = 0.0
-        if not readonly:
+        if not readonly and shared is not None:  # the folder's worklist of before: copied
+            adopt(shared, self.path, what="worklist", dupsort=DUPSORT,  # once
+                  marker=(b"meta", b"format", _FORMAT))
+        elif not readonly:
             self._write(lambda txn: txn.put(b"format", _FORMAT, db=self.dbs[b"meta"],
                                             overwrite=False))
 

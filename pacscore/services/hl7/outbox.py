@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import NotFoundError
-from ...kv import KvEnv, LmdbKv, Txn, shared_env
+from ...kv import KvEnv, LmdbKv, Txn, adopt, shared_env
 
 __all__ = ["Outbox", "OutboxEntry", "OutboxState"]
 
@@ -90,6 +90,8 @@ class Outbox:
         self.shared = shared is not None
         """One outbox for every front end of the archive."""
         self.dbs = self.env.dbs
+        if shared is not None:  # the folder's outbox of before: copied once
+            adopt(shared, self.path, what="HL7 outbox", marker=(b"meta", b"format", b"1"))
 
     def close(self) -> None:
         """Close the environment (idempotent)."""
