@@ -37,6 +37,10 @@ __all__ = ["PAGE", "PgDb", "PgKv"]
 T = TypeVar("T")
 PAGE = 256
 """Rows a cursor reads at once."""
+_ON_CONFLICT = {  # a put of a key already there: replaced (plain, overwrite) or kept
+    True: "ON CONFLICT (db, key) DO UPDATE SET value = EXCLUDED.value",
+    False: "ON CONFLICT DO NOTHING",  # a dupsort pair there already, or overwrite=False
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +97,7 @@ class PgTxn:
     def put(self, key: bytes, value: bytes, *, db: PgDb, dupdata: bool = True,
             overwrite: bool = True) -> bool:
         self._changed()
-        if db.dupsort:
-            conflict = "ON CONFLICT DO NOTHING"
-        elif overwrite:
-            conflict = "ON CONFLICT (db, key) DO UPDATE SET value = EXCLUDED.value"
-        else:
-            conflict = "ON CONFLICT DO NOTHING"
+        conflict = _ON_CONFLICT[not db.dupsort and overwrite]
         cur = self._s.conn.execute(
             f"INSERT INTO {db.table} (db, key, value) VALUES (%s, %s, %s) {conflict}".encode(),
             (db.name, key, value))
