@@ -400,3 +400,23 @@ def test_a_folders_worklist_of_before_is_copied_once_to_a_shared_index(
         again.close()
     finally:
         index.close()
+
+
+def test_cli_of_two_front_ends_folders_on_one_postgresql_index(tmp_path: Path,
+                                                              postgres_dsn: str) -> None:
+    """``pacscore worklist`` and ``pacscore patient`` with ``--index``: a step added and a
+    correction made in one front end's folder are what another one's lists."""
+    pytest.importorskip("psycopg")
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    added = pycli("worklist", "add", "PatientID=PX", "AccessionNumber=ACC-X", "Modality=CT",
+                  "ScheduledStationAETitle=CT1", "--archive", one, "--index", postgres_dsn)
+    assert added.returncode == 0, added.stderr
+    listed = pycli("worklist", "list", "--json", "--archive", two, "--index", postgres_dsn)
+    assert [r["accession"] for r in json.loads(listed.stdout)["items"]] == ["ACC-X"]
+    fixed = pycli("patient", "correct", "PX", "--name", "ROE^JANE", "--archive", two,
+                  "--index", postgres_dsn)
+    assert fixed.returncode == 0, fixed.stderr
+    log = pycli("patient", "corrections", "--json", "--archive", one, "--index", postgres_dsn)
+    assert [e["after"] for e in json.loads(log.stdout)["corrections"]] == [
+        {"PatientName": "ROE^JANE"}]
+    assert not (tmp_path / "one" / "workflow.lmdb").exists()
