@@ -420,3 +420,29 @@ def test_cli_of_two_front_ends_folders_on_one_postgresql_index(tmp_path: Path,
     assert [e["after"] for e in json.loads(log.stdout)["corrections"]] == [
         {"PatientName": "ROE^JANE"}]
     assert not (tmp_path / "one" / "workflow.lmdb").exists()
+
+
+def test_a_correction_through_another_front_end_is_served_within_the_stamp_ttl(
+        tmp_path: Path, postgres_dsn: str) -> None:
+    """Two worklists on one PostgreSQL index (two front ends): the one that made a
+    correction serves it at once; the other within STAMP_TTL seconds."""
+    pytest.importorskip("psycopg")
+    from pacscore.index.postgres import PgIndex
+    from pacscore.workflow import corrections
+    from pacscore.workflow.worklist import STAMP_TTL
+
+    index = PgIndex(postgres_dsn)
+    try:
+        a, b = Worklist(tmp_path / "a", index=index), Worklist(tmp_path / "b", index=index)
+        a.add(STEPS[0])
+        assert not b.corrections()  # read (and trusted for STAMP_TTL) before the change
+        a.change(lambda c: corrections.correct(c, "P1", {"PatientName": "ROE^JANE"}))
+        assert a.corrections().served["P1"].values == {"PatientName": "ROE^JANE"}
+        start = time.monotonic()
+        while not b.corrections():
+            assert time.monotonic() - start < STAMP_TTL + 0.5
+            time.sleep(0.05)
+        (item,) = b.items()
+        assert str(item.dataset.PatientName) == "ROE^JANE"
+    finally:
+        index.close()
