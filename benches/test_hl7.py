@@ -3,7 +3,8 @@
 >= 1,000/s): one connection waiting for each ACK, four at once, and one pipelined
 (32 messages in flight).  Each row also gives the CPU per message of the server
 process and of this sender (both on the same 2 cores).  Smoke run: 500 messages;
-full: 10,000."""
+full: 10,000.  ``PACSCORE_BENCH_HL7_INDEX=postgresql://...`` runs the server on that
+index, its workflow state in PostgreSQL (issue 17.3) instead of ``workflow.lmdb``."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def mllp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "pacscore.cli", "serve", "--archive", str(root),
          "--dimse-port", str(free_port()), "--http-port", str(free_port()),
-         "--grpc-port", str(free_port()), "--hl7-port", str(port)],
+         "--grpc-port", str(free_port()), "--hl7-port", str(port),
+         *(["--index", index] if (index := os.environ.get("PACSCORE_BENCH_HL7_INDEX")) else [])],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:

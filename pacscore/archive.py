@@ -164,8 +164,9 @@ class Archive:
         self._closed = False
         self._worklist: Worklist | None = None
         self._readonly = readonly
-        self.patients = PatientOverlay(self.root, lambda: self.worklist, self.index.find,
-                                       self.config.limits)  # corrections (:mod:`.overlay`)
+        self.patients = PatientOverlay(  # corrections (:mod:`.overlay`)
+            self.root, lambda: self.worklist, self.index.find, self.config.limits,
+            shared=isinstance(self.index, SharedIndex))
         try:
             self.recovered = self._recover() if self.writable else 0
         except BaseException:
@@ -534,13 +535,14 @@ class Archive:
     @property
     def worklist(self) -> Worklist:
         """The scheduled procedure steps (``workflow.lmdb``, :mod:`pacscore.workflow`);
-        writable by any process that may write the folder, beside the archive's writer."""
+        writable by any process that may write the folder, beside the archive's writer.
+        On a PostgreSQL index, in its database: shared by every front end."""
         with self._lock:  # opened once: never two environments of one path in a process
             if self._worklist is None:
                 from .workflow import Worklist
 
                 self._worklist = Worklist(self.root, sync=self.config.fsync,
-                                          readonly=self._readonly)
+                                          readonly=self._readonly, index=self.index)
         return self._worklist
 
     def stats(self) -> dict[str, Any]:

@@ -10,9 +10,11 @@ is released by the server when the process holding it dies, so the task never st
 blocked by a crashed front end.  On an archive with one writer (the writer lock of its
 folder), the task simply runs.
 
-What stays per front end, so needs no lock: the metadata cache (memory), the HL7
-answers and outbox, the spool, the temp folder, tokens, users and the audit log (in
-each front end's own folder; docs/scale.md says how to provision them).
+What stays per front end, so needs no lock: the metadata cache (memory), the spool,
+the temp folder, tokens, users and the audit log (in each front end's own folder;
+docs/scale.md says how to provision them).  The workflow state and the HL7 outbox are
+in the shared index's database (:mod:`pacscore.kv`); the outbox's sender uses this
+module's :func:`exclusive` too.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ import json
 import time
 from pathlib import Path
 
+from .cli_worklist import index_arg
+
 __all__ = ["add_parser", "run"]
 
 _OPTIONS = (("name", "PatientName", "the name, DICOM PN (FAMILY^GIVEN^MIDDLE)"),
@@ -41,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     undo.add_argument("patient_id")
     for sp in (correct, merge, ls, undo):
         archive_arg(sp)  # type: ignore[operator]
+        index_arg(sp)
     pt.set_defaults(func=run)
 
 
@@ -51,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from .overlay import cli_user
     from .services.auth.security import AuditLog
 
-    with Archive(args.archive) as archive:
+    with Archive(args.archive, index=args.index) as archive:
         audit = AuditLog(Path(args.archive))
         archive.worklist.on_change(lambda event: audit.workflow(event, interface="cli"))
         patients, by = archive.patients, cli_user()

@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .services.auth.security import AuditLog
 
-__all__ = ["add_parser", "run", "run_hl7"]
+__all__ = ["add_parser", "index_arg", "run", "run_hl7"]
+
+
+def index_arg(sp: argparse.ArgumentParser) -> None:
+    """``--index URL``: the archive's PostgreSQL index, which keeps the workflow state
+    (worklist, corrections, HL7 outbox) of every front end sharing it."""
+    sp.add_argument("--index", metavar="URL", help="the archive's index when it is "
+                    "PostgreSQL (postgresql://...): its workflow state is kept there")
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -54,6 +61,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
         sp.add_argument("--json", action="store_true")
     for sp in (add, ls, cancel, studies, unrec):
         archive_arg(sp)  # type: ignore[operator]
+        index_arg(sp)
     wl.set_defaults(func=run)
 
     hl7 = sub.add_parser("hl7", help="the hosts HL7 senders (RIS/HIS) may connect from "
@@ -71,6 +79,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     resend.add_argument("keys", nargs="+")
     for sp in (allow, deny, hosts, outbox, resend):
         archive_arg(sp)  # type: ignore[operator]
+    for sp in (outbox, resend):
+        index_arg(sp)
     hl7.set_defaults(func=run_hl7)
 
 
@@ -104,9 +114,16 @@ def _audit(args: argparse.Namespace) -> AuditLog:
 
 def _run_outbox(args: argparse.Namespace) -> int:
     from .errors import NotFoundError
+    from .index.spec import IndexSpec
     from .services.hl7.outbox import Outbox
 
-    outbox = Outbox(Path(args.archive))
+    index = IndexSpec.parse(args.index).open() if args.index else None
+    try:
+        outbox = Outbox(Path(args.archive), index=index)
+    except BaseException:
+        if index is not None:
+            index.close()
+        raise
     try:
         if args.hl7_command == "resend":
             missing = 0
@@ -129,6 +146,8 @@ def _run_outbox(args: argparse.Namespace) -> int:
                  "attempts": e.attempts, "error": e.error} for e in outbox.entries()]
     finally:
         outbox.close()
+        if index is not None:
+            index.close()
     if args.json:
         print(json.dumps({"reports": rows}))
     for r in [] if args.json else rows:
@@ -146,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     from .workflow.items import summary
     from .workflow.studies import requested_procedures, study_states
 
-    with Archive(args.archive) as archive:
+    with Archive(args.archive, index=args.index) as archive:
         worklist = archive.worklist
         audit = AuditLog(Path(args.archive))
         worklist.on_change(lambda event: audit.workflow(event, interface="cli"))

@@ -77,3 +77,17 @@ from pacscore.testing.s3 import seaweedfs_server, use_test_credentials  # noqa: 
 use_test_credentials()  # now: worker processes (a forkserver) copy the environment early
 seaweedfs = seaweedfs_server()
 """A SeaweedFS S3 server for the session (skips when the weed binary is absent)."""
+
+from pacscore.testing.postgres import postgres_dsn, postgres_server  # noqa: E402, F401
+
+
+@pytest.fixture(params=["lmdb", "postgresql"])
+def workflow_index(request: pytest.FixtureRequest) -> str | None:
+    """The index of an archive whose workflow state a test checks, for each place it is
+    kept: None (the archive's own LMDB index: ``workflow.lmdb`` in its folder) and a
+    fresh PostgreSQL database (the workflow tables of :mod:`pacscore.index.postgres.kv`)."""
+    if request.param == "lmdb":
+        return None
+    pytest.importorskip("psycopg")
+    dsn: str = request.getfixturevalue("postgres_dsn")
+    return dsn

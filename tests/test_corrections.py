@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,8 @@ def sha(data: bytes) -> str:
 
 
 @pytest.fixture()
-def stored(tmp_path: Path, corpus: Path) -> tuple[Archive, dict[str, list[Path]]]:
+def stored(tmp_path: Path, corpus: Path, workflow_index: str | None
+           ) -> Iterator[tuple[Archive, dict[str, list[Path]]]]:
     """Three patients: 99000 (JANCT000, implicit VR, no character set), Lung_Dx-A0002
     (explicit VR, ISO_IR 100) and PGBM-001."""
     files = {"99000": sorted((corpus / "ct_series/dcmqi_ge_ct_3slice").glob("*.dcm")),
@@ -42,7 +44,8 @@ def stored(tmp_path: Path, corpus: Path) -> tuple[Archive, dict[str, list[Path]]
                                      .glob("*.dcm"))[:2],
              "PGBM-001": sorted((corpus / "mr_series/tcia_brain_t1post_24sl")
                                 .glob("*.dcm"))[:1]}
-    archive = Archive(tmp_path / "archive", ArchiveConfig(prepare_workers=0))
+    archive = Archive(tmp_path / "archive", ArchiveConfig(prepare_workers=0),
+                      index=workflow_index)
     for paths in files.values():
         for p in paths:
             archive.store(p)

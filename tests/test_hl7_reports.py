@@ -112,9 +112,13 @@ def test_the_oru_of_a_report_parses_in_an_independent_implementation(corpus: Pat
     assert "Oddział: sdadasdas" in build_oru(polish, "X1")
 
 
+def _index_args(url: str | None) -> list[str]:
+    return [] if url is None else ["--index", url]
+
+
 def test_a_stored_report_reaches_the_receiver_and_leaves_the_outbox(
-        tmp_path: Path, corpus: Path) -> None:
-    with Archive(tmp_path / "a") as archive, Receiver() as receiver, \
+        tmp_path: Path, corpus: Path, workflow_index: str | None) -> None:
+    with Archive(tmp_path / "a", index=workflow_index) as archive, Receiver() as receiver, \
             sender(archive, receiver.port) as s:
         archive.store(corpus / CT)  # not a report: nothing goes out
         stored = archive.store(corpus / SR_COMPREHENSIVE)
@@ -131,20 +135,21 @@ def test_a_stored_report_reaches_the_receiver_and_leaves_the_outbox(
 
 
 def test_a_receiver_that_is_down_gets_the_report_after_a_restart(
-        tmp_path: Path, corpus: Path) -> None:
+        tmp_path: Path, corpus: Path, workflow_index: str | None) -> None:
     """Queued while the receiver is down, kept across a restart of pacscore, delivered
     once when the receiver is back; the control ID is the same at every attempt."""
     port = free_port()
     root = tmp_path / "a"
-    with Archive(root) as archive, sender(archive, port) as s:
+    with Archive(root, index=workflow_index) as archive, sender(archive, port) as s:
         stored = archive.store(corpus / SR_BASIC)
         wait_for(lambda: s.outbox.entries() and s.outbox.entries()[0].attempts >= 2)
         entry = s.outbox.entries()[0]
         assert entry.state == OutboxState.QUEUED and "Connection" in entry.error
         control_id = entry.control_id
-    listed = json.loads(cli("hl7", "outbox", "--archive", str(root), "--json"))["reports"]
+    listed = json.loads(cli("hl7", "outbox", "--archive", str(root), "--json",
+                            *_index_args(workflow_index)))["reports"]
     assert [r["sop_instance_uid"] for r in listed] == [stored.sop_instance_uid]
-    with Archive(root) as archive, Receiver(port=port) as receiver, \
+    with Archive(root, index=workflow_index) as archive, Receiver(port=port) as receiver, \
             sender(archive, port) as s:
         wait_for(lambda: not s.outbox.entries())
     assert len(receiver.messages) == 1
@@ -152,10 +157,10 @@ def test_a_receiver_that_is_down_gets_the_report_after_a_restart(
 
 
 def test_a_refused_report_is_kept_listed_and_resent_on_request(
-        tmp_path: Path, corpus: Path) -> None:
+        tmp_path: Path, corpus: Path, workflow_index: str | None) -> None:
     """AR: kept as refused, not retried; AE: retried (the same message); resend."""
     root = tmp_path / "a"
-    with Archive(root) as archive, Receiver(("AE", "AR")) as receiver, \
+    with Archive(root, index=workflow_index) as archive, Receiver(("AE", "AR")) as receiver, \
             sender(archive, receiver.port) as s:
         archive.store(corpus / SR_BASIC)
         wait_for(lambda: s.outbox.entries()
@@ -164,7 +169,8 @@ def test_a_refused_report_is_kept_listed_and_resent_on_request(
         assert len(receiver.messages) == 2 and receiver.messages[0] == receiver.messages[1]
         key = s.outbox.entries()[0].key
         assert "AR" in s.outbox.entries()[0].error
-        assert cli("hl7", "resend", key, "--archive", str(root)).strip() == f"{key} queued"
+        assert cli("hl7", "resend", key, "--archive", str(root),
+                   *_index_args(workflow_index)).strip() == f"{key} queued"
         s._wake.set()
         wait_for(lambda: not s.outbox.entries())
     assert len(receiver.messages) == 3
@@ -178,9 +184,9 @@ def test_a_refused_report_is_kept_listed_and_resent_on_request(
 
 
 def test_reports_stored_before_the_first_start_are_not_sent_but_missed_ones_are(
-        tmp_path: Path, corpus: Path) -> None:
+        tmp_path: Path, corpus: Path, workflow_index: str | None) -> None:
     root = tmp_path / "a"
-    with Archive(root) as archive:
+    with Archive(root, index=workflow_index) as archive:
         before = archive.store(corpus / SR_BASIC)
         with Receiver() as receiver, sender(archive, receiver.port) as s:
             assert s.outbox.known(before.sop_instance_uid)["what"] == "before"
@@ -241,3 +247,25 @@ def test_an_enhanced_sr_is_sent_too(tmp_path: Path, corpus: Path) -> None:
     assert stored.sop_instance_uid in json.dumps(
         [json.loads(line) for line in (tmp_path / "a" / "audit" / "audit.jsonl")
          .read_text().splitlines()])
+
+
+def test_a_folders_outbox_of_before_is_kept_when_the_index_becomes_shared(
+        tmp_path: Path, postgres_dsn: str) -> None:
+    """Reports queued in ``outbox.lmdb`` before the archive's index was PostgreSQL are
+    still queued (and the ledger still knows what was sent) in the shared outbox."""
+    pytest.importorskip("psycopg")
+    from pacscore.index.postgres import PgIndex
+    from pacscore.services.hl7.outbox import Outbox
+
+    old = Outbox(tmp_path)
+    queued = old.enqueue(["1.2.3", "1.2.4"], "127.0.0.1:1")
+    old.sent(queued[0].key, "AA")
+    old.close()
+    index = PgIndex(postgres_dsn)
+    try:
+        shared = Outbox(tmp_path, index=index)
+        assert shared.shared and shared.entries() == [queued[1]]
+        assert shared.known("1.2.3")["what"] == "sent"  # type: ignore[index]
+        assert shared.enqueue(["1.2.3", "1.2.5"], "127.0.0.1:1")[0].key == "000000000003"
+    finally:
+        index.close()

@@ -106,8 +106,9 @@ def completion(status: str = "COMPLETED", series: bool = True) -> Dataset:
 
 
 @pytest.fixture()
-def server(tmp_path: Path) -> Iterator[tuple[DimseServer, int, dict[str, str]]]:
-    archive = Archive(tmp_path / "srv", ArchiveConfig(fsync=False))
+def server(tmp_path: Path, workflow_index: str | None
+           ) -> Iterator[tuple[DimseServer, int, dict[str, str]]]:
+    archive = Archive(tmp_path / "srv", ArchiveConfig(fsync=False), index=workflow_index)
     keys = {acc: archive.worklist.add(order(acc, f"S-{acc}")) for acc in ("A1", "A2", "A3")}
     registry = AeRegistry(archive.root)
     registry.add("MODALITY", "127.0.0.1")
@@ -346,8 +347,27 @@ def test_create_and_set_are_whole_or_absent_after_kill_9(tmp_path: Path) -> None
             wl.close()
 
 
-def test_set_status_rewrites_the_items_sps_status(tmp_path: Path) -> None:
-    wl = Worklist(tmp_path)
+def _worklist(root: Path, index_url: str | None) -> Worklist:
+    """A worklist in ``root`` or, with ``index_url``, in that PostgreSQL database."""
+    if index_url is None:
+        return Worklist(root)
+    from pacscore.index.spec import IndexSpec
+
+    index = IndexSpec.parse(index_url).open()
+    wl = Worklist(root, index=index)
+    close = wl.close
+
+    def close_both() -> None:
+        close()
+        index.close()
+
+    wl.close = close_both  # type: ignore[method-assign]
+    return wl
+
+
+def test_set_status_rewrites_the_items_sps_status(tmp_path: Path,
+                                                  workflow_index: str | None) -> None:
+    wl = _worklist(tmp_path, workflow_index)
     try:
         key = wl.add(order("A9", "S9"))
         for status, said in ((StepStatus.IN_PROGRESS, "STARTED"),
@@ -360,8 +380,9 @@ def test_set_status_rewrites_the_items_sps_status(tmp_path: Path) -> None:
         wl.close()
 
 
-def test_a_final_step_refuses_updates_through_the_api(tmp_path: Path) -> None:
-    wl = Worklist(tmp_path)
+def test_a_final_step_refuses_updates_through_the_api(tmp_path: Path,
+                                                     workflow_index: str | None) -> None:
+    wl = _worklist(tmp_path, workflow_index)
     try:
         performed = PerformedSteps(wl)
         step, moved = performed.create(None, creation("1.2.3", "NONE", "NONE"))

@@ -236,7 +236,7 @@ def test_concurrent_writers_in_several_processes(postgres_dsn: str) -> None:  # 
 def test_an_older_schema_is_upgraded_and_a_newer_one_refused(postgres_dsn: str  # noqa: F811
                                                               ) -> None:
     """A database of schema version 1 (tables, no matching indexes) keeps its data when
-    opened by this pacscore, which applies versions 2 and 3; a read-only open of it is refused
+    opened by this pacscore, which applies versions 2 to 4; a read-only open of it is refused
     with a hint first; a version this pacscore does not know is refused."""
     old = PgIndex(postgres_dsn, migrations=MIGRATIONS[:1])
     recs = [make(f"1.30.{i}", study="4.1", series="4.1.1", patient="P30") for i in range(3)]
@@ -244,12 +244,12 @@ def test_an_older_schema_is_upgraded_and_a_newer_one_refused(postgres_dsn: str  
     stats = old.stats()
     old.close()
     assert _versions(postgres_dsn) == [1]
-    with pytest.raises(ArchiveStorageError, match="schema version 1, older than 3") as refused:
+    with pytest.raises(ArchiveStorageError, match="schema version 1, older than 4") as refused:
         PgIndex(postgres_dsn, readonly=True)
     assert "open it once for writing" in refused.value.hint
     index = PgIndex(postgres_dsn)
     try:
-        assert _versions(postgres_dsn) == [1, 2, 3]
+        assert _versions(postgres_dsn) == [1, 2, 3, 4]
         assert index.stats() == stats
         assert index.get("1.30.2") == recs[2]
         assert sorted(index.instances("patient", "P30")) == ["1.30.0", "1.30.1", "1.30.2"]
@@ -276,7 +276,7 @@ def test_two_processes_creating_the_schema_at_once(postgres_dsn: str) -> None:  
     """The schema is created once (under an advisory lock) when several processes open
     a new database at the same moment."""
     _run(_opener, [(postgres_dsn,)] * 3)
-    assert _versions(postgres_dsn) == [1, 2, 3]
+    assert _versions(postgres_dsn) == [1, 2, 3, 4]
 
 
 def _opener(dsn: str, barrier: Any, results: Any) -> None:

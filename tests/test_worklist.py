@@ -62,8 +62,8 @@ def query(top: dict[str, str] | None = None, **sps: str) -> Dataset:
 
 
 @pytest.fixture()
-def worklist(tmp_path: Path) -> Iterator[Worklist]:
-    with Archive(tmp_path / "a", ArchiveConfig(fsync=False)) as archive:
+def worklist(tmp_path: Path, workflow_index: str | None) -> Iterator[Worklist]:
+    with Archive(tmp_path / "a", ArchiveConfig(fsync=False), index=workflow_index) as archive:
         for s in STEPS:
             archive.worklist.add(s)
         yield archive.worklist
@@ -147,7 +147,11 @@ CRASH = """
 import sys
 from pathlib import Path
 from pacscore.workflow import Worklist, item_from_pairs
-wl = Worklist(Path(sys.argv[1]))
+index = None
+if len(sys.argv) > 2:  # the worklist of a PostgreSQL index
+    from pacscore.index.postgres import PgIndex
+    index = PgIndex(sys.argv[2])
+wl = Worklist(Path(sys.argv[1]), index=index)
 n = 0
 while True:
     wl.add(item_from_pairs([f"AccessionNumber=K{n}", "Modality=CT", f"PatientID=P{n % 7}",
@@ -158,14 +162,23 @@ while True:
 """
 
 
-def test_add_is_whole_or_absent_after_kill_9(tmp_path: Path) -> None:
+def test_add_is_whole_or_absent_after_kill_9(tmp_path: Path,
+                                            workflow_index: str | None) -> None:
+    """Killed in the middle of adding items (LMDB: its write transaction; PostgreSQL: a
+    front end gone mid-transaction, rolled back by the server): every item is whole."""
+    index = None
+    if workflow_index is not None:
+        from pacscore.index.postgres import PgIndex
+
+        index = PgIndex(workflow_index)
     for delay in (0.0, 0.05, 0.2):
-        with subprocess.Popen([sys.executable, "-c", CRASH, str(tmp_path)],
+        with subprocess.Popen([sys.executable, "-c", CRASH, str(tmp_path),
+                               *([workflow_index] if workflow_index else [])],
                               stdout=subprocess.PIPE, text=True) as proc:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
             time.sleep(delay)
             os.kill(proc.pid, signal.SIGKILL)
-        wl = Worklist(tmp_path)
+        wl = Worklist(tmp_path, index=index)
         try:
             assert wl.check() == []
             n = len(wl)
@@ -174,6 +187,8 @@ def test_add_is_whole_or_absent_after_kill_9(tmp_path: Path) -> None:
             assert all(i.dataset.AccessionNumber.startswith("K") for i in wl.items())
         finally:
             wl.close()
+    if index is not None:
+        index.close()
 
 
 def pycli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -320,7 +335,8 @@ def test_index_read_from_the_item_is_the_index_of_what_is_read_back(tmp_path: Pa
     from pydicom.valuerep import DA
 
     from pacscore.workflow.encoding import decode_dataset, encode_dataset, reads_back
-    from pacscore.workflow.worklist import IDENTIFIERS, INDEXED, _entries
+    from pacscore.workflow.steps import IDENTIFIERS, INDEXED
+    from pacscore.workflow.steps import entries as _entries
 
     plain = step("P7", "DOE^JANE", "X1", "CT1\\CT2", "CT", "20250101", "080000")
     plain.StudyInstanceUID = generate_uid()
@@ -346,3 +362,87 @@ def test_index_read_from_the_item_is_the_index_of_what_is_read_back(tmp_path: Pa
             ScheduledProcedureStepStartDate="20250102"))] == ["X3"]
         assert next(ids["study_uid"] for _, _, ids in wl.identities()) == \
             [str(plain.StudyInstanceUID)]
+
+
+def test_a_folders_worklist_of_before_is_copied_once_to_a_shared_index(
+        tmp_path: Path, postgres_dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    """An archive whose index becomes PostgreSQL keeps its worklist, performed steps and
+    HL7 answers: the first front end copies its folder's ``workflow.lmdb`` into the
+    database; a second folder's own history is not merged, and a warning says so."""
+    pytest.importorskip("psycopg")
+    from pacscore.index.postgres import PgIndex
+    from pacscore.workflow import PerformedSteps
+
+    from .test_mpps import creation
+
+    old = Worklist(tmp_path / "a")
+    keys = [old.add(s) for s in STEPS]
+    study = "1.2.3.4"
+    PerformedSteps(old).create("1.2.3.4.5", creation(study, "NONE", "NONE"))
+    old.change(lambda c: c.remember("RIS^H\0M1", b"MSH|ack"))
+    old.close()
+    other = Worklist(tmp_path / "b")
+    other.add(step("P8", "OTHER^ONE", "B1", "CT1", "CT", "20250101", "080000"))
+    other.close()
+    index = PgIndex(postgres_dsn)
+    try:
+        shared = Worklist(tmp_path / "a", index=index)
+        assert shared.shared and [i.key for i in shared.items()] == keys
+        assert accessions(shared, query()) == ["A1", "A2", "A3", "A4"]  # the index too
+        assert shared.check() == [] and PerformedSteps(shared).check() == []
+        assert PerformedSteps(shared).get("1.2.3.4.5").status == "IN PROGRESS"
+        assert shared.change(lambda c: c.answered("RIS^H\0M1")) == b"MSH|ack"
+        shared.close()
+        with caplog.at_level("WARNING"):
+            again = Worklist(tmp_path / "b", index=index)
+        assert "not served" in caplog.text and str(tmp_path / "b") in caplog.text
+        assert [i.key for i in again.items()] == keys  # nothing merged
+        again.close()
+    finally:
+        index.close()
+
+
+def test_cli_of_two_front_ends_folders_on_one_postgresql_index(tmp_path: Path,
+                                                              postgres_dsn: str) -> None:
+    """``pacscore worklist`` and ``pacscore patient`` with ``--index``: a step added and a
+    correction made in one front end's folder are what another one's lists."""
+    pytest.importorskip("psycopg")
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    added = pycli("worklist", "add", "PatientID=PX", "AccessionNumber=ACC-X", "Modality=CT",
+                  "ScheduledStationAETitle=CT1", "--archive", one, "--index", postgres_dsn)
+    assert added.returncode == 0, added.stderr
+    listed = pycli("worklist", "list", "--json", "--archive", two, "--index", postgres_dsn)
+    assert [r["accession"] for r in json.loads(listed.stdout)["items"]] == ["ACC-X"]
+    fixed = pycli("patient", "correct", "PX", "--name", "ROE^JANE", "--archive", two,
+                  "--index", postgres_dsn)
+    assert fixed.returncode == 0, fixed.stderr
+    log = pycli("patient", "corrections", "--json", "--archive", one, "--index", postgres_dsn)
+    assert [e["after"] for e in json.loads(log.stdout)["corrections"]] == [
+        {"PatientName": "ROE^JANE"}]
+    assert not (tmp_path / "one" / "workflow.lmdb").exists()
+
+
+def test_a_correction_through_another_front_end_is_served_within_the_stamp_ttl(
+        tmp_path: Path, postgres_dsn: str) -> None:
+    """Two worklists on one PostgreSQL index (two front ends): the one that made a
+    correction serves it at once; the other within STAMP_TTL seconds."""
+    pytest.importorskip("psycopg")
+    from pacscore.index.postgres import PgIndex
+    from pacscore.workflow import corrections
+    from pacscore.workflow.worklist import STAMP_TTL
+
+    index = PgIndex(postgres_dsn)
+    try:
+        a, b = Worklist(tmp_path / "a", index=index), Worklist(tmp_path / "b", index=index)
+        a.add(STEPS[0])
+        assert not b.corrections()  # read (and trusted for STAMP_TTL) before the change
+        a.change(lambda c: corrections.correct(c, "P1", {"PatientName": "ROE^JANE"}))
+        assert a.corrections().served["P1"].values == {"PatientName": "ROE^JANE"}
+        start = time.monotonic()
+        while not b.corrections():
+            assert time.monotonic() - start < STAMP_TTL + 0.5
+            time.sleep(0.05)
+        (item,) = b.items()
+        assert str(item.dataset.PatientName) == "ROE^JANE"
+    finally:
+        index.close()

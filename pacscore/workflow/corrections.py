@@ -32,15 +32,15 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import lmdb
 from pydicom.dataset import Dataset
 
 from ..errors import ConflictError, InvalidRequestError, NotFoundError
 
 if TYPE_CHECKING:
+    from ..kv import Txn
     from .worklist import Changes
 
-__all__ = ["CORRECTED", "CORRECTION_DATABASES", "Correction", "CorrectionTable",
+__all__ = ["CORRECTED", "CORRECTION_DATABASES", "STAMP", "Correction", "CorrectionTable",
            "PatientEvent", "Served", "correct", "entries", "load_table", "merge", "servable",
            "served_item", "stamp", "undo"]
 
@@ -50,7 +50,8 @@ CORRECTED: tuple[str, ...] = ("PatientName", "PatientBirthDate", "PatientSex")
 CORRECTION_DATABASES = (b"correction", b"correction_log")
 """The worklist databases this module writes (absent in a worklist of before them)."""
 
-_STAMP = b"corrections"
+STAMP = b"corrections"
+"""The key in ``meta`` of the correction stamp."""
 _DIGITS = 12
 _MAX_CHAIN = 64  # merges followed before a chain is taken for damaged
 # Values as the index keeps them: PN (64 chars per component group), DA, CS.
@@ -161,13 +162,13 @@ def served_item(ds: Dataset, table: CorrectionTable) -> Dataset:
 
 
 # -- reading --------------------------------------------------------------------
-def stamp(txn: lmdb.Transaction, dbs: Mapping[bytes, Any]) -> int:
+def stamp(txn: Txn, dbs: Mapping[bytes, Any]) -> int:
     """The number of the last correction entry (0: none ever)."""
-    raw = txn.get(_STAMP, db=dbs[b"meta"])
+    raw = txn.get(STAMP, db=dbs[b"meta"])
     return 0 if raw is None else int(bytes(raw))
 
 
-def _records(txn: lmdb.Transaction, dbs: Mapping[bytes, Any]) -> dict[str, dict[str, str]]:
+def _records(txn: Txn, dbs: Mapping[bytes, Any]) -> dict[str, dict[str, str]]:
     if b"correction" not in dbs:
         return {}
     return {bytes(k).decode("utf-8", "surrogateescape"): json.loads(bytes(v))
@@ -186,7 +187,7 @@ def _resolve(records: Mapping[str, Mapping[str, str]], patient_id: str) -> list[
     return chain
 
 
-def load_table(txn: lmdb.Transaction, dbs: Mapping[bytes, Any]) -> CorrectionTable:
+def load_table(txn: Txn, dbs: Mapping[bytes, Any]) -> CorrectionTable:
     """The corrections as of ``txn``, resolved: a patient's values are its own, then
     those of each patient it is merged into, the survivor's last (they win)."""
     records = _records(txn, dbs)
@@ -209,7 +210,7 @@ def _entry(number: int, raw: bytes) -> Correction:
                       d["by"], d["at"], d.get("undoes"), d.get("undone_by"))
 
 
-def entries(txn: lmdb.Transaction, dbs: Mapping[bytes, Any]) -> Iterator[Correction]:
+def entries(txn: Txn, dbs: Mapping[bytes, Any]) -> Iterator[Correction]:
     """Every log entry, oldest first."""
     if b"correction_log" not in dbs:
         return
@@ -232,7 +233,7 @@ def _log(changes: Changes, patient_id: str, action: str, before: dict[str, str] 
          after: dict[str, str] | None, **extra: int) -> int:
     txn, dbs = changes.txn, changes.dbs
     number = stamp(txn, dbs) + 1
-    txn.put(_STAMP, str(number).encode(), db=dbs[b"meta"])
+    txn.put(STAMP, str(number).encode(), db=dbs[b"meta"])
     entry = {"patient_id": patient_id, "action": action, "before": before, "after": after,
              "by": changes.by, "at": time.time(), **extra}
     txn.put(f"{number:0{_DIGITS}d}".encode(), json.dumps(entry).encode(),

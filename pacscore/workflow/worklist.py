@@ -1,10 +1,12 @@
-"""The worklist: scheduled procedure steps kept with the archive, in LMDB.
+"""The worklist: scheduled procedure steps kept with the archive.
 
-Its own LMDB environment, ``<archive>/workflow.lmdb``, beside the archive's index: the
-instance index stays the archive writer's, while worklist items may be added by another
-process at any time (``pacscore worklist add`` while ``pacscore serve`` runs: LMDB
-serialises writers between processes; every change is one transaction, durable at
-commit).  Named databases::
+Its own key-value environment (:mod:`pacscore.kv`): by default the LMDB environment
+``<archive>/workflow.lmdb`` beside the archive's index (the instance index stays the
+archive writer's, while worklist items may be added by another process at any time:
+``pacscore worklist add`` while ``pacscore serve`` runs; LMDB serialises writers
+between processes); on an archive whose index is PostgreSQL, tables of that database
+(:mod:`pacscore.index.postgres.kv`), shared by all its front ends.  Every change is one
+transaction, durable at commit.  Named databases::
 
     item    key -> the item's data set (Explicit VR Little Endian, no File Meta)
     state   key -> JSON: status, identifiers, times
@@ -19,155 +21,85 @@ commit).  Named databases::
     correction, correction_log   the patient corrections overlay (:mod:`.corrections`)
 
 Keys are 12-digit decimal counters, so they sort in the order items were added.  Index
-values are cut at :data:`_INDEXED_BYTES` (every lookup is confirmed by the matcher).
+values are cut at :data:`~.steps.INDEXED_BYTES` (every lookup is confirmed by the
+matcher).  The model (statuses, identifiers, items) is :mod:`.steps`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import lmdb
 from pydicom.dataset import Dataset
 
-from ..errors import ArchiveStorageError, InvalidRequestError, NotFoundError
+from ..errors import ArchiveStorageError, NotFoundError
 from ..kinds import StepStatus
-from ..lmdb_env import open_env, write
+from ..kv import STORE_FAILURES, KvEnv, LmdbKv, Txn, adopt, shared_env
 from . import corrections
 from .corrections import CORRECTION_DATABASES, Correction, CorrectionTable, PatientEvent
 from .encoding import decode_dataset, encode_dataset, reads_back
-from .encoding import values as _values
-from .matching import SPS, IndexedKey, answer, check_identifier, index_plan, text_of
+from .matching import IndexedKey, answer, check_identifier, index_plan
+from .steps import (
+    IDENTIFIERS,
+    INDEXED,
+    INDEXED_BYTES,
+    KEY_DIGITS,
+    LISTED,
+    SPS_STATUS,
+    WorkflowEvent,
+    WorklistItem,
+    accession,
+    answer_of,
+    asks_status,
+    check_item,
+    entries,
+    identifiers,
+    text_key,
+    with_status,
+)
 from .textitem import TextItem
 
-__all__ = ["IDENTIFIERS", "INDEXED", "LISTED", "SPS_STATUS", "Changes", "WorkflowEvent",
-           "Worklist", "WorklistItem"]
+__all__ = ["DATABASES", "DUPSORT", "IDENTIFIERS", "INDEXED", "LISTED", "SPS_STATUS", "Changes",
+           "WorkflowEvent", "Worklist", "WorklistItem"]
 
-LISTED: frozenset[StepStatus] = frozenset({StepStatus.SCHEDULED, StepStatus.IN_PROGRESS})
-"""Statuses a Modality Worklist query lists (a step a modality started stays listed, so
-the same or another modality can pick it up again after a failure)."""
-
-SPS_STATUS: dict[StepStatus, str] = {
-    # Scheduled Procedure Step Status (0040,0020), PS3.3 C.4.10 defined terms: what the
-    # item's data set says (and a worklist C-FIND answers) for each status.
-    StepStatus.SCHEDULED: "SCHEDULED",
-    StepStatus.IN_PROGRESS: "STARTED",
-    StepStatus.COMPLETED: "COMPLETED",
-    StepStatus.DISCONTINUED: "DISCONTINUED",
-    StepStatus.CANCELLED: "CANCELED",
-}
-_SPS_STATUS_TAG = 0x00400020
-
-# Index field -> (where its values are: top level or each SPS item, keyword); the
-# matching index (``match``) of listed items.  Fields are one character in keys.
-INDEXED: dict[str, tuple[bool, str, bytes]] = {
-    "station": (True, "ScheduledStationAETitle", b"a"),
-    "modality": (True, "Modality", b"m"),
-    "date": (True, "ScheduledProcedureStepStartDate", b"d"),
-    "sps_id": (True, "ScheduledProcedureStepID", b"s"),
-    "patient_id": (False, "PatientID", b"p"),
-    "patient_name": (False, "PatientName", b"n"),
-    "accession": (False, "AccessionNumber", b"c"),
-}
-IDENTIFIERS: dict[str, tuple[bool, str, bytes]] = {
-    "accession": (False, "AccessionNumber", b"c"),
-    "sps_id": (True, "ScheduledProcedureStepID", b"s"),
-    "patient_id": (False, "PatientID", b"p"),
-    "study_uid": (False, "StudyInstanceUID", b"u"),
-    "requested_procedure_id": (False, "RequestedProcedureID", b"r"),
-}
-"""Order and patient identity: looked up by :meth:`Worklist.lookup` (every item)."""
-
-_DATABASES = (b"item", b"state", b"match", b"ident", b"meta", b"patient", b"message",
-              b"mpps", b"mpps_state", *CORRECTION_DATABASES)
-_DUPSORT = frozenset({b"match", b"ident"})
+DATABASES = (b"item", b"state", b"match", b"ident", b"meta", b"patient", b"message",
+             b"mpps", b"mpps_state", *CORRECTION_DATABASES)
+"""The named databases of the worklist's environment (module docstring)."""
+DUPSORT = frozenset({b"match", b"ident"})
+"""Those of them with several values per key."""
 _FORMAT = b"1"
-_INDEXED_BYTES = 200
-_KEY_BYTES = 500  # LMDB keys are at most 511 bytes
 T = TypeVar("T")
-_KEY_DIGITS = 12
-
-
-@dataclass(frozen=True, slots=True)
-class WorklistItem:
-    """One scheduled procedure step."""
-
-    key: str
-    """Its key in the worklist (12 digits, in the order items were added)."""
-    status: StepStatus
-    """Where it stands."""
-    dataset: Dataset
-    """Its attributes (a Modality Worklist item, PS3.4 K.6.1.2.2)."""
-
-
-@dataclass(frozen=True, slots=True)
-class WorkflowEvent:
-    """A change of the worklist, for the audit trail (see :meth:`Worklist.on_change`)."""
-
-    action: str
-    """``C`` created, ``U`` changed: status or attributes (PS3.15 A.5.1
-    EventActionCode)."""
-    key: str
-    """The item."""
-    status: StepStatus
-    """Its status after the change."""
-    accession: str
-    """Its Accession Number (no patient data goes to the audit trail)."""
-    by: str
-    """Who asked (``cli``, ``DIMSE AE@host``, ...)."""
-
-
-def _entries(ds: Dataset | TextItem, table: dict[str, tuple[bool, str, bytes]]) -> set[bytes]:
-    return {char + b"\0" + v.encode("utf-8", "surrogateescape")[:_INDEXED_BYTES]
-            for sps_level, keyword, char in table.values()
-            for v in _values(ds, sps_level, keyword)}
-
-
-def _with_status(ds: Dataset, status: StepStatus) -> Dataset:
-    """``ds`` with Scheduled Procedure Step Status (0040,0020) set to what ``status``
-    is called in every SPS item (so a worklist C-FIND answers where the step stands)."""
-    for sps in ds.get(SPS).value if SPS in ds and ds[SPS].VR == "SQ" else []:
-        sps.add_new(_SPS_STATUS_TAG, "CS", SPS_STATUS[status])
-    return ds
-
-
-def _asks_status(query: Dataset) -> bool:
-    """The identifier names a Scheduled Procedure Step Status to match (not only a
-    return key): then every step is a candidate, not only the listed ones."""
-    seq = query.get(SPS)
-    items = seq.value if seq is not None and seq.VR == "SQ" else []
-    return any(text_of(i[_SPS_STATUS_TAG].value).strip("*? ")
-               for i in items if _SPS_STATUS_TAG in i)
-
-
-def _check_item(ds: Dataset) -> None:
-    """Refuse what cannot be a worklist item: keys of a wrong VR, no SPS."""
-    check_identifier(ds)
-    sps = ds.get(SPS)
-    if sps is None or sps.VR != "SQ" or len(sps.value) == 0:
-        raise InvalidRequestError(
-            "a worklist item needs a Scheduled Procedure Step Sequence (0040,0100) with "
-            "an item", hint="give at least Modality, Scheduled Station AE Title and the "
-                            "Scheduled Procedure Step Start Date in it (PS3.4 K.6.1.2.2)")
+STAMP_TTL = 1.0
+"""Seconds a shared worklist's correction stamp is trusted before it is read again
+(:meth:`Worklist.corrections`)."""
 
 
 class Worklist:
-    """The scheduled procedure steps of one archive (``<root>/workflow.lmdb``)."""
+    """The scheduled procedure steps of one archive: ``<root>/workflow.lmdb``, or the
+    database of ``index`` when that is shared (PostgreSQL; :func:`pacscore.kv.shared_env`)."""
 
     def __init__(self, root: Path, *, sync: bool = True, readonly: bool = False,
-                 map_size: int = 1 << 30):
+                 map_size: int = 1 << 30, index: object = None):
         self.path = root / "workflow.lmdb"
-        self.env, self.dbs = open_env(self.path, _DATABASES, what="worklist",
-                                      dupsort=_DUPSORT, sync=sync, readonly=readonly,
-                                      map_size=map_size, optional=CORRECTION_DATABASES)
+        shared = shared_env(index, "workflow", DATABASES, dupsort=DUPSORT)
+        self.env: KvEnv = shared if shared is not None else LmdbKv(
+            self.path, DATABASES, what="worklist", dupsort=DUPSORT, sync=sync,
+            readonly=readonly, map_size=map_size, optional=CORRECTION_DATABASES)
+        self.shared = shared is not None
+        """Kept in the shared index (every front end of the archive sees it)."""
+        self.dbs = self.env.dbs
         self._listeners: list[Callable[[WorkflowEvent | PatientEvent], None]] = []
         self._table = corrections.EMPTY
-        if not readonly:
+        self._stamp_ttl = STAMP_TTL if self.shared else 0.0
+        self._fresh_until = 0.0
+        if not readonly and shared is not None:  # the folder's worklist of before: copied
+            adopt(shared, self.path, what="worklist", dupsort=DUPSORT,  # once
+                  marker=(b"meta", b"format", _FORMAT))
+        elif not readonly:
             self._write(lambda txn: txn.put(b"format", _FORMAT, db=self.dbs[b"meta"],
                                             overwrite=False))
 
@@ -176,18 +108,22 @@ class Worklist:
         self.env.close()
 
     # -- plumbing ----------------------------------------------------------------
-    def _write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
-        """Run ``fn`` in one write transaction (the map grows when full)."""
-        return write(self.env, self.path, fn, what="worklist write",
-                     hint="free space on the archive's disk, then retry")
+    def _write(self, fn: Callable[[Txn], T]) -> T:
+        """Run ``fn`` in one write transaction (ArchiveStorageError when the store
+        fails: nothing of it is kept)."""
+        try:
+            return self.env.write(fn)
+        finally:
+            self._fresh_until = 0.0  # this process's corrections are served at once
 
-    def _value(self, txn: lmdb.Transaction, key: bytes, db: bytes) -> bytes:
+    def _value(self, txn: Txn, key: bytes, db: bytes) -> bytes:
         """A value that the transaction's other records say exists."""
         raw = txn.get(key, db=self.dbs[db])
         if raw is None:
-            raise ArchiveStorageError(f"worklist {self.path}: item {key.decode()} has no "
-                                      f"{db.decode()} record", hint="report it: the worklist "
-                                      "is inconsistent (Worklist.check lists the problems)")
+            raise ArchiveStorageError(f"worklist {self.env.where}: item {key.decode()} has "
+                                      f"no {db.decode()} record", hint="report it: the "
+                                      "worklist is inconsistent (Worklist.check lists the "
+                                      "problems)")
         return bytes(raw)
 
     def on_change(self, listener: Callable[[WorkflowEvent | PatientEvent], None]) -> None:
@@ -207,7 +143,7 @@ class Worklist:
         the changes after the commit."""
         events: list[WorkflowEvent | PatientEvent] = []
 
-        def run(txn: lmdb.Transaction) -> T:
+        def run(txn: Txn) -> T:
             events.clear()  # a map-full retry runs it again
             return fn(Changes(self, txn, by, events))
 
@@ -224,7 +160,7 @@ class Worklist:
         commit."""
         events: list[WorkflowEvent | PatientEvent] = []
 
-        def run(txn: lmdb.Transaction) -> list[T | Exception]:
+        def run(txn: Txn) -> list[T | Exception]:
             events.clear()  # a map-full retry runs it again
             results: list[T | Exception] = []
             for fn, by in work:
@@ -232,8 +168,9 @@ class Worklist:
                 child = self.env.begin(write=True, parent=txn)
                 try:
                     results.append(fn(Changes(self, child, by, mine)))
-                except lmdb.MapFullError:
-                    child.abort()
+                except STORE_FAILURES:  # the whole transaction's (a full map, a lost
+                    with contextlib.suppress(*STORE_FAILURES):  # connection): all again
+                        child.abort()
                     raise
                 except Exception as exc:  # noqa: BLE001 - the message's own failure
                     child.abort()
@@ -254,9 +191,9 @@ class Worklist:
         index entries: after a crash it is there whole or not at all."""
         return self.change(lambda c: c.add(item, status=status), by=by)
 
-    def _index(self, txn: lmdb.Transaction, key: str, ds: Dataset | TextItem, db: bytes,
+    def _index(self, txn: Txn, key: str, ds: Dataset | TextItem, db: bytes,
                table: dict[str, tuple[bool, str, bytes]], *, add: bool) -> None:
-        for entry in _entries(ds, table):
+        for entry in entries(ds, table):
             if add:
                 txn.put(entry, key.encode(), db=self.dbs[db], dupdata=True)
             else:
@@ -286,14 +223,14 @@ class Worklist:
         within minutes, never weeks later: the table must not grow without end."""
         dropped, resume = 0, b""
 
-        def run(txn: lmdb.Transaction) -> tuple[int, bytes | None]:
+        def run(txn: Txn) -> tuple[int, bytes | None]:
             cur, gone, seen = txn.cursor(db=self.dbs[b"message"]), 0, 0
             ok = cur.set_range(resume) if resume else cur.first()
             while ok:
                 if seen == batch:
                     return gone, bytes(cur.key())  # go on from here, in a new transaction
                 seen += 1
-                if _answer_of(bytes(cur.value()))[0] < before:
+                if answer_of(bytes(cur.value()))[0] < before:
                     cur.delete()  # moves to the next record; past the last: an empty key
                     ok = bool(cur.key())
                     gone += 1
@@ -311,13 +248,13 @@ class Worklist:
     def lookup(self, which: str) -> list[str]:
         """Keys of the items whose key, Accession Number or SPS ID is ``which``."""
         with self.env.begin() as txn:
-            if which.isdigit() and len(which) == _KEY_DIGITS \
+            if which.isdigit() and len(which) == KEY_DIGITS \
                     and txn.get(which.encode(), db=self.dbs[b"state"]) is not None:
                 return [which]
             found: list[str] = []
             cur = txn.cursor(db=self.dbs[b"ident"])
             for char in (b"c", b"s"):
-                if cur.set_key(char + b"\0" + which.encode()[:_INDEXED_BYTES]):
+                if cur.set_key(char + b"\0" + which.encode()[:INDEXED_BYTES]):
                     found.extend(bytes(v).decode() for v in cur.iternext_dup())
             return sorted(set(found))
 
@@ -340,19 +277,19 @@ class Worklist:
             return WorklistItem(key, StepStatus(json.loads(bytes(raw))["status"]),
                                 decode_dataset(bytes(data)))
 
-    def _candidates(self, txn: lmdb.Transaction, plan: list[IndexedKey]) -> list[bytes] | None:
+    def _candidates(self, txn: Txn, plan: list[IndexedKey]) -> list[bytes] | None:
         """Keys every indexed key of ``plan`` admits (sorted), or None without one."""
         found: set[bytes] | None = None
         cur = txn.cursor(db=self.dbs[b"match"])
         for k in plan:
             char = INDEXED[k.field][2] + b"\0"
-            low = char + k.low.encode("utf-8", "surrogateescape")[:_INDEXED_BYTES]
+            low = char + k.low.encode("utf-8", "surrogateescape")[:INDEXED_BYTES]
             keys: set[bytes] = set()
             if k.high is None and not k.prefix:
                 if cur.set_key(low):
                     keys.update(bytes(v) for v in cur.iternext_dup())
             else:
-                high = None if k.high is None else char + k.high.encode()[:_INDEXED_BYTES]
+                high = None if k.high is None else char + k.high.encode()[:INDEXED_BYTES]
                 ok = cur.set_range(low)
                 while ok:
                     entry = bytes(cur.key())
@@ -375,7 +312,7 @@ class Worklist:
         says where it stands, :data:`SPS_STATUS`).  InvalidRequestError for an
         identifier that cannot be matched."""
         check_identifier(query)
-        if statuses == LISTED and _asks_status(query):
+        if statuses == LISTED and asks_status(query):
             statuses = frozenset(StepStatus)  # e.g. COMPLETED: see the steps done
         plan = list(index_plan(query)) if statuses <= LISTED else []
         table = self.corrections()
@@ -429,7 +366,7 @@ class Worklist:
                                 f"{sorted(set(states) ^ set(datas))[:5]}")
             match = {(bytes(k), bytes(v)) for k, v in txn.cursor(db=self.dbs[b"match"])}
             expected = {(e, k) for k, s in states.items() if StepStatus(s["status"]) in LISTED
-                        and k in datas for e in _entries(decode_dataset(datas[k]), INDEXED)}
+                        and k in datas for e in entries(decode_dataset(datas[k]), INDEXED)}
             if match != expected:
                 problems.append(f"matching index differs: {len(match - expected)} extra, "
                                 f"{len(expected - match)} missing")
@@ -440,10 +377,20 @@ class Worklist:
 
     def corrections(self) -> CorrectionTable:
         """The patient corrections in force (:mod:`.corrections`), read again only
-        when the correction stamp moved (one LMDB read per call otherwise)."""
-        with self.env.begin() as txn:
-            if corrections.stamp(txn, self.dbs) != self._table.stamp:
+        when the correction stamp moved.  The stamp is read at every call (one LMDB
+        read) on a worklist of this folder; on a shared one (PostgreSQL) at most every
+        :data:`STAMP_TTL` seconds, and at once after a change made through this process:
+        the overlay asks for it per object served, a round trip each would slow every
+        retrieval, and a correction made through another front end is then served here
+        within that second."""
+        now = time.monotonic()
+        if now < self._fresh_until:
+            return self._table
+        raw = self.env.get(corrections.STAMP, db=self.dbs[b"meta"])
+        if (0 if raw is None else int(raw)) != self._table.stamp:
+            with self.env.begin() as txn:
                 self._table = corrections.load_table(txn, self.dbs)
+        self._fresh_until = now + self._stamp_ttl
         return self._table
 
     def correction_log(self) -> list[Correction]:
@@ -460,7 +407,7 @@ class Changes:
     """The writes of one transaction (:meth:`Worklist.change`): steps, patients and
     the HL7 messages already answered, committed together."""
 
-    def __init__(self, worklist: Worklist, txn: lmdb.Transaction, by: str,
+    def __init__(self, worklist: Worklist, txn: Txn, by: str,
                  events: list[WorkflowEvent | PatientEvent]):
         self.worklist, self.txn, self.by, self.events = worklist, txn, by, events
         self.dbs = worklist.dbs
@@ -475,21 +422,21 @@ class Changes:
             data, ds = item.encode(), item
         else:
             item = item.dataset() if isinstance(item, TextItem) else item
-            _check_item(item)
+            check_item(item)
             data = encode_dataset(item)
             # index what will be read back (the item itself when that is the same text)
             ds = item if reads_back(item, (IDENTIFIERS, INDEXED)) else decode_dataset(data)
-        state = {"status": str(status), "created": time.time(), **_identifiers(ds)}
+        state = {"status": str(status), "created": time.time(), **identifiers(ds)}
         txn, meta = self.txn, self.dbs[b"meta"]
         number = int(bytes(txn.get(b"next", b"1", db=meta)))
         txn.put(b"next", str(number + 1).encode(), db=meta)
-        key = f"{number:0{_KEY_DIGITS}d}"
+        key = f"{number:0{KEY_DIGITS}d}"
         txn.put(key.encode(), data, db=self.dbs[b"item"])
         txn.put(key.encode(), json.dumps(state).encode(), db=self.dbs[b"state"])
         self.worklist._index(txn, key, ds, b"ident", IDENTIFIERS, add=True)
         if status in LISTED:
             self.worklist._index(txn, key, ds, b"match", INDEXED, add=True)
-        self.events.append(WorkflowEvent("C", key, status, _accession(ds), self.by))
+        self.events.append(WorkflowEvent("C", key, status, accession(ds), self.by))
         return key
 
     def _state(self, key: str) -> dict[str, Any]:
@@ -517,22 +464,22 @@ class Changes:
             self.worklist._index(self.txn, key, ds, b"match", INDEXED, add=status in LISTED)
         state.update(status=str(status), updated=time.time())
         self.txn.put(key.encode(), json.dumps(state).encode(), db=self.dbs[b"state"])
-        self.txn.put(key.encode(), encode_dataset(_with_status(ds, status)),
+        self.txn.put(key.encode(), encode_dataset(with_status(ds, status)),
                      db=self.dbs[b"item"])
-        self.events.append(WorkflowEvent("U", key, status, _accession(ds), self.by))
+        self.events.append(WorkflowEvent("U", key, status, accession(ds), self.by))
         return True
 
     def replace(self, key: str, item: Dataset) -> None:
         """Replace the attributes of item ``key`` (an order change, a patient update),
         its index entries with them; its status stays."""
-        _check_item(item)
+        check_item(item)
         state = self._state(key)
         status = StepStatus(state["status"])
         old = decode_dataset(self.worklist._value(self.txn, key.encode(), b"item"))
         data = encode_dataset(item)
         if status != StepStatus.SCHEDULED:  # the new attributes, the status it has
             ds = decode_dataset(data)
-            data = encode_dataset(_with_status(ds, status))
+            data = encode_dataset(with_status(ds, status))
         else:
             ds = item if reads_back(item, (IDENTIFIERS, INDEXED)) else decode_dataset(data)
         index = self.worklist._index
@@ -541,17 +488,17 @@ class Changes:
         if status in LISTED:
             index(self.txn, key, old, b"match", INDEXED, add=False)
             index(self.txn, key, ds, b"match", INDEXED, add=True)
-        state.update(_identifiers(ds), updated=time.time())
+        state.update(identifiers(ds), updated=time.time())
         self.txn.put(key.encode(), data, db=self.dbs[b"item"])
         self.txn.put(key.encode(), json.dumps(state).encode(), db=self.dbs[b"state"])
-        self.events.append(WorkflowEvent("U", key, status, _accession(ds), self.by))
+        self.events.append(WorkflowEvent("U", key, status, accession(ds), self.by))
 
     def lookup(self, field: str, value: str) -> list[str]:
         """Keys of every item whose identifier ``field`` (of :data:`IDENTIFIERS`) is
         ``value``, in the order they were added."""
         char = IDENTIFIERS[field][2]
         cur = self.txn.cursor(db=self.dbs[b"ident"])
-        entry = char + b"\0" + value.encode("utf-8", "surrogateescape")[:_INDEXED_BYTES]
+        entry = char + b"\0" + value.encode("utf-8", "surrogateescape")[:INDEXED_BYTES]
         found = [bytes(v).decode() for v in cur.iternext_dup()] if cur.set_key(entry) else []
         return sorted(k for k in set(found) if value in self._state(k).get(field, []))
 
@@ -562,46 +509,22 @@ class Changes:
     # -- patients (HL7 ADT) and answered messages (HL7 dedup) --------------------
     def patient(self, patient_id: str) -> dict[str, Any] | None:
         """The demographics kept for ``patient_id``, or None."""
-        raw = self.txn.get(_key(patient_id), db=self.dbs[b"patient"])
+        raw = self.txn.get(text_key(patient_id), db=self.dbs[b"patient"])
         return None if raw is None else dict(json.loads(bytes(raw)))
 
     def put_patient(self, patient_id: str, record: dict[str, Any]) -> None:
         """Keep ``record`` as the demographics of ``patient_id``."""
-        self.txn.put(_key(patient_id), json.dumps(record).encode(), db=self.dbs[b"patient"])
+        self.txn.put(text_key(patient_id), json.dumps(record).encode(), db=self.dbs[b"patient"])
 
     def answered(self, message_id: str) -> bytes | None:
         """The answer given to message ``message_id`` when it was committed, or None."""
-        raw = self.txn.get(_key(message_id), db=self.dbs[b"message"])
-        return None if raw is None else _answer_of(bytes(raw))[1]
+        raw = self.txn.get(text_key(message_id), db=self.dbs[b"message"])
+        return None if raw is None else answer_of(bytes(raw))[1]
 
     def remember(self, message_id: str, answer: bytes) -> None:
         """Record the answer to message ``message_id`` with the changes it made (and
         when, for :meth:`Worklist.forget_messages`)."""
         stamp = b"T%010d\n" % int(time.time())
-        self.txn.put(_key(message_id), stamp + answer, db=self.dbs[b"message"])
+        self.txn.put(text_key(message_id), stamp + answer, db=self.dbs[b"message"])
 
 
-def _answer_of(raw: bytes) -> tuple[int, bytes]:
-    """(when, answer) of a ``message`` record; records of before the time stamp (an
-    answer starts with ``MSH``) are of time 0."""
-    if raw[:1] == b"T" and raw[11:12] == b"\n":
-        return int(raw[1:11]), raw[12:]
-    return 0, raw
-
-
-def _key(text: str) -> bytes:
-    """An LMDB key for ``text`` (cut to :data:`_KEY_BYTES`; long ones end in a hash)."""
-    raw = text.encode("utf-8", "surrogateescape")
-    if len(raw) <= _KEY_BYTES:
-        return raw
-    return raw[: _KEY_BYTES - 32] + hashlib.sha256(raw).hexdigest()[:32].encode()
-
-
-def _identifiers(ds: Dataset | TextItem) -> dict[str, list[str]]:
-    return {k: sorted(_values(ds, lvl, kw)) for k, (lvl, kw, _) in IDENTIFIERS.items()}
-
-
-def _accession(ds: Dataset | TextItem) -> str:
-    if isinstance(ds, TextItem):
-        return ds.get("AccessionNumber")
-    return text_of(ds.AccessionNumber) if "AccessionNumber" in ds else ""

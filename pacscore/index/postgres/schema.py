@@ -124,10 +124,29 @@ CREATE TABLE archive (
 );
 """
 
+_V4 = """
+-- The archive's workflow state and HL7 outbox, shared by its front ends (issue 17.3,
+-- pacscore.index.postgres.kv): the named databases of pacscore.kv, one db value each
+-- ('workflow/state', 'outbox/queue'); dupsort databases in kv_dup.
+CREATE TABLE kv (
+    db text COLLATE "C" NOT NULL,
+    key bytea NOT NULL,
+    value bytea NOT NULL,
+    PRIMARY KEY (db, key)
+);
+CREATE TABLE kv_dup (
+    db text COLLATE "C" NOT NULL,
+    key bytea NOT NULL,
+    value bytea NOT NULL,
+    PRIMARY KEY (db, key, value)
+);
+"""
+
 MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
     (1, _V1),  # tables, keys and constraints
     (2, _V2),  # the indexes of the matching keys and of the hierarchy
     (3, _V3),  # the archive's id, shared by its front ends
+    (4, _V4),  # the workflow state and the HL7 outbox, shared by its front ends
 )
 """Schema versions in order: (version, SQL).  Append, never edit a released one."""
 LATEST: Final = MIGRATIONS[-1][0]

@@ -1,5 +1,6 @@
 """The HL7 outbox: reports waiting to be sent, kept with the archive so that they
-survive restarts (``<archive>/outbox.lmdb``).
+survive restarts (``<archive>/outbox.lmdb``; on an archive whose index is PostgreSQL,
+in that database, one outbox for all its front ends: :mod:`pacscore.kv`).
 
 Named databases::
 
@@ -24,16 +25,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import lmdb
-
 from ...errors import NotFoundError
-from ...lmdb_env import open_env, write
+from ...kv import KvEnv, LmdbKv, Txn, adopt, shared_env
 
 __all__ = ["Outbox", "OutboxEntry", "OutboxState"]
 
 _DATABASES = (b"queue", b"ledger", b"meta")
 _KEY_DIGITS = 12
-_HINT = "free space on the archive's disk, then retry"
 
 
 class OutboxState(StrEnum):
@@ -81,21 +79,28 @@ def _decode(raw: bytes | memoryview) -> OutboxEntry:
 
 
 class Outbox:
-    """The reports of one archive waiting for their receiver."""
+    """The reports of one archive waiting for their receiver: ``<root>/outbox.lmdb``,
+    or in the database of ``index`` when that is shared (PostgreSQL)."""
 
-    def __init__(self, root: Path, *, sync: bool = True):
+    def __init__(self, root: Path, *, sync: bool = True, index: object = None):
         self.path = root / "outbox.lmdb"
-        self.env, self.dbs = open_env(self.path, _DATABASES, what="HL7 outbox", sync=sync,
-                                      map_size=1 << 28)
+        shared = shared_env(index, "outbox", _DATABASES)
+        self.env: KvEnv = shared if shared is not None else LmdbKv(
+            self.path, _DATABASES, what="HL7 outbox", sync=sync, map_size=1 << 28)
+        self.shared = shared is not None
+        """One outbox for every front end of the archive."""
+        self.dbs = self.env.dbs
+        if shared is not None:  # the folder's outbox of before: copied once
+            adopt(shared, self.path, what="HL7 outbox", marker=(b"meta", b"format", b"1"))
 
     def close(self) -> None:
         """Close the environment (idempotent)."""
         self.env.close()
 
     def _write(self, fn: Any) -> Any:
-        return write(self.env, self.path, fn, what="HL7 outbox write", hint=_HINT)
+        return self.env.write(fn)
 
-    def _ledger(self, txn: lmdb.Transaction, sop: str, what: str, **detail: Any) -> None:
+    def _ledger(self, txn: Txn, sop: str, what: str, **detail: Any) -> None:
         txn.put(sop.encode(), json.dumps({"what": what, "time": time.time(), **detail},
                                          separators=(",", ":")).encode(),
                 db=self.dbs[b"ledger"])
@@ -104,7 +109,7 @@ class Outbox:
     def enqueue(self, sops: Sequence[str], destination: str) -> list[OutboxEntry]:
         """Queue a report of each instance the ledger does not know yet (one
         transaction); return the new entries."""
-        def run(txn: lmdb.Transaction) -> list[OutboxEntry]:
+        def run(txn: Txn) -> list[OutboxEntry]:
             meta, ledger = self.dbs[b"meta"], self.dbs[b"ledger"]
             number = int(txn.get(b"next", b"1", db=meta))
             added = []
@@ -126,7 +131,7 @@ class Outbox:
     def mark_before(self, sops: Sequence[str]) -> int:
         """Record instances stored before reports went out (never sent); how many were
         new to the ledger."""
-        def run(txn: lmdb.Transaction) -> int:
+        def run(txn: Txn) -> int:
             ledger = self.dbs[b"ledger"]
             fresh = [s for s in dict.fromkeys(sops) if txn.get(s.encode(), db=ledger) is None]
             for sop in fresh:
@@ -137,8 +142,7 @@ class Outbox:
 
     def started(self) -> bool:
         """Reports went out from this archive before (the ledger was begun)."""
-        with self.env.begin() as txn:
-            return txn.get(b"started", db=self.dbs[b"meta"]) is not None
+        return self.env.get(b"started", db=self.dbs[b"meta"]) is not None
 
     def start(self) -> None:
         """Record that reports go out from now on (see :meth:`started`)."""
@@ -147,8 +151,7 @@ class Outbox:
 
     def known(self, sop: str) -> dict[str, Any] | None:
         """What the ledger says of an instance."""
-        with self.env.begin() as txn:
-            raw = txn.get(sop.encode(), db=self.dbs[b"ledger"])
+        raw = self.env.get(sop.encode(), db=self.dbs[b"ledger"])
         return None if raw is None else dict(json.loads(raw))
 
     # -- reading ------------------------------------------------------------------
@@ -169,7 +172,7 @@ class Outbox:
 
     # -- outcomes -------------------------------------------------------------------
     def _update(self, key: str, **changes: Any) -> OutboxEntry:
-        def run(txn: lmdb.Transaction) -> OutboxEntry:
+        def run(txn: Txn) -> OutboxEntry:
             raw = txn.get(key.encode(), db=self.dbs[b"queue"])
             if raw is None:
                 raise NotFoundError(f"no report {key} in the HL7 outbox",
@@ -206,7 +209,7 @@ class Outbox:
     def sent(self, key: str, answer: str) -> None:
         """The receiver acknowledged the entry: it leaves the queue and the ledger says
         so, in one transaction."""
-        def run(txn: lmdb.Transaction) -> None:
+        def run(txn: Txn) -> None:
             raw = txn.get(key.encode(), db=self.dbs[b"queue"])
             if raw is None:
                 return
@@ -218,8 +221,7 @@ class Outbox:
         self._write(run)
 
     def _entry(self, key: str) -> OutboxEntry:
-        with self.env.begin() as txn:
-            raw = txn.get(key.encode(), db=self.dbs[b"queue"])
+        raw = self.env.get(key.encode(), db=self.dbs[b"queue"])
         if raw is None:
             raise NotFoundError(f"no report {key} in the HL7 outbox",
                                 hint="list them with `pacscore hl7 outbox`")

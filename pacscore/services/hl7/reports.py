@@ -15,6 +15,13 @@ configured receiver, through the persistent :class:`~.outbox.Outbox`.
   again after a backoff doubling from ``retry`` seconds up to five minutes.  While the
   receiver is unreachable the later entries wait (results keep their order).
 * Every sent or refused report is in the audit trail (DICOM "Export", PS3.15 A.5.3.5).
+* On an archive whose index is PostgreSQL the outbox is the archive's, shared by its
+  front ends: each runs a sender, but a pass over the due entries runs under the
+  cluster-wide lock ``hl7-reports`` (:func:`pacscore.background.exclusive`), so each
+  report is sent by one front end, once (a front end that dies between the receiver's
+  ACK and the commit of ``sent`` leaves it to be resent, with the same MSH-10, as
+  after a restart).  A sender that did not queue an entry looks for due ones every
+  :data:`SHARED_POLL` seconds (another front end may have queued it, or died).
 """
 
 from __future__ import annotations
@@ -26,13 +33,14 @@ import time
 from collections.abc import Sequence
 
 from ...archive import Archive, StoreResult
+from ...background import exclusive
 from ...dicom.report import REPORT_CLASSES, read_report
 from ...errors import PacsError
 from ..auth.security import AuditLog
 from .oru import build_oru
 from .outbox import Outbox, OutboxEntry
 
-__all__ = ["ReportSender", "parse_destination"]
+__all__ = ["SHARED_POLL", "ReportSender", "parse_destination"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +48,8 @@ START, END = b"\x0b", b"\x1c\x0d"
 _MAX_BACKOFF = 300.0
 _MAX_ACK = 1 << 20
 _ACCEPTED, _REFUSED = frozenset({"AA", "CA"}), frozenset({"AR", "CR"})
+SHARED_POLL = 5.0
+"""Seconds between two looks at a shared outbox (module docstring)."""
 
 
 def parse_destination(text: str) -> tuple[str, int]:
@@ -64,7 +74,7 @@ class ReportSender:
         self.host, self.port = parse_destination(destination)
         self.audit, self.retry, self.timeout = audit, retry, timeout
         self.receiving, self.facility = receiving, facility
-        self.outbox = Outbox(archive.root)
+        self.outbox = Outbox(archive.root, index=archive.index)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -127,12 +137,19 @@ class ReportSender:
                 self._stop.wait(self.retry)
             after = self.outbox.next_try()
             wait = None if after is None else max(0.0, after - time.time())
+            if self.outbox.shared:
+                wait = SHARED_POLL if wait is None else min(wait, SHARED_POLL)
             self._wake.wait(wait)
             self._wake.clear()
 
     def send_due(self) -> int:
         """Send the entries that are due, in order; stop at the first that could not
-        be delivered (the receiver is probably down).  How many were acknowledged."""
+        be delivered (the receiver is probably down).  How many were acknowledged
+        (0 when another front end is sending: module docstring)."""
+        with exclusive(self.archive.index, "hl7-reports") as mine:
+            return self._send_due() if mine else 0
+
+    def _send_due(self) -> int:
         done = 0
         for entry in self.outbox.due(time.time()):
             if self._stop.is_set():
