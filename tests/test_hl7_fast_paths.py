@@ -1,9 +1,9 @@
-"""The HL7 door's fast paths give what the libraries give (issue 16's throughput
-goal): the AA written directly equals python-hl7's ``create_ack``; ``messages.field`` equals python-hl7's ``Segment.extract_field`` on every
-position of varied messages, and an order's worklist item written directly
-(:class:`~pacscore.workflow.textitem.TextItem`) equals pydicom's encoding of the same
-data set, byte for byte, and is indexed the same; values it cannot write directly take
-pydicom's path."""
+"""The HL7 door's fast paths give what the libraries give (issue 16's throughput goal): the
+AA written directly equals python-hl7's ``create_ack``; ``messages.field`` equals
+python-hl7's ``Segment.extract_field`` on every position of varied messages, and an
+order's worklist item written directly (:class:`~pacscore.workflow.textitem.TextItem`)
+equals pydicom's encoding of the same data set, byte for byte, and is indexed the same;
+values it cannot write directly take pydicom's path."""
 
 from __future__ import annotations
 
