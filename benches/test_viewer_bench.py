@@ -229,6 +229,11 @@ def test_viewer_first_image_and_whole_series_next_to_orthanc(
             f"{row[k]:>{w}.2f}" if row[k] is not None else f"{'-':>{w}s}"
             for k, w in (("cold_first", 10), ("warm_first", 10), ("cold_all", 9),
                          ("warm_all", 9))) + f" {row['frames']:6d} {row['mb']:6.1f}")
+    for name, row in table.items():  # each run, in order (cold then warm in each round)
+        print(f"{name} runs (first image / all frames, s): " + ", ".join(
+            f"{'warm' if r['warm'] else 'cold'} {r['firstImageMs'] / 1000:.2f}/"
+            + (f"{r['allFramesMs'] / 1000:.2f}" if r['allFramesMs'] else "-")
+            for r in row["runs"]))
     for name in ("pacscore", "pacscore via proxy"):
         row = table[name]
         ratios = {k: row[k] / theirs[k] for k in ("warm_first", "cold_first", "cold_all",

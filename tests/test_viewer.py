@@ -123,6 +123,32 @@ def test_login_then_viewer_and_dicomweb_by_cookie(site: str, archive: Archive) -
         "GET /dicom-web/studies") for e in entries if e["user"].startswith("user alice"))
 
 
+def test_a_revalidated_viewer_file_is_answered_304_until_it_changes(
+        site: str, fake_build: ViewerBuild) -> None:
+    s, _ = _login(site)
+    for path in ("studies", "app-config.js", "app.bundle.0123456789abcdef.js"):
+        first = s.get(f"{site}/viewer/{path}", timeout=30)
+        etag = first.headers["etag"]
+        again = s.get(f"{site}/viewer/{path}", headers={"If-None-Match": etag}, timeout=30)
+        assert (again.status_code, again.content) == (304, b""), path
+        assert again.headers["etag"] == etag
+        assert again.headers["cache-control"] == first.headers["cache-control"]
+        assert again.headers["cross-origin-embedder-policy"] == "require-corp"
+        other = s.get(f"{site}/viewer/{path}", headers={"If-None-Match": '"old"'}, timeout=30)
+        assert (other.status_code, other.content) == (200, first.content), path
+    page = s.get(f"{site}/viewer/", timeout=30)
+    dist = fake_build.current()
+    assert dist is not None
+    index = dist / "index.html"
+    index.write_text(index.read_text() + "<!-- a new build -->")
+    changed = s.get(f"{site}/viewer/", headers={"If-None-Match": page.headers["etag"]},
+                    timeout=30)
+    assert changed.status_code == 200 and changed.text.endswith("<!-- a new build -->")
+    assert changed.headers["etag"] != page.headers["etag"]
+    assert requests.get(f"{site}/viewer/app-config.js", allow_redirects=False, timeout=30,
+                        headers={"If-None-Match": page.headers["etag"]}).status_code == 303
+
+
 def test_wrong_password_and_unknown_user_answer_alike(site: str, archive: Archive) -> None:
     answers = [_login(site, password="wrong password")[1], _login(site, user="bob")[1]]
     assert [r.status_code for r in answers] == [401, 401]

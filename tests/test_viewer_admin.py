@@ -102,3 +102,38 @@ def test_admin_page_refuses_bad_forms(site: str) -> None:
     assert s.post(f"{site}/admin/revoke", data={"id": "nope", "csrf": csrf},
                   timeout=30).status_code == 404
     assert "pcs_" not in s.get(f"{site}/admin", timeout=30).text  # no link was made
+
+
+def test_admin_search_finds_studies_by_name_id_accession_and_date(
+        site: str, archive: Archive, corpus: Path) -> None:
+    archive.store(sorted((corpus / "mr_series/tcia_brain_t1post_24sl").glob("*.dcm"))[0])
+    s = _session(site, "root")
+
+    def listed(**query: str) -> tuple[int, list[str], str]:
+        page = s.get(f"{site}/admin", params=query, timeout=30)
+        return (page.status_code, re.findall(r'name=study value="([^"]+)"', page.text),
+                page.text)
+
+    code, everything, text = listed()
+    assert code == 200 and len(everything) == 2 and "latest 50" in text
+    assert 'type=search name=q' in text
+    (brain,) = [u for u in everything if u != STUDY]
+    for query, expected in ((dict(q="janct"), [STUDY]),      # the name, fuzzy
+                            (dict(q="pgbm"), [brain]),       # the ID's start
+                            (dict(q="99000"), [STUDY]),
+                            (dict(q="5686274"), [brain]),    # the accession's start
+                            (dict(q="nobody"), []),
+                            (dict(**{"from": "2003-01-01"}), [STUDY]),
+                            (dict(to="1999-12-31"), [brain]),
+                            (dict(**{"from": "19920402", "to": "1992-04-02"}), [brain]),
+                            (dict(q="janct", to="1999-12-31"), [])):
+        code, found, text = listed(**query)
+        assert (code, found) == (200, expected), query
+        assert f"{len(expected)} found" in text
+    for query, reason in ((dict(to="yesterday"), "YYYY-MM-DD"),
+                          (dict(**{"from": "2004-01-01", "to": "2003-01-01"}), "swap"),
+                          (dict(q="x" * 65), "at most 64"), (dict(q="a\\b"), "backslash")):
+        code, found, text = listed(**query)
+        assert code == 400 and reason in text and found == [], query
+    code, _, text = listed(q='<script>"')
+    assert code == 200 and "<script>" not in text and "&lt;script&gt;&quot;" in text

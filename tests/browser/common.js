@@ -90,5 +90,28 @@ function finish(result) {
   console.log(JSON.stringify(result));
 }
 
-module.exports = { VIEWPORT, drawnInPage, finish, launch, login, openStudy, saveCanvas,
-                   skipTour, viewportState, watch };
+async function loggedIn({ base, user, password, out, result }, steps) {
+  // What every script does around its own steps: launch Chromium, a new context and
+  // page watched into result, log in (result.loginUrl: where the login page was asked
+  // at), then steps({ browser, context, page }).  A failure goes into result.error with
+  // a screenshot OUT_DIR/error.png of result.page (the page steps last named); the
+  // browser is closed and the one line printed in any case.
+  const browser = await launch();
+  try {
+    const context = await browser.newContext({ viewport: VIEWPORT });
+    const page = await context.newPage();
+    watch(page, result);
+    result.page = page;
+    result.loginUrl = await login(page, base, user, password);
+    await steps({ browser, context, page });
+  } catch (e) {
+    result.error = String(e && e.stack || e);
+    if (result.page) await result.page.screenshot({ path: `${out}/error.png` }).catch(() => {});
+  } finally {
+    await browser.close();
+  }
+  finish(result);
+}
+
+module.exports = { VIEWPORT, drawnInPage, finish, launch, loggedIn, login, openStudy,
+                   saveCanvas, skipTour, viewportState, watch };

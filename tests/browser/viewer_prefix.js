@@ -7,9 +7,7 @@
 // the study.  Prints one JSON line (the first line on stdout is the proxy's port).
 'use strict';
 const http = require('http');
-const path = require('path');
-const { VIEWPORT, drawnInPage, finish, launch, login, openStudy, viewportState,
-        watch } = require('./common.js');
+const { drawnInPage, loggedIn, openStudy, viewportState } = require('./common.js');
 
 const [serverPort, user, password, study, out] = process.argv.slice(2);
 const result = { steps: [], misses: [] };
@@ -33,23 +31,12 @@ const proxy = http.createServer((req, res) => {
 
 proxy.listen(0, '127.0.0.1', async () => {
   const base = `http://127.0.0.1:${proxy.address().port}/pacs`;
-  const browser = await launch();
-  try {
-    const page = await (await browser.newContext({ viewport: VIEWPORT })).newPage();
-    watch(page, result);
-    result.page = page;
-    result.loginUrl = await login(page, base, user, password);
+  await loggedIn({ base, user, password, out, result }, async ({ page }) => {
     result.afterLogin = new URL(page.url()).pathname;
     await openStudy(page, base, study);
     result.drawn = await page.evaluate(drawnInPage);
     result.state = await page.evaluate(viewportState);
     result.steps.push('drawn');
-  } catch (e) {
-    result.error = String(e && e.stack || e);
-    if (result.page) await result.page.screenshot({ path: path.join(out, 'error.png') }).catch(() => {});
-  } finally {
-    await browser.close();
-    proxy.close();
-  }
-  finish(result);
+  });
+  proxy.close();
 });

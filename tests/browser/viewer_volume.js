@@ -11,7 +11,7 @@
 'use strict';
 const fs = require('fs');
 const path = require('path');
-const { VIEWPORT, finish, launch, login, openStudy, watch } = require('./common.js');
+const { loggedIn, openStudy, watch } = require('./common.js');
 
 const [base, user, password, study, out] = process.argv.slice(2);
 const REPORT = 'pacscore browser test';
@@ -117,24 +117,10 @@ async function mpr(page, result) {
   result.steps.push('mpr');
 }
 
-(async () => {
-  const result = { steps: [] };
-  const browser = await launch();
-  try {
-    const context = await browser.newContext({ viewport: VIEWPORT });
-    const page = await context.newPage();
-    watch(page, result);
-    result.page = page;
-    await login(page, base, user, password);
-    await drawAndSave(page, result);
-    await page.close();
-    result.page = await reopen(context, result);
-    await mpr(result.page, result);
-  } catch (e) {
-    result.error = String(e && e.stack || e);
-    if (result.page) await result.page.screenshot({ path: path.join(out, 'error.png') }).catch(() => {});
-  } finally {
-    await browser.close();
-  }
-  finish(result);
-})();
+const result = { steps: [] };
+loggedIn({ base, user, password, out, result }, async ({ context, page }) => {
+  await drawAndSave(page, result);
+  await page.close();
+  result.page = await reopen(context, result);
+  await mpr(result.page, result);
+});

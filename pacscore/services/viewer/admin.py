@@ -2,7 +2,10 @@
 
 * ``GET /admin`` (logged in with ``admin``; else to the login page) lists the archive's
   latest studies, each with a **Share** button (how long, read-only or not, for whom),
-  and the share links made so far with their state and a **Revoke** button.
+  and the share links made so far with their state and a **Revoke** button.  Its search
+  form (``q``: the start of a patient ID or accession number, or words of the patient's
+  name as QIDO-RS fuzzy matching takes them; ``from``/``to``: study dates, YYYY-MM-DD)
+  lists the matching studies of the whole archive instead (at most 50).
 * ``POST /admin/share`` (form: ``study``, ``expires`` as ``pacscore share --expires``,
   ``read_only``, ``name``) makes the link (:func:`.share.share_study`) and shows it, once.
 * ``POST /admin/revoke`` (form: ``id``) revokes a share and ends the sessions it opened.
@@ -15,8 +18,10 @@ revocation is in the audit trail like ``pacscore share`` (user, client address, 
 from __future__ import annotations
 
 import html
+import re
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.concurrency import run_in_threadpool
@@ -37,6 +42,8 @@ __all__ = ["ADMIN_PATH", "AdminPage"]
 ADMIN_PATH = "/admin"
 _LATEST = 50  # studies listed
 _MAX_FORM = 4096
+_MAX_SEARCH = 64  # characters of the search box
+_DATE = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})")
 _DURATIONS = ("1h", "24h", "7d", "30d")
 _HEADERS = {"Cache-Control": "no-store", "X-Frame-Options": "DENY",
             "Referrer-Policy": "no-referrer",
@@ -79,12 +86,44 @@ class AdminPage:
                           host=request.client.host if request.client else "?",
                           interface="viewer", objects=[study], detail=detail)
 
+    def _search(self, text: str, dates: str) -> list[dict[str, Any]]:
+        """Studies whose patient ID or accession number starts with ``text`` or whose
+        patient name has its words (fuzzy), within ``dates`` (a DICOM range); at most
+        :data:`_LATEST`, each once."""
+        when = {"StudyDate": dates} if dates else {}
+        if not text:
+            return self.archive.query("study", when, limit=_LATEST)
+        found: dict[str, dict[str, Any]] = {}
+        for keys, fuzzy in (({"PatientID": text + "*"}, False),
+                            ({"AccessionNumber": text + "*"}, False),
+                            ({"PatientName": text}, True)):
+            for study in self.archive.query("study", {**keys, **when}, limit=_LATEST,
+                                            fuzzy=fuzzy):
+                found.setdefault(study["StudyInstanceUID"], study)
+        return list(found.values())[:_LATEST]
+
     async def show(self, request: Request) -> Response:
         holder = request.user
         assert isinstance(holder, TokenHolder)  # admitted
         csrf = holder.session.csrf if holder.session is not None else ""
         hidden = f"<input type=hidden name=csrf value=\"{_e(csrf)}\">"
-        studies = await run_in_threadpool(self.archive.query, "study", {}, limit=_LATEST)
+        asked = request.query_params
+        text = asked.get("q", "").strip()
+        try:
+            dates = _date_range(asked.get("from", ""), asked.get("to", ""))
+            if len(text) > _MAX_SEARCH or "\\" in text:
+                raise InvalidRequestError(
+                    f"search for at most {_MAX_SEARCH} characters, without a backslash")
+            studies = await run_in_threadpool(self._search, text, dates)
+        except InvalidRequestError as exc:
+            return _page(f"<p class=error>{_e(exc)}</p>", 400, prefix=self.prefix)
+        searched = bool(text or dates)
+        search = (f"<form method=get action=\"{self.action}\"><input type=search name=q "
+                  f"value=\"{_e(text)}\" size=30 placeholder='patient name or ID, accession' "
+                  f"aria-label=search> <label>from <input type=date name=from value=\""
+                  f"{_e(asked.get('from', ''))}\"></label> <label>to <input type=date "
+                  f"name=to value=\"{_e(asked.get('to', ''))}\"></label> "
+                  f"<button type=submit>Search</button></form>")
         options = "".join(f"<option>{d}</option>" for d in _DURATIONS)
         rows = "".join(
             f"<tr><td>{_e(s.get('PatientName'))}</td><td>{_e(s.get('PatientID'))}</td>"
@@ -96,6 +135,9 @@ class AdminPage:
             f"</select> <label><input type=checkbox name=read_only value=1 checked> "
             f"read-only</label> <input name=name placeholder='for whom' size=12> "
             f"<button type=submit>Share</button></form></td></tr>" for s in studies)
+        heading = (f"{len(studies)} found" + (f", the first {_LATEST}" if len(studies)
+                                              >= _LATEST else "")
+                   if searched else f"latest {_LATEST}")
         shares = await run_in_threadpool(list_shares, self.tokens)
         share_rows = "".join(
             f"<tr><td>{_e(k)}</td><td>{_e(v.get('name'))}</td><td>{_e(v['study'])}</td>"
@@ -105,7 +147,7 @@ class AdminPage:
                if v["state"] == "active" else "") + "</td></tr>"
             for k, v in shares.items())
         return _page(
-            f"<h2>Studies (latest {_LATEST})</h2><table><tr><th>Patient</th><th>ID</th>"
+            f"<h2>Studies ({heading})</h2>{search}<table><tr><th>Patient</th><th>ID</th>"
             f"<th>Date</th><th>Description</th><th>Modalities</th><th></th></tr>{rows}"
             f"</table><h2>Share links</h2><table><tr><th>ID</th><th>For</th><th>Study</th>"
             f"<th>Expires</th><th>State</th><th></th></tr>{share_rows}</table>", prefix=self.prefix)
@@ -163,3 +205,21 @@ class AdminPage:
         return _page(f"<p>Share {_e(token_id)} revoked at "
                      f"{_e(time.strftime('%Y-%m-%d %H:%M:%S'))}; {ended} session(s) "
                      f"ended.</p>", prefix=self.prefix)
+
+
+def _date_range(low: str, high: str) -> str:
+    """The DICOM date range (``YYYYMMDD-YYYYMMDD``, either end open) of the form's
+    ``from`` and ``to`` (``YYYY-MM-DD`` as a date input sends them, or ``YYYYMMDD``);
+    '' when both are empty."""
+    ends = []
+    for name, value in (("from", low.strip()), ("to", high.strip())):
+        found = _DATE.fullmatch(value)
+        if value and found is None:
+            raise InvalidRequestError(f"the {name} date {value[:20]!r} is not a date: "
+                                      f"write it as YYYY-MM-DD")
+        ends.append("".join(found.groups()) if found else "")
+    if not any(ends):
+        return ""
+    if all(ends) and ends[0] > ends[1]:
+        raise InvalidRequestError("the from date is after the to date: swap them")
+    return "-".join(ends) if ends[0] != ends[1] else ends[0]

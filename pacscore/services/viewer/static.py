@@ -19,6 +19,7 @@ DICOMweb root and the router's base under it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import mimetypes
@@ -252,13 +253,34 @@ def rebased(found: Path, prefix: str) -> bytes | None:
     return content
 
 
+def _entity_tag(*parts: object) -> str:
+    """A strong entity tag naming one version of an answer's body."""
+    return '"' + hashlib.blake2b("\x00".join(map(str, parts)).encode(),
+                                 digest_size=12).hexdigest() + '"'
+
+
+def _not_modified(request: Request, etag: str, headers: dict[str, str]) -> Response | None:
+    """304 when the browser's copy (``If-None-Match``) is this version (RFC 9110
+    13.1.2): the files it revalidates on every visit (``index.html``, the style sheets
+    and scripts without a hash in their names, ``app-config.js``) then cost a round trip,
+    not their bodies."""
+    asked = request.headers.get("if-none-match", "")
+    if asked and (asked.strip() == "*" or etag in (t.strip().removeprefix("W/")
+                                                   for t in asked.split(","))):
+        return Response(status_code=304, headers={**headers, "ETag": etag})
+    return None
+
+
 def viewer_files(build: ViewerBuild, request: Request, path: str,
                  config_js: str, prefix: str = "") -> Response:
     """The answer to ``/viewer/<path>`` (see the module's docstring; ``prefix``: the
-    path of ``public_url``)."""
+    path of ``public_url``).  Each answer carries an ``ETag``; a revalidation of the
+    same version gets 304."""
     if path == "app-config.js":
-        return Response(config_js, 200, media_type="text/javascript",
-                        headers={**ISOLATION, "Cache-Control": _REVALIDATE})
+        headers = {**ISOLATION, "Cache-Control": _REVALIDATE}
+        etag = _entity_tag(config_js)
+        return _not_modified(request, etag, headers) or Response(
+            config_js, 200, media_type="text/javascript", headers={**headers, "ETag": etag})
     dist = build.current()
     if dist is None:
         return PlainTextResponse(build.unavailable(), 503,
@@ -273,8 +295,15 @@ def viewer_files(build: ViewerBuild, request: Request, path: str,
             return PlainTextResponse("not found", 404, headers=ISOLATION)
         found = dist / "index.html"
     cache = _IMMUTABLE if _HASHED.search(found.name) else _REVALIDATE
+    stat = found.stat()
+    headers = {**ISOLATION, "Cache-Control": cache}
+    etag = _entity_tag(found, stat.st_mtime_ns, stat.st_size, prefix)
+    unchanged = _not_modified(request, etag, headers)
+    if unchanged is not None:
+        return unchanged
+    headers["ETag"] = etag
     content = rebased(found, prefix)
     if content is not None:
         return Response(content, 200, media_type=mimetypes.guess_type(found.name)[0],
-                        headers={**ISOLATION, "Cache-Control": cache})
-    return FileResponse(found, headers={**ISOLATION, "Cache-Control": cache})
+                        headers=headers)
+    return FileResponse(found, headers=headers, stat_result=stat)
