@@ -35,7 +35,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
 import psycopg
@@ -148,6 +148,12 @@ class PgIndex(PgQueries, Index):
                      ", ".join(map(str, applied)))
 
     # -- plumbing -------------------------------------------------------------------
+    def connection(self, *, deadline: bool = True) -> AbstractContextManager[Conn]:
+        """A pooled connection of this index's database for the package's other tables
+        (the workflow state: :mod:`.kv`), its failures as pacscore errors, within
+        :attr:`deadline` seconds unless ``deadline`` is False."""
+        return self._connection(deadline=deadline)
+
     @contextmanager
     def _connection(self, *, deadline: bool = True) -> Iterator[Conn]:
         """A pooled connection; the database's failures as pacscore errors.  With

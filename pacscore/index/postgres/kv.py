@@ -260,7 +260,7 @@ class PgKv:
 
     def _open(self, *, write: bool) -> PgTxn:
         stack = contextlib.ExitStack()
-        conn = stack.enter_context(self.index._connection())  # its errors as pacscore's
+        conn = stack.enter_context(self.index.connection())  # its errors as pacscore's
         try:
             if write:
                 conn.execute(b"BEGIN")
@@ -295,7 +295,7 @@ class PgKv:
 
     def get(self, key: bytes, *, db: PgDb) -> bytes | None:
         """One value read outside any transaction (one statement)."""
-        with self.index._connection() as conn:
+        with self.index.connection() as conn:
             row = conn.execute(f"SELECT value FROM {db.table} WHERE db = %s AND key = %s "
                                f"ORDER BY value LIMIT 1".encode(), (db.name, key)).fetchone()
         return None if row is None else bytes(row[0])
