@@ -114,10 +114,12 @@ def _audit(args: argparse.Namespace) -> AuditLog:
 
 def _run_outbox(args: argparse.Namespace) -> int:
     from .errors import NotFoundError
-    from .index.spec import IndexSpec
+    from .index.spec import IndexSpec, remembered_index
     from .services.hl7.outbox import Outbox
 
-    index = IndexSpec.parse(args.index).open() if args.index else None
+    spec = remembered_index(Path(args.archive),  # given, or the one the folder names
+                            IndexSpec.parse(args.index) if args.index else None)
+    index = spec.open() if spec is not None else None
     try:
         outbox = Outbox(Path(args.archive), index=index)
     except BaseException:

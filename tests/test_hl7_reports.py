@@ -149,6 +149,9 @@ def test_a_receiver_that_is_down_gets_the_report_after_a_restart(
     listed = json.loads(cli("hl7", "outbox", "--archive", str(root), "--json",
                             *_index_args(workflow_index)))["reports"]
     assert [r["sop_instance_uid"] for r in listed] == [stored.sop_instance_uid]
+    if workflow_index is not None:  # the folder names its index (index.json): enough
+        assert json.loads(cli("hl7", "outbox", "--archive", str(root), "--json")
+                          )["reports"] == listed
     with Archive(root, index=workflow_index) as archive, Receiver(port=port) as receiver, \
             sender(archive, port) as s:
         wait_for(lambda: not s.outbox.entries())
