@@ -215,6 +215,7 @@ class Archive:
             self._workers.close()
             self._workers = None
         self._group.close()
+        self.store_.close()
         self.index.close()
         if self._worklist is not None:
             self._worklist.close()

@@ -52,6 +52,7 @@ class TestObjectFrameStore(FrameStoreTests):
         store.make_durable(loc)  # (staging runs in the background until then)
         assert store._has(store.marker_key(loc))
         store.publish([loc])
+        store.close()  # the marker goes in the background; close waits for it
         assert not store._has(store.marker_key(loc))
         assert store._has(store.blob_key(loc))
 
@@ -61,6 +62,7 @@ class TestObjectFrameStore(FrameStoreTests):
         loc = new_loc()
         store.stage_blob(loc, b"first")
         store.publish([loc])
+        store.close()
         obstore.put(store.store, store.marker_key(loc), b"blob")  # as if staged again
         with pytest.raises(ArchiveStorageError, match="nothing was overwritten"):
             store.stage_blob(loc, b"second")

@@ -231,3 +231,46 @@ def test_a_failed_background_put_keeps_failing_until_discarded(
         store.make_durable(loc)
     store.discard([loc])
     store.flush([loc])  # forgotten now
+
+
+def test_the_answer_does_not_wait_for_the_marker_removal(archive: Archive, proxy: FaultProxy,
+                                                          ct: list[Path]) -> None:
+    """Publishing removes the staging markers in the background: the index commit made
+    the instance the archive's, so its C-STORE is answered while the removal is still
+    under way (here it answers 1.5 s late), and the instance reads back meanwhile."""
+    for method in ("POST", "DELETE"):  # (bulk delete, or one key): its first attempt
+        proxy.fail(method, "", status=0, delay=1.5, times=1)  # times out, the retry lands
+    start = time.monotonic()
+    result = archive.store(ct[0])
+    assert result.status == "stored"
+    assert time.monotonic() - start < 1.2
+    store = _store(archive)
+    loc = archive.record(result.sop_instance_uid).location
+    assert store._has(store.marker_key(loc))  # still being removed
+    assert archive.get(result.sop_instance_uid, "original") == ct[0].read_bytes()
+    store.close()
+    assert not store._has(store.marker_key(loc))
+    assert store.staged() == []
+
+
+def test_a_failed_marker_removal_is_finished_by_recovery(
+        archive: Archive, proxy: FaultProxy, ct: list[Path],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A marker whose removal fails for good (after the retries) stays: the instance is
+    stored and readable all the same, the failure is logged, and recovery (the next
+    start) publishes the location again, as the index owns it."""
+    for method in ("POST", "DELETE"):
+        proxy.fail(method, "", status=500)
+    result = archive.store(ct[0])
+    assert result.status == "stored"
+    store = _store(archive)
+    store.close()
+    assert "they keep their markers until recovery" in caplog.text
+    loc = archive.record(result.sop_instance_uid).location
+    assert store.staged() == [loc]
+    assert archive.get(result.sop_instance_uid, "original") == ct[0].read_bytes()
+    proxy.heal()
+    assert archive._committer.recover() >= 1
+    assert store.staged() == []
+    assert archive.get(result.sop_instance_uid, "original") == ct[0].read_bytes()
+    assert archive.verify().failed == []

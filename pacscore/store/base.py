@@ -78,6 +78,10 @@ class FrameStore(ABC):
     def discard(self, locs: Sequence[str]) -> None:
         """Forget staged locations that will not be published."""
 
+    def close(self) -> None:  # noqa: B027 - optional, nothing to do by default
+        """Finish what runs in the background (the S3 store's marker removals after
+        :meth:`publish`); the store stays usable."""
+
     @abstractmethod
     def read_frames(self, loc: str, indices: Sequence[int], ndim: int) -> list[bytes]:
         """Codestreams of the given frames of a frame array (published or staged)."""
