@@ -16,7 +16,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                                    "instance names, after a grace period")
     archive_arg(gc)
     gc.add_argument("--grace", default="1h",
-                    help="leave objects younger than this (default 1h; e.g. 30m, 2d, 0)")
+                    help="leave objects younger than this (default 1h; e.g. 30m, 2d, 0; "
+                    "under a minute only while no server or job writes the archive: it "
+                    "would take staged data of a store under way)")
     gc.add_argument("--dry-run", action="store_true", help="report, delete nothing")
     gc.add_argument("--json", action="store_true")
     gc.set_defaults(func=_cmd_gc)

@@ -13,7 +13,10 @@ or leftovers of another writer of the same bucket.  The rules:
 
 A writer that stalls longer than the grace period between its last PUT and its index
 commit could lose its staged objects to a concurrent collection: choose a grace far
-longer than any commit can take (an hour against seconds).
+longer than any commit can take (an hour against seconds).  Writers check that their
+staging is still there before publishing only for locations older than a minute
+(:data:`pacscore.store.object_store.UNCHECKED_AGE`): a grace shorter than that is for an
+archive nobody writes meanwhile.
 """
 
 from __future__ import annotations

@@ -13,14 +13,15 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import obstore
 import pytest
 
 from pacscore import Archive, ArchiveConfig
 from pacscore.archive import StoreResult
 from pacscore.errors import ArchiveStorageError, NotFoundError, ObjectStorageError
 from pacscore.gc import collect_garbage
-from pacscore.store import StoreSpec
-from pacscore.store.object_store import ObjectFrameStore
+from pacscore.store import StoreSpec, location_age, new_location, validate_location
+from pacscore.store.object_store import UNCHECKED_AGE, ObjectFrameStore
 from pacscore.testing.s3 import FaultProxy, SeaweedS3
 
 RETRIES = 3
@@ -274,3 +275,41 @@ def test_a_failed_marker_removal_is_finished_by_recovery(
     assert store.staged() == []
     assert archive.get(result.sop_instance_uid, "original") == ct[0].read_bytes()
     assert archive.verify().failed == []
+
+
+def _made_ago(seconds: float) -> str:
+    """A location id as :func:`new_location` makes them, ``seconds`` ago."""
+    return new_location()[:20] + f"{int((time.time() - seconds) * 1000):012x}"
+
+
+def test_publish_checks_the_markers_of_older_locations_only(archive: Archive,
+                                                           proxy: FaultProxy) -> None:
+    """A location made less than UNCHECKED_AGE ago cannot have lost its staging to gc
+    (its grace is longer): publishing it sends no HEAD.  An older one is still checked,
+    and a staging that vanished is still an error."""
+    store = _store(archive)
+    young, old, gone = new_location(), _made_ago(UNCHECKED_AGE + 60), _made_ago(7200)
+    for loc in (young, old, gone):
+        store.stage_blob(loc, loc.encode())
+    store.flush([young, old, gone])
+    proxy.seen.clear()
+    store.publish([young, old])
+    heads = [path for method, path, _ in proxy.seen if method == "HEAD"]
+    assert len(heads) == 1 and heads[0].endswith(store.marker_key(old))
+    obstore.delete(store.store, store.marker_key(gone))  # as a collection would
+    with pytest.raises(ArchiveStorageError, match=f"vanished before publishing: {gone}"):
+        store.publish([gone])
+    store.close()
+    assert store.staged() == []
+    assert store.read_blob(young) == young.encode() and store.read_blob(old) == old.encode()
+
+
+def test_location_ids_carry_their_time() -> None:
+    loc = new_location()
+    assert validate_location(loc) == loc and loc != new_location()
+    age = location_age(loc)
+    assert age is not None and 0 <= age < 5
+    assert location_age(_made_ago(600)) == pytest.approx(600, abs=5)
+    assert location_age("0" * 32) is None  # (1970)
+    assert location_age(_made_ago(-3600)) is None  # a clock far ahead: checked
+    assert location_age(_made_ago(2 * 3600)) is None

@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import os
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
@@ -37,7 +36,7 @@ from ..errors import (
 )
 from ..index.records import InstanceRecord, StoreKind
 from ..kernels import bits_outside_stored
-from ..store.base import FrameStore
+from ..store.base import FrameStore, new_location
 from .outcomes import Prepared
 
 __all__ = ["Prepared", "encode_object", "encode_unverified", "native_bytes", "native_frames",
@@ -190,11 +189,6 @@ def _verify_frames(frames: Any, encoded: Sequence[bytes], layout: PixelLayout,
         crcs.append(frame_crc32(back))
     return crcs
 
-
-
-def new_location() -> str:
-    """A fresh opaque location id (never derived from a UID)."""
-    return uuid.uuid4().hex
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,6 @@ import hashlib
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
@@ -55,7 +54,7 @@ from ..index import Index, InstanceRecord, StoreKind
 from ..index.spec import IndexSpec
 from ..ingest.outcomes import Prepared, Rejected
 from ..retrieve import Reader, crc_problem
-from ..store import FrameStore, StoreSpec
+from ..store import FrameStore, StoreSpec, new_location
 
 __all__ = ["Endpoint", "MigrateReport", "in_part", "migrate"]
 
@@ -396,7 +395,7 @@ def _copy_batch(loading: list[Future[_Item]], dst: _Side, committer: Committer,
 
 def _stage(item: _Item, dst: _Side) -> Prepared:
     """Stage the source's data unchanged under a fresh location of the target."""
-    rec = replace(item.rec, location=uuid.uuid4().hex)
+    rec = replace(item.rec, location=new_location())
     if rec.kind == StoreKind.BLOB:
         dst.store.stage_blob(rec.location, item.data[0])
     else:

@@ -15,6 +15,8 @@ After a crash, start-up recovery publishes the staged locations the index owns
 from __future__ import annotations
 
 import re
+import secrets
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,9 +26,26 @@ from typing import Protocol, runtime_checkable
 from ..dicom.layout import PixelLayout
 from ..errors import ArchiveStorageError
 
-__all__ = ["Claimable", "Collectable", "FrameStore", "StoredLocation", "validate_location"]
+__all__ = ["Claimable", "Collectable", "FrameStore", "StoredLocation", "location_age",
+           "new_location", "validate_location"]
 
 _LOCATION = re.compile(r"^[0-9a-f]{32}$")
+
+
+def new_location() -> str:
+    """A fresh opaque location id (never derived from a UID): 80 random bits, then the
+    creation time in milliseconds since the epoch (12 hex digits).  Random first, so
+    the ``<ab>`` folders and key prefixes the stores derive from the first digits
+    spread writes evenly (S3 partitions by key prefix)."""
+    return f"{secrets.token_hex(10)}{int(time.time() * 1000) & 0xFFFF_FFFF_FFFF:012x}"
+
+
+def location_age(loc: str) -> float | None:
+    """Seconds since :func:`new_location` made ``loc`` (by this host's clock), or None
+    when its time is not in the last hour (ids of earlier versions were random: their
+    last digits read as a time in that hour once in ~10^11)."""
+    age = time.time() - int(loc[20:], 16) / 1000
+    return age if 0 <= age <= 3600 else None
 
 
 def validate_location(loc: str) -> str:
