@@ -49,6 +49,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Awaitable, Coroutine, Iterable, Iterator, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -107,6 +108,21 @@ class _Loop:
 
 
 _LOOP = _Loop()
+
+_UNMARKER: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None
+_UNMARKER_LOCK = threading.Lock()
+
+
+def _unmarker() -> concurrent.futures.ThreadPoolExecutor:
+    """This process's thread for marker removals after publishing (a plain thread,
+    not :data:`_LOOP`'s event loop: the interpreter waits for its work at exit, where a
+    request left running on the loop's daemon thread aborted the process)."""
+    global _UNMARKER
+    with _UNMARKER_LOCK:
+        if _UNMARKER is None or _UNMARKER[0] != os.getpid():
+            _UNMARKER = (os.getpid(), concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="pacscore-s3-unmark"))
+        return _UNMARKER[1]
 
 
 UNCHECKED_AGE = 60.0
@@ -414,24 +430,24 @@ class ObjectFrameStore(FrameStore):
         short by a crash, only leaves its location looking staged: recovery publishes
         it (removes the marker) once the index is found to own it.  Everything that
         lists the staging area waits for these removals first (:meth:`_drain`)."""
-        future = _LOOP.submit(self._unmark_async(markers))
+        future = _unmarker().submit(self._unmark_now, markers)
         with self._unmarking_lock:
             self._unmarking[future] = frozenset(markers)
         future.add_done_callback(self._unmarked)
 
-    async def _unmark_async(self, markers: list[str]) -> None:
+    def _unmark_now(self, markers: list[str]) -> None:
         """The bulk DELETE, again after a failure obstore does not retry (a timed-out
         POST: removing a marker twice is harmless), with backoff."""
         error: BaseException | None = None
         for attempt in range(self.retries + 1):
             try:
-                await obstore.delete_async(self.store, markers)
+                obstore.delete(self.store, markers)
                 return
             except _MISSING:
                 return
             except _FAILED as exc:
                 if attempt < self.retries:
-                    await asyncio.sleep(min(0.1 * 2 ** attempt, 5.0))
+                    time.sleep(min(0.1 * 2 ** attempt, 5.0))
                     continue
                 error = exc
         log.warning("object storage s3://%s/%s: removing the staging markers of %d "
