@@ -361,6 +361,17 @@ class Archive:
             raise NotFoundError(f"no instance {sop_instance_uid} in the archive")
         return rec
 
+    def _given(self, sop_instance_uid: str, record: InstanceRecord | None) -> InstanceRecord:
+        """``record`` when it is that instance's, else the index's."""
+        if record is not None and record.sop_instance_uid == sop_instance_uid:
+            return record
+        return self._record(sop_instance_uid)
+
+    def records_of(self, sop_instance_uids: Sequence[str]) -> dict[str, InstanceRecord]:
+        """The records of those of ``sop_instance_uids`` that are stored, by UID (one
+        round trip to an index over the network)."""
+        return self.index.get_many(sop_instance_uids)
+
     def get(self, sop_instance_uid: str, transfer_syntax: str = "original") -> bytes:
         """The instance as a Part-10 object (all but ``original``: patients corrected).
 
@@ -420,12 +431,13 @@ class Archive:
                                       f"{', '.join(LEVELS)}")
         return self.patients.query(level, keys, limit=limit, offset=offset, fuzzy=fuzzy)
 
-    def header(self, sop_instance_uid: str) -> bytes:
+    def header(self, sop_instance_uid: str, record: InstanceRecord | None = None) -> bytes:
         """The Part-10 object up to (not including) its pixel data, as received but for
         the patient corrections in force: what metadata services read without touching
         pixels.  A deflated object (PS3.5 A.5) cannot be cut: its data set comes inflated,
-        under a File Meta that names Explicit VR Little Endian (the inflated bytes)."""
-        rec = self._record(sop_instance_uid)
+        under a File Meta that names Explicit VR Little Endian (the inflated bytes).
+        ``record``: the instance's record when the caller has it (one look-up less)."""
+        rec = self._given(sop_instance_uid, record)
         return self.patients.patch(self._reader.header(rec), rec)
 
     def attributes(self, sop_instance_uid: str, keywords: Iterable[str]
@@ -465,11 +477,13 @@ class Archive:
 
         return identify(data, self.config.limits, source)
 
-    def pixel_tag(self, sop_instance_uid: str) -> int | None:
+    def pixel_tag(self, sop_instance_uid: str, record: InstanceRecord | None = None
+                  ) -> int | None:
         """Tag of the instance's pixel data element: (7FE0,0010), or (7FE0,0008) and
         (7FE0,0009) for float and double pixel data; ``None`` when it has none (an
-        encapsulated document, a waveform, a report)."""
-        return self._reader.pixel_tag(self._record(sop_instance_uid))
+        encapsulated document, a waveform, a report).  ``record``: as for
+        :meth:`header`."""
+        return self._reader.pixel_tag(self._given(sop_instance_uid, record))
 
     def frame_count(self, sop_instance_uid: str) -> int:
         """Number of frames of the instance's pixel data (0 without pixel data)."""

@@ -224,9 +224,10 @@ class Committer:
         seen: dict[str, Prepared] = {}
         fresh: list[Prepared] = []
         decided: dict[int, StoreResult | Rejected] = {}
+        known = self.index.get_many([p.record.sop_instance_uid for p in batch])
         for i, p in enumerate(batch):
             rec = p.record
-            stored = self.index.get(rec.sop_instance_uid)
+            stored = known.get(rec.sop_instance_uid)
             earlier = None if stored else seen.get(rec.sop_instance_uid)
             existing = stored or (earlier.record if earlier else None)
             if existing is None:

@@ -141,7 +141,7 @@ class SeriesMetadata:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                ds = dcmread(io.BytesIO(self.archive.header(sop)), force=True)
+                ds = dcmread(io.BytesIO(self.archive.header(sop, rec)), force=True)
                 meta = _dicom_json(ds, url, "", problems)
             except PacsError:
                 raise  # not this instance's content (deleted meanwhile, storage)
@@ -153,7 +153,7 @@ class SeriesMetadata:
                         "00080018": {"vr": "UI", "Value": [sop]},
                         "0020000D": {"vr": "UI", "Value": [rec.study_uid]},
                         "0020000E": {"vr": "UI", "Value": [rec.series_uid]}}
-        pixel = self.archive.pixel_tag(sop)
+        pixel = self.archive.pixel_tag(sop, rec)
         if pixel is not None:  # the header stops before it: the pixels of all frames
             bits_allocated = meta.get("00280100", {}).get("Value", [None])[0]
             wide = isinstance(bits_allocated, int) and bits_allocated > 8
@@ -187,15 +187,16 @@ class SeriesMetadata:
         if hit is not None:
             return hit
         sops = self.archive.instances("series", series_uid)
-        body = b"[" + b",".join(self._instance_json(s) for s in sops) + b"]"
+        recs = self.archive.records_of(sops)  # (one query, not one per instance)
+        body = b"[" + b",".join(self._instance_json(s, recs.get(s)) for s in sops) + b"]"
         if (self.archive.changed("series", series_uid),  # unchanged meanwhile
                 self.archive.patients.stamp()) == stamp:
             with self._lock:
                 self._series.put(series_uid, stamp, body)
         return body
 
-    def _instance_json(self, sop: str) -> bytes:
-        rec = self.archive.record(sop)
+    def _instance_json(self, sop: str, rec: InstanceRecord | None = None) -> bytes:
+        rec = rec or self.archive.record(sop)
         stamp = (rec.location, self.archive.patients.stamp())
         with self._lock:
             hit = self._instances.get(sop, stamp)

@@ -323,6 +323,35 @@ def test_series_metadata_is_precomputed_once_the_series_is_quiet(tmp_path: Path,
             meta.close()
 
 
+def test_series_metadata_reads_the_records_in_one_query(tmp_path: Path, ct: list[Path]
+                                                        ) -> None:
+    """Building a series' metadata asks the index for the records of all its instances
+    at once, and for each header once: on a PostgreSQL index every look-up is a round
+    trip (four per instance before: record, then the record again for the header and
+    for the pixel data tag)."""
+    from pacscore import Archive
+    from pacscore.metadata import SeriesMetadata
+
+    with Archive(tmp_path / "a") as archive:
+        results = [archive.store(p) for p in ct]
+        meta = SeriesMetadata(archive, quiet=3600)
+        calls: dict[str, int] = {"get": 0, "get_many": 0, "header": 0}
+        index = archive.index
+        for name in calls:
+            real = getattr(index, name)
+
+            def counted(*args: object, _real: object = real, _name: str = name) -> object:
+                calls[_name] += 1
+                return _real(*args)  # type: ignore[operator]
+            setattr(index, name, counted)
+        try:
+            body = json.loads(meta.series(results[0].series_uid))
+        finally:
+            meta.close()
+        assert len(body) == len(ct)
+        assert calls == {"get": 0, "get_many": 1, "header": len(ct)}
+
+
 # -- fixes of the DICOMweb front end: each test failed before its fix -----------------
 def _auth(service: Service) -> dict[str, str]:
     return {"Authorization": f"Bearer {service.admin}"}

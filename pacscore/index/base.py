@@ -60,6 +60,12 @@ class Index(ABC):
     def get(self, sop_instance_uid: str) -> InstanceRecord | None:
         """The record of one instance."""
 
+    def get_many(self, sop_instance_uids: Sequence[str]) -> dict[str, InstanceRecord]:
+        """The records of those of ``sop_instance_uids`` that are stored, by UID (an
+        index over a network answers in one round trip)."""
+        found = {uid: self.get(uid) for uid in dict.fromkeys(sop_instance_uids)}
+        return {uid: rec for uid, rec in found.items() if rec is not None}
+
     @abstractmethod
     def header(self, sop_instance_uid: str) -> bytes:
         """Original header bytes of an instance stored as frames."""

@@ -184,6 +184,15 @@ class LmdbIndex(LmdbQueries, Index):
             raw = txn.get(sop_instance_uid.encode(), db=self.dbs[b"inst"])
         return None if raw is None else InstanceRecord.from_json(bytes(raw))
 
+    def get_many(self, sop_instance_uids: Sequence[str]) -> dict[str, InstanceRecord]:
+        found: dict[str, InstanceRecord] = {}
+        with self.env.begin() as txn:  # one snapshot for all
+            for uid in dict.fromkeys(sop_instance_uids):
+                raw = txn.get(uid.encode(), db=self.dbs[b"inst"]) if uid else None
+                if raw is not None:
+                    found[uid] = InstanceRecord.from_json(bytes(raw))
+        return found
+
     def header(self, sop_instance_uid: str) -> bytes:
         with self.env.begin() as txn:
             raw = txn.get(sop_instance_uid.encode(), db=self.dbs[b"hdr"])

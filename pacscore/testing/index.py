@@ -83,6 +83,13 @@ class IndexTests(IndexQueryTests):
         assert index.location_owner(frames.location) == "1.5.1"
         assert index.location_owner(blob.location) == "1.5.2"
 
+    def test_get_many_answers_the_stored_ones_by_uid(self, index: Index) -> None:
+        a, b = make("1.5.1"), make("1.5.2", kind=StoreKind.BLOB)
+        index.put([(a, header_of(a)), (b, b"")])
+        assert index.get_many([]) == {}
+        assert index.get_many(["1.5.2", "1.5.9", "1.5.1", "1.5.2", ""]) == {
+            "1.5.1": a, "1.5.2": b}
+
     def test_put_returns_outcomes_in_input_order(self, index: Index) -> None:
         recs = [make(f"1.6.{i}") for i in (5, 1, 3)]
         put(index, recs[1])

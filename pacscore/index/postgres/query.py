@@ -179,6 +179,14 @@ class PgQueries:
                           (pg_text(sop_instance_uid),))
         return InstanceRecord.from_json(rows[0][0].encode()) if rows else None
 
+    def get_many(self, sop_instance_uids: Sequence[str]) -> dict[str, InstanceRecord]:
+        asked = {pg_text(u): u for u in dict.fromkeys(sop_instance_uids) if u}
+        if not asked:
+            return {}
+        rows = self._read("SELECT sop_uid, record FROM instance WHERE sop_uid = ANY(%s)",
+                          (list(asked),))
+        return {asked[sop]: InstanceRecord.from_json(raw.encode()) for sop, raw in rows}
+
     def header(self, sop_instance_uid: str) -> bytes:
         rows = self._read("SELECT header FROM instance WHERE sop_uid = %s",
                           (pg_text(sop_instance_uid),))
