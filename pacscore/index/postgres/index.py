@@ -229,7 +229,7 @@ class PgIndex(PgQueries, Index):
         stamp of this transaction's changes."""
         ids = sorted({lock_id(k) for k in keys})
         conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k", (ids,))
-        row = conn.execute("SELECT nextval('change_seq')").fetchone()
+        row = conn.execute("SELECT nextval('change_seq')").fetchone()  # (after the locks)
         assert row is not None
         return int(row[0])
 
@@ -284,11 +284,15 @@ class PgIndex(PgQueries, Index):
 
     def _put_rows(self, conn: Conn, *, rows: dict[int, PgRow], todo: list[int],
                   one_by_one: bool) -> list[PutOutcome]:
-        stamp = self._lock(conn, set().union(*(record_keys(rows[i].rec) for i in todo)))
-        batch = Batch.read(conn, [rows[i] for i in todo])
-        out = [batch.decide(i, rows[i]) for i in todo]
-        batch.insert_instances(conn, one_by_one=one_by_one)
-        batch.write(conn, stamp)
+        # pipeline mode: statements whose answers are not read are sent without waiting
+        # (the locks with the sequence, the three reads, the writes: ~5 round trips
+        # instead of ~13; the first error still ends the transaction)
+        with conn.pipeline():
+            stamp = self._lock(conn, set().union(*(record_keys(rows[i].rec) for i in todo)))
+            batch = Batch.read(conn, [rows[i] for i in todo])
+            out = [batch.decide(i, rows[i]) for i in todo]
+            batch.insert_instances(conn, one_by_one=one_by_one)
+            batch.write(conn, stamp)
         return out
 
     # -- delete ---------------------------------------------------------------------

@@ -197,13 +197,18 @@ class Batch:
         sops = sorted({pg_text(r.rec.sop_instance_uid) for r in rows})
         studies = sorted({pg_text(r.rec.study_uid) for r in rows})
         series = sorted({pg_text(r.rec.series_uid) for r in rows})
-        stored = {s: InstanceRecord.from_json(raw.encode()) for s, raw in conn.execute(
-            "SELECT sop_uid, record FROM instance WHERE sop_uid = ANY(%s)", (sops,))}
-        found = conn.execute("SELECT study_uid, pkey, modalities FROM study WHERE study_uid = "
-                             "ANY(%s)", (studies,)).fetchall()
-        return cls(stored, {s: p for s, p, _ in found}, dict(conn.execute(
-            "SELECT series_uid, study_uid FROM series WHERE series_uid = ANY(%s)", (series,)
-        ).fetchall()), {s: list(m) for s, _, m in found})
+        # the three sent before any answer is read (one round trip in pipeline mode)
+        cursors = [conn.cursor() for _ in range(3)]
+        cursors[0].execute("SELECT sop_uid, record FROM instance WHERE sop_uid = ANY(%s)",
+                           (sops,))
+        cursors[1].execute("SELECT study_uid, pkey, modalities FROM study WHERE study_uid = "
+                           "ANY(%s)", (studies,))
+        cursors[2].execute("SELECT series_uid, study_uid FROM series WHERE series_uid = "
+                           "ANY(%s)", (series,))
+        stored = {s: InstanceRecord.from_json(raw.encode()) for s, raw in cursors[0]}
+        found = cursors[1].fetchall()
+        return cls(stored, {s: p for s, p, _ in found}, dict(cursors[2].fetchall()),
+                   {s: list(m) for s, _, m in found})
 
     def decide(self, position: int, row: PgRow) -> PutOutcome:
         """The outcome of one record, in input order (the LMDB index's rules)."""
