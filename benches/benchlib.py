@@ -169,6 +169,30 @@ def table(rows: Sequence[Row]) -> list[str]:
                    f"{r.target} | {r.note} |" for r in rows]
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of process ``pid`` and all its descendants (their children that
+    ended and were waited for included), from /proc; 0 where /proc is missing."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rfind(")") + 2:].split()
+        parents[int(entry.name)] = int(fields[1])
+        ticks[int(entry.name)] = sum(int(f) for f in fields[11:15])
+    tree, grown = {pid}, True
+    while grown:
+        more = {p for p, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grown = bool(more)
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    return sum(ticks.get(p, 0) for p in tree) / hz
+
+
 # -- other work on the machine -------------------------------------------------------
 class ForeignCpu:
     """CPU seconds used by processes outside this pytest's process tree while the

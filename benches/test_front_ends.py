@@ -86,8 +86,7 @@ S3_LATENCY = 0.02
 
 
 @pytest.fixture(scope="module")
-def dsns() -> Iterator[tuple[str, str]]:
-    """Two databases of one PostgreSQL server."""
+def postgres() -> Iterator[Any]:
     from pacscore.testing.postgres import start_postgres
 
     try:
@@ -95,12 +94,20 @@ def dsns() -> Iterator[tuple[str, str]]:
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
     with server:
-        yield server.dsn_of(server.create_database()), server.dsn_of(server.create_database())
+        yield server
+
+
+@pytest.fixture(scope="module")
+def dsns(postgres: Any) -> tuple[str, str]:
+    """Two databases of one PostgreSQL server."""
+    return (postgres.dsn_of(postgres.create_database()),
+            postgres.dsn_of(postgres.create_database()))
 
 
 @pytest.mark.skipif(not STORESCU.exists(), reason="needs DCMTK storescu")
 def test_front_ends_ingest(benchmark: Any, corpus: Path, seaweedfs: SeaweedS3,
-                           dsns: tuple[str, str], tmp_path: Path, smoke: bool) -> None:
+                           postgres: Any, dsns: tuple[str, str], tmp_path: Path,
+                           smoke: bool) -> None:
     pytest.importorskip("psycopg")
     paths = benchlib.series_files(corpus, benchlib.CT_SERIES)
     if not paths or benchlib.missing(paths):
@@ -112,6 +119,7 @@ def test_front_ends_ingest(benchmark: Any, corpus: Path, seaweedfs: SeaweedS3,
         cli("ae", "add", "MODALITY", "--host", "127.0.0.1", "--archive", str(root))
     scaled = ("--index", dsns[0], "--store", url)
     walls: dict[str, list[float]] = {"embedded": [], "scaled1": [], "scaled2": [], "far": []}
+    cpu: dict[str, list[float]] = {"embedded": [], "scaled1": [], "postgres": [], "weed": []}
     n = 0
     with contextlib.ExitStack() as stack:
         proxy = stack.enter_context(FaultProxy(seaweedfs.endpoint))
@@ -119,8 +127,9 @@ def test_front_ends_ingest(benchmark: Any, corpus: Path, seaweedfs: SeaweedS3,
             proxy.fail(method, "", status=0, delay=S3_LATENCY)  # passed on, late
         far_url = (f"s3://{seaweedfs.bucket}/bench-far/{uuid.uuid4().hex}?endpoint="
                    f"{proxy.endpoint}")
-        emb = stack.enter_context(serve_process(roots["embedded"], doors=("dimse",)))[1]
-        fe1 = stack.enter_context(serve_process(roots["fe1"], *scaled, doors=("dimse",)))[1]
+        emb_proc, emb = stack.enter_context(serve_process(roots["embedded"], doors=("dimse",)))
+        fe1_proc, fe1 = stack.enter_context(serve_process(roots["fe1"], *scaled,
+                                                          doors=("dimse",)))
         fe2 = stack.enter_context(serve_process(roots["fe2"], *scaled, doors=("dimse",)))[1]
         far = stack.enter_context(serve_process(
             roots["far"], "--index", dsns[1], "--store", far_url, doors=("dimse",)))[1]
@@ -130,9 +139,18 @@ def test_front_ends_ingest(benchmark: Any, corpus: Path, seaweedfs: SeaweedS3,
             for name, ports in setups.items():
                 dirs = [_copy_series(paths, tmp_path / f"c{(n := n + 1)}", f"{r}{name}{j}")
                         for j in range(2)]
+                # CPU of the server (and workers) a set-up stores into, and for one
+                # scaled front end of PostgreSQL and SeaweedFS too: on 2 cores they
+                # share the CPU, in a deployment they run elsewhere
+                pids = {"embedded": {"embedded": emb_proc.pid},
+                        "scaled1": {"scaled1": fe1_proc.pid, "postgres": postgres.process.pid,
+                                    "weed": seaweedfs.process.pid}}.get(name, {})
+                before = {k: benchlib.tree_cpu(p) for k, p in pids.items()}
                 wall = _send(ports, dirs)
                 if r:
                     walls[name].append(wall)
+                    for k, p in pids.items():
+                        cpu[k].append((benchlib.tree_cpu(p) - before[k]) / (2 * len(paths)))
 
         benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     files = 2 * len(paths)
@@ -151,6 +169,16 @@ def test_front_ends_ingest(benchmark: Any, corpus: Path, seaweedfs: SeaweedS3,
         ratio=rate["scaled1"] / rate["embedded"], target=">= 0.8",
         note="same associations, same run, fsync on both sides", key="scaled_ratio",
         embedded=rate["embedded"])
+    ms = {k: 1e3 * benchlib.median(v) for k, v in cpu.items()}
+    benchlib.report(
+        benchmark, "C-STORE CPU per instance, one front end: embedded / scaled (pacscore's "
+        "processes only)", subject=f"scaled {ms['scaled1']:.1f} ms (+ PostgreSQL "
+        f"{ms['postgres']:.1f} ms, SeaweedFS {ms['weed']:.1f} ms on the same cores)",
+        baseline=f"embedded {ms['embedded']:.1f} ms", ratio=ms["embedded"] / ms["scaled1"],
+        target="-", note="server and worker processes; what the rate would be if PostgreSQL "
+        "and S3 ran elsewhere and ingest stayed CPU-bound", key="cpu_ratio",
+        scaled_ms=ms["scaled1"], embedded_ms=ms["embedded"], postgres_ms=ms["postgres"],
+        weed_ms=ms["weed"])
     benchlib.report(
         benchmark, f"C-STORE ingest, scaled: S3 {S3_LATENCY * 1e3:.0f} ms away / on loopback",
         subject=f"S3 {S3_LATENCY * 1e3:.0f} ms away {rate['far']:.1f} inst/s",
