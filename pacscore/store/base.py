@@ -43,7 +43,7 @@ def new_location() -> str:
 def location_age(loc: str) -> float | None:
     """Seconds since :func:`new_location` made ``loc`` (by this host's clock), or None
     when its time is not in the last hour (ids of earlier versions were random: their
-    last digits read as a time in that hour once in ~10^11)."""
+    last digits read as a time in that hour about once in 10^8)."""
     age = time.time() - int(loc[20:], 16) / 1000
     return age if 0 <= age <= 3600 else None
 

@@ -114,14 +114,15 @@ _UNMARKER_LOCK = threading.Lock()
 
 
 def _unmarker() -> concurrent.futures.ThreadPoolExecutor:
-    """This process's thread for marker removals after publishing (a plain thread,
-    not :data:`_LOOP`'s event loop: the interpreter waits for its work at exit, where a
-    request left running on the loop's daemon thread aborted the process)."""
+    """This process's threads for marker removals after publishing (plain threads, not
+    :data:`_LOOP`'s event loop: the interpreter waits for their work at exit, where a
+    request left running on the loop's daemon thread aborted the process; four, so
+    that a distant S3 does not queue one commit's removal behind another's)."""
     global _UNMARKER
     with _UNMARKER_LOCK:
         if _UNMARKER is None or _UNMARKER[0] != os.getpid():
             _UNMARKER = (os.getpid(), concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix="pacscore-s3-unmark"))
+                4, thread_name_prefix="pacscore-s3-unmark"))
         return _UNMARKER[1]
 
 
