@@ -8,10 +8,9 @@ index, its workflow state in PostgreSQL (issue 17.3) instead of ``workflow.lmdb`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ import benchlib
 import pytest
 
 from pacscore.services.auth.security import SenderList
-from pacscore.testing import free_port
+from pacscore.testing import serve_process
 
 SB, EB = b"\x0b", b"\x1c\r"
 
@@ -41,26 +40,24 @@ def _orm(i: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def mllp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
+    """``pacscore serve`` with its HL7 door (:func:`serve_process`: it fails, with the
+    server's output, when the server does not listen, and checks its clean shutdown);
+    started again on fresh ports if the first ones were taken meanwhile."""
     root = tmp_path_factory.mktemp("hl7-bench") / "archive"
     root.mkdir()
     SenderList(root).allow("127.0.0.1")
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pacscore.cli", "serve", "--archive", str(root),
-         "--dimse-port", str(free_port()), "--http-port", str(free_port()),
-         "--grpc-port", str(free_port()), "--hl7-port", str(port),
-         *(["--index", index] if (index := os.environ.get("PACSCORE_BENCH_HL7_INDEX")) else [])],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "listening" in line:
-            break
-    try:
-        yield port, proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        proc.stdout.close()
+    index = os.environ.get("PACSCORE_BENCH_HL7_INDEX")
+    extra = ["--index", index] if index else []
+    with contextlib.ExitStack() as stack:
+        for attempt in range(3):
+            try:
+                proc, ports = stack.enter_context(serve_process(
+                    root, *extra, doors=("dimse", "http", "grpc", "hl7")))
+                break
+            except AssertionError:
+                if attempt == 2:
+                    raise
+        yield ports["hl7"], proc.pid
 
 
 def _send(port: int, first: int, n: int, window: int = 1) -> float:
