@@ -11,7 +11,7 @@ tree of many small files, against the bound of one core in the same run.
 
 Goals (issue 18.1): workers=1 >= 0.85 x the bound; workers=2 >= 1.8 x workers=1.
 
-Beside them, the goal's ceiling in this run: the bound against the bound plus what a
+Beside them, the two goals' joint ceiling in this run, from the bound and what a
 native tool spends just copying the tree (GNU ``cp -r``: read, create and write each
 file; no flush) plus the integrity checks every imported file gets (SHA-256 of the
 file, CRC-32 of its frames).  ``cp`` writes each file whole where an import writes
@@ -142,17 +142,21 @@ def test_import_whole_command_vs_codec_bound(benchmark: Any, tree: tuple[Path, l
         subject=f"workers=2 {two:.1f} s", baseline=f"workers=1 {benchlib.median(one):.1f} s",
         ratio=benchlib.median(one) / two, target=">= 1.8", key="ratio_workers",
         note="2 cores")
+    # Both goals at once: workers=1 takes T1 <= bound / 0.85, and workers=2 takes at
+    # least half the CPU of a file, (bound + rest) / 2 on 2 cores, so T1 >= 1.8 x that
+    # = 0.9 (bound + rest): workers=1's best ratio is bound / (0.9 (bound + rest)), and
+    # ``rest`` is at least a native copy of the file plus its integrity checks.
     floor = _copy_cpu(root, tmp_path / "copy") + _checks_cpu(root, arrays)
-    cp_ms = floor / files * 1e3
+    codec = benchlib.median(bound)
     benchlib.report(
-        benchmark, f"import, the 0.85 goal's ceiling ({files} files)",
-        subject=f"cp -r + SHA-256 + CRC-32 {cp_ms:.2f} ms/file CPU",
-        baseline=f"HTJ2K encode + verify-decode {benchlib.median(bound) / files * 1e3:.2f} "
-                 f"ms/file; pacscore {benchlib.median(one) / files * 1e3:.2f} ms/file",
-        ratio=benchlib.median(bound) / (benchlib.median(bound) + floor), target=">= 0.85",
-        key="ratio_ceiling",
-        note="ratio: the bound over the bound plus copying the tree natively and the "
-             "integrity checks, nothing else (no parse, index, flush or start-up)")
+        benchmark, f"import, the goals' ceiling ({files} files)",
+        subject=f"cp -r + SHA-256 + CRC-32 {floor / files * 1e3:.2f} ms/file CPU",
+        baseline=f"HTJ2K encode + verify-decode {codec / files * 1e3:.2f} ms/file; "
+                 f"pacscore {benchlib.median(one) / files * 1e3:.2f} ms/file",
+        ratio=codec / (0.9 * (codec + floor)), target=">= 0.85", key="ratio_ceiling",
+        note="ratio: the best workers=1 figure that leaves workers=2 >= 1.8 x workers=1 "
+             "possible, were everything beyond the codec as cheap as copying the tree "
+             "natively with the integrity checks (no parse, index, flush or start-up)")
 
 
 def _synthetic(folder: Path, count: int, per_series: int = 50) -> None:
