@@ -223,13 +223,23 @@ class PgIndex(PgQueries, Index):
             f"a write to the PostgreSQL index at {self.where} met deadlocks "
             f"{_ATTEMPTS} times", hint="retry; if it persists, fewer concurrent writers")
 
-    @staticmethod
-    def _lock(conn: Conn, keys: set[str]) -> int:
+    @classmethod
+    def _lock(cls, conn: Conn, keys: set[str]) -> int:
         """Take the advisory locks of ``keys`` (sorted: never a cycle) and draw the
         stamp of this transaction's changes."""
+        return cls._stamp(cls._lock_sent(conn, keys))
+
+    @staticmethod
+    def _lock_sent(conn: Conn, keys: set[str]) -> psycopg.Cursor[Any]:
+        """:meth:`_lock`'s statements sent, the stamp not read yet (in pipeline mode its
+        answer then comes back with the reads sent after it: one round trip fewer)."""
         ids = sorted({lock_id(k) for k in keys})
         conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k", (ids,))
-        row = conn.execute("SELECT nextval('change_seq')").fetchone()  # (after the locks)
+        return conn.execute("SELECT nextval('change_seq')")  # (after the locks)
+
+    @staticmethod
+    def _stamp(cursor: psycopg.Cursor[Any]) -> int:
+        row = cursor.fetchone()
         assert row is not None
         return int(row[0])
 
@@ -285,11 +295,13 @@ class PgIndex(PgQueries, Index):
     def _put_rows(self, conn: Conn, *, rows: dict[int, PgRow], todo: list[int],
                   one_by_one: bool) -> list[PutOutcome]:
         # pipeline mode: statements whose answers are not read are sent without waiting
-        # (the locks with the sequence, the three reads, the writes: ~5 round trips
+        # (the locks, the sequence and the three reads, the writes: ~4 round trips
         # instead of ~13; the first error still ends the transaction)
         with conn.pipeline():
-            stamp = self._lock(conn, set().union(*(record_keys(rows[i].rec) for i in todo)))
+            locked = self._lock_sent(conn, set().union(*(record_keys(rows[i].rec)
+                                                         for i in todo)))
             batch = Batch.read(conn, [rows[i] for i in todo])
+            stamp = self._stamp(locked)  # (arrived with the reads)
             out = [batch.decide(i, rows[i]) for i in todo]
             batch.insert_instances(conn, one_by_one=one_by_one)
             batch.write(conn, stamp)
