@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pacscore.testing import free_port
+from pacscore.testing import free_port, peer_process
 
 __all__ = ["AE_TITLE", "BINARY", "DICOMWEB_PLUGIN", "STORESCP", "installed", "running",
            "running_dicomweb", "storescp_running"]
@@ -37,29 +34,6 @@ AE_TITLE = "ORTHANC"
 STORESCP = Path("/usr/bin/storescp")
 
 
-def _listening(proc: subprocess.Popen[bytes], port: int, name: str, log: Path) -> None:
-    """Wait until ``proc`` accepts connections on ``port`` (30 s at most)."""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not start (exit {proc.poll()}); see "
-                                   f"{log}") from None
-            time.sleep(0.1)
-
-
-def _stopped(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @contextmanager
 def storescp_running(folder: Path, ae_title: str, pids: list[int]) -> Iterator[int]:
     """Run DCMTK's storescp writing into ``folder`` (a process per association, as
@@ -67,17 +41,11 @@ def storescp_running(folder: Path, ae_title: str, pids: list[int]) -> Iterator[i
     process id."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    log = (folder / "storescp.log").open("wb")
-    proc = subprocess.Popen([str(STORESCP), "--fork", "-aet", ae_title, "-od", str(folder),
-                             str(port)], env={**os.environ, "TCP_NODELAY": "1"},
-                            stdout=log, stderr=subprocess.STDOUT)
-    pids.append(proc.pid)
-    try:
-        _listening(proc, port, "storescp", folder / "storescp.log")
+    with peer_process([str(STORESCP), "--fork", "-aet", ae_title, "-od", str(folder),
+                       str(port)], port, folder / "storescp.log",
+                      env={**os.environ, "TCP_NODELAY": "1"}) as proc:
+        pids.append(proc.pid)
         yield port
-    finally:
-        _stopped(proc)
-        log.close()
 
 
 def installed() -> bool:
@@ -100,19 +68,13 @@ def running(folder: Path, *, compression: bool = False, nodelay: bool = True,
         "RemoteAccessAllowed": False, "Plugins": [],
     }
     (folder / "orthanc.json").write_text(json.dumps(config))
-    log = (folder / "orthanc.log").open("wb")
     env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
-    proc = subprocess.Popen([str(BINARY), str(folder / "orthanc.json")],
-                            env={**env, "TCP_NODELAY": "1"} if nodelay else env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    if pids is not None:
-        pids.append(proc.pid)
-    try:
-        _listening(proc, port, "Orthanc", folder / "orthanc.log")
+    with peer_process([str(BINARY), str(folder / "orthanc.json")], port,
+                      folder / "orthanc.log",
+                      env={**env, "TCP_NODELAY": "1"} if nodelay else env) as proc:
+        if pids is not None:
+            pids.append(proc.pid)
         yield port
-    finally:
-        _stopped(proc)
-        log.close()
 
 
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -136,12 +98,6 @@ def running_dicomweb(folder: Path, *, compression: bool = False) -> Iterator[int
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
     }
     (folder / "orthanc.json").write_text(json.dumps(config))
-    log = (folder / "orthanc.log").open("wb")
-    proc = subprocess.Popen([str(BINARY), str(folder / "orthanc.json")],
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _listening(proc, port, "Orthanc", folder / "orthanc.log")
+    with peer_process([str(BINARY), str(folder / "orthanc.json")], port,
+                      folder / "orthanc.log"):
         yield port
-    finally:
-        _stopped(proc)
-        log.close()

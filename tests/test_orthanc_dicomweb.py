@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import time
 import warnings
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import pydicom
 import pytest
 import requests
 
-from pacscore.testing import free_port, serving
+from pacscore.testing import free_port, peer_process, serving
 
 ORTHANC = Path("/usr/sbin/Orthanc")
 PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -45,28 +44,19 @@ def orthanc(folder: Path, url: str, token: str) -> Iterator[str]:
             "Url": url, "HttpHeaders": {"Authorization": f"Bearer {token}"}}}},
     }
     (folder / "orthanc.json").write_text(json.dumps(config))
-    with (folder / "orthanc.log").open("wb") as log:
-        proc = subprocess.Popen([str(ORTHANC), str(folder / "orthanc.json")], stdout=log,
-                                stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    requests.get(f"{base}/system", timeout=2).raise_for_status()
-                    break
-                except requests.RequestException:
-                    assert proc.poll() is None and time.monotonic() < deadline, \
-                        (folder / "orthanc.log").read_text()[-2000:]
-                    time.sleep(0.1)
-            yield base
-        finally:
-            proc.terminate()
+    base = f"http://127.0.0.1:{port}"
+    with peer_process([str(ORTHANC), str(folder / "orthanc.json")], port,
+                      folder / "orthanc.log", timeout=60) as proc:
+        deadline = time.monotonic() + 60
+        while True:  # listening is not yet answering: its REST API says when it is up
             try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                requests.get(f"{base}/system", timeout=2).raise_for_status()
+                break
+            except requests.RequestException:
+                assert proc.poll() is None and time.monotonic() < deadline, \
+                    (folder / "orthanc.log").read_text()[-2000:]
+                time.sleep(0.1)
+        yield base
 
 
 def read(data: bytes | Path) -> pydicom.Dataset:

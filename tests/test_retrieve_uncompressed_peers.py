@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import warnings
@@ -21,7 +20,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 
 from pacscore import Archive, ArchiveConfig
-from pacscore.testing import cli, free_port, serving
+from pacscore.testing import cli, free_port, peer_process, serving
 
 from .helpers.values import element_values
 
@@ -46,27 +45,9 @@ def orthanc(folder: Path) -> Iterator[int]:
               "IndexDirectory": str(folder / "index"), "StorageCompression": False,
               "HttpServerEnabled": False, "RemoteAccessAllowed": False, "Plugins": []}
     (folder / "orthanc.json").write_text(json.dumps(config))
-    with (folder / "orthanc.log").open("wb") as log:
-        proc = subprocess.Popen([str(ORTHANC), str(folder / "orthanc.json")], env=ENV,
-                                stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    break
-                except OSError:
-                    assert proc.poll() is None and time.monotonic() < deadline, \
-                        (folder / "orthanc.log").read_text()
-                    time.sleep(0.1)
-            yield port
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with peer_process([str(ORTHANC), str(folder / "orthanc.json")], port,
+                      folder / "orthanc.log", env=ENV):
+        yield port
 
 
 def _read(path: Path) -> pydicom.Dataset:

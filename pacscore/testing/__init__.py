@@ -2,7 +2,9 @@
 
 ``serving`` (``serve_process``: with the process, chosen doors, environment) starts
 ``pacscore serve`` on fresh loopback ports and always stops it
-(SIGTERM and a check of the clean exit, then kill if needed); ``cli`` runs the command.
+(SIGTERM and a check of the clean exit, then kill if needed); ``cli`` runs the command;
+``peer_process`` runs a peer (Orthanc, DCMTK's storescp, ...) until it accepts
+connections, its output in a log file, and always stops it.
 
 The contract suites a new back end subclasses to prove it keeps the contract:
 
@@ -21,11 +23,12 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["cli", "free_port", "serve_process", "serving"]
+__all__ = ["cli", "free_port", "peer_process", "serve_process", "serving"]
 
 
 def free_port() -> int:
@@ -90,3 +93,36 @@ def serving(archive: Path, *extra: str,
     ``output`` receives the lines the server printed until it listened."""
     with serve_process(archive, *extra, output=output) as (_, ports):
         yield ports
+
+
+@contextmanager
+def peer_process(command: Sequence[str], port: int, log: Path, *,
+                 env: Mapping[str, str] | None = None, timeout: float = 30
+                 ) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``command`` (a peer server) with its output in the file ``log``; yield the
+    process once it accepts TCP connections on loopback ``port``; always stop it
+    (SIGTERM, then kill after 30 s).  A peer that exits or does not listen within
+    ``timeout`` seconds raises RuntimeError with the end of its log."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT,
+                                env=None if env is None else dict(env))
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"{Path(command[0]).name} did not start (exit {proc.poll()}); "
+                            f"{log}:\n{log.read_text(errors='replace')[-2000:]}") from None
+                    time.sleep(0.1)
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
