@@ -220,11 +220,18 @@ class Committer:
               ) -> tuple[dict[int, StoreResult | Rejected], list[Prepared]]:
         """The batch's duplicates and conflicts (with what is stored, or with an earlier
         instance of the same UID in the batch), decided now by position; the rest,
-        fresh, to index."""
+        fresh, to index.  The index is asked first unless the batch's staged data is
+        durable already (no duplicate would be flushed) and no UID comes twice (a later
+        one is decided against the earlier, which must be decided against what is
+        stored first); then its put decides (it answers with what it holds: one index
+        round trip fewer per commit) and the conflicts it reports are compared in
+        :meth:`_compared`."""
         seen: dict[str, Prepared] = {}
         fresh: list[Prepared] = []
         decided: dict[int, StoreResult | Rejected] = {}
-        known = self.index.get_many([p.record.sop_instance_uid for p in batch])
+        uids = [p.record.sop_instance_uid for p in batch]
+        asked = not all(p.durable for p in batch) or len(set(uids)) < len(uids)
+        known = self.index.get_many(uids) if asked else {}
         for i, p in enumerate(batch):
             rec = p.record
             stored = known.get(rec.sop_instance_uid)
@@ -250,21 +257,36 @@ class Committer:
             if not all(p.durable for p in fresh):
                 self.store.flush(locs)
             puts = self.index.put([(p.record, p.header) for p in fresh])
-        except IndexUnavailableError as exc:  # the put may have committed: ask
-            puts = self._resolve(fresh, exc)
+        except IndexUnavailableError as exc:
+            if exc.committed is False:  # certainly not: no staged frame may stay behind
+                self.store.discard(locs)
+                raise
+            puts = self._resolve(fresh, exc)  # the put may have committed: ask
         except BaseException:  # nothing committed: no staged frame may stay behind
             self.store.discard(locs)
             raise
-        owned = [p.record.location for p, o in zip(fresh, puts, strict=True)
-                 if o.status == PutStatus.STORED]
-        if len(owned) < len(locs):  # another writer stored the UID since the check
-            self.store.discard(sorted(set(locs) - set(owned)))
+        stored = [p.record.location for p, o in zip(fresh, puts, strict=True)
+                  if o.status == PutStatus.STORED]
+        owned = stored
         try:
-            self.store.publish(owned)
+            self.store.publish(stored)
         except PacsError:  # committed and readable in staging; the next start moves it
             log.exception("publishing committed locations failed; they stay staged")
             owned = []
+        if len(stored) < len(locs):  # stored already (or by another writer since the check)
+            puts = [self._compared(p, o) for p, o in zip(fresh, puts, strict=True)]
+            self.store.discard(sorted(set(locs) - set(stored)))
         return puts, owned
+
+    def _compared(self, p: Prepared, put: PutOutcome) -> PutOutcome:
+        """A conflict the index reports (another SHA-256) compared as :meth:`_sort`
+        compares (while ``p``'s staged data is still there): the same instance after
+        all is a duplicate, otherwise the reason says what differs."""
+        if put.status != PutStatus.CONFLICT or put.existing is None:
+            return put
+        why = self._difference(p, put.existing, None)
+        return PutOutcome(put.sop_instance_uid, PutStatus.DUPLICATE if why is None
+                          else PutStatus.CONFLICT, put.existing, why or "")
 
     def _resolve(self, fresh: Sequence[Prepared], error: IndexUnavailableError
                  ) -> list[PutOutcome]:
@@ -328,7 +350,7 @@ def _answer(p: Prepared, put: PutOutcome | None) -> StoreResult | Rejected:
         return result(put.existing, StoreStatus.DUPLICATE, p.source)
     if put.existing is not None:
         return Rejected(p.source, Committer._conflict(
-            p.record, put.existing, "its content differs"), ConflictError)
+            p.record, put.existing, put.reason or "its content differs"), ConflictError)
     # refused (contradicts the hierarchy) or invalid (a value it cannot take)
     return Rejected(p.source, put.reason, InvalidDicomError
                     if put.status == PutStatus.INVALID else ConflictError)

@@ -232,6 +232,10 @@ class IndexUnavailableError(ArchiveStorageError, ConnectionError):
     hint = ("check that the PostgreSQL server named by the index DSN is running and "
             "reachable from this host (pg_isready), then retry; acknowledged data is safe")
 
+    committed: bool | None = None
+    """Of a failed write: False when it certainly did not take place (it failed before
+    its COMMIT was sent), None when it may have (the connection was lost after)."""
+
 
 class UnsafeFolderError(PacsError, PermissionError):
     """A folder pacscore would keep received data in belongs to another user, or other

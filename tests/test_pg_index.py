@@ -39,6 +39,48 @@ class TestPostgresIndex(IndexTests):
 
 
 
+def test_an_instance_stored_meanwhile_elsewhere_runs_the_put_again(
+        postgres_dsn: str, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Another writer stores the same instance under another study (other advisory
+    locks) after this put has read and before it inserts: the insert fails on the
+    instance's key, the transaction is rolled back and run again, and finds the
+    instance stored (``duplicate``); nothing of the first attempt stays, the counts are
+    the other writer's alone, and no error is logged on the way."""
+    from pacscore.index.postgres import put as pg_put
+
+    this, other = PgIndex(postgres_dsn), PgIndex(postgres_dsn)
+    mine = make("1.45.1", study="4.45", series="4.45.1", patient="P45")
+    theirs = make("1.45.1", study="4.46", series="4.46.1", patient="P46")
+    read = pg_put.Batch.read.__func__  # type: ignore[attr-defined]
+    reads: list[int] = []  # what this writer's reads found stored
+
+    def read_then_other_writer(cls: type[pg_put.Batch], conn: Any, rows: Any) -> Any:
+        batch = read(cls, conn, rows)
+        if rows[0].rec is mine:
+            reads.append(len(batch.stored))
+            if len(reads) == 1:
+                assert put(other, theirs) == ["stored"]
+        return batch
+
+    monkeypatch.setattr(pg_put.Batch, "read", classmethod(read_then_other_writer))
+    try:
+        with caplog.at_level("WARNING"):
+            [outcome] = this.put([(mine, header_of(mine))])
+        assert reads == [0, 1]  # run twice, the second time it saw the instance
+        assert outcome.status == "duplicate" and outcome.existing == theirs
+        assert [r.levelname for r in caplog.records if r.levelno >= 30] == []
+        assert this.get("1.45.1") == theirs
+        assert uids(this.find("study", {}), "StudyInstanceUID") == ["4.46"]
+        assert [p["PatientID"] for p in this.find("patient", {})] == ["P46"]
+        assert this.stats()["instances"] == 1
+        again = make("1.45.2", study="4.45", series="4.45.1", patient="P45")
+        assert [o.status for o in this.put([(again, header_of(again))])] == ["stored"]
+    finally:
+        this.close()
+        other.close()
+
+
 def test_a_record_the_database_refuses_fails_alone(postgres_dsn: str) -> None:  # noqa: F811
     """A batch is inserted set-based; when that fails (here a location that another
     instance of the batch already names: unique in PostgreSQL), the batch is run again a

@@ -4,10 +4,12 @@ for many processes (front ends on several hosts) writing one index.
 Writers are kept apart by the database, not by a file lock:
 
 * uniqueness by keys: an instance's SOP Instance UID is the primary key of ``instance``
-  and its location is unique; a put inserts the instance rows first (``INSERT ... ON
-  CONFLICT DO NOTHING``), so of two processes putting one instance at once exactly one
-  stores it; the other's insert skips it, and its transaction is run again, finding it
-  there (``duplicate`` or ``conflict``, by SHA-256; :mod:`.put`);
+  and its location is unique; a put inserts the instance rows first, so of two
+  processes putting one instance at once exactly one stores it; the other's insert
+  fails on the key, and its transaction is run again, finding it there (``duplicate``
+  or ``conflict``, by SHA-256; :mod:`.put`);
+* a put is two round trips (pipeline mode): BEGIN, the locks and the reads; then the
+  writes and COMMIT;
 * the hierarchy and its counters by transactions: each put or delete first takes
   transaction-level advisory locks on the Patient IDs, studies and series it touches,
   in one sorted order (so two writers never wait on each other in a cycle), then reads
@@ -35,12 +37,13 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ...errors import ArchiveStorageError, IndexUnavailableError
@@ -50,6 +53,8 @@ from ..records import InstanceRecord
 from ..validate import record_problem
 from .deadline import Deadlines
 from .put import (
+    INSTANCE_KEY,
+    RECORD_ERRORS,
     Batch,
     BulkError,
     Conn,
@@ -82,6 +87,43 @@ def describe(dsn: str) -> str:
         return "(an unreadable DSN)"
     host = parts.get("host") or parts.get("hostaddr") or "localhost"
     return f"{host}:{parts.get('port') or 5432}/{parts.get('dbname') or ''}"
+
+
+@contextmanager
+def _pipelined(conn: Conn) -> Iterator[psycopg.Pipeline]:
+    """A transaction in pipeline mode: BEGIN is sent with the block's first statements,
+    so its round trips are only those where the block reads an answer (and its
+    ``sync()``); the block sends COMMIT and syncs itself.  Whatever fails rolls it back
+    (a statement that failed made the server skip the rest, COMMIT included)."""
+    try:
+        with conn.pipeline() as pipe:
+            conn.execute(b"BEGIN")
+            try:
+                yield pipe
+            except BaseException:
+                _drain(pipe)
+                raise
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            raise AssertionError("a pipelined transaction was left open")
+    except BaseException:
+        if not conn.closed and conn.info.transaction_status in (
+                TransactionStatus.INTRANS, TransactionStatus.INERROR):
+            with suppress(psycopg.Error):
+                conn.execute(b"ROLLBACK")
+        raise
+
+
+def _drain(pipe: psycopg.Pipeline) -> None:
+    """Read the answers a failed statement left queued (the server skipped what followed
+    it: psycopg would log them as errors ignored when the pipeline ends)."""
+    for _ in range(4):
+        try:
+            pipe.sync()
+            return
+        except pg_errors.PipelineAborted:
+            continue
+        except psycopg.Error:  # the connection broke: the block's error is the one raised
+            return
 
 
 class PgIndex(PgQueries, Index):
@@ -213,10 +255,24 @@ class PgIndex(PgQueries, Index):
     def _write(self, fn: Callable[[Conn], T]) -> T:
         """Run ``fn`` in one transaction, again after a deadlock or serialisation
         failure (which rolled it back)."""
+        def run(conn: Conn) -> T:
+            with conn.transaction():
+                return fn(conn)
+        return self._retried(run)
+
+    def _write_pipelined(self, fn: Callable[[Conn, psycopg.Pipeline], T]) -> T:
+        """:meth:`_write` for a ``fn`` that runs in pipeline mode, BEGIN sent with its
+        first statements, COMMIT and the sync its own (:func:`_pipelined`)."""
+        def run(conn: Conn) -> T:
+            with _pipelined(conn) as pipe:
+                return fn(conn, pipe)
+        return self._retried(run)
+
+    def _retried(self, run: Callable[[Conn], T]) -> T:
         for attempt in range(_ATTEMPTS):
             try:
-                with self._connection() as conn, conn.transaction():
-                    return fn(conn)
+                with self._connection() as conn:
+                    return run(conn)
             except (*_RETRY, RetryError):
                 time.sleep(random.uniform(0, 0.01 * 2 ** attempt))
         raise ArchiveStorageError(
@@ -275,10 +331,16 @@ class PgIndex(PgQueries, Index):
             except (TypeError, ValueError, UnicodeError) as exc:
                 outcomes[i] = _invalid(sop, exc)
         todo, one_by_one = list(rows), False
+        commit_sent = [False]
         while todo:
             try:
-                done = self._write(functools.partial(self._put_rows, rows=rows, todo=todo,
-                                                     one_by_one=one_by_one))
+                done = self._write_pipelined(functools.partial(
+                    self._put_rows, rows=rows, todo=todo, one_by_one=one_by_one,
+                    commit_sent=commit_sent))
+            except IndexUnavailableError as exc:
+                if not commit_sent[0]:
+                    exc.committed = False
+                raise
             except BulkError:
                 one_by_one = True
                 continue
@@ -292,19 +354,35 @@ class PgIndex(PgQueries, Index):
             break
         return [o for o in outcomes if o is not None]
 
-    def _put_rows(self, conn: Conn, *, rows: dict[int, PgRow], todo: list[int],
-                  one_by_one: bool) -> list[PutOutcome]:
-        # pipeline mode: statements whose answers are not read are sent without waiting
-        # (the locks, the sequence and the three reads, the writes: ~4 round trips
-        # instead of ~13; the first error still ends the transaction)
-        with conn.pipeline():
-            locked = self._lock_sent(conn, set().union(*(record_keys(rows[i].rec)
-                                                         for i in todo)))
-            batch = Batch.read(conn, [rows[i] for i in todo])
-            stamp = self._stamp(locked)  # (arrived with the reads)
-            out = [batch.decide(i, rows[i]) for i in todo]
+    def _put_rows(self, conn: Conn, pipe: psycopg.Pipeline, *, rows: dict[int, PgRow],
+                  todo: list[int], one_by_one: bool, commit_sent: list[bool]
+                  ) -> list[PutOutcome]:
+        # two round trips (pipeline mode, :func:`_pipelined`): BEGIN, the locks, the
+        # sequence and the three reads; then the instance rows, the writes and COMMIT
+        # (an instance another writer stored meanwhile fails the insert: run again).
+        # ``commit_sent``: whether a failure may have committed (the put's caller asks
+        # the index again then, Committer._resolve)
+        commit_sent[0] = False
+        locked = self._lock_sent(conn, set().union(*(record_keys(rows[i].rec) for i in todo)))
+        batch = Batch.read(conn, [rows[i] for i in todo])
+        stamp = self._stamp(locked)  # (arrived with the reads)
+        out = [batch.decide(i, rows[i]) for i in todo]
+        try:
             batch.insert_instances(conn, one_by_one=one_by_one)
             batch.write(conn, stamp)
+            commit_sent[0] = True
+            conn.execute(b"COMMIT")
+            pipe.sync()
+        except pg_errors.UniqueViolation as exc:
+            if exc.diag.constraint_name == INSTANCE_KEY:
+                raise RetryError from exc
+            if one_by_one:
+                raise
+            raise BulkError from exc
+        except RECORD_ERRORS as exc:
+            if one_by_one:  # (the instance rows' own failures are RecordErrors)
+                raise
+            raise BulkError from exc
         return out
 
     # -- delete ---------------------------------------------------------------------

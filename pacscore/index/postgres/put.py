@@ -7,8 +7,8 @@ exactly the LMDB index's rules (``duplicate`` / ``conflict`` against an instance
 already stored or earlier in the batch, ``refused`` against the hierarchy), after one
 read of what the database holds; then it is written with a few set-based statements.
 The instance rows go in first: an instance another writer stored meanwhile under other
-locks (another study) makes the insert skip it, and the whole transaction is run
-again (:class:`RetryError`), now seeing it.
+locks (another study) makes the insert fail on its key, and the whole transaction is
+run again (:class:`RetryError`), now seeing it.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from ..records import InstanceRecord
 from ..validate import same_patient, variant
 from .query import Row, pg_text
 
-__all__ = ["RECORD_ERRORS", "Batch", "BulkError", "Conn", "PgRow", "RecordError", "RetryError",
-           "Totals", "dumps", "lock_id", "record_keys"]
+__all__ = ["INSTANCE_KEY", "RECORD_ERRORS", "Batch", "BulkError", "Conn", "PgRow",
+           "RecordError", "RetryError", "Totals", "dumps", "lock_id", "record_keys"]
 
 Conn = psycopg.Connection[Row]
 
@@ -110,8 +110,10 @@ class PgRow:
 
 
 _INSTANCE = ("INSERT INTO instance (sop_uid, series_uid, study_uid, location, record, view, "
-             "header, m_sop_class, m_patient_id) {} ON CONFLICT (sop_uid) DO NOTHING "
-             "RETURNING sop_uid")
+             "header, m_sop_class, m_patient_id) {} RETURNING sop_uid")
+INSTANCE_KEY = "instance_pkey"
+"""The constraint an instance row another writer stored meanwhile fails: the
+transaction is run again (:class:`RetryError`), now seeing it."""
 _INSTANCE_TYPES = ("text", "text", "text", "text", "text", "text", "bytea", "text", "text")
 
 
@@ -262,29 +264,27 @@ class Batch:
 
     # -- writing ------------------------------------------------------------------
     def insert_instances(self, conn: Conn, *, one_by_one: bool) -> None:
-        """Insert the instance rows (first: their keys decide between writers)."""
+        """Insert the instance rows (first: their keys decide between writers).  Set-based,
+        the statement is only sent (pipeline mode: its failure comes with the COMMIT's
+        answer); ``one_by_one``, each row's answer is read, to find one that fails."""
         if not self.rows:
             return
         if one_by_one:
             for position, row in self.rows:
                 try:
-                    one = conn.execute(
-                        _INSTANCE.format("VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"),
-                        row.columns()).fetchone()
+                    conn.execute(_INSTANCE.format("VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"),
+                                 row.columns()).fetchone()
+                except pg_errors.UniqueViolation as exc:
+                    if exc.diag.constraint_name == INSTANCE_KEY:
+                        raise RetryError from exc
+                    raise RecordError(position, exc) from exc
                 except RECORD_ERRORS as exc:
                     raise RecordError(position, exc) from exc
-                if one is None:
-                    raise RetryError
             return
         columns = list(zip(*(row.columns() for _, row in self.rows), strict=True))
         unnest = ", ".join(f"%b::{t}[]" for t in _INSTANCE_TYPES)
-        try:
-            done = conn.execute(_INSTANCE.format(f"SELECT * FROM unnest({unnest})"),
-                                [list(c) for c in columns]).fetchall()
-        except RECORD_ERRORS as exc:
-            raise BulkError from exc
-        if len(done) != len(self.rows):  # another writer stored one meanwhile
-            raise RetryError
+        conn.execute(_INSTANCE.format(f"SELECT * FROM unnest({unnest})"),
+                     [list(c) for c in columns])
 
     def write(self, conn: Conn, stamp: int) -> None:
         """Create the new patients, studies and series, add the counts to every one the
