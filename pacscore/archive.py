@@ -477,6 +477,13 @@ class Archive:
 
         return identify(data, self.config.limits, source)
 
+    def headers(self, records: Sequence[InstanceRecord]) -> dict[str, bytes]:
+        """:meth:`header` of the instances ``records`` describe, by SOP Instance UID (one
+        round trip to an index over the network for those stored as frames)."""
+        found = self._reader.headers(records)
+        return {r.sop_instance_uid: self.patients.patch(found[r.sop_instance_uid], r)
+                for r in records}
+
     def pixel_tag(self, sop_instance_uid: str, record: InstanceRecord | None = None
                   ) -> int | None:
         """Tag of the instance's pixel data element: (7FE0,0010), or (7FE0,0008) and

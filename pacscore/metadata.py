@@ -130,10 +130,12 @@ class SeriesMetadata:
         archive.on_change(self._touched)
 
     # -- answering ---------------------------------------------------------------
-    def instance(self, sop: str, rec: InstanceRecord | None = None) -> dict[str, Any]:
-        """DICOM JSON of one instance, bulk data URIs relative to the placeholder.
-        Never fails for what the stored header holds (see the module's docstring); what
-        it could not convert is kept for :meth:`problems`."""
+    def instance(self, sop: str, rec: InstanceRecord | None = None,
+                 header: bytes | None = None) -> dict[str, Any]:
+        """DICOM JSON of one instance, bulk data URIs relative to the placeholder
+        (``header``: its :meth:`Archive.header <pacscore.Archive.header>` when the
+        caller has it).  Never fails for what the stored header holds (see the module's
+        docstring); what it could not convert is kept for :meth:`problems`."""
         rec = rec or self.archive.record(sop)
         url = f"{_BASE}/studies/{rec.study_uid}/series/{rec.series_uid}/instances/{sop}"
         problems: list[str] = []
@@ -141,7 +143,9 @@ class SeriesMetadata:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                ds = dcmread(io.BytesIO(self.archive.header(sop, rec)), force=True)
+                if header is None:
+                    header = self.archive.header(sop, rec)
+                ds = dcmread(io.BytesIO(header), force=True)
                 meta = _dicom_json(ds, url, "", problems)
             except PacsError:
                 raise  # not this instance's content (deleted meanwhile, storage)
@@ -188,21 +192,28 @@ class SeriesMetadata:
             return hit
         sops = self.archive.instances("series", series_uid)
         recs = self.archive.records_of(sops)  # (one query, not one per instance)
-        body = b"[" + b",".join(self._instance_json(s, recs.get(s)) for s in sops) + b"]"
+        patients = self.archive.patients.stamp()
+        with self._lock:  # the headers of the instances to convert: one query too
+            todo = [rec for s, rec in recs.items() if self._instances.get(
+                s, (rec.location, patients)) is None]
+        headers = self.archive.headers(todo) if todo else {}
+        body = b"[" + b",".join(self._instance_json(s, recs.get(s), headers.get(s))
+                                for s in sops) + b"]"
         if (self.archive.changed("series", series_uid),  # unchanged meanwhile
                 self.archive.patients.stamp()) == stamp:
             with self._lock:
                 self._series.put(series_uid, stamp, body)
         return body
 
-    def _instance_json(self, sop: str, rec: InstanceRecord | None = None) -> bytes:
+    def _instance_json(self, sop: str, rec: InstanceRecord | None = None,
+                       header: bytes | None = None) -> bytes:
         rec = rec or self.archive.record(sop)
         stamp = (rec.location, self.archive.patients.stamp())
         with self._lock:
             hit = self._instances.get(sop, stamp)
         if hit is not None:
             return hit
-        body = json.dumps(self.instance(sop, rec), separators=(",", ":")).encode()
+        body = json.dumps(self.instance(sop, rec, header), separators=(",", ":")).encode()
         with self._lock:
             self._instances.put(sop, stamp, body)
         return body

@@ -155,6 +155,15 @@ class Reader:
             return file_meta(rec.sop_class_uid, sop, EXPLICIT_LE) + body
         return data if pixel is None else data[: pixel.element_start]
 
+    def headers(self, recs: Sequence[InstanceRecord]) -> dict[str, bytes]:
+        """:meth:`header` of each of ``recs`` by SOP Instance UID; those stored as frames
+        in one index look-up."""
+        frames = [r.sop_instance_uid for r in recs if r.kind == StoreKind.FRAMES]
+        found = {sop: HeaderParts.unpack(raw).prefix
+                 for sop, raw in self.index.headers(frames).items()}
+        missing = [r for r in recs if r.sop_instance_uid not in found]
+        return found | {r.sop_instance_uid: self.header(r) for r in missing}
+
     def pixel_tag(self, rec: InstanceRecord) -> int | None:
         """:meth:`pacscore.Archive.pixel_tag` of the instance ``rec`` describes."""
         if rec.kind == StoreKind.FRAMES:

@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from ..errors import NotFoundError
 from ..kinds import Level, PutStatus
 from .records import InstanceRecord
 
@@ -69,6 +70,17 @@ class Index(ABC):
     @abstractmethod
     def header(self, sop_instance_uid: str) -> bytes:
         """Original header bytes of an instance stored as frames."""
+
+    def headers(self, sop_instance_uids: Sequence[str]) -> dict[str, bytes]:
+        """:meth:`header` of those of ``sop_instance_uids`` that have one, by UID (an
+        index over a network answers in one round trip)."""
+        found: dict[str, bytes] = {}
+        for uid in dict.fromkeys(sop_instance_uids):
+            try:
+                found[uid] = self.header(uid)
+            except NotFoundError:
+                continue
+        return found
 
     @abstractmethod
     def put(self, items: Sequence[tuple[InstanceRecord, bytes]]) -> list[PutOutcome]:

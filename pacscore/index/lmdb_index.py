@@ -193,6 +193,15 @@ class LmdbIndex(LmdbQueries, Index):
                     found[uid] = InstanceRecord.from_json(bytes(raw))
         return found
 
+    def headers(self, sop_instance_uids: Sequence[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        with self.env.begin() as txn:  # one snapshot for all
+            for uid in dict.fromkeys(sop_instance_uids):
+                raw = txn.get(uid.encode(), db=self.dbs[b"hdr"]) if uid else None
+                if raw is not None:
+                    found[uid] = bytes(raw)
+        return found
+
     def header(self, sop_instance_uid: str) -> bytes:
         with self.env.begin() as txn:
             raw = txn.get(sop_instance_uid.encode(), db=self.dbs[b"hdr"])

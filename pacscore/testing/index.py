@@ -90,6 +90,14 @@ class IndexTests(IndexQueryTests):
         assert index.get_many(["1.5.2", "1.5.9", "1.5.1", "1.5.2", ""]) == {
             "1.5.1": a, "1.5.2": b}
 
+    def test_headers_answer_the_stored_ones_by_uid(self, index: Index) -> None:
+        a, b, c = make("1.5.1"), make("1.5.2", kind=StoreKind.BLOB), make("1.5.3")
+        index.put([(a, header_of(a)), (b, b""), (c, header_of(c))])
+        assert index.headers([]) == {}
+        assert index.headers(["1.5.3", "1.5.2", "1.5.9", "1.5.1", "1.5.3", ""]) == {
+            "1.5.1": header_of(a), "1.5.3": header_of(c)}  # a blob keeps none
+        assert index.headers(["1.5.1"])["1.5.1"] == index.header("1.5.1")
+
     def test_put_returns_outcomes_in_input_order(self, index: Index) -> None:
         recs = [make(f"1.6.{i}") for i in (5, 1, 3)]
         put(index, recs[1])

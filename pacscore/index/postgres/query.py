@@ -187,6 +187,14 @@ class PgQueries:
                           (list(asked),))
         return {asked[sop]: InstanceRecord.from_json(raw.encode()) for sop, raw in rows}
 
+    def headers(self, sop_instance_uids: Sequence[str]) -> dict[str, bytes]:
+        asked = {pg_text(u): u for u in dict.fromkeys(sop_instance_uids) if u}
+        if not asked:
+            return {}
+        rows = self._read("SELECT sop_uid, header FROM instance WHERE sop_uid = ANY(%s) "
+                          "AND header IS NOT NULL", (list(asked),))
+        return {asked[sop]: bytes(raw) for sop, raw in rows}
+
     def header(self, sop_instance_uid: str) -> bytes:
         rows = self._read("SELECT header FROM instance WHERE sop_uid = %s",
                           (pg_text(sop_instance_uid),))
