@@ -185,19 +185,19 @@ class LmdbIndex(LmdbQueries, Index):
         return None if raw is None else InstanceRecord.from_json(bytes(raw))
 
     def get_many(self, sop_instance_uids: Sequence[str]) -> dict[str, InstanceRecord]:
-        found: dict[str, InstanceRecord] = {}
-        with self.env.begin() as txn:  # one snapshot for all
-            for uid in dict.fromkeys(sop_instance_uids):
-                raw = txn.get(uid.encode(), db=self.dbs[b"inst"]) if uid else None
-                if raw is not None:
-                    found[uid] = InstanceRecord.from_json(bytes(raw))
-        return found
+        return {uid: InstanceRecord.from_json(raw)
+                for uid, raw in self._values(b"inst", sop_instance_uids).items()}
 
     def headers(self, sop_instance_uids: Sequence[str]) -> dict[str, bytes]:
+        return self._values(b"hdr", sop_instance_uids)
+
+    def _values(self, db: bytes, sop_instance_uids: Sequence[str]) -> dict[str, bytes]:
+        """The values of those of ``sop_instance_uids`` that ``db`` holds, by UID (one
+        snapshot for all)."""
         found: dict[str, bytes] = {}
-        with self.env.begin() as txn:  # one snapshot for all
+        with self.env.begin() as txn:
             for uid in dict.fromkeys(sop_instance_uids):
-                raw = txn.get(uid.encode(), db=self.dbs[b"hdr"]) if uid else None
+                raw = txn.get(uid.encode(), db=self.dbs[db]) if uid else None
                 if raw is not None:
                     found[uid] = bytes(raw)
         return found
