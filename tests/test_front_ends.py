@@ -18,6 +18,7 @@ pytest.importorskip("psycopg")
 from pacscore import Archive, ArchiveConfig
 from pacscore.background import Periodic, exclusive
 from pacscore.errors import ArchiveStorageError
+from pacscore.gc import collect_garbage
 from pacscore.index.spec import IndexSpec
 from pacscore.store import StoreSpec
 from pacscore.testing.postgres import postgres_dsn, postgres_server  # noqa: F401
@@ -56,12 +57,14 @@ def test_two_front_ends_write_one_archive_at_once(tmp_path: Path, files: list[Pa
         # unowned objects, seconds old) leaves them alone
         loc = new_loc()
         a.store_.stage_blob(loc, b"in flight")
+        a.store_.flush([loc])
         with _front_end(tmp_path / "c", url, postgres_dsn) as c:
-            assert c.recovered == 0
-            assert loc in a.store_.staged()
-            # once older than the grace period, they are a dead front end's: removed
-            assert c._committer.recover(grace=timedelta(0)) == 1
-            assert loc not in a.store_.staged() and not a.store_.exists(loc)
+            assert c.recovered == 0 and c.store_.staged() == []  # (a's alone knows)
+            assert loc in a.store_.staged() and c.store_.exists(loc)
+            assert collect_garbage(c.index, c.store_).removed == []  # young
+            # once older than the grace period, they are a dead front end's: collected
+            assert collect_garbage(c.index, c.store_, grace=timedelta(0)).removed == [loc]
+            assert not a.store_.exists(loc)
             # a dead front end's committed location whose marker stayed: published
             loc_a = a.record(stored_a.sop_instance_uid).location
             a.store_._create([(a.store_.marker_key(loc_a), b"blob")], "test")  # type: ignore[attr-defined]

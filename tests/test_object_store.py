@@ -28,6 +28,10 @@ def s3_store(server: SeaweedS3, prefix: str | None = None) -> ObjectFrameStore:
     return store
 
 
+def _keys(store: ObjectFrameStore) -> list[str]:
+    return sorted(m["path"] for chunk in obstore.list(store.store) for m in chunk)
+
+
 class TestObjectFrameStore(FrameStoreTests):
     @pytest.fixture
     def store(self, seaweedfs: SeaweedS3) -> ObjectFrameStore:  # type: ignore[override]
@@ -45,32 +49,55 @@ class TestObjectFrameStore(FrameStoreTests):
         keys = sorted(m["path"] for chunk in obstore.list(store.store) for m in chunk)
         assert keys == sorted([base + "zarr.json", *(f"{base}c.{i}.0.0" for i in range(3))])
 
-    def test_staging_is_a_marker_that_publishing_removes(self, store: ObjectFrameStore
-                                                         ) -> None:
+    def test_staging_writes_the_objects_only(self, store: ObjectFrameStore,
+                                             seaweedfs: SeaweedS3) -> None:
+        """No marker: the index alone makes a location the archive's, so staging is
+        one PUT per object and publishing sends nothing; only the process that staged
+        knows the location is staged."""
         loc = new_loc()
         store.stage_blob(loc, b"kept")
         store.make_durable(loc)  # (staging runs in the background until then)
-        assert store._has(store.marker_key(loc))
+        assert _keys(store) == [store.blob_key(loc)]
+        assert store.staged() == [loc]
+        assert s3_store(seaweedfs, store.prefix).staged() == []  # another process
         store.publish([loc])
-        store.close()  # the marker goes in the background; close waits for it
-        assert not store._has(store.marker_key(loc))
-        assert store._has(store.blob_key(loc))
+        store.close()
+        assert store.staged() == []
+        assert _keys(store) == [store.blob_key(loc)]
+
+    def test_discard_removes_what_another_process_staged(self, store: ObjectFrameStore,
+                                                        seaweedfs: SeaweedS3) -> None:
+        """A worker stages and hands the location over; the committing process
+        discards it (a duplicate): its objects go, nothing is left for gc."""
+        loc, kept = new_loc(), new_loc()
+        store.stage_frames(loc, MONO, HTJ2K, frames_of(2, 3))
+        store.stage_blob(kept, b"kept")
+        store.handoff(loc)
+        assert store.staged() == [kept]  # handed over
+        committer = s3_store(seaweedfs, store.prefix)
+        committer.discard([loc])
+        assert not store.exists(loc)
+        assert _keys(store) == [store.blob_key(kept)]
 
     def test_nothing_is_overwritten(self, store: ObjectFrameStore) -> None:
         """Conditional create (If-None-Match: *): staging a location that exists fails
-        and leaves the stored bytes as they were."""
-        loc = new_loc()
+        and leaves the stored bytes as they were, and discarding it then leaves them
+        too (not this staging's objects)."""
+        loc, array = new_loc(), new_loc()
         store.stage_blob(loc, b"first")
-        store.publish([loc])
-        store.close()
-        obstore.put(store.store, store.marker_key(loc), b"blob")  # as if staged again
+        store.stage_frames(array, MONO, HTJ2K, frames_of(2, 1))
+        store.publish([loc, array])
         with pytest.raises(ArchiveStorageError, match="nothing was overwritten"):
             store.stage_blob(loc, b"second")
             store.make_durable(loc)  # where a background PUT's failure shows
+        store.discard([loc])
         assert store.read_blob(loc) == b"first"
         with pytest.raises(ArchiveStorageError, match="exists already"):
-            store.stage_frames(loc, MONO, HTJ2K, frames_of(1, 1))
-            store.make_durable(loc)
+            store.stage_frames(array, MONO, HTJ2K, frames_of(2, 2))
+            store.make_durable(array)
+        store.discard([array])
+        assert store.read_frames(array, [0, 1], 3) == frames_of(2, 1)
+        assert store.staged() == []
 
     def test_published_array_opens_with_zarr_over_obstore(self, store: ObjectFrameStore
                                                           ) -> None:

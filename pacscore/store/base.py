@@ -10,6 +10,12 @@ them, :meth:`FrameStore.publish` renames them into place and
 staging area too, for the moment between the index transaction and the rename.
 After a crash, start-up recovery publishes the staged locations the index owns
 (:meth:`FrameStore.staged`) and removes the rest (:meth:`FrameStore.clean_staging`).
+
+A store without a staging area of its own (:attr:`FrameStore.staging_area` false: the
+S3 store, where objects cannot be renamed) writes to the final places at once; the
+index alone makes a location the archive's.  It knows what is staged only in the
+process that staged it, :meth:`FrameStore.discard` removes what it is given, and what
+a crash left staged is an orphan for garbage collection (:mod:`pacscore.gc`).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 from ..dicom.layout import PixelLayout
 from ..errors import ArchiveStorageError
@@ -57,6 +63,12 @@ def validate_location(loc: str) -> str:
 
 class FrameStore(ABC):
     """Where frames and kept objects live."""
+
+    staging_area: ClassVar[bool] = True
+    """Staged locations are kept apart from published ones for every process and
+    across a crash (a staging folder): :meth:`staged` lists another process's too,
+    and :meth:`discard` leaves a published location alone.  False: see the module
+    docstring."""
 
     @abstractmethod
     def stage_frames(self, loc: str, layout: PixelLayout, transfer_syntax: str,
@@ -98,8 +110,8 @@ class FrameStore(ABC):
         """Forget staged locations that will not be published."""
 
     def close(self) -> None:  # noqa: B027 - optional, nothing to do by default
-        """Finish what runs in the background (the S3 store's marker removals after
-        :meth:`publish`); the store stays usable."""
+        """Finish what runs in the background (the S3 store's removals of an earlier
+        version's staging markers after :meth:`publish`); the store stays usable."""
 
     @abstractmethod
     def read_frames(self, loc: str, indices: Sequence[int], ndim: int) -> list[bytes]:
@@ -137,7 +149,7 @@ class StoredLocation:
     location: str
     """The location id."""
     keys: tuple[str, ...]
-    """Its objects' keys in the store (a staging marker included)."""
+    """Its objects' keys in the store (an earlier version's staging marker included)."""
     newest: datetime
     """Last-modified time (UTC) of its newest object."""
     size: int

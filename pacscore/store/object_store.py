@@ -6,31 +6,36 @@ Layout under ``s3://<bucket>/<prefix>/`` (the Zarr layout of
     arrays/<ab>/<loc>/zarr.json        array metadata, codec pacscore.dicom_frame
     arrays/<ab>/<loc>/c.<f>.0.0[.0]    frame f: exactly one DICOM codestream
     blobs/<ab>/<loc>                   an object kept as received
-    staging/<loc>                      marker: <loc> is staged, not yet published
+    staging/<loc>                      (only from versions before 2026-12-05: a marker,
+                                       <loc> staged and not yet published)
 
 One object per frame: a frame read is one GET of a whole object, no offsets to keep.
 
 S3 has no rename, so the contract's steps map to:
 
-- **stage**: PUT the marker ``staging/<loc>`` and the location's objects, concurrently
-  (one round trip; a separate marker round trip cost a quarter of the ingest time),
-  every one with conditional create (``If-None-Match: *``): nothing is ever
-  overwritten; when one PUT fails, those of the call that succeeded are deleted again;
-  an S3 PUT is durable when it answers, so ``make_durable``/``flush``/``sync_published``
-  have nothing left to do;
+- **stage**: PUT the location's objects, concurrently, every one with conditional
+  create (``If-None-Match: *``): nothing is ever overwritten; when one PUT fails,
+  those of the call that succeeded are deleted again; an S3 PUT is durable when it
+  answers, so ``make_durable``/``flush``/``sync_published`` have nothing left to do;
 - **index commit** (the archive's): the point of truth; reads go to the final keys, so
-  the location is readable from then on;
-- **publish**: check the markers are there (concurrent HEADs), then delete them (one
-  bulk DELETE) in the background: the commit already made the locations the
-  archive's, so the client is answered without waiting for it (on an S3 20 ms away
-  the removal was a third of each C-STORE's time); only a marker distinguishes a
-  staged location from a published one, and what lists the staging area waits for
-  the removals of this process first;
-- a crash leaves markers: start-up recovery publishes those the index owns and discards
-  the rest (``clean_staging``); objects no committed record names (a crash that let
-  the data land but not the marker, a failed delete, a second writer's leftovers) are
-  removed by
-  ``pacscore gc`` after a grace period (:mod:`pacscore.gc`).
+  the location is readable from then on, and it is the archive's because the index
+  names it: nothing in the bucket says so;
+- **publish**: nothing to move; a location made longer ago than :data:`UNCHECKED_AGE`
+  is checked to still be there (gc may have taken it);
+- what a crash leaves (objects no committed record names: staged and never committed,
+  a delete that stopped midway, a second writer's leftovers) is removed by
+  ``pacscore gc`` and by the server's background collection after a grace period
+  (:mod:`pacscore.gc`).
+
+Staged and not yet published is known only to the process that staged
+(:meth:`~ObjectFrameStore.staged`, :meth:`~ObjectFrameStore.clean_staging`, and what
+``locations`` and ``delete`` leave alone); the :class:`~pacscore.store.FrameStore`
+contract says so with ``staging_area = False``.  Earlier versions marked every
+staging with an object ``staging/<loc>``, PUT beside the data and deleted after the
+commit: two more requests per instance, which cost a scaled front end a sixth of its
+ingest rate (``benches/test_front_ends.py``: the floor set-up).  Markers such versions
+left are still honoured: listed as staged, removed when recovery publishes their
+location (the index names it) or cleans it (it does not).
 
 Errors: every request is retried by obstore (5xx, SlowDown, connection errors, read
 timeouts; exponential backoff with jitter, ``retries`` times), a PUT that timed out
@@ -127,8 +132,8 @@ def _unmarker() -> concurrent.futures.ThreadPoolExecutor:
 
 
 UNCHECKED_AGE = 60.0
-"""Seconds: :meth:`ObjectFrameStore.publish` checks that the staging markers are still
-there (a HEAD each) only for locations made longer ago than this
+"""Seconds: :meth:`ObjectFrameStore.publish` checks that a location's objects are still
+there (a HEAD or two each) only for locations made longer ago than this
 (:func:`~pacscore.store.base.location_age`).  Only garbage collection removes staged
 objects of others, and only once they are older than its grace period (an hour by
 default; shorter than this only while nobody writes: :mod:`pacscore.gc`), so younger
@@ -182,6 +187,8 @@ class ObjectFrameStore(FrameStore):
         uploads.  Nothing is committed before its PUTs have answered.
     """
 
+    staging_area = False
+
     def __init__(self, bucket: str, prefix: str = "", endpoint: str = "", region: str = "",
                  allow_http: bool = False, timeout: float = 30.0, retries: int = 5,
                  background: bool = True):
@@ -209,6 +216,17 @@ class ObjectFrameStore(FrameStore):
         self._unmarking: dict[concurrent.futures.Future[None], frozenset[str]] = {}
         """Marker removals still running (:meth:`publish`), with their markers' keys."""
         self._unmarking_lock = threading.Lock()
+        self._staging: set[str] = set()
+        """Locations this process staged and has not yet published, discarded or handed
+        over (:meth:`handoff`)."""
+        self._marked: set[str] = set()
+        """Locations whose marker (an earlier version's) a listing found here."""
+        self._unmark_failed: set[str] = set()
+        """Published locations whose marker removal failed: still listed as staged
+        (the next recovery publishes them again), never cleaned as staging."""
+        self._taken: set[str] = set()
+        """Locations whose staging here found objects there already: not this
+        process's to discard (fresh ids make it all but impossible)."""
         self.store = S3Store(bucket, prefix=self.prefix or None,
                              config=cast("S3Config", config),
                              client_options=cast("ClientConfig", client),
@@ -230,7 +248,7 @@ class ObjectFrameStore(FrameStore):
 
     @staticmethod
     def marker_key(loc: str) -> str:
-        """Key of the staging marker of ``loc``."""
+        """Key of the staging marker of ``loc`` (written by versions before 2026-12-05)."""
         return f"staging/{validate_location(loc)}"
 
     @staticmethod
@@ -263,10 +281,12 @@ class ObjectFrameStore(FrameStore):
                 await asyncio.sleep(min(0.1 * 2 ** attempt, 5.0))
         raise AssertionError("unreachable")
 
-    async def _create_async(self, items: Sequence[tuple[str, bytes]], what: str) -> None:
+    async def _create_async(self, items: Sequence[tuple[str, bytes]], what: str,
+                            loc: str | None = None) -> None:
         """PUT every item with conditional create, concurrently; all or nothing: after a
         failure the objects this call created are deleted again (what existed before
-        was never overwritten, so it is no one's to delete here)."""
+        was never overwritten, so it is no one's to delete here, nor to discard
+        later: ``loc`` is then taken)."""
         results = await _settled([self._put(k, d) for k, d in items])
         failed = [r for r in results if isinstance(r, BaseException)]
         if not failed:
@@ -276,22 +296,19 @@ class ObjectFrameStore(FrameStore):
             await obstore.delete_async(self.store, created)
         exc = next((f for f in failed if isinstance(f, _EXISTS)), failed[0])
         if isinstance(exc, _EXISTS):
+            if loc is not None:
+                with self._unmarking_lock:
+                    self._taken.add(loc)
+                    self._staging.discard(loc)
             raise ArchiveStorageError(f"{what}: an object of that location exists already "
                                       f"({exc}); nothing was overwritten") from exc
         if isinstance(exc, _FAILED):
             raise self._error(exc, what) from exc
         raise exc
 
-    def _create(self, items: Sequence[tuple[str, bytes]], what: str) -> None:
-        _LOOP.run(self._create_async(items, what))
-
-    def _stage(self, loc: str, items: Sequence[tuple[str, bytes]], what: str) -> None:
-        """Create a location's objects: in the background (:meth:`_wait` collects the
-        result) or now."""
-        if self.background:
-            _LOOP.pending[self._id(loc)] = _LOOP.submit(self._create_async(items, what))
-        else:
-            self._create(items, what)
+    def _create(self, items: Sequence[tuple[str, bytes]], what: str,
+                loc: str | None = None) -> None:
+        _LOOP.run(self._create_async(items, what, loc))
 
     def _id(self, loc: str) -> tuple[str, str, str]:
         return self.bucket, self.prefix, loc
@@ -374,8 +391,12 @@ class ObjectFrameStore(FrameStore):
             return None
 
     def _staged_set(self) -> set[str]:
+        """What this process staged, and the locations of earlier versions' markers."""
         self._drain()
-        return {m["path"].removeprefix("staging/") for m in self._keys("staging/")}
+        marked = {m["path"].removeprefix("staging/") for m in self._keys("staging/")}
+        with self._unmarking_lock:
+            self._marked |= marked
+            return marked | self._staging
 
     # -- writes ------------------------------------------------------------------
     def stage_frames(self, loc: str, layout: PixelLayout, transfer_syntax: str,
@@ -385,12 +406,11 @@ class ObjectFrameStore(FrameStore):
         meta = json.dumps(array_metadata(layout, transfer_syntax)).encode()
         items = [(base + "zarr.json", meta),
                  *((base + self._chunk(i, ndim), bytes(f)) for i, f in enumerate(frames))]
-        self._stage(loc, [(self.marker_key(loc), b"frames"), *items], "staging frames")
+        self._stage(loc, items, "staging frames")
         return sum(len(d) for _, d in items)
 
     def stage_blob(self, loc: str, data: bytes) -> int:
-        self._stage(loc, [(self.marker_key(loc), b"blob"), (self.blob_key(loc), bytes(data))],
-                    "staging an object")
+        self._stage(loc, [(self.blob_key(loc), bytes(data))], "staging an object")
         return len(data)
 
     def make_durable(self, loc: str) -> None:
@@ -401,34 +421,55 @@ class ObjectFrameStore(FrameStore):
 
     def handoff(self, loc: str) -> None:
         self._wait([validate_location(loc)])
+        with self._unmarking_lock:  # the committing process publishes or discards it
+            self._staging.discard(loc)
+
+    def _stage(self, loc: str, items: Sequence[tuple[str, bytes]], what: str) -> None:
+        """Create a location's objects: in the background (:meth:`_wait` collects the
+        result) or now."""
+        with self._unmarking_lock:
+            self._staging.add(loc)
+        if self.background:
+            _LOOP.pending[self._id(loc)] = _LOOP.submit(self._create_async(items, what, loc))
+        else:
+            self._create(items, what, loc)
 
     def publish(self, locs: Sequence[str]) -> None:
-        markers = [self.marker_key(loc) for loc in locs]
-        if not markers:
+        if not locs:
             return
-        self._wait(locs)
-        # the batch's own markers (concurrent HEADs), not a LIST of the whole staging
-        # area: that grows with every writer's stagings and leftovers; only those of
-        # locations older than UNCHECKED_AGE: nothing collects younger staging
+        self._wait([validate_location(loc) for loc in locs])
+        # only locations older than UNCHECKED_AGE (concurrent HEADs): nothing collects
+        # younger staging (none to check, the usual case: no trip through the event
+        # loop's thread, which cost a C-STORE ~3 ms of waiting for the GIL)
         older = [loc for loc in locs
                  if (age := location_age(loc)) is None or age >= UNCHECKED_AGE]
-        try:  # (none to check, the usual case: no trip through the event loop's thread,
-            # which cost a C-STORE ~3 ms of waiting for the GIL on a busy front end)
-            present = _LOOP.run(_gather([self._has_async(self.marker_key(loc))
-                                         for loc in older])) if older else []
+        try:
+            present = _LOOP.run(_gather([self._exists_async(loc) for loc in older])
+                                ) if older else []
         except _FAILED as exc:
-            raise self._error(exc, "publishing (looking up staging markers)") from exc
+            raise self._error(exc, "publishing (looking up staged objects)") from exc
         missing = [loc for loc, there in zip(older, present, strict=True) if not there]
         if missing:
             raise ArchiveStorageError(f"staged data vanished before publishing: "
                                       f"{', '.join(missing[:5])}")
-        self._unmark(markers)
+        with self._unmarking_lock:
+            self._staging.difference_update(locs)
+            marked = [loc for loc in locs if loc in self._marked]
+            self._marked.difference_update(marked)
+        if marked:
+            self._unmark([self.marker_key(loc) for loc in marked])
+
+    async def _exists_async(self, loc: str) -> bool:
+        """A frame array's metadata (gc removes it first) or a blob is there."""
+        array, blob = await asyncio.gather(self._has_async(self.array_key(loc) + "zarr.json"),
+                                           self._has_async(self.blob_key(loc)))
+        return array or blob
 
     def _unmark(self, markers: list[str]) -> None:
-        """Remove published locations' markers in the background, in one request: the
-        index commit has made the locations the archive's (reads go to their final
-        keys, and :mod:`pacscore.gc` never touches a location the index names), so
-        the client need not wait for it.  A marker whose removal failed, or was cut
+        """Remove published locations' markers (an earlier version's) in the
+        background, in one request: the index has made the locations the archive's
+        (reads go to their final keys, and :mod:`pacscore.gc` never touches a location
+        the index names).  A marker whose removal failed, or was cut
         short by a crash, only leaves its location looking staged: recovery publishes
         it (removes the marker) once the index is found to own it.  Everything that
         lists the staging area waits for these removals first (:meth:`_drain`)."""
@@ -441,17 +482,22 @@ class ObjectFrameStore(FrameStore):
         """The bulk DELETE, again after a failure obstore does not retry (a timed-out
         POST: removing a marker twice is harmless), with backoff."""
         error: BaseException | None = None
+        locs = {key.removeprefix("staging/") for key in markers}
         for attempt in range(self.retries + 1):
             try:
                 obstore.delete(self.store, markers)
-                return
             except _MISSING:
-                return
+                pass
             except _FAILED as exc:
+                error = exc
                 if attempt < self.retries:
                     time.sleep(min(0.1 * 2 ** attempt, 5.0))
-                    continue
-                error = exc
+                continue
+            with self._unmarking_lock:
+                self._unmark_failed -= locs
+            return
+        with self._unmarking_lock:
+            self._unmark_failed |= locs
         log.warning("object storage s3://%s/%s: removing the staging markers of %d "
                     "published locations failed (%s: %s); they keep their markers "
                     "until recovery publishes them again (their instances are stored "
@@ -484,15 +530,25 @@ class ObjectFrameStore(FrameStore):
         keys = [m["path"] for loc in locs for m in self._keys(self.array_key(loc))]
         keys += [self.blob_key(loc) for loc in locs]
         self._delete(keys, what)
-        self._delete([self.marker_key(loc) for loc in locs], what)
+        with self._unmarking_lock:
+            self._staging.difference_update(locs)
+            marked = [loc for loc in locs if loc in self._marked]
+            self._marked.difference_update(marked)
+        self._delete([self.marker_key(loc) for loc in marked], what)
 
     def discard(self, locs: Sequence[str]) -> None:
+        """Remove what ``locs`` hold, staged here or by another process (a worker
+        that handed them over): callers discard only locations they staged and the
+        index does not name (nothing in the bucket tells a staged location from a
+        published one; ``staging_area = False``)."""
         if not locs:
             return
         self._wait([validate_location(loc) for loc in locs], check=False)
-        self._drain(self.marker_key(loc) for loc in locs)  # published: never discarded
-        staged = [loc for loc in locs if self._has(self.marker_key(loc))]
-        self._remove(staged, "discarding staged frames")
+        self._drain(self.marker_key(loc) for loc in locs)
+        with self._unmarking_lock:
+            taken = self._taken.intersection(locs)
+            self._taken -= taken
+        self._remove([loc for loc in locs if loc not in taken], "discarding staged frames")
 
     def delete(self, locs: Sequence[str]) -> None:
         for loc in locs:
@@ -510,6 +566,8 @@ class ObjectFrameStore(FrameStore):
     def clean_staging(self) -> int:
         self._wait(check=False)
         entries = self._staged_set()
+        with self._unmarking_lock:  # published, their markers' removal failed: kept
+            entries -= self._unmark_failed
         locs = [e for e in entries if _is_location(e)]
         self._remove(locs, "cleaning the staging area")
         self._delete([f"staging/{e}" for e in entries if not _is_location(e)],
@@ -590,7 +648,8 @@ class ObjectFrameStore(FrameStore):
         self._settle()
         self._drain()
         found: dict[str, list[ObjectMeta]] = {}
-        staged: set[str] = set()
+        with self._unmarking_lock:
+            staged = set(self._staging)
         for top in ("arrays/", "blobs/", "staging/"):
             for meta in self._keys(top):
                 parts = meta["path"].split("/")
@@ -600,16 +659,22 @@ class ObjectFrameStore(FrameStore):
                 found.setdefault(loc, []).append(meta)
                 if top == "staging/":
                     staged.add(loc)
+                    with self._unmarking_lock:
+                        self._marked.add(loc)
         for loc, metas in found.items():
             yield StoredLocation(loc, tuple(m["path"] for m in metas),
                                  max(m["last_modified"] for m in metas),
                                  sum(int(m["size"]) for m in metas), loc in staged)
 
     def remove_objects(self, keys: Sequence[str]) -> None:
-        """Delete these objects (garbage collection; markers go last)."""
+        """Delete these objects (garbage collection): arrays' metadata first (a location
+        without it fails :meth:`publish`'s check), markers last (a collection cut
+        short leaves what it finds again)."""
+        first = [k for k in keys if k.endswith("/zarr.json")]
         markers = [k for k in keys if k.startswith("staging/")]
-        self._delete([k for k in keys if not k.startswith("staging/")], "collecting garbage")
-        self._delete(markers, "collecting garbage")
+        for part in (first, [k for k in keys if not k.endswith("/zarr.json")
+                             and not k.startswith("staging/")], markers):
+            self._delete(part, "collecting garbage")
 
 
 def _timed_out(exc: BaseException) -> bool:

@@ -229,6 +229,9 @@ class FrameStoreTests:
         store.discard([])
 
     def test_discard_does_not_touch_published_data(self, store: FrameStore) -> None:
+        if not store.staging_area:
+            pytest.skip("no staging area: discard removes what it is given (its callers "
+                        "pass only locations they staged and the index does not name)")
         loc = new_loc()
         store.stage_blob(loc, b"published")
         store.publish([loc])
