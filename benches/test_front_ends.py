@@ -8,7 +8,14 @@ serve`` processes, DCMTK storescu as the modality, in one run.
    whose archive is PostgreSQL + S3, or local LMDB + Zarr (fsync on both sides: the
    PostgreSQL fixture's default is ``fsync=on``, ``synchronous_commit=on``).
 
-3. **S3 20 ms away / on loopback** on the scaled back end: one more front end whose
+3. **floor / embedded** and **scaled / floor**: a front end that is the embedded one
+   without local durability plus, per instance, one S3 PUT of its codestreams and one
+   PostgreSQL commit on the path to the answer (:mod:`benches/floor/sitecustomize.py
+   <sitecustomize>`): the least any PostgreSQL + S3 design pays here, so the first
+   ratio is what this machine allows and the second how much of it the scaled store
+   reaches.
+
+4. **S3 20 ms away / on loopback** on the scaled back end: one more front end whose
    object store is reached through a proxy that answers every request 20 ms late (an
    S3 in another data centre; AWS S3 answers a small PUT in ~10-30 ms), on its own
    database and prefix: how much of the ingest rate survives the object store's
@@ -43,6 +50,8 @@ from pacscore.testing import cli, serve_process
 from pacscore.testing.s3 import FaultProxy, SeaweedS3
 
 STORESCU = Path("/usr/bin/storescu")
+FLOOR = Path(__file__).with_name("floor")
+"""The folder of the floor front end's ``sitecustomize`` (set-up 3)."""
 
 
 def _copy_series(paths: list[str], out: Path, tag: str) -> Path:
@@ -82,6 +91,16 @@ def _send(ports: list[int], dirs: list[Path]) -> float:
     return wall
 
 
+def _check_floor(dsn: str, instances: int) -> None:
+    """The floor server paid its requests: a row per instance it stored (its S3 PUTs
+    were waited for before each commit), not a plain embedded server's rate."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM floor").fetchone()
+    assert row is not None and row[0] == instances, (row, instances)
+
+
 S3_LATENCY = 0.02
 """Seconds the proxy of set-up 3 holds each request before passing it on."""
 
@@ -106,15 +125,15 @@ def postgres() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def dsns(postgres: Any) -> tuple[str, str]:
-    """Two databases of one PostgreSQL server."""
-    return (postgres.dsn_of(postgres.create_database()),
-            postgres.dsn_of(postgres.create_database()))
+def dsns(postgres: Any) -> tuple[str, str, str]:
+    """Three databases of one PostgreSQL server."""
+    return tuple(postgres.dsn_of(postgres.create_database())  # type: ignore[return-value]
+                 for _ in range(3))
 
 
 @pytest.mark.skipif(not STORESCU.exists(), reason="needs DCMTK storescu")
 def test_front_ends_ingest(benchmark: Any, corpus: Path, seaweedfs: SeaweedS3,
-                           postgres: Any, dsns: tuple[str, str], tmp_path: Path,
+                           postgres: Any, dsns: tuple[str, str, str], tmp_path: Path,
                            smoke: bool) -> None:
     pytest.importorskip("psycopg")
     paths = benchlib.series_files(corpus, benchlib.CT_SERIES)
@@ -122,11 +141,12 @@ def test_front_ends_ingest(benchmark: Any, corpus: Path, seaweedfs: SeaweedS3,
         pytest.skip("corpus CT series missing")
     rounds = 1 if smoke else 5
     url = seaweedfs.url(f"bench-front/{uuid.uuid4().hex}")
-    roots = {name: tmp_path / name for name in ("embedded", "fe1", "fe2", "far")}
+    roots = {name: tmp_path / name for name in ("embedded", "fe1", "fe2", "far", "floor")}
     for root in roots.values():
         cli("ae", "add", "MODALITY", "--host", "127.0.0.1", "--archive", str(root))
     scaled = ("--index", dsns[0], "--store", url)
-    walls: dict[str, list[float]] = {"embedded": [], "scaled1": [], "scaled2": [], "far": []}
+    walls: dict[str, list[float]] = {"embedded": [], "scaled1": [], "scaled2": [], "far": [],
+                                     "floor": []}
     cpu: dict[str, list[float]] = {"embedded": [], "scaled1": [], "postgres": [], "weed": []}
     n = 0
     with contextlib.ExitStack() as stack:
@@ -141,8 +161,13 @@ def test_front_ends_ingest(benchmark: Any, corpus: Path, seaweedfs: SeaweedS3,
         fe2 = stack.enter_context(serve_process(roots["fe2"], *scaled, doors=("dimse",)))[1]
         far = stack.enter_context(serve_process(
             roots["far"], "--index", dsns[1], "--store", far_url, doors=("dimse",)))[1]
+        floor = stack.enter_context(serve_process(roots["floor"], doors=("dimse",), env={
+            "PYTHONPATH": str(FLOOR), "FLOOR_DSN": dsns[2],
+            "FLOOR_S3": f"{seaweedfs.bucket}|bench-floor/{uuid.uuid4().hex}|"
+                        f"{seaweedfs.endpoint}"}))[1]
         setups = {"embedded": [emb["dimse"]], "scaled1": [fe1["dimse"]],
-                  "scaled2": [fe1["dimse"], fe2["dimse"]], "far": [far["dimse"]]}
+                  "scaled2": [fe1["dimse"], fe2["dimse"]], "far": [far["dimse"]],
+                  "floor": [floor["dimse"]]}
         for r in range(rounds + 1):  # the first round warms the servers' workers up
             for name, ports in setups.items():
                 dirs = [_copy_series(paths, tmp_path / f"c{(n := n + 1)}", f"{r}{name}{j}")
@@ -162,6 +187,7 @@ def test_front_ends_ingest(benchmark: Any, corpus: Path, seaweedfs: SeaweedS3,
                         cpu[k].append((benchlib.tree_cpu(p) - before[k]) / (2 * len(paths)))
 
         benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    _check_floor(dsns[2], (rounds + 1) * 2 * len(paths))
     files = 2 * len(paths)
     rate = {k: files / benchlib.median(v) for k, v in walls.items()}
     benchlib.report(
@@ -195,3 +221,17 @@ def test_front_ends_ingest(benchmark: Any, corpus: Path, seaweedfs: SeaweedS3,
         ratio=rate["far"] / rate["scaled1"], target="-",
         note="a proxy holds every S3 request; same associations, same run",
         key="far_ratio", far=rate["far"])
+    benchlib.report(
+        benchmark, "C-STORE ingest, one front end: floor (embedded + 1 S3 PUT + 1 PostgreSQL "
+        "commit per instance) / embedded", subject=f"floor {rate['floor']:.1f} inst/s",
+        baseline=f"embedded {rate['embedded']:.1f} inst/s",
+        ratio=rate["floor"] / rate["embedded"], target="-",
+        note="the least any PostgreSQL + S3 design pays on these cores (benches/floor)",
+        key="floor_ratio", floor=rate["floor"])
+    benchlib.report(
+        benchmark, "C-STORE ingest, one front end: scaled / floor",
+        subject=f"scaled {rate['scaled1']:.1f} inst/s",
+        baseline=f"floor {rate['floor']:.1f} inst/s", ratio=rate["scaled1"] / rate["floor"],
+        target="-", note="how much of what the machine allows the scaled store reaches "
+        "(its array metadata is one PUT more per instance)",
+        key="scaled_of_floor")
