@@ -163,7 +163,10 @@ class Committer:
         or discards its staging within one commit (seconds: the index's statement
         timeout and the store's request timeouts bound it), so what is older belongs to
         a writer that died; younger staging is left to its writer, or to the next
-        start or ``pacscore gc`` once it is old.  Interrupted deletions: unowned pending
+        start or ``pacscore gc`` once it is old.  (An object store lists as staged only
+        an earlier version's markers: what a dead writer staged there since is an
+        orphan that ``pacscore gc`` and the servers' background collection remove.)
+        Interrupted deletions: unowned pending
         locations are deleted and their marks cleared; their records are gone and
         locations are never reused, so a live writer deleting the same ones meanwhile
         only deletes what is already gone."""
@@ -299,8 +302,8 @@ class Committer:
         cannot say either, everything stays staged and ``error`` is raised: discarding
         could delete the frames of a committed record.  The next start's recovery (or,
         beside other front ends, one after the grace period) publishes what the index
-        names and removes the rest; in object storage a committed location is readable
-        meanwhile (reads go to the final keys)."""
+        names and removes the rest; in object storage a committed location is in place
+        already (reads go to the final keys) and garbage collection removes the rest."""
         locs = [p.record.location for p in fresh]
         try:
             owners = [self.index.location_owner(loc) for loc in locs]

@@ -9,7 +9,9 @@ or leftovers of another writer of the same bucket.  The rules:
 - an unnamed location is removed only when its *newest* object is older than the grace
   period (default one hour): an ingest still uploading, or about to commit, keeps its
   objects young; ownership is asked again just before each removal;
-- markers go last, so an interrupted collection leaves what it finds again.
+- a frame array's metadata goes first (a writer publishing a location older than a
+  minute checks it is there) and an earlier version's staging marker last, so an
+  interrupted collection leaves what it finds again.
 
 A writer that stalls longer than the grace period between its last PUT and its index
 commit could lose its staged objects to a concurrent collection: choose a grace far
