@@ -215,7 +215,9 @@ class ObjectFrameStore(FrameStore):
         }
         self._unmarking: dict[concurrent.futures.Future[None], frozenset[str]] = {}
         """Marker removals still running (:meth:`publish`), with their markers' keys."""
-        self._unmarking_lock = threading.Lock()
+        self._lock = threading.Lock()
+        """Guards the sets below and :attr:`_unmarking` (front ends store from several
+        threads)."""
         self._staging: set[str] = set()
         """Locations this process staged and has not yet published, discarded or handed
         over (:meth:`handoff`)."""
@@ -297,7 +299,7 @@ class ObjectFrameStore(FrameStore):
         exc = next((f for f in failed if isinstance(f, _EXISTS)), failed[0])
         if isinstance(exc, _EXISTS):
             if loc is not None:
-                with self._unmarking_lock:
+                with self._lock:
                     self._taken.add(loc)
                     self._staging.discard(loc)
             raise ArchiveStorageError(f"{what}: an object of that location exists already "
@@ -394,7 +396,7 @@ class ObjectFrameStore(FrameStore):
         """What this process staged, and the locations of earlier versions' markers."""
         self._drain()
         marked = {m["path"].removeprefix("staging/") for m in self._keys("staging/")}
-        with self._unmarking_lock:
+        with self._lock:
             self._marked |= marked
             return marked | self._staging
 
@@ -421,13 +423,13 @@ class ObjectFrameStore(FrameStore):
 
     def handoff(self, loc: str) -> None:
         self._wait([validate_location(loc)])
-        with self._unmarking_lock:  # the committing process publishes or discards it
+        with self._lock:  # the committing process publishes or discards it
             self._staging.discard(loc)
 
     def _stage(self, loc: str, items: Sequence[tuple[str, bytes]], what: str) -> None:
         """Create a location's objects: in the background (:meth:`_wait` collects the
         result) or now."""
-        with self._unmarking_lock:
+        with self._lock:
             self._staging.add(loc)
         if self.background:
             _LOOP.pending[self._id(loc)] = _LOOP.submit(self._create_async(items, what, loc))
@@ -452,7 +454,7 @@ class ObjectFrameStore(FrameStore):
         if missing:
             raise ArchiveStorageError(f"staged data vanished before publishing: "
                                       f"{', '.join(missing[:5])}")
-        with self._unmarking_lock:
+        with self._lock:
             self._staging.difference_update(locs)
             marked = [loc for loc in locs if loc in self._marked]
             self._marked.difference_update(marked)
@@ -474,7 +476,7 @@ class ObjectFrameStore(FrameStore):
         it (removes the marker) once the index is found to own it.  Everything that
         lists the staging area waits for these removals first (:meth:`_drain`)."""
         future = _unmarker().submit(self._unmark_now, markers)
-        with self._unmarking_lock:
+        with self._lock:
             self._unmarking[future] = frozenset(markers)
         future.add_done_callback(self._unmarked)
 
@@ -493,10 +495,10 @@ class ObjectFrameStore(FrameStore):
                 if attempt < self.retries:
                     time.sleep(min(0.1 * 2 ** attempt, 5.0))
                 continue
-            with self._unmarking_lock:
+            with self._lock:
                 self._unmark_failed -= locs
             return
-        with self._unmarking_lock:
+        with self._lock:
             self._unmark_failed |= locs
         log.warning("object storage s3://%s/%s: removing the staging markers of %d "
                     "published locations failed (%s: %s); they keep their markers "
@@ -505,14 +507,14 @@ class ObjectFrameStore(FrameStore):
                     type(error).__name__, str(error).strip()[:300])
 
     def _unmarked(self, future: concurrent.futures.Future[None]) -> None:
-        with self._unmarking_lock:
+        with self._lock:
             self._unmarking.pop(future, None)
 
     def _drain(self, markers: Iterable[str] | None = None) -> None:
         """Wait for the marker removals of this store's earlier :meth:`publish` calls
         (``markers``: those that remove one of these)."""
         mine = None if markers is None else set(markers)
-        with self._unmarking_lock:
+        with self._lock:
             running = [f for f, keys in self._unmarking.items()
                        if mine is None or not mine.isdisjoint(keys)]
         concurrent.futures.wait(running)
@@ -530,7 +532,7 @@ class ObjectFrameStore(FrameStore):
         keys = [m["path"] for loc in locs for m in self._keys(self.array_key(loc))]
         keys += [self.blob_key(loc) for loc in locs]
         self._delete(keys, what)
-        with self._unmarking_lock:
+        with self._lock:
             self._staging.difference_update(locs)
             marked = [loc for loc in locs if loc in self._marked]
             self._marked.difference_update(marked)
@@ -545,7 +547,7 @@ class ObjectFrameStore(FrameStore):
             return
         self._wait([validate_location(loc) for loc in locs], check=False)
         self._drain(self.marker_key(loc) for loc in locs)
-        with self._unmarking_lock:
+        with self._lock:
             taken = self._taken.intersection(locs)
             self._taken -= taken
         self._remove([loc for loc in locs if loc not in taken], "discarding staged frames")
@@ -566,7 +568,7 @@ class ObjectFrameStore(FrameStore):
     def clean_staging(self) -> int:
         self._wait(check=False)
         entries = self._staged_set()
-        with self._unmarking_lock:  # published, their markers' removal failed: kept
+        with self._lock:  # published, their markers' removal failed: kept
             entries -= self._unmark_failed
         locs = [e for e in entries if _is_location(e)]
         self._remove(locs, "cleaning the staging area")
@@ -648,7 +650,7 @@ class ObjectFrameStore(FrameStore):
         self._settle()
         self._drain()
         found: dict[str, list[ObjectMeta]] = {}
-        with self._unmarking_lock:
+        with self._lock:
             staged = set(self._staging)
         for top in ("arrays/", "blobs/", "staging/"):
             for meta in self._keys(top):
@@ -659,7 +661,7 @@ class ObjectFrameStore(FrameStore):
                 found.setdefault(loc, []).append(meta)
                 if top == "staging/":
                     staged.add(loc)
-                    with self._unmarking_lock:
+                    with self._lock:
                         self._marked.add(loc)
         for loc, metas in found.items():
             yield StoredLocation(loc, tuple(m["path"] for m in metas),
