@@ -361,15 +361,6 @@ class ObjectFrameStore(FrameStore):
         except _FAILED as exc:
             raise self._error(exc, what) from exc
 
-    def _has(self, key: str) -> bool:
-        try:
-            obstore.head(self.store, key)
-        except _MISSING:
-            return False
-        except _FAILED as exc:
-            raise self._error(exc, f"looking up {key}") from exc
-        return True
-
     async def _has_async(self, key: str) -> bool:
         try:
             await obstore.head_async(self.store, key)
@@ -454,12 +445,17 @@ class ObjectFrameStore(FrameStore):
         if missing:
             raise ArchiveStorageError(f"staged data vanished before publishing: "
                                       f"{', '.join(missing[:5])}")
+        if marked := self._forget(locs):
+            self._unmark([self.marker_key(loc) for loc in marked])
+
+    def _forget(self, locs: Sequence[str]) -> list[str]:
+        """``locs`` are no longer staged here (published or removed); return those of
+        them with an earlier version's marker, whose removal is the caller's."""
         with self._lock:
             self._staging.difference_update(locs)
             marked = [loc for loc in locs if loc in self._marked]
             self._marked.difference_update(marked)
-        if marked:
-            self._unmark([self.marker_key(loc) for loc in marked])
+        return marked
 
     async def _exists_async(self, loc: str) -> bool:
         """A frame array's metadata (gc removes it first) or a blob is there."""
@@ -532,11 +528,7 @@ class ObjectFrameStore(FrameStore):
         keys = [m["path"] for loc in locs for m in self._keys(self.array_key(loc))]
         keys += [self.blob_key(loc) for loc in locs]
         self._delete(keys, what)
-        with self._lock:
-            self._staging.difference_update(locs)
-            marked = [loc for loc in locs if loc in self._marked]
-            self._marked.difference_update(marked)
-        self._delete([self.marker_key(loc) for loc in marked], what)
+        self._delete([self.marker_key(loc) for loc in self._forget(locs)], what)
 
     def discard(self, locs: Sequence[str]) -> None:
         """Remove what ``locs`` hold, staged here or by another process (a worker
@@ -602,7 +594,10 @@ class ObjectFrameStore(FrameStore):
 
     def exists(self, loc: str) -> bool:
         self._settle([validate_location(loc)])
-        return self._has(self.array_key(loc) + "zarr.json") or self._has(self.blob_key(loc))
+        try:
+            return _LOOP.run(self._exists_async(loc))
+        except _FAILED as exc:
+            raise self._error(exc, f"looking up {loc}") from exc
 
     def locations(self) -> Iterator[str]:
         self._settle()
