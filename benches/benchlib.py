@@ -169,9 +169,8 @@ def table(rows: Sequence[Row]) -> list[str]:
                    f"{r.target} | {r.note} |" for r in rows]
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of process ``pid`` and all its descendants (their children that
-    ended and were waited for included), from /proc; 0 where /proc is missing."""
+def _tree(pid: int) -> tuple[set[int], dict[int, int]]:
+    """Process ``pid`` and its descendants, and every process's CPU ticks, from /proc."""
     parents: dict[int, int] = {}
     ticks: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
@@ -189,8 +188,47 @@ def tree_cpu(pid: int) -> float:
         more = {p for p, parent in parents.items() if parent in tree} - tree
         tree |= more
         grown = bool(more)
+    return tree, ticks
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of process ``pid`` and all its descendants (their children that
+    ended and were waited for included), from /proc; 0 where /proc is missing."""
+    tree, ticks = _tree(pid)
     hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     return sum(ticks.get(p, 0) for p in tree) / hz
+
+
+def cpu_halves() -> tuple[set[int], set[int]] | None:
+    """This process's CPUs split in two (the first half, the rest), or None where
+    there are fewer than two or affinity cannot be set (not Linux)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    try:
+        os.sched_setaffinity(0, cpus)  # (unchanged: may this process set affinities?)
+    except OSError:
+        return None
+    half = len(cpus) // 2
+    return set(cpus[:half]), set(cpus[half:])
+
+
+def pin_tree(pid: int, cpus: set[int]) -> None:
+    """Run process ``pid``, its descendants and every one of their threads on ``cpus``
+    only (threads and processes they start later inherit it); a thread that ended
+    meanwhile is skipped."""
+    for proc in _tree(pid)[0]:
+        try:
+            threads = [int(t.name) for t in Path(f"/proc/{proc}/task").iterdir()]
+        except OSError:
+            continue
+        for thread in threads:
+            try:
+                os.sched_setaffinity(thread, cpus)
+            except (ProcessLookupError, FileNotFoundError):
+                continue
 
 
 # -- other work on the machine -------------------------------------------------------
