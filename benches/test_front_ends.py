@@ -129,12 +129,15 @@ class _Placement:
 
     def split(self, front_end: int) -> set[int]:
         """``front_end`` (and its workers) on the first half, PostgreSQL and SeaweedFS
-        on the other; the first half (storescu's)."""
+        on the other (checked: a split that did not take would report shared CPUs
+        under its name); the first half (storescu's)."""
         assert self.halves is not None
         self.share()
         benchlib.pin_tree(front_end, self.halves[0])
         for pid in self.back_ends:
             benchlib.pin_tree(pid, self.halves[1])
+        placed = [os.sched_getaffinity(p) for p in (front_end, *self.back_ends)]
+        assert placed == [self.halves[0]] + [self.halves[1]] * len(self.back_ends), placed
         return self.halves[0]
 
 
